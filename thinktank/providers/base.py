@@ -1,0 +1,90 @@
+"""The model-client seam: one request in, one response out.
+
+Every provider (the simulator here, HTTP and local providers later) implements
+:class:`ModelClient`. The scheduler and the multi-model layer only ever see this
+protocol, so tests, replay and research swap providers without touching them.
+
+Failures: a client either raises :class:`~thinktank.errors.ProviderError` or returns a
+response whose ``error`` is set (a partial answer that ended badly). The call layer in
+``thinktank.calls`` turns both into a recorded failed call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+__all__ = ["ModelClient", "ModelRequest", "ModelResponse"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelRequest:
+    """What a step asks one model."""
+
+    prompt: str
+    """The fully rendered user prompt."""
+    system: str | None = None
+    """Optional system prompt."""
+    max_tokens: int | None = None
+    """Upper bound on output tokens, when the step sets one."""
+    temperature: float | None = None
+    """Sampling temperature, when the step sets one."""
+    step_id: str = ""
+    """The step that makes the call (for logs and scripted replies)."""
+    attempt: int = 1
+    """1 for the first try of the step, 2 for its first retry, ..."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelResponse:
+    """What one model answered, with its accounting."""
+
+    content: str
+    """The text the model returned (partial when ``error`` is set)."""
+    model: str
+    """The model name that answered."""
+    input_tokens: int | None = None
+    """Prompt tokens, or None when the provider did not report them."""
+    output_tokens: int | None = None
+    """Completion tokens, or None when the provider did not report them."""
+    latency_ms: float = 0.0
+    """Wall time of the call as the client measured it."""
+    cost_usd: float | None = None
+    """Cost of the call in USD, or None when the price is unknown."""
+    finish_reason: str | None = None
+    """Why generation stopped (``stop``, ``length``, ...), when known."""
+    error: str | None = None
+    """Set when the call failed after producing (maybe partial) content."""
+    extra: dict[str, object] = field(default_factory=dict)
+    """Provider-specific details worth keeping (never secrets)."""
+
+    @property
+    def ok(self) -> bool:
+        """True when the call succeeded."""
+        return self.error is None
+
+    @property
+    def total_tokens(self) -> int | None:
+        """Input plus output tokens, or None when either is unknown."""
+        if self.input_tokens is None or self.output_tokens is None:
+            return None
+        return self.input_tokens + self.output_tokens
+
+
+@runtime_checkable
+class ModelClient(Protocol):
+    """Anything that can answer a :class:`ModelRequest`."""
+
+    @property
+    def name(self) -> str:
+        """The model name sessions use to refer to this client."""
+        ...
+
+    @property
+    def provider(self) -> str:
+        """The provider kind (``simulated``, ``openai``, ...)."""
+        ...
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        """Answer one request; raise ProviderError on failure."""
+        ...

@@ -1,0 +1,218 @@
+"""A seeded, deterministic simulated model for tests, examples and research.
+
+Each call draws its randomness from a hash of (seed, model name, prompt, attempt), not
+from a shared generator, so a run gives the same answers, latencies and failures
+whatever order concurrent calls happen in. That is what makes simulated sessions
+replayable and property tests reproducible.
+
+What a simulated model can do:
+
+- latency: ``fixed``, ``uniform`` or heavy-tailed ``lognormal``;
+- scripted replies: the first regex that matches the prompt gives the reply
+  (``\\1`` style group references are expanded); otherwise ``default_reply``;
+- accuracy: the scripted reply is the gold answer; with probability
+  ``1 - accuracy`` the model answers one of ``wrong_replies`` instead;
+- injected faults: ``failure_rate`` raises a retryable ProviderError after the
+  latency, ``timeout_rate`` hangs for ``hang_ms`` so the caller's timeout fires.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import re
+import time
+from functools import cached_property
+from typing import Annotated, Literal
+
+import anyio
+import anyio.lowlevel
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from thinktank.errors import ProviderError
+from thinktank.providers.base import ModelRequest, ModelResponse
+
+__all__ = ["LatencySpec", "ScriptedReply", "SimulatedModel", "SimulatedModelConfig"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", populate_by_name=True, alias_generator=to_camel, frozen=True
+    )
+
+
+class LatencySpec(_Model):
+    """How long a simulated call takes."""
+
+    kind: Literal["fixed", "uniform", "lognormal"] = "fixed"
+    """Distribution of the latency."""
+    ms: Annotated[float, Field(ge=0)] = 0.0
+    """The latency for ``fixed``."""
+    low_ms: Annotated[float, Field(ge=0)] = 0.0
+    """Lower bound for ``uniform``."""
+    high_ms: Annotated[float, Field(ge=0)] = 0.0
+    """Upper bound for ``uniform``."""
+    median_ms: Annotated[float, Field(ge=0)] = 0.0
+    """Median for ``lognormal`` (``exp(mu)``)."""
+    sigma: Annotated[float, Field(ge=0)] = 0.5
+    """Shape for ``lognormal``: larger means a heavier tail."""
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> LatencySpec:
+        if self.kind == "uniform" and self.high_ms < self.low_ms:
+            raise ValueError("high_ms must be >= low_ms")
+        return self
+
+    def draw_ms(self, rng: random.Random) -> float:
+        """One latency in milliseconds."""
+        if self.kind == "fixed":
+            return self.ms
+        if self.kind == "uniform":
+            return rng.uniform(self.low_ms, self.high_ms)
+        if self.median_ms == 0:
+            return 0.0
+        return rng.lognormvariate(math.log(self.median_ms), self.sigma)
+
+
+class ScriptedReply(_Model):
+    """A regex on the prompt and the reply it gives."""
+
+    pattern: str
+    """Regular expression searched (not matched) in the prompt."""
+    reply: str
+    """The reply; ``\\1`` / ``\\g<name>`` refer to the pattern's groups."""
+
+    @model_validator(mode="after")
+    def _compiles(self) -> ScriptedReply:
+        try:
+            re.compile(self.pattern)
+        except re.error as exc:
+            raise ValueError(f"pattern {self.pattern!r} is not a valid regex: {exc}") from exc
+        return self
+
+
+class SimulatedModelConfig(_Model):
+    """A simulated model as declared in a session file's ``models:`` section."""
+
+    provider: Literal["simulated"] = "simulated"
+    """Provider kind."""
+    seed: int = 0
+    """Seed mixed into every call's randomness."""
+    latency: LatencySpec = LatencySpec()
+    """Latency distribution."""
+    replies: list[ScriptedReply] = []
+    """Scripted replies, tried in order."""
+    default_reply: str = "ok"
+    """Reply when no script matches."""
+    accuracy: Annotated[float, Field(ge=0, le=1)] = 1.0
+    """Probability of giving the scripted (gold) reply rather than a wrong one."""
+    wrong_replies: list[str] = []
+    """Wrong answers to pick from; default is ``not <gold>``."""
+    failure_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
+    """Probability that a call fails with a retryable error."""
+    timeout_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
+    """Probability that a call hangs for ``hang_ms``."""
+    hang_ms: Annotated[float, Field(ge=0)] = 3_600_000.0
+    """How long a hanging call sleeps."""
+    input_cost_per_mtok: Annotated[float, Field(ge=0)] | None = None
+    """USD per million input tokens; None means cost unknown."""
+    output_cost_per_mtok: Annotated[float, Field(ge=0)] | None = None
+    """USD per million output tokens; None means cost unknown."""
+    tags: list[str] = []
+    """Domains the model is good at."""
+
+
+def _tokens(text: str) -> int:
+    # A stable, cheap stand-in for a tokenizer: about four characters a token.
+    return max(1, (len(text) + 3) // 4) if text else 0
+
+
+class SimulatedModel:
+    """A :class:`~thinktank.providers.base.ModelClient` driven by a config and a seed."""
+
+    def __init__(self, name: str, config: SimulatedModelConfig | None = None) -> None:
+        self._name = name
+        self.config = config or SimulatedModelConfig()
+        self.calls = 0
+        """How many calls were started (tests count re-sent calls with it)."""
+
+    @property
+    def name(self) -> str:
+        """The model name."""
+        return self._name
+
+    @property
+    def provider(self) -> str:
+        """Always ``simulated``."""
+        return "simulated"
+
+    @cached_property
+    def _compiled(self) -> list[tuple[re.Pattern[str], str]]:
+        return [(re.compile(r.pattern), r.reply) for r in self.config.replies]
+
+    def _rng(self, request: ModelRequest) -> random.Random:
+        key = f"{self.config.seed}\x00{self._name}\x00{request.attempt}\x00{request.prompt}"
+        digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+        return random.Random(int.from_bytes(digest, "big"))
+
+    def gold_reply(self, prompt: str) -> str:
+        """The reply the script gives for ``prompt`` when the model is right."""
+        for pattern, reply in self._compiled:
+            match = pattern.search(prompt)
+            if match:
+                return match.expand(reply)
+        return self.config.default_reply
+
+    def _cost(self, input_tokens: int, output_tokens: int) -> float | None:
+        cfg = self.config
+        if cfg.input_cost_per_mtok is None or cfg.output_cost_per_mtok is None:
+            return None
+        return (
+            input_tokens * cfg.input_cost_per_mtok + output_tokens * cfg.output_cost_per_mtok
+        ) / 1e6
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        """Answer after a simulated latency, or fail or hang as configured."""
+        self.calls += 1
+        cfg = self.config
+        rng = self._rng(request)
+        start = time.perf_counter()
+        latency_ms = cfg.latency.draw_ms(rng)
+        fault = rng.random()
+        if fault < cfg.timeout_rate:
+            await anyio.sleep(cfg.hang_ms / 1000)
+        if latency_ms > 0:
+            await anyio.sleep(latency_ms / 1000)
+        else:
+            await anyio.lowlevel.checkpoint()
+        if cfg.timeout_rate <= fault < cfg.timeout_rate + cfg.failure_rate:
+            raise ProviderError(
+                f"simulated failure of model {self._name!r}",
+                provider="simulated",
+                model=self._name,
+                status_code=500,
+                retryable=True,
+            )
+        content = self.gold_reply(request.prompt)
+        if rng.random() >= cfg.accuracy:
+            wrong = cfg.wrong_replies or [f"not {content}"]
+            content = wrong[rng.randrange(len(wrong))]
+        input_tokens = _tokens(request.prompt) + _tokens(request.system or "")
+        output_tokens = _tokens(content)
+        if request.max_tokens is not None and output_tokens > request.max_tokens:
+            content = content[: request.max_tokens * 4]
+            output_tokens = request.max_tokens
+            finish = "length"
+        else:
+            finish = "stop"
+        return ModelResponse(
+            content=content,
+            model=self._name,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            latency_ms=(time.perf_counter() - start) * 1000,
+            cost_usd=self._cost(input_tokens, output_tokens),
+            finish_reason=finish,
+        )

@@ -1,0 +1,364 @@
+"""Session definitions: pydantic models of a session file, and loading them.
+
+A session file (YAML or JSON) holds a name, typed inputs, the models it may call,
+the spec's ``ThinkTankSessionConfig`` blocks (``parallelExecution``,
+``modelSelection``) and a list of steps. Field names are snake_case in Python; the
+seed's camelCase names are accepted everywhere as aliases.
+
+These models are the source of ``schemas/session.schema.json``. Loading reports every
+problem at once: field errors from pydantic and graph errors (cycles, unknown
+dependencies, template references, unknown models) from :mod:`thinktank.graph`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+from thinktank.errors import InputError, SpecError, SpecErrors
+from thinktank.providers.simulated import SimulatedModelConfig
+
+__all__ = [
+    "ID_PATTERN",
+    "InputSpec",
+    "ModelConfig",
+    "ModelSelection",
+    "ParallelExecution",
+    "SessionSpec",
+    "StepSpec",
+    "load_session",
+    "parse_session",
+    "validate_inputs",
+]
+
+ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"
+"""Step ids and model names: letters, digits, ``_`` and ``-``, not starting with a digit."""
+
+ModelConfig = SimulatedModelConfig
+"""A model declared inline in a session file (simulated for now; HTTP providers next)."""
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=False,
+        frozen=True,
+    )
+
+
+InputType = Literal["string", "integer", "number", "boolean", "list", "object"]
+
+
+class InputSpec(_Spec):
+    """A declared session input."""
+
+    type: InputType = "string"
+    """The input's JSON type."""
+    description: str = ""
+    """What the input is for."""
+    default: JsonValue = None
+    """Value used when none is given; an input without a default is required."""
+
+    @property
+    def required(self) -> bool:
+        """True when the input has no default."""
+        return self.default is None
+
+
+class ParallelExecution(_Spec):
+    """The spec's ``parallelExecution`` block: how much runs at once."""
+
+    enabled: bool = True
+    """False runs one step and one model call at a time."""
+    max_concurrent_steps: Annotated[int, Field(ge=1)] = 5
+    """Steps of one session in flight at once."""
+    max_concurrent_models: Annotated[int, Field(ge=1)] = 3
+    """Model calls one step makes at once; extra models start as slots free."""
+    consensus_threshold: Annotated[float, Field(ge=0, le=1)] = 0.7
+    """Agreement at or above this is consensus."""
+    timeout_per_step_ms: Annotated[int, Field(ge=1)] = 30_000
+    """Time limit of one step attempt, all its calls included."""
+    max_concurrent_calls: Annotated[int, Field(ge=1)] | None = None
+    """Model calls in flight across the whole session (no limit when unset)."""
+    scheduling: Literal["eager", "layered"] = "eager"
+    """``eager`` starts each step as soon as its dependencies finish; ``layered`` runs
+    one topological generation at a time."""
+    failure_strategy: Literal["fail_fast", "best_effort"] = "best_effort"
+    """``fail_fast`` cancels the session at the first failed step; ``best_effort``
+    skips the failed step's descendants and runs everything else."""
+
+    def effective(self) -> ParallelExecution:
+        """The limits in force: ``enabled: false`` means one at a time."""
+        if self.enabled:
+            return self
+        return self.model_copy(
+            update={
+                "max_concurrent_steps": 1,
+                "max_concurrent_models": 1,
+                "max_concurrent_calls": 1,
+            }
+        )
+
+
+class ModelSelection(_Spec):
+    """The spec's ``modelSelection`` block."""
+
+    automatic: bool = False
+    """Pick models by domain; not available yet, so ``true`` is rejected at load."""
+    preferred_models: list[str] = []
+    """Models for steps that name none (before ``default_model``)."""
+    domain_hint: str | None = None
+    """The session's domain, for automatic selection."""
+
+
+class StepSpec(_Spec):
+    """One reasoning step."""
+
+    id: Annotated[str, Field(pattern=ID_PATTERN, max_length=100)]
+    """Unique id; other steps refer to the output as ``{{ steps.ID.output }}``."""
+    prompt: Annotated[str, Field(min_length=1)]
+    """Prompt template (see :mod:`thinktank.templates`)."""
+    description: str = ""
+    """What the step is for."""
+    system: str | None = None
+    """Optional system prompt (not a template)."""
+    depends_on: list[str] = []
+    """Steps that must finish first."""
+    model: str | None = None
+    """One model to ask (exclusive with ``models``)."""
+    models: list[str] = []
+    """Several models asked the same prompt; their answers are merged."""
+    mode: Literal["all"] = "all"
+    """Multi-model mode: ``all`` waits for every model."""
+    synthesis: Literal["majority"] = "majority"
+    """How answers merge: ``majority`` takes the largest agreeing group."""
+    on_low_consensus: Literal["continue", "fail"] = "continue"
+    """What a multi-model step does below the threshold: flag it and go on, or fail."""
+    consensus_threshold: Annotated[float, Field(ge=0, le=1)] | None = None
+    """Overrides the session's threshold for this step."""
+    retries: Annotated[int, Field(ge=0, le=10)] = 0
+    """Extra attempts after a failed one."""
+    timeout_ms: Annotated[int, Field(ge=1)] | None = None
+    """Overrides ``timeoutPerStepMs`` for this step."""
+    call_timeout_ms: Annotated[int, Field(ge=1)] | None = None
+    """Time limit of one model call (the spec's ``timeoutMs``)."""
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    """Output token limit per call."""
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    """Sampling temperature per call."""
+
+    @model_validator(mode="after")
+    def _one_way_to_name_models(self) -> StepSpec:
+        if self.model is not None and self.models:
+            raise ValueError("give either 'model' or 'models', not both")
+        if len(set(self.models)) != len(self.models):
+            raise ValueError("'models' lists a model twice")
+        return self
+
+    def named_models(self) -> list[str]:
+        """The models the step itself names (may be empty)."""
+        return [self.model] if self.model is not None else list(self.models)
+
+
+class SessionSpec(_Spec):
+    """A whole session definition."""
+
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    """Human name, shown in listings."""
+    description: str = ""
+    """What the session does."""
+    inputs: dict[str, InputSpec] = {}
+    """Declared inputs by name."""
+    models: dict[str, ModelConfig] = {}
+    """Models declared inline, by name."""
+    default_model: str | None = None
+    """Model for steps that name none (after ``modelSelection.preferredModels``)."""
+    parallel_execution: ParallelExecution = ParallelExecution()
+    """The spec's ``parallelExecution`` block."""
+    model_selection: ModelSelection = ModelSelection()
+    """The spec's ``modelSelection`` block."""
+    steps: Annotated[list[StepSpec], Field(min_length=1)]
+    """The steps, in file order."""
+
+    def step_models(self, step: StepSpec) -> list[str]:
+        """The models ``step`` calls: its own, else preferred, else the default."""
+        named = step.named_models()
+        if named:
+            return named
+        if self.model_selection.preferred_models:
+            return list(self.model_selection.preferred_models)
+        return [self.default_model] if self.default_model else []
+
+    def step(self, step_id: str) -> StepSpec:
+        """The step with id ``step_id`` (KeyError if none)."""
+        for s in self.steps:
+            if s.id == step_id:
+                return s
+        raise KeyError(step_id)
+
+    def parallel_execution_wire(self) -> dict[str, Any]:
+        """The ``parallelExecution`` block with camelCase keys, as the seed stores it."""
+        return self.parallel_execution.model_dump(mode="json", by_alias=True)
+
+
+def _field_path(loc: Iterable[int | str]) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def _spec_errors_from_pydantic(
+    exc: ValidationError, raw: Mapping[str, Any], file: str | None
+) -> list[SpecError]:
+    errors: list[SpecError] = []
+    raw_steps = raw.get("steps")
+    for err in exc.errors(include_url=False):
+        loc = list(err["loc"])
+        # Errors from a model validator carry a "Value error, " prefix that says nothing.
+        msg = err["msg"].removeprefix("Value error, ")
+        step: str | None = None
+        if len(loc) >= 2 and loc[0] == "steps" and isinstance(loc[1], int):
+            index = loc[1]
+            if isinstance(raw_steps, list) and index < len(raw_steps):
+                candidate = raw_steps[index]
+                if isinstance(candidate, Mapping) and isinstance(candidate.get("id"), str):
+                    step = candidate["id"]
+            step = step or f"#{index + 1}"
+            loc = loc[2:]
+        field = _field_path(loc) or None
+        if err["type"] not in ("missing", "extra_forbidden") and "input" in err and field:
+            shown = repr(err["input"])
+            if len(shown) <= 60:
+                msg = f"{msg} (got {shown})"
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        errors.append(SpecError(msg, file=file, step=step, field=field))
+    return errors
+
+
+def parse_session(
+    data: Mapping[str, Any], *, file: str | None = None, known_models: Iterable[str] = ()
+) -> SessionSpec:
+    """Validate a session given as a mapping; raise SpecErrors listing every problem.
+
+    Args:
+        data: The parsed session file.
+        file: The file it came from, named in every error.
+        known_models: Model names available besides the ones the session declares.
+    """
+    from thinktank.graph import validate_spec, validate_steps_partially
+
+    if not isinstance(data, Mapping):
+        raise SpecErrors([SpecError("a session file must hold a mapping at the top", file=file)])
+    try:
+        spec = SessionSpec.model_validate(data)
+    except ValidationError as exc:
+        errors = _spec_errors_from_pydantic(exc, data, file)
+        errors.extend(validate_steps_partially(data, file=file, known_models=known_models))
+        raise SpecErrors(errors) from None
+    problems = validate_spec(spec, file=file, known_models=known_models)
+    if problems:
+        raise SpecErrors(problems)
+    return spec
+
+
+def load_session(path: str | Path, *, known_models: Iterable[str] = ()) -> SessionSpec:
+    """Read and validate a session file (``.yaml``, ``.yml`` or ``.json``).
+
+    Raises:
+        SpecErrors: every problem in the file, each naming the file, step and field.
+    """
+    path = Path(path)
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecErrors([SpecError(f"cannot read file: {exc.strerror}", file=file)]) from None
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        detail = " ".join(str(exc).split())
+        raise SpecErrors([SpecError(f"not valid YAML/JSON: {detail}", file=file)]) from None
+    return parse_session(data, file=file, known_models=known_models)
+
+
+_TYPE_CHECKS: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "list": (list,),
+    "object": (dict,),
+}
+
+
+def _coerce(kind: str, value: Any) -> Any:
+    """Parse a value given as text (CLI ``--input k=v``) into the declared type."""
+    if not isinstance(value, str) or kind == "string":
+        return value
+    if kind == "integer":
+        return int(value)
+    if kind == "number":
+        return float(value)
+    if kind == "boolean":
+        lowered = value.strip().lower()
+        if lowered in ("true", "yes", "1"):
+            return True
+        if lowered in ("false", "no", "0"):
+            return False
+        raise ValueError(value)
+    return json.loads(value)
+
+
+def validate_inputs(
+    spec: SessionSpec, provided: Mapping[str, Any] | None, *, from_text: bool = False
+) -> dict[str, Any]:
+    """The inputs a run uses: defaults filled in, types checked.
+
+    Args:
+        spec: The session.
+        provided: Values given by the caller.
+        from_text: Values are strings from the command line, to parse by type.
+
+    Raises:
+        InputError: listing every missing, unknown or mistyped input, one per line.
+    """
+    provided = dict(provided or {})
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    for name in sorted(set(provided) - set(spec.inputs)):
+        declared = ", ".join(sorted(spec.inputs)) or "none"
+        problems.append(f"input {name!r}: not declared by the session (declared: {declared})")
+    for name, decl in spec.inputs.items():
+        if name not in provided:
+            if decl.required:
+                problems.append(f"input {name!r}: required ({decl.type}) but not given")
+            else:
+                values[name] = decl.default
+            continue
+        value = provided[name]
+        if from_text:
+            try:
+                value = _coerce(decl.type, value)
+            except ValueError:
+                problems.append(f"input {name!r}: expected {decl.type}, got {provided[name]!r}")
+                continue
+        ok = isinstance(value, _TYPE_CHECKS[decl.type])
+        if decl.type in ("integer", "number") and isinstance(value, bool):
+            ok = False
+        if not ok:
+            problems.append(
+                f"input {name!r}: expected {decl.type}, got {type(value).__name__} {value!r}"
+            )
+            continue
+        values[name] = value
+    if problems:
+        raise InputError("\n".join(problems))
+    return values
