@@ -1,0 +1,347 @@
+"""The read path: stored rows become the pydantic ``Stored*`` models users see.
+
+The table classes in ``tables`` are never returned: they skip validation and carry
+SQLAlchemy state. These models are plain data with a ``model_dump(mode="json")`` shape
+that ``thinktank show --json`` prints as it is. SQLite hands datetimes back without a
+zone; every datetime field here is marked UTC on the way in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict
+from sqlalchemy import Row, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from thinktank.errors import UnknownSessionError
+from thinktank.store._write import CALLS, CONSENSUS, EVENTS, SESSIONS, STEPS
+
+__all__ = [
+    "MIN_PREFIX",
+    "SessionSummary",
+    "StoredCall",
+    "StoredConsensus",
+    "StoredSession",
+    "StoredStep",
+    "count_rows",
+    "get_session",
+    "list_sessions",
+]
+
+MIN_PREFIX = 4
+"""Fewest characters of a session id that ``get_session`` accepts as a prefix."""
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+UTCDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+"""A timezone-aware UTC datetime (naive values from SQLite are UTC)."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class StoredCall(_Model):
+    """One stored model call."""
+
+    id: str
+    """UUID of the call."""
+    step_id: str
+    """Row UUID of the step that made it."""
+    step_key: str
+    """The user's id of that step."""
+    model_id: str
+    """The model name."""
+    attempt: int
+    """The step attempt it belongs to (1 for the first)."""
+    status: str
+    """``running``, ``ok``, ``failed``, ``timeout`` or ``cancelled``."""
+    started_at: UTCDatetime
+    """When it was sent."""
+    completed_at: UTCDatetime | None
+    """When it ended; None while it runs."""
+    response: str | None
+    """The response text (partial, or None, on failure)."""
+    tokens_used: int | None
+    """Input plus output tokens; None when either is unknown."""
+    input_tokens: int | None
+    """Prompt tokens; None when unknown."""
+    output_tokens: int | None
+    """Completion tokens; None when unknown."""
+    latency_ms: int | None
+    """Wall time in milliseconds."""
+    cost_usd: float | None
+    """USD; None when unknown."""
+    finish_reason: str | None
+    """Why generation stopped."""
+    error: str | None
+    """What went wrong, when it did."""
+    included_in_consensus: bool
+    """Whether the response took part in the step's merge."""
+
+
+class StoredConsensus(_Model):
+    """The merge of a multi-model step (its latest, when it was retried)."""
+
+    id: str
+    """UUID of the result."""
+    attempt: int | None
+    """The step attempt whose calls were merged."""
+    method: str
+    """Synthesis method."""
+    score: float
+    """Agreement in [0, 1]."""
+    threshold: float
+    """The consensus threshold in force."""
+    reached: bool
+    """Whether ``score >= threshold``."""
+    content: str
+    """The merged answer."""
+    outcome: str
+    """``ok`` or a degraded outcome (``low_consensus``, ``k_of_n``)."""
+    clusters: list[dict[str, Any]]
+    """The agreeing groups."""
+    included_call_ids: list[str]
+    """Calls whose responses took part."""
+    created_at: UTCDatetime
+    """When it was computed."""
+
+
+class StoredStep(_Model):
+    """One stored step with its calls and consensus."""
+
+    id: str
+    """Row UUID of the step."""
+    step_key: str
+    """The user's step id."""
+    position: int
+    """Order in the session file."""
+    kind: str
+    """``prompt``, ``multi``, ..."""
+    depends_on: list[str]
+    """Keys of the steps it waits for."""
+    models: list[str]
+    """Model names it calls."""
+    mode: str | None
+    """Multi-model mode."""
+    synthesis: str | None
+    """Merge method."""
+    prompt_template: str
+    """The prompt before rendering."""
+    prompt: str | None
+    """The rendered prompt of the latest attempt; None before it starts."""
+    status: str
+    """``pending``, ``running``, ``completed``, ``failed``, ``skipped`` or ``cancelled``."""
+    output: str | None
+    """Its output."""
+    error: str | None
+    """Why it failed."""
+    skip_reason: str | None
+    """Why it was skipped."""
+    attempts: int
+    """Attempts started."""
+    started_at: UTCDatetime | None
+    """When the first attempt started."""
+    completed_at: UTCDatetime | None
+    """When it ended."""
+    latency_ms: float | None
+    """Wall time from first start to end."""
+    input_tokens: int | None
+    """Prompt tokens of its calls; None when any is unknown."""
+    output_tokens: int | None
+    """Completion tokens of its calls; None when any is unknown."""
+    cost_usd: float | None
+    """USD of its calls; None when any is unknown."""
+    consensus_score: float | None
+    """Agreement of a multi-model step."""
+    calls: list[StoredCall] = []
+    """Every call of every attempt, by start time."""
+    consensus: StoredConsensus | None = None
+    """The latest merge, for multi-model steps."""
+
+
+class SessionSummary(_Model):
+    """One line of ``thinktank list``: a session without its steps."""
+
+    id: str
+    """UUID of the session."""
+    name: str
+    """Its name."""
+    status: str
+    """``running``, ``completed``, ``partial``, ``failed`` or ``interrupted``."""
+    source: str | None
+    """The session file, when it came from one."""
+    error: str | None
+    """Why it did not complete."""
+    created_at: UTCDatetime
+    """When it was first started."""
+    started_at: UTCDatetime
+    """When it started."""
+    finished_at: UTCDatetime | None
+    """When it finished; None while it runs."""
+    wall_ms: float | None
+    """Wall time."""
+    input_tokens: int | None
+    """Prompt tokens; None when unknown (or still running)."""
+    output_tokens: int | None
+    """Completion tokens; None when unknown (or still running)."""
+    total_tokens: int | None
+    """Input plus output tokens; None when either is unknown."""
+    cost_usd: float | None
+    """USD; None when unknown (or still running)."""
+    steps_total: int
+    """Steps in the session."""
+    steps_completed: int
+    """Steps completed (counted from the steps while it runs)."""
+    steps_failed: int
+    """Steps failed or cancelled (counted from the steps while it runs)."""
+    steps_skipped: int
+    """Steps skipped (counted from the steps while it runs)."""
+
+
+class StoredSession(SessionSummary):
+    """A whole stored session: definition, state, steps, calls and consensus."""
+
+    parallel_execution_config: dict[str, Any]
+    """The spec's ``parallelExecution`` block (camelCase keys)."""
+    spec: dict[str, Any]
+    """The validated session spec."""
+    inputs: dict[str, Any]
+    """The inputs it ran with."""
+    steps: list[StoredStep]
+    """Every step, in file order."""
+
+    def step(self, step_key: str) -> StoredStep:
+        """The step with the user's id ``step_key``.
+
+        Raises:
+            KeyError: the session has no such step.
+        """
+        for step in self.steps:
+            if step.step_key == step_key:
+                return step
+        raise KeyError(step_key)
+
+
+_SUMMARY_COLUMNS = [SESSIONS.c[name] for name in SessionSummary.model_fields]
+
+
+def _live_counts(summary: dict[str, Any], statuses: Sequence[tuple[str, int]]) -> dict[str, Any]:
+    """Counters of a running session, from its steps (they are stored when it ends)."""
+    counts = dict.fromkeys(("completed", "failed", "cancelled", "skipped"), 0)
+    for status, n in statuses:
+        if status in counts:
+            counts[status] += n
+    summary["steps_completed"] = counts["completed"]
+    summary["steps_failed"] = counts["failed"] + counts["cancelled"]
+    summary["steps_skipped"] = counts["skipped"]
+    return summary
+
+
+async def list_sessions(conn: AsyncConnection, limit: int | None) -> list[SessionSummary]:
+    """Sessions, newest first."""
+    query = select(*_SUMMARY_COLUMNS).order_by(SESSIONS.c.created_at.desc(), SESSIONS.c.id.desc())
+    if limit is not None:
+        query = query.limit(limit)
+    rows = [dict(row._mapping) for row in await conn.execute(query)]
+    running = [row["id"] for row in rows if row["status"] == "running"]
+    if running:
+        statuses: dict[str, list[tuple[str, int]]] = {sid: [] for sid in running}
+        result = await conn.execute(
+            select(STEPS.c.session_id, STEPS.c.status, func.count())
+            .where(STEPS.c.session_id.in_(running))
+            .group_by(STEPS.c.session_id, STEPS.c.status)
+        )
+        for sid, status, n in result:
+            statuses[sid].append((status, n))
+        for row in rows:
+            if row["status"] == "running":
+                _live_counts(row, statuses[row["id"]])
+    return [SessionSummary.model_validate(row) for row in rows]
+
+
+async def _resolve(conn: AsyncConnection, id_or_prefix: str) -> Row[Any]:
+    """The session row for a full id or a unique prefix of one."""
+    wanted = id_or_prefix.strip()
+    row = (await conn.execute(select(SESSIONS).where(SESSIONS.c.id == wanted))).first()
+    if row is not None:
+        return row
+    if not wanted:
+        raise UnknownSessionError("no session id given")
+    if len(wanted) < MIN_PREFIX:
+        raise UnknownSessionError(
+            f"no session has the id {wanted!r}; a prefix needs at least {MIN_PREFIX} characters"
+        )
+    matches = (
+        await conn.execute(
+            select(SESSIONS)
+            .where(SESSIONS.c.id.startswith(wanted, autoescape=True))
+            .order_by(SESSIONS.c.id)
+            .limit(3)
+        )
+    ).all()
+    if not matches:
+        raise UnknownSessionError(f"no stored session matches {wanted!r}")
+    if len(matches) > 1:
+        shown = ", ".join(m.id for m in matches[:2]) + (", ..." if len(matches) > 2 else "")
+        raise UnknownSessionError(
+            f"session id prefix {wanted!r} is ambiguous: it matches {shown}; give more characters"
+        )
+    return matches[0]
+
+
+async def get_session(conn: AsyncConnection, id_or_prefix: str) -> StoredSession:
+    """The whole session with the id (or unique id prefix) ``id_or_prefix``."""
+    session = dict((await _resolve(conn, id_or_prefix))._mapping)
+    sid = session["id"]
+    step_rows = (
+        await conn.execute(
+            select(STEPS).where(STEPS.c.session_id == sid).order_by(STEPS.c.position, STEPS.c.id)
+        )
+    ).all()
+    keys = {row.id: row.step_key for row in step_rows}
+    calls: dict[str, list[StoredCall]] = {row.id: [] for row in step_rows}
+    result = await conn.execute(
+        select(CALLS)
+        .where(CALLS.c.session_id == sid)
+        .order_by(CALLS.c.started_at, CALLS.c.attempt, CALLS.c.id)
+    )
+    for row in result:
+        data = dict(row._mapping)
+        data["step_key"] = keys.get(data["step_id"], "")
+        calls.setdefault(data["step_id"], []).append(StoredCall.model_validate(data))
+    consensus: dict[str, StoredConsensus] = {}
+    result = await conn.execute(
+        select(CONSENSUS)
+        .where(CONSENSUS.c.session_id == sid)
+        .order_by(CONSENSUS.c.created_at, CONSENSUS.c.id)
+    )
+    for row in result:
+        consensus[row.step_id] = StoredConsensus.model_validate(dict(row._mapping))
+    steps = [
+        StoredStep.model_validate(
+            {**row._mapping, "calls": calls[row.id], "consensus": consensus.get(row.id)}
+        )
+        for row in step_rows
+    ]
+    if session["status"] == "running":
+        counts: dict[str, int] = {}
+        for step in steps:
+            counts[step.status] = counts.get(step.status, 0) + 1
+        _live_counts(session, list(counts.items()))
+    session["steps"] = steps
+    return StoredSession.model_validate(session)
+
+
+async def count_rows(conn: AsyncConnection) -> dict[str, int]:
+    """Table name -> row count, for every thinktank table."""
+    counts: dict[str, int] = {}
+    for table in (SESSIONS, STEPS, CALLS, CONSENSUS, EVENTS):
+        counts[table.name] = int(await conn.scalar(select(func.count()).select_from(table)) or 0)
+    return counts

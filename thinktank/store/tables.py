@@ -1,0 +1,240 @@
+"""The SQL tables thinktank stores sessions in, as SQLModel ``table=True`` classes.
+
+The seed spec's table and column names (``thinktank_sessions`` with its
+``parallel_execution_config`` JSON, ``thinktank_steps``, ``thinktank_parallel_executions``)
+are a contract kept here; the columns beyond the seed's (status, cost, errors, consensus,
+the event log) are ours. Nothing in this module has logic: the write path in
+``thinktank.store._write`` uses SQLAlchemy Core statements on these tables and the read
+path in ``thinktank.store._read`` turns rows into the pydantic ``Stored*`` models. The
+classes are never handed to users.
+
+Datetimes are declared ``DateTime(timezone=True)``; SQLite stores them without a zone,
+so the store converts to UTC before writing and marks naive values UTC on reading.
+IDs are UUID strings, kept as ``VARCHAR(36)`` so that SQLite and PostgreSQL agree.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Float, Integer, String, Text, UniqueConstraint, true
+from sqlmodel import Field, SQLModel
+
+__all__ = [
+    "CallRow",
+    "ConsensusRow",
+    "EventRow",
+    "SessionRow",
+    "StepRow",
+]
+
+_UTC_DATETIME = DateTime(timezone=True)
+
+
+class SessionRow(SQLModel, table=True):
+    """One session: its spec, inputs, status and totals."""
+
+    __tablename__ = "thinktank_sessions"
+
+    id: str = Field(primary_key=True, max_length=36)
+    """UUID of the session."""
+    name: str = Field(sa_type=Text)
+    """The session's name."""
+    status: str = Field(max_length=16)
+    """``running``, ``completed``, ``partial``, ``failed`` or ``interrupted``."""
+    parallel_execution_config: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    """The spec's ``parallelExecution`` block, camelCase keys as the seed stores it."""
+    spec: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    """The whole validated session spec."""
+    inputs: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    """The inputs the session ran with."""
+    source: str | None = Field(default=None, sa_type=Text)
+    """The session file, when it came from one."""
+    error: str | None = Field(default=None, sa_type=Text)
+    """Why the session did not complete, when it did not."""
+    created_at: datetime = Field(sa_type=_UTC_DATETIME, index=True)
+    """When the row was first written (the first start of the session)."""
+    started_at: datetime = Field(sa_type=_UTC_DATETIME)
+    """When the session started."""
+    finished_at: datetime | None = Field(default=None, sa_type=_UTC_DATETIME)
+    """When it finished; None while it runs."""
+    wall_ms: float | None = Field(default=None, sa_type=Float)
+    """Wall time of the session."""
+    input_tokens: int | None = Field(default=None, sa_type=Integer)
+    """Prompt tokens of every call; None when any is unknown."""
+    output_tokens: int | None = Field(default=None, sa_type=Integer)
+    """Completion tokens of every call; None when any is unknown."""
+    total_tokens: int | None = Field(default=None, sa_type=Integer)
+    """``input_tokens + output_tokens``; None when either is unknown."""
+    cost_usd: float | None = Field(default=None, sa_type=Float)
+    """USD of every call; None when any is unknown."""
+    steps_total: int = Field(default=0, sa_type=Integer)
+    """Number of steps in the session."""
+    steps_completed: int = Field(default=0, sa_type=Integer)
+    """Steps that completed (set when the session finishes)."""
+    steps_failed: int = Field(default=0, sa_type=Integer)
+    """Steps that failed or were cancelled (set when the session finishes)."""
+    steps_skipped: int = Field(default=0, sa_type=Integer)
+    """Steps skipped because a dependency failed (set when the session finishes)."""
+
+
+class StepRow(SQLModel, table=True):
+    """One step of a session: its definition, state and accounting."""
+
+    __tablename__ = "thinktank_steps"
+    __table_args__ = (
+        UniqueConstraint("session_id", "step_key", name="uq_thinktank_steps_session_step"),
+    )
+
+    id: str = Field(primary_key=True, max_length=36)
+    """UUID of the row (``StepInfo.row_id``)."""
+    session_id: str = Field(
+        foreign_key="thinktank_sessions.id", ondelete="CASCADE", index=True, max_length=36
+    )
+    """The session the step belongs to."""
+    step_key: str = Field(max_length=200)
+    """The user's step id, unique within the session."""
+    position: int = Field(sa_type=Integer)
+    """Order of the step in the session file."""
+    kind: str = Field(max_length=32)
+    """``prompt``, ``multi``, ..."""
+    depends_on: list[str] = Field(default_factory=list, sa_type=JSON)
+    """Keys of the steps it waits for."""
+    models: list[str] = Field(default_factory=list, sa_type=JSON)
+    """Model names the step calls."""
+    mode: str | None = Field(default=None, max_length=32)
+    """Multi-model mode, or None for one model."""
+    synthesis: str | None = Field(default=None, max_length=64)
+    """Merge method, or None for one model."""
+    prompt_template: str = Field(sa_type=Text)
+    """The prompt before rendering."""
+    prompt: str | None = Field(default=None, sa_type=Text)
+    """The rendered prompt of the latest attempt."""
+    status: str = Field(max_length=16)
+    """``pending``, ``running``, ``completed``, ``failed``, ``skipped`` or ``cancelled``."""
+    output: str | None = Field(default=None, sa_type=Text)
+    """The step's output (the merged answer for multi-model steps)."""
+    error: str | None = Field(default=None, sa_type=Text)
+    """Why it failed."""
+    skip_reason: str | None = Field(default=None, sa_type=Text)
+    """Why it was skipped."""
+    attempts: int = Field(default=0, sa_type=Integer)
+    """Attempts started so far."""
+    started_at: datetime | None = Field(default=None, sa_type=_UTC_DATETIME)
+    """When the first attempt started."""
+    completed_at: datetime | None = Field(default=None, sa_type=_UTC_DATETIME)
+    """When the step ended."""
+    latency_ms: float | None = Field(default=None, sa_type=Float)
+    """Wall time from first start to end."""
+    input_tokens: int | None = Field(default=None, sa_type=Integer)
+    """Prompt tokens over all its calls; None when any is unknown."""
+    output_tokens: int | None = Field(default=None, sa_type=Integer)
+    """Completion tokens over all its calls; None when any is unknown."""
+    cost_usd: float | None = Field(default=None, sa_type=Float)
+    """USD over all its calls; None when any is unknown."""
+    consensus_score: float | None = Field(default=None, sa_type=Float)
+    """Agreement of a multi-model step."""
+
+
+class CallRow(SQLModel, table=True):
+    """One model call (the seed's ``thinktank_parallel_executions``)."""
+
+    __tablename__ = "thinktank_parallel_executions"
+
+    id: str = Field(primary_key=True, max_length=36)
+    """UUID of the call."""
+    session_id: str = Field(
+        foreign_key="thinktank_sessions.id", ondelete="CASCADE", index=True, max_length=36
+    )
+    """The session the call belongs to."""
+    step_id: str = Field(
+        foreign_key="thinktank_steps.id", ondelete="CASCADE", index=True, max_length=36
+    )
+    """The row UUID of the step that made the call (not the step key)."""
+    model_id: str = Field(sa_type=String(100))
+    """The model name."""
+    attempt: int = Field(default=1, sa_type=Integer)
+    """The step attempt the call belongs to."""
+    status: str = Field(max_length=16)
+    """``running``, ``ok``, ``failed``, ``timeout`` or ``cancelled``."""
+    started_at: datetime = Field(sa_type=_UTC_DATETIME)
+    """When the call was sent."""
+    completed_at: datetime | None = Field(default=None, sa_type=_UTC_DATETIME)
+    """When it ended."""
+    response: str | None = Field(default=None, sa_type=Text)
+    """The response text (partial, or None, on failure)."""
+    tokens_used: int | None = Field(default=None, sa_type=Integer)
+    """``input_tokens + output_tokens``; None when either is unknown."""
+    input_tokens: int | None = Field(default=None, sa_type=Integer)
+    """Prompt tokens; None when unknown."""
+    output_tokens: int | None = Field(default=None, sa_type=Integer)
+    """Completion tokens; None when unknown."""
+    latency_ms: int | None = Field(default=None, sa_type=Integer)
+    """Wall time of the call, rounded to the millisecond."""
+    cost_usd: float | None = Field(default=None, sa_type=Float)
+    """USD; None when unknown."""
+    finish_reason: str | None = Field(default=None, max_length=64)
+    """Why generation stopped."""
+    error: str | None = Field(default=None, sa_type=Text)
+    """What went wrong, when it did."""
+    included_in_consensus: bool = Field(default=True, sa_column_kwargs={"server_default": true()})
+    """Whether the response took part in the step's merge."""
+
+
+class ConsensusRow(SQLModel, table=True):
+    """The merge of one multi-model step attempt."""
+
+    __tablename__ = "thinktank_consensus"
+
+    id: str = Field(primary_key=True, max_length=36)
+    """UUID of the consensus result."""
+    session_id: str = Field(
+        foreign_key="thinktank_sessions.id", ondelete="CASCADE", index=True, max_length=36
+    )
+    """The session."""
+    step_id: str = Field(
+        foreign_key="thinktank_steps.id", ondelete="CASCADE", index=True, max_length=36
+    )
+    """The row UUID of the step."""
+    attempt: int | None = Field(default=None, sa_type=Integer)
+    """The step attempt the merged calls belong to, when known."""
+    method: str = Field(max_length=64)
+    """Synthesis method (``majority``, ...)."""
+    score: float = Field(sa_type=Float)
+    """Agreement in [0, 1]."""
+    threshold: float = Field(sa_type=Float)
+    """The consensus threshold in force."""
+    reached: bool
+    """Whether ``score >= threshold``."""
+    content: str = Field(sa_type=Text)
+    """The merged answer."""
+    outcome: str = Field(max_length=32)
+    """``ok`` or a degraded outcome (``low_consensus``, ``k_of_n``)."""
+    clusters: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON)
+    """The agreeing groups: answer, members, weight."""
+    included_call_ids: list[str] = Field(default_factory=list, sa_type=JSON)
+    """Calls whose responses took part in the merge."""
+    created_at: datetime = Field(sa_type=_UTC_DATETIME)
+    """When the merge was computed."""
+
+
+class EventRow(SQLModel, table=True):
+    """Every event, in the order it was written: the session's full history."""
+
+    __tablename__ = "thinktank_events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    """Autoincrement: the write order."""
+    session_id: str = Field(
+        foreign_key="thinktank_sessions.id", ondelete="CASCADE", index=True, max_length=36
+    )
+    """The session."""
+    type: str = Field(max_length=32)
+    """The event's ``type`` (``step_started``, ...)."""
+    step_key: str | None = Field(default=None, max_length=200)
+    """The step key, for step and call events."""
+    at: datetime = Field(sa_type=_UTC_DATETIME)
+    """When it happened."""
+    payload: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    """``event.to_dict()``."""
