@@ -1,0 +1,94 @@
+"""Shared fixtures: isolated environment, tmp databases, and a counting model client."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import pytest
+
+from thinktank.errors import ProviderError
+from thinktank.providers.base import ModelRequest, ModelResponse
+
+REPO = Path(__file__).resolve().parent.parent
+SESSIONS = REPO / "sessions"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """SQLAlchemy's async layer is asyncio-only, so every async test runs on asyncio."""
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """No test sees the developer's THINKTANK_* variables or writes into the repo."""
+    for key in list(os.environ):
+        if key.startswith("THINKTANK_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    yield
+
+
+@dataclass
+class CallLog:
+    """In-flight counts measured at the models: per session and per step."""
+
+    in_flight: int = 0
+    max_in_flight: int = 0
+    per_step: dict[str, int] = field(default_factory=dict)
+    max_per_step: dict[str, int] = field(default_factory=dict)
+    calls: list[tuple[str, str, int]] = field(default_factory=list)
+
+
+class CountingModel:
+    """A model client that measures concurrency, sleeps, and fails on demand."""
+
+    def __init__(
+        self,
+        name: str,
+        log: CallLog,
+        *,
+        delay_s: float = 0.0,
+        reply: str = "ok",
+        fail_steps: frozenset[str] = frozenset(),
+    ) -> None:
+        self._name = name
+        self.log = log
+        self.delay_s = delay_s
+        self.reply = reply
+        self.fail_steps = fail_steps
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def provider(self) -> str:
+        return "test"
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        log = self.log
+        log.calls.append((request.step_id, self._name, request.attempt))
+        log.in_flight += 1
+        log.max_in_flight = max(log.max_in_flight, log.in_flight)
+        n = log.per_step.get(request.step_id, 0) + 1
+        log.per_step[request.step_id] = n
+        log.max_per_step[request.step_id] = max(log.max_per_step.get(request.step_id, 0), n)
+        try:
+            await anyio.sleep(self.delay_s)
+            if request.step_id in self.fail_steps:
+                raise ProviderError("injected failure", provider="test", model=self._name)
+            return ModelResponse(
+                content=self.reply,
+                model=self._name,
+                input_tokens=3,
+                output_tokens=1,
+                cost_usd=0.001,
+            )
+        finally:
+            log.in_flight -= 1
+            log.per_step[request.step_id] -= 1

@@ -1,0 +1,327 @@
+"""Running a session: validate, open the store, schedule, record, and fold a result.
+
+``run`` is the one execution path: a validated spec, a model pool, the scheduler and
+the step executor, with every event fanned out to the result collector, the caller's
+listener (the CLI's progress display) and the store recorder. Bad input raises before
+the store is opened, so it writes nothing.
+
+The recorder writes events in batches as they queue up (each batch one transaction,
+shielded from cancellation so no half-written batch exists), so a crash or Ctrl-C
+loses nothing that finished: after an interruption the rest of the queue is written
+before the cancellation propagates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import math
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+import anyio
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from thinktank.errors import SpecErrors, StoreError
+from thinktank.events import Event, SessionFinished, SessionStarted, StepInfo, StepSkipped, utcnow
+from thinktank.graph import StepGraph, validate_spec
+from thinktank.providers.base import ModelClient
+from thinktank.providers.simulated import SimulatedModel
+from thinktank.result import ResultCollector, SessionResult
+from thinktank.scheduler import ScheduleOutcome, Scheduler
+from thinktank.spec import SessionSpec, validate_inputs
+from thinktank.steps import StepExecutor, sum_known
+from thinktank.store import Store
+
+__all__ = ["DEFAULT_STORE", "build_clients", "run", "run_sync"]
+
+
+class _DefaultStore:
+    def __repr__(self) -> str:
+        return "DEFAULT_STORE"
+
+
+DEFAULT_STORE: Final[Any] = _DefaultStore()
+"""Sentinel: record in ``$THINKTANK_DB`` or ``./thinktank.db``. Pass ``store=None`` to
+record nothing."""
+
+Listener = Callable[[Event], None]
+
+
+def build_clients(
+    spec: SessionSpec, models: Mapping[str, ModelClient] | None = None
+) -> dict[str, ModelClient]:
+    """The model pool of a run: the session's declared models, then ``models``."""
+    clients: dict[str, ModelClient] = {
+        name: SimulatedModel(name, config) for name, config in spec.models.items()
+    }
+    clients.update(models or {})
+    return clients
+
+
+class _Recorder:
+    """Writes queued events to the store, a batch per transaction."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        send, receive = anyio.create_memory_object_stream[Event](math.inf)
+        self.send: MemoryObjectSendStream[Event] = send
+        self.receive: MemoryObjectReceiveStream[Event] = receive
+        self.error: BaseException | None = None
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        async for event in self.receive:
+            batch = [event]
+            while True:
+                try:
+                    batch.append(self.receive.receive_nowait())
+                except (anyio.WouldBlock, anyio.EndOfStream):
+                    break
+            await self._write(batch)
+
+    async def drain(self) -> None:
+        """Write whatever is still queued (after a cancellation)."""
+        batch: list[Event] = []
+        while True:
+            try:
+                batch.append(self.receive.receive_nowait())
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                break
+        if batch:
+            await self._write(batch)
+
+    async def _write(self, batch: list[Event]) -> None:
+        with anyio.CancelScope(shield=True):
+            await self.store.write(batch)
+
+
+def _steps_info(spec: SessionSpec) -> tuple[StepInfo, ...]:
+    infos = []
+    for position, step in enumerate(spec.steps):
+        models = spec.step_models(step)
+        multi = len(models) > 1
+        infos.append(
+            StepInfo(
+                step_id=step.id,
+                row_id=str(uuid.uuid4()),
+                kind="multi" if multi else "prompt",
+                depends_on=tuple(step.depends_on),
+                models=tuple(models),
+                mode=step.mode if multi else None,
+                synthesis=step.synthesis if multi else None,
+                prompt_template=step.prompt,
+                position=position,
+            )
+        )
+    return tuple(infos)
+
+
+def _session_status(outcome: ScheduleOutcome, total: int) -> tuple[Any, str | None]:
+    if outcome.aborted_by is not None:
+        reason = outcome.failed[outcome.aborted_by]
+        return "failed", f"step {outcome.aborted_by!r} failed (fail_fast): {reason}"
+    if len(outcome.completed) == total:
+        return "completed", None
+    first = next(iter(outcome.failed.items()), None)
+    detail = f"; first: step {first[0]!r}: {first[1]}" if first else ""
+    summary = f"{len(outcome.failed)} step(s) failed, {len(outcome.skipped)} skipped{detail}"
+    return ("failed" if not outcome.completed else "partial"), summary
+
+
+async def run(
+    spec: SessionSpec,
+    *,
+    inputs: Mapping[str, Any] | None = None,
+    store: Store | str | None = DEFAULT_STORE,
+    models: Mapping[str, ModelClient] | None = None,
+    on_event: Listener | None = None,
+    source: str | None = None,
+) -> SessionResult:
+    """Run a session to the end and return its result.
+
+    Args:
+        spec: A validated session (``thinktank.load_session``).
+        inputs: Values for the session's declared inputs.
+        store: A :class:`Store`, a database URL or path, None to record nothing, or
+            by default ``$THINKTANK_DB`` / ``./thinktank.db``.
+        models: Model clients by name, added to (or replacing) the session's own.
+        on_event: Called with every event as it happens (progress displays).
+        source: The session file, recorded with the session.
+
+    Raises:
+        SpecErrors: the spec names models that are not in the pool.
+        InputError: inputs missing, unknown or of the wrong type.
+        StoreError: the database could not be opened or written.
+    """
+    clients = build_clients(spec, models)
+    problems = validate_spec(spec, file=source, known_models=clients)
+    if problems:
+        raise SpecErrors(problems)
+    values = validate_inputs(spec, inputs)
+
+    owned: Store | None = None
+    if store is DEFAULT_STORE or isinstance(store, str):
+        store = owned = await Store.open(None if store is DEFAULT_STORE else store)
+    try:
+        return await _run_recorded(spec, values, store, clients, on_event, source)
+    finally:
+        if owned is not None:
+            # Shielded: an interrupted run must still release its connections.
+            with anyio.CancelScope(shield=True):
+                await owned.close()
+
+
+async def _run_recorded(
+    spec: SessionSpec,
+    values: dict[str, Any],
+    store: Store | None,
+    clients: Mapping[str, ModelClient],
+    on_event: Listener | None,
+    source: str | None,
+) -> SessionResult:
+    session_id = str(uuid.uuid4())
+    settings = spec.parallel_execution.effective()
+    collector = ResultCollector()
+    recorder = _Recorder(store) if store is not None else None
+    listeners: list[Listener] = [collector]
+    if on_event is not None:
+        listeners.append(on_event)
+    if recorder is not None:
+        listeners.append(recorder.send.send_nowait)
+
+    def emit(event: Event) -> None:
+        for listener in listeners:
+            listener(event)
+
+    graph = StepGraph(spec)
+    executor = StepExecutor(
+        session_id=session_id,
+        spec=spec,
+        clients=clients,
+        inputs=values,
+        emit=emit,
+        call_limiter=(
+            anyio.CapacityLimiter(settings.max_concurrent_calls)
+            if settings.max_concurrent_calls is not None
+            else None
+        ),
+    )
+    scheduler = Scheduler(
+        graph,
+        executor,
+        max_concurrent_steps=settings.max_concurrent_steps,
+        scheduling=settings.scheduling,
+        failure_strategy=settings.failure_strategy,
+        on_skip=lambda step, reason: emit(
+            StepSkipped(session_id=session_id, step_id=step, reason=reason)
+        ),
+    )
+    started_at = utcnow()
+    start = time.perf_counter()
+    emit(
+        SessionStarted(
+            session_id=session_id,
+            name=spec.name,
+            spec=spec.model_dump(mode="json"),
+            inputs=values,
+            parallel_execution_config=spec.parallel_execution_wire(),
+            steps=_steps_info(spec),
+            source=source,
+            at=started_at,
+        )
+    )
+
+    def finish(status: Any, error: str | None) -> None:
+        result = collector.result
+        assert result is not None
+        ran = [s for s in result.steps.values() if s.attempts > 0]
+        counts = {"completed": 0, "failed": 0, "skipped": 0}
+        for s in result.steps.values():
+            if s.status == "completed":
+                counts["completed"] += 1
+            elif s.status in ("failed", "cancelled"):
+                counts["failed"] += 1
+            elif s.status == "skipped":
+                counts["skipped"] += 1
+        emit(
+            SessionFinished(
+                session_id=session_id,
+                status=status,
+                started_at=started_at,
+                error=error,
+                input_tokens=sum_known([s.usage.input_tokens for s in ran]) if ran else 0,
+                output_tokens=sum_known([s.usage.output_tokens for s in ran]) if ran else 0,
+                cost_usd=sum_known([s.usage.total_cost_usd for s in ran]) if ran else 0.0,
+                wall_ms=(time.perf_counter() - start) * 1000,
+                steps_completed=counts["completed"],
+                steps_failed=counts["failed"],
+                steps_skipped=counts["skipped"],
+            )
+        )
+
+    async def drive() -> None:
+        try:
+            try:
+                outcome = await scheduler.run()
+            except anyio.get_cancelled_exc_class():
+                finish("interrupted", "interrupted before the session finished")
+                raise
+            finish(*_session_status(outcome, len(graph)))
+        finally:
+            if recorder is not None:
+                recorder.send.close()
+
+    try:
+        if recorder is None:
+            await drive()
+        else:
+            async with anyio.create_task_group() as tg:
+                await tg.start(_guarded, recorder, tg)
+                await drive()
+    except anyio.get_cancelled_exc_class():
+        if recorder is not None:
+            with anyio.CancelScope(shield=True):
+                await recorder.drain()
+        raise
+    finally:
+        if recorder is not None:
+            recorder.send.close()
+            recorder.receive.close()
+    if recorder is not None and recorder.error is not None:
+        raise recorder.error
+    assert collector.result is not None
+    return collector.result
+
+
+async def _guarded(
+    recorder: _Recorder,
+    tg: anyio.abc.TaskGroup,
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the recorder; on a store failure stop the session and keep the error."""
+    try:
+        await recorder.run(task_status=task_status)
+    except StoreError as exc:
+        recorder.error = exc
+        tg.cancel_scope.cancel()
+
+
+def run_sync(spec: SessionSpec, **kwargs: Any) -> SessionResult:
+    """``run`` for scripts and notebooks; works inside a running event loop too.
+
+    Inside a running loop (Jupyter), the session runs on a worker thread with its own
+    loop, and this call blocks until it ends.
+    """
+    job = functools.partial(anyio.run, functools.partial(run, spec, **kwargs), backend="asyncio")
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return job()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(job).result()

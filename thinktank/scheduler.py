@@ -1,0 +1,167 @@
+"""The DAG scheduler: start every ready step at once, within the session's limits.
+
+``eager`` (default) starts a step the moment its last dependency finishes; ``layered``
+runs one topological generation at a time (what superstep engines do; kept as an
+option and as a yardstick). At most ``max_concurrent_steps`` steps are in flight; the
+ready queue is FIFO in the order steps became ready, ties in file order, which is
+the greedy list schedule the benchmark compares against.
+
+The scheduler knows nothing about models: it calls ``execute(step_id)``, which returns
+None when the step completed or an error string when it failed. On a failure,
+``best_effort`` skips exactly the failed step's descendants; ``fail_fast`` cancels the
+steps in flight and skips everything not yet finished. Cancellation from outside
+(Ctrl-C) propagates after in-flight steps have recorded themselves as cancelled.
+
+Everything runs in one anyio task group; tasks are spawned only when a slot is free,
+so a 10,000-step session never holds 10,000 waiting tasks.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import anyio
+from anyio.abc import TaskGroup
+
+from thinktank.graph import StepGraph
+
+__all__ = ["ScheduleOutcome", "Scheduler"]
+
+Execute = Callable[[str], Awaitable[str | None]]
+OnSkip = Callable[[str, str], None]
+
+
+@dataclass(slots=True)
+class ScheduleOutcome:
+    """Which steps ended how."""
+
+    completed: list[str] = field(default_factory=list)
+    """Steps that completed, in completion order."""
+    failed: dict[str, str] = field(default_factory=dict)
+    """Failed steps and why."""
+    skipped: dict[str, str] = field(default_factory=dict)
+    """Steps that never ran and why."""
+    cancelled: list[str] = field(default_factory=list)
+    """Steps that were running when fail_fast stopped the session."""
+    aborted_by: str | None = None
+    """Under fail_fast, the step whose failure stopped the session."""
+    max_in_flight: int = 0
+    """The most steps ever in flight at once."""
+
+
+class Scheduler:
+    """Runs a :class:`StepGraph` through ``execute``, eagerly or layer by layer."""
+
+    def __init__(
+        self,
+        graph: StepGraph,
+        execute: Execute,
+        *,
+        max_concurrent_steps: int = 5,
+        scheduling: Literal["eager", "layered"] = "eager",
+        failure_strategy: Literal["fail_fast", "best_effort"] = "best_effort",
+        on_skip: OnSkip | None = None,
+        done: Iterable[str] = (),
+    ) -> None:
+        if max_concurrent_steps < 1:
+            raise ValueError("max_concurrent_steps must be >= 1")
+        self.graph = graph
+        self._execute = execute
+        self._limit = max_concurrent_steps
+        self._scheduling = scheduling
+        self._fail_fast = failure_strategy == "fail_fast"
+        self._on_skip = on_skip
+        self._done = set(done)
+        self.outcome = ScheduleOutcome()
+        self.in_flight = 0
+        """Steps running right now (observable while the session runs)."""
+        self._ready: deque[str] = deque()
+        self._waiting: dict[str, int] = {}
+        self._finished: set[str] = set(self._done)
+        self._started: set[str] = set()
+        self._position: dict[str, int] = {}
+        self._tg: TaskGroup | None = None
+
+    async def run(self) -> ScheduleOutcome:
+        """Run every step not already done; return how each ended."""
+        g = self.graph.graph
+        position = self._position = {n: d["position"] for n, d in g.nodes(data=True)}
+        for node in sorted(g, key=position.__getitem__):
+            if node in self._done:
+                continue
+            self._waiting[node] = sum(1 for p in g.predecessors(node) if p not in self._done)
+        if self._scheduling == "eager":
+            self._ready.extend(n for n, w in self._waiting.items() if w == 0)
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                self._pump()
+        else:
+            for generation in self.graph.generations():
+                todo = [n for n in generation if n in self._waiting and n not in self._finished]
+                if self.outcome.aborted_by is not None:
+                    break
+                self._ready.extend(todo)
+                async with anyio.create_task_group() as tg:
+                    self._tg = tg
+                    self._pump()
+        self._tg = None
+        if self.outcome.aborted_by is not None:
+            reason = f"not run: the session stopped when {self.outcome.aborted_by!r} failed"
+            for node in sorted(self._waiting, key=position.__getitem__):
+                if node in self._started and node not in self._finished:
+                    self._finished.add(node)
+                    self.outcome.cancelled.append(node)
+                elif node not in self._finished:
+                    self._skip(node, reason)
+        return self.outcome
+
+    def _pump(self) -> None:
+        assert self._tg is not None
+        while self._ready and self.in_flight < self._limit and self.outcome.aborted_by is None:
+            node = self._ready.popleft()
+            self.in_flight += 1
+            self._started.add(node)
+            if self.in_flight > self.outcome.max_in_flight:
+                self.outcome.max_in_flight = self.in_flight
+            self._tg.start_soon(self._run_step, node, name=f"step {node}")
+
+    async def _run_step(self, node: str) -> None:
+        if self.outcome.aborted_by is not None:
+            # Spawned before a fail_fast abort but not yet begun: it never runs.
+            self._started.discard(node)
+            self.in_flight -= 1
+            return
+        error = await self._execute(node)
+        self.in_flight -= 1
+        self._finished.add(node)
+        if error is None:
+            self.outcome.completed.append(node)
+            for succ in self.graph.graph.successors(node):
+                if succ not in self._waiting:
+                    continue
+                left = self._waiting[succ] - 1
+                self._waiting[succ] = left
+                if left == 0 and succ not in self._finished and self._scheduling == "eager":
+                    self._ready.append(succ)
+        else:
+            self.outcome.failed[node] = error
+            if self._fail_fast:
+                if self.outcome.aborted_by is None:
+                    self.outcome.aborted_by = node
+                assert self._tg is not None
+                self._tg.cancel_scope.cancel()
+                return
+            reason = f"upstream step {node!r} failed: {error}"
+            for desc in sorted(self.graph.descendants(node), key=self._position.__getitem__):
+                if desc not in self._finished:
+                    self._skip(desc, reason)
+        self._pump()
+
+    def _skip(self, node: str, reason: str) -> None:
+        self._finished.add(node)
+        self.outcome.skipped[node] = reason
+        if self._on_skip is not None:
+            self._on_skip(node, reason)
