@@ -1,0 +1,66 @@
+"""Every example in sessions/ validates and runs on its simulated models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import thinktank
+
+from .conftest import SESSIONS
+
+RUNNABLE = sorted(p for p in SESSIONS.glob("*.yaml") if p.name != "broken.yaml")
+
+
+def test_there_are_examples() -> None:
+    """The diamond, fan-out and consensus examples exist."""
+    names = {p.stem for p in RUNNABLE}
+    assert {"diamond", "fanout", "consensus"} <= names
+
+
+@pytest.mark.parametrize("path", RUNNABLE, ids=lambda p: p.stem)
+async def test_example_runs_and_is_stored(path: Path, tmp_path: Path) -> None:
+    """The example completes and every step is in the store."""
+    spec = thinktank.load_session(path)
+    db = tmp_path / "tt.db"
+    result = await thinktank.run(spec, store=str(db), source=str(path))
+    assert result.status == "completed", result.error
+    assert all(s.output for s in result.steps.values())
+    async with await thinktank.Store.open(str(db)) as store:
+        stored = await store.get_session(result.session_id)
+    assert [s.step_key for s in stored.steps] == [s.id for s in spec.steps]
+    assert all(s.status == "completed" for s in stored.steps)
+
+
+async def test_fanout_respects_its_step_limit() -> None:
+    """The fan-out example never has more than its 6 steps in flight."""
+    spec = thinktank.load_session(SESSIONS / "fanout.yaml")
+    in_flight = 0
+    peak = 0
+
+    def watch(event: thinktank.events.Event) -> None:
+        nonlocal in_flight, peak
+        if isinstance(event, thinktank.events.StepStarted):
+            in_flight += 1
+            peak = max(peak, in_flight)
+        elif isinstance(event, thinktank.events.StepFinished):
+            in_flight -= 1
+
+    result = await thinktank.run(spec, store=None, on_event=watch)
+    assert result.status == "completed"
+    assert peak == 6
+
+
+async def test_readme_session_example_runs() -> None:
+    """The session file shown in the README is valid and runs."""
+    import re
+
+    import yaml
+
+    readme = (SESSIONS.parent / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```yaml\n(.*?)```", readme, re.DOTALL)
+    assert block is not None
+    spec = thinktank.parse_session(yaml.safe_load(block.group(1)))
+    result = await thinktank.run(spec, store=None)
+    assert result.status == "completed"

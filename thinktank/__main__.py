@@ -1,0 +1,8 @@
+"""``python -m thinktank``: the command line."""
+
+from __future__ import annotations
+
+from thinktank.cli import main
+
+if __name__ == "__main__":
+    main()

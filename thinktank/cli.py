@@ -1,0 +1,256 @@
+"""The ``thinktank`` command: a thin layer over the library.
+
+Exit codes: 0 the session completed; 1 it failed, ended partial or was interrupted;
+2 bad input (a one-line error per problem, no traceback, nothing written).
+Progress goes to stderr (a live table on a terminal, plain lines when piped), results
+to stdout, so ``--json`` output can be piped straight into ``jq``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import anyio
+import click
+import yaml
+
+from thinktank.errors import (
+    InputError,
+    SpecErrors,
+    StoreError,
+    ThinkTankError,
+    UnknownSessionError,
+    UsageError,
+)
+from thinktank.progress import Progress
+from thinktank.render import print_result, print_sessions, print_stored_session
+from thinktank.result import SessionResult
+from thinktank.runner import DEFAULT_STORE, run
+from thinktank.schema import render_session_schema
+from thinktank.spec import load_session, validate_inputs
+from thinktank.store import Store
+
+__all__ = ["main"]
+
+T = TypeVar("T")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+_db_option = click.option(
+    "--db",
+    "db",
+    envvar="THINKTANK_DB",
+    default=None,
+    metavar="URL|PATH",
+    help="Database URL or SQLite file (default: $THINKTANK_DB, else ./thinktank.db).",
+)
+_json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+
+
+def _fail(lines: Sequence[str], code: int = EXIT_BAD_INPUT) -> NoReturn:
+    for line in lines:
+        click.echo(f"error: {line}", err=True)
+    sys.exit(code)
+
+
+def _run_async(fn: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return anyio.run(fn, backend="asyncio")
+    except SpecErrors as exc:
+        _fail(exc.lines())
+    except (UsageError, StoreError) as exc:
+        _fail(str(exc).splitlines())
+    except ThinkTankError as exc:
+        _fail(str(exc).splitlines(), EXIT_FAILED)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="thinktank")
+def main() -> None:
+    """Run reasoning sessions - DAGs of LLM steps - on several models at once.
+
+    \b
+    thinktank validate sessions/diamond.yaml     check a session file
+    thinktank run sessions/diamond.yaml          run it (live progress, then a table)
+    thinktank sessions                           list stored sessions
+    thinktank show <session-id>                  one session: DAG, steps, calls, consensus
+    """
+
+
+def _parse_inputs(pairs: Sequence[str], inputs_file: str | None) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if inputs_file is not None:
+        try:
+            data = yaml.safe_load(Path(inputs_file).read_text(encoding="utf-8"))
+        except OSError as exc:
+            _fail([f"{inputs_file}: cannot read inputs file: {exc.strerror}"])
+        except yaml.YAMLError as exc:
+            _fail([f"{inputs_file}: not valid YAML/JSON: {' '.join(str(exc).split())}"])
+        if not isinstance(data, dict):
+            _fail([f"{inputs_file}: an inputs file must hold a mapping of input names"])
+        values.update(data)
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            _fail([f"--input {pair!r}: expected NAME=VALUE"])
+        values[name] = value
+    return values
+
+
+@main.command("run")
+@click.argument("session_file", type=click.Path(dir_okay=False))
+@_db_option
+@click.option(
+    "--input",
+    "-i",
+    "input_pairs",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A session input (repeatable); parsed by the input's declared type.",
+)
+@click.option(
+    "--inputs-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="A YAML/JSON mapping of input values.",
+)
+@_json_option
+@click.option("--no-progress", is_flag=True, help="Do not print progress.")
+def run_command(
+    session_file: str,
+    db: str | None,
+    input_pairs: tuple[str, ...],
+    inputs_file: str | None,
+    as_json: bool,
+    no_progress: bool,
+) -> None:
+    """Run SESSION_FILE and record it in the database."""
+    try:
+        spec = load_session(session_file)
+    except SpecErrors as exc:
+        _fail(exc.lines())
+    file_values = _parse_inputs((), inputs_file)
+    text_values = _parse_inputs(input_pairs, None)
+    try:
+        # Command-line values are text, parsed by declared type; file values are typed.
+        values = validate_inputs(spec, text_values, from_text=True) if text_values else {}
+        merged = {**file_values, **{k: values[k] for k in text_values}}
+        values = validate_inputs(spec, merged)
+    except InputError as exc:
+        _fail([f"{session_file}: {line}" for line in str(exc).splitlines()])
+    progress = Progress(enabled=not no_progress)
+
+    async def go() -> SessionResult:
+        with progress:
+            return await run(
+                spec,
+                inputs=values,
+                store=db if db is not None else DEFAULT_STORE,
+                on_event=progress,
+                source=session_file,
+            )
+
+    try:
+        result = _run_async(go)
+    except KeyboardInterrupt:
+        sid = progress.session_id or "?"
+        click.echo(
+            f"interrupted: session {sid} kept {progress.finished} finished step(s)", err=True
+        )
+        sys.exit(EXIT_INTERRUPTED)
+    if as_json:
+        click.echo(json.dumps(result.model_dump(mode="json"), indent=2, ensure_ascii=False))
+    else:
+        print_result(result)
+    sys.exit(EXIT_OK if result.status == "completed" else EXIT_FAILED)
+
+
+@main.command("validate")
+@click.argument("session_files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+def validate_command(session_files: tuple[str, ...]) -> None:
+    """Check session files; print every problem, one line each (exit 2 if any)."""
+    problems: list[str] = []
+    for file in session_files:
+        try:
+            spec = load_session(file)
+        except SpecErrors as exc:
+            problems.extend(exc.lines())
+            continue
+        click.echo(f"{file}: ok ({len(spec.steps)} steps)")
+    if problems:
+        _fail(problems)
+
+
+@main.command("sessions")
+@_db_option
+@_json_option
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many.")
+def sessions_command(db: str | None, as_json: bool, limit: int | None) -> None:
+    """List stored sessions, newest first."""
+
+    async def go() -> list[Any]:
+        async with await Store.open(db) as store:
+            return await store.list_sessions(limit=limit)
+
+    rows = _run_async(go)
+    if as_json:
+        click.echo(json.dumps([r.model_dump(mode="json") for r in rows], indent=2))
+    else:
+        print_sessions(rows)
+
+
+@main.command("show")
+@click.argument("session_id")
+@_db_option
+@_json_option
+def show_command(session_id: str, db: str | None, as_json: bool) -> None:
+    """Show one session: its DAG, every step's status, output, calls and consensus."""
+
+    async def go() -> Any:
+        async with await Store.open(db) as store:
+            return await store.get_session(session_id)
+
+    try:
+        stored = _run_async(go)
+    except UnknownSessionError as exc:  # pragma: no cover - _run_async exits first
+        _fail([str(exc)])
+    if as_json:
+        click.echo(json.dumps(stored.model_dump(mode="json"), indent=2, ensure_ascii=False))
+    else:
+        print_stored_session(stored)
+
+
+@main.command("schema")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the schema to this file instead of stdout.",
+)
+@click.option("--check", is_flag=True, help="Exit 1 if --output differs from the models.")
+def schema_command(output: str | None, check: bool) -> None:
+    """Print (or write) the JSON Schema of session files."""
+    text = render_session_schema()
+    if output is None:
+        if check:
+            _fail(["--check needs --output FILE"])
+        click.echo(text, nl=False)
+        return
+    path = Path(output)
+    if check:
+        current = path.read_text(encoding="utf-8") if path.exists() else ""
+        if current != text:
+            _fail([f"{output} is stale: run `thinktank schema -o {output}`"], EXIT_FAILED)
+        click.echo(f"{output}: up to date")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    click.echo(f"wrote {output}")

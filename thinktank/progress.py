@@ -1,0 +1,136 @@
+"""Live progress of a run, drawn from the event stream, on stderr.
+
+On a terminal: a rich live view (counts, steps in flight, the latest finished
+steps). Piped: one plain line per step start, end or skip, so logs stay readable.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import deque
+from types import TracebackType
+from typing import IO
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from thinktank.events import (
+    Event,
+    SessionFinished,
+    SessionStarted,
+    StepFinished,
+    StepSkipped,
+    StepStarted,
+)
+
+__all__ = ["Progress"]
+
+_STYLE = {"completed": "green", "failed": "red", "skipped": "yellow", "cancelled": "magenta"}
+
+
+class Progress:
+    """An event listener that shows progress; use it as a context manager."""
+
+    def __init__(self, *, enabled: bool = True, stream: IO[str] | None = None) -> None:
+        self.enabled = enabled
+        self.stream = stream if stream is not None else sys.stderr
+        self.session_id: str | None = None
+        self.total = 0
+        self.finished = 0
+        self.counts: dict[str, int] = {}
+        self.running: dict[str, float] = {}
+        self.recent: deque[tuple[str, str, str]] = deque(maxlen=8)
+        self._start = time.perf_counter()
+        self._live: Live | None = None
+        self._plain = not self.stream.isatty()
+
+    def __enter__(self) -> Progress:
+        if self.enabled and not self._plain:
+            console = Console(file=self.stream, markup=False, highlight=False)
+            self._live = Live(self._render(), console=console, refresh_per_second=8, transient=True)
+            self._live.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._live is not None:
+            self._live.__exit__(exc_type, exc, tb)
+            self._live = None
+
+    def _line(self, text: str) -> None:
+        if self.enabled and self._plain:
+            elapsed = time.perf_counter() - self._start
+            print(f"[{elapsed:7.2f}s] {text}", file=self.stream, flush=True)
+
+    def __call__(self, event: Event) -> None:
+        """Take one event."""
+        if isinstance(event, SessionStarted):
+            self.session_id = event.session_id
+            self.total = len(event.steps)
+            self._start = time.perf_counter()
+            self._line(f"session {event.name} ({event.session_id}): {self.total} steps")
+        elif isinstance(event, StepStarted):
+            self.running[event.step_id] = time.perf_counter()
+            retry = f" (attempt {event.attempt})" if event.attempt > 1 else ""
+            self._line(f"step {event.step_id}: running{retry}")
+        elif isinstance(event, StepFinished):
+            self.running.pop(event.step_id, None)
+            self._count(event.status)
+            detail = event.error or _short(event.output)
+            self.recent.append((event.step_id, event.status, detail))
+            score = (
+                f" consensus {event.consensus_score:.2f}"
+                if event.consensus_score is not None
+                else ""
+            )
+            self._line(
+                f"step {event.step_id}: {event.status} in {event.latency_ms:.0f} ms{score}"
+                f" - {detail}"
+            )
+        elif isinstance(event, StepSkipped):
+            self._count("skipped")
+            self.recent.append((event.step_id, "skipped", event.reason))
+            self._line(f"step {event.step_id}: skipped - {event.reason}")
+        elif isinstance(event, SessionFinished):
+            self._line(f"session {event.status} in {event.wall_ms:.0f} ms")
+        else:
+            return
+        if self._live is not None:
+            self._live.update(self._render())
+
+    def _count(self, status: str) -> None:
+        self.finished += 1
+        self.counts[status] = self.counts.get(status, 0) + 1
+
+    def _render(self) -> Group:
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(self.counts.items())) or "starting"
+        elapsed = time.perf_counter() - self._start
+        header = Text(
+            f"{self.finished}/{self.total} steps  ({counts}; {len(self.running)} running)"
+            f"  {elapsed:.1f}s",
+            style="bold",
+        )
+        table = Table(box=None, show_header=False, pad_edge=False)
+        table.add_column("step")
+        table.add_column("status")
+        table.add_column("detail", overflow="ellipsis", no_wrap=True, max_width=80)
+        now = time.perf_counter()
+        for step_id, since in list(self.running.items())[:10]:
+            table.add_row(step_id, Text("running", style="cyan"), f"{now - since:.1f}s")
+        for step_id, status, detail in self.recent:
+            table.add_row(step_id, Text(status, style=_STYLE.get(status, "")), detail)
+        return Group(header, table)
+
+
+def _short(text: str | None, width: int = 60) -> str:
+    if not text:
+        return ""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"

@@ -1,0 +1,224 @@
+"""Human-readable output of the CLI: result tables, session lists, ``show``.
+
+Everything here prints to stdout through rich, which drops colour when piped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import networkx as nx
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from thinktank.result import SessionResult, Usage
+from thinktank.store import SessionSummary, StoredSession, StoredStep
+
+__all__ = ["print_result", "print_sessions", "print_stored_session"]
+
+_STATUS_STYLE = {
+    "completed": "green",
+    "failed": "red",
+    "partial": "yellow",
+    "skipped": "yellow",
+    "cancelled": "magenta",
+    "interrupted": "magenta",
+    "running": "cyan",
+    "pending": "dim",
+}
+
+
+def _console() -> Console:
+    # Piped output is read by people in logs and by grep: do not fold it to 80 columns.
+    probe = Console()
+    width = None if probe.is_terminal else 160
+    # markup=False: model output and ids are data; "[x]" in them must print as is.
+    return Console(soft_wrap=False, highlight=False, markup=False, width=width)
+
+
+def _status(status: str) -> Text:
+    return Text(status, style=_STATUS_STYLE.get(status, ""))
+
+
+def _tokens(value: int | None) -> str:
+    return "?" if value is None else f"{value:,}"
+
+
+def _cost(value: float | None) -> str:
+    return "unknown" if value is None else f"${value:.6f}"
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value / 1000:.2f}s" if value >= 1000 else f"{value:.0f} ms"
+
+
+def _short(text: str | None, width: int = 70) -> str:
+    if not text:
+        return ""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def _usage_line(usage: Usage) -> str:
+    return (
+        f"tokens {_tokens(usage.total_tokens)} (in {_tokens(usage.input_tokens)}, "
+        f"out {_tokens(usage.output_tokens)}), cost {_cost(usage.total_cost_usd)}"
+    )
+
+
+def print_result(result: SessionResult) -> None:
+    """The table ``thinktank run`` prints when a session ends."""
+    console = _console()
+    table = Table(title=f"{result.name}  ({result.session_id})", title_justify="left")
+    for column in ("step", "status", "models", "consensus", "tokens", "latency", "output"):
+        table.add_column(column, overflow="fold" if column == "output" else "ellipsis")
+    for step in result.steps.values():
+        consensus = ""
+        if step.consensus is not None:
+            mark = "" if step.consensus.reached else " (low)"
+            consensus = f"{step.consensus.score:.2f}{mark}"
+        detail = step.output if step.status == "completed" else (step.error or step.skip_reason)
+        table.add_row(
+            step.id,
+            _status(step.status),
+            ", ".join(step.models),
+            consensus,
+            _tokens(step.usage.total_tokens),
+            _ms(step.latency_ms) if step.attempts else "-",
+            _short(detail, 60),
+        )
+    console.print(table)
+    line = Text("session ")
+    line.append_text(_status(result.status))
+    line.append(f" in {_ms(result.wall_ms)}; {_usage_line(result.usage)}")
+    console.print(line)
+    if result.error:
+        console.print(Text(result.error, style="red"))
+
+
+def print_sessions(rows: Sequence[SessionSummary]) -> None:
+    """The table ``thinktank sessions`` prints."""
+    console = _console()
+    if not rows:
+        console.print("no sessions stored yet")
+        return
+    table = Table()
+    table.add_column("id", no_wrap=True, min_width=36)
+    for column in ("name", "status", "steps", "tokens", "cost", "wall time", "started"):
+        table.add_column(column, no_wrap=True)
+    for row in rows:
+        table.add_row(
+            row.id,
+            row.name,
+            _status(row.status),
+            f"{row.steps_completed}/{row.steps_total}",
+            _tokens(row.total_tokens),
+            _cost(row.cost_usd),
+            _ms(row.wall_ms),
+            row.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+        )
+    console.print(table)
+
+
+def _dag_lines(steps: Sequence[StoredStep]) -> list[str]:
+    graph: nx.DiGraph[str] = nx.DiGraph()
+    for step in steps:
+        graph.add_node(step.step_key)
+        for dep in step.depends_on:
+            graph.add_edge(dep, step.step_key)
+    order = {s.step_key: s.position for s in steps}
+    lines = []
+    for i, layer in enumerate(nx.topological_generations(graph), start=1):
+        names = sorted(layer, key=lambda k: order.get(k, 0))
+        parts = []
+        for name in names:
+            deps = sorted(graph.predecessors(name), key=lambda k: order.get(k, 0))
+            parts.append(f"{name} <- {', '.join(deps)}" if deps else name)
+        lines.append(f"  layer {i}: " + "; ".join(parts))
+    return lines
+
+
+def print_stored_session(stored: StoredSession) -> None:
+    """What ``thinktank show`` prints: the DAG, every step, its calls and consensus."""
+    console = _console()
+    head = Text(f"session {stored.id}  {stored.name}  ")
+    head.append_text(_status(stored.status))
+    console.print(head)
+    if stored.source:
+        console.print(f"file: {stored.source}")
+    console.print(
+        f"steps {stored.steps_completed}/{stored.steps_total} completed, "
+        f"{stored.steps_failed} failed, {stored.steps_skipped} skipped; "
+        f"wall {_ms(stored.wall_ms)}; tokens {_tokens(stored.total_tokens)}; "
+        f"cost {_cost(stored.cost_usd)}"
+    )
+    if stored.error:
+        console.print(Text(stored.error, style="red"))
+    console.print("DAG:")
+    for line in _dag_lines(stored.steps):
+        console.print(line)
+
+    table = Table(title="steps", title_justify="left")
+    for column in (
+        "step",
+        "status",
+        "models",
+        "consensus",
+        "attempts",
+        "tokens",
+        "cost",
+        "latency",
+    ):
+        table.add_column(column)
+    for step in stored.steps:
+        consensus = "" if step.consensus_score is None else f"{step.consensus_score:.2f}"
+        table.add_row(
+            step.step_key,
+            _status(step.status),
+            ", ".join(step.models),
+            consensus,
+            str(step.attempts),
+            _tokens(
+                None
+                if step.input_tokens is None or step.output_tokens is None
+                else step.input_tokens + step.output_tokens
+            ),
+            _cost(step.cost_usd),
+            _ms(step.latency_ms),
+        )
+    console.print(table)
+
+    for step in stored.steps:
+        console.print()
+        title = Text(f"[{step.step_key}] ", style="bold")
+        title.append_text(_status(step.status))
+        console.print(title)
+        if step.prompt:
+            console.print(f"  prompt: {_short(step.prompt, 200)}")
+        if step.output is not None:
+            console.print(f"  output: {_short(step.output, 400)}")
+        if step.error:
+            console.print(Text(f"  error: {step.error}", style="red"))
+        if step.skip_reason:
+            console.print(Text(f"  skipped: {step.skip_reason}", style="yellow"))
+        merged = step.consensus
+        if merged is not None:
+            verdict = "reached" if merged.reached else "NOT reached"
+            console.print(
+                f"  consensus: {merged.method} score {merged.score:.2f} "
+                f"(threshold {merged.threshold:g}, {verdict}, outcome {merged.outcome})"
+            )
+            for cluster in merged.clusters:
+                models = ", ".join(cluster.get("models", []))
+                answer = _short(cluster.get("representative"), 50)
+                console.print(f"    {cluster.get('weight', 0):g} x {answer!r}  [{models}]")
+        for call in step.calls:
+            mark = "*" if call.included_in_consensus and call.status == "ok" else " "
+            tail = call.error if call.error else _short(call.response, 60)
+            console.print(
+                f"  {mark} {call.model_id:<16} attempt {call.attempt} {call.status:<9} "
+                f"{_tokens(call.tokens_used):>7} tok {_ms(call.latency_ms):>8}  {tail}"
+            )
