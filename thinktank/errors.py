@@ -153,7 +153,7 @@ class ProviderError(RunError):
         super().__init__(message)
 
 
-class CallTimeoutError(ProviderError):
+class CallTimeoutError(ProviderError, TimeoutError):
     """A model call (or a whole step) ran past its time limit."""
 
 

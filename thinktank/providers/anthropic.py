@@ -1,0 +1,351 @@
+"""The Anthropic Messages wire protocol.
+
+Each :meth:`AnthropicModel.complete` makes exactly one HTTP attempt; retrying is the
+call layer's job (see :mod:`thinktank.providers.retry`), so every attempt is recorded.
+
+Wire format: ``POST {base_url}/v1/messages`` with headers ``x-api-key``,
+``anthropic-version: 2023-06-01`` and ``content-type``; the body carries ``model``,
+``max_tokens`` (required by the API: 1024 when the request sets none), ``system`` as a
+top-level field, ``messages`` with the user prompt, and ``temperature`` when set. The
+answer's text blocks are concatenated; ``stop_reason`` is the finish reason. With
+``stream=True`` the answer arrives as the Messages event stream: ``message_start``
+(input tokens), ``content_block_delta`` (``text_delta``), ``message_delta``
+(``stop_reason``, output tokens), ``message_stop``, ``ping`` and ``error``.
+
+Input tokens are ``input_tokens`` plus the prompt-cache counts when the server reports
+them (``cache_creation_input_tokens``, ``cache_read_input_tokens``), so they count
+every prompt token the model read; the split is kept in ``ModelResponse.extra``, with
+``served_model``, ``response_id`` and, for a stream, ``first_token_ms``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from contextlib import aclosing
+from types import MappingProxyType
+from typing import Any
+
+from thinktank.errors import ProviderError
+from thinktank.providers.base import ModelRequest, ModelResponse
+from thinktank.providers.http import (
+    AsyncClient,
+    Response,
+    as_count,
+    cost_usd,
+    decode_json,
+    error_from_payload,
+    error_from_response,
+    secrets_of,
+    translate_errors,
+)
+from thinktank.providers.sse import iter_sse
+
+__all__ = ["ANTHROPIC_VERSION", "DEFAULT_MAX_TOKENS", "AnthropicModel"]
+
+ANTHROPIC_VERSION = "2023-06-01"
+"""The ``anthropic-version`` header sent with every request."""
+DEFAULT_MAX_TOKENS = 1024
+"""``max_tokens`` when the request sets none (the API requires one)."""
+
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+_CACHE_FIELDS = ("cache_creation_input_tokens", "cache_read_input_tokens")
+
+
+class AnthropicModel:
+    """A :class:`~thinktank.providers.base.ModelClient` for the Anthropic Messages API."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        model: str,
+        http: AsyncClient,
+        base_url: str = "https://api.anthropic.com",
+        api_key: str | None = None,
+        headers: Mapping[str, str] = _NO_HEADERS,
+        stream: bool = False,
+        timeout_s: float = 60.0,
+        input_cost_per_mtok: float | None = None,
+        output_cost_per_mtok: float | None = None,
+    ) -> None:
+        """Configure the client; nothing is sent until :meth:`complete`.
+
+        Args:
+            name: The model name sessions use (also ``ModelResponse.model``).
+            model: The provider's model id sent on the wire.
+            http: The shared client from
+                :func:`~thinktank.providers.http.create_http_client`.
+            base_url: The API root, without ``/v1``.
+            api_key: Sent as ``x-api-key`` when given; never logged or shown.
+            headers: Extra headers (for example ``anthropic-beta``); they override the
+                defaults.
+            stream: Ask for the event stream.
+            timeout_s: Connect, write, pool and per-read timeout of one attempt.
+            input_cost_per_mtok: USD per million input tokens, if known.
+            output_cost_per_mtok: USD per million output tokens, if known.
+        """
+        self._name = name
+        self._model = model
+        self._http = http
+        self._url = base_url.rstrip("/") + "/v1/messages"
+        self._stream = stream
+        self._timeout_s = timeout_s
+        self._input_cost = input_cost_per_mtok
+        self._output_cost = output_cost_per_mtok
+        base = {
+            "content-type": "application/json",
+            "accept": "text/event-stream" if stream else "application/json",
+            "anthropic-version": ANTHROPIC_VERSION,
+        }
+        if api_key:
+            base["x-api-key"] = api_key
+        self._headers = {**base, **{k.lower(): v for k, v in headers.items()}}
+        self._secrets = secrets_of(api_key, self._headers)
+        self._key_configured = bool(self._secrets)
+
+    @property
+    def name(self) -> str:
+        """The model name sessions use."""
+        return self._name
+
+    @property
+    def provider(self) -> str:
+        """Always ``anthropic``."""
+        return "anthropic"
+
+    def __repr__(self) -> str:
+        return f"AnthropicModel(name={self._name!r}, model={self._model!r}, url={self._url!r})"
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        """Send one Messages request.
+
+        Args:
+            request: The prompt and its settings.
+
+        Returns:
+            The answer with tokens (None when the server reports no usage), latency,
+            cost and stop reason.
+
+        Raises:
+            ProviderError: Any failure: transport (retryable), non-2xx status (per
+                status and ``x-should-retry``; 529 "overloaded" is retryable),
+                malformed body (not retryable), an ``error`` event, or a stream cut
+                before ``message_stop`` (retryable, with ``partial``).
+        """
+        content = json.dumps(self._body(request)).encode()
+        start = time.perf_counter()
+        if self._stream:
+            return await self._complete_streaming(content, start)
+        with translate_errors(provider="anthropic", model=self._name, secrets=self._secrets):
+            response = await self._http.post(
+                self._url, content=content, headers=self._headers, timeout=self._timeout_s
+            )
+        self._raise_for_status(response)
+        data = decode_json(
+            response.content,
+            provider="anthropic",
+            model=self._name,
+            status=response.status_code,
+            secrets=self._secrets,
+        )
+        return self._from_message(data, start)
+
+    def _body(self, request: ModelRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self._model,
+            "max_tokens": (
+                request.max_tokens if request.max_tokens is not None else DEFAULT_MAX_TOKENS
+            ),
+            "messages": [{"role": "user", "content": request.prompt}],
+        }
+        if request.system:
+            body["system"] = request.system
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if self._stream:
+            body["stream"] = True
+        return body
+
+    def _raise_for_status(self, response: Response) -> None:
+        if 200 <= response.status_code < 300:
+            return
+        raise error_from_response(
+            provider="anthropic",
+            model=self._name,
+            status=response.status_code,
+            headers=response.headers,
+            body_text=response.text,
+            secrets=self._secrets,
+            key_configured=self._key_configured,
+        )
+
+    def _shape_error(self, what: str, partial: str | None = None) -> ProviderError:
+        return ProviderError(
+            f"anthropic model {self._name!r}: unexpected response: {what}",
+            provider="anthropic",
+            model=self._name,
+            retryable=False,
+            partial=partial,
+        )
+
+    def _error_event(self, payload: dict[str, Any], partial: str | None) -> ProviderError:
+        return error_from_payload(
+            payload,
+            provider="anthropic",
+            model=self._name,
+            secrets=self._secrets,
+            partial=partial,
+            where="the stream" if self._stream else "the response",
+        )
+
+    def _from_message(self, data: dict[str, Any], start: float) -> ModelResponse:
+        if data.get("type") == "error" or ("error" in data and "content" not in data):
+            raise self._error_event(data, None)
+        blocks = data.get("content")
+        if not isinstance(blocks, list):
+            raise self._shape_error("no content blocks in the body")
+        text = "".join(
+            block["text"]
+            for block in blocks
+            if isinstance(block, dict)
+            and block.get("type") == "text"
+            and isinstance(block.get("text"), str)
+        )
+        usage = data.get("usage")
+        usage = usage if isinstance(usage, dict) else {}
+        input_tokens = _input_tokens(usage)
+        output_tokens = as_count(usage.get("output_tokens"))
+        stop = data.get("stop_reason")
+        return ModelResponse(
+            content=text,
+            model=self._name,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            latency_ms=(time.perf_counter() - start) * 1000,
+            cost_usd=cost_usd(input_tokens, output_tokens, self._input_cost, self._output_cost),
+            finish_reason=stop if isinstance(stop, str) else None,
+            extra=_extra(data, usage),
+        )
+
+    async def _complete_streaming(self, content: bytes, start: float) -> ModelResponse:
+        parts: list[str] = []
+        usage: dict[str, Any] = {}
+        message: dict[str, Any] = {}
+        stop: str | None = None
+        stopped = False
+        first_token_ms: float | None = None
+
+        def partial() -> str | None:
+            return "".join(parts) or None
+
+        with translate_errors(
+            provider="anthropic", model=self._name, secrets=self._secrets, partial=partial
+        ):
+            async with self._http.stream(
+                "POST", self._url, content=content, headers=self._headers, timeout=self._timeout_s
+            ) as response:
+                if not 200 <= response.status_code < 300:
+                    await response.aread()
+                    self._raise_for_status(response)
+                if not response.headers.get("content-type", "").startswith("text/event-stream"):
+                    body = await response.aread()
+                    data = decode_json(
+                        body,
+                        provider="anthropic",
+                        model=self._name,
+                        status=response.status_code,
+                        secrets=self._secrets,
+                    )
+                    return self._from_message(data, start)
+                async with aclosing(iter_sse(response.aiter_lines())) as events:
+                    async for event in events:
+                        payload = self._decode_event(event.data, partial())
+                        kind = payload.get("type", event.event)
+                        if kind == "content_block_delta":
+                            delta = payload.get("delta")
+                            if isinstance(delta, dict) and delta.get("type") == "text_delta":
+                                text = delta.get("text")
+                                if isinstance(text, str) and text:
+                                    if not parts:
+                                        first_token_ms = (time.perf_counter() - start) * 1000
+                                    parts.append(text)
+                        elif kind == "message_start":
+                            start_message = payload.get("message")
+                            if isinstance(start_message, dict):
+                                message = start_message
+                                if isinstance(start_message.get("usage"), dict):
+                                    usage.update(start_message["usage"])
+                        elif kind == "message_delta":
+                            delta = payload.get("delta")
+                            if isinstance(delta, dict) and isinstance(
+                                delta.get("stop_reason"), str
+                            ):
+                                stop = delta["stop_reason"]
+                            # Counts here are cumulative: they replace message_start's.
+                            if isinstance(payload.get("usage"), dict):
+                                usage.update(
+                                    {k: v for k, v in payload["usage"].items() if v is not None}
+                                )
+                        elif kind == "message_stop":
+                            stopped = True
+                        elif kind == "error" or event.event == "error":
+                            raise self._error_event(payload, partial())
+        # message_delta carries the stop reason and the final usage: with it (or with
+        # message_stop) the answer is complete.
+        if not stopped and stop is None:
+            received = partial()
+            raise ProviderError(
+                f"anthropic model {self._name!r}: the stream ended before the model finished"
+                f" ({len(received or '')} characters received)",
+                provider="anthropic",
+                model=self._name,
+                retryable=True,
+                partial=received,
+            )
+        input_tokens = _input_tokens(usage)
+        output_tokens = as_count(usage.get("output_tokens"))
+        return ModelResponse(
+            content="".join(parts),
+            model=self._name,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            latency_ms=(time.perf_counter() - start) * 1000,
+            cost_usd=cost_usd(input_tokens, output_tokens, self._input_cost, self._output_cost),
+            finish_reason=stop,
+            extra=_extra(message, usage, first_token_ms),
+        )
+
+    def _decode_event(self, data: str, partial: str | None) -> dict[str, Any]:
+        try:
+            payload = json.loads(data)
+        except ValueError:
+            payload = None
+        if isinstance(payload, dict):
+            return payload
+        raise self._shape_error(f"a stream event was not a JSON object: {data[:200]!r}", partial)
+
+
+def _input_tokens(usage: Mapping[str, Any]) -> int | None:
+    base = as_count(usage.get("input_tokens"))
+    if base is None:
+        return None
+    return base + sum(as_count(usage.get(name)) or 0 for name in _CACHE_FIELDS)
+
+
+def _extra(
+    message: Mapping[str, Any], usage: Mapping[str, Any], first_token_ms: float | None = None
+) -> dict[str, object]:
+    extra: dict[str, object] = {}
+    if first_token_ms is not None:
+        extra["first_token_ms"] = first_token_ms
+    if isinstance(message.get("model"), str):
+        extra["served_model"] = message["model"]
+    if isinstance(message.get("id"), str):
+        extra["response_id"] = message["id"]
+    for name in _CACHE_FIELDS:
+        count = as_count(usage.get(name))
+        if count:
+            extra[name] = count
+    return extra

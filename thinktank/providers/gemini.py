@@ -1,0 +1,243 @@
+"""The Google Gemini ``generateContent`` wire protocol (non-streaming).
+
+Each :meth:`GeminiModel.complete` makes exactly one HTTP attempt; retrying is the call
+layer's job (see :mod:`thinktank.providers.retry`), so every attempt is recorded.
+
+Wire format: ``POST {base_url}/v1beta/models/{model}:generateContent`` with the key in
+the ``x-goog-api-key`` header (never in the URL, where it would end up in logs and
+error messages); the body carries ``contents`` (the user prompt),
+``systemInstruction`` and ``generationConfig`` (``maxOutputTokens``, ``temperature``).
+The answer is the text of ``candidates[0].content.parts`` (thought summaries skipped),
+``finishReason`` the finish reason, and ``usageMetadata`` the tokens: output tokens
+include ``thoughtsTokenCount``, which is billed as output. A 429 without a
+``retry-after`` header takes its hint from the body's ``RetryInfo.retryDelay``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+from thinktank.errors import ProviderError
+from thinktank.providers.base import ModelRequest, ModelResponse
+from thinktank.providers.http import (
+    AsyncClient,
+    as_count,
+    cost_usd,
+    decode_json,
+    error_from_payload,
+    error_from_response,
+    secrets_of,
+    translate_errors,
+)
+
+__all__ = ["GeminiModel"]
+
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
+
+
+class GeminiModel:
+    """A :class:`~thinktank.providers.base.ModelClient` for Gemini ``generateContent``."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        model: str,
+        http: AsyncClient,
+        base_url: str = "https://generativelanguage.googleapis.com",
+        api_key: str | None = None,
+        headers: Mapping[str, str] = _NO_HEADERS,
+        timeout_s: float = 60.0,
+        input_cost_per_mtok: float | None = None,
+        output_cost_per_mtok: float | None = None,
+    ) -> None:
+        """Configure the client; nothing is sent until :meth:`complete`.
+
+        Args:
+            name: The model name sessions use (also ``ModelResponse.model``).
+            model: The Gemini model id (``gemini-2.0-flash`` or ``models/...``).
+            http: The shared client from
+                :func:`~thinktank.providers.http.create_http_client`.
+            base_url: The API root, without ``/v1beta``.
+            api_key: Sent as ``x-goog-api-key`` when given; never logged or shown.
+            headers: Extra headers; they override the defaults.
+            timeout_s: Connect, write, pool and per-read timeout of one attempt.
+            input_cost_per_mtok: USD per million prompt tokens, if known.
+            output_cost_per_mtok: USD per million output tokens, if known.
+        """
+        self._name = name
+        self._model = model.removeprefix("models/")
+        self._http = http
+        self._url = f"{base_url.rstrip('/')}/v1beta/models/{self._model}:generateContent"
+        self._timeout_s = timeout_s
+        self._input_cost = input_cost_per_mtok
+        self._output_cost = output_cost_per_mtok
+        base = {"content-type": "application/json", "accept": "application/json"}
+        if api_key:
+            base["x-goog-api-key"] = api_key
+        self._headers = {**base, **{k.lower(): v for k, v in headers.items()}}
+        self._secrets = secrets_of(api_key, self._headers)
+        self._key_configured = bool(self._secrets)
+
+    @property
+    def name(self) -> str:
+        """The model name sessions use."""
+        return self._name
+
+    @property
+    def provider(self) -> str:
+        """Always ``gemini``."""
+        return "gemini"
+
+    def __repr__(self) -> str:
+        return f"GeminiModel(name={self._name!r}, model={self._model!r})"
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        """Send one ``generateContent`` request.
+
+        Args:
+            request: The prompt and its settings.
+
+        Returns:
+            The answer with tokens (None when the server reports no usage), latency,
+            cost and finish reason.
+
+        Raises:
+            ProviderError: Any failure: transport (retryable), non-2xx status (per
+                status and ``x-should-retry``), malformed body (not retryable), or a
+                blocked prompt (not retryable).
+        """
+        content = json.dumps(self._body(request)).encode()
+        start = time.perf_counter()
+        with translate_errors(provider="gemini", model=self._name, secrets=self._secrets):
+            response = await self._http.post(
+                self._url, content=content, headers=self._headers, timeout=self._timeout_s
+            )
+        if not 200 <= response.status_code < 300:
+            raise error_from_response(
+                provider="gemini",
+                model=self._name,
+                status=response.status_code,
+                headers=response.headers,
+                body_text=response.text,
+                secrets=self._secrets,
+                retry_after_s=_retry_delay(response.text),
+                key_configured=self._key_configured,
+            )
+        data = decode_json(
+            response.content,
+            provider="gemini",
+            model=self._name,
+            status=response.status_code,
+            secrets=self._secrets,
+        )
+        return self._from_body(data, start)
+
+    def _body(self, request: ModelRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "contents": [{"role": "user", "parts": [{"text": request.prompt}]}],
+        }
+        if request.system:
+            body["systemInstruction"] = {"parts": [{"text": request.system}]}
+        config: dict[str, Any] = {}
+        if request.max_tokens is not None:
+            config["maxOutputTokens"] = request.max_tokens
+        if request.temperature is not None:
+            config["temperature"] = request.temperature
+        if config:
+            body["generationConfig"] = config
+        return body
+
+    def _fail(self, what: str) -> ProviderError:
+        return ProviderError(
+            f"gemini model {self._name!r}: {what}",
+            provider="gemini",
+            model=self._name,
+            retryable=False,
+        )
+
+    def _from_body(self, data: dict[str, Any], start: float) -> ModelResponse:
+        if "error" in data and "candidates" not in data:
+            raise error_from_payload(
+                data,
+                provider="gemini",
+                model=self._name,
+                secrets=self._secrets,
+                where="the response",
+            )
+        candidates = data.get("candidates")
+        if not isinstance(candidates, list) or not candidates:
+            feedback = data.get("promptFeedback")
+            if isinstance(feedback, dict) and isinstance(feedback.get("blockReason"), str):
+                raise self._fail(f"the prompt was blocked ({feedback['blockReason']})")
+            raise self._fail("unexpected response: no candidates in the body")
+        candidate = candidates[0]
+        if not isinstance(candidate, dict):
+            raise self._fail("unexpected response: the first candidate is not an object")
+        text = ""
+        content = candidate.get("content")
+        if isinstance(content, dict) and isinstance(content.get("parts"), list):
+            text = "".join(
+                part["text"]
+                for part in content["parts"]
+                if isinstance(part, dict)
+                and isinstance(part.get("text"), str)
+                and not part.get("thought")
+            )
+        input_tokens, output_tokens = _usage(data.get("usageMetadata"))
+        finish = candidate.get("finishReason")
+        extra: dict[str, object] = {}
+        if isinstance(data.get("modelVersion"), str):
+            extra["served_model"] = data["modelVersion"]
+        if isinstance(data.get("responseId"), str):
+            extra["response_id"] = data["responseId"]
+        return ModelResponse(
+            content=text,
+            model=self._name,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            latency_ms=(time.perf_counter() - start) * 1000,
+            cost_usd=cost_usd(input_tokens, output_tokens, self._input_cost, self._output_cost),
+            finish_reason=finish if isinstance(finish, str) else None,
+            extra=extra,
+        )
+
+
+def _usage(meta: object) -> tuple[int | None, int | None]:
+    if not isinstance(meta, dict):
+        return None, None
+    prompt = as_count(meta.get("promptTokenCount"))
+    candidates = as_count(meta.get("candidatesTokenCount"))
+    thoughts = as_count(meta.get("thoughtsTokenCount"))
+    if candidates is None and thoughts is None:
+        # proto3 JSON omits zero counts: with a total present, no output count means 0.
+        output = 0 if as_count(meta.get("totalTokenCount")) is not None else None
+    else:
+        output = (candidates or 0) + (thoughts or 0)
+    return prompt, output
+
+
+def _retry_delay(body_text: str) -> float | None:
+    # google.rpc.RetryInfo in error.details: {"@type": ".../RetryInfo", "retryDelay": "37s"}.
+    try:
+        data = json.loads(body_text)
+    except ValueError:
+        return None
+    if isinstance(data, list) and data:
+        data = data[0]
+    error = data.get("error") if isinstance(data, dict) else None
+    details = error.get("details") if isinstance(error, dict) else None
+    if not isinstance(details, list):
+        return None
+    for detail in details:
+        if isinstance(detail, dict) and isinstance(detail.get("retryDelay"), str):
+            match = _DURATION.match(detail["retryDelay"])
+            if match:
+                return float(match.group(1))
+    return None

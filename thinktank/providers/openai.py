@@ -1,0 +1,343 @@
+"""The OpenAI chat-completions wire protocol, and every server that speaks it.
+
+One client class serves OpenAI itself and the OpenAI-compatible servers: vLLM, Ollama
+(``/v1``), the llama.cpp server, LM Studio, OpenRouter, Together, Groq and DeepSeek.
+Each :meth:`OpenAICompatibleModel.complete` makes exactly one HTTP attempt; retrying
+is the call layer's job (see :mod:`thinktank.providers.retry`), so every attempt is
+recorded.
+
+Wire format: ``POST {base_url}/chat/completions`` with ``model``, ``messages`` (an
+optional system message and the user prompt), ``max_tokens`` and ``temperature`` when
+set, and ``Authorization: Bearer <key>`` when a key is configured. With ``stream=True``
+the answer arrives as Server-Sent Events of ``chat.completion.chunk`` objects, usage
+in a last chunk (``stream_options.include_usage``) and ``data: [DONE]`` at the end.
+
+``ModelResponse.extra`` keeps the server's ``served_model`` and ``response_id`` and, for
+a stream, ``first_token_ms`` (time to the first text).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from contextlib import aclosing
+from types import MappingProxyType
+from typing import Any, Literal
+
+from thinktank.errors import ProviderError
+from thinktank.providers.base import ModelRequest, ModelResponse
+from thinktank.providers.http import (
+    AsyncClient,
+    Response,
+    as_count,
+    cost_usd,
+    decode_json,
+    error_from_payload,
+    error_from_response,
+    secrets_of,
+    translate_errors,
+)
+from thinktank.providers.sse import iter_sse
+
+__all__ = ["OpenAICompatibleModel"]
+
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
+class OpenAICompatibleModel:
+    """A :class:`~thinktank.providers.base.ModelClient` for chat-completions servers."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        model: str,
+        http: AsyncClient,
+        base_url: str = "https://api.openai.com/v1",
+        api_key: str | None = None,
+        headers: Mapping[str, str] = _NO_HEADERS,
+        stream: bool = False,
+        timeout_s: float = 60.0,
+        input_cost_per_mtok: float | None = None,
+        output_cost_per_mtok: float | None = None,
+        max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens",
+    ) -> None:
+        """Configure the client; nothing is sent until :meth:`complete`.
+
+        Args:
+            name: The model name sessions use (also ``ModelResponse.model``).
+            model: The provider's model id sent on the wire.
+            http: The shared client from
+                :func:`~thinktank.providers.http.create_http_client`.
+            base_url: The API root, up to and including ``/v1``.
+            api_key: Sent as a Bearer token when given; never logged or shown.
+            headers: Extra headers (for example OpenRouter's ``HTTP-Referer``); they
+                override the defaults.
+            stream: Ask for a Server-Sent Events stream.
+            timeout_s: Connect, write, pool and per-read timeout of one attempt.
+            input_cost_per_mtok: USD per million prompt tokens, if known.
+            output_cost_per_mtok: USD per million completion tokens, if known.
+            max_tokens_param: The body field for the output limit; OpenAI's reasoning
+                models accept only ``max_completion_tokens``.
+        """
+        self._name = name
+        self._model = model
+        self._http = http
+        self._url = base_url.rstrip("/") + "/chat/completions"
+        self._stream = stream
+        self._timeout_s = timeout_s
+        self._input_cost = input_cost_per_mtok
+        self._output_cost = output_cost_per_mtok
+        self._max_tokens_param = max_tokens_param
+        base = {
+            "content-type": "application/json",
+            "accept": "text/event-stream" if stream else "application/json",
+        }
+        if api_key:
+            base["authorization"] = f"Bearer {api_key}"
+        self._headers = {**base, **{k.lower(): v for k, v in headers.items()}}
+        self._secrets = secrets_of(api_key, self._headers)
+        self._key_configured = bool(self._secrets)
+
+    @property
+    def name(self) -> str:
+        """The model name sessions use."""
+        return self._name
+
+    @property
+    def provider(self) -> str:
+        """Always ``openai`` (the wire protocol, whoever serves it)."""
+        return "openai"
+
+    def __repr__(self) -> str:
+        return (
+            f"OpenAICompatibleModel(name={self._name!r}, model={self._model!r}, url={self._url!r})"
+        )
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        """Send one chat-completions request.
+
+        Args:
+            request: The prompt and its settings.
+
+        Returns:
+            The answer with tokens (None when the server reports no usage), latency,
+            cost and finish reason.
+
+        Raises:
+            ProviderError: Any failure: transport (retryable), non-2xx status (per
+                status and ``x-should-retry``), malformed body (not retryable), a
+                stream error, or a stream cut before the finish (retryable, with
+                ``partial``).
+        """
+        content = json.dumps(self._body(request)).encode()
+        start = time.perf_counter()
+        if self._stream:
+            return await self._complete_streaming(content, start)
+        with translate_errors(provider="openai", model=self._name, secrets=self._secrets):
+            response = await self._http.post(
+                self._url, content=content, headers=self._headers, timeout=self._timeout_s
+            )
+        self._raise_for_status(response)
+        data = decode_json(
+            response.content,
+            provider="openai",
+            model=self._name,
+            status=response.status_code,
+            secrets=self._secrets,
+        )
+        return self._from_completion(data, start)
+
+    def _body(self, request: ModelRequest) -> dict[str, Any]:
+        messages: list[dict[str, str]] = []
+        if request.system:
+            messages.append({"role": "system", "content": request.system})
+        messages.append({"role": "user", "content": request.prompt})
+        body: dict[str, Any] = {"model": self._model, "messages": messages}
+        if request.max_tokens is not None:
+            body[self._max_tokens_param] = request.max_tokens
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if self._stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    def _raise_for_status(self, response: Response) -> None:
+        if 200 <= response.status_code < 300:
+            return
+        raise error_from_response(
+            provider="openai",
+            model=self._name,
+            status=response.status_code,
+            headers=response.headers,
+            body_text=response.text,
+            secrets=self._secrets,
+            key_configured=self._key_configured,
+        )
+
+    def _shape_error(self, what: str, partial: str | None = None) -> ProviderError:
+        return ProviderError(
+            f"openai model {self._name!r}: unexpected response: {what}",
+            provider="openai",
+            model=self._name,
+            retryable=False,
+            partial=partial,
+        )
+
+    def _from_completion(self, data: dict[str, Any], start: float) -> ModelResponse:
+        choices = data.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            if "error" in data:
+                raise error_from_payload(
+                    data,
+                    provider="openai",
+                    model=self._name,
+                    secrets=self._secrets,
+                    where="the response",
+                )
+            raise self._shape_error("no choices in the body")
+        choice = choices[0]
+        message = choice.get("message")
+        if not isinstance(message, dict):
+            raise self._shape_error("the first choice has no message")
+        input_tokens, output_tokens = _usage(data.get("usage"))
+        finish = choice.get("finish_reason")
+        return ModelResponse(
+            content=_text_of(message.get("content")),
+            model=self._name,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            latency_ms=(time.perf_counter() - start) * 1000,
+            cost_usd=cost_usd(input_tokens, output_tokens, self._input_cost, self._output_cost),
+            finish_reason=finish if isinstance(finish, str) else None,
+            extra=_extra(data),
+        )
+
+    async def _complete_streaming(self, content: bytes, start: float) -> ModelResponse:
+        parts: list[str] = []
+        finish: str | None = None
+        usage: object = None
+        first: dict[str, Any] = {}
+        first_token_ms: float | None = None
+
+        def partial() -> str | None:
+            return "".join(parts) or None
+
+        with translate_errors(
+            provider="openai", model=self._name, secrets=self._secrets, partial=partial
+        ):
+            async with self._http.stream(
+                "POST", self._url, content=content, headers=self._headers, timeout=self._timeout_s
+            ) as response:
+                if not 200 <= response.status_code < 300:
+                    await response.aread()
+                    self._raise_for_status(response)
+                if not response.headers.get("content-type", "").startswith("text/event-stream"):
+                    # The server ignored "stream": it answered with one JSON body.
+                    body = await response.aread()
+                    data = decode_json(
+                        body,
+                        provider="openai",
+                        model=self._name,
+                        status=response.status_code,
+                        secrets=self._secrets,
+                    )
+                    return self._from_completion(data, start)
+                async with aclosing(iter_sse(response.aiter_lines())) as events:
+                    async for event in events:
+                        if event.data == "[DONE]":
+                            # Read on to the end of the body (nothing should follow): a
+                            # fully read response hands its connection back to the pool.
+                            continue
+                        chunk = self._decode_chunk(event.data, partial())
+                        if event.event == "error" or chunk.get("error") is not None:
+                            raise error_from_payload(
+                                chunk,
+                                provider="openai",
+                                model=self._name,
+                                secrets=self._secrets,
+                                partial=partial(),
+                            )
+                        if not first:
+                            first = chunk
+                        if chunk.get("usage") is not None:
+                            usage = chunk["usage"]
+                        choices = chunk.get("choices")
+                        if not isinstance(choices, list) or not choices:
+                            continue
+                        choice = choices[0]
+                        if not isinstance(choice, dict):
+                            continue
+                        delta = choice.get("delta")
+                        if isinstance(delta, dict):
+                            text = delta.get("content")
+                            if isinstance(text, str) and text:
+                                if not parts:
+                                    first_token_ms = (time.perf_counter() - start) * 1000
+                                parts.append(text)
+                        reason = choice.get("finish_reason")
+                        if isinstance(reason, str) and reason:
+                            finish = reason
+        if finish is None:
+            received = partial()
+            raise ProviderError(
+                f"openai model {self._name!r}: the stream ended before the model finished"
+                f" ({len(received or '')} characters received)",
+                provider="openai",
+                model=self._name,
+                retryable=True,
+                partial=received,
+            )
+        input_tokens, output_tokens = _usage(usage)
+        return ModelResponse(
+            content="".join(parts),
+            model=self._name,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            latency_ms=(time.perf_counter() - start) * 1000,
+            cost_usd=cost_usd(input_tokens, output_tokens, self._input_cost, self._output_cost),
+            finish_reason=finish,
+            extra=_extra(first, first_token_ms),
+        )
+
+    def _decode_chunk(self, data: str, partial: str | None) -> dict[str, Any]:
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            chunk = None
+        if isinstance(chunk, dict):
+            return chunk
+        raise self._shape_error(f"a stream event was not a JSON object: {data[:200]!r}", partial)
+
+
+def _usage(usage: object) -> tuple[int | None, int | None]:
+    if not isinstance(usage, dict):
+        return None, None
+    return as_count(usage.get("prompt_tokens")), as_count(usage.get("completion_tokens"))
+
+
+def _text_of(content: object) -> str:
+    # A string for OpenAI; some compatible servers send a list of typed parts; null
+    # when the model only refused or called tools.
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+def _extra(data: Mapping[str, Any], first_token_ms: float | None = None) -> dict[str, object]:
+    extra: dict[str, object] = {}
+    if first_token_ms is not None:
+        extra["first_token_ms"] = first_token_ms
+    if isinstance(data.get("model"), str):
+        extra["served_model"] = data["model"]
+    if isinstance(data.get("id"), str):
+        extra["response_id"] = data["id"]
+    return extra
