@@ -335,3 +335,46 @@ def test_run_sync_works_inside_a_running_loop() -> None:
     result = anyio.run(inside)
     assert result.status == "completed"
     assert thinktank.run_sync(spec, store=None, models=pool(CallLog())).status == "completed"
+
+
+async def test_retried_call_is_one_call_with_its_attempts_in_the_store(tmp_path: Path) -> None:
+    """A model that fails then answers: one call row, tries=N, every attempt stored."""
+    spec = parse_session(
+        {
+            "name": "retry",
+            "models": {
+                "flaky": {
+                    "provider": "simulated",
+                    "failure_rate": 0.6,
+                    "max_retries": 6,
+                    "default_reply": "done",
+                }
+            },
+            "steps": [{"id": f"s{i}", "prompt": f"p{i}", "model": "flaky"} for i in range(6)],
+        }
+    )
+    # Simulated faults are drawn per (prompt, step attempt): keep retries fast.
+    import thinktank.calls as calls_module
+
+    calls_module._JITTER.seed(0)
+    original = calls_module.RetryPolicy.delay_s
+    calls_module.RetryPolicy.delay_s = lambda self, n, hint, rng: 0.0  # type: ignore[method-assign]
+    try:
+        result = await thinktank.run(spec, store=str(tmp_path / "t.db"))
+    finally:
+        calls_module.RetryPolicy.delay_s = original  # type: ignore[method-assign]
+    async with await thinktank.Store.open(str(tmp_path / "t.db")) as store:
+        stored = await store.get_session(result.session_id)
+    calls = [c for s in stored.steps for c in s.calls]
+    assert len(calls) == 6  # one logical call per step, whatever the retries
+    retried = [c for c in calls if c.tries > 1]
+    assert retried, "with failure_rate 0.6 some call must have been retried"
+    for call in calls:
+        if call.tries == 1:
+            assert call.attempts == []
+        else:
+            assert [a.number for a in call.attempts] == list(range(1, call.tries + 1))
+            assert all(a.status == "failed" for a in call.attempts[:-1])
+            assert all(a.retry_in_s == 0.0 for a in call.attempts[:-1])
+            assert call.attempts[-1].retry_in_s is None
+            assert call.attempts[-1].status == call.status

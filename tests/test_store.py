@@ -335,6 +335,7 @@ async def test_full_session_round_trip(store: Store) -> None:
         "thinktank_sessions": 1,
         "thinktank_steps": 4,
         "thinktank_parallel_executions": 4,
+        "thinktank_call_attempts": 0,
         "thinktank_consensus": 1,
         "thinktank_events": len(events),
     }
@@ -451,10 +452,11 @@ async def test_retried_step_marks_only_the_merged_attempt(store: Store) -> None:
     first = [call_pair(sid, "v", m, start=1, attempt=1) for m in ("m1", "m2")]
     second = [call_pair(sid, "v", m, start=3, attempt=2) for m in ("m1", "m2")]
 
-    def consensus(ids: tuple[str, ...], when: float) -> ConsensusComputed:
+    def consensus(ids: tuple[str, ...], when: float, attempt: int) -> ConsensusComputed:
         return ConsensusComputed(
             session_id=sid,
             at=at(when),
+            attempt=attempt,
             step_id="v",
             method="majority",
             score=0.5,
@@ -469,13 +471,13 @@ async def test_retried_step_marks_only_the_merged_attempt(store: Store) -> None:
         [
             StepStarted(session_id=sid, at=at(1), step_id="v", attempt=1, prompt="p"),
             *(e for _, s, f in first for e in (s, f)),
-            consensus((first[0][0],), 2),
+            consensus((first[0][0],), 2, 1),
             StepStarted(session_id=sid, at=at(3), step_id="v", attempt=2, prompt="p"),
             *(e for _, s, f in second for e in (s, f)),
         ]
     )
     # The second merge arrives alone in its batch: its attempt comes from the database.
-    await store.write([consensus((second[1][0],), 4)])
+    await store.write([consensus((second[1][0],), 4, 2)])
     stored = await store.get_session(sid)
     flags = {call.id: call.included_in_consensus for call in stored.steps[0].calls}
     assert flags == {first[0][0]: True, first[1][0]: False, second[0][0]: False, second[1][0]: True}
@@ -588,6 +590,7 @@ async def test_concurrent_stores_on_one_file(tmp_path: Path) -> None:
         "thinktank_sessions": 20,
         "thinktank_steps": 100,
         "thinktank_parallel_executions": 100,
+        "thinktank_call_attempts": 0,
         "thinktank_consensus": 0,
         "thinktank_events": sum(len(events) for events in sessions),
     }

@@ -1,15 +1,21 @@
-"""One model call, recorded: limits, timeout, and a result value whatever happens.
+"""One logical model call, recorded: limits, retries, timeouts, and a result value.
 
-Every call emits ``CallStarted`` when it is sent (after its concurrency slots are
-acquired) and ``CallFinished`` when it ends — ok, failed, timed out, or cancelled. A
-tolerated failure is a :class:`CallResult` value, never an exception; cancellation is
+A call acquires its concurrency slots (the step's, the session's, the model's
+process-wide one, in that fixed order so waits cannot deadlock), emits
+``CallStarted``, then makes up to ``1 + max_retries`` attempts. Every attempt emits a
+``CallAttempt`` (number, status, HTTP status, error, the wait before the next one), so a
+retried call is one call with its attempts in the store, not several lost ones. The
+call ends with one ``CallFinished``: ok, failed, timed out, or cancelled.
+
+A tolerated failure is a :class:`CallResult` value, never an exception; cancellation is
 recorded and then propagates.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import random
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -18,12 +24,35 @@ from datetime import datetime
 import anyio
 
 from thinktank.errors import ProviderError
-from thinktank.events import CallFinished, CallStarted, CallStatus, Event, utcnow
+from thinktank.events import CallAttempt, CallFinished, CallStarted, CallStatus, Event, utcnow
+from thinktank.ids import new_id
 from thinktank.providers.base import ModelClient, ModelRequest, ModelResponse
+from thinktank.providers.retry import RetryPolicy
 
-__all__ = ["CallResult", "call_model"]
+__all__ = ["NO_RETRY", "CallResult", "PooledModel", "call_model"]
 
 Emit = Callable[[Event], None]
+
+NO_RETRY = RetryPolicy(max_retries=0)
+"""The policy of clients given without one: what the client returns is final."""
+
+_JITTER = random.Random()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PooledModel:
+    """A model client with the run-time settings of its configured model."""
+
+    client: ModelClient
+    """Sends one attempt."""
+    retry: RetryPolicy = NO_RETRY
+    """When and how long to wait before retrying."""
+    limiter: anyio.CapacityLimiter | None = None
+    """The model's process-wide concurrency limit, if it has one."""
+    timeout_s: float | None = None
+    """Time limit of one attempt."""
+    max_tokens: int | None = None
+    """Output limit when the step sets none."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -37,21 +66,23 @@ class CallResult:
     status: CallStatus
     """ok, failed, timeout or cancelled."""
     started_at: datetime
-    """When it was sent."""
+    """When it was first sent."""
     content: str | None = None
-    """Response text (None when there was none)."""
+    """Response text (partial or None on failure)."""
     input_tokens: int | None = None
     """Prompt tokens, None when unknown."""
     output_tokens: int | None = None
     """Completion tokens, None when unknown."""
     latency_ms: float = 0.0
-    """Wall time of the call."""
+    """Wall time of the call, retries and waits included."""
     cost_usd: float | None = None
     """USD, None when unknown."""
     finish_reason: str | None = None
     """Why generation stopped."""
     error: str | None = None
     """What went wrong."""
+    tries: int = 1
+    """Attempts made."""
 
     @property
     def ok(self) -> bool:
@@ -59,8 +90,37 @@ class CallResult:
         return self.status == "ok"
 
 
+@dataclass(slots=True)
+class _Attempt:
+    status: CallStatus = "ok"
+    response: ModelResponse | None = None
+    error: str | None = None
+    exc: BaseException | None = None
+    status_code: int | None = None
+    partial: str | None = None
+
+
+async def _attempt(client: ModelClient, request: ModelRequest, timeout_s: float | None) -> _Attempt:
+    try:
+        with anyio.fail_after(timeout_s):
+            response = await client.complete(request)
+    except ProviderError as exc:
+        # CallTimeoutError (a wire timeout) is both; it keeps its provider details.
+        status: CallStatus = "timeout" if isinstance(exc, TimeoutError) else "failed"
+        return _Attempt(
+            status, error=str(exc), exc=exc, status_code=exc.status_code, partial=exc.partial
+        )
+    except TimeoutError as exc:
+        return _Attempt("timeout", error=f"no answer within {timeout_s:g} s", exc=exc)
+    except Exception as exc:  # noqa: BLE001 - a broken client fails its call, not the session
+        return _Attempt("failed", error=f"{type(exc).__name__}: {exc}", exc=exc)
+    if response.error is not None:
+        return _Attempt("failed", response=response, error=response.error)
+    return _Attempt("ok", response=response)
+
+
 async def call_model(
-    client: ModelClient,
+    model: PooledModel | ModelClient,
     request: ModelRequest,
     *,
     session_id: str,
@@ -68,16 +128,33 @@ async def call_model(
     timeout_s: float | None = None,
     limiters: Sequence[anyio.CapacityLimiter] = (),
 ) -> CallResult:
-    """Send ``request`` to ``client`` under ``limiters`` and a timeout; record it.
+    """Send ``request`` with retries under ``limiters`` and timeouts; record it all.
+
+    Args:
+        model: The pooled model (or a bare client: no retries, no limit).
+        request: The prompt and its settings.
+        session_id: For the events.
+        emit: Where events go.
+        timeout_s: Time limit of one attempt set by the step (``call_timeout_ms``);
+            the tighter of it and the model's own applies.
+        limiters: The step's and the session's slots, acquired in order, then the
+            model's own limiter.
 
     Returns:
         The call's result; failures and timeouts are values. Cancellation is
         recorded as a cancelled call and re-raised.
     """
+    pooled = model if isinstance(model, PooledModel) else PooledModel(client=model)
+    client = pooled.client
+    if request.max_tokens is None and pooled.max_tokens is not None:
+        request = dataclasses.replace(request, max_tokens=pooled.max_tokens)
+    limits = [*limiters, pooled.limiter] if pooled.limiter is not None else list(limiters)
+    bounds = [t for t in (timeout_s, pooled.timeout_s) if t is not None]
+    attempt_timeout = min(bounds) if bounds else None
     async with AsyncExitStack() as stack:
-        for limiter in limiters:
+        for limiter in limits:
             await stack.enter_async_context(limiter)
-        call_id = str(uuid.uuid4())
+        call_id = new_id()
         started_at = utcnow()
         emit(
             CallStarted(
@@ -90,82 +167,115 @@ async def call_model(
             )
         )
         start = time.perf_counter()
-        response: ModelResponse | None = None
-        status: CallStatus = "ok"
-        error: str | None = None
+        tries = 0
+        outcome = _Attempt("cancelled", error="cancelled before the model answered")
         try:
-            with anyio.fail_after(timeout_s):
-                response = await client.complete(request)
+            while True:
+                tries += 1
+                try_started = utcnow()
+                try_start = time.perf_counter()
+                outcome = _Attempt("cancelled", error="cancelled before the model answered")
+                sent = request if tries == 1 else dataclasses.replace(request, retry=tries - 1)
+                outcome = await _attempt(client, sent, attempt_timeout)
+                retry = (
+                    outcome.status != "ok"
+                    and outcome.exc is not None
+                    and (pooled.retry.should_retry(outcome.exc, tries - 1))
+                )
+                wait = (
+                    pooled.retry.delay_s(
+                        tries - 1,
+                        getattr(outcome.exc, "retry_after_s", None),
+                        _JITTER,
+                    )
+                    if retry
+                    else None
+                )
+                # A call answered at the first try is its own attempt record; once a
+                # retry happens, every try (the first included) gets one.
+                if wait is not None or tries > 1:
+                    emit(
+                        CallAttempt(
+                            session_id=session_id,
+                            step_id=request.step_id,
+                            call_id=call_id,
+                            model=client.name,
+                            attempt=request.attempt,
+                            number=tries,
+                            status=outcome.status,
+                            started_at=try_started,
+                            latency_ms=(time.perf_counter() - try_start) * 1000,
+                            status_code=outcome.status_code,
+                            error=outcome.error,
+                            retry_in_s=wait,
+                        )
+                    )
+                if wait is None:
+                    break
+                await anyio.sleep(wait)
         except anyio.get_cancelled_exc_class():
-            _finish(
-                emit,
-                session_id,
-                request,
-                client,
-                call_id,
-                started_at,
-                start,
-                None,
-                "cancelled",
-                "cancelled before the model answered",
+            emit(
+                _finished(
+                    session_id,
+                    request,
+                    client,
+                    call_id,
+                    started_at,
+                    start,
+                    tries,
+                    _Attempt(
+                        "cancelled",
+                        error="cancelled before the model answered",
+                        partial=outcome.partial,
+                    ),
+                )
             )
             raise
-        except TimeoutError:
-            status, error = "timeout", f"no answer within {timeout_s:g} s"
-        except ProviderError as exc:
-            status, error = "failed", str(exc)
-        except Exception as exc:
-            status, error = "failed", f"{type(exc).__name__}: {exc}"
-        if response is not None and response.error is not None:
-            status, error = "failed", response.error
-        return _finish(
-            emit, session_id, request, client, call_id, started_at, start, response, status, error
+        event = _finished(session_id, request, client, call_id, started_at, start, tries, outcome)
+        emit(event)
+        return CallResult(
+            call_id=call_id,
+            model=client.name,
+            status=event.status,
+            started_at=started_at,
+            content=event.content,
+            input_tokens=event.input_tokens,
+            output_tokens=event.output_tokens,
+            latency_ms=event.latency_ms,
+            cost_usd=event.cost_usd,
+            finish_reason=event.finish_reason,
+            error=event.error,
+            tries=tries,
         )
     raise AssertionError("unreachable")  # pragma: no cover - the stack never swallows
 
 
-def _finish(
-    emit: Emit,
+def _finished(
     session_id: str,
     request: ModelRequest,
     client: ModelClient,
     call_id: str,
     started_at: datetime,
     start: float,
-    response: ModelResponse | None,
-    status: CallStatus,
-    error: str | None,
-) -> CallResult:
-    latency_ms = (time.perf_counter() - start) * 1000
-    result = CallResult(
+    tries: int,
+    outcome: _Attempt,
+) -> CallFinished:
+    response = outcome.response
+    content = response.content if response is not None else outcome.partial
+    return CallFinished(
+        session_id=session_id,
+        step_id=request.step_id,
         call_id=call_id,
         model=client.name,
-        status=status,
+        attempt=request.attempt,
+        status=outcome.status,
         started_at=started_at,
-        content=response.content if response is not None else None,
+        content=content,
         input_tokens=response.input_tokens if response is not None else None,
         output_tokens=response.output_tokens if response is not None else None,
-        latency_ms=latency_ms,
+        latency_ms=(time.perf_counter() - start) * 1000,
         cost_usd=response.cost_usd if response is not None else None,
         finish_reason=response.finish_reason if response is not None else None,
-        error=error,
+        error=outcome.error,
+        tries=tries,
     )
-    emit(
-        CallFinished(
-            session_id=session_id,
-            step_id=request.step_id,
-            call_id=call_id,
-            model=client.name,
-            attempt=request.attempt,
-            status=status,
-            started_at=started_at,
-            content=result.content,
-            input_tokens=result.input_tokens,
-            output_tokens=result.output_tokens,
-            latency_ms=latency_ms,
-            cost_usd=result.cost_usd,
-            finish_reason=result.finish_reason,
-            error=error,
-        )
-    )
-    return result

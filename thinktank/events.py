@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
 __all__ = [
+    "CallAttempt",
     "CallFinished",
     "CallStarted",
     "CallStatus",
@@ -145,6 +146,35 @@ class CallStarted(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CallAttempt(Event):
+    """One try of a model call ended (a call retried twice has three)."""
+
+    type: ClassVar[str] = "call_attempt"
+    step_id: str
+    """The step that made the call."""
+    call_id: str
+    """The logical call this try belongs to."""
+    model: str
+    """The model name."""
+    attempt: int
+    """The step attempt the call belongs to."""
+    number: int
+    """1 for the first try of the call, 2 for its first retry, ..."""
+    status: CallStatus
+    """How this try ended."""
+    started_at: datetime
+    """When this try was sent."""
+    latency_ms: float = 0.0
+    """Wall time of this try."""
+    status_code: int | None = None
+    """The HTTP status, when there was one."""
+    error: str | None = None
+    """What went wrong, when it did."""
+    retry_in_s: float | None = None
+    """The wait before the next try; None when this try was the last."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CallFinished(Event):
     """A model call ended: ok, failed, timed out or cancelled."""
 
@@ -175,6 +205,8 @@ class CallFinished(Event):
     """Why generation stopped."""
     error: str | None = None
     """What went wrong, when it did."""
+    tries: int = 1
+    """How many times it was sent (retries included)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -200,6 +232,8 @@ class ConsensusComputed(Event):
     """The agreeing groups: answer, members (call ids and models), weight."""
     outcome: str = "ok"
     """``ok`` or a degraded outcome (``low_consensus``, ``k_of_n``)."""
+    attempt: int = 1
+    """The step attempt whose calls were merged."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

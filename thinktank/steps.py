@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio
 
-from thinktank.calls import CallResult, call_model
+from thinktank.calls import CallResult, PooledModel, call_model
 from thinktank.consensus import Answer, synthesize
 from thinktank.events import ConsensusComputed, Event, StepFinished, StepStarted, utcnow
 from thinktank.providers.base import ModelClient, ModelRequest
@@ -52,7 +52,7 @@ class StepExecutor:
         *,
         session_id: str,
         spec: SessionSpec,
-        clients: Mapping[str, ModelClient],
+        clients: Mapping[str, PooledModel | ModelClient],
         inputs: Mapping[str, Any],
         emit: Emit,
         call_limiter: anyio.CapacityLimiter | None = None,
@@ -208,6 +208,7 @@ class StepExecutor:
                     for c in merged.clusters
                 ),
                 outcome=outcome,
+                attempt=request.attempt,
             )
         )
         if not merged.reached and step.on_low_consensus == "fail":

@@ -33,6 +33,9 @@ class ModelRequest:
     """The step that makes the call (for logs and scripted replies)."""
     attempt: int = 1
     """1 for the first try of the step, 2 for its first retry, ..."""
+    retry: int = 0
+    """0 for the first send of this call, 1 for its first retry, ... (set by the call
+    layer; simulated models mix it into their randomness)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -122,6 +122,13 @@ class SimulatedModelConfig(_Model):
     """USD per million output tokens; None means cost unknown."""
     tags: list[str] = []
     """Domains the model is good at."""
+    max_concurrency: Annotated[int, Field(ge=1)] | None = None
+    """Calls in flight to this model, shared by every session in the process."""
+    timeout_s: Annotated[float, Field(gt=0)] | None = None
+    """Time limit of one attempt (none by default)."""
+    max_retries: Annotated[int, Field(ge=0, le=10)] = 0
+    """Retries of a failed attempt. 0 by default, so a simulated fault is what the step
+    sees; set it to study retry behaviour."""
 
 
 def _tokens(text: str) -> int:
@@ -153,7 +160,10 @@ class SimulatedModel:
         return [(re.compile(r.pattern), r.reply) for r in self.config.replies]
 
     def _rng(self, request: ModelRequest) -> random.Random:
-        key = f"{self.config.seed}\x00{self._name}\x00{request.attempt}\x00{request.prompt}"
+        key = (
+            f"{self.config.seed}\x00{self._name}\x00{request.attempt}\x00{request.retry}"
+            f"\x00{request.prompt}"
+        )
         digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
         return random.Random(int.from_bytes(digest, "big"))
 

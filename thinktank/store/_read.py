@@ -17,11 +17,12 @@ from sqlalchemy import Row, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from thinktank.errors import UnknownSessionError
-from thinktank.store._write import CALLS, CONSENSUS, EVENTS, SESSIONS, STEPS
+from thinktank.store._write import ATTEMPTS, CALLS, CONSENSUS, EVENTS, SESSIONS, STEPS
 
 __all__ = [
     "MIN_PREFIX",
     "SessionSummary",
+    "StoredAttempt",
     "StoredCall",
     "StoredConsensus",
     "StoredSession",
@@ -45,6 +46,25 @@ UTCDatetime = Annotated[datetime, AfterValidator(_as_utc)]
 
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class StoredAttempt(_Model):
+    """One try of a retried call."""
+
+    number: int
+    """1 for the first try, 2 for the first retry, ..."""
+    status: str
+    """``ok``, ``failed``, ``timeout`` or ``cancelled``."""
+    status_code: int | None
+    """The HTTP status, when there was one."""
+    error: str | None
+    """What went wrong, when it did."""
+    started_at: UTCDatetime
+    """When this try was sent."""
+    latency_ms: int | None
+    """Wall time of this try."""
+    retry_in_s: float | None
+    """The wait before the next try; None for the last."""
 
 
 class StoredCall(_Model):
@@ -84,6 +104,10 @@ class StoredCall(_Model):
     """What went wrong, when it did."""
     included_in_consensus: bool
     """Whether the response took part in the step's merge."""
+    tries: int = 1
+    """How many times it was sent (retries included)."""
+    attempts: list[StoredAttempt] = []
+    """Every try, when it was retried (empty when the first try answered)."""
 
 
 class StoredConsensus(_Model):
@@ -312,9 +336,18 @@ async def get_session(conn: AsyncConnection, id_or_prefix: str) -> StoredSession
         .where(CALLS.c.session_id == sid)
         .order_by(CALLS.c.started_at, CALLS.c.attempt, CALLS.c.id)
     )
+    attempts: dict[str, list[StoredAttempt]] = {}
+    tries = await conn.execute(
+        select(ATTEMPTS)
+        .where(ATTEMPTS.c.session_id == sid)
+        .order_by(ATTEMPTS.c.call_id, ATTEMPTS.c.number)
+    )
+    for row in tries:
+        attempts.setdefault(row.call_id, []).append(StoredAttempt.model_validate(row._mapping))
     for row in result:
         data = dict(row._mapping)
         data["step_key"] = keys.get(data["step_id"], "")
+        data["attempts"] = attempts.get(data["id"], [])
         calls.setdefault(data["step_id"], []).append(StoredCall.model_validate(data))
     consensus: dict[str, StoredConsensus] = {}
     result = await conn.execute(
@@ -342,6 +375,6 @@ async def get_session(conn: AsyncConnection, id_or_prefix: str) -> StoredSession
 async def count_rows(conn: AsyncConnection) -> dict[str, int]:
     """Table name -> row count, for every thinktank table."""
     counts: dict[str, int] = {}
-    for table in (SESSIONS, STEPS, CALLS, CONSENSUS, EVENTS):
+    for table in (SESSIONS, STEPS, CALLS, ATTEMPTS, CONSENSUS, EVENTS):
         counts[table.name] = int(await conn.scalar(select(func.count()).select_from(table)) or 0)
     return counts

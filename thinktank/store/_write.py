@@ -29,20 +29,20 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from operator import attrgetter, itemgetter
 from typing import Any, Protocol
 
 import aiosqlite
-from sqlalchemy import DateTime, Table, bindparam, func, insert, select, update
+from sqlalchemy import DateTime, Table, bindparam, insert, select, update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ClauseElement
 from sqlmodel import SQLModel
 
 from thinktank.events import (
+    CallAttempt,
     CallFinished,
     CallStarted,
     ConsensusComputed,
@@ -53,9 +53,11 @@ from thinktank.events import (
     StepSkipped,
     StepStarted,
 )
+from thinktank.ids import new_id
 from thinktank.store import tables as _tables
 
 __all__ = [
+    "ATTEMPTS",
     "CALLS",
     "CONSENSUS",
     "EVENTS",
@@ -77,15 +79,16 @@ _ = _tables  # importing it registers the tables on SQLModel.metadata
 SESSIONS: Table = SQLModel.metadata.tables["thinktank_sessions"]
 STEPS: Table = SQLModel.metadata.tables["thinktank_steps"]
 CALLS: Table = SQLModel.metadata.tables["thinktank_parallel_executions"]
+ATTEMPTS: Table = SQLModel.metadata.tables["thinktank_call_attempts"]
 CONSENSUS: Table = SQLModel.metadata.tables["thinktank_consensus"]
 EVENTS: Table = SQLModel.metadata.tables["thinktank_events"]
 
 _SESSION_EXISTS = select(SESSIONS.c.id).where(SESSIONS.c.id == bindparam("sid"))
 _STEP_ROWS = select(STEPS.c.step_key, STEPS.c.id).where(STEPS.c.session_id == bindparam("sid"))
-_MAX_ATTEMPT = select(func.max(CALLS.c.attempt)).where(CALLS.c.step_id == bindparam("step"))
 _INSERT_SESSION = insert(SESSIONS)
 _INSERT_STEP = insert(STEPS)
 _INSERT_CALL = insert(CALLS)
+_INSERT_ATTEMPT = insert(ATTEMPTS)
 _INSERT_CONSENSUS = insert(CONSENSUS)
 _INSERT_EVENT = insert(EVENTS)
 # UPDATEs whose SET clause comes from the keys of the rows they run with.
@@ -102,7 +105,7 @@ StepRowCache = dict[str, dict[str, str]]
 EVENT_COLUMNS = ("session_id", "type", "step_key", "at", "payload")
 """Column order of the rows :class:`EventLog` inserts."""
 
-_STEP_EVENTS = (StepStarted, CallStarted, CallFinished, StepFinished, StepSkipped)
+_STEP_EVENTS = (StepStarted, CallStarted, CallAttempt, CallFinished, StepFinished, StepSkipped)
 
 
 def _utc(value: datetime) -> datetime:
@@ -373,14 +376,13 @@ class _Batch:
         self.step_updates: dict[str, dict[str, Any]] = {}
         self.session_updates: dict[str, dict[str, Any]] = {}
         self.consensus_inserts: list[dict[str, Any]] = []
+        self.attempt_inserts: list[dict[str, Any]] = []
         self.included: dict[tuple[str, int], set[str]] = {}
         """Call ids merged, per (step row, attempt), for the latest merge of each."""
-        self.attempts: dict[str, int] = {}
-        """The latest attempt seen in this batch, per step row."""
-        self.call_attempts: dict[str, int] = {}
         self.events: list[tuple[Any, ...]] = []
         self.handlers: dict[type, Callable[[Any, str], None]] = {
             CallFinished: self.on_call_finished,
+            CallAttempt: self.on_call_attempt,
             CallStarted: self.on_call_started,
             StepStarted: self.on_step_started,
             StepFinished: self.on_step_finished,
@@ -529,7 +531,6 @@ class _Batch:
         )
         if event.attempt == 1:
             changes["started_at"] = _utc(event.at)
-        self.attempts[row_id] = event.attempt
 
     def on_call_started(self, event: CallStarted, row_id: str) -> None:
         self.call_inserts[event.call_id] = {
@@ -550,12 +551,27 @@ class _Batch:
             "finish_reason": None,
             "error": None,
             "included_in_consensus": True,
+            "tries": 1,
         }
-        self.attempts[row_id] = event.attempt
-        self.call_attempts[event.call_id] = event.attempt
+
+    def on_call_attempt(self, event: CallAttempt, row_id: str) -> None:
+        self.attempt_inserts.append(
+            {
+                "call_id": event.call_id,
+                "session_id": event.session_id,
+                "number": event.number,
+                "status": event.status,
+                "status_code": event.status_code,
+                "error": event.error,
+                "started_at": _utc(event.started_at),
+                "latency_ms": round(event.latency_ms),
+                "retry_in_s": event.retry_in_s,
+            }
+        )
 
     def on_call_finished(self, event: CallFinished, row_id: str) -> None:
         changes = {
+            "tries": event.tries,
             "status": event.status,
             "started_at": _utc(event.started_at),
             "completed_at": _utc(event.at),
@@ -577,8 +593,6 @@ class _Batch:
                 self.call_updates[event.call_id] = {"b_id": event.call_id, **changes}
             else:
                 pending.update(changes)
-        self.attempts[row_id] = event.attempt
-        self.call_attempts[event.call_id] = event.attempt
 
     def on_step_finished(self, event: StepFinished, row_id: str) -> None:
         changes = self.step(row_id)
@@ -605,20 +619,11 @@ class _Batch:
         row_id = session_rows.get(event.step_id) if session_rows is not None else None
         if row_id is None:
             row_id = await self.load_step_row(event.session_id, event.step_id)
-        attempt = next(
-            (self.call_attempts[c] for c in event.included_call_ids if c in self.call_attempts),
-            self.attempts.get(row_id),
-        )
-        if attempt is None:
-            # No call of this step is in the batch before this event, so the database
-            # already holds every call the consensus can be about.
-            found = await self.statements.fetch(self.executor, _MAX_ATTEMPT, {"step": row_id})
-            attempt = found[0][0] if found else None
-        if attempt is not None:
-            self.included[(row_id, attempt)] = set(event.included_call_ids)
+        attempt = event.attempt
+        self.included[(row_id, attempt)] = set(event.included_call_ids)
         self.consensus_inserts.append(
             {
-                "id": str(uuid.uuid4()),
+                "id": new_id(),
                 "session_id": event.session_id,
                 "step_id": row_id,
                 "attempt": attempt,
@@ -659,6 +664,8 @@ class _Batch:
             await run(executor, _INSERT_CALL, self.call_inserts.values())
         if self.call_updates:
             await run(executor, _UPDATE_CALL, self.call_updates.values())
+        if self.attempt_inserts:
+            await run(executor, _INSERT_ATTEMPT, self.attempt_inserts)
         if self.included:
             # Every call of the merged attempt out, then the merged ones back in.
             await run(

@@ -22,6 +22,7 @@ from sqlalchemy import JSON, DateTime, Float, Integer, String, Text, UniqueConst
 from sqlmodel import Field, SQLModel
 
 __all__ = [
+    "CallAttemptRow",
     "CallRow",
     "ConsensusRow",
     "EventRow",
@@ -180,6 +181,42 @@ class CallRow(SQLModel, table=True):
     """What went wrong, when it did."""
     included_in_consensus: bool = Field(default=True, sa_column_kwargs={"server_default": true()})
     """Whether the response took part in the step's merge."""
+    tries: int = Field(default=1, sa_type=Integer)
+    """How many times the call was sent (retries included)."""
+
+
+class CallAttemptRow(SQLModel, table=True):
+    """One try of a retried model call; a call answered at its first try has none."""
+
+    __tablename__ = "thinktank_call_attempts"
+
+    id: int | None = Field(default=None, primary_key=True)
+    """Autoincrement."""
+    call_id: str = Field(
+        foreign_key="thinktank_parallel_executions.id",
+        ondelete="CASCADE",
+        index=True,
+        max_length=36,
+    )
+    """The logical call."""
+    session_id: str = Field(
+        foreign_key="thinktank_sessions.id", ondelete="CASCADE", index=True, max_length=36
+    )
+    """The session."""
+    number: int = Field(sa_type=Integer)
+    """1 for the first try, 2 for the first retry, ..."""
+    status: str = Field(max_length=16)
+    """``ok``, ``failed``, ``timeout`` or ``cancelled``."""
+    status_code: int | None = Field(default=None, sa_type=Integer)
+    """The HTTP status, when there was one."""
+    error: str | None = Field(default=None, sa_type=Text)
+    """What went wrong, when it did."""
+    started_at: datetime = Field(sa_type=_UTC_DATETIME)
+    """When this try was sent."""
+    latency_ms: int | None = Field(default=None, sa_type=Integer)
+    """Wall time of this try."""
+    retry_in_s: float | None = Field(default=None, sa_type=Float)
+    """The wait before the next try; None for the last."""
 
 
 class ConsensusRow(SQLModel, table=True):
