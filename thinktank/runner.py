@@ -26,18 +26,22 @@ import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from thinktank.calls import PooledModel
 from thinktank.errors import SpecErrors, StoreError
 from thinktank.events import Event, SessionFinished, SessionStarted, StepInfo, StepSkipped, utcnow
 from thinktank.graph import StepGraph, validate_spec
+from thinktank.ids import new_id
 from thinktank.providers.base import ModelClient
-from thinktank.providers.simulated import SimulatedModel
+from thinktank.providers.config import load_config
+from thinktank.providers.http import create_http_client
+from thinktank.providers.registry import ModelRegistry
 from thinktank.result import ResultCollector, SessionResult
 from thinktank.scheduler import ScheduleOutcome, Scheduler
 from thinktank.spec import SessionSpec, validate_inputs
 from thinktank.steps import StepExecutor, sum_known
 from thinktank.store import Store
 
-__all__ = ["DEFAULT_STORE", "build_clients", "run", "run_sync"]
+__all__ = ["DEFAULT_STORE", "run", "run_sync"]
 
 
 class _DefaultStore:
@@ -50,17 +54,6 @@ DEFAULT_STORE: Final[Any] = _DefaultStore()
 record nothing."""
 
 Listener = Callable[[Event], None]
-
-
-def build_clients(
-    spec: SessionSpec, models: Mapping[str, ModelClient] | None = None
-) -> dict[str, ModelClient]:
-    """The model pool of a run: the session's declared models, then ``models``."""
-    clients: dict[str, ModelClient] = {
-        name: SimulatedModel(name, config) for name, config in spec.models.items()
-    }
-    clients.update(models or {})
-    return clients
 
 
 class _Recorder:
@@ -108,7 +101,7 @@ def _steps_info(spec: SessionSpec) -> tuple[StepInfo, ...]:
         infos.append(
             StepInfo(
                 step_id=step.id,
-                row_id=str(uuid.uuid4()),
+                row_id=new_id(),
                 kind="multi" if multi else "prompt",
                 depends_on=tuple(step.depends_on),
                 models=tuple(models),
@@ -154,25 +147,36 @@ async def run(
         source: The session file, recorded with the session.
 
     Raises:
-        SpecErrors: the spec names models that are not in the pool.
+        SpecErrors: the spec names models that cannot be used (unknown, no key), or
+            ``thinktank.toml`` is invalid.
         InputError: inputs missing, unknown or of the wrong type.
         StoreError: the database could not be opened or written.
     """
-    clients = build_clients(spec, models)
-    problems = validate_spec(spec, file=source, known_models=clients)
+    registry = ModelRegistry(session_models=spec.models, config=load_config(), clients=models)
+    problems = validate_spec(spec, file=source, check_model=registry.check)
     if problems:
         raise SpecErrors(problems)
     values = validate_inputs(spec, inputs)
+    names = [name for step in spec.steps for name in spec.step_models(step)]
 
     owned: Store | None = None
     if store is DEFAULT_STORE or isinstance(store, str):
         store = owned = await Store.open(None if store is DEFAULT_STORE else store)
+    # Keep-alive for every pooled connection: a closed one costs a TLS handshake.
+    http = (
+        create_http_client(max_connections=100, max_keepalive=100)
+        if registry.needs_http(names)
+        else None
+    )
     try:
-        return await _run_recorded(spec, values, store, clients, on_event, source)
+        pool = registry.build(names, http)
+        return await _run_recorded(spec, values, store, pool, on_event, source)
     finally:
-        if owned is not None:
-            # Shielded: an interrupted run must still release its connections.
-            with anyio.CancelScope(shield=True):
+        # Shielded: an interrupted run must still release its connections.
+        with anyio.CancelScope(shield=True):
+            if http is not None:
+                await http.aclose()
+            if owned is not None:
                 await owned.close()
 
 
@@ -180,10 +184,11 @@ async def _run_recorded(
     spec: SessionSpec,
     values: dict[str, Any],
     store: Store | None,
-    clients: Mapping[str, ModelClient],
+    clients: Mapping[str, PooledModel],
     on_event: Listener | None,
     source: str | None,
 ) -> SessionResult:
+    # uuid4, not v7: a random prefix keeps `thinktank show <first 8 chars>` unambiguous.
     session_id = str(uuid.uuid4())
     settings = spec.parallel_execution.effective()
     collector = ResultCollector()

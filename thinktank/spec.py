@@ -22,12 +22,11 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, m
 from pydantic.alias_generators import to_camel
 
 from thinktank.errors import InputError, SpecError, SpecErrors
-from thinktank.providers.simulated import SimulatedModelConfig
+from thinktank.providers.config import DEFAULT_MODEL, ModelConfig, ThinkTankConfig
 
 __all__ = [
     "ID_PATTERN",
     "InputSpec",
-    "ModelConfig",
     "ModelSelection",
     "ParallelExecution",
     "SessionSpec",
@@ -39,9 +38,6 @@ __all__ = [
 
 ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"
 """Step ids and model names: letters, digits, ``_`` and ``-``, not starting with a digit."""
-
-ModelConfig = SimulatedModelConfig
-"""A model declared inline in a session file (simulated for now; HTTP providers next)."""
 
 
 class _Spec(BaseModel):
@@ -190,13 +186,19 @@ class SessionSpec(_Spec):
     """The steps, in file order."""
 
     def step_models(self, step: StepSpec) -> list[str]:
-        """The models ``step`` calls: its own, else preferred, else the default."""
+        """The models ``step`` calls: its own, else preferred, else the session's
+        default, else the built-in local model."""
         named = step.named_models()
         if named:
             return named
         if self.model_selection.preferred_models:
             return list(self.model_selection.preferred_models)
-        return [self.default_model] if self.default_model else []
+        return [self.default_model or DEFAULT_MODEL]
+
+    def with_model(self, name: str) -> SessionSpec:
+        """A copy with every step on the one model ``name`` (``run --model``)."""
+        steps = [s.model_copy(update={"model": name, "models": []}) for s in self.steps]
+        return self.model_copy(update={"steps": steps, "default_model": name})
 
     def step(self, step_id: str) -> StepSpec:
         """The step with id ``step_id`` (KeyError if none)."""
@@ -244,29 +246,55 @@ def _spec_errors_from_pydantic(
 
 
 def parse_session(
-    data: Mapping[str, Any], *, file: str | None = None, known_models: Iterable[str] = ()
+    data: Mapping[str, Any],
+    *,
+    file: str | None = None,
+    known_models: Iterable[str] = (),
+    config: ThinkTankConfig | None = None,
 ) -> SessionSpec:
     """Validate a session given as a mapping; raise SpecErrors listing every problem.
 
     Args:
         data: The parsed session file.
         file: The file it came from, named in every error.
-        known_models: Model names available besides the ones the session declares.
+        known_models: Names of model clients that will be passed to ``run`` from Python.
+        config: The ``thinktank.toml`` in force (read from its usual places if None).
     """
     from thinktank.graph import validate_spec, validate_steps_partially
+    from thinktank.providers.config import load_config
+    from thinktank.providers.registry import ModelRegistry
 
     if not isinstance(data, Mapping):
         raise SpecErrors([SpecError("a session file must hold a mapping at the top", file=file)])
+    config = config if config is not None else load_config()
+    known = {name: _PLACEHOLDER_CLIENT for name in known_models}
     try:
         spec = SessionSpec.model_validate(data)
     except ValidationError as exc:
         errors = _spec_errors_from_pydantic(exc, data, file)
-        errors.extend(validate_steps_partially(data, file=file, known_models=known_models))
+        raw_models = data.get("models")
+        registry = ModelRegistry(
+            session_models=raw_models if isinstance(raw_models, Mapping) else {},
+            config=config,
+            clients=known,
+        )
+        errors.extend(validate_steps_partially(data, file=file, check_model=registry.check))
         raise SpecErrors(errors) from None
-    problems = validate_spec(spec, file=file, known_models=known_models)
+    registry = ModelRegistry(session_models=spec.models, config=config, clients=known)
+    problems = validate_spec(spec, file=file, check_model=registry.check)
     if problems:
         raise SpecErrors(problems)
     return spec
+
+
+class _Placeholder:
+    """Stands for a client that ``run(models=...)`` will provide (validation only)."""
+
+    name = "python"
+    provider = "python"
+
+
+_PLACEHOLDER_CLIENT: Any = _Placeholder()
 
 
 def load_session(path: str | Path, *, known_models: Iterable[str] = ()) -> SessionSpec:

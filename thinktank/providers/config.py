@@ -1,0 +1,169 @@
+"""Model configuration: one entry per model, in ``thinktank.toml`` or a session file.
+
+An entry is a tagged union on ``provider``: ``simulated`` (seeded fake), ``openai``
+(any chat-completions server), ``anthropic``, ``gemini``, or ``local`` (llama.cpp
+in-process). The fields shared by every provider — prices, tags, ``max_concurrency``,
+``timeout_s``, ``max_retries`` — mean the same everywhere. API keys are never part of
+an entry: ``api_key_env`` names the variable that holds one.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic.alias_generators import to_camel
+
+from thinktank.errors import SpecError, SpecErrors
+from thinktank.providers.local import LocalModelConfig
+from thinktank.providers.simulated import SimulatedModelConfig
+
+__all__ = [
+    "CONFIG_ENV",
+    "DEFAULT_BASE_URLS",
+    "DEFAULT_KEY_ENVS",
+    "DEFAULT_MODEL",
+    "HttpModelConfig",
+    "ModelConfig",
+    "ThinkTankConfig",
+    "find_config",
+    "load_config",
+]
+
+DEFAULT_MODEL = "local"
+"""The model of steps that name none, in sessions that set no default either."""
+
+CONFIG_ENV = "THINKTANK_CONFIG"
+"""Environment variable naming the config file."""
+
+DEFAULT_KEY_ENVS = {
+    "openai": "OPENAI_API_KEY",
+    "anthropic": "ANTHROPIC_API_KEY",
+    "gemini": "GEMINI_API_KEY",
+}
+"""Where each provider's key is looked up when an entry names no ``api_key_env``."""
+
+DEFAULT_BASE_URLS = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+    "gemini": "https://generativelanguage.googleapis.com",
+}
+"""The public endpoint of each provider."""
+
+
+class HttpModelConfig(BaseModel):
+    """A model behind an HTTP API (OpenAI-compatible, Anthropic or Gemini)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        frozen=True,
+    )
+
+    provider: Literal["openai", "anthropic", "gemini"]
+    """Wire protocol. ``openai`` also covers vLLM, Ollama, llama.cpp server, LM Studio,
+    OpenRouter, Together, Groq and DeepSeek through ``base_url``."""
+    model: Annotated[str, Field(min_length=1)]
+    """The provider's model id (``gpt-4o-mini``, ``claude-sonnet-4-5``, ...)."""
+    base_url: str | None = None
+    """API root; the provider's public endpoint when unset (``OPENAI_BASE_URL`` too)."""
+    api_key_env: str | None = None
+    """Variable holding the key. Unset: the provider's usual variable, required for
+    the public endpoint and optional for a custom ``base_url``."""
+    headers: dict[str, str] = {}
+    """Extra request headers (never put keys here: use ``api_key_env``)."""
+    stream: bool = False
+    """Stream the response (SSE); for long outputs and live progress."""
+    max_concurrency: Annotated[int, Field(ge=1)] | None = None
+    """Calls in flight to this model, shared by every session in the process."""
+    timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    """Time limit of one attempt."""
+    max_retries: Annotated[int, Field(ge=0, le=10)] = 2
+    """Retries of a failed attempt (connection errors, timeouts, 408/409/429/5xx)."""
+    input_cost_per_mtok: Annotated[float, Field(ge=0)] | None = None
+    """USD per million input tokens; unset means cost unknown."""
+    output_cost_per_mtok: Annotated[float, Field(ge=0)] | None = None
+    """USD per million output tokens; unset means cost unknown."""
+    tags: list[str] = []
+    """Domains the model is good at."""
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    """Default output limit when a step sets none (Anthropic requires one)."""
+
+
+ModelConfig = Annotated[
+    SimulatedModelConfig | HttpModelConfig | LocalModelConfig,
+    Field(discriminator="provider"),
+]
+"""One model entry, tagged by ``provider``."""
+
+_ENTRY: TypeAdapter[Any] = TypeAdapter(ModelConfig)
+_PROVIDERS = frozenset({"simulated", "openai", "anthropic", "gemini", "local"})
+
+
+class ThinkTankConfig(BaseModel):
+    """The contents of ``thinktank.toml``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: str | None = None
+    """The file it was read from (None when there is none)."""
+    models: dict[str, Any] = {}
+    """Model entries by name (validated ``ModelConfig`` values)."""
+
+
+def find_config(cwd: Path | None = None) -> Path | None:
+    """The config file in force: ``$THINKTANK_CONFIG``, ``./thinktank.toml``, then the
+    user config dir (``$XDG_CONFIG_HOME`` or ``~/.config``)/thinktank/thinktank.toml."""
+    explicit = os.environ.get(CONFIG_ENV)
+    if explicit:
+        return Path(explicit).expanduser()
+    local = (cwd or Path.cwd()) / "thinktank.toml"
+    if local.is_file():
+        return local
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    user = Path(base) / "thinktank" / "thinktank.toml"
+    return user if user.is_file() else None
+
+
+def load_config(path: Path | str | None = None) -> ThinkTankConfig:
+    """Read and validate the config file (see :func:`find_config`).
+
+    Raises:
+        SpecErrors: the file is unreadable, not TOML, or has invalid entries; every
+            problem is listed, each naming the file and the field.
+    """
+    target = Path(path) if path is not None else find_config()
+    if target is None:
+        return ThinkTankConfig()
+    file = str(target)
+    try:
+        data = tomllib.loads(target.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SpecErrors([SpecError(f"cannot read config: {exc.strerror}", file=file)]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecErrors([SpecError(f"not valid TOML: {exc}", file=file)]) from None
+    unknown = sorted(set(data) - {"models"})
+    errors = [SpecError("unknown section", file=file, field=key) for key in unknown]
+    raw_models = data.get("models", {})
+    models: dict[str, Any] = {}
+    if not isinstance(raw_models, dict):
+        errors.append(SpecError("must be a table of [models.NAME]", file=file, field="models"))
+        raw_models = {}
+    for name, raw in raw_models.items():
+        try:
+            models[name] = _ENTRY.validate_python(raw)
+        except ValidationError as exc:
+            for err in exc.errors(include_url=False):
+                loc = [str(p) for p in err["loc"]]
+                if loc and loc[0] in _PROVIDERS:
+                    loc = loc[1:]  # the union's tag, not a field
+                field = ".".join(["models", name, *loc])
+                errors.append(SpecError(err["msg"], file=file, field=field))
+    if errors:
+        raise SpecErrors(errors)
+    return ThinkTankConfig(path=file, models=models)

