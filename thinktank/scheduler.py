@@ -12,19 +12,21 @@ None when the step completed or an error string when it failed. On a failure,
 steps in flight and skips everything not yet finished. Cancellation from outside
 (Ctrl-C) propagates after in-flight steps have recorded themselves as cancelled.
 
-Everything runs in one anyio task group; tasks are spawned only when a slot is free,
-so a 10,000-step session never holds 10,000 waiting tasks.
+Everything runs in one anyio task group of ``max_concurrent_steps`` workers pulling
+ready steps from a FIFO stream: no task is spawned per step, and a 10,000-step
+session never holds 10,000 waiting tasks.
 """
 
 from __future__ import annotations
 
-from collections import deque
+import math
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
 import anyio
 from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from thinktank.graph import StepGraph
 
@@ -78,12 +80,14 @@ class Scheduler:
         self.outcome = ScheduleOutcome()
         self.in_flight = 0
         """Steps running right now (observable while the session runs)."""
-        self._ready: deque[str] = deque()
         self._waiting: dict[str, int] = {}
         self._finished: set[str] = set(self._done)
         self._started: set[str] = set()
         self._position: dict[str, int] = {}
         self._tg: TaskGroup | None = None
+        self._send: MemoryObjectSendStream[str] | None = None
+        self._phase_nodes: set[str] = set()
+        self._left = 0
 
     async def run(self) -> ScheduleOutcome:
         """Run every step not already done; return how each ended."""
@@ -94,20 +98,14 @@ class Scheduler:
                 continue
             self._waiting[node] = sum(1 for p in g.predecessors(node) if p not in self._done)
         if self._scheduling == "eager":
-            self._ready.extend(n for n, w in self._waiting.items() if w == 0)
-            async with anyio.create_task_group() as tg:
-                self._tg = tg
-                self._pump()
+            nodes = list(self._waiting)
+            await self._phase(nodes, [n for n in nodes if self._waiting[n] == 0])
         else:
             for generation in self.graph.generations():
-                todo = [n for n in generation if n in self._waiting and n not in self._finished]
                 if self.outcome.aborted_by is not None:
                     break
-                self._ready.extend(todo)
-                async with anyio.create_task_group() as tg:
-                    self._tg = tg
-                    self._pump()
-        self._tg = None
+                todo = [n for n in generation if n in self._waiting and n not in self._finished]
+                await self._phase(todo, todo)
         if self.outcome.aborted_by is not None:
             reason = f"not run: the session stopped when {self.outcome.aborted_by!r} failed"
             for node in sorted(self._waiting, key=position.__getitem__):
@@ -118,49 +116,70 @@ class Scheduler:
                     self._skip(node, reason)
         return self.outcome
 
-    def _pump(self) -> None:
-        assert self._tg is not None
-        while self._ready and self.in_flight < self._limit and self.outcome.aborted_by is None:
-            node = self._ready.popleft()
+    async def _phase(self, nodes: list[str], ready: list[str]) -> None:
+        """Run ``nodes`` (``ready`` first) on a pool of at most ``limit`` workers.
+
+        Workers pull ready steps from a FIFO stream, so no task is spawned per step and
+        a 10,000-step session holds ``limit`` tasks, not 10,000.
+        """
+        self._phase_nodes = set(nodes)
+        self._left = len(self._phase_nodes)
+        if not self._left:
+            return
+        send, receive = anyio.create_memory_object_stream[str](math.inf)
+        self._send = send
+        with send, receive:
+            for node in ready:
+                send.send_nowait(node)
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                for _ in range(min(self._limit, self._left)):
+                    tg.start_soon(self._worker, receive)
+        self._tg = None
+
+    async def _worker(self, receive: MemoryObjectReceiveStream[str]) -> None:
+        async for node in receive:
+            if self.outcome.aborted_by is not None:
+                # Handed over just before a fail_fast abort: it never starts.
+                return
             self.in_flight += 1
             self._started.add(node)
             if self.in_flight > self.outcome.max_in_flight:
                 self.outcome.max_in_flight = self.in_flight
-            self._tg.start_soon(self._run_step, node, name=f"step {node}")
-
-    async def _run_step(self, node: str) -> None:
-        if self.outcome.aborted_by is not None:
-            # Spawned before a fail_fast abort but not yet begun: it never runs.
-            self._started.discard(node)
+            error = await self._execute(node)
             self.in_flight -= 1
-            return
-        error = await self._execute(node)
-        self.in_flight -= 1
-        self._finished.add(node)
-        if error is None:
-            self.outcome.completed.append(node)
-            for succ in self.graph.graph.successors(node):
-                if succ not in self._waiting:
-                    continue
-                left = self._waiting[succ] - 1
-                self._waiting[succ] = left
-                if left == 0 and succ not in self._finished and self._scheduling == "eager":
-                    self._ready.append(succ)
-        else:
-            self.outcome.failed[node] = error
-            if self._fail_fast:
-                if self.outcome.aborted_by is None:
-                    self.outcome.aborted_by = node
-                assert self._tg is not None
-                self._tg.cancel_scope.cancel()
-                return
-            reason = f"upstream step {node!r} failed: {error}"
-            for desc in sorted(self.graph.descendants(node), key=self._position.__getitem__):
-                if desc not in self._finished:
-                    self._skip(desc, reason)
-        self._pump()
+            self._finished.add(node)
+            self._left -= 1
+            if error is None:
+                self.outcome.completed.append(node)
+                if self._scheduling == "eager":
+                    for succ in self.graph.graph.successors(node):
+                        left = self._waiting.get(succ)
+                        if left is None:
+                            continue
+                        self._waiting[succ] = left - 1
+                        if left == 1 and succ not in self._finished:
+                            assert self._send is not None
+                            self._send.send_nowait(succ)
+            else:
+                self.outcome.failed[node] = error
+                if self._fail_fast:
+                    if self.outcome.aborted_by is None:
+                        self.outcome.aborted_by = node
+                    assert self._tg is not None
+                    self._tg.cancel_scope.cancel()
+                    return
+                reason = f"upstream step {node!r} failed: {error}"
+                for desc in sorted(self.graph.descendants(node), key=self._position.__getitem__):
+                    if desc not in self._finished:
+                        self._skip(desc, reason)
+            if self._left <= 0:
+                assert self._send is not None
+                self._send.close()
 
     def _skip(self, node: str, reason: str) -> None:
+        if node in self._phase_nodes and node not in self._finished:
+            self._left -= 1
         self._finished.add(node)
         self.outcome.skipped[node] = reason
         if self._on_skip is not None:
