@@ -410,8 +410,8 @@ def test_threshold_out_of_range_raises(threshold: float) -> None:
 
 def test_unknown_method_names_known_ones() -> None:
     """An unknown merge method is a ValueError that lists the registered methods."""
-    with pytest.raises(ValueError, match=r"'medoid'.*majority"):
-        synthesize("medoid", [Answer("a", "m", "x")], 0.5)
+    with pytest.raises(ValueError, match=r"'borda'.*majority, medoid, union, weighted_merge"):
+        synthesize("borda", [Answer("a", "m", "x")], 0.5)
 
 
 def test_synthesize_dispatches_through_registry(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,19 +1,41 @@
 """Grouping of model answers into agreement clusters, and the agreement score.
 
-This module owns which responses count as the same answer (equal
-:func:`~thinktank.consensus.normalize.normalize_answer`), how the resulting clusters are
-ordered, and how much the models agree. Results never depend on the order of the input.
+This module owns which responses count as the same answer, how the resulting clusters
+are ordered, and how much the models agree. The measure comes from
+:class:`~thinktank.consensus.options.MergeOptions`: equal
+:func:`~thinktank.consensus.normalize.normalize_answer` for short answers (``exact``), or
+single-linkage clusters of the graph "similarity >= threshold" for long ones
+(``lexical``, ``semantic``). Results never depend on the order of the input: answers
+are put in key order before anything is computed, similarities are symmetric, and every
+tie has a total tie-break.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from thinktank.consensus.normalize import normalize_answer
+from thinktank.consensus.options import SHORT_ANSWER_WORDS, MergeOptions, ResolvedAgreement
+from thinktank.consensus.similarity import normalize_text, similarity_matrix
 
-__all__ = ["Answer", "Cluster", "agreement_score", "cluster_answers"]
+__all__ = [
+    "Analysis",
+    "Answer",
+    "Cluster",
+    "agreement",
+    "agreement_score",
+    "analyse",
+    "cluster_answers",
+    "connected_components",
+    "largest_cluster_size",
+    "quorum_reached",
+    "resolve_agreement",
+]
+
+_DEFAULT_OPTIONS = MergeOptions()
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,55 +49,154 @@ class Answer:
     text: str
     """The raw response text."""
     weight: float = 1.0
-    """How much this response counts; must be finite and > 0."""
+    """How much this response counts; must be finite and > 0. The model's weight from
+    :attr:`MergeOptions.weights <thinktank.consensus.options.MergeOptions.weights>`
+    multiplies it."""
 
 
 @dataclass(frozen=True, slots=True)
 class Cluster:
-    """Responses whose normalised answers are equal."""
+    """Responses that agree with each other.
+
+    With ``exact`` agreement the members share one normalised answer; with ``lexical``
+    or ``semantic`` agreement they form a connected group of the graph "similarity >=
+    threshold" (each member is similar enough to at least one other member).
+    """
 
     answer: str
-    """The normalised answer shared by the members (``""`` for blank answers)."""
+    """The normalised answer shared by the members (``exact``), or the
+    :func:`~thinktank.consensus.similarity.normalize_text` form of the representative
+    (``lexical``/``semantic``); ``""`` for blank answers. Unique among the clusters of
+    one call."""
     representative: str
-    """One member's raw text: the shortest stripped text, ties broken by the text."""
+    """One member's raw text. ``exact``: the shortest stripped text, ties broken by the
+    text. ``lexical``/``semantic``: the member most similar to the others (highest
+    weighted similarity sum within the cluster), ties to the shortest, then the text."""
     keys: tuple[str, ...]
     """Member keys, sorted."""
     models: tuple[str, ...]
     """Member models, in the same order as ``keys``."""
     weight: float
-    """Sum of the member weights."""
+    """Sum of the member weights (each ``Answer.weight`` times its model's weight)."""
 
 
-def cluster_answers(answers: Sequence[Answer]) -> list[Cluster]:
-    """Group answers whose normalised text is equal.
+@dataclass(frozen=True, slots=True)
+class Analysis:
+    """Everything the merge methods need about one set of answers, computed once."""
+
+    mode: ResolvedAgreement
+    """The agreement measure used (``auto`` resolved)."""
+    answers: tuple[Answer, ...]
+    """The answers, sorted by key."""
+    weights: tuple[float, ...]
+    """Effective weight of each answer (same order as ``answers``)."""
+    similarity: tuple[tuple[float, ...], ...]
+    """Pairwise similarity in [0, 1] (same order; ``exact``: 1.0 for equal normalised
+    answers, else 0.0)."""
+    clusters: tuple[Cluster, ...]
+    """The clusters, heaviest first, ties by ``answer``."""
+    cluster_index: tuple[int, ...]
+    """For each answer, the index of its cluster in ``clusters``."""
+
+    @property
+    def total_weight(self) -> float:
+        """The exactly rounded sum of all effective weights."""
+        return _total_weight(self.weights)
+
+
+def resolve_agreement(
+    answers: Sequence[Answer], options: MergeOptions = _DEFAULT_OPTIONS
+) -> ResolvedAgreement:
+    """The agreement measure ``options`` selects for ``answers``.
+
+    ``auto`` is ``exact`` when every answer's normalised extracted answer has at most
+    :data:`~thinktank.consensus.options.SHORT_ANSWER_WORDS` words (and when there are no
+    answers), else ``lexical``; other modes are returned as they are.
+
+    Args:
+        answers: The responses (any order).
+        options: The merge options.
+
+    Returns:
+        ``"exact"``, ``"lexical"`` or ``"semantic"``.
+    """
+    if options.agreement != "auto":
+        return options.agreement
+    short = all(
+        len(normalize_answer(answer.text).split()) <= SHORT_ANSWER_WORDS for answer in answers
+    )
+    return "exact" if short else "lexical"
+
+
+def analyse(answers: Sequence[Answer], options: MergeOptions = _DEFAULT_OPTIONS) -> Analysis:
+    """Validate, weigh, compare and cluster ``answers``.
+
+    Args:
+        answers: The responses, in any order.
+        options: The agreement measure, threshold, model weights and embedder.
+
+    Returns:
+        The analysis; it does not depend on the order of ``answers``.
+
+    Raises:
+        ValueError: A weight is not a finite number > 0 (or their product or total
+            overflows), two answers share a key, or the embedder misbehaved.
+    """
+    ordered = tuple(sorted(answers, key=lambda answer: answer.key))
+    weights = tuple(_effective_weight(answer, options) for answer in ordered)
+    for previous, current in itertools.pairwise(ordered):
+        if previous.key == current.key:
+            raise ValueError(f"duplicate answer key {current.key!r}")
+    _total_weight(weights)
+    mode = resolve_agreement(ordered, options)
+    if mode == "exact":
+        forms = [normalize_answer(answer.text) for answer in ordered]
+        similarity = tuple(tuple(1.0 if a == b else 0.0 for b in forms) for a in forms)
+        groups = _group_equal(forms)
+    else:
+        embedder = options.embedder if mode == "semantic" else None
+        texts = [answer.text for answer in ordered]
+        similarity = tuple(map(tuple, similarity_matrix(texts, embedder=embedder)))
+        threshold = options.similarity_threshold
+        groups = connected_components(len(ordered), lambda i, j: similarity[i][j] >= threshold)
+    clusters = [_make_cluster(mode, members, ordered, weights, similarity) for members in groups]
+    order = sorted(range(len(clusters)), key=lambda i: (-clusters[i].weight, clusters[i].answer))
+    position = {old: new for new, old in enumerate(order)}
+    cluster_index = [0] * len(ordered)
+    for old, members in enumerate(groups):
+        for member in members:
+            cluster_index[member] = position[old]
+    return Analysis(
+        mode=mode,
+        answers=ordered,
+        weights=weights,
+        similarity=similarity,
+        clusters=tuple(clusters[i] for i in order),
+        cluster_index=tuple(cluster_index),
+    )
+
+
+def cluster_answers(
+    answers: Sequence[Answer], *, options: MergeOptions = _DEFAULT_OPTIONS
+) -> list[Cluster]:
+    """Group answers that agree under ``options``.
+
+    By default (``auto``): equal normalised answers when every answer is short, else
+    single-linkage groups of lexical similarity >= 0.6.
 
     Args:
         answers: The responses to group, in any order.
+        options: The agreement measure, threshold, model weights and embedder.
 
     Returns:
         The clusters, heaviest first; clusters of equal weight are ordered by their
-        normalised answer, ascending. The result does not depend on the input order.
+        ``answer``, ascending. The result does not depend on the input order.
 
     Raises:
         ValueError: A weight is not a finite number > 0, the total weight is not
-            finite, or two answers share a key.
+            finite, two answers share a key, or the embedder misbehaved.
     """
-    seen: set[str] = set()
-    groups: dict[str, list[Answer]] = {}
-    for answer in answers:
-        if not (math.isfinite(answer.weight) and answer.weight > 0):
-            raise ValueError(
-                f"answer {answer.key!r} has weight {answer.weight!r}; weights must be finite"
-                " and > 0"
-            )
-        if answer.key in seen:
-            raise ValueError(f"duplicate answer key {answer.key!r}")
-        seen.add(answer.key)
-        groups.setdefault(normalize_answer(answer.text), []).append(answer)
-    _total_weight([answer.weight for answer in answers])
-    clusters = [_make_cluster(normalized, members) for normalized, members in groups.items()]
-    clusters.sort(key=lambda cluster: (-cluster.weight, cluster.answer))
-    return clusters
+    return list(analyse(answers, options).clusters)
 
 
 def agreement_score(clusters: Sequence[Cluster]) -> float:
@@ -100,18 +221,162 @@ def agreement_score(clusters: Sequence[Cluster]) -> float:
     return min(1.0, max(0.0, largest / total))
 
 
-def _make_cluster(normalized: str, members: list[Answer]) -> Cluster:
-    """Build the cluster for one normalised answer from its members (any order)."""
-    ordered = sorted(members, key=lambda answer: answer.key)
-    representative = min(
-        (answer.text for answer in members), key=lambda text: (len(text.strip()), text)
-    )
+def agreement(
+    answers: Sequence[Answer], options: MergeOptions = _DEFAULT_OPTIONS
+) -> tuple[list[Cluster], float]:
+    """The clusters and agreement score of the responses that have arrived so far.
+
+    For early-stopping modes: call it again as each response arrives. Note that with
+    ``auto`` the measure can switch from ``exact`` to ``lexical`` when the first long
+    answer arrives.
+
+    Args:
+        answers: The responses so far (possibly none), in any order.
+        options: The merge options.
+
+    Returns:
+        The clusters (heaviest first) and :func:`agreement_score` of them; ``([], 0.0)``
+        for no answers.
+
+    Raises:
+        ValueError: As :func:`cluster_answers`.
+    """
+    clusters = cluster_answers(answers, options=options)
+    return clusters, agreement_score(clusters)
+
+
+def largest_cluster_size(clusters: Sequence[Cluster]) -> int:
+    """How many responses the largest (heaviest) cluster holds; 0 for no clusters.
+
+    "Largest" means heaviest, as in :func:`agreement_score`; among clusters of equal
+    weight the one with the smallest ``answer`` counts, as in :func:`cluster_answers`.
+    """
+    if not clusters:
+        return 0
+    heaviest = min(clusters, key=lambda cluster: (-cluster.weight, cluster.answer))
+    return len(heaviest.keys)
+
+
+def quorum_reached(
+    answers: Sequence[Answer],
+    *,
+    min_models: int,
+    threshold: float,
+    options: MergeOptions = _DEFAULT_OPTIONS,
+) -> bool:
+    """Whether at least ``min_models`` responses agree at the ``threshold``.
+
+    True when the largest cluster holds at least ``min_models`` responses and the
+    agreement score (its share of the weight of the responses so far) is at least
+    ``threshold``.
+
+    Args:
+        answers: The responses so far, in any order.
+        min_models: Responses that must agree (at least 1).
+        threshold: Agreement score required, in [0, 1].
+        options: The merge options.
+
+    Raises:
+        ValueError: ``min_models < 1``, a threshold outside [0, 1], or as
+            :func:`cluster_answers`.
+    """
+    if min_models < 1:
+        raise ValueError(f"min_models must be at least 1, got {min_models!r}")
+    if not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
+        raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
+    if len(answers) < min_models:
+        return False
+    clusters, score = agreement(answers, options)
+    return score >= threshold and largest_cluster_size(clusters) >= min_models
+
+
+def _effective_weight(answer: Answer, options: MergeOptions) -> float:
+    """``answer.weight`` times its model's weight, validated.
+
+    Raises:
+        ValueError: The answer's weight is not a finite number > 0, or the product
+            overflows.
+    """
+    if not (math.isfinite(answer.weight) and answer.weight > 0):
+        raise ValueError(
+            f"answer {answer.key!r} has weight {answer.weight!r}; weights must be finite and > 0"
+        )
+    weight = answer.weight * options.model_weight(answer.model)
+    if not (math.isfinite(weight) and weight > 0):
+        raise ValueError(
+            f"answer {answer.key!r} has weight {answer.weight!r} x model weight"
+            f" {options.model_weight(answer.model)!r} = {weight!r}; weights must be finite"
+            " and > 0"
+        )
+    return weight
+
+
+def _group_equal(forms: Sequence[str]) -> list[list[int]]:
+    """Indices grouped by equal form, groups in order of first index."""
+    groups: dict[str, list[int]] = {}
+    for index, form in enumerate(forms):
+        groups.setdefault(form, []).append(index)
+    return list(groups.values())
+
+
+def connected_components(size: int, linked: Callable[[int, int], bool]) -> list[list[int]]:
+    """Connected components of the graph on ``0..size-1`` with an edge where ``linked``.
+
+    ``linked(i, j)`` is asked once for each pair ``i < j``; it must be symmetric in
+    meaning for the result to be order-independent.
+
+    Returns:
+        The components as sorted index lists, in order of their smallest index.
+    """
+    parent = list(range(size))
+
+    def root(node: int) -> int:
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    for i in range(size):
+        for j in range(i + 1, size):
+            if linked(i, j):
+                a, b = root(i), root(j)
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
+    groups: dict[int, list[int]] = {}
+    for node in range(size):
+        groups.setdefault(root(node), []).append(node)
+    return list(groups.values())
+
+
+def _make_cluster(
+    mode: ResolvedAgreement,
+    members: Sequence[int],
+    answers: Sequence[Answer],
+    weights: Sequence[float],
+    similarity: Sequence[Sequence[float]],
+) -> Cluster:
+    """Build the cluster of the answers at indices ``members`` (sorted by key)."""
+    texts = [answers[i].text for i in members]
+    if mode == "exact":
+        representative = min(texts, key=lambda text: (len(text.strip()), text))
+        answer = normalize_answer(representative)
+    else:
+        best = min(
+            members,
+            key=lambda i: (
+                -math.fsum(weights[j] * similarity[i][j] for j in members),
+                len(answers[i].text.strip()),
+                answers[i].text,
+            ),
+        )
+        representative = answers[best].text
+        answer = normalize_text(representative)
     return Cluster(
-        answer=normalized,
+        answer=answer,
         representative=representative,
-        keys=tuple(answer.key for answer in ordered),
-        models=tuple(answer.model for answer in ordered),
-        weight=_total_weight([answer.weight for answer in ordered]),
+        keys=tuple(answers[i].key for i in members),
+        models=tuple(answers[i].model for i in members),
+        weight=_total_weight([weights[i] for i in members]),
     )
 
 

@@ -1,20 +1,46 @@
 """Merge methods: turning several model answers into one, with its agreement.
 
 This module owns the seam every merge method plugs into. A method is a function
-``(answers, threshold) -> Synthesis`` registered by name in :data:`SYNTHESIS_METHODS`;
-:func:`synthesize` dispatches on that name. Adding a method means writing such a
-function and adding it to the registry. Only ``majority`` exists so far.
+``(answers, threshold, options) -> Synthesis`` registered by name in
+:data:`SYNTHESIS_METHODS`; :func:`synthesize` dispatches on that name. Adding a method
+means writing such a function and adding it to the registry. The registered methods:
+
+- ``majority``: the representative of the heaviest cluster.
+- ``medoid``: the most central response, the one with the highest total weighted
+  similarity to all responses.
+- ``weighted_merge``: ``majority`` for short answers, ``medoid`` for long ones, with
+  the model weights of the options (the result's ``method`` says which).
+- ``union``: for list answers (review findings): every distinct item of every response,
+  credited to the models that listed it.
+
+A judge (a model that writes the merged answer) is not a method here since it needs a
+model call; :mod:`thinktank.consensus.judge` builds its prompt.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from thinktank.consensus.agreement import Answer, Cluster, agreement_score, cluster_answers
+from thinktank.consensus.agreement import Analysis, Answer, Cluster, agreement_score, analyse
+from thinktank.consensus.items import MergedItem, merge_items
+from thinktank.consensus.options import MergeOptions, ResolvedAgreement
 
-__all__ = ["SYNTHESIS_METHODS", "Synthesis", "SynthesisMethod", "majority", "synthesize"]
+__all__ = [
+    "SYNTHESIS_METHODS",
+    "Synthesis",
+    "SynthesisMethod",
+    "majority",
+    "medoid",
+    "synthesize",
+    "union",
+    "weighted_merge",
+]
+
+_DEFAULT_OPTIONS = MergeOptions()
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,9 +50,12 @@ class Synthesis:
     content: str
     """The merged answer text."""
     score: float
-    """:func:`~thinktank.consensus.agreement.agreement_score` of ``clusters``."""
+    """How well the responses agree, in [0, 1]; each method documents its definition
+    (``majority``: :func:`~thinktank.consensus.agreement.agreement_score` of
+    ``clusters``)."""
     method: str
-    """The merge method that produced this result (e.g. ``"majority"``)."""
+    """The merge method that produced this result (e.g. ``"majority"``,
+    ``"weighted_merge:medoid"``)."""
     clusters: tuple[Cluster, ...]
     """All clusters of the input answers, heaviest first."""
     included_keys: tuple[str, ...]
@@ -35,21 +64,35 @@ class Synthesis:
     """The agreement the caller asked for, in [0, 1]."""
     reached: bool
     """Whether ``score >= threshold``."""
+    items: tuple[MergedItem, ...] = ()
+    """The merged list items (``union`` only)."""
+    outcome: str = "ok"
+    """``ok``, or a degraded outcome the caller records (e.g. ``judge_failed``)."""
+    note: str | None = None
+    """A human-readable remark about how the result came about."""
+    agreement: ResolvedAgreement = "exact"
+    """The agreement measure the clusters (and score) were computed with."""
 
 
-SynthesisMethod = Callable[[Sequence[Answer], float], Synthesis]
-"""A merge method: the answers and the agreement threshold in, a :class:`Synthesis` out."""
+SynthesisMethod = Callable[[Sequence[Answer], float, MergeOptions], Synthesis]
+"""A merge method: the answers, the agreement threshold and the options in, a
+:class:`Synthesis` out."""
 
 
-def majority(answers: Sequence[Answer], threshold: float) -> Synthesis:
+def majority(
+    answers: Sequence[Answer], threshold: float, options: MergeOptions = _DEFAULT_OPTIONS
+) -> Synthesis:
     """Pick the answer of the heaviest cluster.
 
     The content is that cluster's representative raw text; ties between clusters of
-    equal weight go to the smaller normalised answer string.
+    equal weight go to the smaller ``Cluster.answer``. Score:
+    :func:`~thinktank.consensus.agreement.agreement_score`, the heaviest cluster's share
+    of the total weight.
 
     Args:
         answers: The responses to merge (at least one).
         threshold: The agreement required for ``reached``, in [0, 1].
+        options: Agreement measure, model weights and embedder.
 
     Returns:
         The synthesis; ``included_keys`` are the winning cluster's keys.
@@ -58,34 +101,160 @@ def majority(answers: Sequence[Answer], threshold: float) -> Synthesis:
         ValueError: No answers, a threshold outside [0, 1], or invalid answers (see
             :func:`~thinktank.consensus.agreement.cluster_answers`).
     """
-    _check_threshold(threshold)
-    if not answers:
-        raise ValueError("no answers to merge")
-    clusters = cluster_answers(answers)
-    winner = clusters[0]
-    score = agreement_score(clusters)
+    analysis = _analyse(answers, threshold, options)
+    return _heaviest_cluster(analysis, threshold, "majority")
+
+
+def medoid(
+    answers: Sequence[Answer], threshold: float, options: MergeOptions = _DEFAULT_OPTIONS
+) -> Synthesis:
+    """Pick the most central response: the weighted medoid.
+
+    Each response's centrality is ``sum_j w_j * sim(i, j)`` over all responses ``j``
+    (itself included, with similarity 1), where ``w_j`` are the effective weights and
+    ``sim`` the agreement measure's similarity (``exact``: 1.0 for equal normalised
+    answers, else 0.0). Maximising it is minimising the weighted sum of distances
+    ``1 - sim``: the classic weighted medoid. Ties go to the response in the heavier
+    cluster (the earlier in cluster order), then to the shortest stripped text, then to
+    the smaller text, then key. With ``exact`` agreement this is always ``majority``'s
+    answer.
+
+    Score: the weight of the medoid's cluster over the total weight.
+
+    Args:
+        answers: The responses to merge (at least one).
+        threshold: The agreement required for ``reached``, in [0, 1].
+        options: Agreement measure, similarity threshold, model weights and embedder.
+
+    Returns:
+        The synthesis; ``content`` is the medoid's raw text and ``included_keys`` are
+        the keys of its cluster.
+
+    Raises:
+        ValueError: As :func:`majority`.
+    """
+    analysis = _analyse(answers, threshold, options)
+    return _medoid(analysis, threshold, "medoid")
+
+
+def weighted_merge(
+    answers: Sequence[Answer], threshold: float, options: MergeOptions = _DEFAULT_OPTIONS
+) -> Synthesis:
+    """Merge by model weight: the heaviest cluster for short answers, else the medoid.
+
+    Weights are ``Answer.weight`` times the model's weight in ``options.weights``.
+    When the agreement measure is ``exact`` (``auto`` with short answers) this is
+    :func:`majority` and ``method`` is ``"weighted_merge:majority"``; with ``lexical``
+    or ``semantic`` agreement it is :func:`medoid` and ``method`` is
+    ``"weighted_merge:medoid"``. The score is that of the method used.
+
+    Args:
+        answers: The responses to merge (at least one).
+        threshold: The agreement required for ``reached``, in [0, 1].
+        options: Model weights, agreement measure, similarity threshold and embedder.
+
+    Returns:
+        The synthesis.
+
+    Raises:
+        ValueError: As :func:`majority`.
+    """
+    analysis = _analyse(answers, threshold, options)
+    if analysis.mode == "exact":
+        return _heaviest_cluster(analysis, threshold, "weighted_merge:majority")
+    return _medoid(analysis, threshold, "weighted_merge:medoid")
+
+
+def union(
+    answers: Sequence[Answer], threshold: float, options: MergeOptions = _DEFAULT_OPTIONS
+) -> Synthesis:
+    """Merge list answers item by item: every distinct item, credited to its models.
+
+    Items come from :func:`~thinktank.consensus.items.extract_items` (bulleted or
+    numbered lines, else non-empty lines) and are matched across responses by
+    :func:`~thinktank.consensus.items.merge_items`: lexical similarity at or above
+    ``options.similarity_threshold`` (``auto`` and ``lexical``), embedding similarity
+    (``semantic``) or equal normalised text (``exact``). The whole responses are
+    clustered with the same measure for ``clusters``.
+
+    ``content`` has one line per merged item, ``- item  [model-a, model-b]``, most
+    widely found first. Score: the mean over merged items of ``models that listed it /
+    models that answered`` (distinct models): 1.0 when every model listed every item,
+    ``1/n`` when no item was listed twice. Model weights do not count: a finding counts
+    once per model that found it. When no response lists any item the content is empty
+    and the score is 1.0 (they agree there is nothing), with a note saying so.
+
+    Args:
+        answers: The responses to merge (at least one).
+        threshold: The agreement required for ``reached``, in [0, 1].
+        options: Item matching measure, similarity threshold and embedder.
+
+    Returns:
+        The synthesis; ``items`` holds the merged items and ``included_keys`` the
+        responses that contributed at least one item (all of them when none did).
+
+    Raises:
+        ValueError: As :func:`majority`.
+    """
+    item_mode: ResolvedAgreement = (
+        "exact"
+        if options.agreement == "exact"
+        else "semantic"
+        if options.agreement == "semantic"
+        else "lexical"
+    )
+    options = dataclasses.replace(options, agreement=item_mode)
+    analysis = _analyse(answers, threshold, options)
+    items = merge_items(analysis.answers, item_mode, options)
+    models = len({answer.model for answer in analysis.answers})
+    if items:
+        score = math.fsum(len(item.models) / models for item in items) / len(items)
+        included = tuple(sorted({key for item in items for key in item.keys}))
+        note = None
+    else:
+        score = 1.0
+        included = tuple(answer.key for answer in analysis.answers)
+        note = "no response listed any item"
+    score = min(1.0, max(0.0, score))
     return Synthesis(
-        content=winner.representative,
+        content="\n".join(f"- {item.text}  [{', '.join(item.models)}]" for item in items),
         score=score,
-        method="majority",
-        clusters=tuple(clusters),
-        included_keys=winner.keys,
+        method="union",
+        clusters=analysis.clusters,
+        included_keys=included,
         threshold=threshold,
         reached=score >= threshold,
+        items=tuple(items),
+        note=note,
+        agreement=analysis.mode,
     )
 
 
-SYNTHESIS_METHODS: dict[str, SynthesisMethod] = {"majority": majority}
+SYNTHESIS_METHODS: dict[str, SynthesisMethod] = {
+    "majority": majority,
+    "medoid": medoid,
+    "union": union,
+    "weighted_merge": weighted_merge,
+}
 """Merge methods by name; register a new method by adding it here."""
 
 
-def synthesize(method: str, answers: Sequence[Answer], threshold: float) -> Synthesis:
+def synthesize(
+    method: str,
+    answers: Sequence[Answer],
+    threshold: float,
+    options: MergeOptions = _DEFAULT_OPTIONS,
+) -> Synthesis:
     """Merge ``answers`` with the merge method registered as ``method``.
+
+    A method registered with the older two-parameter signature ``(answers, threshold)``
+    is still called, without the options.
 
     Args:
         method: A key of :data:`SYNTHESIS_METHODS`.
         answers: The responses to merge (at least one).
         threshold: The agreement required for ``reached``, in [0, 1].
+        options: Agreement measure, similarity threshold, model weights and embedder.
 
     Returns:
         The method's synthesis.
@@ -100,7 +269,73 @@ def synthesize(method: str, answers: Sequence[Answer], threshold: float) -> Synt
         known = ", ".join(sorted(SYNTHESIS_METHODS))
         raise ValueError(f"unknown synthesis method {method!r}; known: {known}") from None
     _check_threshold(threshold)
-    return merge(answers, threshold)
+    if _takes_options(merge):
+        return merge(answers, threshold, options)
+    legacy: Callable[[Sequence[Answer], float], Synthesis] = merge  # type: ignore[assignment]
+    return legacy(answers, threshold)
+
+
+def _takes_options(merge: Callable[..., Synthesis]) -> bool:
+    """Whether ``merge`` accepts ``(answers, threshold, options)`` positionally."""
+    try:
+        inspect.signature(merge).bind(None, None, None)
+    except TypeError:
+        return False
+    except ValueError:
+        return True
+    return True
+
+
+def _analyse(answers: Sequence[Answer], threshold: float, options: MergeOptions) -> Analysis:
+    """Check the common arguments of a merge method and analyse the answers."""
+    _check_threshold(threshold)
+    if not answers:
+        raise ValueError("no answers to merge")
+    return analyse(answers, options)
+
+
+def _heaviest_cluster(analysis: Analysis, threshold: float, method: str) -> Synthesis:
+    """The synthesis that takes the heaviest cluster's representative."""
+    winner = analysis.clusters[0]
+    score = agreement_score(analysis.clusters)
+    return Synthesis(
+        content=winner.representative,
+        score=score,
+        method=method,
+        clusters=analysis.clusters,
+        included_keys=winner.keys,
+        threshold=threshold,
+        reached=score >= threshold,
+        agreement=analysis.mode,
+    )
+
+
+def _medoid(analysis: Analysis, threshold: float, method: str) -> Synthesis:
+    """The synthesis that takes the weighted medoid's raw text."""
+    answers, weights, similarity = analysis.answers, analysis.weights, analysis.similarity
+    best = min(
+        range(len(answers)),
+        key=lambda i: (
+            -math.fsum(weights[j] * similarity[i][j] for j in range(len(answers))),
+            analysis.cluster_index[i],
+            len(answers[i].text.strip()),
+            answers[i].text,
+            answers[i].key,
+        ),
+    )
+    cluster = analysis.clusters[analysis.cluster_index[best]]
+    total = analysis.total_weight
+    score = min(1.0, max(0.0, cluster.weight / total)) if total > 0 else 0.0
+    return Synthesis(
+        content=answers[best].text,
+        score=score,
+        method=method,
+        clusters=analysis.clusters,
+        included_keys=cluster.keys,
+        threshold=threshold,
+        reached=score >= threshold,
+        agreement=analysis.mode,
+    )
 
 
 def _check_threshold(threshold: float) -> None:
