@@ -119,7 +119,10 @@ def test_cycle_is_printed() -> None:
         ({"parallel_execution": {"max_concurrent_calls": 0}}, "max_concurrent_calls"),
         ({"parallel_execution": {"scheduling": "random"}}, "scheduling"),
         ({"default_model": "ghost"}, "default_model: unknown model 'ghost'"),
-        ({"model_selection": {"automatic": True}}, "automatic model selection is not available"),
+        (
+            {"model_selection": {"automatic": True, "preferred_models": ["ghost"]}},
+            "model_selection.automatic: automatic model selection found no usable model",
+        ),
         ({"surprise": 1}, "surprise: unknown field"),
     ],
 )

@@ -11,6 +11,7 @@ Load a session file, run it, and every step, model call and consensus is stored:
 
 from __future__ import annotations
 
+from thinktank.ask import ParallelResult, execute_parallel
 from thinktank.errors import (
     CallTimeoutError,
     InputError,
@@ -32,6 +33,7 @@ from thinktank.spec import (
     InputSpec,
     ModelSelection,
     ParallelExecution,
+    ParallelExecutionConfig,
     SessionSpec,
     StepSpec,
     load_session,
@@ -51,6 +53,8 @@ __all__ = [
     "ModelResponse",
     "ModelSelection",
     "ParallelExecution",
+    "ParallelExecutionConfig",
+    "ParallelResult",
     "ProviderError",
     "RunError",
     "SessionResult",
@@ -69,6 +73,7 @@ __all__ = [
     "Usage",
     "UsageError",
     "__version__",
+    "execute_parallel",
     "load_session",
     "parse_session",
     "run",

@@ -53,6 +53,8 @@ class PooledModel:
     """Time limit of one attempt."""
     max_tokens: int | None = None
     """Output limit when the step sets none."""
+    price_per_mtok: float | None = None
+    """USD per million tokens, input plus output (cascade asks cheap models first)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -102,8 +104,13 @@ class _Attempt:
 
 async def _attempt(client: ModelClient, request: ModelRequest, timeout_s: float | None) -> _Attempt:
     try:
-        with anyio.fail_after(timeout_s):
+        if timeout_s is None:
             response = await client.complete(request)
+        else:
+            with anyio.CancelScope(deadline=anyio.current_time() + timeout_s) as scope:
+                response = await client.complete(request)
+            if scope.cancelled_caught:
+                raise TimeoutError
     except ProviderError as exc:
         # CallTimeoutError (a wire timeout) is both; it keeps its provider details.
         status: CallStatus = "timeout" if isinstance(exc, TimeoutError) else "failed"
@@ -145,109 +152,126 @@ async def call_model(
         recorded as a cancelled call and re-raised.
     """
     pooled = model if isinstance(model, PooledModel) else PooledModel(client=model)
-    client = pooled.client
     if request.max_tokens is None and pooled.max_tokens is not None:
         request = dataclasses.replace(request, max_tokens=pooled.max_tokens)
     limits = [*limiters, pooled.limiter] if pooled.limiter is not None else list(limiters)
     bounds = [t for t in (timeout_s, pooled.timeout_s) if t is not None]
     attempt_timeout = min(bounds) if bounds else None
+    # The common cases without an exit stack: this is every call's hot path.
+    if not limits:
+        return await _recorded(pooled, request, session_id, emit, attempt_timeout)
+    if len(limits) == 1:
+        async with limits[0]:
+            return await _recorded(pooled, request, session_id, emit, attempt_timeout)
     async with AsyncExitStack() as stack:
         for limiter in limits:
             await stack.enter_async_context(limiter)
-        call_id = new_id()
-        started_at = utcnow()
-        emit(
-            CallStarted(
-                session_id=session_id,
-                step_id=request.step_id,
-                call_id=call_id,
-                model=client.name,
-                attempt=request.attempt,
-                at=started_at,
-            )
-        )
-        start = time.perf_counter()
-        tries = 0
-        outcome = _Attempt("cancelled", error="cancelled before the model answered")
-        try:
-            while True:
-                tries += 1
-                try_started = utcnow()
-                try_start = time.perf_counter()
-                outcome = _Attempt("cancelled", error="cancelled before the model answered")
-                sent = request if tries == 1 else dataclasses.replace(request, retry=tries - 1)
-                outcome = await _attempt(client, sent, attempt_timeout)
-                retry = (
-                    outcome.status != "ok"
-                    and outcome.exc is not None
-                    and (pooled.retry.should_retry(outcome.exc, tries - 1))
-                )
-                wait = (
-                    pooled.retry.delay_s(
-                        tries - 1,
-                        getattr(outcome.exc, "retry_after_s", None),
-                        _JITTER,
-                    )
-                    if retry
-                    else None
-                )
-                # A call answered at the first try is its own attempt record; once a
-                # retry happens, every try (the first included) gets one.
-                if wait is not None or tries > 1:
-                    emit(
-                        CallAttempt(
-                            session_id=session_id,
-                            step_id=request.step_id,
-                            call_id=call_id,
-                            model=client.name,
-                            attempt=request.attempt,
-                            number=tries,
-                            status=outcome.status,
-                            started_at=try_started,
-                            latency_ms=(time.perf_counter() - try_start) * 1000,
-                            status_code=outcome.status_code,
-                            error=outcome.error,
-                            retry_in_s=wait,
-                        )
-                    )
-                if wait is None:
-                    break
-                await anyio.sleep(wait)
-        except anyio.get_cancelled_exc_class():
-            emit(
-                _finished(
-                    session_id,
-                    request,
-                    client,
-                    call_id,
-                    started_at,
-                    start,
-                    tries,
-                    _Attempt(
-                        "cancelled",
-                        error="cancelled before the model answered",
-                        partial=outcome.partial,
-                    ),
-                )
-            )
-            raise
-        event = _finished(session_id, request, client, call_id, started_at, start, tries, outcome)
-        emit(event)
-        return CallResult(
+        return await _recorded(pooled, request, session_id, emit, attempt_timeout)
+    raise AssertionError("unreachable")  # pragma: no cover - the stack never swallows
+
+
+async def _recorded(
+    pooled: PooledModel,
+    request: ModelRequest,
+    session_id: str,
+    emit: Emit,
+    attempt_timeout: float | None,
+) -> CallResult:
+    """The attempts of one call, once its slots are held, with every event emitted."""
+    client = pooled.client
+    call_id = new_id()
+    started_at = utcnow()
+    emit(
+        CallStarted(
+            session_id=session_id,
+            step_id=request.step_id,
             call_id=call_id,
             model=client.name,
-            status=event.status,
-            started_at=started_at,
-            content=event.content,
-            input_tokens=event.input_tokens,
-            output_tokens=event.output_tokens,
-            latency_ms=event.latency_ms,
-            cost_usd=event.cost_usd,
-            finish_reason=event.finish_reason,
-            error=event.error,
-            tries=tries,
+            attempt=request.attempt,
+            at=started_at,
         )
-    raise AssertionError("unreachable")  # pragma: no cover - the stack never swallows
+    )
+    start = time.perf_counter()
+    tries = 0
+    outcome = _Attempt("cancelled", error="cancelled before the model answered")
+    try:
+        while True:
+            tries += 1
+            try_started = utcnow()
+            try_start = time.perf_counter()
+            outcome = _Attempt("cancelled", error="cancelled before the model answered")
+            sent = request if tries == 1 else dataclasses.replace(request, retry=tries - 1)
+            outcome = await _attempt(client, sent, attempt_timeout)
+            retry = (
+                outcome.status != "ok"
+                and outcome.exc is not None
+                and (pooled.retry.should_retry(outcome.exc, tries - 1))
+            )
+            wait = (
+                pooled.retry.delay_s(
+                    tries - 1,
+                    getattr(outcome.exc, "retry_after_s", None),
+                    _JITTER,
+                )
+                if retry
+                else None
+            )
+            # A call answered at the first try is its own attempt record; once a
+            # retry happens, every try (the first included) gets one.
+            if wait is not None or tries > 1:
+                emit(
+                    CallAttempt(
+                        session_id=session_id,
+                        step_id=request.step_id,
+                        call_id=call_id,
+                        model=client.name,
+                        attempt=request.attempt,
+                        number=tries,
+                        status=outcome.status,
+                        started_at=try_started,
+                        latency_ms=(time.perf_counter() - try_start) * 1000,
+                        status_code=outcome.status_code,
+                        error=outcome.error,
+                        retry_in_s=wait,
+                    )
+                )
+            if wait is None:
+                break
+            await anyio.sleep(wait)
+    except anyio.get_cancelled_exc_class():
+        emit(
+            _finished(
+                session_id,
+                request,
+                client,
+                call_id,
+                started_at,
+                start,
+                tries,
+                _Attempt(
+                    "cancelled",
+                    error="cancelled before the model answered",
+                    partial=outcome.partial,
+                ),
+            )
+        )
+        raise
+    event = _finished(session_id, request, client, call_id, started_at, start, tries, outcome)
+    emit(event)
+    return CallResult(
+        call_id=call_id,
+        model=client.name,
+        status=event.status,
+        started_at=started_at,
+        content=event.content,
+        input_tokens=event.input_tokens,
+        output_tokens=event.output_tokens,
+        latency_ms=event.latency_ms,
+        cost_usd=event.cost_usd,
+        finish_reason=event.finish_reason,
+        error=event.error,
+        tries=tries,
+    )
 
 
 def _finished(

@@ -17,7 +17,9 @@ from typing import Any, NoReturn, TypeVar
 import anyio
 import click
 import yaml
+from pydantic import ValidationError
 
+from thinktank.ask import ParallelResult, execute_parallel
 from thinktank.errors import (
     InputError,
     SpecErrors,
@@ -30,11 +32,17 @@ from thinktank.graph import validate_spec
 from thinktank.progress import Progress
 from thinktank.providers.config import load_config
 from thinktank.providers.registry import ModelRegistry
-from thinktank.render import print_models, print_result, print_sessions, print_stored_session
+from thinktank.render import (
+    print_models,
+    print_parallel,
+    print_result,
+    print_sessions,
+    print_stored_session,
+)
 from thinktank.result import SessionResult
 from thinktank.runner import DEFAULT_STORE, run
 from thinktank.schema import render_session_schema
-from thinktank.spec import SessionSpec, load_session, validate_inputs
+from thinktank.spec import ParallelExecutionConfig, SessionSpec, load_session, validate_inputs
 from thinktank.store import Store
 
 __all__ = ["main"]
@@ -216,6 +224,93 @@ def models_command(session_file: str | None, as_json: bool) -> None:
         click.echo(json.dumps([i.to_dict() for i in infos], indent=2))
     else:
         print_models(infos, config_path=registry.config.path)
+
+
+@main.command("ask")
+@click.argument("prompt")
+@click.option(
+    "--model",
+    "-m",
+    "models",
+    multiple=True,
+    metavar="NAME",
+    help="A model to ask (repeat for several).",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["all", "race", "quorum", "cascade"]),
+    default="all",
+    show_default=True,
+)
+@click.option(
+    "--synthesis",
+    type=click.Choice(["majority", "medoid", "weighted_merge", "judge", "union"]),
+    default="majority",
+    show_default=True,
+)
+@click.option("--synthesizer", default=None, metavar="NAME", help="The judge model.")
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0, 1),
+    default=0.7,
+    show_default=True,
+    help="Consensus threshold.",
+)
+@click.option(
+    "--min-models",
+    type=click.IntRange(min=1),
+    default=None,
+    help="quorum: agreeing answers needed; cascade: first round size.",
+)
+@click.option(
+    "--domain",
+    "domains",
+    multiple=True,
+    help="Pick models automatically for this domain (repeatable).",
+)
+@click.option("--no-cache", is_flag=True, help="Do not reuse a stored consensus.")
+@_db_option
+@_json_option
+def ask_command(
+    prompt: str,
+    models: tuple[str, ...],
+    mode: str,
+    synthesis: str,
+    synthesizer: str | None,
+    threshold: float,
+    min_models: int | None,
+    domains: tuple[str, ...],
+    no_cache: bool,
+    db: str | None,
+    as_json: bool,
+) -> None:
+    """Ask several models PROMPT at once and merge the answers (recorded like a session)."""
+    try:
+        config = ParallelExecutionConfig.model_validate(
+            {
+                "mode": mode,
+                "models": list(models),
+                "synthesis": synthesis,
+                "synthesizer": synthesizer,
+                "consensus_threshold": threshold,
+                "min_models": min_models,
+                "agi_model_selection": bool(domains) and not models,
+                "domain_hints": list(domains),
+                "cache": not no_cache,
+            }
+        )
+    except ValidationError as exc:
+        _fail([e["msg"].removeprefix("Value error, ") for e in exc.errors(include_url=False)])
+
+    async def go() -> ParallelResult:
+        return await execute_parallel(prompt, config, store=db if db is not None else DEFAULT_STORE)
+
+    result = _run_async(go)
+    if as_json:
+        click.echo(json.dumps(result.model_dump(mode="json"), indent=2, ensure_ascii=False))
+    else:
+        print_parallel(result)
+    sys.exit(EXIT_OK if result.synthesis is not None else EXIT_FAILED)
 
 
 @main.command("validate")

@@ -115,6 +115,8 @@ class SessionStarted(Event):
     """Every step, in file order."""
     source: str | None = None
     """The session file, when it came from one."""
+    model_selection: dict[str, str] = field(default_factory=dict)
+    """Models chosen by automatic selection, with the reason for each."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -234,6 +236,22 @@ class ConsensusComputed(Event):
     """``ok`` or a degraded outcome (``low_consensus``, ``k_of_n``)."""
     attempt: int = 1
     """The step attempt whose calls were merged."""
+    mode: str = "all"
+    """The multi-model mode (all, race, quorum, cascade)."""
+    early_termination: bool = False
+    """True when race/quorum/cascade stopped before every model answered."""
+    escalation: tuple[tuple[str, ...], ...] = ()
+    """The models started in each round (cascade and escalation add rounds)."""
+    items: tuple[dict[str, Any], ...] = ()
+    """``union``: the merged items, each with the models (and calls) that found it."""
+    judge_call_id: str | None = None
+    """``judge``: the synthesizer's call."""
+    note: str | None = None
+    """What a degraded outcome means here (k of n answered, which fallback served)."""
+    cached_from: str | None = None
+    """When served from the consensus cache: the id of the stored consensus reused."""
+    cache_key: str | None = None
+    """The cache key this consensus is stored under (None: not cacheable)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -88,10 +88,14 @@ def _check_steps(
 
         # Only the models a step names itself: defaults are checked once per session.
         field = "model" if step.model is not None else "models"
-        for name in step.named_models():
+        named = [(name, field) for name in step.named_models()]
+        if step.synthesizer is not None:
+            named.append((step.synthesizer, "synthesizer"))
+        named += [(name, "escalate_to") for name in step.escalate_to]
+        for name, where in named:
             why = check_model(name)
             if why is not None:
-                errors.append(SpecError(why, file=file, step=step.id, field=field))
+                errors.append(SpecError(why, file=file, step=step.id, field=where))
 
     for cycle in _cycles(graph):
         path = " -> ".join([*cycle, cycle[0]])
@@ -123,15 +127,6 @@ def validate_spec(
             model registry's ``check``.
     """
     errors: list[SpecError] = []
-    if spec.model_selection.automatic:
-        errors.append(
-            SpecError(
-                "automatic model selection is not available in this version; "
-                "set 'automatic: false' and name the models",
-                file=file,
-                field="model_selection.automatic",
-            )
-        )
     if spec.default_model is not None and (problem := check_model(spec.default_model)):
         errors.append(SpecError(problem, file=file, field="default_model"))
     for name in spec.model_selection.preferred_models:

@@ -12,11 +12,18 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from thinktank.ask import ParallelResult
 from thinktank.providers.registry import ModelInfo
 from thinktank.result import SessionResult, Usage
 from thinktank.store import SessionSummary, StoredSession, StoredStep
 
-__all__ = ["print_models", "print_result", "print_sessions", "print_stored_session"]
+__all__ = [
+    "print_models",
+    "print_parallel",
+    "print_result",
+    "print_sessions",
+    "print_stored_session",
+]
 
 _STATUS_STYLE = {
     "completed": "green",
@@ -98,6 +105,47 @@ def print_result(result: SessionResult) -> None:
     console.print(line)
     if result.error:
         console.print(Text(result.error, style="red"))
+
+
+def print_parallel(result: ParallelResult) -> None:
+    """What ``thinktank ask`` prints: every response, then the merged answer."""
+    console = _console()
+    table = Table(title=f"ask ({result.mode})  {result.id}", title_justify="left")
+    for column in ("model", "status", "tokens", "latency", "answer"):
+        table.add_column(column, overflow="fold" if column == "answer" else "ellipsis")
+    for r in result.responses:
+        mark = "" if r.included_in_consensus or r.status != "ok" else " (outvoted)"
+        table.add_row(
+            r.model,
+            _status("completed" if r.status == "ok" else r.status),
+            _tokens(r.tokens),
+            _ms(r.latency_ms),
+            _short(r.content if r.status == "ok" else r.error, 70) + mark,
+        )
+    console.print(table)
+    syn = result.synthesis
+    if syn is None:
+        console.print(Text(f"no merged answer: {result.error}", style="red"))
+    else:
+        verdict = "reached" if syn.reached else "NOT reached"
+        console.print(
+            f"{syn.method}: {syn.content}\nconsensus {syn.consensus_score:.2f} "
+            f"(threshold {syn.threshold:g}, {verdict}; outcome {syn.outcome})"
+        )
+        if syn.note:
+            console.print(f"note: {syn.note}")
+    extras = []
+    if result.early_termination:
+        extras.append("stopped early")
+    if len(result.escalation) > 1:
+        extras.append(
+            "escalation " + " -> ".join("[" + ", ".join(r) + "]" for r in result.escalation)
+        )
+    if result.cached:
+        extras.append(f"cached (consensus {result.cached_from})")
+    extras.append(_usage_line(result.usage))
+    extras.append(f"wall {_ms(result.total_latency_ms)}")
+    console.print("; ".join(extras))
 
 
 def print_sessions(rows: Sequence[SessionSummary]) -> None:
@@ -202,6 +250,10 @@ def print_stored_session(stored: StoredSession) -> None:
     )
     if stored.error:
         console.print(Text(stored.error, style="red"))
+    if stored.model_selection:
+        console.print("models selected automatically:")
+        for name, reason in stored.model_selection.items():
+            console.print(f"  {name}: {reason}")
     console.print("DAG:")
     for line in _dag_lines(stored.steps):
         console.print(line)
@@ -252,10 +304,19 @@ def print_stored_session(stored: StoredSession) -> None:
         merged = step.consensus
         if merged is not None:
             verdict = "reached" if merged.reached else "NOT reached"
+            early = ", stopped early" if merged.early_termination else ""
             console.print(
-                f"  consensus: {merged.method} score {merged.score:.2f} "
-                f"(threshold {merged.threshold:g}, {verdict}, outcome {merged.outcome})"
+                f"  consensus: {merged.mode} / {merged.method} score {merged.score:.2f} "
+                f"(threshold {merged.threshold:g}, {verdict}, outcome {merged.outcome}{early})"
             )
+            if len(merged.escalation) > 1:
+                path = " -> ".join("[" + ", ".join(r) + "]" for r in merged.escalation)
+                console.print(f"    escalation: {path}")
+            if merged.note:
+                console.print(f"    note: {merged.note}")
+            for item in merged.items:
+                found = ", ".join(item.get("models", []))
+                console.print(f"    - {_short(item.get('text'), 70)}  [{found}]")
             for cluster in merged.clusters:
                 models = ", ".join(cluster.get("models", []))
                 answer = _short(cluster.get("representative"), 50)

@@ -29,6 +29,7 @@ __all__ = [
     "InputSpec",
     "ModelSelection",
     "ParallelExecution",
+    "ParallelExecutionConfig",
     "SessionSpec",
     "StepSpec",
     "load_session",
@@ -52,6 +53,8 @@ class _Spec(BaseModel):
 
 
 InputType = Literal["string", "integer", "number", "boolean", "list", "object"]
+Mode = Literal["all", "race", "quorum", "cascade"]
+Synthesis = Literal["majority", "medoid", "weighted_merge", "judge", "union"]
 
 
 class InputSpec(_Spec):
@@ -91,6 +94,8 @@ class ParallelExecution(_Spec):
     failure_strategy: Literal["fail_fast", "best_effort"] = "best_effort"
     """``fail_fast`` cancels the session at the first failed step; ``best_effort``
     skips the failed step's descendants and runs everything else."""
+    cache: bool = True
+    """Reuse stored consensus results (per step too: ``cache: false`` opts out)."""
 
     def effective(self) -> ParallelExecution:
         """The limits in force: ``enabled: false`` means one at a time."""
@@ -109,11 +114,83 @@ class ModelSelection(_Spec):
     """The spec's ``modelSelection`` block."""
 
     automatic: bool = False
-    """Pick models by domain; not available yet, so ``true`` is rejected at load."""
+    """Pick models for steps that name none from the registry by ``domain_hint``
+    (tags), preferring provider diversity, within ``max_cost_per_mtok``; the reasons
+    are stored with the session."""
     preferred_models: list[str] = []
-    """Models for steps that name none (before ``default_model``)."""
+    """Models for steps that name none (before ``default_model``); with ``automatic``,
+    the candidates to choose from."""
     domain_hint: str | None = None
-    """The session's domain, for automatic selection."""
+    """The session's domain (comma-separated for several), for automatic selection."""
+    count: Annotated[int, Field(ge=1)] | None = None
+    """How many models automatic selection picks (default ``maxConcurrentModels``)."""
+    max_cost_per_mtok: Annotated[float, Field(ge=0)] | None = None
+    """Cost cap of automatic selection: USD per million tokens, input + output."""
+
+    def hints(self) -> list[str]:
+        """The domain hints, split on commas."""
+        return [h.strip() for h in (self.domain_hint or "").split(",") if h.strip()]
+
+
+class ParallelExecutionConfig(_Spec):
+    """The spec's ``ParallelExecutionConfig``: one prompt to several models.
+
+    Used by :func:`thinktank.execute_parallel` and ``thinktank ask``; the same fields
+    exist on every multi-model step of a session file.
+    """
+
+    enabled: bool = True
+    """False asks only the first model."""
+    mode: Mode = "all"
+    """all, race, quorum or cascade."""
+    models: list[str] = []
+    """The models to ask (may be empty with ``agi_model_selection``)."""
+    min_models: Annotated[int, Field(ge=1)] | None = None
+    """quorum: agreeing answers needed (default a majority); cascade: first round."""
+    max_models: Annotated[int, Field(ge=1)] | None = None
+    """Use at most this many models."""
+    agi_model_selection: bool = False
+    """Choose the models from the registry by ``domain_hints`` (tags)."""
+    domain_hints: list[str] = []
+    """Domains for automatic selection."""
+    timeout_ms: Annotated[int, Field(ge=1)] | None = None
+    """Time limit of one model call."""
+    failure_strategy: Literal["fail_fast", "best_effort"] = "best_effort"
+    """fail_fast fails at the first failed call; best_effort merges what answered."""
+    consensus_threshold: Annotated[float, Field(ge=0, le=1)] = 0.7
+    """Agreement that counts as consensus (quorum stops there)."""
+    synthesis: Synthesis = "majority"
+    """How answers merge."""
+    synthesizer: str | None = None
+    """The judge model for ``synthesis: judge``."""
+    judge_fallback: Literal["majority", "medoid", "weighted_merge", "union"] = "majority"
+    """Used when the judge fails."""
+    weights: dict[str, Annotated[float, Field(gt=0)]] = {}
+    """Model weights (default 1 each) for every merge method and quorum agreement."""
+    agreement: Literal["auto", "exact", "lexical", "semantic"] = "auto"
+    """How answers are compared."""
+    similarity_threshold: Annotated[float, Field(ge=0, le=1)] = 0.6
+    """Two long answers agree at or above this similarity."""
+    max_concurrent_models: Annotated[int, Field(ge=1)] = 3
+    """Calls in flight at once."""
+    system: str | None = None
+    """System prompt."""
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    """Output limit per call."""
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    """Sampling temperature per call."""
+    cache: bool = True
+    """Reuse a stored consensus for the same prompt and settings."""
+
+    @model_validator(mode="after")
+    def _has_models(self) -> ParallelExecutionConfig:
+        if not self.models and not self.agi_model_selection:
+            raise ValueError("give 'models', or set 'agi_model_selection' with 'domain_hints'")
+        if len(set(self.models)) != len(self.models):
+            raise ValueError("'models' lists a model twice")
+        if self.synthesis == "judge" and self.synthesizer is None:
+            raise ValueError("synthesis 'judge' needs a 'synthesizer' model")
+        return self
 
 
 class StepSpec(_Spec):
@@ -133,14 +210,45 @@ class StepSpec(_Spec):
     """One model to ask (exclusive with ``models``)."""
     models: list[str] = []
     """Several models asked the same prompt; their answers are merged."""
-    mode: Literal["all"] = "all"
-    """Multi-model mode: ``all`` waits for every model."""
-    synthesis: Literal["majority"] = "majority"
-    """How answers merge: ``majority`` takes the largest agreeing group."""
-    on_low_consensus: Literal["continue", "fail"] = "continue"
-    """What a multi-model step does below the threshold: flag it and go on, or fail."""
+    mode: Mode = "all"
+    """Multi-model mode: ``all`` waits for every model; ``race`` takes the first
+    answer; ``quorum`` stops once ``min_models`` agree; ``cascade`` asks the cheapest
+    first and adds dearer models only while they disagree."""
+    synthesis: Synthesis = "majority"
+    """How answers merge: ``majority`` (largest agreeing group), ``medoid`` (the most
+    central answer), ``weighted_merge`` (by model ``weights``), ``judge`` (a
+    ``synthesizer`` model merges them), ``union`` (list items, deduplicated and
+    credited to the models that found them)."""
+    min_models: Annotated[int, Field(ge=1)] | None = None
+    """quorum: agreeing answers needed (default a majority); cascade: first round size
+    (default 2)."""
+    max_models: Annotated[int, Field(ge=1)] | None = None
+    """Use at most this many of the step's models (in order; cheapest for cascade)."""
+    failure_strategy: Literal["fail_fast", "best_effort"] = "best_effort"
+    """Model calls of this step: ``fail_fast`` fails the step at the first failed
+    call; ``best_effort`` merges whatever answered."""
+    synthesizer: str | None = None
+    """The model that merges answers when ``synthesis: judge``."""
+    judge_fallback: Literal["majority", "medoid", "weighted_merge", "union"] = "majority"
+    """The method used when the judge fails (the result says so)."""
+    weights: dict[str, Annotated[float, Field(gt=0)]] = {}
+    """Model weights (default 1 each): a model's vote counts this much in every merge
+    method and in quorum agreement; ``weighted_merge`` exists to make it explicit."""
+    agreement: Literal["auto", "exact", "lexical", "semantic"] = "auto"
+    """How answers are compared: ``exact`` after normalisation (short answers),
+    ``lexical`` or ``semantic`` similarity (long answers; semantic needs the
+    ``embeddings`` extra), ``auto`` picks exact for short answers, else lexical."""
+    similarity_threshold: Annotated[float, Field(ge=0, le=1)] = 0.6
+    """Two long answers agree at or above this similarity."""
+    on_low_consensus: Literal["continue", "escalate", "fail"] = "continue"
+    """Below the threshold: flag it and go on, ``escalate`` (ask ``escalate_to`` as
+    well and merge again), or fail the step."""
+    escalate_to: list[str] = []
+    """Extra models asked when ``on_low_consensus: escalate``."""
     consensus_threshold: Annotated[float, Field(ge=0, le=1)] | None = None
     """Overrides the session's threshold for this step."""
+    cache: bool = True
+    """Reuse a stored consensus for the same prompt, models and settings."""
     retries: Annotated[int, Field(ge=0, le=10)] = 0
     """Extra attempts after a failed one."""
     timeout_ms: Annotated[int, Field(ge=1)] | None = None
@@ -158,7 +266,16 @@ class StepSpec(_Spec):
             raise ValueError("give either 'model' or 'models', not both")
         if len(set(self.models)) != len(self.models):
             raise ValueError("'models' lists a model twice")
+        if self.synthesis == "judge" and self.synthesizer is None:
+            raise ValueError("synthesis 'judge' needs a 'synthesizer' model")
+        if self.on_low_consensus == "escalate" and not self.escalate_to:
+            raise ValueError("on_low_consensus 'escalate' needs 'escalate_to' models")
         return self
+
+    def extra_models(self) -> list[str]:
+        """Models the step may call besides its own: the judge and escalations."""
+        extra = [self.synthesizer] if self.synthesizer is not None else []
+        return extra + list(self.escalate_to)
 
     def named_models(self) -> list[str]:
         """The models the step itself names (may be empty)."""
@@ -197,7 +314,15 @@ class SessionSpec(_Spec):
 
     def with_model(self, name: str) -> SessionSpec:
         """A copy with every step on the one model ``name`` (``run --model``)."""
-        steps = [s.model_copy(update={"model": name, "models": []}) for s in self.steps]
+        one: dict[str, Any] = {
+            "model": name,
+            "models": [],
+            "synthesizer": None,
+            "synthesis": "majority",
+            "on_low_consensus": "continue",
+            "escalate_to": [],
+        }
+        steps = [s.model_copy(update=one) for s in self.steps]
         return self.model_copy(update={"steps": steps, "default_model": name})
 
     def step(self, step_id: str) -> StepSpec:
@@ -263,6 +388,7 @@ def parse_session(
     from thinktank.graph import validate_spec, validate_steps_partially
     from thinktank.providers.config import load_config
     from thinktank.providers.registry import ModelRegistry
+    from thinktank.selection import apply_selection
 
     if not isinstance(data, Mapping):
         raise SpecErrors([SpecError("a session file must hold a mapping at the top", file=file)])
@@ -281,7 +407,11 @@ def parse_session(
         errors.extend(validate_steps_partially(data, file=file, check_model=registry.check))
         raise SpecErrors(errors) from None
     registry = ModelRegistry(session_models=spec.models, config=config, clients=known)
-    problems = validate_spec(spec, file=file, check_model=registry.check)
+    try:
+        resolved, _ = apply_selection(spec, registry)
+    except SpecErrors as exc:
+        raise SpecErrors([e.with_file(file) for e in exc.errors]) from None
+    problems = validate_spec(resolved, file=file, check_model=registry.check)
     if problems:
         raise SpecErrors(problems)
     return spec

@@ -8,22 +8,37 @@ an event and stored. The executor is the ``execute`` callback the scheduler call
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import time
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 import anyio
 
 from thinktank.calls import CallResult, PooledModel, call_model
-from thinktank.consensus import Answer, synthesize
+from thinktank.consensus import (
+    Answer,
+    Embedder,
+    MergeOptions,
+    SentenceTransformerEmbedder,
+    Synthesis,
+    judge_prompt,
+    synthesize,
+)
 from thinktank.events import ConsensusComputed, Event, StepFinished, StepStarted, utcnow
+from thinktank.parallel import gather
 from thinktank.providers.base import ModelClient, ModelRequest
 from thinktank.spec import SessionSpec, StepSpec
+from thinktank.store import StoredConsensus
 from thinktank.templates import render_template
 
-__all__ = ["StepExecutor", "sum_known"]
+__all__ = ["CacheLookup", "StepExecutor", "cache_key", "sum_known"]
 
 Emit = Callable[[Event], None]
+CacheLookup = Callable[[str], Awaitable["StoredConsensus | None"]]
+"""Finds a stored consensus by cache key (``Store.find_consensus``)."""
 
 
 def sum_known(values: Sequence[float | int | None]) -> Any:
@@ -57,6 +72,7 @@ class StepExecutor:
         emit: Emit,
         call_limiter: anyio.CapacityLimiter | None = None,
         outputs: MutableMapping[str, str | None] | None = None,
+        cache: CacheLookup | None = None,
     ) -> None:
         self.session_id = session_id
         self.spec = spec
@@ -67,6 +83,8 @@ class StepExecutor:
         self.outputs: MutableMapping[str, str | None] = outputs if outputs is not None else {}
         self.settings = spec.parallel_execution.effective()
         self._steps: dict[str, StepSpec] = {s.id: s for s in spec.steps}
+        self._embedder: Embedder | None = None
+        self.cache = cache
         self._models: dict[str, list[str]] = {s.id: spec.step_models(s) for s in spec.steps}
 
     async def __call__(self, step_id: str) -> str | None:
@@ -97,13 +115,14 @@ class StepExecutor:
                     step_id=step_id,
                     attempt=attempt,
                 )
-                try:
-                    with anyio.fail_after(timeout_ms / 1000):
-                        if len(models) == 1:
-                            output, score, error = await self._one(step, models[0], request, calls)
-                        else:
-                            output, score, error = await self._many(step, models, request, calls)
-                except TimeoutError:
+                # A bare deadline scope rather than fail_after: same semantics, less
+                # overhead on the per-step hot path.
+                with anyio.CancelScope(deadline=anyio.current_time() + timeout_ms / 1000) as scope:
+                    if len(models) == 1:
+                        output, score, error = await self._one(step, models[0], request, calls)
+                    else:
+                        output, score, error = await self._many(step, models, request, calls)
+                if scope.cancelled_caught:
                     output, score, error = None, None, f"timed out after {timeout_ms} ms"
                 if error is None:
                     break
@@ -120,6 +139,12 @@ class StepExecutor:
         else:
             self._finish(step_id, "failed", attempt, started_at, start, calls, None, error, score)
         return error
+
+    def embedder(self) -> Embedder:
+        """The sentence embedder for semantic agreement, loaded on first use."""
+        if self._embedder is None:
+            self._embedder = SentenceTransformerEmbedder()
+        return self._embedder
 
     def _limiters(self, step_limiter: anyio.CapacityLimiter | None) -> list[anyio.CapacityLimiter]:
         # Always step first, then session: one global order, so no two waits can deadlock.
@@ -149,44 +174,91 @@ class StepExecutor:
     ) -> tuple[str | None, float | None, str | None]:
         step_limiter = anyio.CapacityLimiter(self.settings.max_concurrent_models)
         limiters = self._limiters(step_limiter)
-        results: dict[str, CallResult] = {}
 
-        async def ask(model: str) -> None:
+        async def call(model: str, req: ModelRequest = request) -> CallResult:
             result = await call_model(
                 self.clients[model],
-                request,
+                req,
                 session_id=self.session_id,
                 emit=self.emit,
                 timeout_s=_seconds(step.call_timeout_ms),
                 limiters=limiters,
             )
-            results[model] = result
             calls.append(result)
+            return result
 
-        async with anyio.create_task_group() as tg:
-            for model in models:
-                tg.start_soon(ask, model, name=f"{step.id}:{model}")
-
-        answered = [results[m] for m in models if results[m].ok]
-        if not answered:
-            reasons = "; ".join(f"{m}: {results[m].error}" for m in models)
-            return None, None, f"no model answered ({reasons})"
         threshold = (
             step.consensus_threshold
             if step.consensus_threshold is not None
             else self.settings.consensus_threshold
         )
-        merged = synthesize(
-            step.synthesis,
-            [Answer(key=r.call_id, model=r.model, text=r.content or "") for r in answered],
-            threshold,
+        options = MergeOptions(
+            agreement=step.agreement,
+            similarity_threshold=step.similarity_threshold,
+            weights=step.weights,
+            embedder=self.embedder() if step.agreement == "semantic" else None,
         )
+        chosen = models[: step.max_models] if step.max_models else models
+        key = cache_key(step, chosen, request, threshold) if self._caching(step) else None
+        if key is not None and self.cache is not None:
+            hit = await self.cache(key)
+            if hit is not None:
+                return self._cached(step, request, hit)
+        gathered = await gather(
+            chosen,
+            call,
+            mode=step.mode,
+            min_models=step.min_models,
+            threshold=threshold,
+            options=options,
+            failure_strategy=step.failure_strategy,
+            prices={m: _price(self.clients[m]) for m in chosen},
+        )
+        if gathered.aborted is not None:
+            return None, None, f"fail_fast: {gathered.aborted}"
+        order = list(chosen)
+        answered = gathered.answered(order)
+        if not answered:
+            reasons = "; ".join(
+                f"{m}: {r.error}" for m, r in gathered.results.items() if r.error is not None
+            )
+            return None, None, f"no model answered ({reasons})"
+        notes: list[str] = []
+        outcomes: list[str] = []
+        merged, judge_call = await self._merge(
+            step, request, answered, threshold, options, call, outcomes, notes
+        )
+        if not merged.reached and step.on_low_consensus == "escalate":
+            extra = [m for m in step.escalate_to if m not in gathered.results]
+            if extra:
+                more = await gather(
+                    extra,
+                    call,
+                    mode="all",
+                    threshold=threshold,
+                    options=options,
+                    failure_strategy=step.failure_strategy,
+                )
+                gathered.results.update(more.results)
+                gathered.escalation.append(extra)
+                order += extra
+                answered = gathered.answered(order)
+                outcomes.append("escalated")
+                notes.append(
+                    f"agreement {merged.score:.2f} was below {threshold:g}: "
+                    f"also asked {', '.join(extra)}"
+                )
+                merged, judge_call = await self._merge(
+                    step, request, answered, threshold, options, call, outcomes, notes
+                )
+        failed = [r for r in gathered.results.values() if r.status in ("failed", "timeout")]
+        if failed:
+            outcomes.append("k_of_n")
+            notes.append(f"{len(answered)} of {len(answered) + len(failed)} models answered")
+        if step.mode == "quorum" and not gathered.early_termination and not merged.reached:
+            outcomes.append("quorum_not_reached")
         if not merged.reached:
-            outcome = "low_consensus"
-        elif len(answered) < len(models):
-            outcome = "k_of_n"
-        else:
-            outcome = "ok"
+            outcomes.append("low_consensus")
         self.emit(
             ConsensusComputed(
                 session_id=self.session_id,
@@ -207,8 +279,19 @@ class StepExecutor:
                     }
                     for c in merged.clusters
                 ),
-                outcome=outcome,
+                outcome=",".join(dict.fromkeys(outcomes)) or "ok",
                 attempt=request.attempt,
+                mode=step.mode,
+                early_termination=gathered.early_termination,
+                escalation=tuple(tuple(r) for r in gathered.escalation),
+                items=tuple(
+                    {"text": it.text, "models": list(it.models), "call_ids": list(it.keys)}
+                    for it in merged.items
+                ),
+                judge_call_id=judge_call,
+                note="; ".join(notes) or None,
+                # Only a merge of complete answers is worth reusing.
+                cache_key=key if not {"k_of_n", "judge_failed"} & set(outcomes) else None,
             )
         )
         if not merged.reached and step.on_low_consensus == "fail":
@@ -218,6 +301,82 @@ class StepExecutor:
                 f"consensus {merged.score:.2f} is below the threshold {threshold:g}",
             )
         return merged.content, merged.score, None
+
+    def _caching(self, step: StepSpec) -> bool:
+        return self.cache is not None and step.cache and self.settings.cache
+
+    def _cached(
+        self, step: StepSpec, request: ModelRequest, hit: StoredConsensus
+    ) -> tuple[str | None, float | None, str | None]:
+        """Serve a stored consensus: no call is made; the event links to the original."""
+        self.emit(
+            ConsensusComputed(
+                session_id=self.session_id,
+                step_id=step.id,
+                method=hit.method,
+                score=hit.score,
+                content=hit.content,
+                threshold=hit.threshold,
+                reached=hit.reached,
+                included_call_ids=(),
+                clusters=tuple(hit.clusters),
+                outcome=hit.outcome,
+                attempt=request.attempt,
+                mode=hit.mode,
+                early_termination=hit.early_termination,
+                escalation=tuple(tuple(r) for r in hit.escalation),
+                items=tuple(hit.items),
+                note=f"cached: consensus {hit.id} of session {hit.session_id}",
+                cached_from=hit.id,
+            )
+        )
+        if not hit.reached and step.on_low_consensus == "fail":
+            return (
+                None,
+                hit.score,
+                (f"consensus {hit.score:.2f} is below the threshold {hit.threshold:g} (cached)"),
+            )
+        return hit.content, hit.score, None
+
+    async def _merge(
+        self,
+        step: StepSpec,
+        request: ModelRequest,
+        answered: Sequence[CallResult],
+        threshold: float,
+        options: MergeOptions,
+        call: Callable[[str, ModelRequest], Awaitable[CallResult]],
+        outcomes: list[str],
+        notes: list[str],
+    ) -> tuple[Synthesis, str | None]:
+        """Merge the answers; a judge step asks its synthesizer, falling back on failure."""
+        answers = [Answer(key=r.call_id, model=r.model, text=r.content or "") for r in answered]
+        if step.synthesis != "judge":
+            if options.embedder is not None:
+                # Embedding is CPU work: keep it off the event loop.
+                merged = await anyio.to_thread.run_sync(
+                    synthesize, step.synthesis, answers, threshold, options
+                )
+                return merged, None
+            return synthesize(step.synthesis, answers, threshold, options), None
+        assert step.synthesizer is not None
+        judged = await call(
+            step.synthesizer,
+            dataclasses.replace(request, prompt=judge_prompt(request.prompt, answers)),
+        )
+        merged = synthesize(step.judge_fallback, answers, threshold, options)
+        if judged.ok and (judged.content or "").strip():
+            # The judge writes the answer; agreement still comes from the responses.
+            return dataclasses.replace(
+                merged,
+                content=(judged.content or "").strip(),
+                method="judge",
+                included_keys=tuple(sorted(a.key for a in answers)),
+            ), judged.call_id
+        why = judged.error or "empty answer"
+        outcomes.append("judge_failed")
+        notes.append(f"judge {step.synthesizer!r} failed ({why}); used {step.judge_fallback}")
+        return merged, judged.call_id
 
     def _finish(
         self,
@@ -248,6 +407,42 @@ class StepExecutor:
                 consensus_score=score,
             )
         )
+
+
+def cache_key(
+    step: StepSpec, models: Sequence[str], request: ModelRequest, threshold: float
+) -> str:
+    """The consensus-cache key: everything that decides a multi-model step's merge.
+
+    The prompt is normalised (whitespace collapsed); the model set is sorted, except
+    for cascade, whose order is the price order and is decided by the same models.
+    """
+    material = {
+        "prompt": " ".join(request.prompt.split()),
+        "system": request.system,
+        "models": sorted(models),
+        "mode": step.mode,
+        "method": step.synthesis,
+        "threshold": threshold,
+        "min_models": step.min_models,
+        "synthesizer": step.synthesizer,
+        "judge_fallback": step.judge_fallback,
+        "weights": dict(sorted(step.weights.items())),
+        "agreement": step.agreement,
+        "similarity_threshold": step.similarity_threshold,
+        "escalate_to": list(step.escalate_to),
+        "on_low_consensus": step.on_low_consensus,
+        "failure_strategy": step.failure_strategy,
+        "max_tokens": request.max_tokens,
+        "temperature": request.temperature,
+    }
+    canonical = json.dumps(material, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _price(model: PooledModel | ModelClient) -> float | None:
+    """USD per million tokens, input plus output, for cascade ordering."""
+    return model.price_per_mtok if isinstance(model, PooledModel) else None
 
 
 def _seconds(ms: int | None) -> float | None:

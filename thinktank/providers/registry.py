@@ -93,6 +93,14 @@ def model_limiter(name: str, limit: int) -> anyio.CapacityLimiter:
     return limiter
 
 
+def _price(entry: Any) -> float | None:
+    if isinstance(entry, LocalModelConfig):
+        return 0.0
+    inp = getattr(entry, "input_cost_per_mtok", None)
+    out = getattr(entry, "output_cost_per_mtok", None)
+    return None if inp is None or out is None else inp + out
+
+
 class ModelRegistry:
     """Resolves model names for a session and builds its model pool."""
 
@@ -108,6 +116,7 @@ class ModelRegistry:
         self.config = config or ThinkTankConfig()
         self.clients = dict(clients or {})
         self.environ = environ if environ is not None else os.environ
+        self._only: list[str] | None = None
 
     # -- resolution -------------------------------------------------------------------
 
@@ -174,6 +183,8 @@ class ModelRegistry:
 
     def names(self) -> list[str]:
         """Every name known without the provider/model form, in resolution order."""
+        if self._only is not None:
+            return list(self._only)
         seen: dict[str, None] = {}
         for group in (self.clients, self.session_models, self.config.models, LOCAL_VARIANTS):
             for name in group:
@@ -224,6 +235,17 @@ class ModelRegistry:
             tags=tuple(getattr(entry, "tags", ())),
         )
 
+    def restricted_to(self, names: Iterable[str]) -> ModelRegistry:
+        """A view of this registry that lists only ``names`` (resolution unchanged)."""
+        view = ModelRegistry(
+            session_models=self.session_models,
+            config=self.config,
+            clients=self.clients,
+            environ=self.environ,
+        )
+        view._only = list(dict.fromkeys(names))
+        return view
+
     def needs_http(self, names: Iterable[str]) -> bool:
         """Whether any of ``names`` is an HTTP model."""
         return any(isinstance(self.entry(n), HttpModelConfig) for n in names)
@@ -252,6 +274,7 @@ class ModelRegistry:
             # the same bound around the whole attempt (a slow trickle of bytes).
             timeout_s=timeout,
             max_tokens=getattr(entry, "max_tokens", None),
+            price_per_mtok=_price(entry),
         )
 
     def _client(self, name: str, entry: Any, http: AsyncClient | None) -> ModelClient:

@@ -43,6 +43,7 @@ from thinktank.store._read import (
     StoredSession,
     StoredStep,
     count_rows,
+    find_consensus,
     get_session,
     list_sessions,
 )
@@ -386,6 +387,15 @@ class Store:
                 return await get_session(conn, id_or_prefix)
         except UnknownSessionError:
             raise
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"cannot read {self.url}: {_one_line(exc)}") from exc
+
+    async def find_consensus(self, cache_key: str) -> StoredConsensus | None:
+        """The newest stored consensus under ``cache_key`` (the consensus cache)."""
+        self._check_open()
+        try:
+            async with self._reader() as conn:
+                return await find_consensus(conn, cache_key)
         except (SQLAlchemyError, OSError) as exc:
             raise StoreError(f"cannot read {self.url}: {_one_line(exc)}") from exc
 

@@ -28,6 +28,7 @@ __all__ = [
     "StoredSession",
     "StoredStep",
     "count_rows",
+    "find_consensus",
     "get_session",
     "list_sessions",
 ]
@@ -115,6 +116,10 @@ class StoredConsensus(_Model):
 
     id: str
     """UUID of the result."""
+    session_id: str
+    """The session it belongs to."""
+    step_id: str
+    """Row UUID of the step it merged."""
     attempt: int | None
     """The step attempt whose calls were merged."""
     method: str
@@ -135,6 +140,20 @@ class StoredConsensus(_Model):
     """Calls whose responses took part."""
     created_at: UTCDatetime
     """When it was computed."""
+    mode: str = "all"
+    """The multi-model mode."""
+    early_termination: bool = False
+    """Whether the mode stopped before every model answered."""
+    escalation: list[list[str]] = []
+    """The models started in each round."""
+    items: list[dict[str, Any]] = []
+    """``union``: merged items with the models that found each."""
+    judge_call_id: str | None = None
+    """``judge``: the synthesizer's call."""
+    note: str | None = None
+    """What a degraded outcome means here."""
+    cached_from: str | None = None
+    """When served from the consensus cache: the consensus reused."""
 
 
 class StoredStep(_Model):
@@ -238,6 +257,8 @@ class StoredSession(SessionSummary):
     """The validated session spec."""
     inputs: dict[str, Any]
     """The inputs it ran with."""
+    model_selection: dict[str, str] = {}
+    """Models chosen by automatic selection, with the reason for each."""
     steps: list[StoredStep]
     """Every step, in file order."""
 
@@ -370,6 +391,19 @@ async def get_session(conn: AsyncConnection, id_or_prefix: str) -> StoredSession
         _live_counts(session, list(counts.items()))
     session["steps"] = steps
     return StoredSession.model_validate(session)
+
+
+async def find_consensus(conn: AsyncConnection, cache_key: str) -> StoredConsensus | None:
+    """The newest consensus stored under ``cache_key``, or None."""
+    row = (
+        await conn.execute(
+            select(CONSENSUS)
+            .where(CONSENSUS.c.cache_key == cache_key)
+            .order_by(CONSENSUS.c.created_at.desc(), CONSENSUS.c.id.desc())
+            .limit(1)
+        )
+    ).first()
+    return None if row is None else StoredConsensus.model_validate(dict(row._mapping))
 
 
 async def count_rows(conn: AsyncConnection) -> dict[str, int]:

@@ -466,6 +466,7 @@ class _Batch:
             "spec": event.spec,
             "inputs": event.inputs,
             "source": event.source,
+            "model_selection": event.model_selection,
         }
         run, fetch, executor = self.statements.run, self.statements.fetch, self.executor
         exists = bool(await fetch(executor, _SESSION_EXISTS, {"sid": sid}))
@@ -636,6 +637,14 @@ class _Batch:
                 "clusters": list(event.clusters),
                 "included_call_ids": list(event.included_call_ids),
                 "created_at": _utc(event.at),
+                "mode": event.mode,
+                "early_termination": event.early_termination,
+                "escalation": [list(r) for r in event.escalation],
+                "items": list(event.items),
+                "judge_call_id": event.judge_call_id,
+                "note": event.note,
+                "cached_from": event.cached_from,
+                "cache_key": event.cache_key,
             }
         )
         self.step(row_id)["consensus_score"] = event.score

@@ -52,6 +52,8 @@ class SessionRow(SQLModel, table=True):
     """The inputs the session ran with."""
     source: str | None = Field(default=None, sa_type=Text)
     """The session file, when it came from one."""
+    model_selection: dict[str, str] = Field(default_factory=dict, sa_type=JSON)
+    """Models chosen by automatic selection, with the reason for each."""
     error: str | None = Field(default=None, sa_type=Text)
     """Why the session did not complete, when it did not."""
     created_at: datetime = Field(sa_type=_UTC_DATETIME, index=True)
@@ -254,6 +256,22 @@ class ConsensusRow(SQLModel, table=True):
     """Calls whose responses took part in the merge."""
     created_at: datetime = Field(sa_type=_UTC_DATETIME)
     """When the merge was computed."""
+    mode: str = Field(default="all", max_length=16)
+    """The multi-model mode (all, race, quorum, cascade)."""
+    early_termination: bool = Field(default=False)
+    """Whether the mode stopped before every model answered."""
+    escalation: list[list[str]] = Field(default_factory=list, sa_type=JSON)
+    """The models started in each round."""
+    items: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON)
+    """``union``: merged items with the models that found each."""
+    judge_call_id: str | None = Field(default=None, max_length=36)
+    """``judge``: the synthesizer's call."""
+    note: str | None = Field(default=None, sa_type=Text)
+    """What a degraded outcome means here."""
+    cached_from: str | None = Field(default=None, max_length=36)
+    """When served from the consensus cache: the consensus reused."""
+    cache_key: str | None = Field(default=None, max_length=80, index=True)
+    """Hash of (normalised prompt, models, mode, method, threshold, options) for reuse."""
 
 
 class EventRow(SQLModel, table=True):
