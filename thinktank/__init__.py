@@ -12,6 +12,8 @@ Load a session file, run it, and every step, model call and consensus is stored:
 from __future__ import annotations
 
 from thinktank.ask import ParallelResult, execute_parallel
+from thinktank.batch import BatchResult, run_many
+from thinktank.dryrun import DryRun, dry_run
 from thinktank.errors import (
     CallTimeoutError,
     InputError,
@@ -45,7 +47,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_STORE",
+    "BatchResult",
     "CallTimeoutError",
+    "DryRun",
     "InputError",
     "InputSpec",
     "ModelClient",
@@ -73,9 +77,11 @@ __all__ = [
     "Usage",
     "UsageError",
     "__version__",
+    "dry_run",
     "execute_parallel",
     "load_session",
     "parse_session",
     "run",
+    "run_many",
     "run_sync",
 ]

@@ -23,6 +23,7 @@ from datetime import datetime
 
 import anyio
 
+from thinktank.budget import DEFAULT_OUTPUT_ESTIMATE, Budget, estimate_tokens
 from thinktank.errors import ProviderError
 from thinktank.events import CallAttempt, CallFinished, CallStarted, CallStatus, Event, utcnow
 from thinktank.ids import new_id
@@ -85,6 +86,8 @@ class CallResult:
     """What went wrong."""
     tries: int = 1
     """Attempts made."""
+    refused: bool = False
+    """True when the budget refused the call before it was sent (nothing recorded)."""
 
     @property
     def ok(self) -> bool:
@@ -134,6 +137,7 @@ async def call_model(
     emit: Emit,
     timeout_s: float | None = None,
     limiters: Sequence[anyio.CapacityLimiter] = (),
+    budget: Budget | None = None,
 ) -> CallResult:
     """Send ``request`` with retries under ``limiters`` and timeouts; record it all.
 
@@ -146,6 +150,8 @@ async def call_model(
             the tighter of it and the model's own applies.
         limiters: The step's and the session's slots, acquired in order, then the
             model's own limiter.
+        budget: The session's budget: an attempt that may not fit is not sent (a
+            refused first attempt returns ``refused=True`` and records nothing).
 
     Returns:
         The call's result; failures and timeouts are values. Cancellation is
@@ -159,14 +165,14 @@ async def call_model(
     attempt_timeout = min(bounds) if bounds else None
     # The common cases without an exit stack: this is every call's hot path.
     if not limits:
-        return await _recorded(pooled, request, session_id, emit, attempt_timeout)
+        return await _recorded(pooled, request, session_id, emit, attempt_timeout, budget)
     if len(limits) == 1:
         async with limits[0]:
-            return await _recorded(pooled, request, session_id, emit, attempt_timeout)
+            return await _recorded(pooled, request, session_id, emit, attempt_timeout, budget)
     async with AsyncExitStack() as stack:
         for limiter in limits:
             await stack.enter_async_context(limiter)
-        return await _recorded(pooled, request, session_id, emit, attempt_timeout)
+        return await _recorded(pooled, request, session_id, emit, attempt_timeout, budget)
     raise AssertionError("unreachable")  # pragma: no cover - the stack never swallows
 
 
@@ -176,9 +182,27 @@ async def _recorded(
     session_id: str,
     emit: Emit,
     attempt_timeout: float | None,
+    budget: Budget | None,
 ) -> CallResult:
     """The attempts of one call, once its slots are held, with every event emitted."""
     client = pooled.client
+    limited = budget is not None and budget.limited
+    if limited:
+        est_tokens = estimate_tokens(request.prompt + (request.system or ""))
+        est_tokens += request.max_tokens or DEFAULT_OUTPUT_ESTIMATE
+        est_cost = est_tokens * (pooled.price_per_mtok or 0.0) / 1e6
+    else:
+        est_tokens, est_cost = 0, 0.0
+    if limited and not budget.reserve(est_cost, est_tokens):  # type: ignore[union-attr]
+        return CallResult(
+            call_id="",
+            model=client.name,
+            status="failed",
+            started_at=utcnow(),
+            error=budget.exhausted,  # type: ignore[union-attr]
+            tries=0,
+            refused=True,
+        )
     call_id = new_id()
     started_at = utcnow()
     emit(
@@ -193,6 +217,7 @@ async def _recorded(
     )
     start = time.perf_counter()
     tries = 0
+    reserved = limited
     outcome = _Attempt("cancelled", error="cancelled before the model answered")
     try:
         while True:
@@ -202,6 +227,9 @@ async def _recorded(
             outcome = _Attempt("cancelled", error="cancelled before the model answered")
             sent = request if tries == 1 else dataclasses.replace(request, retry=tries - 1)
             outcome = await _attempt(client, sent, attempt_timeout)
+            if limited:
+                _settle(budget, est_cost, est_tokens, outcome)  # type: ignore[arg-type]
+                reserved = False
             retry = (
                 outcome.status != "ok"
                 and outcome.exc is not None
@@ -216,6 +244,12 @@ async def _recorded(
                 if retry
                 else None
             )
+            if wait is not None and limited:
+                if budget.reserve(est_cost, est_tokens):  # type: ignore[union-attr]
+                    reserved = True
+                else:
+                    outcome.error = f"{outcome.error}; not retried: {budget.exhausted}"  # type: ignore[union-attr]
+                    wait = None
             # A call answered at the first try is its own attempt record; once a
             # retry happens, every try (the first included) gets one.
             if wait is not None or tries > 1:
@@ -239,6 +273,9 @@ async def _recorded(
                 break
             await anyio.sleep(wait)
     except anyio.get_cancelled_exc_class():
+        if reserved:
+            # What a cancelled attempt spent is unknown: keep its estimate as spent.
+            budget.settle(est_cost, est_tokens, None, None)  # type: ignore[union-attr]
         emit(
             _finished(
                 session_id,
@@ -272,6 +309,16 @@ async def _recorded(
         error=event.error,
         tries=tries,
     )
+
+
+def _settle(budget: Budget, est_cost: float, est_tokens: int, outcome: _Attempt) -> None:
+    response = outcome.response
+    if response is None:
+        # No usage report: an error response costs nothing we can know of.
+        budget.settle(est_cost, est_tokens, 0.0, 0)
+        return
+    tokens = response.total_tokens
+    budget.settle(est_cost, est_tokens, response.cost_usd, tokens)
 
 
 def _finished(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -20,6 +21,8 @@ import yaml
 from pydantic import ValidationError
 
 from thinktank.ask import ParallelResult, execute_parallel
+from thinktank.batch import BatchItem, BatchResult, read_inputs_file, run_many
+from thinktank.dryrun import dry_run as plan_dry_run
 from thinktank.errors import (
     InputError,
     SpecErrors,
@@ -33,6 +36,8 @@ from thinktank.progress import Progress
 from thinktank.providers.config import load_config
 from thinktank.providers.registry import ModelRegistry
 from thinktank.render import (
+    print_batch,
+    print_dry_run,
     print_models,
     print_parallel,
     print_result,
@@ -42,6 +47,7 @@ from thinktank.render import (
 from thinktank.result import SessionResult
 from thinktank.runner import DEFAULT_STORE, run
 from thinktank.schema import render_session_schema
+from thinktank.selection import apply_selection
 from thinktank.spec import ParallelExecutionConfig, SessionSpec, load_session, validate_inputs
 from thinktank.store import Store
 
@@ -140,6 +146,24 @@ def _parse_inputs(pairs: Sequence[str], inputs_file: str | None) -> dict[str, An
     metavar="NAME",
     help="Put every step on this one model (e.g. local, openai/gpt-4o-mini).",
 )
+@click.option(
+    "--max-cost",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="USD",
+    help="Start no call past this spend; the session ends partial.",
+)
+@click.option(
+    "--max-tokens",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Start no call past this many tokens (input + output).",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the DAG, the calls it would make and a cost estimate; call nothing.",
+)
 @_json_option
 @click.option("--no-progress", is_flag=True, help="Do not print progress.")
 def run_command(
@@ -148,6 +172,9 @@ def run_command(
     input_pairs: tuple[str, ...],
     inputs_file: str | None,
     model: str | None,
+    max_cost: float | None,
+    max_tokens: int | None,
+    dry_run: bool,
     as_json: bool,
     no_progress: bool,
 ) -> None:
@@ -170,6 +197,18 @@ def run_command(
         values = validate_inputs(spec, merged)
     except InputError as exc:
         _fail([f"{session_file}: {line}" for line in str(exc).splitlines()])
+    if dry_run:
+        try:
+            registry = _registry(spec)
+            resolved, _ = apply_selection(spec, registry)
+            plan = plan_dry_run(resolved, registry, values)
+        except SpecErrors as exc:
+            _fail(exc.lines())
+        if as_json:
+            click.echo(plan.model_dump_json(indent=2))
+        else:
+            print_dry_run(plan)
+        sys.exit(EXIT_OK)
     progress = Progress(enabled=not no_progress)
 
     async def go() -> SessionResult:
@@ -180,6 +219,8 @@ def run_command(
                 store=db if db is not None else DEFAULT_STORE,
                 on_event=progress,
                 source=session_file,
+                max_cost_usd=max_cost,
+                max_tokens=max_tokens,
             )
 
     try:
@@ -311,6 +352,91 @@ def ask_command(
     else:
         print_parallel(result)
     sys.exit(EXIT_OK if result.synthesis is not None else EXIT_FAILED)
+
+
+@main.command("run-many")
+@click.argument("session_file", type=click.Path(dir_okay=False))
+@click.option(
+    "--inputs",
+    "inputs_file",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="JSON Lines: one object of input values per session.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Sessions in flight at once.",
+)
+@_db_option
+@click.option(
+    "--model", "-m", "model", default=None, metavar="NAME", help="Put every step on this one model."
+)
+@click.option(
+    "--max-cost",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="USD",
+    help="Budget of each session.",
+)
+@_json_option
+@click.option("--no-progress", is_flag=True, help="Do not print progress.")
+def run_many_command(
+    session_file: str,
+    inputs_file: str,
+    concurrency: int,
+    db: str | None,
+    model: str | None,
+    max_cost: float | None,
+    as_json: bool,
+    no_progress: bool,
+) -> None:
+    """Run SESSION_FILE once per line of --inputs, into one database."""
+    try:
+        spec = load_session(session_file)
+        if model is not None:
+            spec = spec.with_model(model)
+            problems = validate_spec(spec, file=session_file, check_model=_registry(spec).check)
+            if problems:
+                raise SpecErrors(problems)
+        rows = read_inputs_file(inputs_file, spec)
+    except SpecErrors as exc:
+        _fail(exc.lines())
+    except InputError as exc:
+        _fail(str(exc).splitlines())
+    done = [0]
+    started = time.perf_counter()
+
+    def report(item: BatchItem) -> None:
+        done[0] += 1
+        if not no_progress:
+            r = item.result
+            detail = r.session_id if r is not None else (item.error or "")
+            click.echo(
+                f"[{time.perf_counter() - started:7.2f}s] {done[0]}/{len(rows)} "
+                f"input {item.index}: {item.status} {detail}",
+                err=True,
+            )
+
+    async def go() -> BatchResult:
+        return await run_many(
+            spec,
+            rows,
+            concurrency=concurrency,
+            store=db if db is not None else DEFAULT_STORE,
+            on_done=report,
+            source=session_file,
+            max_cost_usd=max_cost,
+        )
+
+    result = _run_async(go)
+    if as_json:
+        click.echo(json.dumps(result.model_dump(mode="json"), indent=2, ensure_ascii=False))
+    else:
+        print_batch(result)
+    sys.exit(EXIT_OK if result.counts().get("completed", 0) == len(rows) else EXIT_FAILED)
 
 
 @main.command("validate")

@@ -31,6 +31,7 @@ __all__ = [
     "StepSkipped",
     "StepStarted",
     "StepStatus",
+    "StepsAdded",
     "utcnow",
 ]
 
@@ -95,7 +96,11 @@ class StepInfo:
     prompt_template: str
     """The prompt before rendering."""
     position: int
-    """Order of the step in the session file."""
+    """Order of the step in the session file (steps added at run time come after)."""
+    parent: str | None = None
+    """For a step added at run time: the decompose step that created it."""
+    provenance: tuple[str, ...] = ()
+    """For a step added at run time: the models that proposed it."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -117,6 +122,17 @@ class SessionStarted(Event):
     """The session file, when it came from one."""
     model_selection: dict[str, str] = field(default_factory=dict)
     """Models chosen by automatic selection, with the reason for each."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepsAdded(Event):
+    """The DAG grew at run time: a decompose step added these steps."""
+
+    type: ClassVar[str] = "steps_added"
+    parent: str
+    """The decompose step that added them."""
+    steps: tuple[StepInfo, ...]
+    """The new steps, in the order they were added."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -55,7 +55,7 @@ def _check_steps(
             else:
                 graph.add_edge(dep, step.id)
 
-        refs, problems = parse_template(step.prompt)
+        refs, problems = parse_template(step.prompt) if step.template else ([], [])
         for problem in problems:
             errors.append(SpecError(problem, file=file, step=step.id, field="prompt"))
         for ref in refs:
@@ -92,6 +92,7 @@ def _check_steps(
         if step.synthesizer is not None:
             named.append((step.synthesizer, "synthesizer"))
         named += [(name, "escalate_to") for name in step.escalate_to]
+        named += [(name, "sub_models") for name in step.sub_models]
         for name, where in named:
             why = check_model(name)
             if why is not None:
@@ -241,6 +242,12 @@ class StepGraph:
         """Topological generations, each in file order."""
         order = {n: d["position"] for n, d in self.graph.nodes(data=True)}
         return [sorted(g, key=order.__getitem__) for g in nx.topological_generations(self.graph)]
+
+    def add_step(self, step: StepSpec) -> None:
+        """Add a step while the session runs (its dependencies must exist)."""
+        self.graph.add_node(step.id, spec=step, position=self.graph.number_of_nodes())
+        for dep in step.depends_on:
+            self.graph.add_edge(dep, step.id)
 
     def critical_path(self, weight: Mapping[str, float]) -> float:
         """Length of the longest dependency chain, each step weighted by ``weight``."""

@@ -22,6 +22,7 @@ from thinktank.events import (
     SessionFinished,
     SessionStarted,
     StepFinished,
+    StepsAdded,
     StepSkipped,
     StepStarted,
 )
@@ -98,6 +99,10 @@ class Progress:
             self._count("skipped")
             self.recent.append((event.step_id, "skipped", event.reason))
             self._line(f"step {event.step_id}: skipped - {event.reason}")
+        elif isinstance(event, StepsAdded):
+            self.total += len(event.steps)
+            names = ", ".join(s.step_id for s in event.steps)
+            self._line(f"step {event.parent}: added {len(event.steps)} steps ({names})")
         elif isinstance(event, SessionFinished):
             self._line(f"session {event.status} in {event.wall_ms:.0f} ms")
         else:

@@ -13,11 +13,15 @@ from rich.table import Table
 from rich.text import Text
 
 from thinktank.ask import ParallelResult
+from thinktank.batch import BatchResult, summary_rows
+from thinktank.dryrun import DryRun
 from thinktank.providers.registry import ModelInfo
 from thinktank.result import SessionResult, Usage
 from thinktank.store import SessionSummary, StoredSession, StoredStep
 
 __all__ = [
+    "print_batch",
+    "print_dry_run",
     "print_models",
     "print_parallel",
     "print_result",
@@ -105,6 +109,72 @@ def print_result(result: SessionResult) -> None:
     console.print(line)
     if result.error:
         console.print(Text(result.error, style="red"))
+
+
+def print_batch(result: BatchResult) -> None:
+    """The summary ``thinktank run-many`` prints at the end."""
+    console = _console()
+    table = Table(title="run-many", title_justify="left")
+    for column in ("input", "session", "status", "tokens", "cost", "wall", "error"):
+        table.add_column(
+            column,
+            no_wrap=column == "session",
+            overflow="fold" if column == "error" else "ellipsis",
+        )
+    for row in summary_rows(result):
+        table.add_row(*row[:2], _status(row[2]), *row[3:6], _short(row[6], 60))
+    console.print(table)
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(result.counts().items()))
+    tokens = "?" if result.total_tokens is None else f"{result.total_tokens:,}"
+    console.print(
+        f"{len(result.items)} sessions: {counts}; tokens {tokens}; "
+        f"cost {_cost(result.total_cost_usd)}; wall {_ms(result.wall_ms)}"
+    )
+
+
+def print_dry_run(plan: DryRun) -> None:
+    """What ``thinktank run --dry-run`` prints: the DAG, planned calls, cost estimate."""
+    console = _console()
+    console.print(f"dry run of {plan.name}: nothing is called or written")
+    console.print("DAG:")
+    for i, layer in enumerate(plan.generations, start=1):
+        console.print(f"  layer {i}: {', '.join(layer)}")
+    table = Table()
+    for column in (
+        "step",
+        "kind",
+        "models",
+        "calls",
+        "tokens in/out per call",
+        "cost (max)",
+        "note",
+    ):
+        table.add_column(column, overflow="fold" if column == "note" else "ellipsis")
+    for st in plan.steps:
+        calls = (
+            str(st.calls_max)
+            if st.calls_min == st.calls_max
+            else (f"{st.calls_min}-{st.calls_max}")
+        )
+        table.add_row(
+            st.id,
+            st.kind + (f" ({st.mode})" if st.mode else ""),
+            ", ".join(st.models),
+            calls,
+            f"~{st.input_tokens_per_call:,} / {st.output_tokens_per_call:,}",
+            _cost(st.cost_usd_max),
+            st.note or "",
+        )
+    console.print(table)
+    calls = (
+        f"{plan.calls_min}-{plan.calls_max}"
+        if plan.calls_min != plan.calls_max
+        else str(plan.calls_max)
+    )
+    line = f"{calls} model calls; estimated cost at most {_cost(plan.cost_usd_max)}"
+    if plan.budget_max_cost_usd is not None:
+        line += f" (budget ${plan.budget_max_cost_usd:g})"
+    console.print(line)
 
 
 def print_parallel(result: ParallelResult) -> None:

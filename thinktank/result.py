@@ -20,6 +20,7 @@ from thinktank.events import (
     SessionStarted,
     SessionStatus,
     StepFinished,
+    StepsAdded,
     StepSkipped,
     StepStarted,
     StepStatus,
@@ -256,6 +257,10 @@ class ResultCollector:
         elif cls is SessionFinished:
             assert isinstance(event, SessionFinished)
             self._finished = event
+        elif cls is StepsAdded:
+            assert isinstance(event, StepsAdded)
+            for s in event.steps:
+                self.steps[s.step_id] = _StepState(s.kind, list(s.models))
 
     def step_usage(self, step_id: str) -> tuple[int | None, int | None, float | None] | None:
         """(input tokens, output tokens, cost) of a step that ran, else None."""

@@ -28,9 +28,18 @@ import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from thinktank.budget import Budget
 from thinktank.calls import PooledModel
-from thinktank.errors import SpecErrors, StoreError
-from thinktank.events import Event, SessionFinished, SessionStarted, StepInfo, StepSkipped, utcnow
+from thinktank.errors import SpecError, SpecErrors, StoreError
+from thinktank.events import (
+    Event,
+    SessionFinished,
+    SessionStarted,
+    StepInfo,
+    StepsAdded,
+    StepSkipped,
+    utcnow,
+)
 from thinktank.graph import StepGraph, validate_spec
 from thinktank.ids import new_id
 from thinktank.providers.base import ModelClient
@@ -40,7 +49,7 @@ from thinktank.providers.registry import ModelRegistry
 from thinktank.result import ResultCollector, SessionResult
 from thinktank.scheduler import ScheduleOutcome, Scheduler
 from thinktank.selection import apply_selection
-from thinktank.spec import SessionSpec, validate_inputs
+from thinktank.spec import SessionSpec, StepSpec, validate_inputs
 from thinktank.steps import StepExecutor, sum_known
 from thinktank.store import Store
 
@@ -96,28 +105,37 @@ class _Recorder:
             await self.store.write(batch)
 
 
+def _step_info(
+    spec: SessionSpec,
+    step: StepSpec,
+    position: int,
+    parent: str | None = None,
+    provenance: tuple[str, ...] = (),
+) -> StepInfo:
+    models = spec.step_models(step)
+    multi = len(models) > 1 and step.kind == "prompt"
+    return StepInfo(
+        step_id=step.id,
+        row_id=new_id(),
+        kind="decompose" if step.kind == "decompose" else ("multi" if multi else "prompt"),
+        depends_on=tuple(step.depends_on),
+        models=tuple(models),
+        mode=step.mode if multi else None,
+        synthesis=step.synthesis if multi else None,
+        prompt_template=step.prompt,
+        position=position,
+        parent=parent,
+        provenance=provenance,
+    )
+
+
 def _steps_info(spec: SessionSpec) -> tuple[StepInfo, ...]:
-    infos = []
-    for position, step in enumerate(spec.steps):
-        models = spec.step_models(step)
-        multi = len(models) > 1
-        infos.append(
-            StepInfo(
-                step_id=step.id,
-                row_id=new_id(),
-                kind="multi" if multi else "prompt",
-                depends_on=tuple(step.depends_on),
-                models=tuple(models),
-                mode=step.mode if multi else None,
-                synthesis=step.synthesis if multi else None,
-                prompt_template=step.prompt,
-                position=position,
-            )
-        )
-    return tuple(infos)
+    return tuple(_step_info(spec, step, i) for i, step in enumerate(spec.steps))
 
 
 def _session_status(outcome: ScheduleOutcome, total: int) -> tuple[Any, str | None]:
+    if outcome.stopped is not None:
+        return ("partial" if outcome.completed else "failed"), outcome.stopped
     if outcome.aborted_by is not None:
         reason = outcome.failed[outcome.aborted_by]
         return "failed", f"step {outcome.aborted_by!r} failed (fail_fast): {reason}"
@@ -137,6 +155,8 @@ async def run(
     models: Mapping[str, ModelClient] | None = None,
     on_event: Listener | None = None,
     source: str | None = None,
+    max_cost_usd: float | None = None,
+    max_tokens: int | None = None,
 ) -> SessionResult:
     """Run a session to the end and return its result.
 
@@ -148,6 +168,8 @@ async def run(
         models: Model clients by name, added to (or replacing) the session's own.
         on_event: Called with every event as it happens (progress displays).
         source: The session file, recorded with the session.
+        max_cost_usd: Overrides the session's ``budget.max_cost_usd``.
+        max_tokens: Overrides the session's ``budget.max_tokens``.
 
     Raises:
         SpecErrors: the spec names models that cannot be used (unknown, no key), or
@@ -157,6 +179,15 @@ async def run(
     """
     registry = ModelRegistry(session_models=spec.models, config=load_config(), clients=models)
     spec, selected = apply_selection(spec, registry)
+    if max_cost_usd is not None or max_tokens is not None:
+        limits = spec.budget.model_copy(
+            update={
+                k: v
+                for k, v in {"max_cost_usd": max_cost_usd, "max_tokens": max_tokens}.items()
+                if v is not None
+            }
+        )
+        spec = spec.model_copy(update={"budget": limits})
     problems = validate_spec(spec, file=source, check_model=registry.check)
     if problems:
         raise SpecErrors(problems)
@@ -164,6 +195,20 @@ async def run(
     names = [
         name for step in spec.steps for name in [*spec.step_models(step), *step.extra_models()]
     ]
+    if spec.budget.max_cost_usd is not None:
+        unpriced = [n for n in dict.fromkeys(names) if registry.price_of(n) is None]
+        if unpriced:
+            listed = ", ".join(repr(n) for n in unpriced)
+            raise SpecErrors(
+                [
+                    SpecError(
+                        f"a cost budget needs a price for every model; {listed} has none "
+                        "(set input_cost_per_mtok and output_cost_per_mtok)",
+                        file=source,
+                        field="budget.max_cost_usd",
+                    )
+                ]
+            )
 
     owned: Store | None = None
     if store is DEFAULT_STORE or isinstance(store, str):
@@ -223,6 +268,7 @@ async def _run_recorded(
             else None
         ),
         cache=store.find_consensus if store is not None else None,
+        budget=Budget(max_cost_usd=spec.budget.max_cost_usd, max_tokens=spec.budget.max_tokens),
     )
     scheduler = Scheduler(
         graph,
@@ -234,6 +280,27 @@ async def _run_recorded(
             StepSkipped(session_id=session_id, step_id=step, reason=reason)
         ),
     )
+
+    def grow(
+        parent: str, added: list[StepSpec], sink: str, provenance: dict[str, tuple[str, ...]]
+    ) -> None:
+        base = len(graph)
+        emit(
+            StepsAdded(
+                session_id=session_id,
+                parent=parent,
+                steps=tuple(
+                    _step_info(spec, st, base + i, parent, provenance.get(st.id, ()))
+                    for i, st in enumerate(added)
+                ),
+            )
+        )
+        for st in added:
+            graph.add_step(st)
+        scheduler.add_steps(parent, [(st.id, list(st.depends_on)) for st in added], sink=sink)
+
+    executor.on_grow = grow
+    executor.on_stop = scheduler.stop
     started_at = utcnow()
     start = time.perf_counter()
     emit(

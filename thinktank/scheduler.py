@@ -48,6 +48,8 @@ class ScheduleOutcome:
     """Steps that never ran and why."""
     cancelled: list[str] = field(default_factory=list)
     """Steps that were running when fail_fast stopped the session."""
+    stopped: str | None = None
+    """Why the session stopped starting steps (``Scheduler.stop``), if it did."""
     aborted_by: str | None = None
     """Under fail_fast, the step whose failure stopped the session."""
     max_in_flight: int = 0
@@ -88,12 +90,15 @@ class Scheduler:
         self._send: MemoryObjectSendStream[str] | None = None
         self._phase_nodes: set[str] = set()
         self._left = 0
+        self._receive: MemoryObjectReceiveStream[str] | None = None
+        self._workers = 0
+        self._halt: str | None = None
 
     async def run(self) -> ScheduleOutcome:
         """Run every step not already done; return how each ended."""
         g = self.graph.graph
-        position = self._position = {n: d["position"] for n, d in g.nodes(data=True)}
-        for node in sorted(g, key=position.__getitem__):
+        self._position = {n: d["position"] for n, d in g.nodes(data=True)}
+        for node in sorted(g, key=self._position.__getitem__):
             if node in self._done:
                 continue
             self._waiting[node] = sum(1 for p in g.predecessors(node) if p not in self._done)
@@ -101,20 +106,64 @@ class Scheduler:
             nodes = list(self._waiting)
             await self._phase(nodes, [n for n in nodes if self._waiting[n] == 0])
         else:
-            for generation in self.graph.generations():
-                if self.outcome.aborted_by is not None:
+            # One topological generation at a time, recomputed after each so that steps
+            # added at run time join the right generation.
+            while self._halt is None:
+                ready = [
+                    n
+                    for n in sorted(self._waiting, key=self._position.__getitem__)
+                    if n not in self._finished
+                    and all(p in self._finished for p in g.predecessors(n))
+                ]
+                if not ready:
                     break
-                todo = [n for n in generation if n in self._waiting and n not in self._finished]
-                await self._phase(todo, todo)
-        if self.outcome.aborted_by is not None:
-            reason = f"not run: the session stopped when {self.outcome.aborted_by!r} failed"
-            for node in sorted(self._waiting, key=position.__getitem__):
+                await self._phase(ready, ready)
+        if self._halt is not None:
+            for node in sorted(self._waiting, key=self._position.__getitem__):
                 if node in self._started and node not in self._finished:
                     self._finished.add(node)
                     self.outcome.cancelled.append(node)
                 elif node not in self._finished:
-                    self._skip(node, reason)
+                    self._skip(node, self._halt)
         return self.outcome
+
+    def stop(self, reason: str) -> None:
+        """Start no new step; the steps in flight finish; the rest are skipped with
+        ``reason`` (a budget running out, for example)."""
+        if self._halt is None:
+            self._halt = reason
+            self.outcome.stopped = reason
+            if self._send is not None:
+                self._send.close()
+
+    def add_steps(self, parent: str, steps: list[tuple[str, list[str]]], *, sink: str) -> None:
+        """Grow the DAG while it runs: ``steps`` (id, dependencies) become nodes, and
+        every step waiting for ``parent`` now also waits for ``sink``.
+
+        Call it from ``parent``'s own execution, before it returns. The new steps must
+        already be in ``self.graph`` (``StepGraph.add_step``) and must not form a cycle
+        (they can only depend on ``parent``, on each other, or on finished steps).
+        """
+        g = self.graph.graph
+        waiting_on_parent = [
+            s for s in g.successors(parent) if s in self._waiting and s not in self._finished
+        ]
+        for succ in waiting_on_parent:
+            if succ not in {sid for sid, _ in steps}:
+                g.add_edge(sink, succ)
+                self._waiting[succ] += 1
+        for step_id, _deps in steps:
+            self._position[step_id] = g.nodes[step_id]["position"]
+            self._waiting[step_id] = sum(
+                1 for p in g.predecessors(step_id) if p not in self._finished
+            )
+            if self._scheduling == "eager":
+                self._phase_nodes.add(step_id)
+                self._left += 1
+                if self._waiting[step_id] == 0 and self._send is not None:
+                    self._send.send_nowait(step_id)
+        if self._scheduling == "eager":
+            self._spawn_workers()
 
     async def _phase(self, nodes: list[str], ready: list[str]) -> None:
         """Run ``nodes`` (``ready`` first) on a pool of at most ``limit`` workers.
@@ -127,20 +176,27 @@ class Scheduler:
         if not self._left:
             return
         send, receive = anyio.create_memory_object_stream[str](math.inf)
-        self._send = send
+        self._send, self._receive = send, receive
         with send, receive:
             for node in ready:
                 send.send_nowait(node)
             async with anyio.create_task_group() as tg:
                 self._tg = tg
-                for _ in range(min(self._limit, self._left)):
-                    tg.start_soon(self._worker, receive)
+                self._workers = 0
+                self._spawn_workers()
         self._tg = None
+        self._send = None
+
+    def _spawn_workers(self) -> None:
+        assert self._tg is not None and self._receive is not None
+        while self._workers < min(self._limit, self._left):
+            self._workers += 1
+            self._tg.start_soon(self._worker, self._receive)
 
     async def _worker(self, receive: MemoryObjectReceiveStream[str]) -> None:
         async for node in receive:
-            if self.outcome.aborted_by is not None:
-                # Handed over just before a fail_fast abort: it never starts.
+            if self._halt is not None:
+                # Handed over just before the session stopped: it never starts.
                 return
             self.in_flight += 1
             self._started.add(node)
@@ -158,7 +214,7 @@ class Scheduler:
                         if left is None:
                             continue
                         self._waiting[succ] = left - 1
-                        if left == 1 and succ not in self._finished:
+                        if left == 1 and succ not in self._finished and self._halt is None:
                             assert self._send is not None
                             self._send.send_nowait(succ)
             else:
@@ -166,6 +222,7 @@ class Scheduler:
                 if self._fail_fast:
                     if self.outcome.aborted_by is None:
                         self.outcome.aborted_by = node
+                        self._halt = f"not run: the session stopped when {node!r} failed"
                     assert self._tg is not None
                     self._tg.cancel_scope.cancel()
                     return
@@ -173,8 +230,7 @@ class Scheduler:
                 for desc in sorted(self.graph.descendants(node), key=self._position.__getitem__):
                     if desc not in self._finished:
                         self._skip(desc, reason)
-            if self._left <= 0:
-                assert self._send is not None
+            if self._left <= 0 and self._send is not None:
                 self._send.close()
 
     def _skip(self, node: str, reason: str) -> None:

@@ -26,6 +26,7 @@ from thinktank.providers.config import DEFAULT_MODEL, ModelConfig, ThinkTankConf
 
 __all__ = [
     "ID_PATTERN",
+    "BudgetSpec",
     "InputSpec",
     "ModelSelection",
     "ParallelExecution",
@@ -108,6 +109,15 @@ class ParallelExecution(_Spec):
                 "max_concurrent_calls": 1,
             }
         )
+
+
+class BudgetSpec(_Spec):
+    """What a session may spend; no new model call starts past it."""
+
+    max_cost_usd: Annotated[float, Field(ge=0)] | None = None
+    """USD (every model the session uses needs a price)."""
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    """Tokens, input plus output."""
 
 
 class ModelSelection(_Spec):
@@ -198,6 +208,10 @@ class StepSpec(_Spec):
 
     id: Annotated[str, Field(pattern=ID_PATTERN, max_length=100)]
     """Unique id; other steps refer to the output as ``{{ steps.ID.output }}``."""
+    kind: Literal["prompt", "decompose"] = "prompt"
+    """``prompt`` asks its model(s) the prompt; ``decompose`` asks each of its models
+    to split the problem into sub-problems, merges the plans, and adds one step per
+    sub-problem plus a synthesis step to the DAG while the session runs."""
     prompt: Annotated[str, Field(min_length=1)]
     """Prompt template (see :mod:`thinktank.templates`)."""
     description: str = ""
@@ -249,6 +263,16 @@ class StepSpec(_Spec):
     """Overrides the session's threshold for this step."""
     cache: bool = True
     """Reuse a stored consensus for the same prompt, models and settings."""
+    max_subproblems: Annotated[int, Field(ge=1, le=50)] = 8
+    """decompose: at most this many sub-steps (the most-proposed are kept)."""
+    sub_models: list[str] = []
+    """decompose: the model(s) of each sub-step (default: the step's first model)."""
+    synthesis_prompt: str | None = None
+    """decompose: the synthesis step's instruction (literal text; the sub-steps' answers
+    are appended). Default: answer the original problem from the sub-answers."""
+    template: bool = True
+    """False: ``prompt`` is literal text, not a template, and the outputs of
+    ``depends_on`` are appended to it as data (the steps decompose adds are so)."""
     retries: Annotated[int, Field(ge=0, le=10)] = 0
     """Extra attempts after a failed one."""
     timeout_ms: Annotated[int, Field(ge=1)] | None = None
@@ -273,9 +297,10 @@ class StepSpec(_Spec):
         return self
 
     def extra_models(self) -> list[str]:
-        """Models the step may call besides its own: the judge and escalations."""
+        """Models the step may call besides its own: the judge, escalations, and the
+        models of the steps a decompose step adds."""
         extra = [self.synthesizer] if self.synthesizer is not None else []
-        return extra + list(self.escalate_to)
+        return extra + list(self.escalate_to) + list(self.sub_models)
 
     def named_models(self) -> list[str]:
         """The models the step itself names (may be empty)."""
@@ -299,6 +324,8 @@ class SessionSpec(_Spec):
     """The spec's ``parallelExecution`` block."""
     model_selection: ModelSelection = ModelSelection()
     """The spec's ``modelSelection`` block."""
+    budget: BudgetSpec = BudgetSpec()
+    """Cost and token limits of one run."""
     steps: Annotated[list[StepSpec], Field(min_length=1)]
     """The steps, in file order."""
 
@@ -321,6 +348,7 @@ class SessionSpec(_Spec):
             "synthesis": "majority",
             "on_low_consensus": "continue",
             "escalate_to": [],
+            "sub_models": [],
         }
         steps = [s.model_copy(update=one) for s in self.steps]
         return self.model_copy(update={"steps": steps, "default_model": name})

@@ -12,11 +12,12 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping, Sequence
 from typing import Any
 
 import anyio
 
+from thinktank.budget import Budget
 from thinktank.calls import CallResult, PooledModel, call_model
 from thinktank.consensus import (
     Answer,
@@ -26,6 +27,13 @@ from thinktank.consensus import (
     Synthesis,
     judge_prompt,
     synthesize,
+)
+from thinktank.decompose import (
+    DECOMPOSE_INSTRUCTIONS,
+    MergedPlan,
+    Proposal,
+    merge_proposals,
+    parse_proposal,
 )
 from thinktank.events import ConsensusComputed, Event, StepFinished, StepStarted, utcnow
 from thinktank.parallel import gather
@@ -37,6 +45,8 @@ from thinktank.templates import render_template
 __all__ = ["CacheLookup", "StepExecutor", "cache_key", "sum_known"]
 
 Emit = Callable[[Event], None]
+Grow = Callable[[str, list[StepSpec], str, dict[str, tuple[str, ...]]], None]
+"""(parent, added steps, synthesis step id, provenance by step id) -> None."""
 CacheLookup = Callable[[str], Awaitable["StoredConsensus | None"]]
 """Finds a stored consensus by cache key (``Store.find_consensus``)."""
 
@@ -73,6 +83,7 @@ class StepExecutor:
         call_limiter: anyio.CapacityLimiter | None = None,
         outputs: MutableMapping[str, str | None] | None = None,
         cache: CacheLookup | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self.session_id = session_id
         self.spec = spec
@@ -85,6 +96,13 @@ class StepExecutor:
         self._steps: dict[str, StepSpec] = {s.id: s for s in spec.steps}
         self._embedder: Embedder | None = None
         self.cache = cache
+        self.aliases: dict[str, str] = {}
+        """decompose step id -> its synthesis step: what ``{{ steps.ID.output }}`` gives."""
+        self.budget = budget
+        self.on_stop: Callable[[str], None] | None = None
+        """Called when the budget runs out (the runner stops starting steps)."""
+        self.on_grow: Grow | None = None
+        """Called when a decompose step adds steps (the runner updates the DAG)."""
         self._models: dict[str, list[str]] = {s.id: spec.step_models(s) for s in spec.steps}
 
     async def __call__(self, step_id: str) -> str | None:
@@ -92,7 +110,7 @@ class StepExecutor:
         step = self._steps[step_id]
         models = self._models[step_id]
         timeout_ms = step.timeout_ms or self.settings.timeout_per_step_ms
-        prompt = render_template(step.prompt, self.inputs, self.outputs)
+        prompt = self._prompt(step)
         started_at = utcnow()
         start = time.perf_counter()
         calls: list[CallResult] = []
@@ -118,13 +136,21 @@ class StepExecutor:
                 # A bare deadline scope rather than fail_after: same semantics, less
                 # overhead on the per-step hot path.
                 with anyio.CancelScope(deadline=anyio.current_time() + timeout_ms / 1000) as scope:
-                    if len(models) == 1:
+                    if step.kind == "decompose":
+                        output, score, error = await self._decompose(step, models, request, calls)
+                    elif len(models) == 1:
                         output, score, error = await self._one(step, models[0], request, calls)
                     else:
                         output, score, error = await self._many(step, models, request, calls)
                 if scope.cancelled_caught:
                     output, score, error = None, None, f"timed out after {timeout_ms} ms"
                 if error is None:
+                    break
+                if self.budget is not None and self.budget.exhausted is not None:
+                    # No retry can start: stop the session from starting more steps.
+                    error = f"{error} ({self.budget.exhausted})"
+                    if self.on_stop is not None:
+                        self.on_stop(self.budget.exhausted)
                     break
         except anyio.get_cancelled_exc_class():
             self._finish(
@@ -139,6 +165,135 @@ class StepExecutor:
         else:
             self._finish(step_id, "failed", attempt, started_at, start, calls, None, error, score)
         return error
+
+    def _prompt(self, step: StepSpec) -> str:
+        """The step's prompt: a rendered template, or literal text with the outputs of
+        its dependencies appended as data (steps a decompose step added)."""
+        if step.template:
+            return render_template(step.prompt, self.inputs, _Aliased(self.outputs, self.aliases))
+        parts = [step.prompt]
+        for dep in step.depends_on:
+            out = self.outputs.get(self.aliases.get(dep, dep))
+            if out is not None and self._steps[dep].kind != "decompose":
+                parts.append(f"\n\n### Result of {dep}\n{out}")
+        return "".join(parts)
+
+    def add_steps(self, steps: Sequence[StepSpec]) -> None:
+        """Know steps added while the session runs."""
+        for step in steps:
+            self._steps[step.id] = step
+            self._models[step.id] = self.spec.step_models(step)
+
+    async def _decompose(
+        self, step: StepSpec, models: list[str], request: ModelRequest, calls: list[CallResult]
+    ) -> tuple[str | None, float | None, str | None]:
+        """Ask every model for a plan, merge the plans, and grow the DAG."""
+        step_limiter = anyio.CapacityLimiter(self.settings.max_concurrent_models)
+        limiters = self._limiters(step_limiter)
+        asked = dataclasses.replace(
+            request,
+            prompt=request.prompt + DECOMPOSE_INSTRUCTIONS.format(max_items=step.max_subproblems),
+        )
+        plans: dict[str, Proposal] = {}
+        bad: dict[str, str] = {}
+
+        async def propose(model: str) -> None:
+            req = asked
+            for try_ in range(2):
+                result = await call_model(
+                    self.clients[model],
+                    req,
+                    session_id=self.session_id,
+                    emit=self.emit,
+                    timeout_s=_seconds(step.call_timeout_ms),
+                    limiters=limiters,
+                    budget=self.budget,
+                )
+                calls.append(result)
+                if not result.ok:
+                    bad[model] = f"call failed: {result.error}"
+                    return
+                proposal, problem = parse_proposal(result.content or "")
+                if proposal is not None:
+                    plans[model] = proposal
+                    bad.pop(model, None)
+                    return
+                quoted = _quote(result.content or "")
+                bad[model] = f"{problem}; it answered {quoted}"
+                if try_ == 0:
+                    # One retry, telling the model what was wrong with its answer.
+                    req = dataclasses.replace(
+                        asked,
+                        prompt=asked.prompt
+                        + f"\n\nYour previous answer was not usable ({problem}). "
+                        "Answer with the JSON object only.",
+                    )
+
+        async with anyio.create_task_group() as tg:
+            for model in models:
+                tg.start_soon(propose, model, name=f"{step.id}:{model}")
+        if not plans:
+            reasons = "; ".join(f"{m}: {why}" for m, why in bad.items())
+            return None, None, f"no usable decomposition ({reasons})"
+        plan = merge_proposals(
+            [(m, plans[m]) for m in models if m in plans],
+            threshold=step.similarity_threshold,
+            max_items=step.max_subproblems,
+        )
+        self._grow(step, plan, request.prompt)
+        return plan.describe(), None, None
+
+    def _grow(self, step: StepSpec, plan: MergedPlan, problem: str) -> None:
+        taken = set(self._steps)
+
+        def fresh(base: str) -> str:
+            name, n = base, 1
+            while name in taken:
+                n += 1
+                name = f"{base}-{n}"
+            taken.add(name)
+            return name
+
+        sub_models = step.sub_models or [self._models[step.id][0]]
+        ids = [fresh(f"{step.id}-{i}") for i in range(1, len(plan.items) + 1)]
+        subs = [
+            StepSpec.model_validate(
+                {
+                    "id": ids[i],
+                    "prompt": item.prompt,
+                    "template": False,
+                    "depends_on": [step.id, *(ids[d] for d in sorted(item.depends_on))],
+                    **(
+                        {"model": sub_models[0]} if len(sub_models) == 1 else {"models": sub_models}
+                    ),
+                    "max_tokens": step.max_tokens,
+                    "temperature": step.temperature,
+                    "system": step.system,
+                }
+            )
+            for i, item in enumerate(plan.items)
+        ]
+        instruction = step.synthesis_prompt or (
+            "Answer the original problem below using the results of its sub-problems, "
+            "which follow it.\n\nOriginal problem:\n" + problem
+        )
+        sink = StepSpec.model_validate(
+            {
+                "id": fresh(f"{step.id}-synthesis"),
+                "prompt": instruction,
+                "template": False,
+                "depends_on": ids,
+                "model": step.synthesizer or self._models[step.id][0],
+                "max_tokens": step.max_tokens,
+                "system": step.system,
+            }
+        )
+        added = [*subs, sink]
+        provenance = {ids[i]: tuple(item.models) for i, item in enumerate(plan.items)}
+        self.add_steps(added)
+        self.aliases[step.id] = sink.id
+        if self.on_grow is not None:
+            self.on_grow(step.id, added, sink.id, provenance)
 
     def embedder(self) -> Embedder:
         """The sentence embedder for semantic agreement, loaded on first use."""
@@ -163,6 +318,7 @@ class StepExecutor:
             emit=self.emit,
             timeout_s=_seconds(step.call_timeout_ms),
             limiters=self._limiters(None),
+            budget=self.budget,
         )
         calls.append(result)
         if result.ok:
@@ -183,6 +339,7 @@ class StepExecutor:
                 emit=self.emit,
                 timeout_s=_seconds(step.call_timeout_ms),
                 limiters=limiters,
+                budget=self.budget,
             )
             calls.append(result)
             return result
@@ -438,6 +595,28 @@ def cache_key(
     }
     canonical = json.dumps(material, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class _Aliased(Mapping[str, "str | None"]):
+    """Step outputs where a decompose step's id reads its synthesis step's output."""
+
+    def __init__(self, outputs: Mapping[str, str | None], aliases: Mapping[str, str]) -> None:
+        self._outputs = outputs
+        self._aliases = aliases
+
+    def __getitem__(self, key: str) -> str | None:
+        return self._outputs[self._aliases.get(key, key)]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._outputs)
+
+    def __len__(self) -> int:
+        return len(self._outputs)
+
+
+def _quote(text: str, width: int = 200) -> str:
+    flat = " ".join(text.split())
+    return repr(flat if len(flat) <= width else flat[: width - 1] + "…")
 
 
 def _price(model: PooledModel | ModelClient) -> float | None:

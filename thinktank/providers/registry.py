@@ -235,6 +235,19 @@ class ModelRegistry:
             tags=tuple(getattr(entry, "tags", ())),
         )
 
+    def prices_of(self, name: str) -> tuple[float, float] | None:
+        """(input, output) USD per million tokens of a model; None when unknown."""
+        entry = self.entry(name)
+        if isinstance(entry, LocalModelConfig):
+            return 0.0, 0.0
+        inp = getattr(entry, "input_cost_per_mtok", None)
+        out = getattr(entry, "output_cost_per_mtok", None)
+        return None if inp is None or out is None else (inp, out)
+
+    def price_of(self, name: str) -> float | None:
+        """USD per million tokens (input + output) of a model; None when unknown."""
+        return _price(self.entry(name))
+
     def restricted_to(self, names: Iterable[str]) -> ModelRegistry:
         """A view of this registry that lists only ``names`` (resolution unchanged)."""
         view = ModelRegistry(
