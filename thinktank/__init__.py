@@ -29,6 +29,7 @@ from thinktank.errors import (
 from thinktank.graph import StepGraph
 from thinktank.providers.base import ModelClient, ModelRequest, ModelResponse
 from thinktank.providers.simulated import SimulatedModel, SimulatedModelConfig
+from thinktank.replay import ReplayReport, fork, replay, resume
 from thinktank.result import SessionResult, StepResult, Usage
 from thinktank.runner import DEFAULT_STORE, run, run_sync
 from thinktank.spec import (
@@ -60,6 +61,7 @@ __all__ = [
     "ParallelExecutionConfig",
     "ParallelResult",
     "ProviderError",
+    "ReplayReport",
     "RunError",
     "SessionResult",
     "SessionSpec",
@@ -79,8 +81,11 @@ __all__ = [
     "__version__",
     "dry_run",
     "execute_parallel",
+    "fork",
     "load_session",
     "parse_session",
+    "replay",
+    "resume",
     "run",
     "run_many",
     "run_sync",

@@ -40,10 +40,12 @@ from thinktank.render import (
     print_dry_run,
     print_models,
     print_parallel,
+    print_replay,
     print_result,
     print_sessions,
     print_stored_session,
 )
+from thinktank.replay import ReplayReport, fork, replay, resume
 from thinktank.result import SessionResult
 from thinktank.runner import DEFAULT_STORE, run
 from thinktank.schema import render_session_schema
@@ -437,6 +439,124 @@ def run_many_command(
     else:
         print_batch(result)
     sys.exit(EXIT_OK if result.counts().get("completed", 0) == len(rows) else EXIT_FAILED)
+
+
+def _finish_run(result: SessionResult, as_json: bool) -> NoReturn:
+    if as_json:
+        click.echo(json.dumps(result.model_dump(mode="json"), indent=2, ensure_ascii=False))
+    else:
+        print_result(result)
+    sys.exit(EXIT_OK if result.status == "completed" else EXIT_FAILED)
+
+
+@main.command("resume")
+@click.argument("session_id")
+@_db_option
+@_json_option
+@click.option("--no-progress", is_flag=True, help="Do not print progress.")
+def resume_command(session_id: str, db: str | None, as_json: bool, no_progress: bool) -> None:
+    """Finish an interrupted or killed session; nothing that finished runs again."""
+    progress = Progress(enabled=not no_progress)
+
+    async def go() -> SessionResult:
+        with progress:
+            return await resume(session_id, store=db, on_event=progress)
+
+    _finish_run(_run_async(go), as_json)
+
+
+@main.command("replay")
+@click.argument("session_id")
+@click.option(
+    "--synthesis",
+    type=click.Choice(["majority", "medoid", "weighted_merge", "union"]),
+    default=None,
+    help="Re-merge the stored answers with this method.",
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Re-merge with this consensus threshold.",
+)
+@click.option("--live", is_flag=True, help="Call the models again and report the differences.")
+@click.option(
+    "--record/--no-record",
+    default=None,
+    help="Store the replay as a new session (default: for re-merge and --live).",
+)
+@_db_option
+@_json_option
+def replay_command(
+    session_id: str,
+    synthesis: str | None,
+    threshold: float | None,
+    live: bool,
+    record: bool | None,
+    db: str | None,
+    as_json: bool,
+) -> None:
+    """Re-execute a stored session from its recorded answers (no network, no cost)."""
+
+    async def go() -> ReplayReport:
+        return await replay(
+            session_id,
+            store=db,
+            synthesis=synthesis,
+            threshold=threshold,
+            live=live,
+            record=record,
+        )
+
+    report = _run_async(go)
+    if as_json:
+        click.echo(report.model_dump_json(indent=2))
+    else:
+        print_replay(report)
+    sys.exit(EXIT_OK if report.matches or report.kind != "recorded" else EXIT_FAILED)
+
+
+@main.command("fork")
+@click.argument("session_id")
+@click.option("--step", required=True, help="The step to change and re-run.")
+@click.option(
+    "--prompt-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="A file holding the step's new prompt template.",
+)
+@click.option("--prompt", "prompt_text", default=None, help="The step's new prompt template.")
+@click.option("--models", default=None, help="Comma-separated models for the step.")
+@_db_option
+@_json_option
+@click.option("--no-progress", is_flag=True, help="Do not print progress.")
+def fork_command(
+    session_id: str,
+    step: str,
+    prompt_file: str | None,
+    prompt_text: str | None,
+    models: str | None,
+    db: str | None,
+    as_json: bool,
+    no_progress: bool,
+) -> None:
+    """A new session reusing everything upstream of --step; re-runs it and what follows."""
+    prompt = prompt_text
+    if prompt_file is not None:
+        try:
+            prompt = Path(prompt_file).read_text(encoding="utf-8")
+        except OSError as exc:
+            _fail([f"{prompt_file}: cannot read prompt file: {exc.strerror}"])
+    names = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    progress = Progress(enabled=not no_progress)
+
+    async def go() -> SessionResult:
+        with progress:
+            return await fork(
+                session_id, step=step, prompt=prompt, models=names, store=db, on_event=progress
+            )
+
+    _finish_run(_run_async(go), as_json)
 
 
 @main.command("validate")

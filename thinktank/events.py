@@ -122,6 +122,9 @@ class SessionStarted(Event):
     """The session file, when it came from one."""
     model_selection: dict[str, str] = field(default_factory=dict)
     """Models chosen by automatic selection, with the reason for each."""
+    origin: dict[str, Any] | None = None
+    """What the session was made from: ``{"kind": "replay"|"fork"|"resume",
+    "session_id": ...}``; None for a fresh run."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -16,6 +16,7 @@ from thinktank.ask import ParallelResult
 from thinktank.batch import BatchResult, summary_rows
 from thinktank.dryrun import DryRun
 from thinktank.providers.registry import ModelInfo
+from thinktank.replay import ReplayReport
 from thinktank.result import SessionResult, Usage
 from thinktank.store import SessionSummary, StoredSession, StoredStep
 
@@ -24,6 +25,7 @@ __all__ = [
     "print_dry_run",
     "print_models",
     "print_parallel",
+    "print_replay",
     "print_result",
     "print_sessions",
     "print_stored_session",
@@ -109,6 +111,39 @@ def print_result(result: SessionResult) -> None:
     console.print(line)
     if result.error:
         console.print(Text(result.error, style="red"))
+
+
+def print_replay(report: ReplayReport) -> None:
+    """What ``thinktank replay`` prints."""
+    console = _console()
+    what = {
+        "recorded": "replay from the recording",
+        "remerge": "re-merge of the stored answers",
+        "live": "live replay",
+    }[report.kind]
+    head = f"{what} of {report.original_id}"
+    if report.replay_id:
+        head += f" -> session {report.replay_id}"
+    console.print(head)
+    if report.matches:
+        console.print(Text(f"every step matches ({report.steps} steps)", style="green"))
+    else:
+        table = Table()
+        for column in ("step", "field", "original", "replay", "similarity"):
+            table.add_column(column, overflow="fold")
+        for d in report.diffs:
+            table.add_row(
+                d.step,
+                d.field,
+                _short(str(d.original), 50),
+                _short(str(d.replayed), 50),
+                "" if d.similarity is None else f"{d.similarity:.2f}",
+            )
+        console.print(table)
+        console.print(f"{len(report.diffs)} difference(s) over {report.steps} steps")
+    console.print(
+        f"cost: original {_cost(report.original_cost_usd)}, replay {_cost(report.replay_cost_usd)}"
+    )
 
 
 def print_batch(result: BatchResult) -> None:

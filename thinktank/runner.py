@@ -22,7 +22,9 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Final
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final, Literal
 
 import anyio
 from anyio.abc import TaskStatus
@@ -32,9 +34,12 @@ from thinktank.budget import Budget
 from thinktank.calls import PooledModel
 from thinktank.errors import SpecError, SpecErrors, StoreError
 from thinktank.events import (
+    CallFinished,
+    CallStarted,
     Event,
     SessionFinished,
     SessionStarted,
+    StepFinished,
     StepInfo,
     StepsAdded,
     StepSkipped,
@@ -53,7 +58,7 @@ from thinktank.spec import SessionSpec, StepSpec, validate_inputs
 from thinktank.steps import StepExecutor, sum_known
 from thinktank.store import Store
 
-__all__ = ["DEFAULT_STORE", "run", "run_sync"]
+__all__ = ["DEFAULT_STORE", "Restart", "SeedStep", "run", "run_sync"]
 
 
 class _DefaultStore:
@@ -103,6 +108,50 @@ class _Recorder:
     async def _write(self, batch: list[Event]) -> None:
         with anyio.CancelScope(shield=True):
             await self.store.write(batch)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SeedStep:
+    """The state a step starts in when a run continues from an earlier one."""
+
+    status: Literal["completed", "failed"]
+    """completed (not run again) or failed (stays failed)."""
+    output: str | None = None
+    """Its output, for completed steps."""
+    error: str | None = None
+    """Why it failed."""
+    input_tokens: int | None = 0
+    output_tokens: int | None = 0
+    cost_usd: float | None = 0.0
+
+
+@dataclass(kw_only=True)
+class Restart:
+    """How a run continues from stored state: resume, replay and fork use it.
+
+    ``run`` with a ``Restart`` is still the one execution path: the same scheduler,
+    executor and recorder, started from ``seed`` instead of from nothing.
+    """
+
+    session_id: str | None = None
+    """Continue this session (resume) instead of starting a new one."""
+    seed: dict[str, SeedStep] = field(default_factory=dict)
+    """Steps that need no run: completed ones are skipped, failed ones stay failed."""
+    record_seed: bool = True
+    """Write the seeded steps into the (new) session's rows (fork, replay); a resumed
+    session already has them."""
+    extra_steps: list[tuple[StepSpec, str, tuple[str, ...]]] = field(default_factory=list)
+    """Steps an earlier run's decompose steps added: (spec, parent, provenance)."""
+    aliases: dict[str, str] = field(default_factory=dict)
+    """decompose step -> its synthesis step."""
+    attempt_base: dict[str, int] = field(default_factory=dict)
+    """Attempts each step already made."""
+    lost_calls: list[CallStarted] = field(default_factory=list)
+    """Calls an earlier run started and never finished: closed as lost first."""
+    wrap: Callable[[str, PooledModel], PooledModel] | None = None
+    """Replaces model clients (recorded responses for replay and resume)."""
+    origin: dict[str, Any] | None = None
+    """What this run was made from (kind and session), stored with the session."""
 
 
 def _step_info(
@@ -157,6 +206,7 @@ async def run(
     source: str | None = None,
     max_cost_usd: float | None = None,
     max_tokens: int | None = None,
+    restart: Restart | None = None,
 ) -> SessionResult:
     """Run a session to the end and return its result.
 
@@ -170,6 +220,7 @@ async def run(
         source: The session file, recorded with the session.
         max_cost_usd: Overrides the session's ``budget.max_cost_usd``.
         max_tokens: Overrides the session's ``budget.max_tokens``.
+        restart: Continue from stored state (``thinktank.replay`` builds these).
 
     Raises:
         SpecErrors: the spec names models that cannot be used (unknown, no key), or
@@ -192,9 +243,8 @@ async def run(
     if problems:
         raise SpecErrors(problems)
     values = validate_inputs(spec, inputs)
-    names = [
-        name for step in spec.steps for name in [*spec.step_models(step), *step.extra_models()]
-    ]
+    all_steps = [*spec.steps, *(st for st, _, _ in (restart.extra_steps if restart else []))]
+    names = [name for step in all_steps for name in [*spec.step_models(step), *step.extra_models()]]
     if spec.budget.max_cost_usd is not None:
         unpriced = [n for n in dict.fromkeys(names) if registry.price_of(n) is None]
         if unpriced:
@@ -221,7 +271,11 @@ async def run(
     )
     try:
         pool = registry.build(names, http)
-        return await _run_recorded(spec, values, store, pool, on_event, source, selected)
+        if restart is not None and restart.wrap is not None:
+            pool = {name: restart.wrap(name, pooled) for name, pooled in pool.items()}
+        return await _run_recorded(
+            spec, values, store, pool, on_event, source, selected, restart or Restart()
+        )
     finally:
         # Shielded: an interrupted run must still release its connections.
         with anyio.CancelScope(shield=True):
@@ -239,9 +293,10 @@ async def _run_recorded(
     on_event: Listener | None,
     source: str | None,
     selected: dict[str, str],
+    restart: Restart,
 ) -> SessionResult:
     # uuid4, not v7: a random prefix keeps `thinktank show <first 8 chars>` unambiguous.
-    session_id = str(uuid.uuid4())
+    session_id = restart.session_id or str(uuid.uuid4())
     settings = spec.parallel_execution.effective()
     collector = ResultCollector()
     recorder = _Recorder(store) if store is not None else None
@@ -256,6 +311,8 @@ async def _run_recorded(
             listener(event)
 
     graph = StepGraph(spec)
+    for extra, _parent, _prov in restart.extra_steps:
+        graph.add_step(extra)
     executor = StepExecutor(
         session_id=session_id,
         spec=spec,
@@ -279,7 +336,15 @@ async def _run_recorded(
         on_skip=lambda step, reason: emit(
             StepSkipped(session_id=session_id, step_id=step, reason=reason)
         ),
+        done=[k for k, v in restart.seed.items() if v.status == "completed"],
+        failed={k: v.error or "failed" for k, v in restart.seed.items() if v.status == "failed"},
     )
+    executor.add_steps([st for st, _, _ in restart.extra_steps])
+    executor.aliases.update(restart.aliases)
+    executor.attempt_base.update(restart.attempt_base)
+    for key, seeded in restart.seed.items():
+        if seeded.status == "completed":
+            executor.outputs[key] = seeded.output
 
     def grow(
         parent: str, added: list[StepSpec], sink: str, provenance: dict[str, tuple[str, ...]]
@@ -310,12 +375,18 @@ async def _run_recorded(
             spec=spec.model_dump(mode="json"),
             inputs=values,
             parallel_execution_config=spec.parallel_execution_wire(),
-            steps=_steps_info(spec),
+            steps=_steps_info(spec)
+            + tuple(
+                _step_info(spec, st, len(spec.steps) + i, parent, prov)
+                for i, (st, parent, prov) in enumerate(restart.extra_steps)
+            ),
             source=source,
             model_selection=selected,
+            origin=restart.origin,
             at=started_at,
         )
     )
+    _seed(restart, session_id, collector, emit, started_at)
 
     def finish(status: Any, error: str | None) -> None:
         usages = [u for k in collector.steps if (u := collector.step_usage(k)) is not None]
@@ -350,7 +421,8 @@ async def _run_recorded(
             except anyio.get_cancelled_exc_class():
                 finish("interrupted", "interrupted before the session finished")
                 raise
-            finish(*_session_status(outcome, len(graph)))
+            reused = sum(1 for v in restart.seed.values() if v.status == "completed")
+            finish(*_session_status(outcome, len(graph) - reused))
         finally:
             if recorder is not None:
                 recorder.send.close()
@@ -377,6 +449,46 @@ async def _run_recorded(
     result = collector.result
     assert result is not None
     return result
+
+
+def _seed(
+    restart: Restart,
+    session_id: str,
+    collector: ResultCollector,
+    emit: Callable[[Event], None],
+    at: datetime,
+) -> None:
+    """Put seeded steps and lost calls where the run's result and store expect them."""
+    for lost in restart.lost_calls:
+        emit(
+            CallFinished(
+                session_id=session_id,
+                step_id=lost.step_id,
+                call_id=lost.call_id,
+                model=lost.model,
+                attempt=lost.attempt,
+                status="cancelled",
+                started_at=lost.at,
+                error="lost: the process stopped before the call finished",
+            )
+        )
+    for key, seeded in restart.seed.items():
+        finished = StepFinished(
+            session_id=session_id,
+            step_id=key,
+            status=seeded.status,
+            attempts=restart.attempt_base.get(key, 0),
+            started_at=at,
+            output=seeded.output,
+            error=seeded.error,
+            input_tokens=seeded.input_tokens,
+            output_tokens=seeded.output_tokens,
+            cost_usd=seeded.cost_usd,
+        )
+        if restart.record_seed:
+            emit(finished)
+        else:
+            collector(finished)
 
 
 _FROZEN = 0

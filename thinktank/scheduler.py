@@ -20,7 +20,7 @@ session never holds 10,000 waiting tasks.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -69,6 +69,7 @@ class Scheduler:
         failure_strategy: Literal["fail_fast", "best_effort"] = "best_effort",
         on_skip: OnSkip | None = None,
         done: Iterable[str] = (),
+        failed: Mapping[str, str] | None = None,
     ) -> None:
         if max_concurrent_steps < 1:
             raise ValueError("max_concurrent_steps must be >= 1")
@@ -78,7 +79,8 @@ class Scheduler:
         self._scheduling = scheduling
         self._fail_fast = failure_strategy == "fail_fast"
         self._on_skip = on_skip
-        self._done = set(done)
+        self._done = set(done) | set(failed or {})
+        self._failed_before = dict(failed or {})
         self.outcome = ScheduleOutcome()
         self.in_flight = 0
         """Steps running right now (observable while the session runs)."""
@@ -102,8 +104,16 @@ class Scheduler:
             if node in self._done:
                 continue
             self._waiting[node] = sum(1 for p in g.predecessors(node) if p not in self._done)
+        for node, error in self._failed_before.items():
+            # Failed in an earlier run (resume, fork): still failed; its descendants
+            # that have not run are skipped again.
+            self.outcome.failed[node] = error
+            reason = f"upstream step {node!r} failed: {error}"
+            for desc in sorted(self.graph.descendants(node), key=self._position.__getitem__):
+                if desc not in self._finished:
+                    self._skip(desc, reason)
         if self._scheduling == "eager":
-            nodes = list(self._waiting)
+            nodes = [n for n in self._waiting if n not in self._finished]
             await self._phase(nodes, [n for n in nodes if self._waiting[n] == 0])
         else:
             # One topological generation at a time, recomputed after each so that steps

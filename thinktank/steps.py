@@ -96,6 +96,8 @@ class StepExecutor:
         self._steps: dict[str, StepSpec] = {s.id: s for s in spec.steps}
         self._embedder: Embedder | None = None
         self.cache = cache
+        self.attempt_base: dict[str, int] = {}
+        """Attempts a step already made in an earlier run (resume numbers on from there)."""
         self.aliases: dict[str, str] = {}
         """decompose step id -> its synthesis step: what ``{{ steps.ID.output }}`` gives."""
         self.budget = budget
@@ -119,7 +121,8 @@ class StepExecutor:
         score: float | None = None
         attempt = 0
         try:
-            for attempt in range(1, step.retries + 2):
+            base = self.attempt_base.get(step_id, 0)
+            for attempt in range(base + 1, base + step.retries + 2):
                 self.emit(
                     StepStarted(
                         session_id=self.session_id, step_id=step_id, attempt=attempt, prompt=prompt

@@ -1,0 +1,183 @@
+"""Crash safety: SIGKILL a running session at random points, resume it, check the rows.
+
+The models are served by the loopback fake server in this process, which counts every
+request it receives, so "no finished call was sent again" is checked at the server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import anyio
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+import thinktank
+
+from .conftest import REPO
+from .fakeserver import FakeServer, Fault, run_fake_server
+
+pytestmark = pytest.mark.slow
+
+
+def session_file(tmp_path: Path, server: FakeServer) -> Path:
+    model = {
+        "provider": "openai",
+        "model": "m",
+        "base_url": server.url + "/v1",
+        "max_retries": 0,
+        "timeout_s": 10,
+    }
+    # Every prompt starts with its step id, so the server can count requests per step.
+    steps = [{"id": "root", "prompt": "root: question", "model": "a"}]
+    for i in range(10):
+        steps.append(
+            {
+                "id": f"mid{i}",
+                "prompt": f"mid{i}: {{{{ steps.root.output }}}}",
+                "models": ["a", "b"],
+                "depends_on": ["root"],
+            }
+        )
+    steps.append(
+        {
+            "id": "sink",
+            "prompt": "sink: " + " ".join(f"{{{{ steps.mid{i}.output }}}}" for i in range(10)),
+            "model": "b",
+            "depends_on": [f"mid{i}" for i in range(10)],
+        }
+    )
+    path = tmp_path / "crash.json"
+    path.write_text(
+        json.dumps(
+            {
+                "name": "crash",
+                "models": {"a": model, "b": {**model, "model": "n"}},
+                "parallel_execution": {"max_concurrent_steps": 2},
+                "steps": steps,
+            }
+        )
+    )
+    return path
+
+
+WIRE_NAME = {"a": "m", "b": "n"}
+
+
+def request_counts(server: FakeServer) -> Counter[tuple[str, str]]:
+    """Requests the server received, per (step id, wire model name)."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for r in server.requests:
+        prompt = r.json["messages"][-1]["content"] if r.json else ""
+        counts[(prompt.split(":")[0], str(r.model))] += 1
+    return counts
+
+
+def _started(db: Path) -> bool:
+    if not db.exists():
+        return False
+    try:
+        con = sqlite3.connect(db, timeout=0.1)
+        try:
+            return bool(con.execute("select count(*) from thinktank_sessions").fetchone()[0])
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return False
+
+
+def ok_calls(db: Path) -> set[tuple[str, str]]:
+    con = sqlite3.connect(db)
+    try:
+        rows = con.execute(
+            "select s.step_key, c.model_id from thinktank_parallel_executions c "
+            "join thinktank_steps s on s.id = c.step_id where c.status = 'ok'"
+        ).fetchall()
+    finally:
+        con.close()
+    return {(k, m) for k, m in rows}
+
+
+@settings(
+    max_examples=6,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(kill_after=st.floats(min_value=0.0, max_value=1.8))
+def test_sigkill_then_resume_finishes_every_step_exactly_once(
+    tmp_path_factory: pytest.TempPathFactory, kill_after: float
+) -> None:
+    """Killed at any point and resumed: every step completes once, no finished call is
+    re-sent, and no row is left half-written."""
+    tmp_path = tmp_path_factory.mktemp("crash")
+    with run_fake_server() as server:
+        server.add_faults(*[Fault.slow(0.25)] * 200)
+        path = session_file(tmp_path, server)
+        db = tmp_path / "t.db"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("THINKTANK_")}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "thinktank", "run", str(path), "--db", str(db), "--no-progress"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            cwd=REPO,
+        )
+        # Wait until the session is recorded (start-up takes a while), then kill it
+        # somewhere in its ~1.8 s of model calls.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not _started(db):
+            time.sleep(0.02)
+        time.sleep(kill_after)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        if not db.exists():
+            event("killed before the store existed")
+            return  # nothing to resume
+        con = sqlite3.connect(db)
+        try:
+            sessions = con.execute("select id, status from thinktank_sessions").fetchall()
+        finally:
+            con.close()
+        if not sessions:
+            return
+        sid, status = sessions[0]
+        finished_before = ok_calls(db)
+        sent_before = request_counts(server)
+        if status == "completed":
+            event("finished before the kill")
+            return
+        event(f"resumed after {len(finished_before)} finished calls")
+        result = anyio.run(lambda: thinktank.resume(sid, store=str(db)))
+        assert result.status == "completed", result.error
+        sent_after = request_counts(server)
+
+    con = sqlite3.connect(db)
+    try:
+        assert con.execute("pragma integrity_check").fetchone() == ("ok",)
+        steps = con.execute("select step_key, status from thinktank_steps").fetchall()
+        running = con.execute(
+            "select count(*) from thinktank_parallel_executions where status = 'running'"
+        ).fetchone()[0]
+        ok_per_pair = con.execute(
+            "select s.step_key, c.model_id, count(*) from thinktank_parallel_executions c "
+            "join thinktank_steps s on s.id = c.step_id where c.status = 'ok' "
+            "group by s.step_key, c.model_id"
+        ).fetchall()
+    finally:
+        con.close()
+    assert sorted(k for k, _ in steps) == sorted(["root", "sink", *(f"mid{i}" for i in range(10))])
+    assert all(status == "completed" for _, status in steps)
+    assert running == 0
+    assert all(n == 1 for _, _, n in ok_per_pair)  # each answer recorded once
+    for step_key, model in finished_before:
+        key = (step_key, WIRE_NAME[model])
+        assert sent_after[key] == sent_before[key], f"{key} was sent again after it finished"

@@ -1,0 +1,161 @@
+"""Resume, replay, re-merge and fork from the database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+from click.testing import CliRunner
+
+import thinktank
+from thinktank.cli import main
+from thinktank.errors import ProviderError, UsageError
+from thinktank.events import CallStarted, Event
+from thinktank.providers.base import ModelRequest
+from thinktank.replay import RecordedClient
+from thinktank.spec import parse_session
+
+from .conftest import SESSIONS
+from .test_examples import CASES
+
+
+@pytest.mark.parametrize("path", CASES)
+async def test_replay_of_every_example_matches(path: Path, tmp_path: Path) -> None:
+    """Replaying a stored example from its recording reproduces every output and merge."""
+    db = str(tmp_path / "t.db")
+    spec = thinktank.load_session(path)
+    result = await thinktank.run(spec, store=db, source=str(path))
+    report = await thinktank.replay(result.session_id, store=db)
+    assert report.matches, report.diffs
+    assert report.replay_id is None and report.replay_cost_usd == 0.0
+
+
+async def test_remerge_writes_a_new_record_and_leaves_the_original(tmp_path: Path) -> None:
+    """Re-merging with another method changes only a new replay session's consensus."""
+    db = str(tmp_path / "t.db")
+    spec = thinktank.load_session(SESSIONS / "consensus.yaml")
+    result = await thinktank.run(spec, store=db)
+    async with await thinktank.Store.open(db) as store:
+        before = await store.get_session(result.session_id)
+    report = await thinktank.replay(result.session_id, store=db, synthesis="medoid", threshold=0.5)
+    assert report.kind == "remerge" and report.replay_id is not None
+    async with await thinktank.Store.open(db) as store:
+        after = await store.get_session(result.session_id)
+        new = await store.get_session(report.replay_id)
+    assert after == before
+    ask = new.step("ask")
+    assert ask.consensus is not None and ask.consensus.method == "medoid"
+    assert ask.consensus.threshold == 0.5
+    assert [c.response for c in ask.calls] == [c.response for c in before.step("ask").calls]
+    assert {d.field for d in report.diffs} <= {"method", "outcome", "output"}
+
+
+async def test_missing_recording_names_step_and_model() -> None:
+    """A call with no recording is an error naming the step and model, not a live call."""
+    client = RecordedClient("m1", "x", {}, by_attempt=True)
+    with pytest.raises(ProviderError, match="no recording for step 'ask', model 'm1', attempt 1"):
+        await client.complete(ModelRequest(prompt="p", step_id="ask", attempt=1))
+
+
+async def test_fork_reuses_upstream_and_reruns_descendants(tmp_path: Path) -> None:
+    """fork calls no model for upstream steps and re-runs exactly the step and below."""
+    db = str(tmp_path / "t.db")
+    spec = thinktank.load_session(SESSIONS / "diamond.yaml")
+    original = await thinktank.run(spec, store=db)
+    seen: list[Event] = []
+    forked = await thinktank.fork(
+        original.session_id,
+        step="cons",
+        prompt="Only the worst risk.",
+        store=db,
+        on_event=seen.append,
+    )
+    called = {e.step_id for e in seen if isinstance(e, CallStarted)}
+    assert called == {"cons", "verdict"}
+    assert forked.status == "completed"
+    assert forked.steps["plan"].output == original.steps["plan"].output
+    assert forked.steps["pros"].output == original.steps["pros"].output
+    assert forked.steps["cons"].prompt == "Only the worst risk."
+    async with await thinktank.Store.open(db) as store:
+        stored = await store.get_session(forked.session_id)
+    assert stored.step("plan").status == "completed" and stored.step("plan").calls == []
+    with pytest.raises(UsageError, match="has no step 'nope'"):
+        await thinktank.fork(original.session_id, step="nope", store=db)
+
+
+async def test_resume_finishes_an_interrupted_session_without_resending(tmp_path: Path) -> None:
+    """An interrupted session resumes under the same id; finished steps are not re-run."""
+    db = str(tmp_path / "t.db")
+    spec = parse_session(
+        {
+            "name": "slow",
+            "models": {
+                "fast": {"provider": "simulated", "default_reply": "quick"},
+                "slow": {
+                    "provider": "simulated",
+                    "default_reply": "late",
+                    "latency": {"kind": "fixed", "ms": 400},
+                },
+            },
+            "steps": [
+                {"id": "a", "prompt": "p", "model": "fast"},
+                {"id": "b", "prompt": "q", "model": "slow"},
+                {
+                    "id": "c",
+                    "prompt": "{{ steps.a.output }} {{ steps.b.output }}",
+                    "model": "fast",
+                    "depends_on": ["a", "b"],
+                },
+            ],
+        }
+    )
+    first: list[Event] = []
+    with anyio.move_on_after(0.15):
+        await thinktank.run(spec, store=db, on_event=first.append)
+    sid = first[0].session_id
+    resumed: list[Event] = []
+    result = await thinktank.resume(sid, store=db, on_event=resumed.append)
+    assert result.session_id == sid and result.status == "completed"
+    assert {e.step_id for e in resumed if isinstance(e, CallStarted)} == {"b", "c"}
+    assert result.steps["c"].prompt == "quick late"
+    async with await thinktank.Store.open(db) as store:
+        stored = await store.get_session(sid)
+    assert stored.status == "completed"
+    assert all(c.status != "running" for s in stored.steps for c in s.calls)
+    assert [c.status for c in stored.step("b").calls] == ["cancelled", "ok"]
+    with pytest.raises(UsageError, match="already completed"):
+        await thinktank.resume(sid, store=db)
+
+
+def test_replay_and_fork_commands(tmp_path: Path) -> None:
+    """The CLI replays (exit 0 on a match), re-merges and forks."""
+    db = str(tmp_path / "t.db")
+    runner = CliRunner()
+    out = runner.invoke(main, ["run", str(SESSIONS / "consensus.yaml"), "--db", db, "--json"])
+    import json
+
+    sid = json.loads(out.stdout)["session_id"]
+    rep = runner.invoke(main, ["replay", sid[:8], "--db", db])
+    assert rep.exit_code == 0 and "every step matches" in rep.stdout
+    remerge = runner.invoke(main, ["replay", sid, "--db", db, "--synthesis", "medoid"])
+    assert remerge.exit_code == 0 and "re-merge" in remerge.stdout
+    prompt = tmp_path / "p.txt"
+    prompt.write_text("Say one thing about {{ steps.ask.output }}.")
+    fk = runner.invoke(
+        main,
+        [
+            "fork",
+            sid,
+            "--step",
+            "explain",
+            "--prompt-file",
+            str(prompt),
+            "--db",
+            db,
+            "--no-progress",
+        ],
+    )
+    assert fk.exit_code == 0, fk.stderr
+    bad = runner.invoke(main, ["fork", sid, "--step", "zzz", "--db", db])
+    assert bad.exit_code == 2 and "has no step 'zzz'" in bad.stderr
