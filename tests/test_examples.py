@@ -44,7 +44,12 @@ async def test_example_runs_and_is_stored(path: Path, tmp_path: Path) -> None:
     assert all(s.output for s in result.steps.values())
     async with await thinktank.Store.open(str(db)) as store:
         stored = await store.get_session(result.session_id)
-    assert [s.step_key for s in stored.steps] == [s.id for s in spec.steps]
+    declared = [s for s in stored.steps if s.parent is None]
+    assert [s.step_key for s in declared] == [s.id for s in spec.steps]
+    added = [s for s in stored.steps if s.parent is not None]
+    assert sorted(s.step_key for s in added) == sorted(
+        set(result.steps) - set(s.id for s in spec.steps)
+    )
     assert all(s.status == "completed" for s in stored.steps)
 
 
