@@ -32,6 +32,7 @@ __all__ = [
     "StepStarted",
     "StepStatus",
     "StepsAdded",
+    "event_from_dict",
     "utcnow",
 ]
 
@@ -338,3 +339,53 @@ class SessionFinished(Event):
     """Steps that failed (or were cancelled)."""
     steps_skipped: int = 0
     """Steps skipped because a dependency failed (or never started)."""
+
+
+def _event_classes() -> dict[str, type[Event]]:
+    # From the module's names, not Event.__subclasses__(): dataclass(slots=True)
+    # replaces each class, and the replaced ones linger among the subclasses.
+    return {
+        obj.type: obj
+        for obj in globals().values()
+        if isinstance(obj, type) and issubclass(obj, Event) and obj is not Event
+    }
+
+
+def event_from_dict(data: dict[str, Any]) -> Event:
+    """Rebuild an event from ``event.to_dict()`` (the events table, exports).
+
+    Raises:
+        ValueError: an unknown event type or a field the event does not have.
+    """
+    classes = _event_classes()
+    kind = data.get("type")
+    cls = classes.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ValueError(f"unknown event type {kind!r}")
+    values: dict[str, Any] = {}
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in data.items():
+        if key == "type":
+            continue
+        if key not in names:
+            raise ValueError(f"{kind}: unknown field {key!r}")
+        if key in ("at", "started_at") and isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        elif key == "steps" and isinstance(value, list):
+            value = tuple(
+                StepInfo(
+                    **{
+                        **s,
+                        "depends_on": tuple(s["depends_on"]),
+                        "models": tuple(s["models"]),
+                        "provenance": tuple(s.get("provenance", ())),
+                    }
+                )
+                for s in value
+            )
+        elif key in ("included_call_ids", "clusters", "items") and isinstance(value, list):
+            value = tuple(value)
+        elif key == "escalation" and isinstance(value, list):
+            value = tuple(tuple(r) for r in value)
+        values[key] = value
+    return cls(**values)

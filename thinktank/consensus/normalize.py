@@ -19,6 +19,7 @@ answers. It is idempotent: ``normalize_answer(normalize_answer(x)) == normalize_
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Callable
@@ -114,6 +115,9 @@ def extract_answer(text: str) -> str:
         current = extracted
 
 
+# Pure and hot: quorum re-checks agreement on every arrival, so the same answers are
+# normalised again and again (~27 times per 5-model quorum run before caching).
+@functools.lru_cache(maxsize=4096)
 def normalize_answer(text: str) -> str:
     """Reduce a model response to a canonical answer string for comparison.
 
