@@ -112,7 +112,8 @@ class SessionStarted(Event):
     name: str
     """The session's name."""
     spec: dict[str, Any]
-    """The whole validated session spec (JSON-ready)."""
+    """The whole validated session spec (JSON-ready); empty when the run records
+    nothing (``store=None``), since only the store reads it."""
     inputs: dict[str, Any]
     """The inputs it runs with."""
     parallel_execution_config: dict[str, Any]

@@ -372,7 +372,8 @@ async def _run_recorded(
         SessionStarted(
             session_id=session_id,
             name=spec.name,
-            spec=spec.model_dump(mode="json"),
+            # Dumping a 10,000-step spec costs ~0.1 s: only the store needs it.
+            spec=spec.model_dump(mode="json") if recorder is not None else {},
             inputs=values,
             parallel_execution_config=spec.parallel_execution_wire(),
             steps=_steps_info(spec)
