@@ -1,8 +1,13 @@
-"""The store: events in, rows out, sessions back; on a real SQLite file."""
+"""The store: events in, rows out, sessions back; on a SQLite file and on PostgreSQL.
+
+Tests that take the ``store`` (or ``db_url``) fixture run once per backend (ids
+``sqlite`` and ``postgres``; see ``tests/pg.py`` for where the server comes from).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import sqlite3
 import uuid
@@ -18,6 +23,7 @@ import pytest
 from sqlalchemy import DateTime
 from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 
+from tests import pg
 from thinktank.errors import StoreError, UnknownSessionError
 from thinktank.events import (
     CallFinished,
@@ -28,6 +34,7 @@ from thinktank.events import (
     SessionStarted,
     StepFinished,
     StepInfo,
+    StepsAdded,
     StepSkipped,
     StepStarted,
 )
@@ -38,6 +45,11 @@ from thinktank.store import (
     normalize_db_url,
 )
 from thinktank.store._write import _sqlite_datetime, event_payload
+
+# The PostgreSQL fixtures (see tests/pg.py), by assignment so that pytest finds them here.
+pg_server = pg.pg_server
+pg_url = pg.pg_url
+db_url = pg.db_url
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -175,13 +187,24 @@ def simple_session(n_steps: int, *, start: float = 0, name: str = "demo") -> lis
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    """A store on a fresh SQLite file, closed after the test."""
-    opened = await Store.open(str(tmp_path / "tt.db"))
+async def store(db_url: str) -> AsyncIterator[Store]:
+    """A store on a fresh database of each backend, closed after the test."""
+    opened = await Store.open(db_url)
     try:
         yield opened
     finally:
         await opened.close()
+
+
+async def fetch_all(store: Store, sql: str) -> list[tuple[Any, ...]]:
+    """The rows of a raw SQL query on the store's database (either backend)."""
+    async with store._reader() as conn:
+        return [tuple(row) for row in await conn.exec_driver_sql(sql)]
+
+
+def as_json(value: Any) -> Any:
+    """A JSON column's value as Python: SQLite returns text, PostgreSQL decoded JSONB."""
+    return json.loads(value) if isinstance(value, str) else value
 
 
 async def test_full_session_round_trip(store: Store) -> None:
@@ -344,20 +367,18 @@ async def test_full_session_round_trip(store: Store) -> None:
     assert json.loads(json.dumps(dumped)) == dumped
 
 
-async def test_events_are_logged_in_order_with_their_payload(store: Store, tmp_path: Path) -> None:
+async def test_events_are_logged_in_order_with_their_payload(store: Store) -> None:
     """thinktank_events holds every event, in write order, with ``to_dict()`` as payload."""
     events = simple_session(3)
     await store.write(events[:5])
     await store.write(events[5:])
-    with sqlite3.connect(tmp_path / "tt.db") as db:
-        rows = db.execute(
-            "SELECT type, step_key, session_id, payload FROM thinktank_events ORDER BY id"
-        ).fetchall()
-    db.close()
+    rows = await fetch_all(
+        store, "SELECT type, step_key, session_id, payload FROM thinktank_events ORDER BY id"
+    )
     assert [r[0] for r in rows] == [e.type for e in events]
     assert [r[1] for r in rows] == [getattr(e, "step_id", None) for e in events]
     assert {r[2] for r in rows} == {events[0].session_id}
-    assert [json.loads(r[3]) for r in rows] == [e.to_dict() for e in events]
+    assert [as_json(r[3]) for r in rows] == [e.to_dict() for e in events]
 
 
 async def test_event_payload_equals_to_dict() -> None:
@@ -401,7 +422,7 @@ class NoteAdded(Event):
     seen: datetime | None
 
 
-async def test_unknown_events_are_logged_only(store: Store, tmp_path: Path) -> None:
+async def test_unknown_events_are_logged_only(store: Store) -> None:
     """An event type the store does not know is logged and changes no row."""
     events = simple_session(1)
     sid = events[0].session_id
@@ -410,10 +431,8 @@ async def test_unknown_events_are_logged_only(store: Store, tmp_path: Path) -> N
     await store.write([NoteAdded(session_id=sid, step_id="s0", notes=("n",), seen=at(1))])
     assert await store.get_session(sid) == before
     assert (await store.count_rows())["thinktank_events"] == 3
-    with sqlite3.connect(tmp_path / "tt.db") as db:
-        last = db.execute("SELECT type, step_key FROM thinktank_events ORDER BY id DESC").fetchone()
-    db.close()
-    assert last == ("note_added", "s0")
+    rows = await fetch_all(store, "SELECT type, step_key FROM thinktank_events ORDER BY id DESC")
+    assert rows[0] == ("note_added", "s0")
 
 
 async def test_call_started_and_finished_in_one_batch(store: Store) -> None:
@@ -556,9 +575,10 @@ def _with_session(event: Event, session_id: str) -> Event:
     return dataclasses.replace(event, session_id=session_id)
 
 
-async def test_sqlite_runs_in_wal_mode(store: Store, tmp_path: Path) -> None:
+async def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
     """The database file is in WAL mode."""
-    await store.write(simple_session(1))
+    async with await Store.open(str(tmp_path / "tt.db")) as store:
+        await store.write(simple_session(1))
     db = sqlite3.connect(tmp_path / "tt.db")
     try:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
@@ -566,10 +586,9 @@ async def test_sqlite_runs_in_wal_mode(store: Store, tmp_path: Path) -> None:
         db.close()
 
 
-async def test_concurrent_stores_on_one_file(tmp_path: Path) -> None:
-    """Four stores write 20 sessions at once into one file without 'database is locked'."""
-    path = str(tmp_path / "shared.db")
-    stores = [await Store.open(path) for _ in range(4)]
+async def test_concurrent_stores_on_one_database(db_url: str) -> None:
+    """Four stores write 20 sessions at once into one database without 'database is locked'."""
+    stores = [await Store.open(db_url) for _ in range(4)]
     sessions = [simple_session(5, start=i * 10, name=f"s{i}") for i in range(20)]
 
     async def play(store: Store, events: list[Event]) -> None:
@@ -623,6 +642,94 @@ async def test_resumed_session_keeps_its_rows(store: Store) -> None:
     assert stored.steps[0].id == first.steps[0].row_id
 
 
+def sub_step(
+    key: str,
+    position: int,
+    *,
+    parent: str | None = None,
+    provenance: tuple[str, ...] = ("m1", "m2"),
+    depends_on: tuple[str, ...] = (),
+) -> StepInfo:
+    """A step a decompose step adds at run time."""
+    return dataclasses.replace(
+        step_info(key, position, depends_on=depends_on), parent=parent, provenance=provenance
+    )
+
+
+async def test_steps_added_inserts_pending_steps(store: Store) -> None:
+    """StepsAdded stores new steps (pending, with parent and provenance); the session grows."""
+    sid = new_id()
+    plan = step_info("plan", 0, models=("m1", "m2"))
+    final = step_info("final", 1, depends_on=("plan",))
+    await store.write([session_started(sid, (plan, final))])
+    sub1 = sub_step("sub1", 2)
+    sub2 = sub_step("sub2", 3, provenance=("m2",), depends_on=("sub1",))
+    added = StepsAdded(session_id=sid, at=at(2), parent="plan", steps=(sub1, sub2))
+    # The new steps run in the same batch that adds them.
+    await store.write([added, *single_step_events(sid, "sub1", start=3)])
+
+    stored = await store.get_session(sid)
+    assert stored.steps_total == 4
+    assert [s.step_key for s in stored.steps] == ["plan", "final", "sub1", "sub2"]
+    by_key = {s.step_key: s for s in stored.steps}
+    assert (by_key["plan"].parent, by_key["plan"].provenance) == (None, [])
+    assert (by_key["sub1"].id, by_key["sub1"].status) == (sub1.row_id, "completed")
+    assert (by_key["sub1"].parent, by_key["sub1"].provenance) == ("plan", ["m1", "m2"])
+    assert (by_key["sub2"].status, by_key["sub2"].depends_on) == ("pending", ["sub1"])
+    assert (by_key["sub2"].parent, by_key["sub2"].provenance) == ("plan", ["m2"])
+    assert (by_key["sub2"].prompt_template, by_key["sub2"].position) == ("Question sub2: {q}", 3)
+    assert [len(s.calls) for s in stored.steps] == [0, 0, 1, 0]
+    assert stored.model_dump(mode="json")["steps"][3]["provenance"] == ["m2"]
+    [summary] = await store.list_sessions()
+    assert (summary.steps_total, summary.steps_completed) == (4, 1)
+    rows = await fetch_all(
+        store, "SELECT step_key, payload FROM thinktank_events WHERE type = 'steps_added'"
+    )
+    assert [(key, as_json(payload)) for key, payload in rows] == [("plan", added.to_dict())]
+
+
+async def test_steps_added_twice_adds_only_missing_steps(store: Store) -> None:
+    """A replayed StepsAdded keeps the stored steps (and their ids) and adds only new keys."""
+    sid = new_id()
+    plan = step_info("plan", 0)
+    await store.write([session_started(sid, (plan,))])
+    sub1 = sub_step("sub1", 1, parent="plan")
+    await store.write([StepsAdded(session_id=sid, at=at(1), parent="plan", steps=(sub1,))])
+    await store.write(single_step_events(sid, "sub1", start=2))
+    # Replayed history: same keys with fresh row ids, plus one step it did not have.
+    replayed = (sub_step("sub1", 1), sub_step("sub2", 2, provenance=("m3",)))
+    other = StepsAdded(session_id=sid, at=at(5), parent="plan", steps=replayed)
+    await store.write([other])
+    await store.write([other])  # and once more, in a batch of its own
+    stored = await store.get_session(sid)
+    assert [s.step_key for s in stored.steps] == ["plan", "sub1", "sub2"]
+    assert stored.steps_total == 3
+    sub1_row = stored.step("sub1")
+    assert (sub1_row.id, sub1_row.status, sub1_row.provenance) == (
+        sub1.row_id,
+        "completed",
+        ["m1", "m2"],
+    )
+    assert (stored.step("sub2").id, stored.step("sub2").provenance) == (replayed[1].row_id, ["m3"])
+    assert (await store.count_rows())["thinktank_steps"] == 3
+
+    # A resumed session (SessionStarted again, with the file's steps) keeps them all.
+    first = session_started(sid, (plan,))
+    await store.write([dataclasses.replace(first, at=at(9))])
+    resumed = await store.get_session(sid)
+    assert (resumed.status, resumed.steps_total) == ("running", 3)
+    assert resumed.step("sub1").id == sub1.row_id
+
+
+async def test_steps_added_to_an_unknown_session_fails(store: Store) -> None:
+    """StepsAdded for a session never started is a one-line StoreError; nothing is written."""
+    added = StepsAdded(session_id=new_id(), parent="plan", steps=(sub_step("x", 0),))
+    with pytest.raises(StoreError, match="is not stored") as failed:
+        await store.write([added])
+    assert "\n" not in str(failed.value)
+    assert (await store.count_rows())["thinktank_events"] == 0
+
+
 async def test_bad_batch_raises_store_error_and_writes_nothing(store: Store) -> None:
     """A batch naming an unknown step fails as a whole with a one-line StoreError."""
     events = simple_session(1)
@@ -635,6 +742,30 @@ async def test_bad_batch_raises_store_error_and_writes_nothing(store: Store) -> 
     assert await store.count_rows() == before
     await store.write(events[1:])  # the store is still usable
     assert (await store.get_session(events[0].session_id)).status == "completed"
+
+
+async def test_nul_characters_in_a_reply_are_stored(store: Store) -> None:
+    """A reply holding NUL characters is recorded (PostgreSQL, which refuses them in text
+    and JSONB, gets U+FFFD instead)."""
+    sid = new_id()
+    _, started, finished = call_pair(sid, "a", "m1", start=1, content="a\x00b")
+    step_done = StepFinished(
+        session_id=sid,
+        at=at(2),
+        step_id="a",
+        status="completed",
+        attempts=1,
+        started_at=at(1),
+        output="a\x00b",
+    )
+    await store.write([session_started(sid, (step_info("a", 0),)), started, finished, step_done])
+    stored = await store.get_session(sid)
+    expected = "a\x00b" if store._sqlite else "a\ufffdb"
+    assert (stored.steps[0].output, stored.steps[0].calls[0].response) == (expected, expected)
+    rows = await fetch_all(
+        store, "SELECT payload FROM thinktank_events WHERE type = 'call_finished'"
+    )
+    assert as_json(rows[0][0])["content"] == expected
 
 
 async def test_datetimes_come_back_utc_aware(store: Store) -> None:
@@ -732,7 +863,7 @@ async def test_sqlite_datetime_text_matches_sqlalchemy() -> None:
 async def test_generic_executor_writes_the_same_rows(tmp_path: Path) -> None:
     """The SQLAlchemy-connection write path (used for PostgreSQL) stores the same session."""
     async with await Store.open(str(tmp_path / "generic.db")) as generic:
-        generic._sqlite = False  # take the path other dialects take
+        generic._direct = False  # take the path other drivers take
         events = simple_session(3)
         await generic.write(events[:6])
         await generic.write(events[6:])
@@ -742,3 +873,20 @@ async def test_generic_executor_writes_the_same_rows(tmp_path: Path) -> None:
     assert [s.status for s in stored.steps] == ["completed"] * 3
     assert [c.tokens_used for s in stored.steps for c in s.calls] == [15, 15, 15]
     assert counts["thinktank_events"] == len(events)
+
+
+async def test_postgres_writer_reconnects_after_the_server_drops_it(pg_url: str) -> None:
+    """A PostgreSQL writer connection the server has dropped is replaced on the next write."""
+    asyncpg: Any = importlib.import_module("asyncpg")
+    events = simple_session(2)
+    async with await Store.open(pg_url) as store:
+        await store.write(events[:3])
+        admin = await asyncpg.connect(pg_url)
+        try:
+            pid = store._writer_db.get_server_pid()
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+        finally:
+            await admin.close()
+        await anyio.sleep(0.1)
+        await store.write(events[3:])
+        assert (await store.get_session(events[0].session_id)).status == "completed"

@@ -28,6 +28,7 @@ __all__ = [
     "StoredSession",
     "StoredStep",
     "count_rows",
+    "events_of",
     "find_consensus",
     "get_session",
     "list_sessions",
@@ -164,7 +165,7 @@ class StoredStep(_Model):
     step_key: str
     """The user's step id."""
     position: int
-    """Order in the session file."""
+    """Order in the session file (steps added at run time come after)."""
     kind: str
     """``prompt``, ``multi``, ..."""
     depends_on: list[str]
@@ -203,6 +204,10 @@ class StoredStep(_Model):
     """USD of its calls; None when any is unknown."""
     consensus_score: float | None
     """Agreement of a multi-model step."""
+    parent: str | None = None
+    """For a step added at run time: the key of the decompose step that added it."""
+    provenance: list[str] = []
+    """For a step added at run time: the models that proposed it."""
     calls: list[StoredCall] = []
     """Every call of every attempt, by start time."""
     consensus: StoredConsensus | None = None
@@ -259,6 +264,8 @@ class StoredSession(SessionSummary):
     """The inputs it ran with."""
     model_selection: dict[str, str] = {}
     """Models chosen by automatic selection, with the reason for each."""
+    origin: dict[str, Any] | None = None
+    """What the session was made from (replay, fork), None for a fresh run."""
     steps: list[StoredStep]
     """Every step, in file order."""
 
@@ -404,6 +411,14 @@ async def find_consensus(conn: AsyncConnection, cache_key: str) -> StoredConsens
         )
     ).first()
     return None if row is None else StoredConsensus.model_validate(dict(row._mapping))
+
+
+async def events_of(conn: AsyncConnection, session_id: str) -> list[dict[str, Any]]:
+    """Every event payload of a session, in the order it was written."""
+    result = await conn.execute(
+        select(EVENTS.c.payload).where(EVENTS.c.session_id == session_id).order_by(EVENTS.c.id)
+    )
+    return [dict(row.payload) for row in result]
 
 
 async def count_rows(conn: AsyncConnection) -> dict[str, int]:

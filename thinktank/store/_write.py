@@ -6,11 +6,12 @@ pending row changes, merged per row in event order (a step's ``StepStarted`` and
 ``StepFinished`` become one UPDATE; a call started and finished in the same batch
 becomes one INSERT of its final state). Then it flushes them as a few ``executemany``
 statements, in an order that respects the only dependencies between them: a call row
-exists before its consensus flags are set, and rows exist before their events are
-logged.
+exists before its retries and events are written, and a merge's "all calls of the
+attempt out" comes before its "merged calls in".
 
-Two events cannot wait for the flush: ``SessionStarted`` inserts the session and step
-rows at once (the rest of the batch refers to them), and a ``ConsensusComputed`` whose
+Three events cannot wait for the flush: ``SessionStarted`` inserts the session and step
+rows at once (the rest of the batch refers to them), so does ``StepsAdded`` for the
+steps a decompose step adds at run time, and a ``ConsensusComputed`` whose
 step attempt the batch does not tell reads it from the database at once (before any
 later call of that step in the batch is written). Everything else is a pure "set these
 columns on this row" change, so merging per row gives the same result as applying the
@@ -19,9 +20,10 @@ events one by one.
 The statements are SQLAlchemy Core, compiled once per dialect by :class:`Statements`
 and run with rows converted by the dialect's own bind processors: SQLAlchemy's
 executemany spends several microseconds a row in Python, more than SQLite itself.
-Where they run is an :class:`Executor`: any SQLAlchemy connection, or (for SQLite) the
-aiosqlite connection underneath one, which saves two or three trips to the driver's
-thread per statement.
+Where they run is an :class:`Executor`: any SQLAlchemy connection, or the driver
+connection underneath one: aiosqlite for SQLite, which saves two or three trips to the
+driver's thread per statement, and asyncpg for PostgreSQL, whose ``executemany`` sends
+all the rows of a statement in one pipelined round trip.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from operator import attrgetter, itemgetter
 from typing import Any, Protocol
 
 import aiosqlite
-from sqlalchemy import DateTime, Table, bindparam, insert, select, update
+from sqlalchemy import DateTime, String, Table, bindparam, insert, select, update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ClauseElement
@@ -50,6 +52,8 @@ from thinktank.events import (
     SessionFinished,
     SessionStarted,
     StepFinished,
+    StepInfo,
+    StepsAdded,
     StepSkipped,
     StepStarted,
 )
@@ -65,6 +69,7 @@ __all__ = [
     "SESSIONS",
     "STEPS",
     "AiosqliteExecutor",
+    "AsyncpgExecutor",
     "EventLog",
     "Executor",
     "SQLAlchemyExecutor",
@@ -85,12 +90,13 @@ EVENTS: Table = SQLModel.metadata.tables["thinktank_events"]
 
 _SESSION_EXISTS = select(SESSIONS.c.id).where(SESSIONS.c.id == bindparam("sid"))
 _STEP_ROWS = select(STEPS.c.step_key, STEPS.c.id).where(STEPS.c.session_id == bindparam("sid"))
-_INSERT_SESSION = insert(SESSIONS)
-_INSERT_STEP = insert(STEPS)
-_INSERT_CALL = insert(CALLS)
-_INSERT_ATTEMPT = insert(ATTEMPTS)
-_INSERT_CONSENSUS = insert(CONSENSUS)
-_INSERT_EVENT = insert(EVENTS)
+# ``inline()``: no RETURNING of the generated ids (PostgreSQL would add it), nobody reads them.
+_INSERT_SESSION = insert(SESSIONS).inline()
+_INSERT_STEP = insert(STEPS).inline()
+_INSERT_CALL = insert(CALLS).inline()
+_INSERT_ATTEMPT = insert(ATTEMPTS).inline()
+_INSERT_CONSENSUS = insert(CONSENSUS).inline()
+_INSERT_EVENT = insert(EVENTS).inline()
 # UPDATEs whose SET clause comes from the keys of the rows they run with.
 _UPDATE_SESSION = update(SESSIONS).where(SESSIONS.c.id == bindparam("b_id"))
 _UPDATE_STEP = update(STEPS).where(STEPS.c.id == bindparam("b_id"))
@@ -200,6 +206,14 @@ def _sqlite_datetime(value: datetime) -> str:
     return value.isoformat(" ", "microseconds")[:26]
 
 
+def _pg_text(value: str) -> str:
+    """``value`` without NUL characters (U+FFFD instead), which PostgreSQL text refuses.
+
+    SQLite stores them; on PostgreSQL a model reply holding one would fail its batch.
+    """
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
+
+
 class Executor(Protocol):
     """Where the write path sends its SQL: a connection inside a write transaction."""
 
@@ -247,6 +261,29 @@ class AiosqliteExecutor:
         return [tuple(row) for row in await self._db.execute_fetchall(sql, params)]
 
 
+class AsyncpgExecutor:
+    """Runs driver SQL on the asyncpg connection under a SQLAlchemy one.
+
+    ``executemany`` sends every row of a statement in one pipelined round trip (the
+    statement is prepared once per connection and cached by asyncpg).
+    """
+
+    def __init__(self, db: Any) -> None:
+        """Use ``db`` (an ``asyncpg.Connection``), which has a transaction begun."""
+        self._db = db
+
+    async def run_many(self, sql: str, rows: list[Any]) -> None:
+        """Execute ``sql`` once per row."""
+        if len(rows) == 1:
+            await self._db.execute(sql, *rows[0])
+        else:
+            await self._db.executemany(sql, rows)
+
+    async def fetch(self, sql: str, params: Any) -> list[tuple[Any, ...]]:
+        """Execute a query and return all its rows."""
+        return [tuple(row) for row in await self._db.fetch(sql, *params)]
+
+
 class _Prepared:
     """A Core statement compiled for a dialect, with a converter for its rows."""
 
@@ -264,6 +301,8 @@ class _Prepared:
             process = type_.dialect_impl(dialect).bind_processor(dialect)
             if dialect.name == "sqlite" and isinstance(type_, DateTime):
                 process = _sqlite_datetime
+            elif dialect.name == "postgresql" and isinstance(type_, String) and process is None:
+                process = _pg_text
             if process is not None:
                 processors.append((i, process))
         positional = positiontup is not None
@@ -411,6 +450,9 @@ class _Batch:
                 await self.on_consensus(event)
             elif isinstance(event, SessionStarted):
                 await self.on_session_started(event)
+            elif isinstance(event, StepsAdded):
+                step_key = event.parent
+                await self.on_steps_added(event)
             elif isinstance(event, SessionFinished):
                 self.on_session_finished(event)
             else:
@@ -482,16 +524,39 @@ class _Batch:
                 "steps_failed": 0,
                 "steps_skipped": 0,
                 **fields,
+                # Set once: a resume reopens the session and keeps where it came from.
+                "origin": event.origin,
             }
             await run(executor, _INSERT_SESSION, [session_row])
         else:
             # A resumed session: keep its rows and ids, add the steps it did not have.
             found = await fetch(executor, _STEP_ROWS, {"sid": sid})
             known = {key: row_id for key, row_id in found}
-        fresh = [info for info in event.steps if info.step_id not in known]
+        rows = await self.insert_steps(sid, event.steps, known, parent=None)
+        if exists:
+            self.session(sid).update(
+                fields, status="running", finished_at=None, error=None, steps_total=len(rows)
+            )
+
+    async def insert_steps(
+        self,
+        sid: str,
+        steps: Iterable[StepInfo],
+        known: dict[str, str],
+        *,
+        parent: str | None,
+    ) -> dict[str, str]:
+        """Insert (pending) the ``steps`` of session ``sid`` whose keys are not ``known``.
+
+        Returns every step row of the session (key -> row id), which it remembers.
+        """
+        fresh: dict[str, StepInfo] = {}
+        for info in steps:
+            if info.step_id not in known:
+                fresh.setdefault(info.step_id, info)
         if fresh:
-            await run(
-                executor,
+            await self.statements.run(
+                self.executor,
                 _INSERT_STEP,
                 [
                     {
@@ -507,17 +572,32 @@ class _Batch:
                         "prompt_template": info.prompt_template,
                         "status": "pending",
                         "attempts": 0,
+                        "parent": info.parent if info.parent is not None else parent,
+                        "provenance": list(info.provenance),
                     }
-                    for info in fresh
+                    for info in fresh.values()
                 ],
             )
         rows = dict(known)
-        rows.update((info.step_id, info.row_id) for info in fresh)
+        rows.update((key, info.row_id) for key, info in fresh.items())
         self.remember(sid, rows)
-        if exists:
-            self.session(sid).update(
-                fields, status="running", finished_at=None, error=None, steps_total=len(rows)
-            )
+        return rows
+
+    async def on_steps_added(self, event: StepsAdded) -> None:
+        """Insert the steps a decompose step added, except those already stored.
+
+        The session's step rows are read from the database (not the cache): on a
+        replayed history the steps may exist, perhaps written by another store.
+        """
+        sid = event.session_id
+        fetch, executor = self.statements.fetch, self.executor
+        found = await fetch(executor, _STEP_ROWS, {"sid": sid})
+        if not found and not await fetch(executor, _SESSION_EXISTS, {"sid": sid}):
+            raise LookupError(f"session {sid} is not stored (no SessionStarted wrote it)")
+        known = {key: row_id for key, row_id in found}
+        rows = await self.insert_steps(sid, event.steps, known, parent=event.parent)
+        if len(rows) != len(known):
+            self.session(sid)["steps_total"] = len(rows)
 
     def on_step_started(self, event: StepStarted, row_id: str) -> None:
         changes = self.step(row_id)
@@ -669,14 +749,11 @@ class _Batch:
     async def flush(self) -> None:
         """Write every pending change, dependencies first."""
         executor, run = self.executor, self.statements.run
-        if self.call_inserts:
-            await run(executor, _INSERT_CALL, self.call_inserts.values())
-        if self.call_updates:
-            await run(executor, _UPDATE_CALL, self.call_updates.values())
-        if self.attempt_inserts:
-            await run(executor, _INSERT_ATTEMPT, self.attempt_inserts)
+        inserted = self.call_inserts
         if self.included:
-            # Every call of the merged attempt out, then the merged ones back in.
+            # A merge flags the calls of its attempt: those it took in, the others out.
+            # Rows stored by earlier batches are updated (all out, then the merged ones
+            # back in); rows this batch inserts get their flag in the INSERT.
             await run(
                 executor,
                 _UPDATE_ATTEMPT_CALLS,
@@ -685,15 +762,25 @@ class _Batch:
                     for step, attempt in self.included
                 ],
             )
-            await run(
-                executor,
-                _UPDATE_CALL,
-                [
-                    {"b_id": call_id, "included_in_consensus": True}
-                    for call_ids in self.included.values()
-                    for call_id in call_ids
-                ],
-            )
+            for row in inserted.values():
+                merged = self.included.get((row["step_id"], row["attempt"]))
+                if merged is not None:
+                    row["included_in_consensus"] = row["id"] in merged
+        if inserted:
+            await run(executor, _INSERT_CALL, inserted.values())
+        if self.included:
+            stored = [
+                {"b_id": call_id, "included_in_consensus": True}
+                for call_ids in self.included.values()
+                for call_id in call_ids
+                if call_id not in inserted
+            ]
+            if stored:
+                await run(executor, _UPDATE_CALL, stored)
+        if self.call_updates:
+            await run(executor, _UPDATE_CALL, self.call_updates.values())
+        if self.attempt_inserts:
+            await run(executor, _INSERT_ATTEMPT, self.attempt_inserts)
         if self.consensus_inserts:
             await run(executor, _INSERT_CONSENSUS, self.consensus_inserts)
         if self.step_updates:

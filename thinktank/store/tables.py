@@ -8,6 +8,10 @@ the event log) are ours. Nothing in this module has logic: the write path in
 path in ``thinktank.store._read`` turns rows into the pydantic ``Stored*`` models. The
 classes are never handed to users.
 
+The schema is created and upgraded by the migrations in ``thinktank.store._migrations``,
+never by ``create_all``: a column added here needs a migration that adds it (a test
+checks that the migrated schema equals these classes).
+
 Datetimes are declared ``DateTime(timezone=True)``; SQLite stores them without a zone,
 so the store converts to UTC before writing and marks naive values UTC on reading.
 IDs are UUID strings, kept as ``VARCHAR(36)`` so that SQLite and PostgreSQL agree.
@@ -18,19 +22,27 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, Integer, String, Text, UniqueConstraint, true
+from sqlalchemy import JSON, DateTime, Float, Integer, String, Text, UniqueConstraint, text, true
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.types import TypeEngine
 from sqlmodel import Field, SQLModel
 
 __all__ = [
+    "JSON_TYPE",
+    "UTC_DATETIME",
     "CallAttemptRow",
     "CallRow",
     "ConsensusRow",
     "EventRow",
+    "MigrationRow",
     "SessionRow",
     "StepRow",
 ]
 
-_UTC_DATETIME = DateTime(timezone=True)
+UTC_DATETIME = DateTime(timezone=True)
+"""Every datetime column: ``TIMESTAMP WITH TIME ZONE`` on PostgreSQL, UTC text on SQLite."""
+JSON_TYPE: TypeEngine[Any] = JSON().with_variant(JSONB(), "postgresql")
+"""Every JSON column: ``JSONB`` on PostgreSQL, ``JSON`` (text) on SQLite."""
 
 
 class SessionRow(SQLModel, table=True):
@@ -44,23 +56,25 @@ class SessionRow(SQLModel, table=True):
     """The session's name."""
     status: str = Field(max_length=16)
     """``running``, ``completed``, ``partial``, ``failed`` or ``interrupted``."""
-    parallel_execution_config: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    parallel_execution_config: dict[str, Any] = Field(default_factory=dict, sa_type=JSON_TYPE)
     """The spec's ``parallelExecution`` block, camelCase keys as the seed stores it."""
-    spec: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    spec: dict[str, Any] = Field(default_factory=dict, sa_type=JSON_TYPE)
     """The whole validated session spec."""
-    inputs: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    inputs: dict[str, Any] = Field(default_factory=dict, sa_type=JSON_TYPE)
     """The inputs the session ran with."""
     source: str | None = Field(default=None, sa_type=Text)
     """The session file, when it came from one."""
-    model_selection: dict[str, str] = Field(default_factory=dict, sa_type=JSON)
+    model_selection: dict[str, str] = Field(default_factory=dict, sa_type=JSON_TYPE)
     """Models chosen by automatic selection, with the reason for each."""
+    origin: dict[str, Any] | None = Field(default=None, sa_type=JSON_TYPE)
+    """What the session was made from (replay, fork), None for a fresh run."""
     error: str | None = Field(default=None, sa_type=Text)
     """Why the session did not complete, when it did not."""
-    created_at: datetime = Field(sa_type=_UTC_DATETIME, index=True)
+    created_at: datetime = Field(sa_type=UTC_DATETIME, index=True)
     """When the row was first written (the first start of the session)."""
-    started_at: datetime = Field(sa_type=_UTC_DATETIME)
+    started_at: datetime = Field(sa_type=UTC_DATETIME)
     """When the session started."""
-    finished_at: datetime | None = Field(default=None, sa_type=_UTC_DATETIME)
+    finished_at: datetime | None = Field(default=None, sa_type=UTC_DATETIME)
     """When it finished; None while it runs."""
     wall_ms: float | None = Field(default=None, sa_type=Float)
     """Wall time of the session."""
@@ -80,6 +94,10 @@ class SessionRow(SQLModel, table=True):
     """Steps that failed or were cancelled (set when the session finishes)."""
     steps_skipped: int = Field(default=0, sa_type=Integer)
     """Steps skipped because a dependency failed (set when the session finishes)."""
+    lease_owner: str | None = Field(default=None, max_length=200)
+    """The worker that holds the session's lease (``Store.claim_session``), if any."""
+    lease_expires_at: datetime | None = Field(default=None, sa_type=UTC_DATETIME)
+    """When that lease ends unless its owner renews it."""
 
 
 class StepRow(SQLModel, table=True):
@@ -102,9 +120,9 @@ class StepRow(SQLModel, table=True):
     """Order of the step in the session file."""
     kind: str = Field(max_length=32)
     """``prompt``, ``multi``, ..."""
-    depends_on: list[str] = Field(default_factory=list, sa_type=JSON)
+    depends_on: list[str] = Field(default_factory=list, sa_type=JSON_TYPE)
     """Keys of the steps it waits for."""
-    models: list[str] = Field(default_factory=list, sa_type=JSON)
+    models: list[str] = Field(default_factory=list, sa_type=JSON_TYPE)
     """Model names the step calls."""
     mode: str | None = Field(default=None, max_length=32)
     """Multi-model mode, or None for one model."""
@@ -124,9 +142,9 @@ class StepRow(SQLModel, table=True):
     """Why it was skipped."""
     attempts: int = Field(default=0, sa_type=Integer)
     """Attempts started so far."""
-    started_at: datetime | None = Field(default=None, sa_type=_UTC_DATETIME)
+    started_at: datetime | None = Field(default=None, sa_type=UTC_DATETIME)
     """When the first attempt started."""
-    completed_at: datetime | None = Field(default=None, sa_type=_UTC_DATETIME)
+    completed_at: datetime | None = Field(default=None, sa_type=UTC_DATETIME)
     """When the step ended."""
     latency_ms: float | None = Field(default=None, sa_type=Float)
     """Wall time from first start to end."""
@@ -138,6 +156,12 @@ class StepRow(SQLModel, table=True):
     """USD over all its calls; None when any is unknown."""
     consensus_score: float | None = Field(default=None, sa_type=Float)
     """Agreement of a multi-model step."""
+    parent: str | None = Field(default=None, max_length=200)
+    """For a step added at run time: the key of the decompose step that added it."""
+    provenance: list[str] = Field(
+        default_factory=list, sa_type=JSON_TYPE, sa_column_kwargs={"server_default": text("'[]'")}
+    )
+    """For a step added at run time: the models that proposed it."""
 
 
 class CallRow(SQLModel, table=True):
@@ -161,9 +185,9 @@ class CallRow(SQLModel, table=True):
     """The step attempt the call belongs to."""
     status: str = Field(max_length=16)
     """``running``, ``ok``, ``failed``, ``timeout`` or ``cancelled``."""
-    started_at: datetime = Field(sa_type=_UTC_DATETIME)
+    started_at: datetime = Field(sa_type=UTC_DATETIME)
     """When the call was sent."""
-    completed_at: datetime | None = Field(default=None, sa_type=_UTC_DATETIME)
+    completed_at: datetime | None = Field(default=None, sa_type=UTC_DATETIME)
     """When it ended."""
     response: str | None = Field(default=None, sa_type=Text)
     """The response text (partial, or None, on failure)."""
@@ -213,7 +237,7 @@ class CallAttemptRow(SQLModel, table=True):
     """The HTTP status, when there was one."""
     error: str | None = Field(default=None, sa_type=Text)
     """What went wrong, when it did."""
-    started_at: datetime = Field(sa_type=_UTC_DATETIME)
+    started_at: datetime = Field(sa_type=UTC_DATETIME)
     """When this try was sent."""
     latency_ms: int | None = Field(default=None, sa_type=Integer)
     """Wall time of this try."""
@@ -250,19 +274,19 @@ class ConsensusRow(SQLModel, table=True):
     """The merged answer."""
     outcome: str = Field(max_length=32)
     """``ok`` or a degraded outcome (``low_consensus``, ``k_of_n``)."""
-    clusters: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON)
+    clusters: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON_TYPE)
     """The agreeing groups: answer, members, weight."""
-    included_call_ids: list[str] = Field(default_factory=list, sa_type=JSON)
+    included_call_ids: list[str] = Field(default_factory=list, sa_type=JSON_TYPE)
     """Calls whose responses took part in the merge."""
-    created_at: datetime = Field(sa_type=_UTC_DATETIME)
+    created_at: datetime = Field(sa_type=UTC_DATETIME)
     """When the merge was computed."""
     mode: str = Field(default="all", max_length=16)
     """The multi-model mode (all, race, quorum, cascade)."""
     early_termination: bool = Field(default=False)
     """Whether the mode stopped before every model answered."""
-    escalation: list[list[str]] = Field(default_factory=list, sa_type=JSON)
+    escalation: list[list[str]] = Field(default_factory=list, sa_type=JSON_TYPE)
     """The models started in each round."""
-    items: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON)
+    items: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON_TYPE)
     """``union``: merged items with the models that found each."""
     judge_call_id: str | None = Field(default=None, max_length=36)
     """``judge``: the synthesizer's call."""
@@ -289,7 +313,18 @@ class EventRow(SQLModel, table=True):
     """The event's ``type`` (``step_started``, ...)."""
     step_key: str | None = Field(default=None, max_length=200)
     """The step key, for step and call events."""
-    at: datetime = Field(sa_type=_UTC_DATETIME)
+    at: datetime = Field(sa_type=UTC_DATETIME)
     """When it happened."""
-    payload: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    payload: dict[str, Any] = Field(default_factory=dict, sa_type=JSON_TYPE)
     """``event.to_dict()``."""
+
+
+class MigrationRow(SQLModel, table=True):
+    """One schema migration applied to this database (``thinktank.store._migrations``)."""
+
+    __tablename__ = "thinktank_migrations"
+
+    name: str = Field(primary_key=True, max_length=100)
+    """The migration's name (``0001_initial``, ...)."""
+    applied_at: datetime = Field(sa_type=UTC_DATETIME)
+    """When it was applied."""

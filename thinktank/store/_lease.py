@@ -1,0 +1,164 @@
+"""Session leases: which worker runs a session when several share one database.
+
+A lease is two columns of ``thinktank_sessions``: ``lease_owner`` (a worker id) and
+``lease_expires_at``. A worker claims a session that is unleased, whose lease expired,
+or that it already holds; it keeps the lease alive with heartbeats shorter than the
+time to live, and releases it when done. A worker that dies simply stops renewing, and
+once the lease expires another worker may take the session over.
+
+SQLite: each operation is one ``UPDATE ... WHERE <the lease is free or ours>`` in a
+``BEGIN IMMEDIATE`` transaction (the store's engine begins every write that way), so
+claims are serialised by the database's write lock; time is this machine's clock.
+
+PostgreSQL: a claim locks the session row with ``SELECT ... FOR NO KEY UPDATE SKIP
+LOCKED`` (``FOR UPDATE``'s weaker form, which does not wait for, or block, the key-share
+locks that inserting the session's steps and calls takes), decides, and updates it in
+the same transaction. A row another claim holds at that moment is skipped: that worker
+wins and this one is told no at once, without waiting. Time is the server's clock
+(``now()``), so workers on machines whose clocks disagree still agree on expiry.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, func, literal, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from thinktank.errors import UnknownSessionError
+from thinktank.store._write import SESSIONS
+
+__all__ = ["claim", "heartbeat", "lease_of", "release"]
+
+_c = SESSIONS.c
+
+
+def _clock(postgres: bool, ttl_s: float = 0.0) -> tuple[ColumnElement[Any], ColumnElement[Any]]:
+    """SQL for "now" and "now + ttl_s": the server's clock on PostgreSQL, this
+    machine's (UTC) on SQLite."""
+    ttl = timedelta(seconds=ttl_s)
+    if postgres:
+        return func.now(), func.now() + ttl
+    now = datetime.now(UTC)
+    return literal(now, _c.lease_expires_at.type), literal(now + ttl, _c.lease_expires_at.type)
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+async def _require(conn: AsyncConnection, session_id: str) -> None:
+    """Raise UnknownSessionError unless the session is stored."""
+    if (await conn.execute(select(_c.id).where(_c.id == session_id))).first() is None:
+        raise UnknownSessionError(f"no stored session has the id {session_id!r}")
+
+
+async def claim(
+    conn: AsyncConnection, session_id: str, worker_id: str, ttl_s: float, *, postgres: bool
+) -> bool:
+    """Take the lease of a session if it is free, expired or ours; in ``conn``'s transaction.
+
+    Raises:
+        UnknownSessionError: no session has the id ``session_id``.
+    """
+    now, expiry = _clock(postgres, ttl_s)
+    if postgres:
+        locked = (
+            await conn.execute(
+                select(_c.lease_owner, _c.lease_expires_at, func.now())
+                .where(_c.id == session_id)
+                .with_for_update(skip_locked=True, key_share=True)
+            )
+        ).first()
+        if locked is None:
+            await _require(conn, session_id)
+            return False  # another transaction holds the row: a competing claim
+        owner, expires, server_now = locked
+        held = owner is not None and owner != worker_id and expires is not None
+        if held and expires > server_now:
+            return False
+        await conn.execute(
+            update(SESSIONS)
+            .where(_c.id == session_id)
+            .values(lease_owner=worker_id, lease_expires_at=expiry)
+        )
+        return True
+    result = await conn.execute(
+        update(SESSIONS)
+        .where(
+            _c.id == session_id,
+            or_(
+                _c.lease_owner.is_(None),
+                _c.lease_owner == worker_id,
+                _c.lease_expires_at.is_(None),
+                _c.lease_expires_at <= now,
+            ),
+        )
+        .values(lease_owner=worker_id, lease_expires_at=expiry)
+    )
+    if result.rowcount == 1:
+        return True
+    await _require(conn, session_id)
+    return False
+
+
+async def heartbeat(
+    conn: AsyncConnection, session_id: str, worker_id: str, ttl_s: float, *, postgres: bool
+) -> bool:
+    """Extend the lease by ``ttl_s`` from now if ``worker_id`` holds it and it is live.
+
+    Raises:
+        UnknownSessionError: no session has the id ``session_id``.
+    """
+    now, expiry = _clock(postgres, ttl_s)
+    result = await conn.execute(
+        update(SESSIONS)
+        .where(and_(_c.id == session_id, _c.lease_owner == worker_id, _c.lease_expires_at > now))
+        .values(lease_expires_at=expiry)
+    )
+    if result.rowcount == 1:
+        return True
+    await _require(conn, session_id)
+    return False
+
+
+async def release(conn: AsyncConnection, session_id: str, worker_id: str) -> bool:
+    """Give the lease up if ``worker_id`` holds it (live or expired).
+
+    Raises:
+        UnknownSessionError: no session has the id ``session_id``.
+    """
+    result = await conn.execute(
+        update(SESSIONS)
+        .where(_c.id == session_id, _c.lease_owner == worker_id)
+        .values(lease_owner=None, lease_expires_at=None)
+    )
+    if result.rowcount == 1:
+        return True
+    await _require(conn, session_id)
+    return False
+
+
+async def lease_of(
+    conn: AsyncConnection, session_id: str, *, postgres: bool
+) -> tuple[str, datetime] | None:
+    """The live lease of a session (owner, expiry in UTC), or None when it has none.
+
+    Raises:
+        UnknownSessionError: no session has the id ``session_id``.
+    """
+    clock = func.now() if postgres else literal(None)
+    row = (
+        await conn.execute(
+            select(_c.lease_owner, _c.lease_expires_at, clock).where(_c.id == session_id)
+        )
+    ).first()
+    if row is None:
+        raise UnknownSessionError(f"no stored session has the id {session_id!r}")
+    owner, expires, server_now = row
+    if owner is None or expires is None:
+        return None
+    expires = _as_utc(expires)
+    now = _as_utc(server_now) if server_now is not None else datetime.now(UTC)
+    return (owner, expires) if expires > now else None

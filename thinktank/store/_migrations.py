@@ -1,0 +1,365 @@
+"""Schema migrations: named, ordered steps from an empty database to this code's schema.
+
+A database records every migration applied to it in ``thinktank_migrations`` (name,
+applied_at). Opening a store applies, in order, the migrations of :data:`MIGRATIONS`
+that the database lacks, each in the same transaction as its record, all under one
+lock: ``BEGIN IMMEDIATE`` on SQLite (the write lock, taken up front) and a
+transaction-scoped advisory lock on PostgreSQL. Several processes opening a fresh
+database at once therefore take turns: the first creates the tables, the others find
+them there. A database whose record names a migration this code does not know was
+written by a newer thinktank, and is refused rather than misread.
+
+Rules for adding one: append a :class:`Migration` with the next number; never change
+or reorder one that has shipped (databases in the field have run it as it was); make
+it idempotent where that is cheap (``add_columns`` skips columns that exist), since a
+database may already have what a migration adds. ``thinktank.store.tables`` holds the
+schema the migrations arrive at; a test compares the two.
+
+The migrations:
+
+- ``0001_initial``: the tables of thinktank 0.1 (sessions, steps, calls, call
+  attempts, consensus, events). It creates only those missing, so a database made
+  before migrations were recorded is adopted as it is.
+- ``0002_dynamic_steps_and_leases``: ``thinktank_steps.parent`` and ``.provenance``
+  (steps a decompose step adds at run time) and ``thinktank_sessions.lease_owner`` and
+  ``.lease_expires_at`` (several workers sharing one database).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    insert,
+    inspect,
+    select,
+    text,
+    true,
+)
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.schema import CreateColumn
+from sqlmodel import SQLModel
+
+from thinktank.errors import StoreError
+from thinktank.store.tables import JSON_TYPE, UTC_DATETIME, MigrationRow
+
+__all__ = [
+    "MIGRATIONS",
+    "MIGRATIONS_TABLE",
+    "Migration",
+    "add_columns",
+    "applied_migrations",
+    "initial_tables",
+    "upgrade",
+]
+
+MIGRATIONS_TABLE: Table = SQLModel.metadata.tables[MigrationRow.__tablename__]
+"""``thinktank_migrations``: the name and time of every migration applied."""
+
+ADVISORY_LOCK_KEY = 0x7468696E6B74616E  # "thinktan"
+"""The PostgreSQL advisory lock (``pg_advisory_xact_lock``) migrations run under."""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One named schema change."""
+
+    name: str
+    """Unique, ordered by its leading number (``0002_...``)."""
+    apply: Callable[[Connection], None]
+    """Makes the change, inside the caller's transaction."""
+
+
+def add_columns(conn: Connection, table: str, *columns: Column[Any]) -> None:
+    """``ALTER TABLE table ADD COLUMN`` for each of ``columns`` the table lacks."""
+    have = {column["name"] for column in inspect(conn).get_columns(table)}
+    holder = Table(table, MetaData(), *columns)  # CreateColumn compiles attached columns
+    for column in holder.columns:
+        if column.name not in have:
+            spec = CreateColumn(column).compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {spec}")
+
+
+# -- 0001_initial ----------------------------------------------------------------------
+# The schema of thinktank 0.1, frozen here: later changes to ``tables`` must not change
+# what this migration creates.
+
+
+def initial_tables() -> MetaData:
+    """The tables as ``0001_initial`` creates them (a fresh MetaData each call)."""
+    md = MetaData()
+
+    def session_fk() -> Column[str]:
+        return Column(
+            "session_id",
+            String(36),
+            ForeignKey("thinktank_sessions.id", ondelete="CASCADE"),
+            nullable=False,
+            index=True,
+        )
+
+    Table(
+        "thinktank_sessions",
+        md,
+        Column("id", String(36), primary_key=True),
+        Column("name", Text, nullable=False),
+        Column("status", String(16), nullable=False),
+        Column("parallel_execution_config", JSON_TYPE, nullable=False),
+        Column("spec", JSON_TYPE, nullable=False),
+        Column("inputs", JSON_TYPE, nullable=False),
+        Column("source", Text),
+        Column("model_selection", JSON_TYPE, nullable=False),
+        Column("error", Text),
+        Column("created_at", UTC_DATETIME, nullable=False, index=True),
+        Column("started_at", UTC_DATETIME, nullable=False),
+        Column("finished_at", UTC_DATETIME),
+        Column("wall_ms", Float),
+        Column("input_tokens", Integer),
+        Column("output_tokens", Integer),
+        Column("total_tokens", Integer),
+        Column("cost_usd", Float),
+        Column("steps_total", Integer, nullable=False),
+        Column("steps_completed", Integer, nullable=False),
+        Column("steps_failed", Integer, nullable=False),
+        Column("steps_skipped", Integer, nullable=False),
+    )
+    Table(
+        "thinktank_steps",
+        md,
+        Column("id", String(36), primary_key=True),
+        session_fk(),
+        Column("step_key", String(200), nullable=False),
+        Column("position", Integer, nullable=False),
+        Column("kind", String(32), nullable=False),
+        Column("depends_on", JSON_TYPE, nullable=False),
+        Column("models", JSON_TYPE, nullable=False),
+        Column("mode", String(32)),
+        Column("synthesis", String(64)),
+        Column("prompt_template", Text, nullable=False),
+        Column("prompt", Text),
+        Column("status", String(16), nullable=False),
+        Column("output", Text),
+        Column("error", Text),
+        Column("skip_reason", Text),
+        Column("attempts", Integer, nullable=False),
+        Column("started_at", UTC_DATETIME),
+        Column("completed_at", UTC_DATETIME),
+        Column("latency_ms", Float),
+        Column("input_tokens", Integer),
+        Column("output_tokens", Integer),
+        Column("cost_usd", Float),
+        Column("consensus_score", Float),
+        UniqueConstraint("session_id", "step_key", name="uq_thinktank_steps_session_step"),
+    )
+
+    def step_fk() -> Column[str]:
+        return Column(
+            "step_id",
+            String(36),
+            ForeignKey("thinktank_steps.id", ondelete="CASCADE"),
+            nullable=False,
+            index=True,
+        )
+
+    Table(
+        "thinktank_parallel_executions",
+        md,
+        Column("id", String(36), primary_key=True),
+        session_fk(),
+        step_fk(),
+        Column("model_id", String(100), nullable=False),
+        Column("attempt", Integer, nullable=False),
+        Column("status", String(16), nullable=False),
+        Column("started_at", UTC_DATETIME, nullable=False),
+        Column("completed_at", UTC_DATETIME),
+        Column("response", Text),
+        Column("tokens_used", Integer),
+        Column("input_tokens", Integer),
+        Column("output_tokens", Integer),
+        Column("latency_ms", Integer),
+        Column("cost_usd", Float),
+        Column("finish_reason", String(64)),
+        Column("error", Text),
+        Column("included_in_consensus", Boolean, nullable=False, server_default=true()),
+        Column("tries", Integer, nullable=False),
+    )
+    Table(
+        "thinktank_call_attempts",
+        md,
+        Column("id", Integer, primary_key=True),
+        Column(
+            "call_id",
+            String(36),
+            ForeignKey("thinktank_parallel_executions.id", ondelete="CASCADE"),
+            nullable=False,
+            index=True,
+        ),
+        session_fk(),
+        Column("number", Integer, nullable=False),
+        Column("status", String(16), nullable=False),
+        Column("status_code", Integer),
+        Column("error", Text),
+        Column("started_at", UTC_DATETIME, nullable=False),
+        Column("latency_ms", Integer),
+        Column("retry_in_s", Float),
+    )
+    Table(
+        "thinktank_consensus",
+        md,
+        Column("id", String(36), primary_key=True),
+        session_fk(),
+        step_fk(),
+        Column("attempt", Integer),
+        Column("method", String(64), nullable=False),
+        Column("score", Float, nullable=False),
+        Column("threshold", Float, nullable=False),
+        Column("reached", Boolean, nullable=False),
+        Column("content", Text, nullable=False),
+        Column("outcome", String(32), nullable=False),
+        Column("clusters", JSON_TYPE, nullable=False),
+        Column("included_call_ids", JSON_TYPE, nullable=False),
+        Column("created_at", UTC_DATETIME, nullable=False),
+        Column("mode", String(16), nullable=False),
+        Column("early_termination", Boolean, nullable=False),
+        Column("escalation", JSON_TYPE, nullable=False),
+        Column("items", JSON_TYPE, nullable=False),
+        Column("judge_call_id", String(36)),
+        Column("note", Text),
+        Column("cached_from", String(36)),
+        Column("cache_key", String(80), index=True),
+    )
+    Table(
+        "thinktank_events",
+        md,
+        Column("id", Integer, primary_key=True),
+        session_fk(),
+        Column("type", String(32), nullable=False),
+        Column("step_key", String(200)),
+        Column("at", UTC_DATETIME, nullable=False),
+        Column("payload", JSON_TYPE, nullable=False),
+    )
+    return md
+
+
+def _initial(conn: Connection) -> None:
+    initial_tables().create_all(conn, checkfirst=True)
+
+
+# -- 0002_dynamic_steps_and_leases -----------------------------------------------------
+
+
+def _dynamic_steps_and_leases(conn: Connection) -> None:
+    add_columns(
+        conn,
+        "thinktank_steps",
+        Column("parent", String(200)),
+        Column("provenance", JSON_TYPE, nullable=False, server_default=text("'[]'")),
+    )
+    add_columns(
+        conn,
+        "thinktank_sessions",
+        Column("lease_owner", String(200)),
+        Column("lease_expires_at", UTC_DATETIME),
+    )
+
+
+# -- 0003_session_origin -----------------------------------------------------------------
+
+
+def _session_origin(conn: Connection) -> None:
+    # What a replay, fork or resume was made from: {"kind": ..., "session_id": ...}.
+    add_columns(conn, "thinktank_sessions", Column("origin", JSON_TYPE))
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration("0001_initial", _initial),
+    Migration("0002_dynamic_steps_and_leases", _dynamic_steps_and_leases),
+    Migration("0003_session_origin", _session_origin),
+)
+"""Every migration this code knows, in the order they apply."""
+
+
+# -- running them ----------------------------------------------------------------------
+
+
+def applied_migrations(conn: Connection) -> dict[str, datetime] | None:
+    """Name -> time of each migration the database records; None without the table."""
+    if not inspect(conn).has_table(MIGRATIONS_TABLE.name):
+        return None
+    rows = conn.execute(select(MIGRATIONS_TABLE.c.name, MIGRATIONS_TABLE.c.applied_at))
+    return {name: at for name, at in rows}
+
+
+def _check_known(applied: Mapping[str, object], known: Sequence[Migration], shown: str) -> None:
+    names = {migration.name for migration in known}
+    unknown = sorted(name for name in applied if name not in names)
+    if unknown:
+        raise StoreError(
+            f"database schema is newer than this thinktank: {shown} has migration(s) "
+            f"{', '.join(unknown)}, which this version does not know; upgrade thinktank"
+        )
+
+
+def _apply_missing(conn: Connection, migrations: Sequence[Migration], shown: str) -> list[str]:
+    """Apply, under the migration lock, every migration the database lacks."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({ADVISORY_LOCK_KEY})")
+    MIGRATIONS_TABLE.create(conn, checkfirst=True)
+    applied = applied_migrations(conn) or {}
+    _check_known(applied, migrations, shown)
+    done: list[str] = []
+    for migration in migrations:
+        if migration.name not in applied:
+            migration.apply(conn)
+            conn.execute(
+                insert(MIGRATIONS_TABLE).values(name=migration.name, applied_at=datetime.now(UTC))
+            )
+            done.append(migration.name)
+    return done
+
+
+async def upgrade(
+    engine: AsyncEngine,
+    migrations: Sequence[Migration] = MIGRATIONS,
+    *,
+    shown: str = "the database",
+    read_options: Mapping[str, object] | None = None,
+) -> list[str]:
+    """Bring the database of ``engine`` up to ``migrations``; return the names applied.
+
+    The common case, a database already current, costs one read and takes no lock.
+
+    Args:
+        engine: The database.
+        migrations: The migrations to apply, in order (default: all of them).
+        shown: How error messages name the database.
+        read_options: Execution options that make a connection's transaction read-only
+            (the store's deferred ``BEGIN`` on SQLite).
+
+    Raises:
+        StoreError: the database records a migration not in ``migrations``.
+    """
+    async with engine.connect() as conn:
+        if read_options:
+            await conn.execution_options(**read_options)
+        applied = await conn.run_sync(applied_migrations)
+    if applied is not None:
+        _check_known(applied, migrations, shown)
+        if all(migration.name in applied for migration in migrations):
+            return []
+    async with engine.begin() as conn:
+        return await conn.run_sync(_apply_missing, migrations, shown)
