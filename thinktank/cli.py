@@ -48,10 +48,11 @@ from thinktank.render import (
 from thinktank.replay import ReplayReport, fork, replay, resume
 from thinktank.result import SessionResult
 from thinktank.runner import DEFAULT_STORE, run
-from thinktank.schema import render_session_schema
+from thinktank.schema import render_export_schema, render_session_schema
 from thinktank.selection import apply_selection
 from thinktank.spec import ParallelExecutionConfig, SessionSpec, load_session, validate_inputs
 from thinktank.store import Store
+from thinktank.transfer import export_session, import_session, parse_age, prune
 
 __all__ = ["main"]
 
@@ -559,6 +560,56 @@ def fork_command(
     _finish_run(_run_async(go), as_json)
 
 
+@main.command("export")
+@click.argument("session_id")
+@_db_option
+def export_command(session_id: str, db: str | None) -> None:
+    """Write a whole session (rows and event history) as JSON on stdout."""
+
+    async def go() -> str:
+        async with await Store.open(db) as store:
+            return (await export_session(store, session_id)).model_dump_json(indent=2)
+
+    click.echo(_run_async(go))
+
+
+@main.command("import")
+@click.argument("export_file", type=click.Path(dir_okay=False, allow_dash=True))
+@_db_option
+def import_command(export_file: str, db: str | None) -> None:
+    """Read a session export (a file, or - for stdin) into the database."""
+    try:
+        text = sys.stdin.read() if export_file == "-" else Path(export_file).read_text("utf-8")
+    except OSError as exc:
+        _fail([f"{export_file}: cannot read: {exc.strerror}"])
+
+    async def go() -> str:
+        async with await Store.open(db) as store:
+            return await import_session(store, text)
+
+    click.echo(f"imported session {_run_async(go)}")
+
+
+@main.command("prune")
+@click.option("--older-than", required=True, metavar="AGE", help="e.g. 30d, 12h, 2w.")
+@click.option("--dry-run", is_flag=True, help="List what would be deleted; delete nothing.")
+@_db_option
+def prune_command(older_than: str, dry_run: bool, db: str | None) -> None:
+    """Delete sessions (with all their rows) older than AGE."""
+    try:
+        age = parse_age(older_than)
+    except UsageError as exc:
+        _fail([str(exc)])
+
+    async def go() -> list[str]:
+        async with await Store.open(db) as store:
+            return await prune(store, age, dry_run=dry_run)
+
+    ids = _run_async(go)
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"{verb} {len(ids)} session(s) older than {older_than}")
+
+
 @main.command("validate")
 @click.argument("session_files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 def validate_command(session_files: tuple[str, ...]) -> None:
@@ -623,9 +674,16 @@ def show_command(session_id: str, db: str | None, as_json: bool) -> None:
     help="Write the schema to this file instead of stdout.",
 )
 @click.option("--check", is_flag=True, help="Exit 1 if --output differs from the models.")
-def schema_command(output: str | None, check: bool) -> None:
-    """Print (or write) the JSON Schema of session files."""
-    text = render_session_schema()
+@click.option(
+    "--kind",
+    type=click.Choice(["session", "export"]),
+    default="session",
+    show_default=True,
+    help="Session files, or `thinktank export` output.",
+)
+def schema_command(output: str | None, check: bool, kind: str) -> None:
+    """Print (or write) the JSON Schema of session files (or of exports)."""
+    text = render_session_schema() if kind == "session" else render_export_schema()
     if output is None:
         if check:
             _fail(["--check needs --output FILE"])
@@ -635,7 +693,8 @@ def schema_command(output: str | None, check: bool) -> None:
     if check:
         current = path.read_text(encoding="utf-8") if path.exists() else ""
         if current != text:
-            _fail([f"{output} is stale: run `thinktank schema -o {output}`"], EXIT_FAILED)
+            fix = f"thinktank schema --kind {kind} -o {output}"
+            _fail([f"{output} is stale: run `{fix}`"], EXIT_FAILED)
         click.echo(f"{output}: up to date")
         return
     path.parent.mkdir(parents=True, exist_ok=True)
