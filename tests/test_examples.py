@@ -84,3 +84,20 @@ async def test_readme_session_example_runs() -> None:
     spec = thinktank.parse_session(yaml.safe_load(block.group(1)))
     result = await thinktank.run(spec, store=None)
     assert result.status == "completed"
+
+
+def test_show_names_who_proposed_each_added_step(tmp_path: Path) -> None:
+    """show on research_plan says which planners proposed each added step."""
+    from click.testing import CliRunner
+
+    from thinktank.cli import main
+
+    db = str(tmp_path / "t.db")
+    runner = CliRunner()
+    out = runner.invoke(main, ["run", str(SESSIONS / "research_plan.yaml"), "--db", db, "--json"])
+    import json
+
+    sid = json.loads(out.stdout)["session_id"]
+    shown = runner.invoke(main, ["show", sid, "--db", db]).stdout
+    assert "added at run time by research; proposed by planner_a, planner_b" in shown
+    assert "[research-synthesis]" in shown

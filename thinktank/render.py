@@ -347,6 +347,9 @@ def print_stored_session(stored: StoredSession) -> None:
     console.print(head)
     if stored.source:
         console.print(f"file: {stored.source}")
+    if stored.origin:
+        origin = ", ".join(f"{k} {v}" for k, v in stored.origin.items() if v is not None)
+        console.print(f"made from: {origin}")
     console.print(
         f"steps {stored.steps_completed}/{stored.steps_total} completed, "
         f"{stored.steps_failed} failed, {stored.steps_skipped} skipped; "
@@ -398,6 +401,9 @@ def print_stored_session(stored: StoredSession) -> None:
         title = Text(f"[{step.step_key}] ", style="bold")
         title.append_text(_status(step.status))
         console.print(title)
+        if step.parent is not None:
+            proposed = ", ".join(step.provenance) or "the merge"
+            console.print(f"  added at run time by {step.parent}; proposed by {proposed}")
         if step.prompt:
             console.print(f"  prompt: {_short(step.prompt, 200)}")
         if step.output is not None:
