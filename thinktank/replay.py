@@ -400,8 +400,9 @@ def _compare(stored: StoredSession, result: SessionResult) -> list[StepDiff]:
                     replayed=new is not None,
                 )
             )
+    known = {s.step_key for s in stored.steps}
     for key in result.steps:
-        if all(s.step_key != key for s in stored.steps):
+        if key not in known:
             diffs.append(
                 StepDiff(step=key, field="extra", original=None, replayed=result.steps[key].status)
             )
