@@ -3,7 +3,8 @@
 Subprocess workers run :func:`worker` (``python -c`` from the repo root). Each prints
 ``ready`` once it has imported everything (and, for ``claim``, opened its store), waits
 for ``go`` on stdin, does its job and prints one JSON line: the test releases them all
-at once, so they really race.
+at once, so they really race. The tests that start processes are marked ``slow`` (a
+few seconds each; ``pytest -m 'not slow'`` skips them).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+import pytest
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
@@ -181,6 +183,7 @@ async def _check_sessions(url: str, session_ids: list[str]) -> None:
     }
 
 
+@pytest.mark.slow
 async def test_fifty_sessions_on_one_sqlite_file(tmp_path: Path) -> None:
     """50 sessions at once on one new SQLite file (40 stores here, 10 in two subprocesses):
     no 'database is locked', every row there."""
@@ -204,6 +207,7 @@ async def test_fifty_sessions_on_one_sqlite_file(tmp_path: Path) -> None:
     await _check_sessions(url, here + [sid for ids in there for sid in ids])
 
 
+@pytest.mark.slow
 async def test_four_processes_write_one_postgres_database(pg_url: str, tmp_path: Path) -> None:
     """Four processes open one new PostgreSQL database at once and write 5 sessions each."""
     results = await run_workers([["write", pg_url, "5", f"proc{i}"] for i in range(4)], tmp_path)
@@ -211,6 +215,7 @@ async def test_four_processes_write_one_postgres_database(pg_url: str, tmp_path:
     await _check_sessions(pg_url, [sid for ids in results for sid in ids])
 
 
+@pytest.mark.slow
 async def test_four_processes_race_to_claim_one_session(db_url: str, tmp_path: Path) -> None:
     """Four processes claim the same session at the same moment: exactly one wins."""
     events = simple_session(1)

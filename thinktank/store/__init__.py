@@ -34,6 +34,7 @@ import json
 import math
 import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
@@ -170,6 +171,31 @@ def _one_line(exc: BaseException) -> str:
     return lines[0] if lines else type(cause).__name__
 
 
+def _use_wal(cursor: Any) -> None:
+    """Put the database in WAL mode (it stays so: the mode is kept in the file).
+
+    Switching takes an exclusive lock, and when several connections open a new file at
+    once SQLite may refuse at once ("database is locked") rather than wait under the
+    busy timeout: each would wait for the others (a deadlock). It happens only then,
+    so the retry sleeps a few milliseconds in this (event-loop) thread.
+    """
+    cursor.execute("PRAGMA journal_mode")
+    row = cursor.fetchone()
+    if row is not None and str(row[0]).lower() in ("wal", "memory"):
+        return
+    deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
+    delay = 0.002
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
 def _configure_sqlite(engine: AsyncEngine) -> None:
     """WAL, busy timeout, foreign keys, and BEGIN IMMEDIATE for writes."""
 
@@ -179,9 +205,8 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
-            # The busy timeout goes first: switching to WAL waits for other openers.
             cursor.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _use_wal(cursor)
             cursor.execute("PRAGMA synchronous = NORMAL")
             cursor.execute("PRAGMA foreign_keys = ON")
         finally:

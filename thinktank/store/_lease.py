@@ -35,8 +35,11 @@ _c = SESSIONS.c
 
 
 def _clock(postgres: bool, ttl_s: float = 0.0) -> tuple[ColumnElement[Any], ColumnElement[Any]]:
-    """SQL for "now" and "now + ttl_s": the server's clock on PostgreSQL, this
-    machine's (UTC) on SQLite."""
+    """The lease clock as SQL: ``(now, now + ttl_s)``.
+
+    The server's clock on PostgreSQL; this machine's (UTC) on SQLite, where every
+    worker is on this machine.
+    """
     ttl = timedelta(seconds=ttl_s)
     if postgres:
         return func.now(), func.now() + ttl

@@ -23,6 +23,8 @@ The migrations:
 - ``0002_dynamic_steps_and_leases``: ``thinktank_steps.parent`` and ``.provenance``
   (steps a decompose step adds at run time) and ``thinktank_sessions.lease_owner`` and
   ``.lease_expires_at`` (several workers sharing one database).
+- ``0003_session_origin``: ``thinktank_sessions.origin``, what a replay, fork or resume
+  was made from.
 """
 
 from __future__ import annotations
