@@ -43,6 +43,7 @@ from thinktank.spec import (
     parse_session,
 )
 from thinktank.store import Store
+from thinktank.transfer import export_session, import_session
 
 __version__ = "0.1.0"
 
@@ -81,7 +82,9 @@ __all__ = [
     "__version__",
     "dry_run",
     "execute_parallel",
+    "export_session",
     "fork",
+    "import_session",
     "load_session",
     "parse_session",
     "replay",
