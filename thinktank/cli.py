@@ -183,12 +183,7 @@ def run_command(
 ) -> None:
     """Run SESSION_FILE and record it in the database."""
     try:
-        spec = load_session(session_file)
-        if model is not None:
-            spec = spec.with_model(model)
-            problems = validate_spec(spec, file=session_file, check_model=_registry(spec).check)
-            if problems:
-                raise SpecErrors(problems)
+        spec = _load(session_file, model)
     except SpecErrors as exc:
         _fail(exc.lines())
     file_values = _parse_inputs((), inputs_file)
@@ -239,6 +234,21 @@ def run_command(
     else:
         print_result(result)
     sys.exit(EXIT_OK if result.status == "completed" else EXIT_FAILED)
+
+
+def _load(session_file: str, model: str | None) -> SessionSpec:
+    """The session file, with every step on ``model`` when one is given (``--model``).
+
+    Raises:
+        SpecErrors: the file is invalid, or the model cannot be used.
+    """
+    spec = load_session(session_file)
+    if model is not None:
+        spec = spec.with_model(model)
+        problems = validate_spec(spec, file=session_file, check_model=_registry(spec).check)
+        if problems:
+            raise SpecErrors(problems)
+    return spec
 
 
 def _registry(spec: SessionSpec | None = None) -> ModelRegistry:
@@ -398,12 +408,7 @@ def run_many_command(
 ) -> None:
     """Run SESSION_FILE once per line of --inputs, into one database."""
     try:
-        spec = load_session(session_file)
-        if model is not None:
-            spec = spec.with_model(model)
-            problems = validate_spec(spec, file=session_file, check_model=_registry(spec).check)
-            if problems:
-                raise SpecErrors(problems)
+        spec = _load(session_file, model)
         rows = read_inputs_file(inputs_file, spec)
     except SpecErrors as exc:
         _fail(exc.lines())
