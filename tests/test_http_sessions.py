@@ -176,3 +176,30 @@ def test_sentinel_key_never_appears_anywhere(
         assert SENTINEL.encode() not in file.read_bytes()
     # The server did receive it: the test would notice a key that was never sent.
     assert any(SENTINEL in str(r.headers) for r in server.requests)
+
+
+async def test_streamed_text_reaches_on_delta_as_it_arrives(
+    server: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With stream on, on_delta sees the pieces (OpenAI and Anthropic) that make the answer."""
+    monkeypatch.setenv("TT_TEST_KEY", SENTINEL)
+    data = session(
+        server,
+        [
+            {"id": "a", "prompt": "one two three four five six", "model": "gpt"},
+            {"id": "b", "prompt": "seven eight nine ten", "model": "claude"},
+        ],
+    )
+    for name in ("gpt", "claude"):
+        data["models"][name]["stream"] = True
+    spec = parse_session(data)
+    pieces: dict[tuple[str, str], list[str]] = {}
+
+    def on_delta(step: str, model: str, text: str) -> None:
+        pieces.setdefault((step, model), []).append(text)
+
+    result = await thinktank.run(spec, store=None, on_delta=on_delta)
+    assert result.status == "completed"
+    for step, model in (("a", "gpt"), ("b", "claude")):
+        assert len(pieces[(step, model)]) > 1
+        assert "".join(pieces[(step, model)]) == result.steps[step].output

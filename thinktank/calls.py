@@ -14,6 +14,7 @@ recorded and then propagates.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -30,9 +31,11 @@ from thinktank.ids import new_id
 from thinktank.providers.base import ModelClient, ModelRequest, ModelResponse
 from thinktank.providers.retry import RetryPolicy
 
-__all__ = ["NO_RETRY", "CallResult", "PooledModel", "call_model"]
+__all__ = ["NO_RETRY", "CallResult", "OnDelta", "PooledModel", "call_model"]
 
 Emit = Callable[[Event], None]
+OnDelta = Callable[[str, str, str], None]
+"""(step id, model, text so far received in this piece) -> None."""
 
 NO_RETRY = RetryPolicy(max_retries=0)
 """The policy of clients given without one: what the client returns is final."""
@@ -138,6 +141,7 @@ async def call_model(
     timeout_s: float | None = None,
     limiters: Sequence[anyio.CapacityLimiter] = (),
     budget: Budget | None = None,
+    on_delta: OnDelta | None = None,
 ) -> CallResult:
     """Send ``request`` with retries under ``limiters`` and timeouts; record it all.
 
@@ -152,6 +156,8 @@ async def call_model(
             model's own limiter.
         budget: The session's budget: an attempt that may not fit is not sent (a
             refused first attempt returns ``refused=True`` and records nothing).
+        on_delta: Called as (step id, model, text) with each piece a streaming model
+            sends (live progress; not recorded: the call's full text is).
 
     Returns:
         The call's result; failures and timeouts are values. Cancellation is
@@ -160,6 +166,10 @@ async def call_model(
     pooled = model if isinstance(model, PooledModel) else PooledModel(client=model)
     if request.max_tokens is None and pooled.max_tokens is not None:
         request = dataclasses.replace(request, max_tokens=pooled.max_tokens)
+    if on_delta is not None:
+        request = dataclasses.replace(
+            request, on_delta=functools.partial(on_delta, request.step_id, pooled.client.name)
+        )
     limits = [*limiters, pooled.limiter] if pooled.limiter is not None else list(limiters)
     bounds = [t for t in (timeout_s, pooled.timeout_s) if t is not None]
     attempt_timeout = min(bounds) if bounds else None

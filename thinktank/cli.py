@@ -219,6 +219,7 @@ def run_command(
                 source=session_file,
                 max_cost_usd=max_cost,
                 max_tokens=max_tokens,
+                on_delta=progress.delta,
             )
 
     try:

@@ -43,6 +43,7 @@ class Progress:
         self.finished = 0
         self.counts: dict[str, int] = {}
         self.running: dict[str, float] = {}
+        self.streamed: dict[str, str] = {}
         self.recent: deque[tuple[str, str, str]] = deque(maxlen=8)
         self._start = time.perf_counter()
         self._live: Live | None = None
@@ -83,6 +84,7 @@ class Progress:
             self._line(f"step {event.step_id}: running{retry}")
         elif isinstance(event, StepFinished):
             self.running.pop(event.step_id, None)
+            self.streamed.pop(event.step_id, None)
             self._count(event.status)
             detail = event.error or _short(event.output)
             self.recent.append((event.step_id, event.status, detail))
@@ -110,6 +112,14 @@ class Progress:
         if self._live is not None:
             self._live.update(self._render())
 
+    def delta(self, step_id: str, model: str, text: str) -> None:
+        """Streamed text as it arrives: the live view shows each running step's latest."""
+        if self._live is None:
+            return
+        tail = (self.streamed.get(step_id, "") + text)[-200:]
+        self.streamed[step_id] = tail
+        self._live.update(self._render())
+
     def _count(self, status: str) -> None:
         self.finished += 1
         self.counts[status] = self.counts.get(status, 0) + 1
@@ -128,7 +138,10 @@ class Progress:
         table.add_column("detail", overflow="ellipsis", no_wrap=True, max_width=80)
         now = time.perf_counter()
         for step_id, since in list(self.running.items())[:10]:
-            table.add_row(step_id, Text("running", style="cyan"), f"{now - since:.1f}s")
+            streamed = _short(self.streamed.get(step_id), 70)
+            table.add_row(
+                step_id, Text("running", style="cyan"), f"{now - since:.1f}s {streamed}".strip()
+            )
         for step_id, status, detail in self.recent:
             table.add_row(step_id, Text(status, style=_STYLE.get(status, "")), detail)
         return Group(header, table)

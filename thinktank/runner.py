@@ -31,7 +31,7 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from thinktank.budget import Budget
-from thinktank.calls import PooledModel
+from thinktank.calls import OnDelta, PooledModel
 from thinktank.errors import SpecError, SpecErrors, StoreError
 from thinktank.events import (
     CallFinished,
@@ -207,6 +207,7 @@ async def run(
     max_cost_usd: float | None = None,
     max_tokens: int | None = None,
     restart: Restart | None = None,
+    on_delta: OnDelta | None = None,
 ) -> SessionResult:
     """Run a session to the end and return its result.
 
@@ -221,6 +222,8 @@ async def run(
         max_cost_usd: Overrides the session's ``budget.max_cost_usd``.
         max_tokens: Overrides the session's ``budget.max_tokens``.
         restart: Continue from stored state (``thinktank.replay`` builds these).
+        on_delta: Called as (step, model, text) with each piece of text a streaming
+            model sends, as it arrives (live progress; set ``stream = true`` on the model).
 
     Raises:
         SpecErrors: the spec names models that cannot be used (unknown, no key), or
@@ -274,7 +277,7 @@ async def run(
         if restart is not None and restart.wrap is not None:
             pool = {name: restart.wrap(name, pooled) for name, pooled in pool.items()}
         return await _run_recorded(
-            spec, values, store, pool, on_event, source, selected, restart or Restart()
+            spec, values, store, pool, on_event, source, selected, restart or Restart(), on_delta
         )
     finally:
         # Shielded: an interrupted run must still release its connections.
@@ -294,6 +297,7 @@ async def _run_recorded(
     source: str | None,
     selected: dict[str, str],
     restart: Restart,
+    on_delta: OnDelta | None = None,
 ) -> SessionResult:
     # uuid4, not v7: a random prefix keeps `thinktank show <first 8 chars>` unambiguous.
     session_id = restart.session_id or str(uuid.uuid4())
@@ -364,6 +368,7 @@ async def _run_recorded(
             graph.add_step(st)
         scheduler.add_steps(parent, [(st.id, list(st.depends_on)) for st in added], sink=sink)
 
+    executor.on_delta = on_delta
     executor.on_grow = grow
     executor.on_stop = scheduler.stop
     started_at = utcnow()

@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 
 from thinktank.budget import Budget
-from thinktank.calls import CallResult, PooledModel, call_model
+from thinktank.calls import CallResult, OnDelta, PooledModel, call_model
 from thinktank.consensus import (
     Answer,
     Embedder,
@@ -101,6 +101,8 @@ class StepExecutor:
         self.aliases: dict[str, str] = {}
         """decompose step id -> its synthesis step: what ``{{ steps.ID.output }}`` gives."""
         self.budget = budget
+        self.on_delta: OnDelta | None = None
+        """Receives streamed text as it arrives (live progress)."""
         self.on_stop: Callable[[str], None] | None = None
         """Called when the budget runs out (the runner stops starting steps)."""
         self.on_grow: Grow | None = None
@@ -211,6 +213,7 @@ class StepExecutor:
                     timeout_s=_seconds(step.call_timeout_ms),
                     limiters=limiters,
                     budget=self.budget,
+                    on_delta=self.on_delta,
                 )
                 calls.append(result)
                 if not result.ok:
@@ -322,6 +325,7 @@ class StepExecutor:
             timeout_s=_seconds(step.call_timeout_ms),
             limiters=self._limiters(None),
             budget=self.budget,
+            on_delta=self.on_delta,
         )
         calls.append(result)
         if result.ok:
@@ -343,6 +347,7 @@ class StepExecutor:
                 timeout_s=_seconds(step.call_timeout_ms),
                 limiters=limiters,
                 budget=self.budget,
+                on_delta=self.on_delta,
             )
             calls.append(result)
             return result

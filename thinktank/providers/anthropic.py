@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import aclosing
 from types import MappingProxyType
 from typing import Any
@@ -137,7 +137,7 @@ class AnthropicModel:
         content = json.dumps(self._body(request)).encode()
         start = time.perf_counter()
         if self._stream:
-            return await self._complete_streaming(content, start)
+            return await self._complete_streaming(content, start, request.on_delta)
         with translate_errors(provider="anthropic", model=self._name, secrets=self._secrets):
             response = await self._http.post(
                 self._url, content=content, headers=self._headers, timeout=self._timeout_s
@@ -229,7 +229,9 @@ class AnthropicModel:
             extra=_extra(data, usage),
         )
 
-    async def _complete_streaming(self, content: bytes, start: float) -> ModelResponse:
+    async def _complete_streaming(
+        self, content: bytes, start: float, on_delta: Callable[[str], None] | None = None
+    ) -> ModelResponse:
         parts: list[str] = []
         usage: dict[str, Any] = {}
         message: dict[str, Any] = {}
@@ -271,6 +273,8 @@ class AnthropicModel:
                                     if not parts:
                                         first_token_ms = (time.perf_counter() - start) * 1000
                                     parts.append(text)
+                                    if on_delta is not None:
+                                        on_delta(text)
                         elif kind == "message_start":
                             start_message = payload.get("message")
                             if isinstance(start_message, dict):

@@ -11,6 +11,7 @@ response whose ``error`` is set (a partial answer that ended badly). The call la
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -36,6 +37,8 @@ class ModelRequest:
     retry: int = 0
     """0 for the first send of this call, 1 for its first retry, ... (set by the call
     layer; simulated models mix it into their randomness)."""
+    on_delta: Callable[[str], None] | None = field(default=None, compare=False)
+    """Streaming clients call it with each piece of text as it arrives (live progress)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

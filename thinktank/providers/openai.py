@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import aclosing
 from types import MappingProxyType
 from typing import Any, Literal
@@ -134,7 +134,7 @@ class OpenAICompatibleModel:
         content = json.dumps(self._body(request)).encode()
         start = time.perf_counter()
         if self._stream:
-            return await self._complete_streaming(content, start)
+            return await self._complete_streaming(content, start, request.on_delta)
         with translate_errors(provider="openai", model=self._name, secrets=self._secrets):
             response = await self._http.post(
                 self._url, content=content, headers=self._headers, timeout=self._timeout_s
@@ -215,7 +215,9 @@ class OpenAICompatibleModel:
             extra=_extra(data),
         )
 
-    async def _complete_streaming(self, content: bytes, start: float) -> ModelResponse:
+    async def _complete_streaming(
+        self, content: bytes, start: float, on_delta: Callable[[str], None] | None = None
+    ) -> ModelResponse:
         parts: list[str] = []
         finish: str | None = None
         usage: object = None
@@ -277,6 +279,8 @@ class OpenAICompatibleModel:
                                 if not parts:
                                     first_token_ms = (time.perf_counter() - start) * 1000
                                 parts.append(text)
+                                if on_delta is not None:
+                                    on_delta(text)
                         reason = choice.get("finish_reason")
                         if isinstance(reason, str) and reason:
                             finish = reason
