@@ -205,17 +205,7 @@ class StepExecutor:
         async def propose(model: str) -> None:
             req = asked
             for try_ in range(2):
-                result = await call_model(
-                    self.clients[model],
-                    req,
-                    session_id=self.session_id,
-                    emit=self.emit,
-                    timeout_s=_seconds(step.call_timeout_ms),
-                    limiters=limiters,
-                    budget=self.budget,
-                    on_delta=self.on_delta,
-                )
-                calls.append(result)
+                result = await self._call(step, model, req, limiters, calls)
                 if not result.ok:
                     bad[model] = f"call failed: {result.error}"
                     return
@@ -307,6 +297,28 @@ class StepExecutor:
             self._embedder = SentenceTransformerEmbedder()
         return self._embedder
 
+    async def _call(
+        self,
+        step: StepSpec,
+        model: str,
+        request: ModelRequest,
+        limiters: list[anyio.CapacityLimiter],
+        calls: list[CallResult],
+    ) -> CallResult:
+        """One recorded call of ``step`` to ``model``; its result joins ``calls``."""
+        result = await call_model(
+            self.clients[model],
+            request,
+            session_id=self.session_id,
+            emit=self.emit,
+            timeout_s=_seconds(step.call_timeout_ms),
+            limiters=limiters,
+            budget=self.budget,
+            on_delta=self.on_delta,
+        )
+        calls.append(result)
+        return result
+
     def _limiters(self, step_limiter: anyio.CapacityLimiter | None) -> list[anyio.CapacityLimiter]:
         # Always step first, then session: one global order, so no two waits can deadlock.
         limiters = [step_limiter] if step_limiter is not None else []
@@ -317,17 +329,7 @@ class StepExecutor:
     async def _one(
         self, step: StepSpec, model: str, request: ModelRequest, calls: list[CallResult]
     ) -> tuple[str | None, float | None, str | None]:
-        result = await call_model(
-            self.clients[model],
-            request,
-            session_id=self.session_id,
-            emit=self.emit,
-            timeout_s=_seconds(step.call_timeout_ms),
-            limiters=self._limiters(None),
-            budget=self.budget,
-            on_delta=self.on_delta,
-        )
-        calls.append(result)
+        result = await self._call(step, model, request, self._limiters(None), calls)
         if result.ok:
             return result.content, None, None
         return None, None, f"model {model!r}: {result.error}"
@@ -339,17 +341,7 @@ class StepExecutor:
         limiters = self._limiters(step_limiter)
 
         async def call(model: str, req: ModelRequest = request) -> CallResult:
-            result = await call_model(
-                self.clients[model],
-                req,
-                session_id=self.session_id,
-                emit=self.emit,
-                timeout_s=_seconds(step.call_timeout_ms),
-                limiters=limiters,
-                budget=self.budget,
-                on_delta=self.on_delta,
-            )
-            calls.append(result)
+            result = await self._call(step, model, req, limiters, calls)
             return result
 
         threshold = (
