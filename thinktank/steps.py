@@ -341,8 +341,7 @@ class StepExecutor:
         limiters = self._limiters(step_limiter)
 
         async def call(model: str, req: ModelRequest = request) -> CallResult:
-            result = await self._call(step, model, req, limiters, calls)
-            return result
+            return await self._call(step, model, req, limiters, calls)
 
         threshold = (
             step.consensus_threshold
