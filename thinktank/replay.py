@@ -475,6 +475,8 @@ async def replay(
                 key = (step.step_key, call.model_id, call.attempt)
                 recordings.setdefault(key, deque()).append(call)
         restart = Restart(
+            # A recorded replay (no re-merge) runs the stored, once validated graph.
+            validated=kind == "recorded",
             origin={
                 "kind": "replay",
                 "session_id": stored.id,

@@ -152,6 +152,9 @@ class Restart:
     """Replaces model clients (recorded responses for replay and resume)."""
     origin: dict[str, Any] | None = None
     """What this run was made from (kind and session), stored with the session."""
+    validated: bool = False
+    """The spec is a stored session's, already validated when it ran, and every model
+    it names is given as a client (recorded replay): skip re-validating the graph."""
 
 
 def _step_info(
@@ -242,9 +245,10 @@ async def run(
             }
         )
         spec = spec.model_copy(update={"budget": limits})
-    problems = validate_spec(spec, file=source, check_model=registry.check)
-    if problems:
-        raise SpecErrors(problems)
+    if restart is None or not restart.validated:
+        problems = validate_spec(spec, file=source, check_model=registry.check)
+        if problems:
+            raise SpecErrors(problems)
     values = validate_inputs(spec, inputs)
     all_steps = [*spec.steps, *(st for st, _, _ in (restart.extra_steps if restart else []))]
     names = [name for step in all_steps for name in [*spec.step_models(step), *step.extra_models()]]
