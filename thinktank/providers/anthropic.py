@@ -28,16 +28,13 @@ from types import MappingProxyType
 from typing import Any
 
 from thinktank.errors import ProviderError
+from thinktank.providers._wire import WireModel
 from thinktank.providers.base import ModelRequest, ModelResponse
 from thinktank.providers.http import (
     AsyncClient,
-    Response,
     as_count,
     cost_usd,
-    decode_json,
     error_from_payload,
-    error_from_response,
-    secrets_of,
     translate_errors,
 )
 from thinktank.providers.sse import iter_sse
@@ -53,8 +50,10 @@ _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 _CACHE_FIELDS = ("cache_creation_input_tokens", "cache_read_input_tokens")
 
 
-class AnthropicModel:
+class AnthropicModel(WireModel):
     """A :class:`~thinktank.providers.base.ModelClient` for the Anthropic Messages API."""
+
+    PROVIDER = "anthropic"
 
     def __init__(
         self,
@@ -86,34 +85,24 @@ class AnthropicModel:
             input_cost_per_mtok: USD per million input tokens, if known.
             output_cost_per_mtok: USD per million output tokens, if known.
         """
-        self._name = name
-        self._model = model
-        self._http = http
-        self._url = base_url.rstrip("/") + "/v1/messages"
+        super().__init__(
+            name=name,
+            model=model,
+            http=http,
+            url=base_url.rstrip("/") + "/v1/messages",
+            api_key=api_key,
+            key_header=("x-api-key", api_key or ""),
+            base_headers={
+                "content-type": "application/json",
+                "accept": "text/event-stream" if stream else "application/json",
+                "anthropic-version": ANTHROPIC_VERSION,
+            },
+            headers=headers,
+            timeout_s=timeout_s,
+            input_cost_per_mtok=input_cost_per_mtok,
+            output_cost_per_mtok=output_cost_per_mtok,
+        )
         self._stream = stream
-        self._timeout_s = timeout_s
-        self._input_cost = input_cost_per_mtok
-        self._output_cost = output_cost_per_mtok
-        base = {
-            "content-type": "application/json",
-            "accept": "text/event-stream" if stream else "application/json",
-            "anthropic-version": ANTHROPIC_VERSION,
-        }
-        if api_key:
-            base["x-api-key"] = api_key
-        self._headers = {**base, **{k.lower(): v for k, v in headers.items()}}
-        self._secrets = secrets_of(api_key, self._headers)
-        self._key_configured = bool(self._secrets)
-
-    @property
-    def name(self) -> str:
-        """The model name sessions use."""
-        return self._name
-
-    @property
-    def provider(self) -> str:
-        """Always ``anthropic``."""
-        return "anthropic"
 
     def __repr__(self) -> str:
         return f"AnthropicModel(name={self._name!r}, model={self._model!r}, url={self._url!r})"
@@ -143,13 +132,7 @@ class AnthropicModel:
                 self._url, content=content, headers=self._headers, timeout=self._timeout_s
             )
         self._raise_for_status(response)
-        data = decode_json(
-            response.content,
-            provider="anthropic",
-            model=self._name,
-            status=response.status_code,
-            secrets=self._secrets,
-        )
+        data = self._decode(response.content, response.status_code)
         return self._from_message(data, start)
 
     def _body(self, request: ModelRequest) -> dict[str, Any]:
@@ -167,28 +150,6 @@ class AnthropicModel:
         if self._stream:
             body["stream"] = True
         return body
-
-    def _raise_for_status(self, response: Response) -> None:
-        if 200 <= response.status_code < 300:
-            return
-        raise error_from_response(
-            provider="anthropic",
-            model=self._name,
-            status=response.status_code,
-            headers=response.headers,
-            body_text=response.text,
-            secrets=self._secrets,
-            key_configured=self._key_configured,
-        )
-
-    def _shape_error(self, what: str, partial: str | None = None) -> ProviderError:
-        return ProviderError(
-            f"anthropic model {self._name!r}: unexpected response: {what}",
-            provider="anthropic",
-            model=self._name,
-            retryable=False,
-            partial=partial,
-        )
 
     def _error_event(self, payload: dict[str, Any], partial: str | None) -> ProviderError:
         return error_from_payload(
@@ -253,13 +214,7 @@ class AnthropicModel:
                     self._raise_for_status(response)
                 if not response.headers.get("content-type", "").startswith("text/event-stream"):
                     body = await response.aread()
-                    data = decode_json(
-                        body,
-                        provider="anthropic",
-                        model=self._name,
-                        status=response.status_code,
-                        secrets=self._secrets,
-                    )
+                    data = self._decode(body, response.status_code)
                     return self._from_message(data, start)
                 async with aclosing(iter_sse(response.aiter_lines())) as events:
                     async for event in events:

@@ -23,15 +23,13 @@ from types import MappingProxyType
 from typing import Any
 
 from thinktank.errors import ProviderError
+from thinktank.providers._wire import WireModel
 from thinktank.providers.base import ModelRequest, ModelResponse
 from thinktank.providers.http import (
     AsyncClient,
     as_count,
     cost_usd,
-    decode_json,
     error_from_payload,
-    error_from_response,
-    secrets_of,
     translate_errors,
 )
 
@@ -41,8 +39,10 @@ _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
 
 
-class GeminiModel:
+class GeminiModel(WireModel):
     """A :class:`~thinktank.providers.base.ModelClient` for Gemini ``generateContent``."""
+
+    PROVIDER = "gemini"
 
     def __init__(
         self,
@@ -71,29 +71,20 @@ class GeminiModel:
             input_cost_per_mtok: USD per million prompt tokens, if known.
             output_cost_per_mtok: USD per million output tokens, if known.
         """
-        self._name = name
-        self._model = model.removeprefix("models/")
-        self._http = http
-        self._url = f"{base_url.rstrip('/')}/v1beta/models/{self._model}:generateContent"
-        self._timeout_s = timeout_s
-        self._input_cost = input_cost_per_mtok
-        self._output_cost = output_cost_per_mtok
-        base = {"content-type": "application/json", "accept": "application/json"}
-        if api_key:
-            base["x-goog-api-key"] = api_key
-        self._headers = {**base, **{k.lower(): v for k, v in headers.items()}}
-        self._secrets = secrets_of(api_key, self._headers)
-        self._key_configured = bool(self._secrets)
-
-    @property
-    def name(self) -> str:
-        """The model name sessions use."""
-        return self._name
-
-    @property
-    def provider(self) -> str:
-        """Always ``gemini``."""
-        return "gemini"
+        model = model.removeprefix("models/")
+        super().__init__(
+            name=name,
+            model=model,
+            http=http,
+            url=f"{base_url.rstrip('/')}/v1beta/models/{model}:generateContent",
+            api_key=api_key,
+            key_header=("x-goog-api-key", api_key or ""),
+            base_headers={"content-type": "application/json", "accept": "application/json"},
+            headers=headers,
+            timeout_s=timeout_s,
+            input_cost_per_mtok=input_cost_per_mtok,
+            output_cost_per_mtok=output_cost_per_mtok,
+        )
 
     def __repr__(self) -> str:
         return f"GeminiModel(name={self._name!r}, model={self._model!r})"
@@ -120,23 +111,9 @@ class GeminiModel:
                 self._url, content=content, headers=self._headers, timeout=self._timeout_s
             )
         if not 200 <= response.status_code < 300:
-            raise error_from_response(
-                provider="gemini",
-                model=self._name,
-                status=response.status_code,
-                headers=response.headers,
-                body_text=response.text,
-                secrets=self._secrets,
-                retry_after_s=_retry_delay(response.text),
-                key_configured=self._key_configured,
-            )
-        data = decode_json(
-            response.content,
-            provider="gemini",
-            model=self._name,
-            status=response.status_code,
-            secrets=self._secrets,
-        )
+            # Gemini puts its retry hint in the body (RetryInfo.retryDelay).
+            self._raise_for_status(response, _retry_delay(response.text))
+        data = self._decode(response.content, response.status_code)
         return self._from_body(data, start)
 
     def _body(self, request: ModelRequest) -> dict[str, Any]:

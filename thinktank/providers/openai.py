@@ -26,16 +26,13 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from thinktank.errors import ProviderError
+from thinktank.providers._wire import WireModel
 from thinktank.providers.base import ModelRequest, ModelResponse
 from thinktank.providers.http import (
     AsyncClient,
-    Response,
     as_count,
     cost_usd,
-    decode_json,
     error_from_payload,
-    error_from_response,
-    secrets_of,
     translate_errors,
 )
 from thinktank.providers.sse import iter_sse
@@ -45,8 +42,10 @@ __all__ = ["OpenAICompatibleModel"]
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
-class OpenAICompatibleModel:
+class OpenAICompatibleModel(WireModel):
     """A :class:`~thinktank.providers.base.ModelClient` for chat-completions servers."""
+
+    PROVIDER = "openai"
 
     def __init__(
         self,
@@ -81,34 +80,24 @@ class OpenAICompatibleModel:
             max_tokens_param: The body field for the output limit; OpenAI's reasoning
                 models accept only ``max_completion_tokens``.
         """
-        self._name = name
-        self._model = model
-        self._http = http
-        self._url = base_url.rstrip("/") + "/chat/completions"
+        super().__init__(
+            name=name,
+            model=model,
+            http=http,
+            url=base_url.rstrip("/") + "/chat/completions",
+            api_key=api_key,
+            key_header=("authorization", f"Bearer {api_key}"),
+            base_headers={
+                "content-type": "application/json",
+                "accept": "text/event-stream" if stream else "application/json",
+            },
+            headers=headers,
+            timeout_s=timeout_s,
+            input_cost_per_mtok=input_cost_per_mtok,
+            output_cost_per_mtok=output_cost_per_mtok,
+        )
         self._stream = stream
-        self._timeout_s = timeout_s
-        self._input_cost = input_cost_per_mtok
-        self._output_cost = output_cost_per_mtok
         self._max_tokens_param = max_tokens_param
-        base = {
-            "content-type": "application/json",
-            "accept": "text/event-stream" if stream else "application/json",
-        }
-        if api_key:
-            base["authorization"] = f"Bearer {api_key}"
-        self._headers = {**base, **{k.lower(): v for k, v in headers.items()}}
-        self._secrets = secrets_of(api_key, self._headers)
-        self._key_configured = bool(self._secrets)
-
-    @property
-    def name(self) -> str:
-        """The model name sessions use."""
-        return self._name
-
-    @property
-    def provider(self) -> str:
-        """Always ``openai`` (the wire protocol, whoever serves it)."""
-        return "openai"
 
     def __repr__(self) -> str:
         return (
@@ -140,13 +129,7 @@ class OpenAICompatibleModel:
                 self._url, content=content, headers=self._headers, timeout=self._timeout_s
             )
         self._raise_for_status(response)
-        data = decode_json(
-            response.content,
-            provider="openai",
-            model=self._name,
-            status=response.status_code,
-            secrets=self._secrets,
-        )
+        data = self._decode(response.content, response.status_code)
         return self._from_completion(data, start)
 
     def _body(self, request: ModelRequest) -> dict[str, Any]:
@@ -163,28 +146,6 @@ class OpenAICompatibleModel:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
         return body
-
-    def _raise_for_status(self, response: Response) -> None:
-        if 200 <= response.status_code < 300:
-            return
-        raise error_from_response(
-            provider="openai",
-            model=self._name,
-            status=response.status_code,
-            headers=response.headers,
-            body_text=response.text,
-            secrets=self._secrets,
-            key_configured=self._key_configured,
-        )
-
-    def _shape_error(self, what: str, partial: str | None = None) -> ProviderError:
-        return ProviderError(
-            f"openai model {self._name!r}: unexpected response: {what}",
-            provider="openai",
-            model=self._name,
-            retryable=False,
-            partial=partial,
-        )
 
     def _from_completion(self, data: dict[str, Any], start: float) -> ModelResponse:
         choices = data.get("choices")
@@ -239,13 +200,7 @@ class OpenAICompatibleModel:
                 if not response.headers.get("content-type", "").startswith("text/event-stream"):
                     # The server ignored "stream": it answered with one JSON body.
                     body = await response.aread()
-                    data = decode_json(
-                        body,
-                        provider="openai",
-                        model=self._name,
-                        status=response.status_code,
-                        secrets=self._secrets,
-                    )
+                    data = self._decode(body, response.status_code)
                     return self._from_completion(data, start)
                 async with aclosing(iter_sse(response.aiter_lines())) as events:
                     async for event in events:
