@@ -35,11 +35,11 @@ import math
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import aiosqlite
 import anyio
@@ -50,7 +50,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import StaticPool
 from sqlmodel import SQLModel
 
-from thinktank.errors import StoreError, UnknownSessionError
+from thinktank.errors import StoreError
 from thinktank.events import Event
 from thinktank.store import _lease
 from thinktank.store._migrations import MIGRATIONS_TABLE, upgrade
@@ -87,6 +87,8 @@ __all__ = [
     "default_db_url",
     "normalize_db_url",
 ]
+
+T = TypeVar("T")
 
 DEFAULT_DB_ENV = "THINKTANK_DB"
 """Environment variable naming the database (a URL or a file path)."""
@@ -525,6 +527,28 @@ class Store:
                 await stack.enter_async_context(self._write_lock)
             yield await stack.enter_async_context(self._engine.begin())
 
+    async def _read(self, query: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """Run ``query(conn, *args, **kwargs)`` in a read transaction; a database
+        failure becomes one StoreError (other errors, such as UnknownSessionError,
+        pass through)."""
+        self._check_open()
+        try:
+            async with self._reader() as conn:
+                return await query(conn, *args, **kwargs)
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"cannot read {self.url}: {_one_line(exc)}") from exc
+
+    async def _leasing(
+        self, what: str, change: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any
+    ) -> T:
+        """Run a lease change in a lease transaction; a database failure says ``what``."""
+        self._check_open()
+        try:
+            async with self._lease_transaction() as conn:
+                return await change(conn, *args, **kwargs)
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"cannot {what} in {self.url}: {_one_line(exc)}") from exc
+
     async def list_sessions(self, *, limit: int | None = None) -> list[SessionSummary]:
         """Stored sessions, newest first.
 
@@ -534,12 +558,7 @@ class Store:
         Raises:
             StoreError: the database could not be read.
         """
-        self._check_open()
-        try:
-            async with self._reader() as conn:
-                return await list_sessions(conn, limit)
-        except (SQLAlchemyError, OSError) as exc:
-            raise StoreError(f"cannot read {self.url}: {_one_line(exc)}") from exc
+        return await self._read(list_sessions, limit)
 
     async def get_session(self, id_or_prefix: str) -> StoredSession:
         """A whole session by id, or by a unique prefix of at least 4 characters.
@@ -548,32 +567,15 @@ class Store:
             UnknownSessionError: no session matches, or the prefix matches several.
             StoreError: the database could not be read.
         """
-        self._check_open()
-        try:
-            async with self._reader() as conn:
-                return await get_session(conn, id_or_prefix)
-        except UnknownSessionError:
-            raise
-        except (SQLAlchemyError, OSError) as exc:
-            raise StoreError(f"cannot read {self.url}: {_one_line(exc)}") from exc
+        return await self._read(get_session, id_or_prefix)
 
     async def find_consensus(self, cache_key: str) -> StoredConsensus | None:
         """The newest stored consensus under ``cache_key`` (the consensus cache)."""
-        self._check_open()
-        try:
-            async with self._reader() as conn:
-                return await find_consensus(conn, cache_key)
-        except (SQLAlchemyError, OSError) as exc:
-            raise StoreError(f"cannot read {self.url}: {_one_line(exc)}") from exc
+        return await self._read(find_consensus, cache_key)
 
     async def count_rows(self) -> dict[str, int]:
         """Table name -> number of rows, for every thinktank table."""
-        self._check_open()
-        try:
-            async with self._reader() as conn:
-                return await count_rows(conn)
-        except (SQLAlchemyError, OSError) as exc:
-            raise StoreError(f"cannot read {self.url}: {_one_line(exc)}") from exc
+        return await self._read(count_rows)
 
     async def migrations(self) -> list[tuple[str, datetime]]:
         """The schema migrations applied to the database: (name, applied at, UTC), in order.
@@ -615,14 +617,14 @@ class Store:
             StoreError: the database could not be read or written.
         """
         _check_lease_args(worker_id, ttl_s)
-        self._check_open()
-        try:
-            async with self._lease_transaction() as conn:
-                return await _lease.claim(
-                    conn, session_id, worker_id, ttl_s, postgres=self._postgres
-                )
-        except (SQLAlchemyError, OSError) as exc:
-            raise StoreError(f"cannot claim a session in {self.url}: {_one_line(exc)}") from exc
+        return await self._leasing(
+            "claim a session",
+            _lease.claim,
+            session_id,
+            worker_id,
+            ttl_s,
+            postgres=self._postgres,
+        )
 
     async def heartbeat(self, session_id: str, *, worker_id: str, ttl_s: float) -> bool:
         """Renew this worker's live lease of a session: it now ends ``ttl_s`` from now.
@@ -637,14 +639,14 @@ class Store:
             StoreError: the database could not be read or written.
         """
         _check_lease_args(worker_id, ttl_s)
-        self._check_open()
-        try:
-            async with self._lease_transaction() as conn:
-                return await _lease.heartbeat(
-                    conn, session_id, worker_id, ttl_s, postgres=self._postgres
-                )
-        except (SQLAlchemyError, OSError) as exc:
-            raise StoreError(f"cannot renew a lease in {self.url}: {_one_line(exc)}") from exc
+        return await self._leasing(
+            "renew a lease",
+            _lease.heartbeat,
+            session_id,
+            worker_id,
+            ttl_s,
+            postgres=self._postgres,
+        )
 
     async def release(self, session_id: str, *, worker_id: str) -> bool:
         """Give up this worker's lease of a session (so another may claim it at once).
@@ -656,21 +658,11 @@ class Store:
             UnknownSessionError: no session has that id.
             StoreError: the database could not be read or written.
         """
-        self._check_open()
-        try:
-            async with self._lease_transaction() as conn:
-                return await _lease.release(conn, session_id, worker_id)
-        except (SQLAlchemyError, OSError) as exc:
-            raise StoreError(f"cannot release a lease in {self.url}: {_one_line(exc)}") from exc
+        return await self._leasing("release a lease", _lease.release, session_id, worker_id)
 
     async def events_of(self, session_id: str) -> list[dict[str, Any]]:
         """Every event of a session as stored (``event.to_dict()``), in write order."""
-        self._check_open()
-        try:
-            async with self._reader() as conn:
-                return await events_of(conn, session_id)
-        except (SQLAlchemyError, OSError) as exc:
-            raise StoreError(f"cannot read {self.url}: {_one_line(exc)}") from exc
+        return await self._read(events_of, session_id)
 
     async def delete_sessions(self, session_ids: Sequence[str]) -> None:
         """Delete sessions and every row that belongs to them, in one transaction."""
@@ -704,12 +696,7 @@ class Store:
             UnknownSessionError: no session has that id.
             StoreError: the database could not be read.
         """
-        self._check_open()
-        try:
-            async with self._reader() as conn:
-                return await _lease.lease_of(conn, session_id, postgres=self._postgres)
-        except (SQLAlchemyError, OSError) as exc:
-            raise StoreError(f"cannot read {self.url}: {_one_line(exc)}") from exc
+        return await self._read(_lease.lease_of, session_id, postgres=self._postgres)
 
 
 def _aware(value: datetime) -> datetime:
