@@ -72,6 +72,15 @@ _db_option = click.option(
     help="Database URL or SQLite file (default: $THINKTANK_DB, else ./thinktank.db).",
 )
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+_no_progress_option = click.option("--no-progress", is_flag=True, help="Do not print progress.")
+_model_option = click.option(
+    "--model",
+    "-m",
+    "model",
+    default=None,
+    metavar="NAME",
+    help="Put every step on this one model (e.g. local, openai/gpt-4o-mini).",
+)
 
 
 def _fail(lines: Sequence[str], code: int = EXIT_BAD_INPUT) -> NoReturn:
@@ -141,14 +150,7 @@ def _parse_inputs(pairs: Sequence[str], inputs_file: str | None) -> dict[str, An
     default=None,
     help="A YAML/JSON mapping of input values.",
 )
-@click.option(
-    "--model",
-    "-m",
-    "model",
-    default=None,
-    metavar="NAME",
-    help="Put every step on this one model (e.g. local, openai/gpt-4o-mini).",
-)
+@_model_option
 @click.option(
     "--max-cost",
     type=click.FloatRange(min=0),
@@ -168,7 +170,7 @@ def _parse_inputs(pairs: Sequence[str], inputs_file: str | None) -> dict[str, An
     help="Print the DAG, the calls it would make and a cost estimate; call nothing.",
 )
 @_json_option
-@click.option("--no-progress", is_flag=True, help="Do not print progress.")
+@_no_progress_option
 def run_command(
     session_file: str,
     db: str | None,
@@ -385,9 +387,7 @@ def ask_command(
     help="Sessions in flight at once.",
 )
 @_db_option
-@click.option(
-    "--model", "-m", "model", default=None, metavar="NAME", help="Put every step on this one model."
-)
+@_model_option
 @click.option(
     "--max-cost",
     type=click.FloatRange(min=0),
@@ -396,7 +396,7 @@ def ask_command(
     help="Budget of each session.",
 )
 @_json_option
-@click.option("--no-progress", is_flag=True, help="Do not print progress.")
+@_no_progress_option
 def run_many_command(
     session_file: str,
     inputs_file: str,
@@ -460,7 +460,7 @@ def _finish_run(result: SessionResult, as_json: bool) -> NoReturn:
 @click.argument("session_id")
 @_db_option
 @_json_option
-@click.option("--no-progress", is_flag=True, help="Do not print progress.")
+@_no_progress_option
 def resume_command(session_id: str, db: str | None, as_json: bool, no_progress: bool) -> None:
     """Finish an interrupted or killed session; nothing that finished runs again."""
     progress = Progress(enabled=not no_progress)
@@ -536,7 +536,7 @@ def replay_command(
 @click.option("--models", default=None, help="Comma-separated models for the step.")
 @_db_option
 @_json_option
-@click.option("--no-progress", is_flag=True, help="Do not print progress.")
+@_no_progress_option
 def fork_command(
     session_id: str,
     step: str,
