@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import thinktank
 from thinktank.calls import CallResult
 from thinktank.consensus import Answer, MergeOptions, agreement
-from thinktank.events import utcnow
+from thinktank.events import CallFinished, CallStarted, Event, utcnow
 from thinktank.parallel import gather, order_by_price
+from thinktank.spec import parse_session
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -202,3 +206,159 @@ async def test_empty_answers_never_hang(mode: str) -> None:
     with anyio.fail_after(5):
         out = await gather(["a", "b", "c"], script.call, mode=mode)  # type: ignore[arg-type]
     assert all(not r.ok for r in out.results.values())
+
+
+# -- timeouts: no call outlives its time limit ----------------------------------------
+
+SLACK_S = 0.05
+"""How late a call may end after its time limit (the machine is shared and noisy)."""
+EARLY_S = 0.005
+"""How early a deadline may fire (the event loop's clock granularity)."""
+
+
+@dataclass
+class TimedModel:
+    """One simulated model of a timed session."""
+
+    latency_ms: float
+    failing: bool
+    answer: str
+    timeout_ms: int | None
+    """The model's own ``timeout_s`` (in ms), None for none."""
+    price: float | None
+
+
+@dataclass
+class TimedCase:
+    """A one-step multi-model session whose calls have time limits."""
+
+    mode: str
+    models: dict[str, TimedModel]
+    call_timeout_ms: int | None
+    """The step's ``call_timeout_ms``."""
+    max_concurrent_models: int
+    min_models: int | None
+    threshold: float
+    failure_strategy: str
+
+    def limit_s(self, model: str) -> float:
+        """The time limit of one call to ``model``: the tighter of the step's and its own."""
+        bounds = [t for t in (self.call_timeout_ms, self.models[model].timeout_ms) if t]
+        return min(bounds) / 1000
+
+    def spec(self) -> thinktank.SessionSpec:
+        models: dict[str, Any] = {}
+        for name, m in self.models.items():
+            entry: dict[str, Any] = {
+                "provider": "simulated",
+                "default_reply": m.answer,
+                "latency": {"kind": "fixed", "ms": m.latency_ms},
+                "failure_rate": 1.0 if m.failing else 0.0,
+            }
+            if m.timeout_ms is not None:
+                entry["timeout_s"] = m.timeout_ms / 1000
+            if m.price is not None:
+                entry["input_cost_per_mtok"] = entry["output_cost_per_mtok"] = m.price
+            models[name] = entry
+        step: dict[str, Any] = {
+            "id": "q",
+            "prompt": "capital of France?",
+            "models": list(self.models),
+            "mode": self.mode,
+            "consensus_threshold": self.threshold,
+            "failure_strategy": self.failure_strategy,
+        }
+        if self.call_timeout_ms is not None:
+            step["call_timeout_ms"] = self.call_timeout_ms
+        if self.min_models is not None:
+            step["min_models"] = self.min_models
+        return parse_session(
+            {
+                "name": "timeouts",
+                "models": models,
+                "parallel_execution": {"max_concurrent_models": self.max_concurrent_models},
+                "steps": [step],
+            }
+        )
+
+
+@st.composite
+def timed_cases(draw: st.DrawFn) -> TimedCase:
+    """Random modes and limits; some models take 10-20x their time limit, some fail."""
+    mode = draw(st.sampled_from(["all", "race", "quorum", "cascade"]))
+    n = draw(st.integers(2, 5))
+    rng = random.Random(draw(st.integers(0, 2**32 - 1)))
+    # Where the limit comes from: the step, the models' own timeout_s, or both.
+    where = draw(st.sampled_from(["step", "model", "both"]))
+    call_timeout_ms = rng.randint(20, 40) if where != "model" else None
+    p_slow = draw(st.sampled_from([0.2, 0.5, 1.0]))
+    p_fail = draw(st.sampled_from([0.0, 0.3]))
+    vocab = draw(st.sampled_from([["Paris"], ["Paris", "Lyon"]]))
+    models: dict[str, TimedModel] = {}
+    for i in range(n):
+        own = rng.randint(20, 40) if where != "step" else None
+        limit = min(t for t in (call_timeout_ms, own) if t is not None)
+        slow = rng.random() < p_slow
+        models[f"m{i}"] = TimedModel(
+            # Slow: far past limit + slack, so an unenforced limit cannot pass unnoticed.
+            # Fast: well inside the limit.
+            latency_ms=rng.uniform(10, 20) * limit if slow else rng.uniform(0, limit / 4),
+            failing=rng.random() < p_fail,
+            answer=rng.choice(vocab),
+            timeout_ms=own,
+            price=rng.choice([None, 1.0, 2.0, 5.0]),
+        )
+    return TimedCase(
+        mode=mode,
+        models=models,
+        call_timeout_ms=call_timeout_ms,
+        max_concurrent_models=draw(st.integers(1, 4)),
+        min_models=draw(st.one_of(st.none(), st.integers(1, n))),
+        threshold=draw(st.sampled_from([0.5, 0.7, 1.0])),
+        failure_strategy=draw(st.sampled_from(["best_effort", "fail_fast"])),
+    )
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=timed_cases())
+async def test_no_call_outlives_its_timeout(case: TimedCase) -> None:
+    """In every mode, every started call ends within its time limit (plus slack); a call
+    that would take longer ends as timeout (or cancelled, when the mode stopped it
+    first), a timeout never fires early, and the step always returns."""
+    started: dict[str, tuple[float, CallStarted]] = {}
+    finished: dict[str, tuple[float, CallFinished]] = {}
+
+    def on_event(event: Event) -> None:
+        now = time.perf_counter()
+        if isinstance(event, CallStarted):
+            started[event.call_id] = (now, event)
+        elif isinstance(event, CallFinished):
+            finished[event.call_id] = (now, event)
+
+    with anyio.fail_after(10):
+        result = await thinktank.run(case.spec(), store=None, on_event=on_event)
+    step = result.steps["q"]
+    assert step.status in ("completed", "failed")
+    assert started, "no call was started"
+    assert set(finished) == set(started), "a started call never finished"
+    assert {c.call_id: c.status for c in step.calls} == {
+        k: ev.status for k, (_, ev) in finished.items()
+    }
+    for call_id, (t0, ev) in started.items():
+        t1, end = finished[call_id]
+        took, limit = t1 - t0, case.limit_s(ev.model)
+        model = case.models[ev.model]
+        where = f"{ev.model} ({model}) ended {end.status} after {took * 1000:.1f} ms"
+        assert took <= limit + SLACK_S, f"{where}: past its {limit * 1000:g} ms limit"
+        if end.status == "timeout":
+            assert took >= limit - EARLY_S, f"{where}: timed out early"
+        if model.latency_ms > limit * 1000:
+            # Nothing but the limit (or the mode's stopping) can end it this soon.
+            assert end.status in ("timeout", "cancelled"), where
+            if case.mode in ("all", "cascade") and case.failure_strategy == "best_effort":
+                assert end.status == "timeout", where
+        elif end.status != "timeout":
+            # A fast call ends as scripted unless the mode stopped it first (or, on a
+            # loaded machine, it really ran out of time: checked above).
+            expected = "failed" if model.failing else "ok"
+            assert end.status in (expected, "cancelled"), where

@@ -35,6 +35,7 @@ from typing import Any, Literal
 import anyio
 from pydantic import BaseModel
 
+from thinktank._heap import frozen
 from thinktank.calls import NO_RETRY, PooledModel
 from thinktank.errors import ProviderError, UsageError
 from thinktank.events import CallStarted
@@ -196,6 +197,7 @@ async def _open(store: Store | str | None) -> tuple[Store, bool]:
     return await Store.open(store), True
 
 
+@frozen
 async def resume(
     session_id: str,
     *,
@@ -409,6 +411,7 @@ def _compare(stored: StoredSession, result: SessionResult) -> list[StepDiff]:
     return diffs
 
 
+@frozen
 async def replay(
     session_id: str,
     *,
@@ -528,6 +531,7 @@ async def replay(
                 await db.close()
 
 
+@frozen
 async def fork(
     session_id: str,
     *,
