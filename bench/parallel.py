@@ -22,9 +22,14 @@ every call the stack runs is checked against that replay ("replay mism.", expect
     agreeing, threshold 0.7); cascade = the sum of its rounds (2 cheapest, then one at a
     time, each as long as its slowest call) until two answers agree. Then each trial is
     run on four paths, one after the other (their order rotating):
-      floor   a hand-written anyio task group sleeping the same latencies and stopping
-              at the same call: what the event loop's timers alone add (asyncio wakes a
-              sleeper up to ~1 ms late; epoll has millisecond resolution);
+      timer   a hand-written anyio task group sleeping the same latencies with
+              ``anyio.sleep`` and stopping at the same call: what the event loop's
+              timers alone add (asyncio wakes a sleeper up to ~1 ms late: epoll rounds
+              its timeout up to whole milliseconds). Shown for reference only: the
+              simulated models sleep precisely (``sleep_precisely``), as a real
+              provider's socket wakes the loop with no rounding;
+      floor   the same with ``sleep_precisely``, the simulated models' own sleep: the
+              harness's floor;
       gather  bare ``thinktank.parallel.gather`` with a minimal call (the client's
               ``complete`` into a ``CallResult``): the mode engine, no call layer;
       run     ``thinktank.run`` of a pre-validated one-step session (inline simulated
@@ -92,11 +97,11 @@ from thinktank.errors import ProviderError
 from thinktank.events import CallFinished, CallStarted, Event
 from thinktank.parallel import Mode, gather, order_by_price
 from thinktank.providers.base import ModelRequest
-from thinktank.providers.simulated import SimulatedModel
+from thinktank.providers.simulated import SimulatedModel, sleep_precisely
 from thinktank.spec import SessionSpec, parse_session
 
 MODES: tuple[Mode, ...] = get_args(Mode)
-PATHS = ("floor", "gather", "run", "ask")
+PATHS = ("timer", "floor", "gather", "run", "ask")
 THRESHOLD = 0.7
 TARGET_MS = 2.0
 QA_CONCURRENCY = 8
@@ -143,7 +148,13 @@ def ask_config(fleet: pd.Fleet, mode: Mode) -> dict[str, Any]:
     }
 
 
-async def time_floor(mode: Mode, fleet: pd.Fleet, draws: Sequence[pd.Draw], ide: pd.Ideal) -> float:
+async def time_floor(
+    mode: Mode,
+    fleet: pd.Fleet,
+    draws: Sequence[pd.Draw],
+    ide: pd.Ideal,
+    sleep: Callable[[float], Awaitable[None]] = sleep_precisely,
+) -> float:
     """Wall seconds of plain anyio sleeping the same latencies, stopping at the same call."""
     start = time.perf_counter()
     if mode == "cascade":
@@ -153,12 +164,12 @@ async def time_floor(mode: Mode, fleet: pd.Fleet, draws: Sequence[pd.Draw], ide:
         for batch in rounds[: ide.rounds]:
             async with anyio.create_task_group() as tg:
                 for m in batch:
-                    tg.start_soon(anyio.sleep, by_name[m])
+                    tg.start_soon(sleep, by_name[m])
         return time.perf_counter() - start
     async with anyio.create_task_group() as tg:
 
         async def one(d: pd.Draw) -> None:
-            await anyio.sleep(d.latency_ms / 1000)
+            await sleep(d.latency_ms / 1000)
             if d.model == ide.stop_after:
                 tg.cancel_scope.cancel()
 
@@ -303,7 +314,9 @@ async def part1(args: argparse.Namespace) -> list[str]:
                 # Rotate the order of the paths so no path always runs first.
                 for k in range(len(PATHS)):
                     path = PATHS[(i + k) % len(PATHS)]
-                    if path == "floor":
+                    if path == "timer":
+                        timings[path] = await time_floor(mode, fleet, draws, ide, anyio.sleep)
+                    elif path == "floor":
                         timings[path] = await time_floor(mode, fleet, draws, ide)
                     elif path == "gather":
                         timings[path] = await time_gather(mode, fleet, clients, q.prompt)
@@ -355,6 +368,7 @@ async def part1(args: argparse.Namespace) -> list[str]:
                 [
                     "mode",
                     "ideal med",
+                    "timer",
                     "floor",
                     "gather",
                     "run",
@@ -369,9 +383,10 @@ async def part1(args: argparse.Namespace) -> list[str]:
             )
         )
     out.append(
-        "  ideal med: median of the trials' ideal latency. floor: plain anyio sleeps (the "
-        "event loop's timer lateness);\n  gather: bare gather; run: thinktank.run of a "
-        "one-step session; ask: execute_parallel. Target: median added <= "
+        "  ideal med: median of the trials' ideal latency. timer: plain anyio.sleep (the "
+        "event loop's timer lateness, for reference);\n  floor: the same with the simulated "
+        "models' precise sleep (the harness's floor);\n  gather: bare gather; "
+        "run: thinktank.run of a one-step session; ask: execute_parallel. Target: median added <= "
         f"{TARGET_MS:g} ms (run and ask).\n  run-floor, ask-floor: median over the trials "
         "of (path added - floor added), thinktank's own share without the timer lateness."
         "\n  run in/out: median ms from calling run() to "

@@ -14,6 +14,12 @@ What a simulated model can do:
   ``1 - accuracy`` the model answers one of ``wrong_replies`` instead;
 - injected faults: ``failure_rate`` raises a retryable ProviderError after the
   latency, ``timeout_rate`` hangs for ``hang_ms`` so the caller's timeout fires.
+
+Latencies are slept precisely (:func:`sleep_precisely`): an event-loop timer alone
+wakes up to a millisecond late (epoll rounds its timeout up to whole milliseconds), so
+two calls drawn 0.3 ms apart would often answer in the wrong order, and every
+simulated call would look ~0.5 ms slower than drawn. A real provider's answer wakes
+the loop through its socket, with no such rounding.
 """
 
 from __future__ import annotations
@@ -34,7 +40,30 @@ from pydantic.alias_generators import to_camel
 from thinktank.errors import ProviderError
 from thinktank.providers.base import ModelRequest, ModelResponse
 
-__all__ = ["LatencySpec", "ScriptedReply", "SimulatedModel", "SimulatedModelConfig"]
+__all__ = [
+    "LatencySpec",
+    "ScriptedReply",
+    "SimulatedModel",
+    "SimulatedModelConfig",
+    "sleep_precisely",
+]
+
+_TIMER_SLACK_S = 0.0011
+"""How late a loop timer may wake: epoll's 1 ms rounding plus a little."""
+
+
+async def sleep_precisely(seconds: float) -> None:
+    """Sleep ``seconds``, waking within tens of microseconds of the deadline.
+
+    A loop timer takes the sleep to about a millisecond before the deadline; the rest
+    is spent yielding to the event loop (other tasks run meanwhile) until the deadline
+    passes. Cancellation works as for ``anyio.sleep``.
+    """
+    deadline = anyio.current_time() + seconds
+    if seconds > _TIMER_SLACK_S:
+        await anyio.sleep(seconds - _TIMER_SLACK_S)
+    while anyio.current_time() < deadline:
+        await anyio.lowlevel.checkpoint()
 
 
 class _Model(BaseModel):
@@ -156,8 +185,9 @@ class SimulatedModel:
         return "simulated"
 
     @cached_property
-    def _compiled(self) -> list[tuple[re.Pattern[str], str]]:
-        return [(re.compile(r.pattern), r.reply) for r in self.config.replies]
+    def _compiled(self) -> list[tuple[re.Pattern[str], str, bool]]:
+        # (pattern, reply, whether the reply has group references to expand)
+        return [(re.compile(r.pattern), r.reply, "\\" in r.reply) for r in self.config.replies]
 
     def _rng(self, request: ModelRequest) -> random.Random:
         key = (
@@ -169,10 +199,10 @@ class SimulatedModel:
 
     def gold_reply(self, prompt: str) -> str:
         """The reply the script gives for ``prompt`` when the model is right."""
-        for pattern, reply in self._compiled:
+        for pattern, reply, expand in self._compiled:
             match = pattern.search(prompt)
             if match:
-                return match.expand(reply)
+                return match.expand(reply) if expand else reply
         return self.config.default_reply
 
     def _cost(self, input_tokens: int, output_tokens: int) -> float | None:
@@ -194,7 +224,7 @@ class SimulatedModel:
         if fault < cfg.timeout_rate:
             await anyio.sleep(cfg.hang_ms / 1000)
         if latency_ms > 0:
-            await anyio.sleep(latency_ms / 1000)
+            await sleep_precisely(latency_ms / 1000)
         else:
             await anyio.lowlevel.checkpoint()
         if cfg.timeout_rate <= fault < cfg.timeout_rate + cfg.failure_rate:
