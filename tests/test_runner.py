@@ -207,6 +207,14 @@ async def test_multi_model_step_merges_by_majority() -> None:
     assert step.consensus.reached and step.consensus.outcome == "ok"
     included = {c.model: c.included_in_consensus for c in step.calls}
     assert included == {"x": True, "y": True, "z": False}
+    # The result is built without validation: it must equal its validated self.
+    again = thinktank.SessionResult.model_validate(result.model_dump())
+    assert again == result
+    assert again.model_dump_json() == result.model_dump_json()
+    for built, checked in zip(result.steps.values(), again.steps.values(), strict=True):
+        assert built.model_fields_set == set(type(built).model_fields)
+        assert built.usage.model_fields_set == set(type(built.usage).model_fields)
+        assert list(built.model_dump()) == list(checked.model_dump())
 
 
 async def test_low_consensus_can_fail_the_step() -> None:

@@ -8,7 +8,7 @@ spec's object (``total_tokens``, ``total_cost_usd``); unknown stays None, never 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -38,6 +38,26 @@ __all__ = [
 
 class _Result(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+_R = TypeVar("_R", bound=_Result)
+_setattr = object.__setattr__
+
+
+def _built(cls: type[_R], fields: dict[str, Any]) -> _R:
+    """``cls.model_construct(**fields)`` for values that are already typed and complete.
+
+    What ``model_construct`` does for these models (no aliases, no private attributes,
+    no post-init), without its per-field loop: a 10,000-step result builds 30,000 of
+    them. ``fields`` must give every field; a test checks the result against
+    validation.
+    """
+    m = cls.__new__(cls)
+    _setattr(m, "__dict__", fields)
+    _setattr(m, "__pydantic_fields_set__", set(fields))
+    _setattr(m, "__pydantic_extra__", None)
+    _setattr(m, "__pydantic_private__", None)
+    return m
 
 
 class Usage(_Result):
@@ -299,63 +319,73 @@ class ResultCollector:
         ev = st.consensus
         if ev is not None:
             included = set(ev.included_call_ids)
-            consensus = ConsensusSummary.model_construct(
-                method=ev.method,
-                score=ev.score,
-                threshold=ev.threshold,
-                reached=ev.reached,
-                outcome=ev.outcome,
-                content=ev.content,
-                clusters=[dict(c) for c in ev.clusters],
-                mode=ev.mode,
-                early_termination=ev.early_termination,
-                escalation=[list(r) for r in ev.escalation],
-                items=[dict(i) for i in ev.items],
-                note=ev.note,
-                cached_from=ev.cached_from,
-                included_call_ids=list(ev.included_call_ids),
-                judge_call_id=ev.judge_call_id,
+            consensus = _built(
+                ConsensusSummary,
+                {
+                    "method": ev.method,
+                    "score": ev.score,
+                    "threshold": ev.threshold,
+                    "reached": ev.reached,
+                    "outcome": ev.outcome,
+                    "content": ev.content,
+                    "clusters": [dict(c) for c in ev.clusters],
+                    "mode": ev.mode,
+                    "early_termination": ev.early_termination,
+                    "escalation": [list(r) for r in ev.escalation],
+                    "items": [dict(i) for i in ev.items],
+                    "note": ev.note,
+                    "cached_from": ev.cached_from,
+                    "included_call_ids": list(ev.included_call_ids),
+                    "judge_call_id": ev.judge_call_id,
+                },
             )
         calls = [
-            CallSummary.model_construct(
-                call_id=c.call_id,
-                model=c.model,
-                attempt=c.attempt,
-                status=c.status,
-                content=c.content,
-                input_tokens=c.input_tokens,
-                output_tokens=c.output_tokens,
-                latency_ms=c.latency_ms,
-                cost_usd=c.cost_usd,
-                error=c.error,
-                included_in_consensus=included is None or c.call_id in included,
+            _built(
+                CallSummary,
+                {
+                    "call_id": c.call_id,
+                    "model": c.model,
+                    "attempt": c.attempt,
+                    "status": c.status,
+                    "content": c.content,
+                    "input_tokens": c.input_tokens,
+                    "output_tokens": c.output_tokens,
+                    "latency_ms": c.latency_ms,
+                    "cost_usd": c.cost_usd,
+                    "error": c.error,
+                    "included_in_consensus": included is None or c.call_id in included,
+                },
             )
             for c in st.calls.values()
         ]
         fin = st.finished
-        # model_construct: every value comes from typed events, so validating again
+        # Not validated: every value comes from typed events, so validating again
         # would only cost time (~20 us a step at 10,000 steps).
-        return StepResult.model_construct(
-            id=key,
-            status=st.status,
-            models=st.models,
-            kind=st.kind,
-            output=st.output,
-            error=st.error,
-            skip_reason=st.skip_reason,
-            attempts=st.attempts,
-            prompt=st.prompt,
-            latency_ms=fin.latency_ms if fin is not None else 0.0,
-            usage=_usage(fin.input_tokens, fin.output_tokens, fin.cost_usd)
-            if fin is not None
-            else Usage.model_construct(),
-            consensus=consensus,
-            calls=calls,
+        return _built(
+            StepResult,
+            {
+                "id": key,
+                "status": st.status,
+                "models": st.models,
+                "kind": st.kind,
+                "output": st.output,
+                "error": st.error,
+                "skip_reason": st.skip_reason,
+                "attempts": st.attempts,
+                "prompt": st.prompt,
+                "latency_ms": fin.latency_ms if fin is not None else 0.0,
+                "usage": _usage(fin.input_tokens, fin.output_tokens, fin.cost_usd)
+                if fin is not None
+                else _usage(0, 0, 0.0),
+                "consensus": consensus,
+                "calls": calls,
+            },
         )
 
 
 def _usage(inp: int | None, out: int | None, cost: float | None) -> Usage:
     total = None if inp is None or out is None else inp + out
-    return Usage.model_construct(
-        input_tokens=inp, output_tokens=out, total_tokens=total, total_cost_usd=cost
+    return _built(
+        Usage,
+        {"input_tokens": inp, "output_tokens": out, "total_tokens": total, "total_cost_usd": cost},
     )

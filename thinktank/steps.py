@@ -193,8 +193,7 @@ class StepExecutor:
         self, step: StepSpec, models: list[str], request: ModelRequest, calls: list[CallResult]
     ) -> tuple[str | None, float | None, str | None]:
         """Ask every model for a plan, merge the plans, and grow the DAG."""
-        step_limiter = anyio.CapacityLimiter(self.settings.max_concurrent_models)
-        limiters = self._limiters(step_limiter)
+        limiters = self._limiters(self._step_limiter(len(models)))
         asked = dataclasses.replace(
             request,
             prompt=request.prompt + DECOMPOSE_INSTRUCTIONS.format(max_items=step.max_subproblems),
@@ -319,6 +318,12 @@ class StepExecutor:
         calls.append(result)
         return result
 
+    def _step_limiter(self, at_once: int) -> anyio.CapacityLimiter | None:
+        """The step's ``maxConcurrentModels`` slots; None when the step never makes more
+        than ``at_once`` calls at a time and that is within the limit (no waiting)."""
+        limit = self.settings.max_concurrent_models
+        return anyio.CapacityLimiter(limit) if at_once > limit else None
+
     def _limiters(self, step_limiter: anyio.CapacityLimiter | None) -> list[anyio.CapacityLimiter]:
         # Always step first, then session: one global order, so no two waits can deadlock.
         limiters = [step_limiter] if step_limiter is not None else []
@@ -337,8 +342,7 @@ class StepExecutor:
     async def _many(
         self, step: StepSpec, models: list[str], request: ModelRequest, calls: list[CallResult]
     ) -> tuple[str | None, float | None, str | None]:
-        step_limiter = anyio.CapacityLimiter(self.settings.max_concurrent_models)
-        limiters = self._limiters(step_limiter)
+        limiters = self._limiters(self._step_limiter(max(len(models), len(step.escalate_to))))
 
         async def call(model: str, req: ModelRequest = request) -> CallResult:
             return await self._call(step, model, req, limiters, calls)

@@ -122,12 +122,17 @@ def find_config(cwd: Path | None = None) -> Path | None:
     explicit = os.environ.get(CONFIG_ENV)
     if explicit:
         return Path(explicit).expanduser()
-    local = (cwd or Path.cwd()) / "thinktank.toml"
-    if local.is_file():
-        return local
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    user = Path(base) / "thinktank" / "thinktank.toml"
-    return user if user.is_file() else None
+    # os.path rather than pathlib: this runs at the start of every session.
+    local = os.path.join(cwd if cwd is not None else os.getcwd(), "thinktank.toml")
+    if os.path.isfile(local):
+        return Path(local)
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    user = os.path.join(base, "thinktank", "thinktank.toml")
+    return Path(user) if os.path.isfile(user) else None
+
+
+_parsed: dict[str, tuple[str, ThinkTankConfig]] = {}
+"""The last validated config of each path, with the text it was read from."""
 
 
 def load_config(path: Path | str | None = None) -> ThinkTankConfig:
@@ -142,7 +147,12 @@ def load_config(path: Path | str | None = None) -> ThinkTankConfig:
         return ThinkTankConfig()
     file = str(target)
     try:
-        data = tomllib.loads(target.read_text(encoding="utf-8"))
+        text = target.read_text(encoding="utf-8")
+        cached = _parsed.get(file)
+        if cached is not None and cached[0] == text:
+            # Every run reads the config: validate it again only when it changed.
+            return cached[1]
+        data = tomllib.loads(text)
     except OSError as exc:
         raise SpecErrors([SpecError(f"cannot read config: {exc.strerror}", file=file)]) from None
     except tomllib.TOMLDecodeError as exc:
@@ -166,4 +176,6 @@ def load_config(path: Path | str | None = None) -> ThinkTankConfig:
                 errors.append(SpecError(err["msg"], file=file, field=field))
     if errors:
         raise SpecErrors(errors)
-    return ThinkTankConfig(path=file, models=models)
+    config = ThinkTankConfig(path=file, models=models)
+    _parsed[file] = (text, config)
+    return config
