@@ -24,6 +24,7 @@ the loop through its socket, with no such rounding.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import random
@@ -165,6 +166,15 @@ def _tokens(text: str) -> int:
     return max(1, (len(text) + 3) // 4) if text else 0
 
 
+@functools.lru_cache(maxsize=256)
+def _compile_replies(
+    replies: tuple[tuple[str, str], ...],
+) -> tuple[tuple[re.Pattern[str], str, bool], ...]:
+    """(pattern, reply, whether the reply has group references to expand), shared by
+    every client of the same script (a registry builds new clients for each run)."""
+    return tuple((re.compile(p), reply, "\\" in reply) for p, reply in replies)
+
+
 class SimulatedModel:
     """A :class:`~thinktank.providers.base.ModelClient` driven by a config and a seed."""
 
@@ -185,9 +195,8 @@ class SimulatedModel:
         return "simulated"
 
     @cached_property
-    def _compiled(self) -> list[tuple[re.Pattern[str], str, bool]]:
-        # (pattern, reply, whether the reply has group references to expand)
-        return [(re.compile(r.pattern), r.reply, "\\" in r.reply) for r in self.config.replies]
+    def _compiled(self) -> tuple[tuple[re.Pattern[str], str, bool], ...]:
+        return _compile_replies(tuple((r.pattern, r.reply) for r in self.config.replies))
 
     def _rng(self, request: ModelRequest) -> random.Random:
         key = (
