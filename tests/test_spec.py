@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import networkx as nx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from thinktank.errors import InputError, SpecErrors
+from thinktank.graph import _acyclic
 from thinktank.spec import load_session, parse_session, validate_inputs
 
 from .conftest import SESSIONS
@@ -219,3 +223,17 @@ def test_inputs_are_typed_and_defaults_filled() -> None:
     ) == {"q": "x", "n": 7, "flag": True, "xs": [1]}
     with pytest.raises(InputError, match="expected boolean"):
         validate_inputs(spec, {"q": "x", "flag": "maybe"}, from_text=True)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n=st.integers(1, 12),
+    edges=st.lists(st.tuples(st.integers(0, 11), st.integers(0, 11)), max_size=30),
+)
+def test_the_cycle_check_agrees_with_networkx(n: int, edges: list[tuple[int, int]]) -> None:
+    """The fast acyclicity check used at every session start is exact."""
+    pairs = [(f"s{a % n}", f"s{b % n}") for a, b in edges]
+    graph: nx.DiGraph[str] = nx.DiGraph()
+    graph.add_nodes_from(f"s{i}" for i in range(n))
+    graph.add_edges_from(pairs)
+    assert _acyclic({f"s{i}" for i in range(n)}, pairs) == nx.is_directed_acyclic_graph(graph)

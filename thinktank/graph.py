@@ -34,6 +34,7 @@ def _check_steps(
     file: str | None,
 ) -> list[SpecError]:
     errors: list[SpecError] = []
+    verdicts: dict[str, str | None] = {}  # check_model by name: steps share models
     ids: set[str] = set(extra_ids)
     seen: set[str] = set()
     for step in steps:
@@ -42,9 +43,10 @@ def _check_steps(
         seen.add(step.id)
     ids |= seen
 
-    graph: nx.DiGraph[str] = nx.DiGraph()
+    # Plain dicts, not a networkx graph: this runs on every session start, and a graph
+    # is only needed to print cycles, when there are any.
+    edges: list[tuple[str, str]] = []
     for step in steps:
-        graph.add_node(step.id)
         for dep in step.depends_on:
             if dep not in ids:
                 errors.append(
@@ -53,7 +55,7 @@ def _check_steps(
                     )
                 )
             else:
-                graph.add_edge(dep, step.id)
+                edges.append((dep, step.id))
 
         refs, problems = parse_template(step.prompt) if step.template else ([], [])
         for problem in problems:
@@ -94,14 +96,40 @@ def _check_steps(
         named += [(name, "escalate_to") for name in step.escalate_to]
         named += [(name, "sub_models") for name in step.sub_models]
         for name, where in named:
-            why = check_model(name)
+            if name in verdicts:
+                why = verdicts[name]
+            else:
+                why = verdicts[name] = check_model(name)
             if why is not None:
                 errors.append(SpecError(why, file=file, step=step.id, field=where))
 
-    for cycle in _cycles(graph):
-        path = " -> ".join([*cycle, cycle[0]])
-        errors.append(SpecError(f"cycle: {path}", file=file, step=cycle[0], field="depends_on"))
+    if not _acyclic(seen | {d for d, _ in edges}, edges):
+        graph: nx.DiGraph[str] = nx.DiGraph()
+        graph.add_nodes_from(step.id for step in steps)
+        graph.add_edges_from(edges)
+        for cycle in _cycles(graph):
+            path = " -> ".join([*cycle, cycle[0]])
+            errors.append(SpecError(f"cycle: {path}", file=file, step=cycle[0], field="depends_on"))
     return errors
+
+
+def _acyclic(nodes: set[str], edges: Sequence[tuple[str, str]]) -> bool:
+    """Whether the graph has no cycle (Kahn's algorithm: every node can be removed)."""
+    waiting = dict.fromkeys(nodes, 0)
+    after: dict[str, list[str]] = {}
+    for dep, step in edges:
+        waiting[step] += 1
+        after.setdefault(dep, []).append(step)
+    ready = [n for n, k in waiting.items() if k == 0]
+    removed = 0
+    while ready:
+        node = ready.pop()
+        removed += 1
+        for nxt in after.get(node, ()):
+            waiting[nxt] -= 1
+            if waiting[nxt] == 0:
+                ready.append(nxt)
+    return removed == len(waiting)
 
 
 def _cycles(graph: nx.DiGraph[str]) -> Iterator[list[str]]:

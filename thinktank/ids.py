@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import random
 import time
-import uuid
 
 __all__ = ["new_id"]
 
@@ -29,4 +28,6 @@ def new_id() -> str:
     # Version 7 in bits 48-51, RFC 4122 variant (0b10) in bits 64-65.
     value = (value & ~(0xF << 76)) | (0x7 << 76)
     value = (value & ~(0x3 << 62)) | (0x2 << 62)
-    return str(uuid.UUID(int=value))
+    # The canonical text form, formatted directly (a UUID object costs ~1 us more).
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

@@ -141,17 +141,23 @@ async def _cascade(
     rounds = [ordered[:first]] + [[m] for m in ordered[first:]]
     for i, batch in enumerate(rounds):
         out.escalation.append(list(batch))
-        async with anyio.create_task_group() as tg:
+        if len(batch) == 1:
+            # One call: no task group to start and join (every round after the first).
+            result = out.results[batch[0]] = await call(batch[0])
+            if not result.ok and failure_strategy == "fail_fast":
+                out.aborted = f"model {batch[0]!r}: {result.error}"
+        else:
+            async with anyio.create_task_group() as tg:
 
-            async def one(model: str) -> None:
-                result = await call(model)
-                out.results[model] = result
-                if not result.ok and failure_strategy == "fail_fast":
-                    out.aborted = f"model {model!r}: {result.error}"
-                    tg.cancel_scope.cancel()
+                async def one(model: str) -> None:
+                    result = await call(model)
+                    out.results[model] = result
+                    if not result.ok and failure_strategy == "fail_fast":
+                        out.aborted = f"model {model!r}: {result.error}"
+                        tg.cancel_scope.cancel()
 
-            for model in batch:
-                tg.start_soon(one, model, name=f"call {model}")
+                for model in batch:
+                    tg.start_soon(one, model, name=f"call {model}")
         if out.aborted is not None:
             return
         answered = out.answered(ordered)
