@@ -15,12 +15,19 @@ from thinktank.spec import parse_session
 PRICE = {"input_cost_per_mtok": 1000.0, "output_cost_per_mtok": 1000.0}
 
 
-def priced_session(n: int, **budget: float) -> thinktank.SessionSpec:
+def priced_session(n: int, concurrency: int = 3, **budget: float) -> thinktank.SessionSpec:
     return parse_session(
         {
             "name": "budget",
-            "models": {"m": {"provider": "simulated", "default_reply": "x" * 40, **PRICE}},
-            "parallel_execution": {"max_concurrent_steps": 3},
+            "models": {
+                "m": {
+                    "provider": "simulated",
+                    "default_reply": "x" * 40,
+                    "latency": {"kind": "uniform", "low_ms": 1, "high_ms": 5},
+                    **PRICE,
+                }
+            },
+            "parallel_execution": {"max_concurrent_steps": concurrency},
             "budget": budget,
             "steps": [
                 {"id": f"s{i}", "prompt": f"question {i:03d}", "model": "m", "max_tokens": 10}
@@ -30,11 +37,14 @@ def priced_session(n: int, **budget: float) -> thinktank.SessionSpec:
     )
 
 
-async def test_cost_budget_stops_within_one_call() -> None:
-    """Spend stays under the budget and stops less than one call's cost short of it."""
+@pytest.mark.parametrize("concurrency", [1, 3, 10])
+async def test_cost_budget_stops_within_one_call(concurrency: int) -> None:
+    """Spend stays under the budget and stops less than one call's cost short of it,
+    however many calls are in flight (a call that fits once they settle waits)."""
     one = (4 + 10) * 2000.0 / 1e6  # estimate of one call: ~4 input + 10 output tokens
     budget = one * 4.5
-    result = await thinktank.run(priced_session(20, max_cost_usd=budget), store=None)
+    spec = priced_session(20, concurrency, max_cost_usd=budget)
+    result = await thinktank.run(spec, store=None)
     spent = result.usage.total_cost_usd
     assert spent is not None and spent <= budget
     real_call = max(s.usage.total_cost_usd or 0 for s in result.steps.values())
@@ -82,7 +92,7 @@ def test_cli_max_cost(tmp_path: Path) -> None:
     path.write_text(
         "name: c\nmodels:\n  m: {provider: simulated, input_cost_per_mtok: 1000, "
         "output_cost_per_mtok: 1000}\nsteps:\n"
-        + "".join(f"  - {{id: s{i}, model: m, prompt: q{i}, max_tokens: 10}}\n" for i in range(8))
+        + "".join(f"  - {{id: s{i}, model: m, prompt: q{i}, max_tokens: 10}}\n" for i in range(20))
     )
     out = CliRunner().invoke(
         main,

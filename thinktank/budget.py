@@ -7,11 +7,18 @@ attempt is refused if spent + reserved + estimate would pass the budget. When th
 attempt ends its estimate is replaced by what it really cost. Calls already in flight
 finish; the session then ends ``partial`` with the reason. Concurrent calls therefore
 cannot jointly overshoot a budget by more than their estimates' error.
+
+An attempt that does not fit while other attempts hold reservations waits for them to
+settle and asks again (estimates are pessimistic: most settle for less), so a session
+with many steps in flight does not stop several calls short of its budget. It is
+refused once it cannot fit with nothing in flight, or once another attempt was.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import anyio
 
 __all__ = ["DEFAULT_OUTPUT_ESTIMATE", "Budget", "estimate_tokens"]
 
@@ -38,27 +45,44 @@ class Budget:
     reserved_tokens: int = 0
     exhausted: str | None = None
     """Why a call was refused, once one was."""
+    _holding: int = field(default=0, repr=False)
+    """Reservations not yet settled (attempts in flight)."""
+    _settled: anyio.Event | None = field(default=None, repr=False)
+    """Set when a reservation settles, for attempts waiting to fit."""
 
     @property
     def limited(self) -> bool:
         """True when there is any limit."""
         return self.max_cost_usd is not None or self.max_tokens is not None
 
-    def reserve(self, cost_usd: float, tokens: int) -> bool:
-        """Reserve an attempt's estimate; False (and ``exhausted`` set) if it does not fit."""
+    def _fits(self, cost_usd: float, tokens: int) -> bool:
         over_cost = self.max_cost_usd is not None and (
             self.spent_cost_usd + self.reserved_cost_usd + cost_usd > self.max_cost_usd
         )
         over_tokens = self.max_tokens is not None and (
             self.spent_tokens + self.reserved_tokens + tokens > self.max_tokens
         )
-        if over_cost or over_tokens:
-            if self.exhausted is None:
-                self.exhausted = self.describe()
-            return False
-        self.reserved_cost_usd += cost_usd
-        self.reserved_tokens += tokens
-        return True
+        return not (over_cost or over_tokens)
+
+    def reserve(self, cost_usd: float, tokens: int) -> bool:
+        """Reserve an attempt's estimate; False (and ``exhausted`` set) if it does not fit."""
+        if self.exhausted is None and self._fits(cost_usd, tokens):
+            self.reserved_cost_usd += cost_usd
+            self.reserved_tokens += tokens
+            self._holding += 1
+            return True
+        if self.exhausted is None:
+            self.exhausted = self.describe()
+        return False
+
+    async def reserve_when_settled(self, cost_usd: float, tokens: int) -> bool:
+        """:meth:`reserve`, but while the estimate does not fit and other attempts hold
+        reservations, wait for them to settle and ask again."""
+        while self.exhausted is None and not self._fits(cost_usd, tokens) and self._holding:
+            if self._settled is None:
+                self._settled = anyio.Event()
+            await self._settled.wait()
+        return self.reserve(cost_usd, tokens)
 
     def settle(
         self, reserved_cost: float, reserved_tokens: int, cost: float | None, tokens: int | None
@@ -68,6 +92,10 @@ class Budget:
         self.reserved_tokens -= reserved_tokens
         self.spent_cost_usd += reserved_cost if cost is None else cost
         self.spent_tokens += reserved_tokens if tokens is None else tokens
+        self._holding -= 1
+        if self._settled is not None:
+            self._settled.set()
+            self._settled = None
 
     def describe(self) -> str:
         """The budget state in words, for the session's error."""

@@ -61,7 +61,7 @@ class PooledModel:
     """USD per million tokens, input plus output (cascade asks cheap models first)."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class CallResult:
     """How one model call ended."""
 
@@ -203,7 +203,7 @@ async def _recorded(
         est_cost = est_tokens * (pooled.price_per_mtok or 0.0) / 1e6
     else:
         est_tokens, est_cost = 0, 0.0
-    if limited and not budget.reserve(est_cost, est_tokens):  # type: ignore[union-attr]
+    if limited and not await budget.reserve_when_settled(est_cost, est_tokens):  # type: ignore[union-attr]
         return CallResult(
             call_id="",
             model=client.name,
@@ -232,7 +232,7 @@ async def _recorded(
     try:
         while True:
             tries += 1
-            try_started = utcnow()
+            try_started = started_at if tries == 1 else utcnow()
             try_start = time.perf_counter()
             outcome = _Attempt("cancelled", error="cancelled before the model answered")
             sent = request if tries == 1 else dataclasses.replace(request, retry=tries - 1)
@@ -255,7 +255,7 @@ async def _recorded(
                 else None
             )
             if wait is not None and limited:
-                if budget.reserve(est_cost, est_tokens):  # type: ignore[union-attr]
+                if await budget.reserve_when_settled(est_cost, est_tokens):  # type: ignore[union-attr]
                     reserved = True
                 else:
                     outcome.error = f"{outcome.error}; not retried: {budget.exhausted}"  # type: ignore[union-attr]
