@@ -61,6 +61,12 @@ def sum_known(values: Sequence[float | int | None]) -> Any:
 def _usage(calls: Sequence[CallResult]) -> tuple[int | None, int | None, float | None]:
     # A failed or cancelled call without a usage report spent nothing we can know of;
     # an answered call without one makes the total unknown.
+    if len(calls) == 1:
+        # Most steps: one call, no sums to make.
+        c = calls[0]
+        if c.ok or c.input_tokens is not None:
+            return c.input_tokens, c.output_tokens, c.cost_usd
+        return 0, 0, 0.0
     counted = [c for c in calls if c.ok or c.input_tokens is not None]
     return (
         sum_known([c.input_tokens for c in counted]) if counted else 0,
@@ -127,7 +133,11 @@ class StepExecutor:
             for attempt in range(base + 1, base + step.retries + 2):
                 self.emit(
                     StepStarted(
-                        session_id=self.session_id, step_id=step_id, attempt=attempt, prompt=prompt
+                        session_id=self.session_id,
+                        step_id=step_id,
+                        attempt=attempt,
+                        prompt=prompt,
+                        at=started_at if attempt == base + 1 else utcnow(),
                     )
                 )
                 request = ModelRequest(
