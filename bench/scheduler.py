@@ -14,6 +14,9 @@ the tables give its median (ms) and sigma.
 
 (a) Makespan. Each workload runs once through ``thinktank.run`` for real: the model
     client sleeps the step's latency (looked up by ``request.step_id``), ``store=None``.
+    Every path sleeps with ``sleep_precisely``, the simulated models' sleep: a plain
+    asyncio timer wakes up to a millisecond late (epoll rounds up to whole
+    milliseconds), which would add ~0.5 ms to every step on the critical path.
     The same latencies give three references in virtual time:
       LB       max(critical path, total work / C): no schedule beats it;
       greedy   eager list scheduling, FIFO ready queue (order of becoming ready, ties
@@ -24,8 +27,8 @@ the tables give its median (ms) and sigma.
     and after the last one, ``tt gc`` the time in garbage collection, and
     ``calls/greedy`` is the schedule alone (first call to last) over greedy. ``anyio``
     is a minimal hand-written task group + semaphore loop sleeping the same latencies:
-    the floor of this harness (``asyncio.sleep`` wakes up late by up to a millisecond,
-    so anyio/greedy is a little above 1). Read tt/greedy:
+    the floor of this harness (anyio/greedy is a little above 1: the event loop still
+    has to run every wake-up). Read tt/greedy:
     1.00 means thinktank adds nothing to the ideal schedule of its policy (target:
     within 2 %); tt/LB is how far the run is from any schedule's best; layered/LB is
     what waiting for whole generations would cost.
@@ -90,6 +93,7 @@ import anyio.lowlevel
 import thinktank
 from bench import _workloads as wl
 from thinktank.providers.base import ModelRequest, ModelResponse
+from thinktank.providers.simulated import sleep_precisely
 from thinktank.spec import SessionSpec, parse_session
 
 MODEL = "m"
@@ -133,7 +137,7 @@ class SleepModel(_Client):
     async def complete(self, request: ModelRequest) -> ModelResponse:
         if self.first_start is None:
             self.first_start = time.perf_counter()
-        await anyio.sleep(self._latency[request.step_id])
+        await sleep_precisely(self._latency[request.step_id])
         self.last_end = time.perf_counter()
         return self._response
 
@@ -260,7 +264,7 @@ async def run_anyio(w: wl.Workload, *, sleep: bool) -> Outcome:
         nonlocal done
         async with sem:
             if sleep:
-                await anyio.sleep(latency[i])
+                await sleep_precisely(latency[i])
             else:
                 await anyio.lowlevel.checkpoint()
         done += 1
@@ -292,7 +296,7 @@ class LGNode:
 
     async def __call__(self, state: LGState) -> dict[str, int]:
         if self.sleep:
-            await anyio.sleep(self.latency)
+            await sleep_precisely(self.latency)
         else:
             await anyio.lowlevel.checkpoint()
         return {"n": 1}
