@@ -229,11 +229,12 @@ async def run(
 
     Raises:
         SpecErrors: the spec names models that cannot be used (unknown, no key), or
-            ``thinktank.toml`` is invalid.
+            ``thinktank.toml`` is invalid (it is read only when a model the session
+            names is not among its own ``models`` or the ``models`` clients).
         InputError: inputs missing, unknown or of the wrong type.
         StoreError: the database could not be opened or written.
     """
-    registry = ModelRegistry(session_models=spec.models, config=load_config(), clients=models)
+    registry = ModelRegistry(session_models=spec.models, config=load_config, clients=models)
     spec, selected = apply_selection(spec, registry)
     if max_cost_usd is not None or max_tokens is not None:
         limits = spec.budget.model_copy(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,15 +124,25 @@ class ModelRegistry:
         self,
         *,
         session_models: Mapping[str, Any] | None = None,
-        config: ThinkTankConfig | None = None,
+        config: ThinkTankConfig | Callable[[], ThinkTankConfig] | None = None,
         clients: Mapping[str, ModelClient] | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> None:
+        """``config`` may be a loader (``load_config``): it is called the first time a
+        name is not found among ``clients`` and ``session_models``, which win over the
+        config anyway (a session whose models are all its own reads no file)."""
         self.session_models = dict(session_models or {})
-        self.config = config or ThinkTankConfig()
+        self._config = config
         self.clients = dict(clients or {})
         self.environ = environ if environ is not None else os.environ
         self._only: list[str] | None = None
+
+    @property
+    def config(self) -> ThinkTankConfig:
+        """The ``thinktank.toml`` in force (loaded on first use when given a loader)."""
+        if not isinstance(self._config, ThinkTankConfig):
+            self._config = self._config() if self._config is not None else ThinkTankConfig()
+        return self._config
 
     # -- resolution -------------------------------------------------------------------
 
@@ -268,7 +278,7 @@ class ModelRegistry:
         """A view of this registry that lists only ``names`` (resolution unchanged)."""
         view = ModelRegistry(
             session_models=self.session_models,
-            config=self.config,
+            config=self._config,
             clients=self.clients,
             environ=self.environ,
         )
