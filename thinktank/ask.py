@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from thinktank.providers.base import ModelClient
 from thinktank.result import SessionResult, Usage
 from thinktank.runner import DEFAULT_STORE, Listener, run
-from thinktank.spec import ParallelExecutionConfig, SessionSpec, parse_session
+from thinktank.spec import ParallelExecutionConfig, SessionSpec
 from thinktank.store import Store
 
 __all__ = [
@@ -246,11 +246,9 @@ async def execute_parallel(
         if isinstance(config, ParallelExecutionConfig)
         else ParallelExecutionConfig.model_validate(config)
     )
+    # Validated as it is built; ``run`` checks its models against the registry and
+    # ``models``, as for a session file.
     spec = session_for(cfg)
-    # Validate against the registry and any Python clients, as a session file is.
-    spec = parse_session(
-        spec.model_dump(mode="json", exclude_defaults=True), known_models=list(models or {})
-    )
     result = await run(
         spec, inputs={"prompt": prompt}, store=store, models=models, on_event=on_event
     )
