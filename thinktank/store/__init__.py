@@ -30,7 +30,6 @@ can share one database and split sessions between them with leases
 from __future__ import annotations
 
 import importlib
-import json
 import math
 import os
 import sqlite3
@@ -54,6 +53,7 @@ from thinktank._heap import frozen_heap
 from thinktank.errors import StoreError
 from thinktank.events import Event
 from thinktank.store import _lease
+from thinktank.store._json import dumps, loads
 from thinktank.store._migrations import MIGRATIONS_TABLE, upgrade
 from thinktank.store._read import (
     SessionSummary,
@@ -159,9 +159,9 @@ def _pg_json(value: Any) -> str:
     writes for non-finite floats) and ``\\u0000``: those become ``null`` and U+FFFD.
     The check is a substring test; only documents that fail it are walked.
     """
-    text = json.dumps(value)
+    text = dumps(value)
     if "NaN" in text or "Infinity" in text or "\\u0000" in text:
-        text = json.dumps(_finite(value))
+        text = dumps(_finite(value))
     return text
 
 
@@ -276,7 +276,7 @@ def _create_engine(url: str) -> tuple[AsyncEngine, str]:
         problem = _sqlite_path_problem(sa_url)
         if problem is not None:
             raise StoreError(f"cannot open database {shown}: {problem}")
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"json_serializer": dumps, "json_deserializer": loads}
     if backend == "postgresql":
         options["json_serializer"] = _pg_json
     try:
