@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import thinktank
 from thinktank.errors import InputError, SpecErrors
-from thinktank.graph import _acyclic
+from thinktank.graph import _acyclic, _structure_checked
 from thinktank.spec import load_session, parse_session, validate_inputs
 
 from .conftest import SESSIONS
@@ -237,3 +238,23 @@ def test_the_cycle_check_agrees_with_networkx(n: int, edges: list[tuple[int, int
     graph.add_nodes_from(f"s{i}" for i in range(n))
     graph.add_edges_from(pairs)
     assert _acyclic({f"s{i}" for i in range(n)}, pairs) == nx.is_directed_acyclic_graph(graph)
+
+
+async def test_a_spec_changed_in_place_after_validation_is_checked_again() -> None:
+    """run() skips re-checking an unchanged validated spec's structure, never a changed one."""
+    spec = parse_session(
+        {
+            "name": "x",
+            "models": MODELS,
+            "steps": [
+                {"id": "a", "prompt": "p", "model": "m"},
+                {"id": "b", "prompt": "q", "model": "m", "depends_on": ["a"]},
+            ],
+        }
+    )
+    assert _structure_checked(spec)
+    spec.steps[0].depends_on.append("b")  # a <-> b: a cycle, made in place
+    assert not _structure_checked(spec)
+    with pytest.raises(SpecErrors) as info:
+        await thinktank.run(spec, store=None)
+    assert any("cycle: a -> b -> a" in line for line in info.value.lines())

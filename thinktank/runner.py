@@ -28,7 +28,7 @@ import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from thinktank._heap import frozen_heap
+from thinktank._heap import frozen, frozen_heap
 from thinktank.budget import Budget
 from thinktank.calls import OnDelta, PooledModel
 from thinktank.errors import SpecError, SpecErrors, StoreError
@@ -198,6 +198,7 @@ def _session_status(outcome: ScheduleOutcome, total: int) -> tuple[Any, str | No
     return ("failed" if not outcome.completed else "partial"), summary
 
 
+@frozen
 async def run(
     spec: SessionSpec,
     *,
