@@ -111,7 +111,6 @@ def _check_steps(
                     )
                 )
 
-
     errors.extend(_check_models(steps, check_model, file))
     if not _acyclic(seen | {d for d, _ in edges}, edges):
         graph: nx.DiGraph[str] = nx.DiGraph()
