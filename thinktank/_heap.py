@@ -4,8 +4,13 @@ A 10,000-step run or replay allocates a few hundred thousand objects (events, ro
 results). Each of the collector's full passes then walks the whole heap (the spec,
 the graph, every imported module and the caller's objects) again: measured at
 10,000 steps, 0.4-0.6 s of a 2 s replay and ~40 us a step of a run.
-``gc.freeze()`` moves what exists now out of the collector's view; nothing is
-leaked: ``gc.unfreeze()`` hands it back when the last concurrent user ends.
+``gc.freeze()`` moves what exists now out of the collector's view, and full passes
+are held off (one per 1,000 young passes instead of 10) while the operation builds
+objects that stay alive to its end; young passes still free short-lived cycles.
+The outermost exit (the last of concurrent users) unfreezes and restores the
+thresholds. A process that always has some session running never reaches it: what
+existed at the first entry stays frozen (uncollected, if it was garbage) and full
+passes stay rare, never off.
 """
 
 from __future__ import annotations
@@ -34,11 +39,11 @@ def frozen_heap() -> Iterator[None]:
     """Freeze the heap for the duration; the outermost exit unfreezes it."""
     global _depth, _thresholds
     with _lock:
-        # Nested uses freeze again: what the outer part built (a loaded session, say)
-        # is then out of the collector's view too. Cyclic garbage made in between
-        # waits for the outermost exit, when everything is handed back.
-        gc.freeze()
         if _depth == 0:
+            # Only the outermost use freezes: concurrent sessions share one freeze, so
+            # no session's cyclic garbage is frozen by another's start. What is built
+            # meanwhile (a loaded session, say) grows old unseen by full passes.
+            gc.freeze()
             _thresholds = gc.get_threshold()
             # Young collections still free short-lived cycles; full ones would walk
             # everything the operation built so far, again and again.
