@@ -139,25 +139,23 @@ async def _cascade(
     ordered = order_by_price(models, prices)
     first = min(len(ordered), min_models if min_models is not None else 2)
     rounds = [ordered[:first]] + [[m] for m in ordered[first:]]
+
+    async def one(model: str, siblings: anyio.CancelScope | None = None) -> None:
+        result = out.results[model] = await call(model)
+        if not result.ok and failure_strategy == "fail_fast":
+            out.aborted = f"model {model!r}: {result.error}"
+            if siblings is not None:
+                siblings.cancel()
+
     for i, batch in enumerate(rounds):
         out.escalation.append(list(batch))
         if len(batch) == 1:
             # One call: no task group to start and join (every round after the first).
-            result = out.results[batch[0]] = await call(batch[0])
-            if not result.ok and failure_strategy == "fail_fast":
-                out.aborted = f"model {batch[0]!r}: {result.error}"
+            await one(batch[0])
         else:
             async with anyio.create_task_group() as tg:
-
-                async def one(model: str) -> None:
-                    result = await call(model)
-                    out.results[model] = result
-                    if not result.ok and failure_strategy == "fail_fast":
-                        out.aborted = f"model {model!r}: {result.error}"
-                        tg.cancel_scope.cancel()
-
                 for model in batch:
-                    tg.start_soon(one, model, name=f"call {model}")
+                    tg.start_soon(one, model, tg.cancel_scope, name=f"call {model}")
         if out.aborted is not None:
             return
         answered = out.answered(ordered)

@@ -28,7 +28,7 @@ import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from thinktank._heap import frozen, frozen_heap
+from thinktank._heap import frozen
 from thinktank.budget import Budget
 from thinktank.calls import OnDelta, PooledModel
 from thinktank.errors import SpecError, SpecErrors, StoreError
@@ -438,28 +438,27 @@ async def _run_recorded(
             if recorder is not None:
                 recorder.send.close()
 
-    with frozen_heap():
-        try:
-            if recorder is None:
+    try:
+        if recorder is None:
+            await drive()
+        else:
+            async with anyio.create_task_group() as tg:
+                await tg.start(_guarded, recorder, tg)
                 await drive()
-            else:
-                async with anyio.create_task_group() as tg:
-                    await tg.start(_guarded, recorder, tg)
-                    await drive()
-        except anyio.get_cancelled_exc_class():
-            if recorder is not None:
-                with anyio.CancelScope(shield=True):
-                    await recorder.drain()
-            raise
-        finally:
-            if recorder is not None:
-                recorder.send.close()
-                recorder.receive.close()
-        if recorder is not None and recorder.error is not None:
-            raise recorder.error
-        # Inside the frozen heap: building 10,000 step results would otherwise set off
-        # a full collection over everything the process holds (~0.4 s).
-        result = collector.result
+    except anyio.get_cancelled_exc_class():
+        if recorder is not None:
+            with anyio.CancelScope(shield=True):
+                await recorder.drain()
+        raise
+    finally:
+        if recorder is not None:
+            recorder.send.close()
+            recorder.receive.close()
+    if recorder is not None and recorder.error is not None:
+        raise recorder.error
+    # Still inside run()'s frozen heap: building 10,000 step results would otherwise
+    # set off a full collection over everything the process holds (~0.4 s).
+    result = collector.result
     assert result is not None
     return result
 

@@ -211,12 +211,10 @@ class Scheduler:
             # Take a queued step without the receive's checkpoint (one trip through the
             # event loop per step, ~5 us); every step awaits its model anyway.
             try:
-                node = receive.receive_nowait()
-            except anyio.WouldBlock:
                 try:
+                    node = receive.receive_nowait()
+                except anyio.WouldBlock:
                     node = await receive.receive()
-                except anyio.EndOfStream:
-                    return
             except anyio.EndOfStream:
                 return
             if self._halt is not None:

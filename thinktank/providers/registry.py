@@ -103,12 +103,18 @@ def _setting(entry: Any, name: str, default: Any = None) -> Any:
     return entry.__dict__.get(name, default)
 
 
-def _price(entry: Any) -> float | None:
+def _prices(entry: Any) -> tuple[float, float] | None:
+    """USD per million input and output tokens of an entry; None when unknown."""
     if isinstance(entry, LocalModelConfig):
-        return 0.0
+        return 0.0, 0.0
     inp = _setting(entry, "input_cost_per_mtok")
     out = _setting(entry, "output_cost_per_mtok")
-    return None if inp is None or out is None else inp + out
+    return None if inp is None or out is None else (inp, out)
+
+
+def _price(entry: Any) -> float | None:
+    prices = _prices(entry)
+    return None if prices is None else prices[0] + prices[1]
 
 
 @functools.lru_cache(maxsize=32)
@@ -263,12 +269,7 @@ class ModelRegistry:
 
     def prices_of(self, name: str) -> tuple[float, float] | None:
         """(input, output) USD per million tokens of a model; None when unknown."""
-        entry = self.entry(name)
-        if isinstance(entry, LocalModelConfig):
-            return 0.0, 0.0
-        inp = _setting(entry, "input_cost_per_mtok")
-        out = _setting(entry, "output_cost_per_mtok")
-        return None if inp is None or out is None else (inp, out)
+        return _prices(self.entry(name))
 
     def price_of(self, name: str) -> float | None:
         """USD per million tokens (input + output) of a model; None when unknown."""
