@@ -75,7 +75,6 @@ sys.path.insert(0, os.path.dirname(_BENCH_DIR))
 import argparse
 import cProfile
 import gc
-import importlib.metadata
 import math
 import platform
 import pstats
@@ -84,13 +83,13 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, get_args
 
 import anyio
 
 import thinktank
 from bench import _parallel_data as pd
+from bench._report import component, cpu_model, short, table, version
 from thinktank.calls import CallResult
 from thinktank.consensus import normalize_answer
 from thinktank.errors import ProviderError
@@ -625,36 +624,16 @@ async def section_profile(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def _component(file: str) -> str:
-    path = file.replace("\\", "/")
-    if "/bench/" in path:
-        return "bench harness"
-    if "/thinktank/" in path and "site-packages" not in path:
-        module = path.rsplit("/thinktank/", 1)[1].removesuffix(".py").replace("/", ".")
-        return f"thinktank.{module}"
-    if "site-packages/" in path:
-        package = path.split("site-packages/", 1)[1].split("/", 1)[0].removesuffix(".py")
-        return "pydantic" if package.startswith("pydantic") else package
-    if "/python3." in path:
-        rest = path.split("/python3.", 1)[1].split("/", 1)[1]
-        return rest.split("/", 1)[0].removesuffix(".py")
-    return path
-
-
-def _short(file: str, line: int, func: str) -> str:
-    return func if file == "~" else f"{_component(file)}:{line}({func})"
-
-
 def _profile_tables(prof: cProfile.Profile, runs: int, mode: str, run_ms: float) -> list[str]:
     """By component (self time), top functions by self time, thinktank's by cumulative."""
     stats: dict[Any, Any] = pstats.Stats(prof).stats  # type: ignore[attr-defined]
     total = sum(v[2] for v in stats.values()) or 1.0
     by_comp: dict[str, float] = {}
     for (file, _line, _func), (_cc, _nc, tt, _ct, _callers) in stats.items():
-        comp = _component(file) if file != "~" else "C builtins"
+        comp = component(file) if file != "~" else "C builtins"
         by_comp[comp] = by_comp.get(comp, 0.0) + tt
     entries = [
-        (_short(file, line, func), nc, tt, ct, file)
+        (short(file, line, func), nc, tt, ct, file)
         for (file, line, func), (_cc, nc, tt, ct, _callers) in stats.items()
     ]
 
@@ -669,7 +648,7 @@ def _profile_tables(prof: cProfile.Profile, runs: int, mode: str, run_ms: float)
         [name[-80:], str(nc), f"{100 * tt / total:.1f}", *us(tt)]
         for name, nc, tt, _ct, _f in sorted(entries, key=lambda e: e[2], reverse=True)[:20]
     ]
-    ours = [e for e in entries if _component(e[4]).startswith("thinktank")]
+    ours = [e for e in entries if component(e[4]).startswith("thinktank")]
     cum_rows = [
         [name[-80:], str(nc), f"{100 * ct / total:.1f}", *us(ct)]
         for name, nc, _tt, ct, _f in sorted(ours, key=lambda e: e[3], reverse=True)[:20]
@@ -696,38 +675,8 @@ def _profile_tables(prof: cProfile.Profile, runs: int, mode: str, run_ms: float)
 # -- output ----------------------------------------------------------------------------
 
 
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _load() -> str:
     return ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
-
-
-def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A fixed-width table: first column left-aligned, the others right-aligned."""
-    widths = [max(len(h), *(len(r[c]) for r in rows)) for c, h in enumerate(headers)]
-
-    def line(cells: Sequence[str]) -> str:
-        out = [cells[0].ljust(widths[0])]
-        out += [cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True)]
-        return "  ".join(out).rstrip()
-
-    rule = "-" * len(line(headers))
-    return "\n".join([title, rule, line(headers), rule, *(line(r) for r in rows), rule])
 
 
 def header(args: argparse.Namespace) -> str:
@@ -738,11 +687,11 @@ def header(args: argparse.Namespace) -> str:
     return "\n".join(
         [
             "thinktank multi-model (parallel) benchmark",
-            f"machine   {_cpu_model()}; {os.cpu_count()} cores ({affinity} usable); "
+            f"machine   {cpu_model()}; {os.cpu_count()} cores ({affinity} usable); "
             f"{platform.system()} {platform.release()}",
             f"python    {platform.python_implementation()} {platform.python_version()}",
-            f"versions  thinktank {thinktank.__version__}, anyio {_version('anyio')}, "
-            f"pydantic {_version('pydantic')}",
+            f"versions  thinktank {thinktank.__version__}, anyio {version('anyio')}, "
+            f"pydantic {version('pydantic')}",
             f"loadavg   {_load()} (at start)",
             f"seed      {args.seed}    mode: {'quick' if args.quick else 'full'}    "
             f"trials: {args.trials} per mode and fleet",

@@ -73,7 +73,6 @@ sys.path.insert(0, os.path.dirname(_BENCH_DIR))
 import argparse
 import cProfile
 import gc
-import importlib.metadata
 import math
 import operator
 import platform
@@ -92,6 +91,7 @@ import anyio.lowlevel
 
 import thinktank
 from bench import _workloads as wl
+from bench._report import component, cpu_model, short, table, version
 from thinktank.providers.base import ModelRequest, ModelResponse
 from thinktank.providers.simulated import sleep_precisely
 from thinktank.spec import SessionSpec, parse_session
@@ -350,40 +350,10 @@ def langgraph_available() -> str | None:
         import langgraph.graph  # noqa: F401
     except ImportError:
         return None
-    return _version("langgraph")
+    return version("langgraph")
 
 
 # -- output ----------------------------------------------------------------------------
-
-
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A fixed-width table: first column left-aligned, the others right-aligned."""
-    widths = [max(len(h), *(len(r[c]) for r in rows)) for c, h in enumerate(headers)]
-
-    def line(cells: Sequence[str]) -> str:
-        out = [cells[0].ljust(widths[0])]
-        out += [cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True)]
-        return "  ".join(out).rstrip()
-
-    rule = "-" * len(line(headers))
-    return "\n".join([title, rule, line(headers), rule, *(line(r) for r in rows), rule])
 
 
 def fmt_s(seconds: float) -> str:
@@ -403,13 +373,13 @@ def header(args: argparse.Namespace) -> str:
     return "\n".join(
         [
             "thinktank scheduler benchmark",
-            f"machine   {_cpu_model()}; {os.cpu_count()} cores ({affinity} usable); "
+            f"machine   {cpu_model()}; {os.cpu_count()} cores ({affinity} usable); "
             f"{platform.system()} {platform.release()}",
             f"python    {platform.python_implementation()} {platform.python_version()}",
-            f"versions  thinktank {thinktank.__version__}, anyio {_version('anyio')}, "
-            f"langgraph {_version('langgraph')}, langchain-core {_version('langchain-core')}, "
-            f"pydantic {_version('pydantic')}, sqlalchemy {_version('sqlalchemy')}, "
-            f"aiosqlite {_version('aiosqlite')}",
+            f"versions  thinktank {thinktank.__version__}, anyio {version('anyio')}, "
+            f"langgraph {version('langgraph')}, langchain-core {version('langchain-core')}, "
+            f"pydantic {version('pydantic')}, sqlalchemy {version('sqlalchemy')}, "
+            f"aiosqlite {version('aiosqlite')}",
             f"loadavg   {load} (at start)",
             f"seed      {args.seed}    mode: {'quick' if args.quick else 'full'}",
         ]
@@ -862,30 +832,6 @@ async def section_profile(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def _component(file: str) -> str:
-    """A short owner name for a profiled function's file."""
-    path = file.replace("\\", "/")
-    if "/bench/" in path:
-        return "bench harness"
-    if "/thinktank/" in path and "site-packages" not in path:
-        module = path.rsplit("/thinktank/", 1)[1].removesuffix(".py").replace("/", ".")
-        return f"thinktank.{module}"
-    if "site-packages/" in path:
-        package = path.split("site-packages/", 1)[1].split("/", 1)[0].removesuffix(".py")
-        return "pydantic" if package.startswith("pydantic") else package
-    if "/python3." in path:
-        rest = path.split("/python3.", 1)[1].split("/", 1)[1]
-        return rest.split("/", 1)[0].removesuffix(".py")
-    return path
-
-
-def _short(file: str, line: int, func: str) -> str:
-    if file == "~":
-        return func
-    comp = _component(file)
-    return f"{comp}:{line}({func})"
-
-
 def _profile_tables(prof: cProfile.Profile, n: int, wall_us: float) -> list[str]:
     """By component (self time, C builtins charged to their callers) and top functions."""
     stats: dict[Any, Any] = pstats.Stats(prof).stats  # type: ignore[attr-defined]
@@ -893,7 +839,7 @@ def _profile_tables(prof: cProfile.Profile, n: int, wall_us: float) -> list[str]
     by_comp: dict[str, float] = {}
     for (file, _line, _func), (_cc, _nc, tt, _ct, callers) in stats.items():
         if file != "~":
-            by_comp[_component(file)] = by_comp.get(_component(file), 0.0) + tt
+            by_comp[component(file)] = by_comp.get(component(file), 0.0) + tt
             continue
         # A C builtin: split its self time among its callers' components.
         share = sum(c[2] for c in callers.values()) or 0.0
@@ -901,7 +847,7 @@ def _profile_tables(prof: cProfile.Profile, n: int, wall_us: float) -> list[str]
             by_comp["C builtins"] = by_comp.get("C builtins", 0.0) + tt
             continue
         for (cfile, _cl, _cf), c in callers.items():
-            comp = _component(cfile) if cfile != "~" else "C builtins"
+            comp = component(cfile) if cfile != "~" else "C builtins"
             by_comp[comp] = by_comp.get(comp, 0.0) + tt * c[2] / share
 
     def est(seconds: float) -> str:
@@ -912,14 +858,14 @@ def _profile_tables(prof: cProfile.Profile, n: int, wall_us: float) -> list[str]
         for name, t in sorted(by_comp.items(), key=lambda kv: kv[1], reverse=True)[:18]
     ]
     entries = [
-        (_short(file, line, func), nc, tt, ct, file)
+        (short(file, line, func), nc, tt, ct, file)
         for (file, line, func), (_cc, nc, tt, ct, _callers) in stats.items()
     ]
     self_rows = [
         [name[-80:], str(nc), f"{100 * tt / total:.1f}", f"{tt / n * 1e6:.2f}", est(tt)]
         for name, nc, tt, _ct, _f in sorted(entries, key=lambda e: e[2], reverse=True)[:25]
     ]
-    ours = [e for e in entries if _component(e[4]).startswith("thinktank")]
+    ours = [e for e in entries if component(e[4]).startswith("thinktank")]
     cum_rows = [
         [name[-80:], str(nc), f"{100 * ct / total:.1f}", f"{ct / n * 1e6:.2f}", est(ct)]
         for name, nc, _tt, ct, _f in sorted(ours, key=lambda e: e[3], reverse=True)[:25]
