@@ -13,20 +13,21 @@ steps in flight and skips everything not yet finished. Cancellation from outside
 (Ctrl-C) propagates after in-flight steps have recorded themselves as cancelled.
 
 Everything runs in one anyio task group of ``max_concurrent_steps`` workers pulling
-ready steps from a FIFO stream: no task is spawned per step, and a 10,000-step
-session never holds 10,000 waiting tasks.
+ready steps from a FIFO queue: no task is spawned per step, and a 10,000-step
+session never holds 10,000 waiting tasks. A worker whose step made others ready runs
+the first of them itself when nothing older is queued, so a chain of steps costs no
+hand-over between tasks.
 """
 
 from __future__ import annotations
 
-import math
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 import anyio
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from thinktank.graph import StepGraph
 
@@ -54,6 +55,14 @@ class ScheduleOutcome:
     """Under fail_fast, the step whose failure stopped the session."""
     max_in_flight: int = 0
     """The most steps ever in flight at once."""
+
+
+@dataclass(slots=True)
+class _Waiter:
+    """A worker waiting for a ready step: set ``node`` (None: stop), then ``event``."""
+
+    event: anyio.Event = field(default_factory=anyio.Event)
+    node: str | None = None
 
 
 class Scheduler:
@@ -89,10 +98,13 @@ class Scheduler:
         self._started: set[str] = set()
         self._position: dict[str, int] = {}
         self._tg: TaskGroup | None = None
-        self._send: MemoryObjectSendStream[str] | None = None
+        self._queue: deque[str] = deque()
+        """Ready steps no worker has taken yet, oldest first."""
+        self._idle: deque[_Waiter] = deque()
+        """Workers waiting for a ready step, longest-waiting first."""
+        self._open = False
         self._phase_nodes: set[str] = set()
         self._left = 0
-        self._receive: MemoryObjectReceiveStream[str] | None = None
         self._workers = 0
         self._halt: str | None = None
 
@@ -146,8 +158,7 @@ class Scheduler:
         if self._halt is None:
             self._halt = reason
             self.outcome.stopped = reason
-            if self._send is not None:
-                self._send.close()
+            self._close()
 
     def add_steps(self, parent: str, steps: list[tuple[str, list[str]]], *, sink: str) -> None:
         """Grow the DAG while it runs: ``steps`` (id, dependencies) become nodes, and
@@ -173,77 +184,108 @@ class Scheduler:
             if self._scheduling == "eager":
                 self._phase_nodes.add(step_id)
                 self._left += 1
-                if self._waiting[step_id] == 0 and self._send is not None:
-                    self._send.send_nowait(step_id)
+                if self._waiting[step_id] == 0 and self._open:
+                    self._put(step_id)
         if self._scheduling == "eager":
             self._spawn_workers()
 
     async def _phase(self, nodes: list[str], ready: list[str]) -> None:
         """Run ``nodes`` (``ready`` first) on a pool of at most ``limit`` workers.
 
-        Workers pull ready steps from a FIFO stream, so no task is spawned per step and
+        Workers pull ready steps from a FIFO queue, so no task is spawned per step and
         a 10,000-step session holds ``limit`` tasks, not 10,000.
         """
         self._phase_nodes = set(nodes)
         self._left = len(self._phase_nodes)
         if not self._left:
             return
-        send, receive = anyio.create_memory_object_stream[str](math.inf)
-        self._send, self._receive = send, receive
-        with send, receive:
-            for node in ready:
-                send.send_nowait(node)
+        self._queue = deque(ready)
+        self._open = True
+        try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 self._workers = 0
                 self._spawn_workers()
-        self._tg = None
-        self._send = None
+        finally:
+            self._tg = None
+            self._close()
 
     def _spawn_workers(self) -> None:
-        assert self._tg is not None and self._receive is not None
+        assert self._tg is not None
         while self._workers < min(self._limit, self._left):
             self._workers += 1
-            self._tg.start_soon(self._worker, self._receive)
+            self._tg.start_soon(self._worker)
 
-    async def _worker(self, receive: MemoryObjectReceiveStream[str]) -> None:
+    def _put(self, node: str) -> None:
+        """Queue a ready step, or hand it straight to a worker waiting for one."""
+        if self._idle:
+            waiter = self._idle.popleft()
+            waiter.node = node
+            waiter.event.set()
+        else:
+            self._queue.append(node)
+
+    def _close(self) -> None:
+        """No more steps: every waiting worker returns."""
+        self._open = False
+        while self._idle:
+            self._idle.popleft().event.set()
+
+    async def _worker(self) -> None:
+        queue = self._queue
+        waiting = self._waiting
+        finished = self._finished
+        outcome = self.outcome
+        eager = self._scheduling == "eager"
+        # networkx's own adjacency dict: ``successors()`` builds an iterator per call.
+        succ = self.graph.graph._succ  # type: ignore[attr-defined]
+        mine: str | None = None
         while True:
-            # Take a queued step without the receive's checkpoint (one trip through the
-            # event loop per step, ~5 us); every step awaits its model anyway.
-            try:
-                try:
-                    node = receive.receive_nowait()
-                except anyio.WouldBlock:
-                    node = await receive.receive()
-            except anyio.EndOfStream:
+            if mine is not None:
+                node, mine = mine, None
+            elif queue:
+                node = queue.popleft()
+            elif not self._open:
                 return
+            else:
+                waiter = _Waiter()
+                self._idle.append(waiter)
+                await waiter.event.wait()
+                if waiter.node is None:
+                    return
+                node = waiter.node
             if self._halt is not None:
                 # Handed over just before the session stopped: it never starts.
                 return
             self.in_flight += 1
             self._started.add(node)
-            if self.in_flight > self.outcome.max_in_flight:
-                self.outcome.max_in_flight = self.in_flight
+            if self.in_flight > outcome.max_in_flight:
+                outcome.max_in_flight = self.in_flight
             error = await self._execute(node)
             self.in_flight -= 1
-            self._finished.add(node)
+            finished.add(node)
             self._left -= 1
             if error is None:
-                self.outcome.completed.append(node)
-                if self._scheduling == "eager":
-                    for succ in self.graph.graph.successors(node):
-                        left = self._waiting.get(succ)
+                outcome.completed.append(node)
+                if eager and self._halt is None:
+                    for s in succ[node]:
+                        left = waiting.get(s)
                         if left is None:
                             continue
-                        self._waiting[succ] = left - 1
-                        if left == 1 and succ not in self._finished and self._halt is None:
-                            assert self._send is not None
-                            self._send.send_nowait(succ)
+                        waiting[s] = left - 1
+                        if left == 1 and s not in finished:
+                            # The first step this one made ready runs next on this
+                            # worker when nothing older waits: no hand-over to a
+                            # sleeping worker (an event-loop trip) for a chain.
+                            if mine is None and not queue:
+                                mine = s
+                            else:
+                                self._put(s)
             else:
-                self.outcome.failed[node] = error
+                outcome.failed[node] = error
                 if self._fail_fast:
-                    if self.outcome.aborted_by is None:
-                        self.outcome.aborted_by = node
+                    if outcome.aborted_by is None:
+                        outcome.aborted_by = node
                         self._halt = f"not run: the session stopped when {node!r} failed"
                     assert self._tg is not None
                     self._tg.cancel_scope.cancel()
@@ -251,8 +293,8 @@ class Scheduler:
                 reason = f"upstream step {node!r} failed: {error}"
                 for desc in self._unfinished_descendants(node):
                     self._skip(desc, reason)
-            if self._left <= 0 and self._send is not None:
-                self._send.close()
+            if self._left <= 0:
+                self._close()
 
     def _unfinished_descendants(self, node: str) -> list[str]:
         """The descendants of ``node`` not finished yet, in file order.
