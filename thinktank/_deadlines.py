@@ -1,0 +1,116 @@
+"""Time limits for many steps on one event-loop timer.
+
+``anyio.CancelScope(deadline=...)`` sets a loop timer per scope, and a scope with a
+deadline costs about twice a plain one to enter and leave (~4.5 us against ~2.4): at
+10,000 steps that is a real share of the engine's own cost per step. :class:`Deadlines`
+hands out plain cancel scopes instead and keeps their deadlines in one heap; a single
+timer, set for the earliest deadline, cancels the scopes that ran out. The semantics
+are anyio's own (shielded scopes inside stay shielded; ``cancelled_caught`` says the
+block was cut short), since the cancelling is done by ``CancelScope.cancel``.
+
+Asyncio only, like the rest of thinktank (SQLAlchemy's async layer is asyncio-only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import math
+
+import anyio
+
+__all__ = ["Deadline", "Deadlines"]
+
+
+class Deadline:
+    """One guarded block: its cancel scope and when it runs out (loop time)."""
+
+    __slots__ = ("live", "scope", "when")
+
+    def __init__(self, scope: anyio.CancelScope, when: float) -> None:
+        self.scope = scope
+        self.when = when
+        self.live = True
+        """False once the block ended or the scope was cancelled."""
+
+
+class Deadlines:
+    """Plain cancel scopes whose deadlines one timer enforces.
+
+    Use::
+
+        deadline = deadlines.start(seconds)
+        try:
+            with deadline.scope: ...
+        finally:
+            deadlines.end(deadline)
+        if deadline.scope.cancelled_caught: ...  # it ran out
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Deadline]] = []
+        self._order = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+        self._ended = 0
+        """Entries in the heap whose block already ended (removed lazily)."""
+
+    def __len__(self) -> int:
+        """Blocks still guarded."""
+        return len(self._heap) - self._ended
+
+    def start(self, seconds: float) -> Deadline:
+        """A new cancel scope (not entered yet) cancelled ``seconds`` from now."""
+        loop = asyncio.get_running_loop()
+        when = loop.time() + seconds
+        deadline = Deadline(anyio.CancelScope(), when)
+        heapq.heappush(self._heap, (when, next(self._order), deadline))
+        if when < self._timer_at:
+            self._arm(loop, when)
+        return deadline
+
+    def end(self, deadline: Deadline) -> None:
+        """The block ended: forget its deadline (idempotent)."""
+        if not deadline.live:
+            return
+        deadline.live = False
+        self._ended += 1
+        heap = self._heap
+        # Finished blocks leave their entries behind; drop them from the top at once,
+        # and rebuild the heap when they are most of it (amortised O(log n) a block).
+        while heap and not heap[0][2].live:
+            heapq.heappop(heap)
+            self._ended -= 1
+        if self._ended > 32 and 2 * self._ended > len(heap):
+            self._heap = [entry for entry in heap if entry[2].live]
+            heapq.heapify(self._heap)
+            self._ended = 0
+        if not self._heap and self._timer is not None:
+            self._timer.cancel()
+            self._timer, self._timer_at = None, math.inf
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_at(when, self._fire, loop, when)
+        self._timer_at = when
+
+    def _fire(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
+        self._timer, self._timer_at = None, math.inf
+        # The loop runs a timer up to its clock resolution early: what was due at the
+        # timer's own time counts as due.
+        now = max(loop.time(), at)
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, _, deadline = heapq.heappop(heap)
+            if not deadline.live:
+                self._ended -= 1
+                continue
+            deadline.live = False
+            deadline.scope.cancel()
+        while heap and not heap[0][2].live:
+            heapq.heappop(heap)
+            self._ended -= 1
+        if heap:
+            self._arm(loop, heap[0][0])
