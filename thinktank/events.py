@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
+from thinktank._frozen import fast_init
+
 __all__ = [
     "CallAttempt",
     "CallFinished",
@@ -58,6 +60,7 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Event:
     """Base of every event: which session, and when."""
@@ -76,6 +79,7 @@ class Event:
         return data
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StepInfo:
     """The static description of one step, as the session starts."""
@@ -104,6 +108,7 @@ class StepInfo:
     """For a step added at run time: the models that proposed it."""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SessionStarted(Event):
     """A session began: everything needed to create its rows."""
@@ -129,6 +134,7 @@ class SessionStarted(Event):
     "session_id": ...}``; None for a fresh run."""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StepsAdded(Event):
     """The DAG grew at run time: a decompose step added these steps."""
@@ -140,6 +146,7 @@ class StepsAdded(Event):
     """The new steps, in the order they were added."""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StepStarted(Event):
     """A step (or a retry of it) started."""
@@ -153,6 +160,7 @@ class StepStarted(Event):
     """The rendered prompt."""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CallStarted(Event):
     """A model call is about to be sent."""
@@ -168,6 +176,7 @@ class CallStarted(Event):
     """The step attempt the call belongs to."""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CallAttempt(Event):
     """One try of a model call ended (a call retried twice has three)."""
@@ -197,6 +206,7 @@ class CallAttempt(Event):
     """The wait before the next try; None when this try was the last."""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CallFinished(Event):
     """A model call ended: ok, failed, timed out or cancelled."""
@@ -232,6 +242,7 @@ class CallFinished(Event):
     """How many times it was sent (retries included)."""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ConsensusComputed(Event):
     """The responses of a multi-model step were merged."""
@@ -275,6 +286,7 @@ class ConsensusComputed(Event):
     """The cache key this consensus is stored under (None: not cacheable)."""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StepFinished(Event):
     """A step ended (after its last attempt)."""
@@ -304,6 +316,7 @@ class StepFinished(Event):
     """Agreement of a multi-model step."""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StepSkipped(Event):
     """A step will not run because something it depends on failed."""
@@ -315,6 +328,7 @@ class StepSkipped(Event):
     """Which upstream step failed, and why."""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SessionFinished(Event):
     """The session ended."""

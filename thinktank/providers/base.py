@@ -15,9 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from thinktank._frozen import fast_init
+
 __all__ = ["ModelClient", "ModelRequest", "ModelResponse"]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModelRequest:
     """What a step asks one model."""
@@ -41,6 +44,7 @@ class ModelRequest:
     """Streaming clients call it with each piece of text as it arrives (live progress)."""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModelResponse:
     """What one model answered, with its accounting."""
