@@ -272,18 +272,51 @@ def _lenient_step(item: object) -> StepSpec | None:
     )
 
 
+def _bulk_digraph(steps: Sequence[StepSpec]) -> nx.DiGraph[str]:
+    """The DiGraph of ``steps``: nodes in file order with ``spec`` and ``position``, an
+    edge from each dependency.
+
+    This runs at every session start. ``add_nodes_from``/``add_edges_from`` cost ~5x
+    more than filling networkx's documented dict-of-dicts structure (``_node``,
+    ``_succ``, ``_pred``; one data dict per edge, shared by both directions) directly,
+    which is what is done here for a new, empty graph; a test checks the result equals
+    the one the public methods build.
+    """
+    graph: nx.DiGraph[str] = nx.DiGraph()
+    succ: dict[str, dict[str, dict[str, Any]]] = graph._succ  # type: ignore[attr-defined]
+    pred: dict[str, dict[str, dict[str, Any]]] = graph._pred  # type: ignore[attr-defined]
+    nodes: dict[str, dict[str, Any]] = graph._node  # type: ignore[attr-defined]
+    for position, step in enumerate(steps):
+        sid = step.id
+        if sid in nodes:
+            # Duplicate ids are a validation error; build what networkx would.
+            nodes[sid].update(spec=step, position=position)
+            continue
+        succ[sid] = {}
+        pred[sid] = {}
+        nodes[sid] = {"spec": step, "position": position}
+    for step in steps:
+        sid = step.id
+        into = pred[sid]
+        for dep in step.depends_on:
+            if dep not in nodes:
+                succ[dep] = {}
+                pred[dep] = {}
+                nodes[dep] = {}
+            data = succ[dep].get(sid)
+            if data is None:
+                data = {}
+                succ[dep][sid] = data
+                into[dep] = data
+    return graph
+
+
 class StepGraph:
     """A validated session as a DAG of step ids, with the specs on the nodes."""
 
     def __init__(self, spec: SessionSpec) -> None:
         self.spec = spec
-        self.graph: nx.DiGraph[str] = nx.DiGraph()
-        # The bulk forms: this runs at every session start (~2.4 us a step one by one).
-        self.graph.add_nodes_from(
-            (step.id, {"spec": step, "position": position})
-            for position, step in enumerate(spec.steps)
-        )
-        self.graph.add_edges_from((dep, step.id) for step in spec.steps for dep in step.depends_on)
+        self.graph: nx.DiGraph[str] = _bulk_digraph(spec.steps)
 
     def __len__(self) -> int:
         return self.graph.number_of_nodes()

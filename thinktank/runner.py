@@ -162,8 +162,10 @@ def _step_info(
     position: int,
     parent: str | None = None,
     provenance: tuple[str, ...] = (),
+    models: list[str] | None = None,
 ) -> StepInfo:
-    models = spec.step_models(step)
+    if models is None:
+        models = spec.step_models(step)
     multi = len(models) > 1 and step.kind == "prompt"
     return StepInfo(
         step_id=step.id,
@@ -180,8 +182,13 @@ def _step_info(
     )
 
 
-def _steps_info(spec: SessionSpec) -> tuple[StepInfo, ...]:
-    return tuple(_step_info(spec, step, i) for i, step in enumerate(spec.steps))
+def _steps_info(
+    spec: SessionSpec, step_models: Mapping[str, list[str]] | None = None
+) -> tuple[StepInfo, ...]:
+    get = (step_models or {}).get
+    return tuple(
+        _step_info(spec, step, i, models=get(step.id)) for i, step in enumerate(spec.steps)
+    )
 
 
 def _session_status(outcome: ScheduleOutcome, total: int) -> tuple[Any, str | None]:
@@ -252,7 +259,13 @@ async def run(
             raise SpecErrors(problems)
     values = validate_inputs(spec, inputs)
     all_steps = [*spec.steps, *(st for st, _, _ in (restart.extra_steps if restart else []))]
-    names = [name for step in all_steps for name in [*spec.step_models(step), *step.extra_models()]]
+    step_models = {step.id: spec.step_models(step) for step in all_steps}
+    named: dict[str, None] = {}
+    for step in all_steps:
+        named.update(dict.fromkeys(step_models[step.id]))
+        if step.synthesizer is not None or step.escalate_to or step.sub_models:
+            named.update(dict.fromkeys(step.extra_models()))
+    names = list(named)
     if spec.budget.max_cost_usd is not None:
         unpriced = [n for n in dict.fromkeys(names) if registry.price_of(n) is None]
         if unpriced:
@@ -282,7 +295,16 @@ async def run(
         if restart is not None and restart.wrap is not None:
             pool = {name: restart.wrap(name, pooled) for name, pooled in pool.items()}
         return await _run_recorded(
-            spec, values, store, pool, on_event, source, selected, restart or Restart(), on_delta
+            spec,
+            values,
+            store,
+            pool,
+            on_event,
+            source,
+            selected,
+            restart or Restart(),
+            on_delta,
+            step_models,
         )
     finally:
         # Shielded: an interrupted run must still release its connections.
@@ -303,6 +325,7 @@ async def _run_recorded(
     selected: dict[str, str],
     restart: Restart,
     on_delta: OnDelta | None = None,
+    step_models: dict[str, list[str]] | None = None,
 ) -> SessionResult:
     # uuid4, not v7: a random prefix keeps `thinktank show <first 8 chars>` unambiguous.
     session_id = restart.session_id or str(uuid.uuid4())
@@ -335,6 +358,7 @@ async def _run_recorded(
         ),
         cache=store.find_consensus if store is not None else None,
         budget=Budget(max_cost_usd=spec.budget.max_cost_usd, max_tokens=spec.budget.max_tokens),
+        step_models=step_models,
     )
     scheduler = Scheduler(
         graph,
@@ -386,7 +410,7 @@ async def _run_recorded(
             spec=spec.model_dump(mode="json") if recorder is not None else {},
             inputs=values,
             parallel_execution_config=spec.parallel_execution_wire(),
-            steps=_steps_info(spec)
+            steps=_steps_info(spec, step_models)
             + tuple(
                 _step_info(spec, st, len(spec.steps) + i, parent, prov)
                 for i, (st, parent, prov) in enumerate(restart.extra_steps)

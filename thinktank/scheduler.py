@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Literal
 
 import anyio
@@ -111,14 +112,17 @@ class Scheduler:
     async def run(self) -> ScheduleOutcome:
         """Run every step not already done; return how each ended."""
         g = self.graph.graph
-        self._position = {n: d["position"] for n, d in g.nodes(data=True)}
+        self._position = position = {n: d["position"] for n, d in g.nodes(data=True)}
         done = self._done
-        for node in sorted(g, key=self._position.__getitem__):
+        order = list(position)
+        if any(position[a] > position[b] for a, b in pairwise(order)):
+            order.sort(key=position.__getitem__)
+        pred = g._pred  # type: ignore[attr-defined]  # in_degree() builds a view per call
+        waiting = self._waiting
+        for node in order:
             if node in done:
                 continue
-            self._waiting[node] = (
-                sum(1 for p in g.predecessors(node) if p not in done) if done else g.in_degree(node)
-            )
+            waiting[node] = sum(1 for p in pred[node] if p not in done) if done else len(pred[node])
         for node, error in self._failed_before.items():
             # Failed in an earlier run (resume, fork): still failed; its descendants
             # that have not run are skipped again.

@@ -91,6 +91,7 @@ class StepExecutor:
         outputs: MutableMapping[str, str | None] | None = None,
         cache: CacheLookup | None = None,
         budget: Budget | None = None,
+        step_models: Mapping[str, list[str]] | None = None,
     ) -> None:
         self.session_id = session_id
         self.spec = spec
@@ -115,7 +116,11 @@ class StepExecutor:
         """Called when the budget runs out (the runner stops starting steps)."""
         self.on_grow: Grow | None = None
         """Called when a decompose step adds steps (the runner updates the DAG)."""
-        self._models: dict[str, list[str]] = {s.id: spec.step_models(s) for s in spec.steps}
+        self._models: dict[str, list[str]] = (
+            {s.id: step_models[s.id] for s in spec.steps}
+            if step_models is not None
+            else {s.id: spec.step_models(s) for s in spec.steps}
+        )
 
     async def __call__(self, step_id: str) -> str | None:
         """Run ``step_id`` with its retries; None when it completed, else the error."""
