@@ -44,7 +44,8 @@ from thinktank.store import (
     default_db_url,
     normalize_db_url,
 )
-from thinktank.store._write import _sqlite_datetime, event_payload
+from thinktank.store._json import dumps
+from thinktank.store._write import _sqlite_datetime, event_json, event_payload
 
 # The PostgreSQL fixtures (see tests/pg.py), by assignment so that pytest finds them here.
 pg_server = pg.pg_server
@@ -410,6 +411,62 @@ async def test_event_payload_equals_to_dict() -> None:
     samples.append(NoteAdded(session_id=sid, step_id="a", notes=(), seen=at(3)))
     for event in samples:
         assert event_payload(event) == event.to_dict()
+        # The text written, straight from orjson, is that of the payload.
+        assert event_json(event) == dumps(event.to_dict())
+
+
+def test_event_json_leaves_what_orjson_writes_differently_to_the_slow_path() -> None:
+    """Non-string dict keys, private fields and non-slotted events: no fast text; the
+    store then writes ``to_dict()`` as it is (checked in the store below)."""
+    sid = new_id()
+    odd = [
+        SessionStarted(
+            session_id=sid,
+            name="n",
+            spec={"k": {1: "one"}},
+            inputs={},
+            parallel_execution_config={},
+            steps=(),
+        ),
+        Private(session_id=sid, _secret="s"),
+        Loose(session_id=sid, step_id="a"),
+    ]
+    for event in odd:
+        assert event_json(event) is None
+
+
+async def test_payloads_orjson_cannot_write_as_is_are_stored(store: Store) -> None:
+    """The slow path writes the same ``to_dict()`` payload."""
+    events = simple_session(1)
+    sid = events[0].session_id
+    await store.write(events[:1])
+    extra = [
+        Private(session_id=sid, _secret="s"),
+        Loose(session_id=sid, step_id="s0"),
+        NoteAdded(session_id=sid, step_id="s0", notes=("nul\x00",), seen=None),
+    ]
+    await store.write(extra)
+    rows = await fetch_all(store, "SELECT payload FROM thinktank_events ORDER BY id")
+    stored = [as_json(r[0]) for r in rows[1:]]
+    assert stored[:2] == [e.to_dict() for e in extra[:2]]
+    # PostgreSQL keeps no NUL in JSON: U+FFFD stands in for it.
+    assert stored[2]["notes"][0] in ("nul\x00", "nul\ufffd")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Private(Event):
+    """An unknown event with a private field (orjson skips those)."""
+
+    type: ClassVar[str] = "private"
+    _secret: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Loose(Event):
+    """An unknown event that is not slotted (orjson writes its ``__dict__``)."""
+
+    type: ClassVar[str] = "loose"
+    step_id: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

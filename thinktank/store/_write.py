@@ -37,6 +37,7 @@ from operator import attrgetter, itemgetter
 from typing import Any, Protocol
 
 import aiosqlite
+import orjson
 from sqlalchemy import DateTime, String, Table, bindparam, insert, select, update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -59,6 +60,7 @@ from thinktank.events import (
 )
 from thinktank.ids import new_id
 from thinktank.store import tables as _tables
+from thinktank.store._json import dumps
 
 __all__ = [
     "ATTEMPTS",
@@ -193,6 +195,51 @@ def event_payload(event: Event) -> dict[str, Any]:
     data: dict[str, Any] = {"type": event.type}
     data.update(zip(names, values, strict=True))
     return data
+
+
+_JSON_PREFIXES: dict[type, bytes | None] = {}
+"""Event class -> ``b'{"type":"<its type>",'``, or None when orjson cannot write it whole."""
+
+
+def _json_prefix(cls: type) -> bytes | None:
+    """The payload's opening for events of ``cls``; None if orjson would write it wrong.
+
+    orjson writes a dataclass as its fields in order, like ``to_dict()``, except that it
+    skips fields whose name begins with ``_`` and writes a non-slotted instance's
+    ``__dict__`` (which may hold more than the fields): such classes take the slow path.
+    """
+    names = [f.name for f in dataclasses.fields(cls)]
+    slotted = getattr(cls, "__dictoffset__", 1) == 0
+    if not names or not slotted or any(name.startswith("_") for name in names):
+        return None
+    type_name = getattr(cls, "type", None)
+    if not isinstance(type_name, str):
+        return None
+    return b'{"type":' + orjson.dumps(type_name) + b","
+
+
+def event_json(event: Event) -> str | None:
+    """``event.to_dict()`` as the JSON text the store writes, or None if it needs the
+    slow path (:func:`event_payload`, then the column's serializer).
+
+    orjson writes the event itself (dataclasses, datetimes as ``isoformat()``, tuples as
+    arrays) with ``"type"`` put in front: no Python per field. The text is the same as
+    that of ``dumps(event_payload(event))``. orjson refuses what that would write
+    differently: a dict key that is not a string (``to_dict()`` turns it into ``str(key)``)
+    or an integer beyond 64 bits.
+    """
+    cls = event.__class__
+    try:
+        prefix = _JSON_PREFIXES[cls]
+    except KeyError:
+        prefix = _JSON_PREFIXES[cls] = _json_prefix(cls)
+    if prefix is None:
+        return None
+    try:
+        body = orjson.dumps(event)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return None
+    return (prefix + body[1:]).decode()
 
 
 def _same(value: Any) -> Any:
@@ -380,15 +427,30 @@ class EventLog:
             if dialect.name == "sqlite"
             else at_type.dialect_impl(dialect).bind_processor(dialect) or _same
         )
-        self.payload: Callable[[dict[str, Any]], Any] = (
+        process: Callable[[dict[str, Any]], Any] = (
             payload_type.dialect_impl(dialect).bind_processor(dialect) or _same
         )
+        self._process = process
+        # The column takes JSON text on SQLite and asyncpg: the text of event_json will
+        # do. Other drivers may want their own object (psycopg: a Json wrapper).
+        probe = {"type": "x"}
+        self._text = process(probe) == dumps(probe)
+        self._postgres = dialect.name == "postgresql"
         order = [EVENT_COLUMNS.index(name) for name in names]
         self._adapt: Callable[[tuple[Any, ...]], Any] | None = None
         if not compiled.positional:
             self._adapt = lambda row: {name: row[i] for name, i in zip(names, order, strict=True)}
         elif order != list(range(len(EVENT_COLUMNS))):
             self._adapt = lambda row: tuple(row[i] for i in order)
+
+    def payload(self, event: Event) -> Any:
+        """The payload column's value for ``event``: ``event.to_dict()``, converted."""
+        if self._text:
+            text = event_json(event)
+            # PostgreSQL's JSONB refuses \u0000: the column's serializer replaces it.
+            if text is not None and not (self._postgres and "\\u0000" in text):
+                return text
+        return self._process(event_payload(event))
 
     async def run(self, executor: Executor, rows: list[tuple[Any, ...]]) -> None:
         """Insert ``rows``, each in :data:`EVENT_COLUMNS` order."""
@@ -465,7 +527,7 @@ class _Batch:
                     event.type,
                     step_key,
                     at_value(_utc(event.at)),
-                    payload_value(event_payload(event)),
+                    payload_value(event),
                 )
             )
 
