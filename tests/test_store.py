@@ -643,6 +643,28 @@ async def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
         db.close()
 
 
+async def test_sqlite_connections_have_the_store_settings(tmp_path: Path) -> None:
+    """Every connection of a SQLite store: busy timeout, foreign keys, synchronous NORMAL,
+    and transactions begun by the store only."""
+    async with await Store.open(str(tmp_path / "tt.db")) as store:
+        await store.write(simple_session(1))
+        db = store._writer_db
+        pragmas = {}
+        for name in ("busy_timeout", "foreign_keys", "synchronous", "journal_mode"):
+            rows = await db.execute_fetchall(f"PRAGMA {name}")
+            pragmas[name] = rows[0][0]
+        assert db.isolation_level is None
+        async with store._reader() as conn:
+            raw = await conn.get_raw_connection()
+            assert raw.driver_connection.isolation_level is None
+    assert pragmas == {
+        "busy_timeout": 30_000,
+        "foreign_keys": 1,
+        "synchronous": 1,
+        "journal_mode": "wal",
+    }
+
+
 async def test_concurrent_stores_on_one_database(db_url: str) -> None:
     """Four stores write 20 sessions at once into one database without 'database is locked'."""
     stores = [await Store.open(db_url) for _ in range(4)]

@@ -33,7 +33,6 @@ import importlib
 import math
 import os
 import sqlite3
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
@@ -42,8 +41,8 @@ from typing import Any, TypeVar, cast
 
 import aiosqlite
 import anyio
-from sqlalchemy import event, select
-from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy import select
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
@@ -67,6 +66,7 @@ from thinktank.store._read import (
     get_session,
     list_sessions,
 )
+from thinktank.store._sqlite import CONNECT_ARGS, READ_OPTION, configure
 from thinktank.store._write import (
     AiosqliteExecutor,
     AsyncpgExecutor,
@@ -95,9 +95,7 @@ DEFAULT_DB_ENV = "THINKTANK_DB"
 """Environment variable naming the database (a URL or a file path)."""
 
 _DEFAULT_URL = "sqlite+aiosqlite:///./thinktank.db"
-_BUSY_TIMEOUT_MS = 30_000
-_READ_OPTION = "thinktank_read"
-"""Execution option marking a connection that only reads (deferred BEGIN)."""
+_READ_OPTION = READ_OPTION
 
 _ASYNC_DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
@@ -174,55 +172,6 @@ def _one_line(exc: BaseException) -> str:
     return lines[0] if lines else type(cause).__name__
 
 
-def _use_wal(cursor: Any) -> None:
-    """Put the database in WAL mode (it stays so: the mode is kept in the file).
-
-    Switching takes an exclusive lock, and when several connections open a new file at
-    once SQLite may refuse at once ("database is locked") rather than wait under the
-    busy timeout: each would wait for the others (a deadlock). It happens only then,
-    so the retry sleeps a few milliseconds in this (event-loop) thread.
-    """
-    cursor.execute("PRAGMA journal_mode")
-    row = cursor.fetchone()
-    if row is not None and str(row[0]).lower() in ("wal", "memory"):
-        return
-    deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
-    delay = 0.002
-    while True:
-        try:
-            cursor.execute("PRAGMA journal_mode = WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
-
-
-def _configure_sqlite(engine: AsyncEngine) -> None:
-    """WAL, busy timeout, foreign keys, and BEGIN IMMEDIATE for writes."""
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Take BEGIN away from the sqlite3 driver: ``_on_begin`` issues it.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-            _use_wal(cursor)
-            cursor.execute("PRAGMA synchronous = NORMAL")
-            cursor.execute("PRAGMA foreign_keys = ON")
-        finally:
-            cursor.close()
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        if conn.get_execution_options().get(_READ_OPTION):
-            conn.exec_driver_sql("BEGIN")
-        else:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-
 def _sqlite_path_problem(url: URL) -> str | None:
     """Why the SQLite file of ``url`` cannot be opened, if that shows before connecting.
 
@@ -279,6 +228,8 @@ def _create_engine(url: str) -> tuple[AsyncEngine, str]:
     options: dict[str, Any] = {"json_serializer": dumps, "json_deserializer": loads}
     if backend == "postgresql":
         options["json_serializer"] = _pg_json
+    elif backend == "sqlite":
+        options["connect_args"] = CONNECT_ARGS
     try:
         engine = create_async_engine(sa_url, **options)
     except ImportError as exc:
@@ -287,7 +238,7 @@ def _create_engine(url: str) -> tuple[AsyncEngine, str]:
     except (SQLAlchemyError, ValueError) as exc:
         raise StoreError(f"cannot open database {shown}: {_one_line(exc)}") from exc
     if engine.dialect.name == "sqlite":
-        _configure_sqlite(engine)
+        configure(engine.sync_engine)
     return engine, shown
 
 
