@@ -108,28 +108,17 @@ class _Attempt:
     partial: str | None = None
 
 
-async def _attempt(client: ModelClient, request: ModelRequest, timeout_s: float | None) -> _Attempt:
-    try:
-        if timeout_s is None:
-            response = await client.complete(request)
-        else:
-            with anyio.CancelScope(deadline=anyio.current_time() + timeout_s) as scope:
-                response = await client.complete(request)
-            if scope.cancelled_caught:
-                raise TimeoutError
-    except ProviderError as exc:
+def _failed(exc: BaseException, timeout_s: float | None) -> _Attempt:
+    """The attempt record of an attempt that raised ``exc``."""
+    if isinstance(exc, ProviderError):
         # CallTimeoutError (a wire timeout) is both; it keeps its provider details.
         status: CallStatus = "timeout" if isinstance(exc, TimeoutError) else "failed"
         return _Attempt(
             status, error=str(exc), exc=exc, status_code=exc.status_code, partial=exc.partial
         )
-    except TimeoutError as exc:
+    if isinstance(exc, TimeoutError):
         return _Attempt("timeout", error=f"no answer within {timeout_s:g} s", exc=exc)
-    except Exception as exc:  # noqa: BLE001 - a broken client fails its call, not the session
-        return _Attempt("failed", error=f"{type(exc).__name__}: {exc}", exc=exc)
-    if response.error is not None:
-        return _Attempt("failed", response=response, error=response.error)
-    return _Attempt("ok", response=response)
+    return _Attempt("failed", error=f"{type(exc).__name__}: {exc}", exc=exc)
 
 
 async def call_model(
@@ -170,9 +159,10 @@ async def call_model(
         request = dataclasses.replace(
             request, on_delta=functools.partial(on_delta, request.step_id, pooled.client.name)
         )
-    limits = [*limiters, pooled.limiter] if pooled.limiter is not None else list(limiters)
-    bounds = [t for t in (timeout_s, pooled.timeout_s) if t is not None]
-    attempt_timeout = min(bounds) if bounds else None
+    limits = [*limiters, pooled.limiter] if pooled.limiter is not None else limiters
+    attempt_timeout = pooled.timeout_s
+    if timeout_s is not None and (attempt_timeout is None or timeout_s < attempt_timeout):
+        attempt_timeout = timeout_s
     # The common cases without an exit stack: this is every call's hot path.
     if not limits:
         return await _recorded(pooled, request, session_id, emit, attempt_timeout, budget)
@@ -228,15 +218,35 @@ async def _recorded(
     start = time.perf_counter()
     tries = 0
     reserved = limited
-    outcome = _Attempt("cancelled", error="cancelled before the model answered")
+    # The last attempt that ended, if the one under way (if any) has not: what a
+    # cancellation keeps of it is its partial text.
+    outcome: _Attempt | None = None
     try:
         while True:
             tries += 1
             try_started = started_at if tries == 1 else utcnow()
             try_start = time.perf_counter()
-            outcome = _Attempt("cancelled", error="cancelled before the model answered")
+            outcome = None
             sent = request if tries == 1 else dataclasses.replace(request, retry=tries - 1)
-            outcome = await _attempt(client, sent, attempt_timeout)
+            # One attempt, inline (not a coroutine of its own: this is every call's path).
+            try:
+                if attempt_timeout is None:
+                    response = await client.complete(sent)
+                else:
+                    with anyio.CancelScope(
+                        deadline=anyio.current_time() + attempt_timeout
+                    ) as scope:
+                        response = await client.complete(sent)
+                    if scope.cancelled_caught:
+                        raise TimeoutError
+            except Exception as exc:  # noqa: BLE001 - a broken client fails its call, not the session
+                outcome = _failed(exc, attempt_timeout)
+            else:
+                outcome = (
+                    _Attempt("ok", response=response)
+                    if response.error is None
+                    else _Attempt("failed", response=response, error=response.error)
+                )
             if limited:
                 _settle(budget, est_cost, est_tokens, outcome)  # type: ignore[arg-type]
                 reserved = False
@@ -298,7 +308,7 @@ async def _recorded(
                 _Attempt(
                     "cancelled",
                     error="cancelled before the model answered",
-                    partial=outcome.partial,
+                    partial=outcome.partial if outcome is not None else None,
                 ),
             )
         )

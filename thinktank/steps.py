@@ -357,7 +357,18 @@ class StepExecutor:
     async def _one(
         self, step: StepSpec, model: str, request: ModelRequest, calls: list[CallResult]
     ) -> tuple[str | None, float | None, str | None]:
-        result = await self._call(step, model, request, self._limiters(None), calls)
+        # What _call does, without its frame: most steps are one call.
+        result = await call_model(
+            self.clients[model],
+            request,
+            session_id=self.session_id,
+            emit=self.emit,
+            timeout_s=_seconds(step.call_timeout_ms),
+            limiters=self._limiters(None),
+            budget=self.budget,
+            on_delta=self.on_delta,
+        )
+        calls.append(result)
         if result.ok:
             return result.content, None, None
         return None, None, f"model {model!r}: {result.error}"
