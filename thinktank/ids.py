@@ -23,11 +23,15 @@ def new_id() -> str:
     """A new UUIDv7 as a string: 48 bits of Unix milliseconds, then random bits."""
     ms = time.time_ns() // 1_000_000
     # Row keys need uniqueness, not secrecy: the Mersenne Twister is 5x faster here.
-    rand = _RANDOM.getrandbits(80)
-    value = (ms & 0xFFFF_FFFF_FFFF) << 80 | rand
-    # Version 7 in bits 48-51, RFC 4122 variant (0b10) in bits 64-65.
-    value = (value & ~(0xF << 76)) | (0x7 << 76)
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)
+    rand = _RANDOM.getrandbits(74)
+    # Milliseconds in bits 80-127, version 7 in bits 76-79, 12 random bits, the RFC
+    # variant (0b10) in bits 62-63, 62 random bits.
+    value = (
+        (ms & 0xFFFF_FFFF_FFFF) << 80
+        | 0x7000_8000_0000_0000_0000
+        | (rand >> 62) << 64
+        | rand & 0x3FFF_FFFF_FFFF_FFFF
+    )
     # The canonical text form, formatted directly (a UUID object costs ~1 us more).
-    h = f"{value:032x}"
+    h = value.to_bytes(16, "big").hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
