@@ -55,6 +55,8 @@ class Deadlines:
         self._timer_at = math.inf
         self._ended = 0
         """Entries in the heap whose block already ended (removed lazily)."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._scope_class: type[anyio.CancelScope] = anyio.CancelScope
 
     def __len__(self) -> int:
         """Blocks still guarded."""
@@ -63,8 +65,13 @@ class Deadlines:
     def start(self, seconds: float) -> Deadline:
         """A new cancel scope (not entered yet) cancelled ``seconds`` from now."""
         loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            # ``anyio.CancelScope()`` looks up the running backend on every call; the
+            # class it returns is the same for the whole loop.
+            self._loop = loop
+            self._scope_class = type(anyio.CancelScope())
         when = loop.time() + seconds
-        deadline = Deadline(anyio.CancelScope(), when)
+        deadline = Deadline(self._scope_class(), when)
         heapq.heappush(self._heap, (when, next(self._order), deadline))
         if when < self._timer_at:
             self._arm(loop, when)

@@ -30,8 +30,20 @@ def _check_models(
     steps: Sequence[StepSpec], check_model: CheckModel, file: str | None
 ) -> list[SpecError]:
     """The models each step names itself (defaults are checked once per session)."""
+    # Steps share models: check each name once, and walk the steps for their errors
+    # only when a name fails (a run of a valid 10,000-step spec does this every time).
+    names: dict[str, None] = {}
+    for step in steps:
+        if step.model is not None:
+            names[step.model] = None
+        else:
+            names.update(dict.fromkeys(step.models))
+        if step.synthesizer is not None or step.escalate_to or step.sub_models:
+            names.update(dict.fromkeys(step.extra_models()))
+    verdicts = {name: check_model(name) for name in names}
     errors: list[SpecError] = []
-    verdicts: dict[str, str | None] = {}  # check_model by name: steps share models
+    if all(why is None for why in verdicts.values()):
+        return errors
     for step in steps:
         field = "model" if step.model is not None else "models"
         named = [(name, field) for name in step.named_models()]
@@ -40,10 +52,7 @@ def _check_models(
         named += [(name, "escalate_to") for name in step.escalate_to]
         named += [(name, "sub_models") for name in step.sub_models]
         for name, where in named:
-            if name in verdicts:
-                why = verdicts[name]
-            else:
-                why = verdicts[name] = check_model(name)
+            why = verdicts[name]
             if why is not None:
                 errors.append(SpecError(why, file=file, step=step.id, field=where))
     return errors

@@ -7,6 +7,8 @@ spec's object (``total_tokens``, ``total_cost_usd``); unknown stays None, never 
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -14,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from thinktank.events import (
     CallFinished,
+    CallStarted,
     ConsensusComputed,
     Event,
     SessionFinished,
@@ -42,6 +45,7 @@ class _Result(BaseModel):
 
 _R = TypeVar("_R", bound=_Result)
 _setattr = object.__setattr__
+_FIELDS_SET: dict[type[_Result], set[str]] = {}
 
 
 def _built(cls: type[_R], fields: dict[str, Any]) -> _R:
@@ -54,7 +58,13 @@ def _built(cls: type[_R], fields: dict[str, Any]) -> _R:
     """
     m = cls.__new__(cls)
     _setattr(m, "__dict__", fields)
-    _setattr(m, "__pydantic_fields_set__", set(fields))
+    # Every field is set, so every object of a class can share one set: pydantic only
+    # ever adds field names to it (assignment), and copies copy it. One set less per
+    # object is one GC-tracked object less, three a step.
+    names = _FIELDS_SET.get(cls)
+    if names is None:
+        names = _FIELDS_SET[cls] = set(cls.model_fields)
+    _setattr(m, "__pydantic_fields_set__", names)
     _setattr(m, "__pydantic_extra__", None)
     _setattr(m, "__pydantic_private__", None)
     return m
@@ -233,6 +243,10 @@ class _StepState:
         """The step's result, built when it ended (None while it may still change)."""
 
 
+def _ignore(event: Event) -> None:
+    """Events that change nothing in the result (a call started)."""
+
+
 class ResultCollector:
     """Folds events into a :class:`SessionResult`.
 
@@ -246,53 +260,68 @@ class ResultCollector:
         self._started: SessionStarted | None = None
         self._finished: SessionFinished | None = None
         self.steps: dict[str, _StepState] = {}
+        self._apply: dict[type[Event], Callable[[Any], None]] = {
+            StepStarted: self._step_started,
+            CallStarted: _ignore,
+            CallFinished: self._call_finished,
+            StepFinished: self._step_finished,
+            ConsensusComputed: self._consensus,
+            StepSkipped: self._step_skipped,
+            SessionStarted: self._session_started,
+            SessionFinished: self._session_finished,
+            StepsAdded: self._steps_added,
+        }
 
     def __call__(self, event: Event) -> None:
         """Apply one event."""
-        cls = event.__class__
-        if cls is StepStarted:
-            assert isinstance(event, StepStarted)
-            st = self.steps[event.step_id]
-            st.status = "running"
-            st.attempts = event.attempt
-            st.prompt = event.prompt
-            st.built = None
-        elif cls is CallFinished:
-            assert isinstance(event, CallFinished)
-            st = self.steps[event.step_id]
-            st.calls[event.call_id] = event
-            st.built = None
-        elif cls is StepFinished:
-            assert isinstance(event, StepFinished)
-            st = self.steps[event.step_id]
-            st.status = event.status
-            st.output = event.output
-            st.error = event.error
-            st.attempts = event.attempts
-            st.finished = event
-            st.built = self._step_result(event.step_id, st)
-        elif cls is ConsensusComputed:
-            assert isinstance(event, ConsensusComputed)
-            st = self.steps[event.step_id]
-            st.consensus = event
-            st.built = None
-        elif cls is StepSkipped:
-            assert isinstance(event, StepSkipped)
-            st = self.steps[event.step_id]
-            st.status = "skipped"
-            st.skip_reason = event.reason
-            st.built = self._step_result(event.step_id, st)
-        elif cls is SessionStarted:
-            assert isinstance(event, SessionStarted)
-            self._started = event
-            self.steps = {s.step_id: _StepState(s.kind, list(s.models)) for s in event.steps}
-        elif cls is SessionFinished:
-            assert isinstance(event, SessionFinished)
-            self._finished = event
-        elif cls is StepsAdded:
-            assert isinstance(event, StepsAdded)
-            for s in event.steps:
-                self.steps[s.step_id] = _StepState(s.kind, list(s.models))
+        apply = self._apply.get(event.__class__)
+        if apply is not None:
+            apply(event)
+
+    def _step_started(self, event: StepStarted) -> None:
+        st = self.steps[event.step_id]
+        st.status = "running"
+        st.attempts = event.attempt
+        st.prompt = event.prompt
+        st.built = None
+
+    def _call_finished(self, event: CallFinished) -> None:
+        st = self.steps[event.step_id]
+        st.calls[event.call_id] = event
+        st.built = None
+
+    def _step_finished(self, event: StepFinished) -> None:
+        st = self.steps[event.step_id]
+        st.status = event.status
+        st.output = event.output
+        st.error = event.error
+        st.attempts = event.attempts
+        st.finished = event
+        st.built = self._step_result(event.step_id, st)
+
+    def _consensus(self, event: ConsensusComputed) -> None:
+        st = self.steps[event.step_id]
+        st.consensus = event
+        st.built = None
+
+    def _step_skipped(self, event: StepSkipped) -> None:
+        st = self.steps[event.step_id]
+        st.status = "skipped"
+        st.skip_reason = event.reason
+        st.built = self._step_result(event.step_id, st)
+
+    def _session_started(self, event: SessionStarted) -> None:
+        # Only the session's own fields are kept: its steps' descriptions are not
+        # needed once each step has its state (10,000 objects less to hold).
+        self._started = dataclasses.replace(event, steps=())
+        self.steps = {s.step_id: _StepState(s.kind, list(s.models)) for s in event.steps}
+
+    def _session_finished(self, event: SessionFinished) -> None:
+        self._finished = event
+
+    def _steps_added(self, event: StepsAdded) -> None:
+        for s in event.steps:
+            self.steps[s.step_id] = _StepState(s.kind, list(s.models))
 
     def step_usage(self, step_id: str) -> tuple[int | None, int | None, float | None] | None:
         """(input tokens, output tokens, cost) of a step that ran, else None."""

@@ -338,9 +338,12 @@ async def _run_recorded(
     if recorder is not None:
         listeners.append(recorder.send.send_nowait)
 
-    def emit(event: Event) -> None:
+    def emit_all(event: Event) -> None:
         for listener in listeners:
             listener(event)
+
+    # Most runs have one listener (no store, no progress display): call it directly.
+    emit: Listener = listeners[0] if len(listeners) == 1 else emit_all
 
     graph = StepGraph(spec)
     for extra, _parent, _prov in restart.extra_steps:
