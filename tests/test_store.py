@@ -933,7 +933,9 @@ async def test_sqlite_datetime_text_matches_sqlalchemy() -> None:
     dialect = sqlite_dialect()
     process = DateTime(timezone=True).dialect_impl(dialect).bind_processor(dialect)
     assert process is not None
-    for value in (at(0), at(1.000001), at(59.5), datetime(999, 1, 2, 3, 4, 5, 6, tzinfo=UTC)):
+    samples = [at(0), at(1.000001), at(59.5), at(3599.999999)]
+    samples += [datetime(999, 1, 2, 3, 4, 5, 6, tzinfo=UTC), datetime(2026, 3, 1, 1, 2, 3, 450)]
+    for value in samples:
         assert _sqlite_datetime(value) == process(value)
     east = at(7.25).astimezone(timezone(timedelta(hours=5, minutes=30)))
     assert _sqlite_datetime(east) == process(at(7.25))
