@@ -93,9 +93,17 @@ class Deadlines:
             self._heap = [entry for entry in heap if entry[2].live]
             heapq.heapify(self._heap)
             self._ended = 0
-        if not self._heap and self._timer is not None:
+        # The timer stays set when nothing is left to guard: a step starting soon
+        # after would set it again (a loop timer a step); fired early, it finds
+        # nothing due. ``close`` cancels it.
+
+    def close(self) -> None:
+        """Cancel the timer (the run is over; blocks still guarded are not cut)."""
+        if self._timer is not None:
             self._timer.cancel()
-            self._timer, self._timer_at = None, math.inf
+        self._timer, self._timer_at = None, math.inf
+        self._heap.clear()
+        self._ended = 0
 
     def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
         if self._timer is not None:

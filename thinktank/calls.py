@@ -17,10 +17,11 @@ import dataclasses
 import functools
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import anyio
 
@@ -121,7 +122,7 @@ def _failed(exc: BaseException, timeout_s: float | None) -> _Attempt:
     return _Attempt("failed", error=f"{type(exc).__name__}: {exc}", exc=exc)
 
 
-async def call_model(
+def call_model(
     model: PooledModel | ModelClient,
     request: ModelRequest,
     *,
@@ -131,8 +132,12 @@ async def call_model(
     limiters: Sequence[anyio.CapacityLimiter] = (),
     budget: Budget | None = None,
     on_delta: OnDelta | None = None,
-) -> CallResult:
+    record_start: bool = True,
+) -> Coroutine[Any, Any, CallResult]:
     """Send ``request`` with retries under ``limiters`` and timeouts; record it all.
+
+    Await the result. (A plain function returning the call's coroutine: without
+    limits it is the recording coroutine itself, one frame less on every call.)
 
     Args:
         model: The pooled model (or a bare client: no retries, no limit).
@@ -147,6 +152,8 @@ async def call_model(
             refused first attempt returns ``refused=True`` and records nothing).
         on_delta: Called as (step id, model, text) with each piece a streaming model
             sends (live progress; not recorded: the call's full text is).
+        record_start: Emit ``CallStarted``; False when nothing listens for it (a
+            run without a store or listener: the result needs only how calls end).
 
     Returns:
         The call's result; failures and timeouts are values. Cancellation is
@@ -163,17 +170,29 @@ async def call_model(
     attempt_timeout = pooled.timeout_s
     if timeout_s is not None and (attempt_timeout is None or timeout_s < attempt_timeout):
         attempt_timeout = timeout_s
-    # The common cases without an exit stack: this is every call's hot path.
+    recorded = _recorded(
+        pooled, request, session_id, emit, attempt_timeout, budget, record_start=record_start
+    )
     if not limits:
-        return await _recorded(pooled, request, session_id, emit, attempt_timeout, budget)
-    if len(limits) == 1:
-        async with limits[0]:
-            return await _recorded(pooled, request, session_id, emit, attempt_timeout, budget)
-    async with AsyncExitStack() as stack:
-        for limiter in limits:
-            await stack.enter_async_context(limiter)
-        return await _recorded(pooled, request, session_id, emit, attempt_timeout, budget)
-    raise AssertionError("unreachable")  # pragma: no cover - the stack never swallows
+        return recorded
+    return _limited(limits, recorded)
+
+
+async def _limited(
+    limits: Sequence[anyio.CapacityLimiter], recorded: Coroutine[Any, Any, CallResult]
+) -> CallResult:
+    """``recorded`` once every slot of ``limits`` is held (in order)."""
+    try:
+        if len(limits) == 1:
+            async with limits[0]:
+                return await recorded
+        async with AsyncExitStack() as stack:
+            for limiter in limits:
+                await stack.enter_async_context(limiter)
+            return await recorded
+    finally:
+        # Cancelled while waiting for a slot: the call never started.
+        recorded.close()
 
 
 async def _recorded(
@@ -183,6 +202,8 @@ async def _recorded(
     emit: Emit,
     attempt_timeout: float | None,
     budget: Budget | None,
+    *,
+    record_start: bool = True,
 ) -> CallResult:
     """The attempts of one call, once its slots are held, with every event emitted."""
     client = pooled.client
@@ -205,16 +226,17 @@ async def _recorded(
         )
     call_id = new_id()
     started_at = utcnow()
-    emit(
-        CallStarted(
-            session_id=session_id,
-            step_id=request.step_id,
-            call_id=call_id,
-            model=client.name,
-            attempt=request.attempt,
-            at=started_at,
+    if record_start:
+        emit(
+            CallStarted(
+                session_id=session_id,
+                step_id=request.step_id,
+                call_id=call_id,
+                model=client.name,
+                attempt=request.attempt,
+                at=started_at,
+            )
         )
-    )
     start = time.perf_counter()
     tries = 0
     reserved = limited

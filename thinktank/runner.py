@@ -401,6 +401,8 @@ async def _run_recorded(
         scheduler.add_steps(parent, [(st.id, list(st.depends_on)) for st in added], sink=sink)
 
     executor.on_delta = on_delta
+    # Only the store and the caller's listener read CallStarted (the result does not).
+    executor.record_starts = recorder is not None or on_event is not None
     executor.on_grow = grow
     executor.on_stop = scheduler.stop
     started_at = utcnow()
@@ -462,6 +464,7 @@ async def _run_recorded(
             reused = sum(1 for v in restart.seed.values() if v.status == "completed")
             finish(*_session_status(outcome, len(graph) - reused))
         finally:
+            executor.close()
             if recorder is not None:
                 recorder.send.close()
 

@@ -12,7 +12,15 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterator,
+    Mapping,
+    MutableMapping,
+    Sequence,
+)
 from typing import Any
 
 import anyio
@@ -104,6 +112,10 @@ class StepExecutor:
         self._steps: dict[str, StepSpec] = {s.id: s for s in spec.steps}
         self._embedder: Embedder | None = None
         self._deadlines = Deadlines()
+        self._call_limiters = [call_limiter] if call_limiter is not None else []
+        """What a call without step limits waits for: the session's slots."""
+        self.record_starts = True
+        """Emit CallStarted events (False when nothing consumes them)."""
         self.cache = cache
         self.attempt_base: dict[str, int] = {}
         """Attempts a step already made in an earlier run (resume numbers on from there)."""
@@ -165,7 +177,17 @@ class StepExecutor:
                                 step, models, request, calls
                             )
                         elif len(models) == 1:
-                            output, score, error = await self._one(step, models[0], request, calls)
+                            # Most steps: one call, inline (no frame of its own).
+                            result = await self._start_call(step, models[0], request, ())
+                            calls.append(result)
+                            if result.ok:
+                                output, score, error = result.content, None, None
+                            else:
+                                output, score, error = (
+                                    None,
+                                    None,
+                                    f"model {models[0]!r}: {result.error}",
+                                )
                         else:
                             output, score, error = await self._many(step, models, request, calls)
                 finally:
@@ -193,6 +215,10 @@ class StepExecutor:
         else:
             self._finish(step_id, "failed", attempt, started_at, start, calls, None, error, score)
         return error
+
+    def close(self) -> None:
+        """The session is over: release the step-deadline timer."""
+        self._deadlines.close()
 
     def _prompt(self, step: StepSpec) -> str:
         """The step's prompt: a rendered template, or literal text with the outputs of
@@ -328,7 +354,21 @@ class StepExecutor:
         calls: list[CallResult],
     ) -> CallResult:
         """One recorded call of ``step`` to ``model``; its result joins ``calls``."""
-        result = await call_model(
+        result = await self._start_call(step, model, request, limiters)
+        calls.append(result)
+        return result
+
+    def _start_call(
+        self,
+        step: StepSpec,
+        model: str,
+        request: ModelRequest,
+        step_limiters: Sequence[anyio.CapacityLimiter],
+    ) -> Coroutine[Any, Any, CallResult]:
+        """The call's coroutine (``call_model``), under the step's limiters and the
+        session's."""
+        limiters = step_limiters or self._call_limiters
+        return call_model(
             self.clients[model],
             request,
             session_id=self.session_id,
@@ -337,9 +377,8 @@ class StepExecutor:
             limiters=limiters,
             budget=self.budget,
             on_delta=self.on_delta,
+            record_start=self.record_starts,
         )
-        calls.append(result)
-        return result
 
     def _step_limiter(self, at_once: int) -> anyio.CapacityLimiter | None:
         """The step's ``maxConcurrentModels`` slots; None when the step never makes more
@@ -353,25 +392,6 @@ class StepExecutor:
         if self.call_limiter is not None:
             limiters.append(self.call_limiter)
         return limiters
-
-    async def _one(
-        self, step: StepSpec, model: str, request: ModelRequest, calls: list[CallResult]
-    ) -> tuple[str | None, float | None, str | None]:
-        # What _call does, without its frame: most steps are one call.
-        result = await call_model(
-            self.clients[model],
-            request,
-            session_id=self.session_id,
-            emit=self.emit,
-            timeout_s=_seconds(step.call_timeout_ms),
-            limiters=self._limiters(None),
-            budget=self.budget,
-            on_delta=self.on_delta,
-        )
-        calls.append(result)
-        if result.ok:
-            return result.content, None, None
-        return None, None, f"model {model!r}: {result.error}"
 
     async def _many(
         self, step: StepSpec, models: list[str], request: ModelRequest, calls: list[CallResult]
