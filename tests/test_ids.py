@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from thinktank.ids import new_id
+from thinktank.ids import new_id, new_ids
 
 
 def test_new_ids_are_canonical_version_7_uuids() -> None:
@@ -27,3 +27,17 @@ def test_ids_carry_their_millisecond_and_sort_by_it() -> None:
     stamp = uuid.UUID(first).int >> 80
     assert before <= stamp <= after
     assert first < second
+
+
+def test_batches_of_ids_are_valid_distinct_and_increasing() -> None:
+    batches = [new_ids(n) for n in (0, 1, 5, 3000)] + [new_ids(50) for _ in range(200)]
+    assert [len(b) for b in batches[:4]] == [0, 1, 5, 3000]
+    everything = [text for batch in batches for text in batch]
+    assert len(set(everything)) == len(everything)
+    for batch in batches:
+        assert batch == sorted(batch)
+        for text in batch:
+            parsed = uuid.UUID(text)
+            assert str(parsed) == text
+            assert parsed.version == 7
+            assert parsed.variant == uuid.RFC_4122

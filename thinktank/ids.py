@@ -12,7 +12,7 @@ import os
 import random
 import time
 
-__all__ = ["new_id"]
+__all__ = ["new_id", "new_ids"]
 
 _RANDOM = random.Random()
 # A forked worker must not replay its parent's sequence (same ms + same bits = same id).
@@ -35,3 +35,18 @@ def new_id() -> str:
     # The canonical text form, formatted directly (a UUID object costs ~1 us more).
     h = value.to_bytes(16, "big").hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def new_ids(n: int) -> list[str]:
+    """``n`` new UUIDv7s at once, in increasing order (a session's step rows).
+
+    RFC 9562's monotonic-random method (6.2, method 2): one random draw for the
+    batch, then its low 48 bits count up (the draw leaves room below 2**48 for any
+    batch under 2**47). ~4x cheaper an id than :func:`new_id`.
+    """
+    if n <= 0:
+        return []
+    first = new_id()
+    prefix = first[:24]
+    low = int(first[24:], 16) & 0x7FFF_FFFF_FFFF
+    return [f"{prefix}{low + i:012x}" for i in range(n)]

@@ -45,7 +45,7 @@ from thinktank.events import (
     utcnow,
 )
 from thinktank.graph import StepGraph, validate_spec
-from thinktank.ids import new_id
+from thinktank.ids import new_id, new_ids
 from thinktank.providers.base import ModelClient
 from thinktank.providers.config import load_config
 from thinktank.providers.http import create_http_client
@@ -163,13 +163,14 @@ def _step_info(
     parent: str | None = None,
     provenance: tuple[str, ...] = (),
     models: list[str] | None = None,
+    row_id: str | None = None,
 ) -> StepInfo:
     if models is None:
         models = spec.step_models(step)
     multi = len(models) > 1 and step.kind == "prompt"
     return StepInfo(
         step_id=step.id,
-        row_id=new_id(),
+        row_id=row_id or new_id(),
         kind="decompose" if step.kind == "decompose" else ("multi" if multi else "prompt"),
         depends_on=tuple(step.depends_on),
         models=tuple(models),
@@ -186,8 +187,10 @@ def _steps_info(
     spec: SessionSpec, step_models: Mapping[str, list[str]] | None = None
 ) -> tuple[StepInfo, ...]:
     get = (step_models or {}).get
+    rows = new_ids(len(spec.steps))
     return tuple(
-        _step_info(spec, step, i, models=get(step.id)) for i, step in enumerate(spec.steps)
+        _step_info(spec, step, i, models=get(step.id), row_id=rows[i])
+        for i, step in enumerate(spec.steps)
     )
 
 
