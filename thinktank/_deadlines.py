@@ -17,22 +17,31 @@ import asyncio
 import heapq
 import itertools
 import math
+from contextvars import ContextVar
 
 import anyio
 
-__all__ = ["Deadline", "Deadlines"]
+__all__ = ["LANE", "Deadline", "Deadlines"]
+
+
+LANE: ContextVar[anyio.CancelScope | None] = ContextVar("thinktank_lane", default=None)
+"""The scheduler worker's lane: a cancel scope its steps run in, cut by a step's
+deadline instead of each step entering a scope of its own. After a cut the worker
+leaves the lane and opens a new one before it awaits anything else."""
 
 
 class Deadline:
     """One guarded block: its cancel scope and when it runs out (loop time)."""
 
-    __slots__ = ("live", "scope", "when")
+    __slots__ = ("expired", "live", "scope", "when")
 
     def __init__(self, scope: anyio.CancelScope, when: float) -> None:
         self.scope = scope
         self.when = when
         self.live = True
         """False once the block ended or the scope was cancelled."""
+        self.expired = False
+        """True when the deadline passed while the block ran (its scope was cancelled)."""
 
 
 class Deadlines:
@@ -62,8 +71,9 @@ class Deadlines:
         """Blocks still guarded."""
         return len(self._heap) - self._ended
 
-    def start(self, seconds: float) -> Deadline:
-        """A new cancel scope (not entered yet) cancelled ``seconds`` from now."""
+    def start(self, seconds: float, lane: anyio.CancelScope | None = None) -> Deadline:
+        """A new cancel scope (not entered yet) cancelled ``seconds`` from now; or with
+        ``lane``, that (entered) scope is cancelled then, unless the block ended."""
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
             # ``anyio.CancelScope()`` looks up the running backend on every call; the
@@ -71,7 +81,7 @@ class Deadlines:
             self._loop = loop
             self._scope_class = type(anyio.CancelScope())
         when = loop.time() + seconds
-        deadline = Deadline(self._scope_class(), when)
+        deadline = Deadline(lane if lane is not None else self._scope_class(), when)
         heapq.heappush(self._heap, (when, next(self._order), deadline))
         if when < self._timer_at:
             self._arm(loop, when)
@@ -123,6 +133,7 @@ class Deadlines:
                 self._ended -= 1
                 continue
             deadline.live = False
+            deadline.expired = True
             deadline.scope.cancel()
         while heap and not heap[0][2].live:
             heapq.heappop(heap)

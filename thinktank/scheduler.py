@@ -25,16 +25,28 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import Literal
+from typing import Final, Literal
 
 import anyio
 from anyio.abc import TaskGroup
 
+from thinktank._deadlines import LANE
 from thinktank.graph import StepGraph
 
-__all__ = ["ScheduleOutcome", "Scheduler"]
+__all__ = ["AGAIN", "Again", "ScheduleOutcome", "Scheduler"]
 
-Execute = Callable[[str], Awaitable[str | None]]
+
+class Again:
+    """What ``execute`` returns when a deadline cut its worker's lane and the step has
+    attempts left: run it again, first, on a new lane (see ``thinktank._deadlines``)."""
+
+    def __repr__(self) -> str:
+        return "AGAIN"
+
+
+AGAIN: Final = Again()
+
+Execute = Callable[[str], Awaitable["str | Again | None"]]
 OnSkip = Callable[[str, str], None]
 
 
@@ -236,6 +248,24 @@ class Scheduler:
             self._idle.popleft().event.set()
 
     async def _worker(self) -> None:
+        done, again = False, None
+        while not done:
+            # The lane: one cancel scope for this worker's steps, which their deadlines
+            # cut (cheaper than a scope per step). A cut lane is left and a new one
+            # opened before anything else is awaited.
+            lane = anyio.CancelScope()
+            token = LANE.set(lane)
+            try:
+                with lane:
+                    done, again = await self._run_lane(lane, again)
+            finally:
+                LANE.reset(token)
+
+    async def _run_lane(
+        self, lane: anyio.CancelScope, again: str | None
+    ) -> tuple[bool, str | None]:
+        """Run steps (``again`` first) until there are none left (True) or a deadline
+        cut ``lane`` (False, and the step to run again first, if any)."""
         queue = self._queue
         waiting = self._waiting
         finished = self._finished
@@ -243,29 +273,37 @@ class Scheduler:
         eager = self._scheduling == "eager"
         # networkx's own adjacency dict: ``successors()`` builds an iterator per call.
         succ = self.graph.graph._succ  # type: ignore[attr-defined]
-        mine: str | None = None
+        mine: str | None = again
         while True:
             if mine is not None:
                 node, mine = mine, None
             elif queue:
                 node = queue.popleft()
             elif not self._open:
-                return
+                return True, None
             else:
                 waiter = _Waiter()
                 self._idle.append(waiter)
                 await waiter.event.wait()
                 if waiter.node is None:
-                    return
+                    return True, None
                 node = waiter.node
-            if self._halt is not None:
+            if node is again:
+                # A step a deadline cut goes on (a started step runs to its end).
+                again = None
+            elif self._halt is not None:
                 # Handed over just before the session stopped: it never starts.
-                return
-            self.in_flight += 1
-            self._started.add(node)
-            if self.in_flight > outcome.max_in_flight:
-                outcome.max_in_flight = self.in_flight
+                return True, None
+            else:
+                self.in_flight += 1
+                self._started.add(node)
+                if self.in_flight > outcome.max_in_flight:
+                    outcome.max_in_flight = self.in_flight
             error = await self._execute(node)
+            if error is AGAIN:
+                # A deadline cut the lane and the step has attempts left: it goes on
+                # first, on a new lane.
+                return False, node
             self.in_flight -= 1
             finished.add(node)
             self._left -= 1
@@ -286,6 +324,7 @@ class Scheduler:
                             else:
                                 self._put(s)
             else:
+                assert isinstance(error, str)
                 outcome.failed[node] = error
                 if self._fail_fast:
                     if outcome.aborted_by is None:
@@ -293,12 +332,18 @@ class Scheduler:
                         self._halt = f"not run: the session stopped when {node!r} failed"
                     assert self._tg is not None
                     self._tg.cancel_scope.cancel()
-                    return
+                    return True, None
                 reason = f"upstream step {node!r} failed: {error}"
                 for desc in self._unfinished_descendants(node):
                     self._skip(desc, reason)
             if self._left <= 0:
                 self._close()
+            if lane.cancel_called:
+                # A deadline cut the lane: leave it before awaiting anything else. A
+                # step this one made ready is queued for whichever worker is first.
+                if mine is not None:
+                    self._put(mine)
+                return False, None
 
     def _unfinished_descendants(self, node: str) -> list[str]:
         """The descendants of ``node`` not finished yet, in file order.

@@ -25,7 +25,7 @@ from typing import Any
 
 import anyio
 
-from thinktank._deadlines import Deadlines
+from thinktank._deadlines import LANE, Deadlines
 from thinktank.budget import Budget
 from thinktank.calls import CallResult, OnDelta, PooledModel, call_model
 from thinktank.consensus import (
@@ -47,6 +47,7 @@ from thinktank.decompose import (
 from thinktank.events import ConsensusComputed, Event, StepFinished, StepStarted, utcnow
 from thinktank.parallel import gather
 from thinktank.providers.base import ModelClient, ModelRequest
+from thinktank.scheduler import AGAIN, Again
 from thinktank.spec import SessionSpec, StepSpec
 from thinktank.store import StoredConsensus
 from thinktank.templates import render_template
@@ -112,6 +113,9 @@ class StepExecutor:
         self._steps: dict[str, StepSpec] = {s.id: s for s in spec.steps}
         self._embedder: Embedder | None = None
         self._deadlines = Deadlines()
+        self._again: dict[str, tuple[str, Any, float, list[CallResult], int]] = {}
+        """Steps a deadline cut, to go on with on a new lane: (prompt, started at,
+        start, calls so far, next attempt)."""
         self._call_limiters = [call_limiter] if call_limiter is not None else []
         """What a call without step limits waits for: the session's slots."""
         self.record_starts = True
@@ -134,29 +138,41 @@ class StepExecutor:
             else {s.id: spec.step_models(s) for s in spec.steps}
         )
 
-    async def __call__(self, step_id: str) -> str | None:
-        """Run ``step_id`` with its retries; None when it completed, else the error."""
+    async def __call__(self, step_id: str) -> str | Again | None:
+        """Run ``step_id`` with its retries; None when it completed, else the error.
+
+        In a scheduler worker's lane (``thinktank._deadlines.LANE``), an attempt's
+        deadline cuts the lane rather than a scope of the step's own; when another
+        attempt is due after a cut, this returns ``AGAIN`` and the worker calls it
+        again on a new lane, where it goes on with the next attempt.
+        """
         step = self._steps[step_id]
         models = self._models[step_id]
         timeout_ms = step.timeout_ms or self.settings.timeout_per_step_ms
-        prompt = self._prompt(step)
-        started_at = utcnow()
-        start = time.perf_counter()
-        calls: list[CallResult] = []
+        lane = LANE.get()
+        resumed = self._again.pop(step_id, None)
+        if resumed is None:
+            prompt = self._prompt(step)
+            started_at = utcnow()
+            start = time.perf_counter()
+            calls: list[CallResult] = []
+            first = self.attempt_base.get(step_id, 0) + 1
+        else:
+            prompt, started_at, start, calls, first = resumed
+        last = self.attempt_base.get(step_id, 0) + step.retries + 1
         error: str | None = None
         output: str | None = None
         score: float | None = None
-        attempt = 0
+        attempt = first - 1
         try:
-            base = self.attempt_base.get(step_id, 0)
-            for attempt in range(base + 1, base + step.retries + 2):
+            for attempt in range(first, last + 1):
                 self.emit(
                     StepStarted(
                         session_id=self.session_id,
                         step_id=step_id,
                         attempt=attempt,
                         prompt=prompt,
-                        at=started_at if attempt == base + 1 else utcnow(),
+                        at=started_at if resumed is None and attempt == first else utcnow(),
                     )
                 )
                 request = ModelRequest(
@@ -167,32 +183,24 @@ class StepExecutor:
                     step_id=step_id,
                     attempt=attempt,
                 )
-                # One timer for every step's deadline (a deadline scope per step costs
-                # ~2 us more on the hot path).
-                deadline = self._deadlines.start(timeout_ms / 1000)
+                # One timer for every step's deadline, which cuts the worker's lane (or,
+                # outside a scheduler, a scope of this attempt's own).
+                deadline = self._deadlines.start(timeout_ms / 1000, lane)
+                timed_out = False
                 try:
-                    with deadline.scope:
-                        if step.kind == "decompose":
-                            output, score, error = await self._decompose(
-                                step, models, request, calls
-                            )
-                        elif len(models) == 1:
-                            # Most steps: one call, inline (no frame of its own).
-                            result = await self._start_call(step, models[0], request, ())
-                            calls.append(result)
-                            if result.ok:
-                                output, score, error = result.content, None, None
-                            else:
-                                output, score, error = (
-                                    None,
-                                    None,
-                                    f"model {models[0]!r}: {result.error}",
-                                )
-                        else:
-                            output, score, error = await self._many(step, models, request, calls)
+                    if lane is not None:
+                        output, score, error = await self._attempt(step, models, request, calls)
+                    else:
+                        with deadline.scope:
+                            output, score, error = await self._attempt(step, models, request, calls)
+                        timed_out = deadline.scope.cancelled_caught
+                except anyio.get_cancelled_exc_class():
+                    if not deadline.expired or lane is None:
+                        raise
+                    timed_out = True
                 finally:
                     self._deadlines.end(deadline)
-                if deadline.scope.cancelled_caught:
+                if timed_out:
                     output, score, error = None, None, f"timed out after {timeout_ms} ms"
                 if error is None:
                     break
@@ -202,6 +210,10 @@ class StepExecutor:
                     if self.on_stop is not None:
                         self.on_stop(self.budget.exhausted)
                     break
+                if lane is not None and lane.cancel_called and attempt < last:
+                    # The cut lane cannot await again: the next attempt runs on a new one.
+                    self._again[step_id] = (prompt, started_at, start, calls, attempt + 1)
+                    return AGAIN
         except anyio.get_cancelled_exc_class():
             self._finish(
                 step_id, "cancelled", attempt, started_at, start, calls, None, "cancelled", None
@@ -215,6 +227,21 @@ class StepExecutor:
         else:
             self._finish(step_id, "failed", attempt, started_at, start, calls, None, error, score)
         return error
+
+    async def _attempt(
+        self, step: StepSpec, models: list[str], request: ModelRequest, calls: list[CallResult]
+    ) -> tuple[str | None, float | None, str | None]:
+        """One attempt of the step: (output, consensus score, error)."""
+        if len(models) == 1 and step.kind != "decompose":
+            # Most steps: one call.
+            result = await self._start_call(step, models[0], request, ())
+            calls.append(result)
+            if result.ok:
+                return result.content, None, None
+            return None, None, f"model {models[0]!r}: {result.error}"
+        if step.kind == "decompose":
+            return await self._decompose(step, models, request, calls)
+        return await self._many(step, models, request, calls)
 
     def close(self) -> None:
         """The session is over: release the step-deadline timer."""
