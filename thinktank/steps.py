@@ -160,6 +160,7 @@ class StepExecutor:
         else:
             prompt, started_at, start, calls, first = resumed
         last = self.attempt_base.get(step_id, 0) + step.retries + 1
+        single = len(models) == 1 and step.kind != "decompose"
         error: str | None = None
         output: str | None = None
         score: float | None = None
@@ -188,7 +189,12 @@ class StepExecutor:
                 deadline = self._deadlines.start(timeout_ms / 1000, lane)
                 timed_out = False
                 try:
-                    if lane is not None:
+                    if lane is not None and single:
+                        # Most steps: one call, awaited here (no frame of its own).
+                        result = await self._start_call(step, models[0], request, ())
+                        calls.append(result)
+                        output, score, error = _answer(models[0], result)
+                    elif lane is not None:
                         output, score, error = await self._attempt(step, models, request, calls)
                     else:
                         with deadline.scope:
@@ -233,12 +239,9 @@ class StepExecutor:
     ) -> tuple[str | None, float | None, str | None]:
         """One attempt of the step: (output, consensus score, error)."""
         if len(models) == 1 and step.kind != "decompose":
-            # Most steps: one call.
             result = await self._start_call(step, models[0], request, ())
             calls.append(result)
-            if result.ok:
-                return result.content, None, None
-            return None, None, f"model {models[0]!r}: {result.error}"
+            return _answer(models[0], result)
         if step.kind == "decompose":
             return await self._decompose(step, models, request, calls)
         return await self._many(step, models, request, calls)
@@ -696,6 +699,13 @@ class _Aliased(Mapping[str, "str | None"]):
 
     def __len__(self) -> int:
         return len(self._outputs)
+
+
+def _answer(model: str, result: CallResult) -> tuple[str | None, float | None, str | None]:
+    """A one-call attempt's (output, score, error)."""
+    if result.ok:
+        return result.content, None, None
+    return None, None, f"model {model!r}: {result.error}"
 
 
 def _quote(text: str, width: int = 200) -> str:
