@@ -275,13 +275,14 @@ def initial_tables() -> MetaData:
     return md
 
 
-_INITIAL_DDL: dict[str, list[tuple[str, list[str]]]] = {}
-"""Dialect name -> (table, its CREATE TABLE and CREATE INDEX statements), in creation
-order: ``0001_initial``'s DDL, compiled once per process."""
+_INITIAL_DDL: dict[tuple[str, str], list[tuple[str, list[str]]]] = {}
+"""(Dialect, driver) -> (table, its CREATE TABLE and CREATE INDEX statements), in
+creation order: ``0001_initial``'s DDL, compiled once per process."""
 
 
 def _initial_ddl(dialect: Dialect) -> list[tuple[str, list[str]]]:
-    ddl = _INITIAL_DDL.get(dialect.name)
+    key = (dialect.name, dialect.driver)
+    ddl = _INITIAL_DDL.get(key)
     if ddl is None:
         ddl = []
         for table in initial_tables().sorted_tables:
@@ -291,7 +292,7 @@ def _initial_ddl(dialect: Dialect) -> list[tuple[str, list[str]]]:
                 for index in sorted(table.indexes, key=lambda index: str(index.name))
             ]
             ddl.append((table.name, statements))
-        _INITIAL_DDL[dialect.name] = ddl
+        _INITIAL_DDL[key] = ddl
     return ddl
 
 
@@ -372,8 +373,10 @@ def _apply_missing(conn: Connection, migrations: Sequence[Migration], shown: str
     for migration in migrations:
         if migration.name not in applied:
             migration.apply(conn)
+            # Parameters, not values(): the statement compiles once (SQLAlchemy's cache).
             conn.execute(
-                insert(MIGRATIONS_TABLE).values(name=migration.name, applied_at=datetime.now(UTC))
+                insert(MIGRATIONS_TABLE),
+                {"name": migration.name, "applied_at": datetime.now(UTC)},
             )
             done.append(migration.name)
     return done
@@ -407,6 +410,20 @@ def _upgrade_sync(
         return _apply_missing(conn, migrations, shown)
 
 
+def _upgrade_twin(
+    engine: AsyncEngine,
+    migrations: Sequence[Migration],
+    shown: str,
+    read_options: Mapping[str, object] | None,
+) -> list[str]:
+    """:func:`upgrade` of a SQLite file, whole in the calling (worker) thread."""
+    twin = sync_twin(engine)
+    try:
+        return _upgrade_sync(twin, migrations, shown, read_options)
+    finally:
+        twin.dispose()
+
+
 async def upgrade(
     engine: AsyncEngine,
     migrations: Sequence[Migration] = MIGRATIONS,
@@ -434,13 +451,9 @@ async def upgrade(
         StoreError: the database records a migration not in ``migrations``.
     """
     if engine.dialect.name == "sqlite" and is_file_database(engine.url):
-        twin = sync_twin(engine)
-        try:
-            return await anyio.to_thread.run_sync(
-                _upgrade_sync, twin, migrations, shown, read_options
-            )
-        finally:
-            twin.dispose()
+        return await anyio.to_thread.run_sync(
+            _upgrade_twin, engine, migrations, shown, read_options
+        )
     async with engine.connect() as conn:
         if read_options:
             await conn.execution_options(**read_options)

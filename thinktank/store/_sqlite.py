@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import StaticPool
 
 __all__ = [
     "BUSY_TIMEOUT_MS",
@@ -107,11 +107,13 @@ def is_file_database(url: URL) -> bool:
 
 
 def sync_twin(engine: AsyncEngine) -> Engine:
-    """A synchronous engine (``sqlite3``, no pool) on the SQLite file of ``engine``.
+    """A synchronous engine (``sqlite3``) on the SQLite file of ``engine``.
 
-    Same URL options and connection settings; dispose of it after use.
+    Same URL options and connection settings. Its one connection serves every checkout
+    (a new connection to a WAL file costs its setup, and closing the last one a
+    checkpoint): use it in one thread at a time, and dispose of it in that thread.
     """
     url = engine.url.set(drivername="sqlite")
-    twin = create_engine(url, poolclass=NullPool, connect_args=CONNECT_ARGS)
+    twin = create_engine(url, poolclass=StaticPool, connect_args=CONNECT_ARGS)
     configure(twin)
     return twin
