@@ -21,6 +21,7 @@ hand-over between tasks.
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -70,14 +71,6 @@ class ScheduleOutcome:
     """The most steps ever in flight at once."""
 
 
-@dataclass(slots=True)
-class _Waiter:
-    """A worker waiting for a ready step: set ``node`` (None: stop), then ``event``."""
-
-    event: anyio.Event = field(default_factory=anyio.Event)
-    node: str | None = None
-
-
 class Scheduler:
     """Runs a :class:`StepGraph` through ``execute``, eagerly or layer by layer."""
 
@@ -113,8 +106,9 @@ class Scheduler:
         self._tg: TaskGroup | None = None
         self._queue: deque[str] = deque()
         """Ready steps no worker has taken yet, oldest first."""
-        self._idle: deque[_Waiter] = deque()
-        """Workers waiting for a ready step, longest-waiting first."""
+        self._idle: deque[asyncio.Future[str | None]] = deque()
+        """Workers waiting for a ready step (None: stop), longest-waiting first. Plain
+        asyncio futures: the cheapest wake-up, and a cancelled worker's is skipped."""
         self._open = False
         self._phase_nodes: set[str] = set()
         self._left = 0
@@ -234,18 +228,21 @@ class Scheduler:
 
     def _put(self, node: str) -> None:
         """Queue a ready step, or hand it straight to a worker waiting for one."""
-        if self._idle:
-            waiter = self._idle.popleft()
-            waiter.node = node
-            waiter.event.set()
-        else:
-            self._queue.append(node)
+        idle = self._idle
+        while idle:
+            waiter = idle.popleft()
+            if not waiter.done():
+                waiter.set_result(node)
+                return
+        self._queue.append(node)
 
     def _close(self) -> None:
         """No more steps: every waiting worker returns."""
         self._open = False
         while self._idle:
-            self._idle.popleft().event.set()
+            waiter = self._idle.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def _worker(self) -> None:
         done, again = False, None
@@ -274,6 +271,7 @@ class Scheduler:
         # networkx's own adjacency dict: ``successors()`` builds an iterator per call.
         succ = self.graph.graph._succ  # type: ignore[attr-defined]
         mine: str | None = again
+        loop = asyncio.get_running_loop()
         while True:
             if mine is not None:
                 node, mine = mine, None
@@ -282,12 +280,12 @@ class Scheduler:
             elif not self._open:
                 return True, None
             else:
-                waiter = _Waiter()
+                waiter = loop.create_future()
                 self._idle.append(waiter)
-                await waiter.event.wait()
-                if waiter.node is None:
+                handed = await waiter
+                if handed is None:
                     return True, None
-                node = waiter.node
+                node = handed
             if node is again:
                 # A step a deadline cut goes on (a started step runs to its end).
                 again = None

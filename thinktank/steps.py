@@ -254,7 +254,8 @@ class StepExecutor:
         """The step's prompt: a rendered template, or literal text with the outputs of
         its dependencies appended as data (steps a decompose step added)."""
         if step.template:
-            return render_template(step.prompt, self.inputs, _Aliased(self.outputs, self.aliases))
+            outputs = _Aliased(self.outputs, self.aliases) if self.aliases else self.outputs
+            return render_template(step.prompt, self.inputs, outputs)
         parts = [step.prompt]
         for dep in step.depends_on:
             out = self.outputs.get(self.aliases.get(dep, dep))

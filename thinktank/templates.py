@@ -79,6 +79,10 @@ def render_template(
         KeyError: for a reference to an input or output that is not given.
     """
 
+    if "{{" not in template:
+        # No placeholder (every placeholder opens with two braces): nothing to fill.
+        return template
+
     def fill(match: re.Match[str]) -> str:
         ref = _reference(match.group(1))
         if ref.kind == "input":
