@@ -207,6 +207,7 @@ async def _recorded(
 ) -> CallResult:
     """The attempts of one call, once its slots are held, with every event emitted."""
     client = pooled.client
+    name = client.name
     limited = budget is not None and budget.limited
     if limited:
         est_tokens = estimate_tokens(request.prompt + (request.system or ""))
@@ -217,7 +218,7 @@ async def _recorded(
     if limited and not await budget.reserve_when_settled(est_cost, est_tokens):  # type: ignore[union-attr]
         return CallResult(
             call_id="",
-            model=client.name,
+            model=name,
             status="failed",
             started_at=utcnow(),
             error=budget.exhausted,  # type: ignore[union-attr]
@@ -232,7 +233,7 @@ async def _recorded(
                 session_id=session_id,
                 step_id=request.step_id,
                 call_id=call_id,
-                model=client.name,
+                model=name,
                 attempt=request.attempt,
                 at=started_at,
             )
@@ -264,6 +265,24 @@ async def _recorded(
             except Exception as exc:  # noqa: BLE001 - a broken client fails its call, not the session
                 outcome = _failed(exc, attempt_timeout)
             else:
+                if response.error is None and tries == 1 and not limited:
+                    # Answered at the first try with nothing to settle: most calls.
+                    return _result(
+                        _finished(
+                            session_id,
+                            request,
+                            name,
+                            call_id,
+                            started_at,
+                            start,
+                            1,
+                            "ok",
+                            response,
+                            None,
+                            None,
+                        ),
+                        emit,
+                    )
                 outcome = (
                     _Attempt("ok", response=response)
                     if response.error is None
@@ -300,7 +319,7 @@ async def _recorded(
                         session_id=session_id,
                         step_id=request.step_id,
                         call_id=call_id,
-                        model=client.name,
+                        model=name,
                         attempt=request.attempt,
                         number=tries,
                         status=outcome.status,
@@ -322,26 +341,44 @@ async def _recorded(
             _finished(
                 session_id,
                 request,
-                client,
+                name,
                 call_id,
                 started_at,
                 start,
                 tries,
-                _Attempt(
-                    "cancelled",
-                    error="cancelled before the model answered",
-                    partial=outcome.partial if outcome is not None else None,
-                ),
+                "cancelled",
+                None,
+                "cancelled before the model answered",
+                outcome.partial if outcome is not None else None,
             )
         )
         raise
-    event = _finished(session_id, request, client, call_id, started_at, start, tries, outcome)
+    return _result(
+        _finished(
+            session_id,
+            request,
+            name,
+            call_id,
+            started_at,
+            start,
+            tries,
+            outcome.status,
+            outcome.response,
+            outcome.error,
+            outcome.partial,
+        ),
+        emit,
+    )
+
+
+def _result(event: CallFinished, emit: Emit) -> CallResult:
+    """Emit the call's ``CallFinished``; its result value."""
     emit(event)
     return CallResult(
-        call_id=call_id,
-        model=client.name,
+        call_id=event.call_id,
+        model=event.model,
         status=event.status,
-        started_at=started_at,
+        started_at=event.started_at,
         content=event.content,
         input_tokens=event.input_tokens,
         output_tokens=event.output_tokens,
@@ -349,7 +386,7 @@ async def _recorded(
         cost_usd=event.cost_usd,
         finish_reason=event.finish_reason,
         error=event.error,
-        tries=tries,
+        tries=event.tries,
     )
 
 
@@ -366,29 +403,45 @@ def _settle(budget: Budget, est_cost: float, est_tokens: int, outcome: _Attempt)
 def _finished(
     session_id: str,
     request: ModelRequest,
-    client: ModelClient,
+    model: str,
     call_id: str,
     started_at: datetime,
     start: float,
     tries: int,
-    outcome: _Attempt,
+    status: CallStatus,
+    response: ModelResponse | None,
+    error: str | None,
+    partial: str | None,
 ) -> CallFinished:
-    response = outcome.response
-    content = response.content if response is not None else outcome.partial
+    """The call's ``CallFinished``: how it ended, with the answer's accounting."""
+    if response is None:
+        return CallFinished(
+            session_id=session_id,
+            step_id=request.step_id,
+            call_id=call_id,
+            model=model,
+            attempt=request.attempt,
+            status=status,
+            started_at=started_at,
+            content=partial,
+            latency_ms=(time.perf_counter() - start) * 1000,
+            error=error,
+            tries=tries,
+        )
     return CallFinished(
         session_id=session_id,
         step_id=request.step_id,
         call_id=call_id,
-        model=client.name,
+        model=model,
         attempt=request.attempt,
-        status=outcome.status,
+        status=status,
         started_at=started_at,
-        content=content,
-        input_tokens=response.input_tokens if response is not None else None,
-        output_tokens=response.output_tokens if response is not None else None,
+        content=response.content,
+        input_tokens=response.input_tokens,
+        output_tokens=response.output_tokens,
         latency_ms=(time.perf_counter() - start) * 1000,
-        cost_usd=response.cost_usd if response is not None else None,
-        finish_reason=response.finish_reason if response is not None else None,
-        error=outcome.error,
+        cost_usd=response.cost_usd,
+        finish_reason=response.finish_reason,
+        error=error,
         tries=tries,
     )
