@@ -186,12 +186,30 @@ def _step_info(
 def _steps_info(
     spec: SessionSpec, step_models: Mapping[str, list[str]] | None = None
 ) -> tuple[StepInfo, ...]:
-    get = (step_models or {}).get
+    if step_models is None:
+        step_models = {step.id: spec.step_models(step) for step in spec.steps}
     rows = new_ids(len(spec.steps))
-    return tuple(
-        _step_info(spec, step, i, models=get(step.id), row_id=rows[i])
-        for i, step in enumerate(spec.steps)
-    )
+    infos: list[StepInfo] = []
+    add = infos.append
+    # What _step_info builds, in one loop: this runs for every step at session start.
+    for position, step in enumerate(spec.steps):
+        models = step_models[step.id]
+        kind = step.kind
+        multi = len(models) > 1 and kind == "prompt"
+        add(
+            StepInfo(
+                step_id=step.id,
+                row_id=rows[position],
+                kind="decompose" if kind == "decompose" else ("multi" if multi else "prompt"),
+                depends_on=tuple(step.depends_on),
+                models=tuple(models),
+                mode=step.mode if multi else None,
+                synthesis=step.synthesis if multi else None,
+                prompt_template=step.prompt,
+                position=position,
+            )
+        )
+    return tuple(infos)
 
 
 def _session_status(outcome: ScheduleOutcome, total: int) -> tuple[Any, str | None]:
@@ -262,10 +280,20 @@ async def run(
             raise SpecErrors(problems)
     values = validate_inputs(spec, inputs)
     all_steps = [*spec.steps, *(st for st, _, _ in (restart.extra_steps if restart else []))]
-    step_models = {step.id: spec.step_models(step) for step in all_steps}
+    step_models: dict[str, list[str]] = {}
     named: dict[str, None] = {}
+    fallback = None
     for step in all_steps:
-        named.update(dict.fromkeys(step_models[step.id]))
+        if step.model is not None:
+            chosen = [step.model]
+        elif step.models:
+            chosen = list(step.models)
+        else:
+            # Steps naming no model share the session's choice.
+            fallback = fallback or spec.step_models(step)
+            chosen = list(fallback)
+        step_models[step.id] = chosen
+        named.update(dict.fromkeys(chosen))
         if step.synthesizer is not None or step.escalate_to or step.sub_models:
             named.update(dict.fromkeys(step.extra_models()))
     names = list(named)

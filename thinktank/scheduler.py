@@ -25,7 +25,6 @@ import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from itertools import pairwise
 from typing import Final, Literal
 
 import anyio
@@ -118,10 +117,12 @@ class Scheduler:
     async def run(self) -> ScheduleOutcome:
         """Run every step not already done; return how each ended."""
         g = self.graph.graph
-        self._position = position = {n: d["position"] for n, d in g.nodes(data=True)}
+        nodes = g._node  # type: ignore[attr-defined]  # nodes(data=True) builds a view
+        self._position = position = {n: d["position"] for n, d in nodes.items()}
         done = self._done
         order = list(position)
-        if any(position[a] > position[b] for a, b in pairwise(order)):
+        values = list(position.values())
+        if values != sorted(values):
             order.sort(key=position.__getitem__)
         pred = g._pred  # type: ignore[attr-defined]  # in_degree() builds a view per call
         waiting = self._waiting
