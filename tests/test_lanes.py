@@ -124,3 +124,41 @@ def test_deadlines_cut_lanes_and_steps_go_on(
         # No attempt outlives its deadline by much (the loop is shared and noisy).
         assert all(c.latency_ms < TIMEOUT_MS + 2000 for c in ended)
         assert sum(1 for e in events if isinstance(e, StepFinished) and e.step_id == sid) == 1
+
+
+def test_outside_a_scheduler_a_step_keeps_a_scope_of_its_own() -> None:
+    """Called directly (no worker lane), the executor still cuts a hung attempt at its
+    deadline and goes on with the next attempt itself."""
+    from thinktank.steps import StepExecutor
+
+    spec = parse_session(
+        {
+            "name": "direct",
+            "steps": [
+                {"id": "s", "prompt": "p", "model": "m", "retries": 1, "timeout_ms": TIMEOUT_MS}
+            ],
+        },
+        known_models=["m"],
+    )
+    events: list[Event] = []
+    executor = StepExecutor(
+        session_id="x",
+        spec=spec,
+        clients={"m": ScriptedModel({"s": {1}})},
+        inputs={},
+        emit=events.append,
+    )
+
+    async def main() -> object:
+        with anyio.fail_after(30):
+            try:
+                return await executor("s")
+            finally:
+                executor.close()
+
+    assert anyio.run(main, backend="asyncio") is None
+    assert executor.outputs["s"] == "s:2"
+    ended = [e for e in events if isinstance(e, CallFinished)]
+    assert [c.status for c in ended] == ["cancelled", "ok"]
+    finished = [e for e in events if isinstance(e, StepFinished)]
+    assert len(finished) == 1 and finished[0].attempts == 2

@@ -8,6 +8,13 @@ timer, set for the earliest deadline, cancels the scopes that ran out. The seman
 are anyio's own (shielded scopes inside stay shielded; ``cancelled_caught`` says the
 block was cut short), since the cancelling is done by ``CancelScope.cancel``.
 
+Entering and leaving even a plain scope inside a task group's worker costs a few
+microseconds (the parent scope's sets, the task-state map, the cancellation walk), so
+the scheduler goes further: each worker runs its steps in one long-lived scope, its
+lane (:data:`LANE`), and a step's deadline is given that scope to cancel. The step
+catches that cancellation as its timeout (``Deadline.expired``); the worker then
+leaves the cut lane and opens a new one (``thinktank.scheduler``).
+
 Asyncio only, like the rest of thinktank (SQLAlchemy's async layer is asyncio-only).
 """
 

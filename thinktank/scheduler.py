@@ -7,7 +7,8 @@ ready queue is FIFO in the order steps became ready, ties in file order, which i
 the greedy list schedule the benchmark compares against.
 
 The scheduler knows nothing about models: it calls ``execute(step_id)``, which returns
-None when the step completed or an error string when it failed. On a failure,
+None when the step completed or an error string when it failed (or ``AGAIN``, below).
+On a failure,
 ``best_effort`` skips exactly the failed step's descendants; ``fail_fast`` cancels the
 steps in flight and skips everything not yet finished. Cancellation from outside
 (Ctrl-C) propagates after in-flight steps have recorded themselves as cancelled.
@@ -17,6 +18,13 @@ ready steps from a FIFO queue: no task is spawned per step, and a 10,000-step
 session never holds 10,000 waiting tasks. A worker whose step made others ready runs
 the first of them itself when nothing older is queued, so a chain of steps costs no
 hand-over between tasks.
+
+Each worker runs its steps inside one cancel scope, its *lane* (published in
+``thinktank._deadlines.LANE``), which a step's deadline cancels: cheaper than a scope
+per step. A cut lane is left before anything else is awaited; when the cut step has
+attempts left, ``execute`` returns ``AGAIN`` and the worker runs it again first, on a
+new lane. Idle workers wait on plain asyncio futures (thinktank runs on anyio's
+asyncio backend).
 """
 
 from __future__ import annotations
