@@ -241,6 +241,24 @@ async def _recorded(
     start = time.perf_counter()
     tries = 0
     reserved = limited
+
+    def ended(
+        status: CallStatus, response: ModelResponse | None, error: str | None, partial: str | None
+    ) -> CallFinished:
+        return _finished(
+            session_id,
+            request,
+            name,
+            call_id,
+            started_at,
+            start,
+            tries,
+            status,
+            response,
+            error,
+            partial,
+        )
+
     # The last attempt that ended, if the one under way (if any) has not: what a
     # cancellation keeps of it is its partial text.
     outcome: _Attempt | None = None
@@ -267,22 +285,7 @@ async def _recorded(
             else:
                 if response.error is None and tries == 1 and not limited:
                     # Answered at the first try with nothing to settle: most calls.
-                    return _result(
-                        _finished(
-                            session_id,
-                            request,
-                            name,
-                            call_id,
-                            started_at,
-                            start,
-                            1,
-                            "ok",
-                            response,
-                            None,
-                            None,
-                        ),
-                        emit,
-                    )
+                    return _result(ended("ok", response, None, None), emit)
                 outcome = (
                     _Attempt("ok", response=response)
                     if response.error is None
@@ -337,38 +340,10 @@ async def _recorded(
         if reserved:
             # What a cancelled attempt spent is unknown: keep its estimate as spent.
             budget.settle(est_cost, est_tokens, None, None)  # type: ignore[union-attr]
-        emit(
-            _finished(
-                session_id,
-                request,
-                name,
-                call_id,
-                started_at,
-                start,
-                tries,
-                "cancelled",
-                None,
-                "cancelled before the model answered",
-                outcome.partial if outcome is not None else None,
-            )
-        )
+        partial = outcome.partial if outcome is not None else None
+        emit(ended("cancelled", None, "cancelled before the model answered", partial))
         raise
-    return _result(
-        _finished(
-            session_id,
-            request,
-            name,
-            call_id,
-            started_at,
-            start,
-            tries,
-            outcome.status,
-            outcome.response,
-            outcome.error,
-            outcome.partial,
-        ),
-        emit,
-    )
+    return _result(ended(outcome.status, outcome.response, outcome.error, outcome.partial), emit)
 
 
 def _result(event: CallFinished, emit: Emit) -> CallResult:
@@ -414,20 +389,6 @@ def _finished(
     partial: str | None,
 ) -> CallFinished:
     """The call's ``CallFinished``: how it ended, with the answer's accounting."""
-    if response is None:
-        return CallFinished(
-            session_id=session_id,
-            step_id=request.step_id,
-            call_id=call_id,
-            model=model,
-            attempt=request.attempt,
-            status=status,
-            started_at=started_at,
-            content=partial,
-            latency_ms=(time.perf_counter() - start) * 1000,
-            error=error,
-            tries=tries,
-        )
     return CallFinished(
         session_id=session_id,
         step_id=request.step_id,
@@ -436,12 +397,12 @@ def _finished(
         attempt=request.attempt,
         status=status,
         started_at=started_at,
-        content=response.content,
-        input_tokens=response.input_tokens,
-        output_tokens=response.output_tokens,
+        content=response.content if response is not None else partial,
+        input_tokens=response.input_tokens if response is not None else None,
+        output_tokens=response.output_tokens if response is not None else None,
         latency_ms=(time.perf_counter() - start) * 1000,
-        cost_usd=response.cost_usd,
-        finish_reason=response.finish_reason,
+        cost_usd=response.cost_usd if response is not None else None,
+        finish_reason=response.finish_reason if response is not None else None,
         error=error,
         tries=tries,
     )

@@ -189,27 +189,10 @@ def _steps_info(
     if step_models is None:
         step_models = {step.id: spec.step_models(step) for step in spec.steps}
     rows = new_ids(len(spec.steps))
-    infos: list[StepInfo] = []
-    add = infos.append
-    # What _step_info builds, in one loop: this runs for every step at session start.
-    for position, step in enumerate(spec.steps):
-        models = step_models[step.id]
-        kind = step.kind
-        multi = len(models) > 1 and kind == "prompt"
-        add(
-            StepInfo(
-                step_id=step.id,
-                row_id=rows[position],
-                kind="decompose" if kind == "decompose" else ("multi" if multi else "prompt"),
-                depends_on=tuple(step.depends_on),
-                models=tuple(models),
-                mode=step.mode if multi else None,
-                synthesis=step.synthesis if multi else None,
-                prompt_template=step.prompt,
-                position=position,
-            )
-        )
-    return tuple(infos)
+    return tuple(
+        _step_info(spec, step, i, models=step_models[step.id], row_id=rows[i])
+        for i, step in enumerate(spec.steps)
+    )
 
 
 def _session_status(outcome: ScheduleOutcome, total: int) -> tuple[Any, str | None]:
