@@ -21,6 +21,7 @@ def test_nested_uses_restore_thresholds_and_unfreeze_at_the_outermost_exit() -> 
     with frozen_heap():
         assert gc.get_freeze_count() > 0
         assert gc.get_threshold()[2] >= 1000
+        assert gc.get_threshold()[0] >= 10_000
         with frozen_heap():
             pass
         assert gc.get_freeze_count() > 0
@@ -67,3 +68,15 @@ async def test_concurrent_coroutines_share_the_freeze() -> None:
         tg.start_soon(work, 0.03)
     assert len(seen) == 2 and all(n > 0 for n in seen)
     assert gc.get_freeze_count() == 0
+
+
+def test_young_cycles_are_still_collected_while_frozen() -> None:
+    with frozen_heap():
+        node = _Node()
+        ref = weakref.ref(node)
+        del node
+        assert ref() is not None
+        # Enough new objects for the young collection to run (its threshold is raised).
+        keep = [[] for _ in range(3 * gc.get_threshold()[0])]
+        assert ref() is None
+        del keep
