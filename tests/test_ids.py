@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 import uuid
 
+import pytest
+
+from thinktank import ids
 from thinktank.ids import new_id, new_ids
 
 
@@ -41,3 +46,50 @@ def test_batches_of_ids_are_valid_distinct_and_increasing() -> None:
             assert str(parsed) == text
             assert parsed.version == 7
             assert parsed.variant == uuid.RFC_4122
+
+
+def test_within_a_millisecond_ids_count_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = time.time_ns()
+    monkeypatch.setattr(ids.time, "time_ns", lambda: now)
+    made = [new_id() for _ in range(1000)]
+    assert made == sorted(made) and len(set(made)) == len(made)
+    assert {uuid.UUID(t).int >> 80 for t in made} == {now // 1_000_000}
+    # A batch draws its own bits: none of its ids is one new_id gives next.
+    batch = new_ids(1000)
+    later = [new_id() for _ in range(1000)]
+    assert not set(batch) & set(later) and not set(batch) & set(made)
+
+
+def test_threads_never_share_an_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = time.time_ns()
+    monkeypatch.setattr(ids.time, "time_ns", lambda: now)
+    made: list[list[str]] = [[] for _ in range(4)]
+
+    def work(out: list[str]) -> None:
+        for _ in range(20_000):
+            out.append(new_id())
+
+    threads = [threading.Thread(target=work, args=(out,)) for out in made]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    everything = [text for out in made for text in out]
+    assert len(set(everything)) == len(everything) == 80_000
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_does_not_replay_its_parents_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = time.time_ns()
+    monkeypatch.setattr(ids.time, "time_ns", lambda: now)
+    new_id()  # the parent has a millisecond under way
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, new_id().encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 100).decode()
+    os.waitpid(pid, 0)
+    assert child != new_id()
+    uuid.UUID(child)
