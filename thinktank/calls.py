@@ -21,7 +21,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 
@@ -242,22 +242,7 @@ async def _recorded(
     tries = 0
     reserved = limited
 
-    def ended(
-        status: CallStatus, response: ModelResponse | None, error: str | None, partial: str | None
-    ) -> CallFinished:
-        return _finished(
-            session_id,
-            request,
-            name,
-            call_id,
-            started_at,
-            start,
-            tries,
-            status,
-            response,
-            error,
-            partial,
-        )
+    call = _Call(session_id, request, name, call_id, started_at, start)
 
     # The last attempt that ended, if the one under way (if any) has not: what a
     # cancellation keeps of it is its partial text.
@@ -285,7 +270,7 @@ async def _recorded(
             else:
                 if response.error is None and tries == 1 and not limited:
                     # Answered at the first try with nothing to settle: most calls.
-                    return _result(ended("ok", response, None, None), emit)
+                    return _result(_finished(call, 1, "ok", response, None, None), emit)
                 outcome = (
                     _Attempt("ok", response=response)
                     if response.error is None
@@ -341,9 +326,16 @@ async def _recorded(
             # What a cancelled attempt spent is unknown: keep its estimate as spent.
             budget.settle(est_cost, est_tokens, None, None)  # type: ignore[union-attr]
         partial = outcome.partial if outcome is not None else None
-        emit(ended("cancelled", None, "cancelled before the model answered", partial))
+        emit(
+            _finished(
+                call, tries, "cancelled", None, "cancelled before the model answered", partial
+            )
+        )
         raise
-    return _result(ended(outcome.status, outcome.response, outcome.error, outcome.partial), emit)
+    return _result(
+        _finished(call, tries, outcome.status, outcome.response, outcome.error, outcome.partial),
+        emit,
+    )
 
 
 def _result(event: CallFinished, emit: Emit) -> CallResult:
@@ -375,13 +367,20 @@ def _settle(budget: Budget, est_cost: float, est_tokens: int, outcome: _Attempt)
     budget.settle(est_cost, est_tokens, response.cost_usd, tokens)
 
 
+class _Call(NamedTuple):
+    """What every ending of one call records: who made it, which it is, when it began."""
+
+    session_id: str
+    request: ModelRequest
+    model: str
+    call_id: str
+    started_at: datetime
+    start: float
+    """perf_counter() when it began."""
+
+
 def _finished(
-    session_id: str,
-    request: ModelRequest,
-    model: str,
-    call_id: str,
-    started_at: datetime,
-    start: float,
+    call: _Call,
     tries: int,
     status: CallStatus,
     response: ModelResponse | None,
@@ -389,18 +388,19 @@ def _finished(
     partial: str | None,
 ) -> CallFinished:
     """The call's ``CallFinished``: how it ended, with the answer's accounting."""
+    request = call.request
     return CallFinished(
-        session_id=session_id,
+        session_id=call.session_id,
         step_id=request.step_id,
-        call_id=call_id,
-        model=model,
+        call_id=call.call_id,
+        model=call.model,
         attempt=request.attempt,
         status=status,
-        started_at=started_at,
+        started_at=call.started_at,
         content=response.content if response is not None else partial,
         input_tokens=response.input_tokens if response is not None else None,
         output_tokens=response.output_tokens if response is not None else None,
-        latency_ms=(time.perf_counter() - start) * 1000,
+        latency_ms=(time.perf_counter() - call.start) * 1000,
         cost_usd=response.cost_usd if response is not None else None,
         finish_reason=response.finish_reason if response is not None else None,
         error=error,
