@@ -45,6 +45,9 @@ the tables give its median (ms) and sigma.
     median of 3 runs after one untimed warm-up: thinktank without a store, thinktank
     with a fresh SQLite file per run (``store=<tmp>/bench.db``: open, schema, every
     event written, close), the plain anyio loop, and LangGraph (``ainvoke`` only).
+    Each engine runs each workload in a fresh interpreter of its own (one after the
+    other, never at once), so none runs on a heap another left behind: in one
+    process, a LangGraph run before thinktank's added ~2.5 us a step to it.
     Targets: <= 30 us/step without the store, <= 150 us/step with it. A second table
     splits the median thinktank run into setup (before the first model call), the calls
     (first to last) and teardown (after the last call: for SQLite, writing the queued
@@ -72,13 +75,16 @@ sys.path.insert(0, os.path.dirname(_BENCH_DIR))
 
 import argparse
 import cProfile
+import dataclasses
 import gc
+import json
 import math
 import operator
 import platform
 import pstats
 import random
 import statistics
+import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
@@ -609,49 +615,92 @@ async def _fixed_cost(tmp_dir: Path, repeat: int) -> tuple[float, float]:
     return statistics.median(bare), statistics.median(stored)
 
 
+ENGINES = ("anyio", "tt", "tt+sqlite", "langgraph")
+
+
+async def overhead_child(args: argparse.Namespace) -> None:
+    """One engine's runs of one (c) workload, in this fresh process: print them as JSON.
+
+    Each engine gets a process of its own, so no engine runs on a heap another one
+    left behind (measured: a LangGraph run before it added ~2.5 us a step to
+    thinktank's next one, and the anyio loop's 10,000 tasks add their own).
+    """
+    engine, index = args.overhead_child, args.workload
+    w = overhead_workloads(args.seed, args.quick)[index]
+    runs: list[dict[str, Any]] = []
+    extra: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="thinktank-bench-") as tmp:
+        tmp_dir = Path(tmp)
+        if engine == "anyio":
+            await run_anyio(w, sleep=False)  # warm-up
+            runs = [dataclasses.asdict(await run_anyio(w, sleep=False)) for _ in range(args.repeat)]
+        elif engine in ("tt", "tt+sqlite"):
+            spec, _ = make_spec(w)
+            for rep in range(args.repeat + 1):  # the first is the warm-up
+                store_dir = None
+                if engine == "tt+sqlite":
+                    store_dir = tmp_dir / f"run-{rep}"
+                    store_dir.mkdir()
+                o = await run_thinktank(spec, w, sleep=False, store_dir=store_dir)
+                if rep:
+                    runs.append(dataclasses.asdict(o))
+        else:
+            app, extra["lg_build"] = build_langgraph(w, sleep=False)
+            await run_langgraph(app, w)  # warm-up
+            runs = [dataclasses.asdict(await run_langgraph(app, w)) for _ in range(args.repeat)]
+    print(json.dumps({"runs": runs, **extra}))
+
+
+def _child_runs(args: argparse.Namespace, engine: str, index: int) -> dict[str, Any]:
+    """Run :func:`overhead_child` in a fresh interpreter and read what it printed."""
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--overhead-child",
+        engine,
+        "--workload",
+        str(index),
+        "--seed",
+        str(args.seed),
+        "--repeat",
+        str(args.repeat),
+    ]
+    if args.quick:
+        cmd.append("--quick")
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"(c) {engine} child failed: {done.stderr.strip()[-2000:]}")
+    data: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return data
+
+
 async def section_c(args: argparse.Namespace) -> list[str]:
     lg_version = langgraph_available()
     rows: list[OverheadRow] = []
     with tempfile.TemporaryDirectory(prefix="thinktank-bench-") as tmp:
-        tmp_dir = Path(tmp)
         _progress("(c) fixed cost: 1-step sessions")
-        fixed_bare, fixed_store = await _fixed_cost(tmp_dir, args.repeat)
-        for w in overhead_workloads(args.seed, args.quick):
-            row = OverheadRow(w)
-            spec, _ = make_spec(w)
-            app = None
-            if lg_version is not None:
-                _progress(f"(c) {w.name}: LangGraph build + compile")
-                app, row.lg_build = build_langgraph(w, sleep=False)
-            _progress(f"(c) {w.name}: warm-up")
-            await run_anyio(w, sleep=False)
-            await run_thinktank(spec, w, sleep=False)
-            warm_dir = tmp_dir / f"{w.n}-{w.name.split()[0]}-warm"
-            warm_dir.mkdir()
-            await run_thinktank(spec, w, sleep=False, store_dir=warm_dir)
-            if app is not None:
-                await run_langgraph(app, w)
-            for rep in range(args.repeat):
-                _progress(f"(c) {w.name}: run {rep + 1}/{args.repeat}")
-                row.anyio.append((await run_anyio(w, sleep=False)).seconds)
-                o = await run_thinktank(spec, w, sleep=False)
-                row.tt.append(o)
+        fixed_bare, fixed_store = await _fixed_cost(Path(tmp), args.repeat)
+    for index, w in enumerate(overhead_workloads(args.seed, args.quick)):
+        row = OverheadRow(w)
+        for engine in ENGINES:
+            if engine == "langgraph" and lg_version is None:
+                continue
+            _progress(f"(c) {w.name}: {engine} (a fresh process)")
+            data = _child_runs(args, engine, index)
+            outcomes = [Outcome(**o) for o in data["runs"]]
+            for o in outcomes:
                 if not o.ok:
-                    row.notes.append(f"tt: {o.note}")
-                store_dir = tmp_dir / f"{w.n}-{w.name.split()[0]}-{rep}"
-                store_dir.mkdir()
-                o = await run_thinktank(spec, w, sleep=False, store_dir=store_dir)
-                row.tt_store.append(o)
-                if not o.ok:
-                    row.notes.append(f"tt+sqlite: {o.note}")
-                if app is not None:
-                    o = await run_langgraph(app, w)
-                    if o.ok:
-                        row.lg.append(o.seconds)
-                    else:
-                        row.notes.append(f"LG: {o.note} ({o.seconds:.1f} s)")
-            del app
-            rows.append(row)
+                    row.notes.append(f"{engine}: {o.note}")
+            if engine == "anyio":
+                row.anyio = [o.seconds for o in outcomes]
+            elif engine == "tt":
+                row.tt = outcomes
+            elif engine == "tt+sqlite":
+                row.tt_store = outcomes
+            else:
+                row.lg = [o.seconds for o in outcomes if o.ok]
+                row.lg_build = data.get("lg_build")
+        rows.append(row)
 
     def us(samples: list[float], n: int) -> float:
         return statistics.median(samples) / n * 1e6 if samples else math.nan
@@ -897,6 +946,9 @@ def _profile_tables(prof: cProfile.Profile, n: int, wall_us: float) -> list[str]
 
 
 async def main(args: argparse.Namespace) -> None:
+    if args.overhead_child:
+        await overhead_child(args)
+        return
     wall = time.perf_counter()
     print(header(args), flush=True)
     if args.profile:
@@ -921,6 +973,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", choices=["a", "b", "c"], help="run one section")
     parser.add_argument("--repeat", type=int, default=3, help="runs per overhead figure")
     parser.add_argument("--profile", action="store_true", help="cProfile zero-latency runs instead")
+    parser.add_argument("--overhead-child", choices=ENGINES, help=argparse.SUPPRESS)
+    parser.add_argument("--workload", type=int, default=0, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
