@@ -73,6 +73,7 @@ _BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _BENCH_DIR]
 sys.path.insert(0, os.path.dirname(_BENCH_DIR))
 
+import abc
 import argparse
 import cProfile
 import dataclasses
@@ -113,7 +114,7 @@ LANGGRAPH_TIMEOUT_S = 600.0
 # -- model clients ---------------------------------------------------------------------
 
 
-class _Client:
+class _Client(abc.ABC):
     """Remembers when the first call began and the last one ended (the run's span)."""
 
     def __init__(self) -> None:
@@ -129,8 +130,9 @@ class _Client:
     def provider(self) -> str:
         return "bench"
 
+    @abc.abstractmethod
     async def complete(self, request: ModelRequest) -> ModelResponse:
-        raise NotImplementedError
+        """Answer ``request`` (each client its own way)."""
 
 
 class SleepModel(_Client):
