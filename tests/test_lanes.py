@@ -126,6 +126,43 @@ def test_deadlines_cut_lanes_and_steps_go_on(
         assert sum(1 for e in events if isinstance(e, StepFinished) and e.step_id == sid) == 1
 
 
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases())
+def test_fail_fast_with_cut_lanes_ends_every_step_once(
+    case: tuple[list[dict[str, object]], dict[str, set[int]], int],
+) -> None:
+    """Under fail_fast a step that times out for good stops the session while other
+    lanes are cut and steps go on again: every step still ends exactly once, in a
+    final state, and what completed completed as its attempts say."""
+    steps, hangs, limit = case
+    spec = parse_session(
+        {
+            "name": "lanes-fail-fast",
+            "parallelExecution": {"maxConcurrentSteps": limit, "failureStrategy": "fail_fast"},
+            "steps": steps,
+        },
+        known_models=["m"],
+    )
+    events: list[Event] = []
+
+    async def main() -> thinktank.SessionResult:
+        with anyio.fail_after(60):
+            return await thinktank.run(
+                spec, store=None, models={"m": ScriptedModel(hangs)}, on_event=events.append
+            )
+
+    result = anyio.run(main, backend="asyncio")
+    for step in steps:
+        sid = str(step["id"])
+        got = result.steps[sid]
+        assert got.status in ("completed", "failed", "cancelled", "skipped"), (sid, got.status)
+        finished = [e for e in events if isinstance(e, StepFinished) and e.step_id == sid]
+        assert len(finished) == (0 if got.status == "skipped" else 1)
+        if got.status == "completed":
+            assert got.attempts not in hangs[sid]
+            assert got.output == f"{sid}:{got.attempts}"
+
+
 def test_outside_a_scheduler_a_step_keeps_a_scope_of_its_own() -> None:
     """Called directly (no worker lane), the executor still cuts a hung attempt at its
     deadline and goes on with the next attempt itself."""
