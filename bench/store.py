@@ -54,7 +54,6 @@ sys.path.insert(0, os.path.dirname(_BENCH_DIR))
 
 import argparse
 import importlib
-import importlib.metadata
 import platform
 import sqlite3
 import statistics
@@ -71,6 +70,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 import thinktank
+from bench._report import cpu_model, version
 from thinktank.events import CallFinished, Event
 from thinktank.providers.base import ModelRequest, ModelResponse
 from thinktank.spec import SessionSpec, parse_session
@@ -375,24 +375,6 @@ async def measure(
         calls_total,
     )
     return row, sizes
-
-
-def version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "-"
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def print_header(pg_facts: str | None, args: argparse.Namespace) -> None:
