@@ -38,13 +38,12 @@ leaves the lane and opens a new one before it awaits anything else."""
 
 
 class Deadline:
-    """One guarded block: its cancel scope and when it runs out (loop time)."""
+    """One guarded block: its cancel scope (the heap keeps when it runs out)."""
 
-    __slots__ = ("expired", "live", "scope", "when")
+    __slots__ = ("expired", "live", "scope")
 
-    def __init__(self, scope: anyio.CancelScope, when: float) -> None:
+    def __init__(self, scope: anyio.CancelScope) -> None:
         self.scope = scope
-        self.when = when
         self.live = True
         """False once the block ended or the scope was cancelled."""
         self.expired = False
@@ -88,7 +87,7 @@ class Deadlines:
             self._loop = loop
             self._scope_class = type(anyio.CancelScope())
         when = loop.time() + seconds
-        deadline = Deadline(lane if lane is not None else self._scope_class(), when)
+        deadline = Deadline(lane if lane is not None else self._scope_class())
         heapq.heappush(self._heap, (when, next(self._order), deadline))
         if when < self._timer_at:
             self._arm(loop, when)
@@ -103,9 +102,7 @@ class Deadlines:
         heap = self._heap
         # Finished blocks leave their entries behind; drop them from the top at once,
         # and rebuild the heap when they are most of it (amortised O(log n) a block).
-        while heap and not heap[0][2].live:
-            heapq.heappop(heap)
-            self._ended -= 1
+        self._drop_ended_top()
         if self._ended > 32 and 2 * self._ended > len(heap):
             self._heap = [entry for entry in heap if entry[2].live]
             heapq.heapify(self._heap)
@@ -121,6 +118,13 @@ class Deadlines:
         self._timer, self._timer_at = None, math.inf
         self._heap.clear()
         self._ended = 0
+
+    def _drop_ended_top(self) -> None:
+        """Pop the entries of ended blocks off the top of the heap."""
+        heap = self._heap
+        while heap and not heap[0][2].live:
+            heapq.heappop(heap)
+            self._ended -= 1
 
     def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
         if self._timer is not None:
@@ -142,8 +146,6 @@ class Deadlines:
             deadline.live = False
             deadline.expired = True
             deadline.scope.cancel()
-        while heap and not heap[0][2].live:
-            heapq.heappop(heap)
-            self._ended -= 1
+        self._drop_ended_top()
         if heap:
             self._arm(loop, heap[0][0])
