@@ -8,6 +8,7 @@ an event and stored. The executor is the ``execute`` callback the scheduler call
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -85,6 +86,10 @@ def _usage(calls: Sequence[CallResult]) -> tuple[int | None, int | None, float |
     )
 
 
+_IN_LANE = contextlib.nullcontext()
+"""What an attempt in a worker's lane enters instead of a scope of its own."""
+
+
 class StepExecutor:
     """Runs one step at a time for the scheduler; keeps the outputs of finished steps."""
 
@@ -151,15 +156,16 @@ class StepExecutor:
         timeout_ms = step.timeout_ms or self.settings.timeout_per_step_ms
         lane = LANE.get()
         resumed = self._again.pop(step_id, None)
+        base = self.attempt_base.get(step_id, 0)
         if resumed is None:
             prompt = self._prompt(step)
             started_at = utcnow()
             start = time.perf_counter()
             calls: list[CallResult] = []
-            first = self.attempt_base.get(step_id, 0) + 1
+            first = base + 1
         else:
             prompt, started_at, start, calls, first = resumed
-        last = self.attempt_base.get(step_id, 0) + step.retries + 1
+        last = base + step.retries + 1
         single = len(models) == 1 and step.kind != "decompose"
         error: str | None = None
         output: str | None = None
@@ -189,17 +195,24 @@ class StepExecutor:
                 deadline = self._deadlines.start(timeout_ms / 1000, lane)
                 timed_out = False
                 try:
-                    if lane is not None and single:
-                        # Most steps: one call, awaited here (no frame of its own).
-                        result = await self._start_call(step, models[0], request, ())
-                        calls.append(result)
-                        output, score, error = _answer(models[0], result)
-                    elif lane is not None:
-                        output, score, error = await self._attempt(step, models, request, calls)
-                    else:
-                        with deadline.scope:
-                            output, score, error = await self._attempt(step, models, request, calls)
-                        timed_out = deadline.scope.cancelled_caught
+                    # In a lane the lane is the scope, entered by the worker.
+                    with deadline.scope if lane is None else _IN_LANE:
+                        if single:
+                            # Most steps: one call, awaited here (no frame of its own).
+                            result = await self._start_call(step, models[0], request, ())
+                            calls.append(result)
+                            if result.ok:
+                                output, score, error = result.content, None, None
+                            else:
+                                output, score = None, None
+                                error = f"model {models[0]!r}: {result.error}"
+                        elif step.kind == "decompose":
+                            output, score, error = await self._decompose(
+                                step, models, request, calls
+                            )
+                        else:
+                            output, score, error = await self._many(step, models, request, calls)
+                    timed_out = lane is None and deadline.scope.cancelled_caught
                 except anyio.get_cancelled_exc_class():
                     if not deadline.expired or lane is None:
                         raise
@@ -233,18 +246,6 @@ class StepExecutor:
         else:
             self._finish(step_id, "failed", attempt, started_at, start, calls, None, error, score)
         return error
-
-    async def _attempt(
-        self, step: StepSpec, models: list[str], request: ModelRequest, calls: list[CallResult]
-    ) -> tuple[str | None, float | None, str | None]:
-        """One attempt of the step: (output, consensus score, error)."""
-        if len(models) == 1 and step.kind != "decompose":
-            result = await self._start_call(step, models[0], request, ())
-            calls.append(result)
-            return _answer(models[0], result)
-        if step.kind == "decompose":
-            return await self._decompose(step, models, request, calls)
-        return await self._many(step, models, request, calls)
 
     def close(self) -> None:
         """The session is over: release the step-deadline timer."""
@@ -700,13 +701,6 @@ class _Aliased(Mapping[str, "str | None"]):
 
     def __len__(self) -> int:
         return len(self._outputs)
-
-
-def _answer(model: str, result: CallResult) -> tuple[str | None, float | None, str | None]:
-    """A one-call attempt's (output, score, error)."""
-    if result.ok:
-        return result.content, None, None
-    return None, None, f"model {model!r}: {result.error}"
 
 
 def _quote(text: str, width: int = 200) -> str:
