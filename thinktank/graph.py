@@ -34,12 +34,8 @@ def _check_models(
     # only when a name fails (a run of a valid 10,000-step spec does this every time).
     names: dict[str, None] = {}
     for step in steps:
-        if step.model is not None:
-            names[step.model] = None
-        else:
-            names.update(dict.fromkeys(step.models))
-        if step.synthesizer is not None or step.escalate_to or step.sub_models:
-            names.update(dict.fromkeys(step.extra_models()))
+        names.update(dict.fromkeys(step.named_models()))
+        names.update(dict.fromkeys(step.extra_models()))
     verdicts = {name: check_model(name) for name in names}
     errors: list[SpecError] = []
     if all(why is None for why in verdicts.values()):

@@ -263,22 +263,11 @@ async def run(
             raise SpecErrors(problems)
     values = validate_inputs(spec, inputs)
     all_steps = [*spec.steps, *(st for st, _, _ in (restart.extra_steps if restart else []))]
-    step_models: dict[str, list[str]] = {}
+    step_models = {step.id: spec.step_models(step) for step in all_steps}
     named: dict[str, None] = {}
-    fallback = None
     for step in all_steps:
-        if step.model is not None:
-            chosen = [step.model]
-        elif step.models:
-            chosen = list(step.models)
-        else:
-            # Steps naming no model share the session's choice.
-            fallback = fallback or spec.step_models(step)
-            chosen = list(fallback)
-        step_models[step.id] = chosen
-        named.update(dict.fromkeys(chosen))
-        if step.synthesizer is not None or step.escalate_to or step.sub_models:
-            named.update(dict.fromkeys(step.extra_models()))
+        named.update(dict.fromkeys(step_models[step.id]))
+        named.update(dict.fromkeys(step.extra_models()))
     names = list(named)
     if spec.budget.max_cost_usd is not None:
         unpriced = [n for n in dict.fromkeys(names) if registry.price_of(n) is None]
