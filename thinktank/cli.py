@@ -29,6 +29,7 @@ from thinktank.errors import (
 if TYPE_CHECKING:
     from thinktank.ask import ParallelResult
     from thinktank.batch import BatchItem, BatchResult
+    from thinktank.progress import Progress
     from thinktank.providers.registry import ModelRegistry
     from thinktank.replay import ReplayReport
     from thinktank.result import SessionResult
@@ -219,19 +220,26 @@ def run_command(
                 on_delta=progress.delta,
             )
 
-    try:
-        result = _run_async(go)
-    except KeyboardInterrupt:
-        sid = progress.session_id or "?"
-        click.echo(
-            f"interrupted: session {sid} kept {progress.finished} finished step(s)", err=True
-        )
-        sys.exit(EXIT_INTERRUPTED)
+    result = _run_interruptible(go, progress)
     if as_json:
         click.echo(json.dumps(result.model_dump(mode="json"), indent=2, ensure_ascii=False))
     else:
         print_result(result)
     sys.exit(EXIT_OK if result.status == "completed" else EXIT_FAILED)
+
+
+def _run_interruptible(fn: Callable[[], Awaitable[T]], progress: Progress) -> T:
+    """``_run_async``; on Ctrl-C, say what became of the steps and exit 130."""
+    try:
+        return _run_async(fn)
+    except KeyboardInterrupt:
+        sid = progress.session_id or "?"
+        click.echo(
+            f"interrupted: session {sid}: {progress.summary()}"
+            f" (completed steps are kept: thinktank resume {sid})",
+            err=True,
+        )
+        sys.exit(EXIT_INTERRUPTED)
 
 
 def _load(session_file: str, model: str | None) -> SessionSpec:
@@ -332,6 +340,7 @@ def models_command(session_file: str | None, as_json: bool) -> None:
 @click.option("--no-cache", is_flag=True, help="Do not reuse a stored consensus.")
 @_db_option
 @_json_option
+@_no_progress_option
 def ask_command(
     prompt: str,
     models: tuple[str, ...],
@@ -344,11 +353,13 @@ def ask_command(
     no_cache: bool,
     db: str | None,
     as_json: bool,
+    no_progress: bool,
 ) -> None:
     """Ask several models PROMPT at once and merge the answers (recorded like a session)."""
     from pydantic import ValidationError
 
     from thinktank.ask import execute_parallel
+    from thinktank.progress import Progress
     from thinktank.render import print_parallel
     from thinktank.runner import DEFAULT_STORE
     from thinktank.spec import ParallelExecutionConfig
@@ -370,10 +381,19 @@ def ask_command(
     except ValidationError as exc:
         _fail([e["msg"].removeprefix("Value error, ") for e in exc.errors(include_url=False)])
 
-    async def go() -> ParallelResult:
-        return await execute_parallel(prompt, config, store=db if db is not None else DEFAULT_STORE)
+    # Shown from the start: a local model can take seconds to load before it answers.
+    progress = Progress(enabled=not no_progress)
 
-    result = _run_async(go)
+    async def go() -> ParallelResult:
+        with progress:
+            return await execute_parallel(
+                prompt,
+                config,
+                store=db if db is not None else DEFAULT_STORE,
+                on_event=progress,
+            )
+
+    result = _run_interruptible(go, progress)
     if as_json:
         click.echo(json.dumps(result.model_dump(mode="json"), indent=2, ensure_ascii=False))
     else:
