@@ -104,8 +104,38 @@ def test_ask_shows_progress_from_the_start(tmp_path: Path) -> None:
     assert quiet.exit_code == 0 and quiet.stderr == ""
 
 
+def _interrupt(args: list[str], cwd: Path, after: str) -> tuple[str, str]:
+    """Run the CLI with ``args``, SIGINT it once stderr shows ``after``; (session id,
+    its one ``interrupted:`` line). It must exit 130 with no traceback."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "thinktank", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        cwd=cwd,
+    )
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if after in line:
+            break
+    else:
+        raise AssertionError("".join(seen))
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    summary = [line for line in err.splitlines() if line.startswith("interrupted:")]
+    assert len(summary) == 1, err
+    sid = re.search(r"\(([0-9a-f-]{36})\)", "".join(seen))
+    assert sid is not None, seen
+    return sid.group(1), summary[0]
+
+
 def test_ctrl_c_summary_counts_completed_and_cancelled_apart(tmp_path: Path) -> None:
-    """SIGINT after one step finished: the summary says 1 completed, 1 cancelled."""
+    """SIGINT after one step finished: the summary says 1 completed, 1 cancelled, and
+    the same on ``resume`` (counting that run's steps)."""
     session = tmp_path / "slow.yaml"
     session.write_text(
         "name: slow\nmodels:\n  fast: {provider: simulated}\n"
@@ -114,25 +144,12 @@ def test_ctrl_c_summary_counts_completed_and_cancelled_apart(tmp_path: Path) -> 
         "  - {id: long, model: slow, prompt: y}\n"
         "  - {id: after, model: fast, prompt: z, depends_on: [long]}\n"
     )
-    argv = [sys.executable, "-m", "thinktank", "run", str(session), "--db", str(tmp_path / "t.db")]
-    proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=tmp_path
+    db = str(tmp_path / "t.db")
+    sid, summary = _interrupt(["run", str(session), "--db", db], tmp_path, "step quick: completed")
+    assert summary == (
+        f"interrupted: session {sid}: 1 completed, 1 cancelled, 1 not started"
+        f" (completed steps are kept: thinktank resume {sid})"
     )
-    assert proc.stderr is not None
-    seen = []
-    for line in proc.stderr:
-        seen.append(line)
-        if "step quick: completed" in line:
-            break
-    else:
-        raise AssertionError("".join(seen))
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    summary = [line for line in err.splitlines() if line.startswith("interrupted:")]
-    assert len(summary) == 1, err
-    assert re.fullmatch(
-        r"interrupted: session [0-9a-f-]{36}: 1 completed, 1 cancelled, 1 not started"
-        r" \(completed steps are kept: thinktank resume [0-9a-f-]{36}\)",
-        summary[0],
-    ), summary[0]
+    again, summary = _interrupt(["resume", sid, "--db", db], tmp_path, "step long: running")
+    assert again == sid
+    assert summary.startswith(f"interrupted: session {sid}: this resume: 0 completed, 1 cancelled")

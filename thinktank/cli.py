@@ -509,7 +509,7 @@ def resume_command(session_id: str, db: str | None, as_json: bool, no_progress: 
         with progress:
             return await resume(session_id, store=db, on_event=progress)
 
-    _finish_run(_run_async(go), as_json)
+    _finish_run(_run_interruptible(go, progress), as_json)
 
 
 @main.command("replay")
@@ -608,7 +608,7 @@ def fork_command(
                 session_id, step=step, prompt=prompt, models=names, store=db, on_event=progress
             )
 
-    _finish_run(_run_async(go), as_json)
+    _finish_run(_run_interruptible(go, progress), as_json)
 
 
 @main.command("export")

@@ -44,6 +44,8 @@ class Progress:
         self.enabled = enabled
         self.stream = stream if stream is not None else sys.stderr
         self.session_id: str | None = None
+        self.origin: str | None = None
+        """``resume``, ``fork`` or ``replay`` when the session was made from another."""
         self.total = 0
         self.finished = 0
         self.counts: dict[str, int] = {}
@@ -89,6 +91,7 @@ class Progress:
         """Take one event."""
         if isinstance(event, SessionStarted):
             self.session_id = event.session_id
+            self.origin = event.origin.get("kind") if event.origin else None
             self.total = len(event.steps)
             self._multi.update(s.step_id for s in event.steps if len(s.models) > 1)
             self._start = time.perf_counter()
@@ -147,7 +150,8 @@ class Progress:
     def summary(self) -> str:
         """What became of the steps so far, e.g. ``1 completed, 1 cancelled, 3 not started``.
 
-        Steps still running count as cancelled: the run is ending without them.
+        Steps still running count as cancelled: the run is ending without them. A
+        resumed or forked session counts only this run's steps, and says so.
         """
         counts = dict(self.counts)
         counts["cancelled"] = counts.get("cancelled", 0) + len(self.running)
@@ -156,7 +160,8 @@ class Progress:
         left = self.total - self.finished - len(self.running)
         if left > 0:
             parts.append(f"{left} not started")
-        return ", ".join(parts)
+        prefix = f"this {self.origin}: " if self.origin else ""
+        return prefix + ", ".join(parts)
 
     def _count(self, status: str) -> None:
         self.finished += 1
