@@ -358,10 +358,8 @@ def ask_command(
     """Ask several models PROMPT at once and merge the answers (recorded like a session)."""
     from pydantic import ValidationError
 
-    from thinktank.ask import execute_parallel
     from thinktank.progress import Progress
     from thinktank.render import print_parallel
-    from thinktank.runner import DEFAULT_STORE
     from thinktank.spec import ParallelExecutionConfig
 
     try:
@@ -381,11 +379,14 @@ def ask_command(
     except ValidationError as exc:
         _fail([e["msg"].removeprefix("Value error, ") for e in exc.errors(include_url=False)])
 
-    # Shown from the start: a local model can take seconds to load before it answers.
     progress = Progress(enabled=not no_progress)
+    # Drawn from the start: loading the engine and a local model take seconds before
+    # the first answer.
+    with progress:
+        from thinktank.ask import execute_parallel
+        from thinktank.runner import DEFAULT_STORE
 
-    async def go() -> ParallelResult:
-        with progress:
+        async def go() -> ParallelResult:
             return await execute_parallel(
                 prompt,
                 config,
@@ -393,7 +394,7 @@ def ask_command(
                 on_event=progress,
             )
 
-    result = _run_interruptible(go, progress)
+        result = _run_interruptible(go, progress)
     if as_json:
         click.echo(json.dumps(result.model_dump(mode="json"), indent=2, ensure_ascii=False))
     else:

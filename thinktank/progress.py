@@ -70,6 +70,7 @@ class Progress:
                 console=console, get_renderable=self._render, refresh_per_second=4, transient=True
             )
             self._live.__enter__()
+            self._live.refresh()  # the first frame now, not at the first tick
         return self
 
     def __exit__(
