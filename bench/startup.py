@@ -45,10 +45,11 @@ def commands(repo: Path) -> list[tuple[str, list[str]]]:
     ]
 
 
-def time_once(argv: Sequence[str], env: dict[str, str]) -> float:
+def time_once(argv: Sequence[str], env: dict[str, str], cwd: Path) -> float:
     """Wall seconds of one run of ``argv`` in a fresh process (it must exit 0)."""
     start = time.perf_counter()
-    subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
+    # cwd: ``python -c`` puts the current directory first on sys.path.
+    subprocess.run(argv, env=env, cwd=cwd, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
 
 
@@ -72,8 +73,8 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": str(repo)}
     rows = []
     for label, argv in commands(repo):
-        time_once(argv, env)
-        runs = [time_once(argv, env) for _ in range(args.runs)]
+        time_once(argv, env, repo)
+        runs = [time_once(argv, env, repo) for _ in range(args.runs)]
         rows.append(
             [
                 label,
