@@ -11,39 +11,45 @@ Load a session file, run it, and every step, model call and consensus is stored:
 
 from __future__ import annotations
 
-from thinktank.ask import ParallelResult, execute_parallel
-from thinktank.batch import BatchResult, run_many
-from thinktank.dryrun import DryRun, dry_run
-from thinktank.errors import (
-    CallTimeoutError,
-    InputError,
-    ProviderError,
-    RunError,
-    SpecError,
-    SpecErrors,
-    StoreError,
-    ThinkTankError,
-    UnknownSessionError,
-    UsageError,
-)
-from thinktank.graph import StepGraph
-from thinktank.providers.base import ModelClient, ModelRequest, ModelResponse
-from thinktank.providers.simulated import SimulatedModel, SimulatedModelConfig
-from thinktank.replay import ReplayReport, fork, replay, resume
-from thinktank.result import SessionResult, StepResult, Usage
-from thinktank.runner import DEFAULT_STORE, run, run_sync
-from thinktank.spec import (
-    InputSpec,
-    ModelSelection,
-    ParallelExecution,
-    ParallelExecutionConfig,
-    SessionSpec,
-    StepSpec,
-    load_session,
-    parse_session,
-)
-from thinktank.store import Store
-from thinktank.transfer import export_session, import_session
+import importlib
+import sys
+import types
+import typing
+
+if typing.TYPE_CHECKING:
+    from thinktank.ask import ParallelResult, execute_parallel
+    from thinktank.batch import BatchResult, run_many
+    from thinktank.dryrun import DryRun, dry_run
+    from thinktank.errors import (
+        CallTimeoutError,
+        InputError,
+        ProviderError,
+        RunError,
+        SpecError,
+        SpecErrors,
+        StoreError,
+        ThinkTankError,
+        UnknownSessionError,
+        UsageError,
+    )
+    from thinktank.graph import StepGraph
+    from thinktank.providers.base import ModelClient, ModelRequest, ModelResponse
+    from thinktank.providers.simulated import SimulatedModel, SimulatedModelConfig
+    from thinktank.replay import ReplayReport, fork, replay, resume
+    from thinktank.result import SessionResult, StepResult, Usage
+    from thinktank.runner import DEFAULT_STORE, run, run_sync
+    from thinktank.spec import (
+        InputSpec,
+        ModelSelection,
+        ParallelExecution,
+        ParallelExecutionConfig,
+        SessionSpec,
+        StepSpec,
+        load_session,
+        parse_session,
+    )
+    from thinktank.store import Store
+    from thinktank.transfer import export_session, import_session
 
 __version__ = "0.1.0"
 
@@ -93,3 +99,81 @@ __all__ = [
     "run_many",
     "run_sync",
 ]
+
+_LAZY: dict[str, str] = {
+    "BatchResult": "thinktank.batch",
+    "CallTimeoutError": "thinktank.errors",
+    "DEFAULT_STORE": "thinktank.runner",
+    "DryRun": "thinktank.dryrun",
+    "InputError": "thinktank.errors",
+    "InputSpec": "thinktank.spec",
+    "ModelClient": "thinktank.providers.base",
+    "ModelRequest": "thinktank.providers.base",
+    "ModelResponse": "thinktank.providers.base",
+    "ModelSelection": "thinktank.spec",
+    "ParallelExecution": "thinktank.spec",
+    "ParallelExecutionConfig": "thinktank.spec",
+    "ParallelResult": "thinktank.ask",
+    "ProviderError": "thinktank.errors",
+    "ReplayReport": "thinktank.replay",
+    "RunError": "thinktank.errors",
+    "SessionResult": "thinktank.result",
+    "SessionSpec": "thinktank.spec",
+    "SimulatedModel": "thinktank.providers.simulated",
+    "SimulatedModelConfig": "thinktank.providers.simulated",
+    "SpecError": "thinktank.errors",
+    "SpecErrors": "thinktank.errors",
+    "StepGraph": "thinktank.graph",
+    "StepResult": "thinktank.result",
+    "StepSpec": "thinktank.spec",
+    "Store": "thinktank.store",
+    "StoreError": "thinktank.errors",
+    "ThinkTankError": "thinktank.errors",
+    "UnknownSessionError": "thinktank.errors",
+    "Usage": "thinktank.result",
+    "UsageError": "thinktank.errors",
+    "dry_run": "thinktank.dryrun",
+    "execute_parallel": "thinktank.ask",
+    "export_session": "thinktank.transfer",
+    "fork": "thinktank.replay",
+    "import_session": "thinktank.transfer",
+    "load_session": "thinktank.spec",
+    "parse_session": "thinktank.spec",
+    "replay": "thinktank.replay",
+    "resume": "thinktank.replay",
+    "run": "thinktank.runner",
+    "run_many": "thinktank.batch",
+    "run_sync": "thinktank.runner",
+}
+"""Where each public name lives. A name is imported on first use, so ``import
+thinktank`` (and so every ``thinktank`` command, even ``--help``) does not load the
+store, SQLAlchemy, the HTTP client or the model providers until something needs them."""
+
+
+def __getattr__(name: str) -> typing.Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'thinktank' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+class _Package(types.ModuleType):
+    """The package's module type: public names win over same-named submodules."""
+
+    def __setattr__(self, name: str, value: typing.Any) -> None:
+        # The import system sets each submodule as an attribute of its package when it
+        # first loads it. ``thinktank.replay`` is both a submodule and the public
+        # function; once something imports the submodule, the function must still be
+        # what ``thinktank.replay`` gives (as it was when this file imported eagerly).
+        if name in _LAZY and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

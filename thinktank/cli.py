@@ -13,16 +13,10 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-import anyio
 import click
-import yaml
-from pydantic import ValidationError
 
-from thinktank.ask import ParallelResult, execute_parallel
-from thinktank.batch import BatchItem, BatchResult, read_inputs_file, run_many
-from thinktank.dryrun import dry_run as plan_dry_run
 from thinktank.errors import (
     InputError,
     SpecErrors,
@@ -31,28 +25,19 @@ from thinktank.errors import (
     UnknownSessionError,
     UsageError,
 )
-from thinktank.graph import validate_spec
-from thinktank.progress import Progress
-from thinktank.providers.config import load_config
-from thinktank.providers.registry import ModelRegistry
-from thinktank.render import (
-    print_batch,
-    print_dry_run,
-    print_models,
-    print_parallel,
-    print_replay,
-    print_result,
-    print_sessions,
-    print_stored_session,
-)
-from thinktank.replay import ReplayReport, fork, replay, resume
-from thinktank.result import SessionResult
-from thinktank.runner import DEFAULT_STORE, run
-from thinktank.schema import render_export_schema, render_session_schema
-from thinktank.selection import apply_selection
-from thinktank.spec import ParallelExecutionConfig, SessionSpec, load_session, validate_inputs
-from thinktank.store import Store
-from thinktank.transfer import export_session, import_session, parse_age, prune
+
+if TYPE_CHECKING:
+    from thinktank.ask import ParallelResult
+    from thinktank.batch import BatchItem, BatchResult
+    from thinktank.progress import Progress
+    from thinktank.providers.registry import ModelRegistry
+    from thinktank.replay import ReplayReport
+    from thinktank.result import SessionResult
+    from thinktank.spec import SessionSpec
+
+# Each command imports what it needs inside its body: ``thinktank --help`` and
+# ``validate`` then start without loading the store, SQLAlchemy, the HTTP client or
+# rich (see bench/startup.py).
 
 __all__ = ["main"]
 
@@ -90,6 +75,8 @@ def _fail(lines: Sequence[str], code: int = EXIT_BAD_INPUT) -> NoReturn:
 
 
 def _run_async(fn: Callable[[], Awaitable[T]]) -> T:
+    import anyio
+
     try:
         return anyio.run(fn, backend="asyncio")
     except SpecErrors as exc:
@@ -114,6 +101,8 @@ def main() -> None:
 
 
 def _parse_inputs(pairs: Sequence[str], inputs_file: str | None) -> dict[str, Any]:
+    import yaml
+
     values: dict[str, Any] = {}
     if inputs_file is not None:
         try:
@@ -184,6 +173,13 @@ def run_command(
     no_progress: bool,
 ) -> None:
     """Run SESSION_FILE and record it in the database."""
+    from thinktank.dryrun import dry_run as plan_dry_run
+    from thinktank.progress import Progress
+    from thinktank.render import print_dry_run, print_result
+    from thinktank.runner import DEFAULT_STORE, run
+    from thinktank.selection import apply_selection
+    from thinktank.spec import validate_inputs
+
     try:
         spec = _load(session_file, model)
     except SpecErrors as exc:
@@ -224,19 +220,26 @@ def run_command(
                 on_delta=progress.delta,
             )
 
-    try:
-        result = _run_async(go)
-    except KeyboardInterrupt:
-        sid = progress.session_id or "?"
-        click.echo(
-            f"interrupted: session {sid} kept {progress.finished} finished step(s)", err=True
-        )
-        sys.exit(EXIT_INTERRUPTED)
+    result = _run_interruptible(go, progress)
     if as_json:
         click.echo(json.dumps(result.model_dump(mode="json"), indent=2, ensure_ascii=False))
     else:
         print_result(result)
     sys.exit(EXIT_OK if result.status == "completed" else EXIT_FAILED)
+
+
+def _run_interruptible(fn: Callable[[], Awaitable[T]], progress: Progress) -> T:
+    """``_run_async``; on Ctrl-C, say what became of the steps and exit 130."""
+    try:
+        return _run_async(fn)
+    except KeyboardInterrupt:
+        sid = progress.session_id or "?"
+        click.echo(
+            f"interrupted: session {sid}: {progress.summary()}"
+            f" (completed steps are kept: thinktank resume {sid})",
+            err=True,
+        )
+        sys.exit(EXIT_INTERRUPTED)
 
 
 def _load(session_file: str, model: str | None) -> SessionSpec:
@@ -245,6 +248,9 @@ def _load(session_file: str, model: str | None) -> SessionSpec:
     Raises:
         SpecErrors: the file is invalid, or the model cannot be used.
     """
+    from thinktank.graph import validate_spec
+    from thinktank.spec import load_session
+
     spec = load_session(session_file)
     if model is not None:
         spec = spec.with_model(model)
@@ -255,6 +261,9 @@ def _load(session_file: str, model: str | None) -> SessionSpec:
 
 
 def _registry(spec: SessionSpec | None = None) -> ModelRegistry:
+    from thinktank.providers.config import load_config
+    from thinktank.providers.registry import ModelRegistry
+
     return ModelRegistry(
         session_models=spec.models if spec is not None else {}, config=load_config()
     )
@@ -271,6 +280,9 @@ def _registry(spec: SessionSpec | None = None) -> ModelRegistry:
 @_json_option
 def models_command(session_file: str | None, as_json: bool) -> None:
     """List the models you can use: provider, base URL, price, key present (never the key)."""
+    from thinktank.render import print_models
+    from thinktank.spec import load_session
+
     try:
         spec = load_session(session_file) if session_file is not None else None
         registry = _registry(spec)
@@ -328,6 +340,7 @@ def models_command(session_file: str | None, as_json: bool) -> None:
 @click.option("--no-cache", is_flag=True, help="Do not reuse a stored consensus.")
 @_db_option
 @_json_option
+@_no_progress_option
 def ask_command(
     prompt: str,
     models: tuple[str, ...],
@@ -340,8 +353,15 @@ def ask_command(
     no_cache: bool,
     db: str | None,
     as_json: bool,
+    no_progress: bool,
 ) -> None:
     """Ask several models PROMPT at once and merge the answers (recorded like a session)."""
+    from pydantic import ValidationError
+
+    from thinktank.progress import Progress
+    from thinktank.render import print_parallel
+    from thinktank.spec import ParallelExecutionConfig
+
     try:
         config = ParallelExecutionConfig.model_validate(
             {
@@ -359,10 +379,22 @@ def ask_command(
     except ValidationError as exc:
         _fail([e["msg"].removeprefix("Value error, ") for e in exc.errors(include_url=False)])
 
-    async def go() -> ParallelResult:
-        return await execute_parallel(prompt, config, store=db if db is not None else DEFAULT_STORE)
+    progress = Progress(enabled=not no_progress)
+    # Drawn from the start: loading the engine and a local model take seconds before
+    # the first answer.
+    with progress:
+        from thinktank.ask import execute_parallel
+        from thinktank.runner import DEFAULT_STORE
 
-    result = _run_async(go)
+        async def go() -> ParallelResult:
+            return await execute_parallel(
+                prompt,
+                config,
+                store=db if db is not None else DEFAULT_STORE,
+                on_event=progress,
+            )
+
+        result = _run_interruptible(go, progress)
     if as_json:
         click.echo(json.dumps(result.model_dump(mode="json"), indent=2, ensure_ascii=False))
     else:
@@ -408,6 +440,10 @@ def run_many_command(
     no_progress: bool,
 ) -> None:
     """Run SESSION_FILE once per line of --inputs, into one database."""
+    from thinktank.batch import read_inputs_file, run_many
+    from thinktank.render import print_batch
+    from thinktank.runner import DEFAULT_STORE
+
     try:
         spec = _load(session_file, model)
         rows = read_inputs_file(inputs_file, spec)
@@ -449,6 +485,8 @@ def run_many_command(
 
 
 def _finish_run(result: SessionResult, as_json: bool) -> NoReturn:
+    from thinktank.render import print_result
+
     if as_json:
         click.echo(json.dumps(result.model_dump(mode="json"), indent=2, ensure_ascii=False))
     else:
@@ -463,13 +501,16 @@ def _finish_run(result: SessionResult, as_json: bool) -> NoReturn:
 @_no_progress_option
 def resume_command(session_id: str, db: str | None, as_json: bool, no_progress: bool) -> None:
     """Finish an interrupted or killed session; nothing that finished runs again."""
+    from thinktank.progress import Progress
+    from thinktank.replay import resume
+
     progress = Progress(enabled=not no_progress)
 
     async def go() -> SessionResult:
         with progress:
             return await resume(session_id, store=db, on_event=progress)
 
-    _finish_run(_run_async(go), as_json)
+    _finish_run(_run_interruptible(go, progress), as_json)
 
 
 @main.command("replay")
@@ -504,6 +545,8 @@ def replay_command(
     as_json: bool,
 ) -> None:
     """Re-execute a stored session from its recorded answers (no network, no cost)."""
+    from thinktank.render import print_replay
+    from thinktank.replay import replay
 
     async def go() -> ReplayReport:
         return await replay(
@@ -548,6 +591,9 @@ def fork_command(
     no_progress: bool,
 ) -> None:
     """A new session reusing everything upstream of --step; re-runs it and what follows."""
+    from thinktank.progress import Progress
+    from thinktank.replay import fork
+
     prompt = prompt_text
     if prompt_file is not None:
         try:
@@ -563,7 +609,7 @@ def fork_command(
                 session_id, step=step, prompt=prompt, models=names, store=db, on_event=progress
             )
 
-    _finish_run(_run_async(go), as_json)
+    _finish_run(_run_interruptible(go, progress), as_json)
 
 
 @main.command("export")
@@ -571,6 +617,8 @@ def fork_command(
 @_db_option
 def export_command(session_id: str, db: str | None) -> None:
     """Write a whole session (rows and event history) as JSON on stdout."""
+    from thinktank.store import Store
+    from thinktank.transfer import export_session
 
     async def go() -> str:
         async with await Store.open(db) as store:
@@ -584,6 +632,9 @@ def export_command(session_id: str, db: str | None) -> None:
 @_db_option
 def import_command(export_file: str, db: str | None) -> None:
     """Read a session export (a file, or - for stdin) into the database."""
+    from thinktank.store import Store
+    from thinktank.transfer import import_session
+
     try:
         text = sys.stdin.read() if export_file == "-" else Path(export_file).read_text("utf-8")
     except OSError as exc:
@@ -602,6 +653,9 @@ def import_command(export_file: str, db: str | None) -> None:
 @_db_option
 def prune_command(older_than: str, dry_run: bool, db: str | None) -> None:
     """Delete sessions (with all their rows) older than AGE."""
+    from thinktank.store import Store
+    from thinktank.transfer import parse_age, prune
+
     try:
         age = parse_age(older_than)
     except UsageError as exc:
@@ -620,6 +674,8 @@ def prune_command(older_than: str, dry_run: bool, db: str | None) -> None:
 @click.argument("session_files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 def validate_command(session_files: tuple[str, ...]) -> None:
     """Check session files; print every problem, one line each (exit 2 if any)."""
+    from thinktank.spec import load_session
+
     problems: list[str] = []
     for file in session_files:
         try:
@@ -638,6 +694,8 @@ def validate_command(session_files: tuple[str, ...]) -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many.")
 def sessions_command(db: str | None, as_json: bool, limit: int | None) -> None:
     """List stored sessions, newest first."""
+    from thinktank.render import print_sessions
+    from thinktank.store import Store
 
     async def go() -> list[Any]:
         async with await Store.open(db) as store:
@@ -656,6 +714,8 @@ def sessions_command(db: str | None, as_json: bool, limit: int | None) -> None:
 @_json_option
 def show_command(session_id: str, db: str | None, as_json: bool) -> None:
     """Show one session: its DAG, every step's status, output, calls and consensus."""
+    from thinktank.render import print_stored_session
+    from thinktank.store import Store
 
     async def go() -> Any:
         async with await Store.open(db) as store:
@@ -689,6 +749,8 @@ def show_command(session_id: str, db: str | None, as_json: bool) -> None:
 )
 def schema_command(output: str | None, check: bool, kind: str) -> None:
     """Print (or write) the JSON Schema of session files (or of exports)."""
+    from thinktank.schema import render_export_schema, render_session_schema
+
     text = render_session_schema() if kind == "session" else render_export_schema()
     if output is None:
         if check:

@@ -327,6 +327,14 @@ def _dag_lines(steps: Sequence[StoredStep]) -> list[str]:
         graph.add_node(step.step_key)
         for dep in step.depends_on:
             graph.add_edge(dep, step.step_key)
+    # A decompose step's dependents waited at run time for the last step it added
+    # (the synthesis, which answers for it); the stored rows keep only the dependencies
+    # written in the file, so draw that edge too, or they land in the wrong layer.
+    sinks = {s.parent: s.step_key for s in sorted(steps, key=lambda s: s.position) if s.parent}
+    for step in steps:
+        for dep in step.depends_on:
+            if dep in sinks and step.parent != dep:
+                graph.add_edge(sinks[dep], step.step_key)
     order = {s.step_key: s.position for s in steps}
     lines = []
     for i, layer in enumerate(nx.topological_generations(graph), start=1):

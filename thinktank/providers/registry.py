@@ -16,13 +16,12 @@ import functools
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.lowlevel import RunVar
 
 from thinktank.calls import PooledModel
-from thinktank.providers.anthropic import AnthropicModel
 from thinktank.providers.base import ModelClient
 from thinktank.providers.config import (
     DEFAULT_BASE_URLS,
@@ -31,13 +30,13 @@ from thinktank.providers.config import (
     HttpModelConfig,
     ThinkTankConfig,
 )
-from thinktank.providers.gemini import GeminiModel
-from thinktank.providers.http import AsyncClient
 from thinktank.providers.local import LOCAL_VARIANTS, LocalLlamaModel, LocalModelConfig
 from thinktank.providers.local import local_available as _local_available
-from thinktank.providers.openai import OpenAICompatibleModel
 from thinktank.providers.retry import RetryPolicy
 from thinktank.providers.simulated import SimulatedModel, SimulatedModelConfig
+
+if TYPE_CHECKING:
+    from thinktank.providers.http import AsyncClient
 
 __all__ = ["DEFAULT_MODEL", "ModelInfo", "ModelRegistry", "model_limiter"]
 
@@ -325,6 +324,12 @@ class ModelRegistry:
         assert isinstance(entry, HttpModelConfig)
         if http is None:
             raise ValueError("an HTTP model needs the run's HTTP client")
+        # Imported here: the HTTP client stack costs ~0.2 s to import, and listing,
+        # validating or running simulated and local models never needs it.
+        from thinktank.providers.anthropic import AnthropicModel
+        from thinktank.providers.gemini import GeminiModel
+        from thinktank.providers.openai import OpenAICompatibleModel
+
         env, _ = self._key(entry)
         key = self.environ.get(env) if env else None
         common: dict[str, Any] = {
