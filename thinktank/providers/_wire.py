@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from thinktank.errors import ProviderError
+from thinktank.providers._redact import redact_userinfo
 from thinktank.providers.http import (
     AsyncClient,
     Response,
@@ -56,8 +57,12 @@ class WireModel:
             base[key_header[0]] = key_header[1]
         # The caller's headers win, compared case-insensitively.
         self._headers = {**base, **{k.lower(): v for k, v in headers.items()}}
-        self._secrets = secrets_of(api_key, self._headers)
+        self._secrets = secrets_of(api_key, self._headers, url)
         self._key_configured = bool(self._secrets)
+
+    def __repr__(self) -> str:
+        url = redact_userinfo(self._url)
+        return f"{type(self).__name__}(name={self._name!r}, model={self._model!r}, url={url!r})"
 
     @property
     def name(self) -> str:

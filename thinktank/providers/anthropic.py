@@ -104,9 +104,6 @@ class AnthropicModel(WireModel):
         )
         self._stream = stream
 
-    def __repr__(self) -> str:
-        return f"AnthropicModel(name={self._name!r}, model={self._model!r}, url={self._url!r})"
-
     async def complete(self, request: ModelRequest) -> ModelResponse:
         """Send one Messages request.
 

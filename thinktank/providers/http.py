@@ -44,6 +44,7 @@ from typing import Any, TypeAlias
 import httpx2 as httpx
 
 from thinktank.errors import CallTimeoutError, ProviderError
+from thinktank.providers._redact import redact_userinfo
 
 __all__ = [
     "AsyncClient",
@@ -113,10 +114,11 @@ def create_http_client(*, max_connections: int = 100, max_keepalive: int = 20) -
 
 
 def redact(text: str, secrets: Iterable[str | None]) -> str:
-    """``text`` with every secret in ``secrets`` replaced by ``[REDACTED]``.
+    """``text`` with every secret in ``secrets`` replaced by ``[REDACTED]``, and the
+    credentials of any URL in it hidden (:func:`redact_userinfo`).
 
     Args:
-        text: Any text that may quote a secret (error bodies echo keys back).
+        text: Any text that may quote a secret (error bodies echo keys and URLs back).
         secrets: API keys and other header values; None and very short values are
             skipped.
 
@@ -126,20 +128,32 @@ def redact(text: str, secrets: Iterable[str | None]) -> str:
     for secret in secrets:
         if secret and len(secret) >= _MIN_SECRET_CHARS and secret in text:
             text = text.replace(secret, _REDACTED)
-    return text
+    return redact_userinfo(text)
 
 
-def secrets_of(api_key: str | None, headers: Mapping[str, str]) -> tuple[str, ...]:
-    """The values to redact from errors: the API key and credential-like header values.
+def secrets_of(
+    api_key: str | None, headers: Mapping[str, str], url: str | None = None
+) -> tuple[str, ...]:
+    """The values to redact from errors: the API key, credential-like header values and
+    the user and password of ``url``.
 
     Args:
         api_key: The configured key, if any.
         headers: Extra headers the user configured.
+        url: The request URL, whose userinfo may hold credentials.
 
     Returns:
         The secrets, longest first (so a key that contains another is removed whole).
     """
     found = {api_key} if api_key else set()
+    if url is not None:
+        try:
+            parsed = httpx.URL(url)
+        except httpx.InvalidURL:
+            parsed = None
+        if parsed is not None and parsed.userinfo:
+            # Quoted alone too: a server may echo the password without the URL.
+            found.update({parsed.userinfo.decode("ascii", "replace"), parsed.password})
     for name, value in headers.items():
         if any(hint in name.lower() for hint in _SECRET_HEADER_HINTS):
             found.add(value)

@@ -99,11 +99,6 @@ class OpenAICompatibleModel(WireModel):
         self._stream = stream
         self._max_tokens_param = max_tokens_param
 
-    def __repr__(self) -> str:
-        return (
-            f"OpenAICompatibleModel(name={self._name!r}, model={self._model!r}, url={self._url!r})"
-        )
-
     async def complete(self, request: ModelRequest) -> ModelResponse:
         """Send one chat-completions request.
 

@@ -22,6 +22,7 @@ import anyio
 from anyio.lowlevel import RunVar
 
 from thinktank.calls import PooledModel
+from thinktank.providers._redact import redact_userinfo
 from thinktank.providers.anthropic import AnthropicModel
 from thinktank.providers.base import ModelClient
 from thinktank.providers.config import (
@@ -247,7 +248,7 @@ class ModelRegistry:
         if isinstance(entry, HttpModelConfig):
             key_env, _required = self._key(entry)
             present = bool(self.environ.get(key_env)) if key_env else None
-            base_url = entry.base_url or DEFAULT_BASE_URLS[entry.provider]
+            base_url = redact_userinfo(entry.base_url or DEFAULT_BASE_URLS[entry.provider])
             model = entry.model
         elif isinstance(entry, LocalModelConfig):
             model = entry.model_path or "gemma3-270m (packaged)"
