@@ -8,7 +8,7 @@ same, and lives here once.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any, ClassVar
 
 from thinktank.errors import ProviderError
@@ -18,7 +18,12 @@ from thinktank.providers.http import (
     Response,
     decode_json,
     error_from_response,
+    iter_lines_capped,
+    read_capped,
+    redact,
+    response_too_big,
     secrets_of,
+    translate_errors,
 )
 
 __all__ = ["WireModel"]
@@ -44,12 +49,14 @@ class WireModel:
         timeout_s: float,
         input_cost_per_mtok: float | None,
         output_cost_per_mtok: float | None,
+        max_response_bytes: int,
     ) -> None:
         self._name = name
         self._model = model
         self._http = http
         self._url = url
         self._timeout_s = timeout_s
+        self._max_response_bytes = max_response_bytes
         self._input_cost = input_cost_per_mtok
         self._output_cost = output_cost_per_mtok
         base = dict(base_headers)
@@ -74,7 +81,62 @@ class WireModel:
         """The wire protocol (whoever serves it)."""
         return self.PROVIDER
 
-    def _raise_for_status(self, response: Response, retry_after_s: float | None = None) -> None:
+    async def _post(
+        self, content: bytes, retry_hint: Callable[[str], float | None] | None = None
+    ) -> tuple[int, bytes]:
+        """POST ``content`` and read the answer under ``max_response_bytes``.
+
+        Args:
+            content: The request body.
+            retry_hint: Finds a retry hint in an error body (Gemini puts it there).
+
+        Returns:
+            The status and the body of a 2xx response.
+
+        Raises:
+            ProviderError: a transport failure, a body over the cap, or a non-2xx status.
+        """
+        with translate_errors(provider=self.PROVIDER, model=self._name, secrets=self._secrets):
+            async with self._http.stream(
+                "POST", self._url, content=content, headers=self._headers, timeout=self._timeout_s
+            ) as response:
+                body = await self._read(response)
+        if not 200 <= response.status_code < 300:
+            text = body.decode("utf-8", "replace")
+            self._raise_for_status(response, text, retry_hint(text) if retry_hint else None)
+        return response.status_code, body
+
+    async def _check_stream_status(self, response: Response) -> None:
+        """Raise the provider's error when a streamed response is not a 2xx (its error
+        body read under the cap)."""
+        if not 200 <= response.status_code < 300:
+            body = await self._read(response)
+            self._raise_for_status(response, body.decode("utf-8", "replace"))
+
+    async def _read(self, response: Response) -> bytes:
+        """The body of a streamed response, at most ``max_response_bytes`` of it."""
+        return await read_capped(response, self._max_response_bytes, self._too_big)
+
+    def _lines(
+        self, response: Response, partial: Callable[[], str | None]
+    ) -> AsyncGenerator[str, None]:
+        """The lines of a streamed response, at most ``max_response_bytes`` in all; past
+        the cap the error keeps the text received (``partial``)."""
+        return iter_lines_capped(
+            response, self._max_response_bytes, lambda: self._too_big(partial())
+        )
+
+    def _too_big(self, partial: str | None = None) -> ProviderError:
+        return response_too_big(
+            provider=self.PROVIDER,
+            model=self._name,
+            limit=self._max_response_bytes,
+            partial=redact(partial, self._secrets) if partial else partial,
+        )
+
+    def _raise_for_status(
+        self, response: Response, body_text: str, retry_after_s: float | None = None
+    ) -> None:
         """Raise the provider's error for a non-2xx response (``retry_after_s``: a hint
         found in the body, used when the headers give none)."""
         if 200 <= response.status_code < 300:
@@ -84,7 +146,7 @@ class WireModel:
             model=self._name,
             status=response.status_code,
             headers=response.headers,
-            body_text=response.text,
+            body_text=body_text,
             secrets=self._secrets,
             retry_after_s=retry_after_s,
             key_configured=self._key_configured,

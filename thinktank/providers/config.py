@@ -26,6 +26,7 @@ __all__ = [
     "CONFIG_ENV",
     "DEFAULT_BASE_URLS",
     "DEFAULT_KEY_ENVS",
+    "DEFAULT_MAX_RESPONSE_BYTES",
     "DEFAULT_MODEL",
     "HttpModelConfig",
     "ModelConfig",
@@ -33,6 +34,10 @@ __all__ = [
     "find_config",
     "load_config",
 ]
+
+DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+"""Most bytes of one HTTP response read (``max_response_bytes``): far above any chat
+answer, far below what would strain memory with many calls in flight."""
 
 DEFAULT_MODEL = "local"
 """The model of steps that name none, in sessions that set no default either."""
@@ -96,6 +101,9 @@ class HttpModelConfig(BaseModel):
     """Domains the model is good at."""
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     """Default output limit when a step sets none (Anthropic requires one)."""
+    max_response_bytes: Annotated[int, Field(ge=1024)] = DEFAULT_MAX_RESPONSE_BYTES
+    """Most bytes of one response read (streamed or not); a larger response fails the
+    call with an error naming the cap, and is not retried."""
 
     @field_serializer("base_url", when_used="json")
     def _hide_credentials(self, base_url: str | None) -> str | None:

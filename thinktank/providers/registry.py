@@ -335,6 +335,7 @@ class ModelRegistry:
             "api_key": key or None,
             "headers": entry.headers,
             "timeout_s": entry.timeout_s,
+            "max_response_bytes": entry.max_response_bytes,
             "input_cost_per_mtok": entry.input_cost_per_mtok,
             "output_cost_per_mtok": entry.output_cost_per_mtok,
             "base_url": entry.base_url or DEFAULT_BASE_URLS[entry.provider],
