@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,9 +60,11 @@ def _db_bytes(db: Path) -> bytes:
 
 
 def test_base_url_credentials_are_used_but_never_shown_or_stored(
-    tmp_path: Path, server: FakeServer
+    tmp_path: Path, server: FakeServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The server gets basic auth; models, show, export and the DB file hide the password."""
+    """The server gets basic auth; models, show, export, logs and the DB file hide the
+    password."""
+    caplog.set_level(logging.DEBUG)
     session = _session(tmp_path, server)
     db = tmp_path / "t.db"
     code, out = _invoke("run", str(session), "--db", str(db), "--json", "--no-progress")
@@ -88,6 +91,7 @@ def test_base_url_credentials_are_used_but_never_shown_or_stored(
         assert PASSWORD not in text
     assert "127.0.0.1" in outputs[1]
     assert PASSWORD.encode() not in _db_bytes(db)
+    assert "HTTP Request" in caplog.text and PASSWORD not in caplog.text
 
 
 def test_credentials_echoed_in_an_error_body_are_redacted(
@@ -118,5 +122,5 @@ async def test_client_repr_and_redact_hide_userinfo() -> None:
         model = OpenAICompatibleModel(
             name="m", model="m", http=http, base_url="https://tok:pw@example.com/v1"
         )
-        assert "tok" not in repr(model) and "https://***@example.com/v1" in repr(model)
+        assert "tok" not in repr(model) and "https://example.com/v1" in repr(model)
     assert redact("see https://a:b@h/x and http://h/y", ()) == "see https://***@h/x and http://h/y"

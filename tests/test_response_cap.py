@@ -4,7 +4,7 @@ being held in memory; a stream that times out keeps the text it had sent."""
 from __future__ import annotations
 
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from thinktank.cli import main
 from thinktank.errors import ProviderError
 from thinktank.providers.base import ModelRequest
 from thinktank.providers.config import DEFAULT_MAX_RESPONSE_BYTES
-from thinktank.providers.http import create_http_client
+from thinktank.providers.http import create_http_client, httpx, iter_lines_capped
 from thinktank.providers.openai import OpenAICompatibleModel
 from thinktank.spec import parse_session
 
@@ -122,3 +122,20 @@ def test_stream_that_times_out_keeps_its_partial_text(
     assert "no complete answer within 0.5 s" in (call.error or "")
     show = CliRunner().invoke(main, ["show", sid, "--db", db])
     assert "partial: 'alpha beta'" in show.output
+
+
+async def test_capped_lines_split_like_server_sent_events() -> None:
+    """Lines end at LF, CRLF or CR, also when a CRLF or a UTF-8 character straddles two
+    chunks; the last line needs no ending."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for chunk in (b"data: a\r", b"\ndata: b\r\n", b"\r\n", b"data: \xc3", b"\xa9\nx\ry"):
+            yield chunk
+
+    response = httpx.Response(200, content=chunks())
+    lines = [line async for line in iter_lines_capped(response, 1000, _never)]
+    assert lines == ["data: a", "data: b", "", "data: \u00e9", "x", "y"]
+
+
+def _never() -> ProviderError:
+    raise AssertionError("under the cap")

@@ -9,15 +9,16 @@ same, and lives here once.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar
 
 from thinktank.errors import ProviderError
-from thinktank.providers._redact import redact_userinfo
 from thinktank.providers.http import (
     AsyncClient,
     Response,
     decode_json,
     error_from_response,
+    httpx,
     iter_lines_capped,
     read_capped,
     redact,
@@ -54,7 +55,7 @@ class WireModel:
         self._name = name
         self._model = model
         self._http = http
-        self._url = url
+        self._url, self._auth = _split_credentials(url)
         self._timeout_s = timeout_s
         self._max_response_bytes = max_response_bytes
         self._input_cost = input_cost_per_mtok
@@ -68,8 +69,9 @@ class WireModel:
         self._key_configured = bool(self._secrets)
 
     def __repr__(self) -> str:
-        url = redact_userinfo(self._url)
-        return f"{type(self).__name__}(name={self._name!r}, model={self._model!r}, url={url!r})"
+        return (
+            f"{type(self).__name__}(name={self._name!r}, model={self._model!r}, url={self._url!r})"
+        )
 
     @property
     def name(self) -> str:
@@ -97,9 +99,7 @@ class WireModel:
             ProviderError: a transport failure, a body over the cap, or a non-2xx status.
         """
         with translate_errors(provider=self.PROVIDER, model=self._name, secrets=self._secrets):
-            async with self._http.stream(
-                "POST", self._url, content=content, headers=self._headers, timeout=self._timeout_s
-            ) as response:
+            async with self._send(content) as response:
                 body = await self._read(response)
         if not 200 <= response.status_code < 300:
             text = body.decode("utf-8", "replace")
@@ -112,6 +112,18 @@ class WireModel:
         if not 200 <= response.status_code < 300:
             body = await self._read(response)
             self._raise_for_status(response, body.decode("utf-8", "replace"))
+
+    def _send(self, content: bytes) -> AbstractAsyncContextManager[Response]:
+        """POST ``content``; the response is streamed (read it with :meth:`_read` or
+        :meth:`_lines`, inside the ``async with``)."""
+        return self._http.stream(
+            "POST",
+            self._url,
+            content=content,
+            headers=self._headers,
+            timeout=self._timeout_s,
+            auth=self._auth,
+        )
 
     async def _read(self, response: Response) -> bytes:
         """The body of a streamed response, at most ``max_response_bytes`` of it."""
@@ -165,3 +177,19 @@ class WireModel:
             retryable=False,
             partial=partial,
         )
+
+
+def _split_credentials(url: str) -> tuple[str, httpx.BasicAuth | None]:
+    """``url`` without its userinfo, and that userinfo as basic auth.
+
+    httpx would send URL credentials as basic auth itself, but it also logs the URL
+    it requests: taken out of the URL, they reach no log line.
+    """
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return url, None  # the request reports the bad URL
+    if not parsed.userinfo:
+        return url, None
+    auth = httpx.BasicAuth(parsed.username, parsed.password)
+    return str(parsed.copy_with(userinfo=b"")), auth

@@ -201,9 +201,7 @@ class AnthropicModel(WireModel):
         with translate_errors(
             provider="anthropic", model=self._name, secrets=self._secrets, partial=partial
         ):
-            async with self._http.stream(
-                "POST", self._url, content=content, headers=self._headers, timeout=self._timeout_s
-            ) as response:
+            async with self._send(content) as response:
                 await self._check_stream_status(response)
                 if not response.headers.get("content-type", "").startswith("text/event-stream"):
                     body = await self._read(response)

@@ -186,9 +186,7 @@ class OpenAICompatibleModel(WireModel):
         with translate_errors(
             provider="openai", model=self._name, secrets=self._secrets, partial=partial
         ):
-            async with self._http.stream(
-                "POST", self._url, content=content, headers=self._headers, timeout=self._timeout_s
-            ) as response:
+            async with self._send(content) as response:
                 await self._check_stream_status(response)
                 if not response.headers.get("content-type", "").startswith("text/event-stream"):
                     # The server ignored "stream": it answered with one JSON body.
