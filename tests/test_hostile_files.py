@@ -145,3 +145,11 @@ def test_batch_inputs_line_with_duplicate_key(tmp_path: Path) -> None:
     assert result.exit_code == 2, result.output
     assert f"{inputs}:2: duplicate key 'question'" in result.stderr
     assert not db.exists()
+
+
+def test_self_containing_alias_is_refused(tmp_path: Path) -> None:
+    """An alias inside its own anchor (data that contains itself) is one line, exit 2."""
+    path = tmp_path / "loop.yaml"
+    path.write_text("name: loop\nsteps: &s\n  - *s\n", encoding="utf-8")
+    line = _one_line_error(_validate(path))
+    assert line == f"{path}:3: an alias refers to a value that contains it"

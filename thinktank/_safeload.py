@@ -5,8 +5,8 @@ Files given to ``validate``, ``run`` and ``batch`` may be hostile or broken. PyY
 nested aliases (a "billion laughs") load instantly and then expand to gigabytes when
 the data is validated or stored; deep nesting overflows the interpreter stack; and
 both YAML and JSON silently keep the last of two equal keys. This module owns the one
-loader every file reader uses, which rejects all three with a :class:`LoadError`
-naming the line.
+loader every file reader uses, which rejects all of these (and self-containing
+aliases) with a :class:`LoadError` naming the line.
 """
 
 from __future__ import annotations
@@ -48,15 +48,19 @@ class _BoundedLoader(yaml.SafeLoader):
     def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         self._depth += 1
         try:
+            event = self.peek_event()  # type: ignore[no-untyped-call]
             if self._depth > MAX_DEPTH:
-                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
-                raise LoadError(f"nested deeper than {MAX_DEPTH} levels", mark.line + 1)
+                raise LoadError(f"nested deeper than {MAX_DEPTH} levels", _line(event.start_mark))
             node = super().compose_node(parent, index)
         finally:
             self._depth -= 1
         if node is None:
             return None
         size = self._sizes.get(id(node))
+        if size is None and isinstance(event, yaml.AliasEvent):
+            # The anchor is still being composed: the data would contain itself. (The
+            # line is the alias's own: the node it returned is the anchor's.)
+            raise LoadError("an alias refers to a value that contains it", _line(event.start_mark))
         if size is None:
             size = 1
             if isinstance(node, yaml.SequenceNode):
@@ -69,7 +73,7 @@ class _BoundedLoader(yaml.SafeLoader):
                 raise LoadError(
                     f"expands to more than {MAX_NODES} values through aliases"
                     " (alias bound exceeded)",
-                    node.start_mark.line + 1,
+                    _line(node.start_mark),
                 )
             self._sizes[id(node)] = size
         return node
@@ -85,9 +89,14 @@ class _BoundedLoader(yaml.SafeLoader):
             except TypeError:
                 continue  # an unhashable key: the base class reports it
             if duplicate:
-                raise LoadError(f"duplicate key {key!r}", key_node.start_mark.line + 1)
+                raise LoadError(f"duplicate key {key!r}", _line(key_node.start_mark))
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+def _line(mark: Any) -> int | None:
+    """The 1-based line of a PyYAML mark (0-based; the pure or the C one), if any."""
+    return mark.line + 1 if mark is not None else None
 
 
 def load_yaml(text: str) -> Any:
@@ -103,7 +112,7 @@ def load_yaml(text: str) -> Any:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         detail = " ".join(str(exc.problem or exc).split())
-        raise LoadError(f"not valid YAML: {detail}", mark.line + 1 if mark else None) from None
+        raise LoadError(f"not valid YAML: {detail}", _line(mark)) from None
     except yaml.YAMLError as exc:
         raise LoadError(f"not valid YAML: {' '.join(str(exc).split())}") from None
     finally:
