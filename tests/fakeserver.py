@@ -15,8 +15,9 @@ Answers are deterministic: the reply is ``echo: <prompt>``, cut to ``max_tokens`
 whitespace-separated words (system and prompt in, reply out). :meth:`FakeServer.set_reply`
 fixes the reply of one model.
 
-Faults (:class:`Fault`) are queued per model name, or for any model, and each request
-consumes the first queued fault that applies to it. Every request is recorded
+Faults (:class:`Fault`): error statuses, slow answers, dropped connections, cut or
+stalled streams, huge bodies. They are queued per model name, or for any model, and each
+request consumes the first queued fault that applies to it. Every request is recorded
 (:attr:`FakeServer.requests`: path, headers, JSON body), so tests can count calls and
 check what was sent.
 
@@ -48,7 +49,15 @@ __all__ = ["FakeServer", "Fault", "RecordedRequest", "run_fake_server"]
 
 Wire = Literal["openai", "anthropic", "gemini"]
 FaultKind = Literal[
-    "http_error", "slow", "malformed_json", "drop", "no_usage", "stream_cut", "stream_error"
+    "http_error",
+    "slow",
+    "malformed_json",
+    "drop",
+    "no_usage",
+    "stream_cut",
+    "stream_error",
+    "huge",
+    "stream_stall",
 ]
 
 _GEMINI_PATH = re.compile(r"/models/([^/:]+):generateContent$")
@@ -106,6 +115,10 @@ class Fault:
     """``stream_cut`` / ``stream_error``: text chunks sent before the fault."""
     abrupt: bool = False
     """``stream_cut``: close the socket mid-body instead of ending the body cleanly."""
+    size: int = 0
+    """``huge``: bytes of answer text to send."""
+    declare_length: bool = True
+    """``huge``: send a content-length (False: chunked, the size known only at the end)."""
 
     @classmethod
     def http_error(
@@ -154,6 +167,17 @@ class Fault:
     def stream_error(cls, *, after: int = 1) -> Fault:
         """Stream ``after`` text chunks, then an error event, then end the body."""
         return cls("stream_error", after=after)
+
+    @classmethod
+    def huge(cls, size: int, *, declare_length: bool = True) -> Fault:
+        """Answer 200 with ``size`` bytes of text, sent in pieces: a JSON completion, or
+        for a stream one endless ``data:`` line."""
+        return cls("huge", size=size, declare_length=declare_length)
+
+    @classmethod
+    def stream_stall(cls, *, after: int = 1, delay_s: float) -> Fault:
+        """Stream ``after`` text chunks, then wait ``delay_s`` before the rest."""
+        return cls("stream_stall", after=after, delay_s=delay_s)
 
 
 @dataclass(frozen=True)
@@ -324,6 +348,9 @@ class FakeServer:
             extra = [(k.encode(), v.encode()) for k, v in fault.headers]
             await _send(conn, stream, fault.status, _error_body(wire, fault.status, message), extra)
             return True
+        if fault is not None and fault.kind == "huge":
+            await _huge(conn, stream, parsed, fault)
+            return True
         if fault is not None and fault.kind == "malformed_json":
             await _send(conn, stream, 200, b'{"id": "broken", "choices": [{"message": ')
             return True
@@ -385,6 +412,35 @@ async def _send(
     )
     out += conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
     await stream.send(out)
+
+
+async def _huge(
+    conn: h11.Connection, stream: anyio.abc.SocketStream, parsed: _Parsed, fault: Fault
+) -> None:
+    """Send ``fault.size`` bytes of text in 64 KiB pieces, never holding them all."""
+    if parsed.stream and parsed.wire != "gemini":
+        content_type, head, tail = b"text/event-stream", b"data: ", b""
+    else:
+        content_type, head, tail = (
+            b"application/json",
+            b'{"choices": [{"message": {"content": "',
+            b'"}}]}',
+        )
+    headers = [(b"content-type", content_type)]
+    if fault.declare_length:
+        headers.append((b"content-length", str(len(head) + fault.size + len(tail)).encode()))
+    try:
+        await stream.send(conn.send(h11.Response(status_code=200, headers=headers)))
+        await stream.send(conn.send(h11.Data(data=head)))
+        piece = b"x" * 65536
+        left = fault.size
+        while left > 0:
+            await stream.send(conn.send(h11.Data(data=piece[:left])))
+            left -= len(piece)
+        await stream.send(conn.send(h11.Data(data=tail)) + conn.send(h11.EndOfMessage()))
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+        # The client stopped reading at its cap and closed the connection.
+        return
 
 
 def _json(payload: Any) -> bytes:
@@ -565,6 +621,7 @@ async def _stream(
     tokens_out = _count(" ".join(words))
     pieces = [w if i == len(words) - 1 else w + " " for i, w in enumerate(words)]
     cut = fault if fault is not None and fault.kind in ("stream_cut", "stream_error") else None
+    stall = fault if fault is not None and fault.kind == "stream_stall" else None
     if cut is not None:
         pieces = pieces[: cut.after]
 
@@ -594,7 +651,9 @@ async def _stream(
 
         await emit(chunk({"role": "assistant", "content": ""}, None))
         await emit(b": keep-alive\n\n")
-        for piece in pieces:
+        for i, piece in enumerate(pieces):
+            if stall is not None and i == stall.after:
+                await anyio.sleep(stall.delay_s)
             await emit(chunk({"content": piece}, None))
         if cut is not None:
             error = {"message": "The server had an error while streaming", "type": "server_error"}
@@ -629,7 +688,9 @@ async def _stream(
     start = {"type": "content_block_start", "index": 0, "content_block": block}
     await emit(_sse(start, "content_block_start"))
     await emit(_sse({"type": "ping"}, "ping"))
-    for piece in pieces:
+    for i, piece in enumerate(pieces):
+        if stall is not None and i == stall.after:
+            await anyio.sleep(stall.delay_s)
         delta = {"type": "text_delta", "text": piece}
         await emit(
             _sse({"type": "content_block_delta", "index": 0, "delta": delta}, "content_block_delta")

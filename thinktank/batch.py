@@ -8,7 +8,6 @@ raises, never stops the others: each item of the result says how its session end
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import anyio
 from pydantic import BaseModel, ConfigDict
 
+from thinktank._safeload import LoadError, load_json
 from thinktank.errors import InputError, ThinkTankError
 from thinktank.providers.base import ModelClient
 from thinktank.result import SessionResult
@@ -92,9 +92,9 @@ def read_inputs_file(path: str | Path, spec: SessionSpec) -> list[dict[str, Any]
         if not line.strip():
             continue
         try:
-            data = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(f"{path}:{number}: not valid JSON: {exc.msg}")
+            data = load_json(line)
+        except LoadError as exc:
+            problems.append(f"{path}:{number}: {exc.message}")
             continue
         if not isinstance(data, dict):
             problems.append(f"{path}:{number}: expected a JSON object of input values")

@@ -109,17 +109,28 @@ class _Attempt:
     partial: str | None = None
 
 
-def _failed(exc: BaseException, timeout_s: float | None) -> _Attempt:
-    """The attempt record of an attempt that raised ``exc``."""
+def _failed(exc: BaseException, timeout_s: float | None, received: str | None) -> _Attempt:
+    """The attempt record of an attempt that raised ``exc`` after streaming
+    ``received`` (kept as its partial text when the error carries none)."""
     if isinstance(exc, ProviderError):
         # CallTimeoutError (a wire timeout) is both; it keeps its provider details.
         status: CallStatus = "timeout" if isinstance(exc, TimeoutError) else "failed"
         return _Attempt(
-            status, error=str(exc), exc=exc, status_code=exc.status_code, partial=exc.partial
+            status,
+            error=str(exc),
+            exc=exc,
+            status_code=exc.status_code,
+            partial=exc.partial if exc.partial is not None else received,
         )
     if isinstance(exc, TimeoutError):
-        return _Attempt("timeout", error=f"no answer within {timeout_s:g} s", exc=exc)
-    return _Attempt("failed", error=f"{type(exc).__name__}: {exc}", exc=exc)
+        if received:
+            error = (
+                f"no complete answer within {timeout_s:g} s ({len(received)} characters received)"
+            )
+        else:
+            error = f"no answer within {timeout_s:g} s"
+        return _Attempt("timeout", error=error, exc=exc, partial=received)
+    return _Attempt("failed", error=f"{type(exc).__name__}: {exc}", exc=exc, partial=received)
 
 
 def call_model(
@@ -162,16 +173,34 @@ def call_model(
     pooled = model if isinstance(model, PooledModel) else PooledModel(client=model)
     if request.max_tokens is None and pooled.max_tokens is not None:
         request = dataclasses.replace(request, max_tokens=pooled.max_tokens)
-    if on_delta is not None:
-        request = dataclasses.replace(
-            request, on_delta=functools.partial(on_delta, request.step_id, pooled.client.name)
-        )
+    # The text a streaming attempt has sent so far: what a timeout or a cancellation
+    # keeps of it (the client itself is cancelled, so it cannot hand its text back).
+    received: list[str] = []
+    forward = (
+        functools.partial(on_delta, request.step_id, pooled.client.name)
+        if on_delta is not None
+        else None
+    )
+
+    def collect(text: str) -> None:
+        received.append(text)
+        if forward is not None:
+            forward(text)
+
+    request = dataclasses.replace(request, on_delta=collect)
     limits = [*limiters, pooled.limiter] if pooled.limiter is not None else limiters
     attempt_timeout = pooled.timeout_s
     if timeout_s is not None and (attempt_timeout is None or timeout_s < attempt_timeout):
         attempt_timeout = timeout_s
     recorded = _recorded(
-        pooled, request, session_id, emit, attempt_timeout, budget, record_start=record_start
+        pooled,
+        request,
+        session_id,
+        emit,
+        attempt_timeout,
+        budget,
+        received,
+        record_start=record_start,
     )
     if not limits:
         return recorded
@@ -202,10 +231,12 @@ async def _recorded(
     emit: Emit,
     attempt_timeout: float | None,
     budget: Budget | None,
+    received: list[str],
     *,
     record_start: bool = True,
 ) -> CallResult:
-    """The attempts of one call, once its slots are held, with every event emitted."""
+    """The attempts of one call, once its slots are held, with every event emitted
+    (``received``: the streamed text of the attempt under way)."""
     client = pooled.client
     name = client.name
     limited = budget is not None and budget.limited
@@ -253,6 +284,7 @@ async def _recorded(
             try_started = started_at if tries == 1 else utcnow()
             try_start = time.perf_counter()
             outcome = None
+            received.clear()
             sent = request if tries == 1 else dataclasses.replace(request, retry=tries - 1)
             # One attempt, inline (not a coroutine of its own: this is every call's path).
             try:
@@ -266,7 +298,7 @@ async def _recorded(
                     if scope.cancelled_caught:
                         raise TimeoutError
             except Exception as exc:  # noqa: BLE001 - a broken client fails its call, not the session
-                outcome = _failed(exc, attempt_timeout)
+                outcome = _failed(exc, attempt_timeout, "".join(received) or None)
             else:
                 if response.error is None and tries == 1 and not limited:
                     # Answered at the first try with nothing to settle: most calls.
@@ -325,7 +357,7 @@ async def _recorded(
         if reserved:
             # What a cancelled attempt spent is unknown: keep its estimate as spent.
             budget.settle(est_cost, est_tokens, None, None)  # type: ignore[union-attr]
-        partial = outcome.partial if outcome is not None else None
+        partial = outcome.partial if outcome is not None else "".join(received) or None
         emit(
             _finished(
                 call, tries, "cancelled", None, "cancelled before the model answered", partial

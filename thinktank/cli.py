@@ -101,16 +101,18 @@ def main() -> None:
 
 
 def _parse_inputs(pairs: Sequence[str], inputs_file: str | None) -> dict[str, Any]:
-    import yaml
+
+    from thinktank._safeload import LoadError, load_yaml
 
     values: dict[str, Any] = {}
     if inputs_file is not None:
         try:
-            data = yaml.safe_load(Path(inputs_file).read_text(encoding="utf-8"))
+            data = load_yaml(Path(inputs_file).read_text(encoding="utf-8"))
         except OSError as exc:
             _fail([f"{inputs_file}: cannot read inputs file: {exc.strerror}"])
-        except yaml.YAMLError as exc:
-            _fail([f"{inputs_file}: not valid YAML/JSON: {' '.join(str(exc).split())}"])
+        except LoadError as exc:
+            where = f"{inputs_file}:{exc.line}" if exc.line is not None else inputs_file
+            _fail([f"{where}: {exc.message}"])
         if not isinstance(data, dict):
             _fail([f"{inputs_file}: an inputs file must hold a mapping of input names"])
         values.update(data)

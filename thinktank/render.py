@@ -443,6 +443,9 @@ def print_stored_session(stored: StoredSession) -> None:
         for call in step.calls:
             mark = "*" if call.included_in_consensus and call.status == "ok" else " "
             tail = call.error if call.error else _short(call.response, 60)
+            if call.error and call.response:
+                # A stream cut short (timeout, cap, dropped connection) keeps its text.
+                tail += f"; partial: {_short(call.response, 60)!r}"
             tries = f" ({call.tries} tries)" if call.tries > 1 else ""
             console.print(
                 f"  {mark} {call.model_id:<16} attempt {call.attempt} {call.status:<9} "

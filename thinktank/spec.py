@@ -17,10 +17,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
+from thinktank._safeload import LoadError, load_json, load_yaml
 from thinktank.errors import InputError, SpecError, SpecErrors
 from thinktank.providers.config import DEFAULT_MODEL, ModelConfig, ThinkTankConfig
 
@@ -468,10 +468,10 @@ def load_session(path: str | Path, *, known_models: Iterable[str] = ()) -> Sessi
     except OSError as exc:
         raise SpecErrors([SpecError(f"cannot read file: {exc.strerror}", file=file)]) from None
     try:
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        detail = " ".join(str(exc).split())
-        raise SpecErrors([SpecError(f"not valid YAML/JSON: {detail}", file=file)]) from None
+        data = load_json(text) if path.suffix.lower() == ".json" else load_yaml(text)
+    except LoadError as exc:
+        where = f"{file}:{exc.line}" if exc.line is not None else file
+        raise SpecErrors([SpecError(exc.message, file=where)]) from None
     return parse_session(data, file=file, known_models=known_models)
 
 

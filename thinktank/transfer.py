@@ -8,14 +8,24 @@ replays like it. The format is ``schemas/export.schema.json``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
+from thinktank._safeload import LoadError, load_json
 from thinktank.errors import UsageError
-from thinktank.events import event_from_dict
+from thinktank.events import (
+    CallAttempt,
+    CallFinished,
+    CallStarted,
+    Event,
+    SessionStarted,
+    StepsAdded,
+    _event_classes,
+)
 from thinktank.store import Store, StoredSession
 
 __all__ = [
@@ -55,23 +65,98 @@ async def export_session(store: Store, session_id: str) -> SessionExport:
 async def import_session(store: Store, data: str | bytes | dict[str, Any]) -> str:
     """Write an exported session into ``store``; returns its id.
 
+    The whole document is checked before anything is written, and the events are
+    written in one transaction, so a bad export leaves the database as it was.
+
     Raises:
-        UsageError: the data is not an export, or the session already exists there.
+        UsageError: the data is not an export (one line naming the event index and
+            field), or the session already exists there.
     """
     try:
-        raw = json.loads(data) if isinstance(data, (str, bytes)) else data
+        if isinstance(data, (str, bytes)):
+            text = data.decode("utf-8") if isinstance(data, bytes) else data
+            raw = load_json(text)
+        else:
+            raw = data
         export = SessionExport.model_validate(raw)
-        events = [event_from_dict(e) for e in export.events]
-    except (ValueError, ValidationError) as exc:
-        first = str(exc).splitlines()[0]
-        raise UsageError(f"not a thinktank session export: {first}") from None
+    except (LoadError, UnicodeDecodeError) as exc:
+        raise UsageError(f"not a thinktank session export: {exc}") from None
+    except ValidationError as exc:
+        raise UsageError(f"not a thinktank session export: {_first_error(exc)}") from None
+    events = [_event(i, e) for i, e in enumerate(export.events)]
+    _check_history(export.session.id, events)
     sid = export.session.id
     if any(s.id == sid for s in await store.list_sessions()):
         raise UsageError(f"session {sid} already exists in {store.url}; not importing")
-    if not events or events[0].type != "session_started":
-        raise UsageError("not a thinktank session export: its events do not start the session")
     await store.write(events)
     return sid
+
+
+_ADAPTERS: dict[type[Event], TypeAdapter[Event]] = {}
+
+
+def _adapter(cls: type[Event]) -> TypeAdapter[Event]:
+    adapter = _ADAPTERS.get(cls)
+    if adapter is None:
+        adapter = _ADAPTERS[cls] = TypeAdapter(cls)
+    return adapter
+
+
+def _event(index: int, data: dict[str, Any]) -> Event:
+    """Event ``index`` of an export, checked field by field (types, required fields,
+    timezone-aware times) as JSON would carry it."""
+    where = f"not a thinktank session export: events[{index}]"
+    kind = data.get("type")
+    cls = _event_classes().get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise UsageError(f"{where}: type: unknown event type {kind!r}")
+    where += f" ({kind})"
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in data.items() if k != "type"}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise UsageError(f"{where}: {unknown[0]}: unknown field")
+    try:
+        # Strict JSON validation: times must be ISO strings (not numbers), counts ints.
+        event = _adapter(cls).validate_json(json.dumps(values), strict=True)
+    except ValidationError as exc:
+        raise UsageError(f"{where}: {_first_error(exc)}") from None
+    for name in fields:
+        value = getattr(event, name)
+        if isinstance(value, datetime) and value.tzinfo is None:
+            raise UsageError(f"{where}: {name}: a time without a timezone")
+    return event
+
+
+def _check_history(sid: str, events: list[Event]) -> None:
+    """The events tell one session's story: it starts the session, and every step and
+    call they name was declared or started before."""
+    if not events or not isinstance(events[0], SessionStarted):
+        raise UsageError("not a thinktank session export: its events do not start the session")
+    steps: set[str] = set()
+    calls: set[str] = set()
+    for index, event in enumerate(events):
+        where = f"not a thinktank session export: events[{index}] ({event.type})"
+        if event.session_id != sid:
+            raise UsageError(f"{where}: session_id: not the exported session {sid}")
+        if isinstance(event, SessionStarted) and index > 0:
+            raise UsageError(f"{where}: the session starts twice")
+        if isinstance(event, SessionStarted | StepsAdded):
+            steps.update(info.step_id for info in event.steps)
+        step_id = getattr(event, "step_id", None)
+        if step_id is not None and step_id not in steps:
+            raise UsageError(f"{where}: step_id: no step {step_id!r} in the session")
+        if isinstance(event, CallStarted):
+            calls.add(event.call_id)
+        elif isinstance(event, CallFinished | CallAttempt) and event.call_id not in calls:
+            raise UsageError(f"{where}: call_id: call {event.call_id!r} was never started")
+
+
+def _first_error(exc: ValidationError) -> str:
+    """The first problem of a validation error, as ``field.path: message``."""
+    err = exc.errors(include_url=False)[0]
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+    return f"{path}: {err['msg']}" if path else err["msg"]
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}

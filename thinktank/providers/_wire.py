@@ -8,7 +8,8 @@ same, and lives here once.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar
 
 from thinktank.errors import ProviderError
@@ -17,7 +18,13 @@ from thinktank.providers.http import (
     Response,
     decode_json,
     error_from_response,
+    httpx,
+    iter_lines_capped,
+    read_capped,
+    redact,
+    response_too_big,
     secrets_of,
+    translate_errors,
 )
 
 __all__ = ["WireModel"]
@@ -43,12 +50,14 @@ class WireModel:
         timeout_s: float,
         input_cost_per_mtok: float | None,
         output_cost_per_mtok: float | None,
+        max_response_bytes: int,
     ) -> None:
         self._name = name
         self._model = model
         self._http = http
-        self._url = url
+        self._url, self._auth = _split_credentials(url)
         self._timeout_s = timeout_s
+        self._max_response_bytes = max_response_bytes
         self._input_cost = input_cost_per_mtok
         self._output_cost = output_cost_per_mtok
         base = dict(base_headers)
@@ -56,8 +65,13 @@ class WireModel:
             base[key_header[0]] = key_header[1]
         # The caller's headers win, compared case-insensitively.
         self._headers = {**base, **{k.lower(): v for k, v in headers.items()}}
-        self._secrets = secrets_of(api_key, self._headers)
+        self._secrets = secrets_of(api_key, self._headers, url)
         self._key_configured = bool(self._secrets)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(name={self._name!r}, model={self._model!r}, url={self._url!r})"
+        )
 
     @property
     def name(self) -> str:
@@ -69,7 +83,72 @@ class WireModel:
         """The wire protocol (whoever serves it)."""
         return self.PROVIDER
 
-    def _raise_for_status(self, response: Response, retry_after_s: float | None = None) -> None:
+    async def _post(
+        self, content: bytes, retry_hint: Callable[[str], float | None] | None = None
+    ) -> tuple[int, bytes]:
+        """POST ``content`` and read the answer under ``max_response_bytes``.
+
+        Args:
+            content: The request body.
+            retry_hint: Finds a retry hint in an error body (Gemini puts it there).
+
+        Returns:
+            The status and the body of a 2xx response.
+
+        Raises:
+            ProviderError: a transport failure, a body over the cap, or a non-2xx status.
+        """
+        with translate_errors(provider=self.PROVIDER, model=self._name, secrets=self._secrets):
+            async with self._send(content) as response:
+                body = await self._read(response)
+        if not 200 <= response.status_code < 300:
+            text = body.decode("utf-8", "replace")
+            self._raise_for_status(response, text, retry_hint(text) if retry_hint else None)
+        return response.status_code, body
+
+    async def _check_stream_status(self, response: Response) -> None:
+        """Raise the provider's error when a streamed response is not a 2xx (its error
+        body read under the cap)."""
+        if not 200 <= response.status_code < 300:
+            body = await self._read(response)
+            self._raise_for_status(response, body.decode("utf-8", "replace"))
+
+    def _send(self, content: bytes) -> AbstractAsyncContextManager[Response]:
+        """POST ``content``; the response is streamed (read it with :meth:`_read` or
+        :meth:`_lines`, inside the ``async with``)."""
+        return self._http.stream(
+            "POST",
+            self._url,
+            content=content,
+            headers=self._headers,
+            timeout=self._timeout_s,
+            auth=self._auth,
+        )
+
+    async def _read(self, response: Response) -> bytes:
+        """The body of a streamed response, at most ``max_response_bytes`` of it."""
+        return await read_capped(response, self._max_response_bytes, self._too_big)
+
+    def _lines(
+        self, response: Response, partial: Callable[[], str | None]
+    ) -> AsyncGenerator[str, None]:
+        """The lines of a streamed response, at most ``max_response_bytes`` in all; past
+        the cap the error keeps the text received (``partial``)."""
+        return iter_lines_capped(
+            response, self._max_response_bytes, lambda: self._too_big(partial())
+        )
+
+    def _too_big(self, partial: str | None = None) -> ProviderError:
+        return response_too_big(
+            provider=self.PROVIDER,
+            model=self._name,
+            limit=self._max_response_bytes,
+            partial=redact(partial, self._secrets) if partial else partial,
+        )
+
+    def _raise_for_status(
+        self, response: Response, body_text: str, retry_after_s: float | None = None
+    ) -> None:
         """Raise the provider's error for a non-2xx response (``retry_after_s``: a hint
         found in the body, used when the headers give none)."""
         if 200 <= response.status_code < 300:
@@ -79,7 +158,7 @@ class WireModel:
             model=self._name,
             status=response.status_code,
             headers=response.headers,
-            body_text=response.text,
+            body_text=body_text,
             secrets=self._secrets,
             retry_after_s=retry_after_s,
             key_configured=self._key_configured,
@@ -98,3 +177,19 @@ class WireModel:
             retryable=False,
             partial=partial,
         )
+
+
+def _split_credentials(url: str) -> tuple[str, httpx.BasicAuth | None]:
+    """``url`` without its userinfo, and that userinfo as basic auth.
+
+    httpx would send URL credentials as basic auth itself, but it also logs the URL
+    it requests: taken out of the URL, they reach no log line.
+    """
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return url, None  # the request reports the bad URL
+    if not parsed.userinfo:
+        return url, None
+    auth = httpx.BasicAuth(parsed.username, parsed.password)
+    return str(parsed.copy_with(userinfo=b"")), auth

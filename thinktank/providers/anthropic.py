@@ -30,6 +30,7 @@ from typing import Any
 from thinktank.errors import ProviderError
 from thinktank.providers._wire import WireModel
 from thinktank.providers.base import ModelRequest, ModelResponse
+from thinktank.providers.config import DEFAULT_MAX_RESPONSE_BYTES
 from thinktank.providers.http import (
     AsyncClient,
     as_count,
@@ -68,6 +69,7 @@ class AnthropicModel(WireModel):
         timeout_s: float = 60.0,
         input_cost_per_mtok: float | None = None,
         output_cost_per_mtok: float | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         """Configure the client; nothing is sent until :meth:`complete`.
 
@@ -101,11 +103,9 @@ class AnthropicModel(WireModel):
             timeout_s=timeout_s,
             input_cost_per_mtok=input_cost_per_mtok,
             output_cost_per_mtok=output_cost_per_mtok,
+            max_response_bytes=max_response_bytes,
         )
         self._stream = stream
-
-    def __repr__(self) -> str:
-        return f"AnthropicModel(name={self._name!r}, model={self._model!r}, url={self._url!r})"
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
         """Send one Messages request.
@@ -127,13 +127,8 @@ class AnthropicModel(WireModel):
         start = time.perf_counter()
         if self._stream:
             return await self._complete_streaming(content, start, request.on_delta)
-        with translate_errors(provider="anthropic", model=self._name, secrets=self._secrets):
-            response = await self._http.post(
-                self._url, content=content, headers=self._headers, timeout=self._timeout_s
-            )
-        self._raise_for_status(response)
-        data = self._decode(response.content, response.status_code)
-        return self._from_message(data, start)
+        status, body = await self._post(content)
+        return self._from_message(self._decode(body, status), start)
 
     def _body(self, request: ModelRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -206,17 +201,13 @@ class AnthropicModel(WireModel):
         with translate_errors(
             provider="anthropic", model=self._name, secrets=self._secrets, partial=partial
         ):
-            async with self._http.stream(
-                "POST", self._url, content=content, headers=self._headers, timeout=self._timeout_s
-            ) as response:
-                if not 200 <= response.status_code < 300:
-                    await response.aread()
-                    self._raise_for_status(response)
+            async with self._send(content) as response:
+                await self._check_stream_status(response)
                 if not response.headers.get("content-type", "").startswith("text/event-stream"):
-                    body = await response.aread()
+                    body = await self._read(response)
                     data = self._decode(body, response.status_code)
                     return self._from_message(data, start)
-                async with aclosing(iter_sse(response.aiter_lines())) as events:
+                async with aclosing(iter_sse(self._lines(response, partial))) as events:
                     async for event in events:
                         payload = self._decode_event(event.data, partial())
                         kind = payload.get("type", event.event)

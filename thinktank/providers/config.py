@@ -14,10 +14,11 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_serializer
 from pydantic.alias_generators import to_camel
 
 from thinktank.errors import SpecError, SpecErrors
+from thinktank.providers._redact import redact_userinfo
 from thinktank.providers.local import LocalModelConfig
 from thinktank.providers.simulated import SimulatedModelConfig
 
@@ -25,6 +26,7 @@ __all__ = [
     "CONFIG_ENV",
     "DEFAULT_BASE_URLS",
     "DEFAULT_KEY_ENVS",
+    "DEFAULT_MAX_RESPONSE_BYTES",
     "DEFAULT_MODEL",
     "HttpModelConfig",
     "ModelConfig",
@@ -32,6 +34,10 @@ __all__ = [
     "find_config",
     "load_config",
 ]
+
+DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+"""Most bytes of one HTTP response read (``max_response_bytes``): far above any chat
+answer, far below what would strain memory with many calls in flight."""
 
 DEFAULT_MODEL = "local"
 """The model of steps that name none, in sessions that set no default either."""
@@ -71,7 +77,9 @@ class HttpModelConfig(BaseModel):
     model: Annotated[str, Field(min_length=1)]
     """The provider's model id (``gpt-4o-mini``, ``claude-sonnet-4-5``, ...)."""
     base_url: str | None = None
-    """API root; the provider's public endpoint when unset (``OPENAI_BASE_URL`` too)."""
+    """API root; the provider's public endpoint when unset (``OPENAI_BASE_URL`` too).
+    Credentials in it (``https://user:pass@host/v1``) are sent as basic auth but never
+    stored or shown: JSON dumps (the stored session, ``show``, ``export``) hide them."""
     api_key_env: str | None = None
     """Variable holding the key. Unset: the provider's usual variable, required for
     the public endpoint and optional for a custom ``base_url``."""
@@ -93,6 +101,15 @@ class HttpModelConfig(BaseModel):
     """Domains the model is good at."""
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     """Default output limit when a step sets none (Anthropic requires one)."""
+    max_response_bytes: Annotated[int, Field(ge=1024)] = DEFAULT_MAX_RESPONSE_BYTES
+    """Most bytes of one response read (streamed or not); a larger response fails the
+    call with an error naming the cap, and is not retried."""
+
+    @field_serializer("base_url", when_used="json")
+    def _hide_credentials(self, base_url: str | None) -> str | None:
+        # JSON is what leaves the process (the store, show, export); the URL in memory
+        # keeps its credentials for the requests.
+        return redact_userinfo(base_url) if base_url else base_url
 
 
 ModelConfig = Annotated[

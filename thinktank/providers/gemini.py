@@ -25,12 +25,12 @@ from typing import Any
 from thinktank.errors import ProviderError
 from thinktank.providers._wire import WireModel
 from thinktank.providers.base import ModelRequest, ModelResponse
+from thinktank.providers.config import DEFAULT_MAX_RESPONSE_BYTES
 from thinktank.providers.http import (
     AsyncClient,
     as_count,
     cost_usd,
     error_from_payload,
-    translate_errors,
 )
 
 __all__ = ["GeminiModel"]
@@ -56,6 +56,7 @@ class GeminiModel(WireModel):
         timeout_s: float = 60.0,
         input_cost_per_mtok: float | None = None,
         output_cost_per_mtok: float | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         """Configure the client; nothing is sent until :meth:`complete`.
 
@@ -70,6 +71,8 @@ class GeminiModel(WireModel):
             timeout_s: Connect, write, pool and per-read timeout of one attempt.
             input_cost_per_mtok: USD per million prompt tokens, if known.
             output_cost_per_mtok: USD per million output tokens, if known.
+            max_response_bytes: Most bytes of a response read; a larger one fails
+                the call (not retried).
         """
         model = model.removeprefix("models/")
         super().__init__(
@@ -84,6 +87,7 @@ class GeminiModel(WireModel):
             timeout_s=timeout_s,
             input_cost_per_mtok=input_cost_per_mtok,
             output_cost_per_mtok=output_cost_per_mtok,
+            max_response_bytes=max_response_bytes,
         )
 
     def __repr__(self) -> str:
@@ -106,15 +110,9 @@ class GeminiModel(WireModel):
         """
         content = json.dumps(self._body(request)).encode()
         start = time.perf_counter()
-        with translate_errors(provider="gemini", model=self._name, secrets=self._secrets):
-            response = await self._http.post(
-                self._url, content=content, headers=self._headers, timeout=self._timeout_s
-            )
-        if not 200 <= response.status_code < 300:
-            # Gemini puts its retry hint in the body (RetryInfo.retryDelay).
-            self._raise_for_status(response, _retry_delay(response.text))
-        data = self._decode(response.content, response.status_code)
-        return self._from_body(data, start)
+        # Gemini puts its retry hint in the body (RetryInfo.retryDelay).
+        status, body = await self._post(content, retry_hint=_retry_delay)
+        return self._from_body(self._decode(body, status), start)
 
     def _body(self, request: ModelRequest) -> dict[str, Any]:
         body: dict[str, Any] = {

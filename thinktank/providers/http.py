@@ -26,6 +26,9 @@ What lives here:
 - :func:`error_from_response`: a non-2xx response to ``ProviderError``, with the
   provider's own message (:func:`error_message`), retryability
   (:func:`is_retryable_status`) and the server's hint (:func:`parse_retry_after`);
+- :func:`read_capped` / :func:`iter_lines_capped`: a body or its lines read under the
+  model's ``max_response_bytes``, so memory stays bounded whatever the server sends
+  (:func:`response_too_big` is the error past it);
 - :func:`decode_json`, :func:`as_count`, :func:`cost_usd`, :func:`secrets_of`,
   :func:`redact`: small helpers every wire module needs. API keys never reach an
   error message, body or partial text.
@@ -33,17 +36,20 @@ What lives here:
 
 from __future__ import annotations
 
+import codecs
 import email.utils
 import json
 import math
+import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeAlias
 
 import httpx2 as httpx
 
 from thinktank.errors import CallTimeoutError, ProviderError
+from thinktank.providers._redact import redact_userinfo
 
 __all__ = [
     "AsyncClient",
@@ -58,8 +64,11 @@ __all__ = [
     "error_message",
     "httpx",
     "is_retryable_status",
+    "iter_lines_capped",
     "parse_retry_after",
+    "read_capped",
     "redact",
+    "response_too_big",
     "secrets_of",
     "translate_errors",
 ]
@@ -70,6 +79,7 @@ Response: TypeAlias = httpx.Response
 """The response type of :data:`AsyncClient`."""
 
 _SNIPPET_CHARS = 200
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _REDACTED = "[REDACTED]"
 # Shorter "secrets" would blank out ordinary words in messages; real keys are far longer.
 _MIN_SECRET_CHARS = 6
@@ -113,10 +123,11 @@ def create_http_client(*, max_connections: int = 100, max_keepalive: int = 20) -
 
 
 def redact(text: str, secrets: Iterable[str | None]) -> str:
-    """``text`` with every secret in ``secrets`` replaced by ``[REDACTED]``.
+    """``text`` with every secret in ``secrets`` replaced by ``[REDACTED]``, and the
+    credentials of any URL in it hidden (:func:`redact_userinfo`).
 
     Args:
-        text: Any text that may quote a secret (error bodies echo keys back).
+        text: Any text that may quote a secret (error bodies echo keys and URLs back).
         secrets: API keys and other header values; None and very short values are
             skipped.
 
@@ -126,20 +137,32 @@ def redact(text: str, secrets: Iterable[str | None]) -> str:
     for secret in secrets:
         if secret and len(secret) >= _MIN_SECRET_CHARS and secret in text:
             text = text.replace(secret, _REDACTED)
-    return text
+    return redact_userinfo(text)
 
 
-def secrets_of(api_key: str | None, headers: Mapping[str, str]) -> tuple[str, ...]:
-    """The values to redact from errors: the API key and credential-like header values.
+def secrets_of(
+    api_key: str | None, headers: Mapping[str, str], url: str | None = None
+) -> tuple[str, ...]:
+    """The values to redact from errors: the API key, credential-like header values and
+    the user and password of ``url``.
 
     Args:
         api_key: The configured key, if any.
         headers: Extra headers the user configured.
+        url: The request URL, whose userinfo may hold credentials.
 
     Returns:
         The secrets, longest first (so a key that contains another is removed whole).
     """
     found = {api_key} if api_key else set()
+    if url is not None:
+        try:
+            parsed = httpx.URL(url)
+        except httpx.InvalidURL:
+            parsed = None
+        if parsed is not None and parsed.userinfo:
+            # Quoted alone too: a server may echo the password without the URL.
+            found.update({parsed.userinfo.decode("ascii", "replace"), parsed.password})
     for name, value in headers.items():
         if any(hint in name.lower() for hint in _SECRET_HEADER_HINTS):
             found.add(value)
@@ -480,6 +503,107 @@ def decode_json(
         body=snippet,
         retryable=False,
     )
+
+
+def response_too_big(
+    *, provider: str, model: str, limit: int, partial: str | None = None
+) -> ProviderError:
+    """The ``ProviderError`` for a response over ``max_response_bytes`` (not retried:
+    the same request would get the same answer).
+
+    Args:
+        provider: Provider kind.
+        model: The configured model name.
+        limit: The cap in bytes.
+        partial: Text of a stream received before the cap, if any.
+
+    Returns:
+        The error (not raised).
+    """
+    return ProviderError(
+        f"{provider} model {model!r}: the response is larger than max_response_bytes"
+        f" ({limit} bytes); raise it in the model's config if this is expected",
+        provider=provider,
+        model=model,
+        retryable=False,
+        partial=partial,
+    )
+
+
+async def read_capped(
+    response: Response, limit: int, too_big: Callable[[], ProviderError]
+) -> bytes:
+    """The whole body of a streamed ``response``, refusing to hold more than ``limit``
+    bytes (decoded), so a huge or endless body cannot exhaust memory.
+
+    Args:
+        response: A response opened with ``client.stream(...)``.
+        limit: Most bytes to read.
+        too_big: Builds the error raised past the limit.
+
+    Returns:
+        The body.
+
+    Raises:
+        ProviderError: from ``too_big`` when the body is larger than ``limit``.
+    """
+    _check_length(response, limit, too_big)
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in response.aiter_bytes():
+        total += len(chunk)
+        if total > limit:
+            raise too_big()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def iter_lines_capped(
+    response: Response, limit: int, too_big: Callable[[], ProviderError]
+) -> AsyncGenerator[str, None]:
+    """The lines of a streamed ``response`` (UTF-8, without line endings), like
+    ``aiter_lines`` but refusing to read more than ``limit`` bytes in all: an endless
+    line would otherwise grow the line buffer without bound.
+
+    Args:
+        response: A response opened with ``client.stream(...)``.
+        limit: Most bytes to read.
+        too_big: Builds the error raised past the limit.
+
+    Yields:
+        Each line; lines end at LF, CRLF or CR (the Server-Sent Events rules).
+
+    Raises:
+        ProviderError: from ``too_big`` when the body is larger than ``limit``.
+    """
+    _check_length(response, limit, too_big)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    pending = ""
+    total = 0
+    async for chunk in response.aiter_bytes():
+        total += len(chunk)
+        if total > limit:
+            raise too_big()
+        text = pending + decoder.decode(chunk)
+        # A CR at the end may be the first half of a CRLF: keep it for the next chunk.
+        held = "\r" if text.endswith("\r") else ""
+        lines = _LINE_BREAK.split(text[: len(text) - len(held)])
+        pending = lines.pop() + held
+        for line in lines:
+            yield line
+    lines = _LINE_BREAK.split(pending + decoder.decode(b"", final=True))
+    if lines[-1] == "":
+        lines.pop()
+    for line in lines:
+        yield line
+
+
+def _check_length(response: Response, limit: int, too_big: Callable[[], ProviderError]) -> None:
+    """Refuse at once a body whose declared (unencoded) length is over the limit."""
+    declared = response.headers.get("content-length", "")
+    encoded = response.headers.get("content-encoding", "identity").lower() != "identity"
+    if declared.isdigit() and not encoded and int(declared) > limit:
+        raise too_big()
 
 
 def cost_usd(

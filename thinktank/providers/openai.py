@@ -28,6 +28,7 @@ from typing import Any, Literal
 from thinktank.errors import ProviderError
 from thinktank.providers._wire import WireModel
 from thinktank.providers.base import ModelRequest, ModelResponse
+from thinktank.providers.config import DEFAULT_MAX_RESPONSE_BYTES
 from thinktank.providers.http import (
     AsyncClient,
     as_count,
@@ -60,6 +61,7 @@ class OpenAICompatibleModel(WireModel):
         timeout_s: float = 60.0,
         input_cost_per_mtok: float | None = None,
         output_cost_per_mtok: float | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens",
     ) -> None:
         """Configure the client; nothing is sent until :meth:`complete`.
@@ -77,6 +79,8 @@ class OpenAICompatibleModel(WireModel):
             timeout_s: Connect, write, pool and per-read timeout of one attempt.
             input_cost_per_mtok: USD per million prompt tokens, if known.
             output_cost_per_mtok: USD per million completion tokens, if known.
+            max_response_bytes: Most bytes of a response read; a larger one fails
+                the call (not retried).
             max_tokens_param: The body field for the output limit; OpenAI's reasoning
                 models accept only ``max_completion_tokens``.
         """
@@ -95,14 +99,10 @@ class OpenAICompatibleModel(WireModel):
             timeout_s=timeout_s,
             input_cost_per_mtok=input_cost_per_mtok,
             output_cost_per_mtok=output_cost_per_mtok,
+            max_response_bytes=max_response_bytes,
         )
         self._stream = stream
         self._max_tokens_param = max_tokens_param
-
-    def __repr__(self) -> str:
-        return (
-            f"OpenAICompatibleModel(name={self._name!r}, model={self._model!r}, url={self._url!r})"
-        )
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
         """Send one chat-completions request.
@@ -124,13 +124,8 @@ class OpenAICompatibleModel(WireModel):
         start = time.perf_counter()
         if self._stream:
             return await self._complete_streaming(content, start, request.on_delta)
-        with translate_errors(provider="openai", model=self._name, secrets=self._secrets):
-            response = await self._http.post(
-                self._url, content=content, headers=self._headers, timeout=self._timeout_s
-            )
-        self._raise_for_status(response)
-        data = self._decode(response.content, response.status_code)
-        return self._from_completion(data, start)
+        status, body = await self._post(content)
+        return self._from_completion(self._decode(body, status), start)
 
     def _body(self, request: ModelRequest) -> dict[str, Any]:
         messages: list[dict[str, str]] = []
@@ -191,18 +186,14 @@ class OpenAICompatibleModel(WireModel):
         with translate_errors(
             provider="openai", model=self._name, secrets=self._secrets, partial=partial
         ):
-            async with self._http.stream(
-                "POST", self._url, content=content, headers=self._headers, timeout=self._timeout_s
-            ) as response:
-                if not 200 <= response.status_code < 300:
-                    await response.aread()
-                    self._raise_for_status(response)
+            async with self._send(content) as response:
+                await self._check_stream_status(response)
                 if not response.headers.get("content-type", "").startswith("text/event-stream"):
                     # The server ignored "stream": it answered with one JSON body.
-                    body = await response.aread()
+                    body = await self._read(response)
                     data = self._decode(body, response.status_code)
                     return self._from_completion(data, start)
-                async with aclosing(iter_sse(response.aiter_lines())) as events:
+                async with aclosing(iter_sse(self._lines(response, partial))) as events:
                     async for event in events:
                         if event.data == "[DONE]":
                             # Read on to the end of the body (nothing should follow): a

@@ -22,6 +22,7 @@ import anyio
 from anyio.lowlevel import RunVar
 
 from thinktank.calls import PooledModel
+from thinktank.providers._redact import redact_userinfo
 from thinktank.providers.base import ModelClient
 from thinktank.providers.config import (
     DEFAULT_BASE_URLS,
@@ -246,7 +247,7 @@ class ModelRegistry:
         if isinstance(entry, HttpModelConfig):
             key_env, _required = self._key(entry)
             present = bool(self.environ.get(key_env)) if key_env else None
-            base_url = entry.base_url or DEFAULT_BASE_URLS[entry.provider]
+            base_url = redact_userinfo(entry.base_url or DEFAULT_BASE_URLS[entry.provider])
             model = entry.model
         elif isinstance(entry, LocalModelConfig):
             model = entry.model_path or "gemma3-270m (packaged)"
@@ -339,6 +340,7 @@ class ModelRegistry:
             "api_key": key or None,
             "headers": entry.headers,
             "timeout_s": entry.timeout_s,
+            "max_response_bytes": entry.max_response_bytes,
             "input_cost_per_mtok": entry.input_cost_per_mtok,
             "output_cost_per_mtok": entry.output_cost_per_mtok,
             "base_url": entry.base_url or DEFAULT_BASE_URLS[entry.provider],
