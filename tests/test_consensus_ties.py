@@ -4,6 +4,7 @@ empty or unparseable answers never winning (issue #11, item 11)."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -18,6 +19,8 @@ from thinktank.consensus import (
     synthesize,
 )
 from thinktank.consensus.synthesis import union
+
+from .test_modes import one_step, run_stored, sim
 
 fast = settings(max_examples=80, deadline=None)
 
@@ -186,3 +189,32 @@ def test_unknown_tie_break_is_rejected() -> None:
     """A misspelt rule is a clear error naming the known ones."""
     with pytest.raises(ValueError, match=r"unknown tie_break 'alphabet'.*earliest"):
         MergeOptions(tie_break="alphabet")  # type: ignore[arg-type]
+
+
+# -- end to end: the rule in a real run -------------------------------------------------
+
+
+async def test_a_run_breaks_ties_by_arrival_and_by_option(tmp_path: Path) -> None:
+    """A 1-1 vote in a real run goes to the answer that arrived first ("Paris", though
+    "lyon" comes first in the alphabet); ``tie_break: model_order`` gives it to the
+    first model listed; the option is part of the cache key."""
+    models = {"late": sim("Lyon", 300), "early": sim("Paris", 5)}
+    result, _ = await run_stored(one_step(models), tmp_path / "a.db")
+    assert result.steps["q"].output == "Paris"
+    ordered = one_step(models, tie_break="model_order")
+    result, _ = await run_stored(ordered, tmp_path / "a.db")
+    assert result.steps["q"].output == "Lyon"
+    assert result.steps["q"].consensus.cached_from is None
+
+
+async def test_a_run_never_lets_blank_answers_win(tmp_path: Path) -> None:
+    """Two empty answers (first to arrive) against two "42": "42", with its true share."""
+    models = {"e1": sim("", 1), "e2": sim(" ", 1), "n1": sim("42", 50), "n2": sim("42.", 50)}
+    result, _ = await run_stored(one_step(models), tmp_path / "b.db")
+    step = result.steps["q"]
+    assert (step.output, step.consensus.score) == ("42", 0.5)
+    blank = one_step({"e1": sim("", 1), "e2": sim("...", 1)})
+    result, _ = await run_stored(blank, tmp_path / "c.db")
+    step = result.steps["q"]
+    assert (step.status, step.output) == ("completed", "")
+    assert step.consensus.outcome == "no_answer,low_consensus"
