@@ -171,3 +171,42 @@ async def test_execute_parallel_merges_what_arrived_over_http(
     by_model = {r.model: r for r in result.responses}
     assert by_model["slow"].status == "cancelled" and not by_model["slow"].included_in_consensus
     assert all(by_model[m].status == "ok" and by_model[m].included_in_consensus for m in "abcd")
+
+
+def test_outside_a_scheduler_the_step_scope_merges_too() -> None:
+    """Called directly (no worker lane: the attempt's own scope is cut), a timed-out
+    multi-model step merges what arrived as well."""
+    from thinktank.providers.simulated import SimulatedModel, SimulatedModelConfig
+    from thinktank.spec import parse_session
+    from thinktank.steps import StepExecutor
+
+    models, _, _ = CASES["all"]
+    spec = parse_session(
+        {
+            "name": "direct",
+            "steps": [
+                {"id": "q", "prompt": "p", "models": list(models), "timeout_ms": STEP_TIMEOUT_MS}
+            ],
+        },
+        known_models=list(models),
+    )
+    clients = {
+        name: SimulatedModel(name, SimulatedModelConfig.model_validate(config))
+        for name, config in models.items()
+    }
+    events: list[Event] = []
+    executor = StepExecutor(
+        session_id="x", spec=spec, clients=clients, inputs={}, emit=events.append
+    )
+
+    async def main() -> object:
+        with anyio.fail_after(30):
+            try:
+                return await executor("q")
+            finally:
+                executor.close()
+
+    assert anyio.run(main, backend="asyncio") is None
+    assert executor.outputs["q"] in {"Paris", "paris.", "The answer is Paris"}
+    [consensus] = [e for e in events if isinstance(e, ConsensusComputed)]
+    assert consensus.outcome == "k_of_n" and len(consensus.included_call_ids) == 3
