@@ -15,7 +15,9 @@ import anyio
 import pytest
 
 import thinktank
+from tests import pg
 from thinktank.events import ConsensusComputed, Event
+from thinktank.store import Store
 
 from .fakeserver import FakeServer, Fault, run_fake_server
 from .test_modes import one_step, run_stored, sim
@@ -210,3 +212,83 @@ def test_outside_a_scheduler_the_step_scope_merges_too() -> None:
     assert executor.outputs["q"] in {"Paris", "paris.", "The answer is Paris"}
     [consensus] = [e for e in events if isinstance(e, ConsensusComputed)]
     assert consensus.outcome == "k_of_n" and len(consensus.included_call_ids) == 3
+
+
+db_url = pg.db_url
+pg_server = pg.pg_server
+pg_url = pg.pg_url
+
+
+async def test_a_timed_out_quorum_without_agreement_is_stored(db_url: str) -> None:
+    """Four disagreeing answers at the deadline of a quorum step: merged and flagged
+    with every outcome that applies, stored on SQLite and PostgreSQL alike."""
+    models = {
+        "a": sim("1", 5),
+        "b": sim("2", 5),
+        "c": sim("3", 5),
+        "d": sim("4", 5),
+        "slow": sim("1", SLOW_MS),
+    }
+    spec = one_step(models, mode="quorum", timeout_ms=STEP_TIMEOUT_MS)
+    with anyio.fail_after(60):
+        result = await thinktank.run(spec, store=db_url)
+        async with await thinktank.Store.open(db_url) as store:
+            stored = await store.get_session(result.session_id)
+    step = result.steps["q"]
+    assert (step.status, step.output) == ("completed", "1")
+    assert step.consensus.outcome == "k_of_n,quorum_not_reached,low_consensus"
+    assert stored.steps[0].consensus.outcome == step.consensus.outcome
+
+
+async def test_consensus_rows_survive_the_outcome_column_migration(db_url: str) -> None:
+    """A consensus stored at migration 0003 is still there after 0004 widened its
+    ``outcome`` column, with its indexes."""
+    from sqlalchemy import Connection, insert
+
+    from tests.test_store import T0, new_id
+    from tests.test_store_schema import _declared_indexes, _indexes, _write_old_session
+    from thinktank.store import _create_engine
+    from thinktank.store._migrations import MIGRATIONS, initial_tables, upgrade
+
+    sid, step_ids = new_id(), (new_id(), new_id())
+
+    def write(conn: Connection) -> None:
+        _write_old_session(conn, sid, step_ids)
+        conn.execute(
+            insert(initial_tables().tables["thinktank_consensus"]).values(
+                id=new_id(),
+                session_id=sid,
+                step_id=step_ids[0],
+                method="majority",
+                score=0.5,
+                threshold=0.7,
+                reached=False,
+                content="42",
+                outcome="k_of_n,low_consensus",
+                clusters=[],
+                included_call_ids=[],
+                created_at=T0,
+                mode="all",
+                early_termination=False,
+                escalation=[],
+                items=[],
+            )
+        )
+
+    engine, _ = _create_engine(db_url)
+    try:
+        await upgrade(engine, MIGRATIONS[:3])
+        async with engine.begin() as conn:
+            await conn.run_sync(write)
+    finally:
+        await engine.dispose()
+    async with await Store.open(db_url) as store:
+        stored = await store.get_session(sid)
+    consensus = stored.steps[0].consensus
+    assert (consensus.content, consensus.outcome) == ("42", "k_of_n,low_consensus")
+    engine, _ = _create_engine(db_url)
+    try:
+        async with engine.connect() as conn:
+            assert await conn.run_sync(_indexes) == _declared_indexes()
+    finally:
+        await engine.dispose()
