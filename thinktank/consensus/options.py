@@ -84,7 +84,7 @@ class MergeOptions:
     listed come after those listed). Stored as a tuple."""
 
     def __post_init__(self) -> None:
-        """Validate the fields and freeze ``weights``."""
+        """Validate the fields and freeze ``weights`` and ``model_order``."""
         if self.agreement not in get_args(AgreementMode):
             known = ", ".join(get_args(AgreementMode))
             raise ValueError(f"unknown agreement mode {self.agreement!r}; known: {known}")
