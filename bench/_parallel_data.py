@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from thinktank.consensus import Answer, MergeOptions, agreement
+from thinktank.consensus import Answer, MergeOptions, quorum_reached
 from thinktank.parallel import Mode, order_by_price
 from thinktank.providers.base import ModelRequest
 from thinktank.providers.simulated import SimulatedModel, SimulatedModelConfig
@@ -240,12 +240,13 @@ class Ideal:
 
 
 def _agrees(answered: Sequence[Draw], need: int, threshold: float, options: MergeOptions) -> bool:
-    # thinktank.parallel._agrees on the same answers (keys only need to be unique).
-    if len(answered) < need:
-        return False
-    answers = [Answer(key=d.model, model=d.model, text=d.content or "") for d in answered]
-    clusters, score = agreement(answers, options)
-    return score >= threshold and len(clusters[0].keys) >= need
+    # thinktank.parallel._agrees on the same answers (keys only need to be unique;
+    # ``answered`` is in arrival order).
+    answers = [
+        Answer(key=d.model, model=d.model, text=d.content or "", arrival=i)
+        for i, d in enumerate(answered)
+    ]
+    return quorum_reached(answers, min_models=need, threshold=threshold, options=options)
 
 
 def ideal(

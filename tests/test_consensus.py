@@ -281,7 +281,8 @@ def test_score_in_unit_interval(answers: list[Answer]) -> None:
 @fast
 @given(answer_lists())
 def test_cluster_invariants(answers: list[Answer]) -> None:
-    """Clusters partition the answers, keys are sorted, weights add up, order is by weight."""
+    """Clusters partition the answers, keys are sorted, weights add up, order is by weight
+    (blank answers last)."""
     clusters = cluster_answers(answers)
     by_key = {answer.key: answer for answer in answers}
     assert sorted(key for cluster in clusters for key in cluster.keys) == sorted(by_key)
@@ -291,20 +292,21 @@ def test_cluster_invariants(answers: list[Answer]) -> None:
         assert cluster.weight == math.fsum(by_key[key].weight for key in cluster.keys)
         assert {normalize_answer(by_key[key].text) for key in cluster.keys} == {cluster.answer}
         assert cluster.representative in {by_key[key].text for key in cluster.keys}
-    order = [(-cluster.weight, cluster.answer) for cluster in clusters]
+    order = [(cluster.blank, -cluster.weight) for cluster in clusters]
     assert order == sorted(order)
 
 
 @fast
 @given(st.lists(st.sampled_from(["b", "a", "c", "d"]), min_size=1, max_size=4, unique=True))
 def test_ties_break_deterministically(texts: list[str]) -> None:
-    """Equal-weight clusters come in answer order, the same for every input permutation."""
-    answers = [Answer(f"k-{text}", "m", text) for text in texts]
+    """Equal-weight clusters come in arrival order (not the alphabet), the same for
+    every input permutation."""
+    answers = [Answer(f"k-{text}", "m", text, arrival=i) for i, text in enumerate(texts)]
     expected = [cluster.answer for cluster in cluster_answers(answers)]
-    assert expected == sorted(texts)
+    assert expected == texts
     for permutation in itertools.permutations(answers):
         assert [cluster.answer for cluster in cluster_answers(permutation)] == expected
-        assert majority(permutation, 0.5).content == min(texts)
+        assert majority(permutation, 0.5).content == texts[0]
 
 
 def test_weights_decide_the_winner() -> None:
@@ -319,23 +321,23 @@ def test_weights_decide_the_winner() -> None:
     assert agreement_score(clusters) == pytest.approx(0.6)
 
 
-def test_representative_is_shortest_then_smallest_text() -> None:
-    """The representative is the shortest stripped text, ties broken by the text."""
+def test_representative_is_shortest_then_earliest() -> None:
+    """The representative is the shortest stripped text, ties broken by arrival."""
     answers = [
-        Answer("k1", "m", "The answer is Paris"),
-        Answer("k2", "m", "paris "),
-        Answer("k3", "m", "Paris"),
+        Answer("k1", "m", "The answer is Paris", arrival=0),
+        Answer("k2", "m", "paris ", arrival=1),
+        Answer("k3", "m", "Paris", arrival=2),
     ]
     [cluster] = cluster_answers(answers)
-    assert cluster.representative == "Paris"
+    assert cluster.representative == "paris "
     assert cluster.keys == ("k1", "k2", "k3")
 
 
 def test_blank_answers_form_their_own_cluster() -> None:
-    """Empty and whitespace-only answers cluster together under the "" answer."""
+    """Empty and whitespace-only answers cluster together under the "" answer, last."""
     answers = [Answer("k1", "m", ""), Answer("k2", "m", "  \n "), Answer("k3", "m", "x")]
     clusters = cluster_answers(answers)
-    assert [(c.answer, c.keys) for c in clusters] == [("", ("k1", "k2")), ("x", ("k3",))]
+    assert [(c.answer, c.keys) for c in clusters] == [("x", ("k3",)), ("", ("k1", "k2"))]
 
 
 def test_agreement_score_edge_cases() -> None:

@@ -394,7 +394,7 @@ def test_similarity_clusters_are_threshold_components(answers: list[Answer], mod
     for left, right in itertools.combinations(clusters, 2):
         for x, y in itertools.product(left.keys, right.keys):
             assert similar(by_key[x].text, by_key[y].text) < options.similarity_threshold
-    order = [(-c.weight, c.answer) for c in clusters]
+    order = [(c.blank, -c.weight) for c in clusters]
     assert order == sorted(order)
     assert len({c.answer for c in clusters}) == len(clusters)
 
@@ -554,9 +554,16 @@ def test_union_counts_models_that_listed_nothing() -> None:
 
 def test_union_without_items() -> None:
     """When no response lists anything the merge is empty, agreed, and says so."""
-    result = union([Answer("a", "m", ""), Answer("b", "n", "  ")], 0.9)
+    result = union([Answer("a", "m", "```\ncode\n```"), Answer("b", "n", "```")], 0.9)
     assert (result.content, result.items, result.score, result.reached) == ("", (), 1.0, True)
     assert result.note == "no response listed any item"
+
+
+def test_union_of_blank_responses_is_no_answer() -> None:
+    """When every response is blank the merge is empty, unagreed and flagged."""
+    result = union([Answer("a", "m", ""), Answer("b", "n", "  ")], 0.9)
+    assert (result.content, result.items, result.score, result.reached) == ("", (), 0.0, False)
+    assert result.outcome == "no_answer"
 
 
 def test_union_exact_mode_merges_only_equal_items() -> None:
@@ -646,11 +653,12 @@ def test_every_method_ignores_input_order(
 @pytest.mark.parametrize("method", sorted(SYNTHESIS_METHODS))
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_ties_break_the_same_way_for_every_order(method: str, mode: str) -> None:
-    """Equal-weight disagreeing answers give one result across all orders and keys."""
+    """Equal-weight disagreeing answers give one result across all orders and keys: the
+    earliest answer's, whatever the keys."""
     texts = [EXPLAIN_C, "Bananas are berries, botanically.", "- The sky is blue\n- Grass is green"]
     results = set()
     for order in itertools.permutations(range(3)):
-        answers = [Answer(f"k{order[i]}", "m" + str(i), texts[i]) for i in range(3)]
+        answers = [Answer(f"k{order[i]}", "m" + str(i), texts[i], arrival=i) for i in range(3)]
         merged = synthesize(method, answers, 0.5, MODES[mode])
         results.add((merged.content, merged.score))
     assert len(results) == 1

@@ -73,7 +73,7 @@ class SynthesisResult(BaseModel):
     """The threshold in force."""
     outcome: str
     """ok, or the degraded outcomes (k_of_n, low_consensus, quorum_not_reached,
-    judge_failed, escalated), comma-separated."""
+    judge_failed, escalated, no_answer), comma-separated."""
     note: str | None = None
     """What the outcome means here."""
     clusters: list[dict[str, Any]] = []
@@ -128,10 +128,12 @@ def session_for(prompt_config: ParallelExecutionConfig, *, name: str = "ask") ->
         "synthesizer": cfg.synthesizer,
         "judge_fallback": cfg.judge_fallback,
         "weights": cfg.weights,
+        "tie_break": cfg.tie_break,
         "agreement": cfg.agreement,
         "similarity_threshold": cfg.similarity_threshold,
         "consensus_threshold": cfg.consensus_threshold,
         "call_timeout_ms": cfg.timeout_ms,
+        "timeout_ms": cfg.timeout_per_step_ms,
         "system": cfg.system,
         "max_tokens": cfg.max_tokens,
         "temperature": cfg.temperature,

@@ -26,7 +26,7 @@ from typing import Literal
 import anyio
 
 from thinktank.calls import CallResult
-from thinktank.consensus import Answer, MergeOptions, agreement
+from thinktank.consensus import Answer, MergeOptions, quorum_reached
 
 __all__ = ["Gathered", "Mode", "gather", "order_by_price"]
 
@@ -39,7 +39,8 @@ class Gathered:
     """What a multi-model call produced, before merging."""
 
     results: dict[str, CallResult] = field(default_factory=dict)
-    """Every call that ended (ok, failed, timeout or cancelled), by model."""
+    """Every call that ended (ok, failed, timeout or cancelled), by model, in the order
+    they ended (ties between equal answers go to the earliest)."""
     early_termination: bool = False
     """True when the mode stopped before every model answered."""
     escalation: list[list[str]] = field(default_factory=list)
@@ -50,6 +51,15 @@ class Gathered:
     def answered(self, order: Sequence[str]) -> list[CallResult]:
         """The successful results, in ``order``."""
         return [self.results[m] for m in order if m in self.results and self.results[m].ok]
+
+    def answers(self, order: Sequence[str]) -> list[Answer]:
+        """The successful results as consensus answers, in ``order``, each with its
+        completion rank as ``arrival``."""
+        arrival = {model: rank for rank, model in enumerate(self.results)}
+        return [
+            Answer(key=r.call_id, model=r.model, text=r.content or "", arrival=arrival[r.model])
+            for r in self.answered(order)
+        ]
 
 
 def order_by_price(models: Sequence[str], prices: Mapping[str, float | None]) -> list[str]:
@@ -62,13 +72,11 @@ def order_by_price(models: Sequence[str], prices: Mapping[str, float | None]) ->
 
 
 def _agrees(
-    answered: Sequence[CallResult], min_models: int, threshold: float, options: MergeOptions
+    out: Gathered, order: Sequence[str], min_models: int, threshold: float, options: MergeOptions
 ) -> bool:
-    if len(answered) < min_models:
-        return False
-    answers = [Answer(key=r.call_id, model=r.model, text=r.content or "") for r in answered]
-    clusters, score = agreement(answers, options)
-    return score >= threshold and len(clusters[0].keys) >= min_models
+    """Whether the answers so far make a quorum (blank answers never do)."""
+    answers = out.answers(order)
+    return quorum_reached(answers, min_models=min_models, threshold=threshold, options=options)
 
 
 async def gather(
@@ -81,6 +89,7 @@ async def gather(
     options: MergeOptions | None = None,
     failure_strategy: Literal["fail_fast", "best_effort"] = "best_effort",
     prices: Mapping[str, float | None] | None = None,
+    out: Gathered | None = None,
 ) -> Gathered:
     """Ask ``models`` through ``call`` and stop as ``mode`` says.
 
@@ -94,9 +103,11 @@ async def gather(
         options: How answers are compared.
         failure_strategy: fail_fast stops everything at the first failed call.
         prices: USD per million tokens (in + out) by model, for cascade.
+        out: What to fill (default: a new one). The caller keeps what arrived through
+            it when a cancellation cuts the gather short (a step timeout merges it).
     """
     options = options or MergeOptions()
-    out = Gathered()
+    out = out if out is not None else Gathered()
     if mode == "cascade":
         await _cascade(
             models, call, out, min_models, threshold, options, failure_strategy, prices or {}
@@ -116,7 +127,7 @@ async def gather(
                     tg.cancel_scope.cancel()
                 return
             if mode == "race" or (
-                mode == "quorum" and _agrees(out.answered(models), quorum, threshold, options)
+                mode == "quorum" and _agrees(out, models, quorum, threshold, options)
             ):
                 out.early_termination = len(out.results) < len(models)
                 tg.cancel_scope.cancel()
@@ -158,7 +169,6 @@ async def _cascade(
                     tg.start_soon(one, model, tg.cancel_scope, name=f"call {model}")
         if out.aborted is not None:
             return
-        answered = out.answered(ordered)
-        if len(answered) >= 2 and _agrees(answered, 2, threshold, options):
+        if _agrees(out, ordered, 2, threshold, options):
             out.early_termination = i < len(rounds) - 1
             return

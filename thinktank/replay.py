@@ -435,8 +435,8 @@ async def replay(
         record: Store the replay as a new session (default: when re-merging or live).
         models: Live model clients by name (live replays).
         on_event: Receives every event of the replay.
-        time_scale: Recorded latencies are slept times this in race/quorum/cascade
-            steps, so answers arrive in the recorded order.
+        time_scale: Recorded latencies are slept times this in multi-model steps, so
+            answers arrive in the recorded order.
     """
     db, owned = await _open(store)
     try:
@@ -472,7 +472,9 @@ async def replay(
         recordings: dict[tuple[Any, ...], deque[StoredCall]] = {}
         ordered: set[str] = set()
         for step in stored.steps:
-            if step.consensus is not None and step.consensus.mode != "all":
+            if step.consensus is not None:
+                # Every merge depends on the order answers arrive in: race, quorum and
+                # cascade stop on it, and ties go to the earliest answer.
                 ordered.add(step.step_key)
             for call in sorted(step.calls, key=lambda c: (c.started_at, c.id)):
                 key = (step.step_key, call.model_id, call.attempt)

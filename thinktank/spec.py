@@ -56,6 +56,7 @@ class _Spec(BaseModel):
 InputType = Literal["string", "integer", "number", "boolean", "list", "object"]
 Mode = Literal["all", "race", "quorum", "cascade"]
 Synthesis = Literal["majority", "medoid", "weighted_merge", "judge", "union"]
+TieBreak = Literal["weight_then_earliest", "earliest", "model_order"]
 
 
 class InputSpec(_Spec):
@@ -165,6 +166,9 @@ class ParallelExecutionConfig(_Spec):
     """Domains for automatic selection."""
     timeout_ms: Annotated[int, Field(ge=1)] | None = None
     """Time limit of one model call."""
+    timeout_per_step_ms: Annotated[int, Field(ge=1)] = 30_000
+    """Time limit of the whole execution; the answers that arrived by then are merged
+    (outcome ``k_of_n``)."""
     failure_strategy: Literal["fail_fast", "best_effort"] = "best_effort"
     """fail_fast fails at the first failed call; best_effort merges what answered."""
     consensus_threshold: Annotated[float, Field(ge=0, le=1)] = 0.7
@@ -177,6 +181,8 @@ class ParallelExecutionConfig(_Spec):
     """Used when the judge fails."""
     weights: dict[str, Annotated[float, Field(gt=0)]] = {}
     """Model weights (default 1 each) for every merge method and quorum agreement."""
+    tie_break: TieBreak = "weight_then_earliest"
+    """Which of two equally supported answers wins (as on a step)."""
     agreement: Literal["auto", "exact", "lexical", "semantic"] = "auto"
     """How answers are compared."""
     similarity_threshold: Annotated[float, Field(ge=0, le=1)] = 0.6
@@ -248,6 +254,11 @@ class StepSpec(_Spec):
     weights: dict[str, Annotated[float, Field(gt=0)]] = {}
     """Model weights (default 1 each): a model's vote counts this much in every merge
     method and in quorum agreement; ``weighted_merge`` exists to make it explicit."""
+    tie_break: TieBreak = "weight_then_earliest"
+    """Which of two equally supported answers wins (never the alphabet; empty or
+    unparseable answers never win): ``weight_then_earliest`` the side with the heaviest
+    model, then the one that answered first; ``earliest`` the one that answered first;
+    ``model_order`` the side with the model listed first in ``models``."""
     agreement: Literal["auto", "exact", "lexical", "semantic"] = "auto"
     """How answers are compared: ``exact`` after normalisation (short answers),
     ``lexical`` or ``semantic`` similarity (long answers; semantic needs the

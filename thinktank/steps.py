@@ -3,7 +3,10 @@
 A ``prompt`` step asks one model. A ``multi`` step asks several models the same
 prompt (``mode: all`` waits for every one, at most ``maxConcurrentModels`` at a time)
 and merges the answers with the step's synthesis method; the consensus is emitted as
-an event and stored. The executor is the ``execute`` callback the scheduler calls.
+an event and stored. When the step's deadline cuts a multi-model attempt after some
+models answered, what arrived is merged (outcome ``k_of_n``) and the calls still running
+are recorded as cancelled; with no answer the attempt fails as timed out. The executor
+is the ``execute`` callback the scheduler calls.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from collections.abc import (
     MutableMapping,
     Sequence,
 )
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -30,6 +34,7 @@ from thinktank._deadlines import LANE, Deadlines
 from thinktank.budget import Budget
 from thinktank.calls import CallResult, OnDelta, PooledModel, call_model
 from thinktank.consensus import (
+    NO_ANSWER,
     Answer,
     Embedder,
     MergeOptions,
@@ -46,7 +51,7 @@ from thinktank.decompose import (
     parse_proposal,
 )
 from thinktank.events import ConsensusComputed, Event, StepFinished, StepStarted, utcnow
-from thinktank.parallel import gather
+from thinktank.parallel import Gathered, gather
 from thinktank.providers.base import ModelClient, ModelRequest
 from thinktank.scheduler import AGAIN, Again
 from thinktank.spec import SessionSpec, StepSpec
@@ -88,6 +93,21 @@ def _usage(calls: Sequence[CallResult]) -> tuple[int | None, int | None, float |
 
 _IN_LANE = contextlib.nullcontext()
 """What an attempt in a worker's lane enters instead of a scope of its own."""
+
+
+@dataclass(slots=True)
+class _Asking:
+    """A multi-model attempt in flight: what a step timeout merges.
+
+    ``gather`` fills ``gathered`` as calls end, so when the step's deadline cancels
+    the attempt the answers that arrived are still here.
+    """
+
+    threshold: float
+    options: MergeOptions
+    order: list[str] = field(default_factory=list)
+    """The models asked so far, in the step's order (escalations appended)."""
+    gathered: Gathered = field(default_factory=Gathered)
 
 
 class StepExecutor:
@@ -190,6 +210,7 @@ class StepExecutor:
                     step_id=step_id,
                     attempt=attempt,
                 )
+                asking: _Asking | None = None
                 # One timer for every step's deadline, which cuts the worker's lane (or,
                 # outside a scheduler, a scope of this attempt's own).
                 deadline = self._deadlines.start(timeout_ms / 1000, lane)
@@ -211,7 +232,10 @@ class StepExecutor:
                                 step, models, request, calls
                             )
                         else:
-                            output, score, error = await self._many(step, models, request, calls)
+                            asking = self._asking(step)
+                            output, score, error = await self._many(
+                                step, models, request, calls, asking
+                            )
                     timed_out = lane is None and deadline.scope.cancelled_caught
                 except anyio.get_cancelled_exc_class():
                     if not deadline.expired or lane is None:
@@ -221,6 +245,11 @@ class StepExecutor:
                     self._deadlines.end(deadline)
                 if timed_out:
                     output, score, error = None, None, f"timed out after {timeout_ms} ms"
+                    if asking is not None:
+                        # Only the step's own deadline gets here: merge what arrived.
+                        merged = self._merge_at_timeout(step, request, asking, timeout_ms)
+                        if merged is not None:
+                            output, score, error = merged
                 if error is None:
                     break
                 if self.budget is not None and self.budget.exhausted is not None:
@@ -425,14 +454,9 @@ class StepExecutor:
             limiters.append(self.call_limiter)
         return limiters
 
-    async def _many(
-        self, step: StepSpec, models: list[str], request: ModelRequest, calls: list[CallResult]
-    ) -> tuple[str | None, float | None, str | None]:
-        limiters = self._limiters(self._step_limiter(max(len(models), len(step.escalate_to))))
-
-        async def call(model: str, req: ModelRequest = request) -> CallResult:
-            return await self._call(step, model, req, limiters, calls)
-
+    def _asking(self, step: StepSpec) -> _Asking:
+        """The threshold and merge options of a multi-model attempt, and room for what
+        it gathers."""
         threshold = (
             step.consensus_threshold
             if step.consensus_threshold is not None
@@ -443,14 +467,35 @@ class StepExecutor:
             similarity_threshold=step.similarity_threshold,
             weights=step.weights,
             embedder=self.embedder() if step.agreement == "semantic" else None,
+            tie_break=step.tie_break,
+            model_order=(*self._models[step.id], *step.escalate_to),
         )
+        return _Asking(threshold, options)
+
+    async def _many(
+        self,
+        step: StepSpec,
+        models: list[str],
+        request: ModelRequest,
+        calls: list[CallResult],
+        asking: _Asking,
+    ) -> tuple[str | None, float | None, str | None]:
+        limiters = self._limiters(self._step_limiter(max(len(models), len(step.escalate_to))))
+
+        async def call(model: str, req: ModelRequest = request) -> CallResult:
+            return await self._call(step, model, req, limiters, calls)
+
+        threshold, options = asking.threshold, asking.options
         chosen = models[: step.max_models] if step.max_models else models
         key = cache_key(step, chosen, request, threshold) if self._caching(step) else None
         if key is not None and self.cache is not None:
             hit = await self.cache(key)
             if hit is not None:
                 return self._cached(step, request, hit)
-        gathered = await gather(
+        gathered = asking.gathered
+        order = asking.order
+        order += chosen
+        await gather(
             chosen,
             call,
             mode=step.mode,
@@ -459,10 +504,10 @@ class StepExecutor:
             options=options,
             failure_strategy=step.failure_strategy,
             prices={m: _price(self.clients[m]) for m in chosen},
+            out=gathered,
         )
         if gathered.aborted is not None:
             return None, None, f"fail_fast: {gathered.aborted}"
-        order = list(chosen)
         answered = gathered.answered(order)
         if not answered:
             reasons = "; ".join(
@@ -472,35 +517,94 @@ class StepExecutor:
         notes: list[str] = []
         outcomes: list[str] = []
         merged, judge_call = await self._merge(
-            step, request, answered, threshold, options, call, outcomes, notes
+            step, request, gathered.answers(order), threshold, options, call, outcomes, notes
         )
         if not merged.reached and step.on_low_consensus == "escalate":
             extra = [m for m in step.escalate_to if m not in gathered.results]
             if extra:
-                more = await gather(
+                outcomes.append("escalated")
+                notes.append(
+                    f"agreement {merged.score:.2f} was below {threshold:g}: "
+                    f"also asked {', '.join(extra)}"
+                )
+                order += extra
+                await gather(
                     extra,
                     call,
                     mode="all",
                     threshold=threshold,
                     options=options,
                     failure_strategy=step.failure_strategy,
-                )
-                gathered.results.update(more.results)
-                gathered.escalation.append(extra)
-                order += extra
-                answered = gathered.answered(order)
-                outcomes.append("escalated")
-                notes.append(
-                    f"agreement {merged.score:.2f} was below {threshold:g}: "
-                    f"also asked {', '.join(extra)}"
+                    out=gathered,
                 )
                 merged, judge_call = await self._merge(
-                    step, request, answered, threshold, options, call, outcomes, notes
+                    step,
+                    request,
+                    gathered.answers(order),
+                    threshold,
+                    options,
+                    call,
+                    outcomes,
+                    notes,
                 )
         failed = [r for r in gathered.results.values() if r.status in ("failed", "timeout")]
         if failed:
+            answered = gathered.answered(order)
             outcomes.append("k_of_n")
             notes.append(f"{len(answered)} of {len(answered) + len(failed)} models answered")
+        return self._conclude(step, request, asking, merged, judge_call, outcomes, notes, key)
+
+    def _merge_at_timeout(
+        self, step: StepSpec, request: ModelRequest, asking: _Asking, timeout_ms: int
+    ) -> tuple[str | None, float | None, str | None] | None:
+        """The step's deadline cut a multi-model attempt: merge the answers that arrived
+        (outcome ``k_of_n``); None when none did.
+
+        The attempt's scope (or lane) is cancelled, so nothing here may await: the
+        judge is not asked (its fallback merges) and a semantic merge embeds on the
+        event loop.
+        """
+        gathered, order = asking.gathered, asking.order
+        answers = gathered.answers(order)
+        if not answers:
+            return None
+        outcomes: list[str] = []
+        notes: list[str] = []
+        method = step.synthesis
+        if method == "judge":
+            method = step.judge_fallback
+            outcomes.append("judge_failed")
+            notes.append(f"the step timed out before the judge answered; used {method}")
+        merged = synthesize(method, answers, asking.threshold, asking.options)
+        # Every model started counts: those still running were cancelled by the deadline.
+        started = sum(len(batch) for batch in gathered.escalation)
+        if len(answers) < started:
+            outcomes.append("k_of_n")
+        notes.append(
+            f"{len(answers)} of {started} models answered before the step timed out"
+            f" after {timeout_ms} ms"
+        )
+        return self._conclude(step, request, asking, merged, None, outcomes, notes, None)
+
+    def _conclude(
+        self,
+        step: StepSpec,
+        request: ModelRequest,
+        asking: _Asking,
+        merged: Synthesis,
+        judge_call: str | None,
+        outcomes: list[str],
+        notes: list[str],
+        key: str | None,
+    ) -> tuple[str | None, float | None, str | None]:
+        """Record the consensus of a multi-model attempt; the step's output, score and
+        error (consensus below the threshold fails a step with ``on_low_consensus:
+        fail``)."""
+        gathered, threshold = asking.gathered, asking.threshold
+        if merged.outcome != "ok":
+            outcomes.append(merged.outcome)
+            if merged.note is not None:
+                notes.append(merged.note)
         if step.mode == "quorum" and not gathered.early_termination and not merged.reached:
             outcomes.append("quorum_not_reached")
         if not merged.reached:
@@ -537,7 +641,9 @@ class StepExecutor:
                 judge_call_id=judge_call,
                 note="; ".join(notes) or None,
                 # Only a merge of complete answers is worth reusing.
-                cache_key=key if not {"k_of_n", "judge_failed"} & set(outcomes) else None,
+                cache_key=key
+                if not {"k_of_n", "judge_failed", NO_ANSWER} & set(outcomes)
+                else None,
             )
         )
         if not merged.reached and step.on_low_consensus == "fail":
@@ -588,7 +694,7 @@ class StepExecutor:
         self,
         step: StepSpec,
         request: ModelRequest,
-        answered: Sequence[CallResult],
+        answers: Sequence[Answer],
         threshold: float,
         options: MergeOptions,
         call: Callable[[str, ModelRequest], Awaitable[CallResult]],
@@ -596,7 +702,6 @@ class StepExecutor:
         notes: list[str],
     ) -> tuple[Synthesis, str | None]:
         """Merge the answers; a judge step asks its synthesizer, falling back on failure."""
-        answers = [Answer(key=r.call_id, model=r.model, text=r.content or "") for r in answered]
         if step.synthesis != "judge":
             if options.embedder is not None:
                 # Embedding is CPU work: keep it off the event loop.
@@ -676,6 +781,7 @@ def cache_key(
         "weights": dict(sorted(step.weights.items())),
         "agreement": step.agreement,
         "similarity_threshold": step.similarity_threshold,
+        "tie_break": step.tie_break,
         "escalate_to": list(step.escalate_to),
         "on_low_consensus": step.on_low_consensus,
         "failure_strategy": step.failure_strategy,

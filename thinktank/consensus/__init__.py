@@ -24,7 +24,7 @@ from thinktank.consensus.agreement import (
 from thinktank.consensus.items import MergedItem, extract_items
 from thinktank.consensus.judge import JUDGE_PROMPT, judge_labels, judge_prompt
 from thinktank.consensus.normalize import extract_answer, normalize_answer
-from thinktank.consensus.options import SHORT_ANSWER_WORDS, AgreementMode, MergeOptions
+from thinktank.consensus.options import SHORT_ANSWER_WORDS, AgreementMode, MergeOptions, TieBreak
 from thinktank.consensus.similarity import (
     Embedder,
     SentenceTransformerEmbedder,
@@ -33,6 +33,7 @@ from thinktank.consensus.similarity import (
     semantic_similarity,
 )
 from thinktank.consensus.synthesis import (
+    NO_ANSWER,
     SYNTHESIS_METHODS,
     Synthesis,
     SynthesisMethod,
@@ -45,6 +46,7 @@ from thinktank.consensus.synthesis import (
 
 __all__ = [
     "JUDGE_PROMPT",
+    "NO_ANSWER",
     "SHORT_ANSWER_WORDS",
     "SYNTHESIS_METHODS",
     "AgreementMode",
@@ -56,6 +58,7 @@ __all__ = [
     "SentenceTransformerEmbedder",
     "Synthesis",
     "SynthesisMethod",
+    "TieBreak",
     "agreement",
     "agreement_score",
     "cluster_answers",

@@ -7,7 +7,10 @@ are ordered, and how much the models agree. The measure comes from
 single-linkage clusters of the graph "similarity >= threshold" for long ones
 (``lexical``, ``semantic``). Results never depend on the order of the input: answers
 are put in key order before anything is computed, similarities are symmetric, and every
-tie has a total tie-break.
+tie breaks by the options' :data:`~thinktank.consensus.options.TieBreak` rule (model
+weight, then arrival, then key), never by the alphabet. Blank clusters (empty answers,
+or answers with nothing left after extraction and normalisation) never come first
+while any other cluster exists.
 """
 
 from __future__ import annotations
@@ -52,6 +55,10 @@ class Answer:
     """How much this response counts; must be finite and > 0. The model's weight from
     :attr:`MergeOptions.weights <thinktank.consensus.options.MergeOptions.weights>`
     multiplies it."""
+    arrival: int = 0
+    """Completion order: 0 for the response that arrived first. Ties between equally
+    supported answers go to the earliest (see
+    :data:`~thinktank.consensus.options.TieBreak`); equal arrivals fall to the key."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,18 +73,25 @@ class Cluster:
     answer: str
     """The normalised answer shared by the members (``exact``), or the
     :func:`~thinktank.consensus.similarity.normalize_text` form of the representative
-    (``lexical``/``semantic``); ``""`` for blank answers. Unique among the clusters of
-    one call."""
+    (``lexical``/``semantic``); ``""`` for blank answers (empty, or nothing left after
+    extraction and normalisation). Unique among the clusters of one call."""
     representative: str
-    """One member's raw text. ``exact``: the shortest stripped text, ties broken by the
-    text. ``lexical``/``semantic``: the member most similar to the others (highest
-    weighted similarity sum within the cluster), ties to the shortest, then the text."""
+    """One member's raw text. ``exact``: the shortest stripped text. ``lexical``/
+    ``semantic``: the member most similar to the others (highest weighted similarity
+    sum within the cluster), then the shortest. Further ties break by the tie-break
+    rule (:meth:`MergeOptions.tie_rank
+    <thinktank.consensus.options.MergeOptions.tie_rank>`)."""
     keys: tuple[str, ...]
     """Member keys, sorted."""
     models: tuple[str, ...]
     """Member models, in the same order as ``keys``."""
     weight: float
     """Sum of the member weights (each ``Answer.weight`` times its model's weight)."""
+
+    @property
+    def blank(self) -> bool:
+        """True for the cluster of empty or unparseable answers, which never wins."""
+        return not self.answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,9 +108,13 @@ class Analysis:
     """Pairwise similarity in [0, 1] (same order; ``exact``: 1.0 for equal normalised
     answers, else 0.0)."""
     clusters: tuple[Cluster, ...]
-    """The clusters, heaviest first, ties by ``answer``."""
+    """The clusters: non-blank before blank, then heaviest first, ties by the tie-break
+    rule applied to their best-ranked member."""
     cluster_index: tuple[int, ...]
     """For each answer, the index of its cluster in ``clusters``."""
+    ranks: tuple[tuple[float, int, str], ...]
+    """For each answer, its tie-break sort key (:meth:`MergeOptions.tie_rank
+    <thinktank.consensus.options.MergeOptions.tie_rank>`; smaller wins)."""
 
     @property
     def total_weight(self) -> float:
@@ -159,8 +177,21 @@ def analyse(answers: Sequence[Answer], options: MergeOptions = _DEFAULT_OPTIONS)
         similarity = tuple(map(tuple, similarity_matrix(texts, embedder=embedder)))
         threshold = options.similarity_threshold
         groups = connected_components(len(ordered), lambda i, j: similarity[i][j] >= threshold)
-    clusters = [_make_cluster(mode, members, ordered, weights, similarity) for members in groups]
-    order = sorted(range(len(clusters)), key=lambda i: (-clusters[i].weight, clusters[i].answer))
+    ranks = tuple(
+        options.tie_rank(answer.model, weight, answer.arrival, answer.key)
+        for answer, weight in zip(ordered, weights, strict=True)
+    )
+    clusters = [
+        _make_cluster(mode, members, ordered, weights, similarity, ranks) for members in groups
+    ]
+    order = sorted(
+        range(len(clusters)),
+        key=lambda i: (
+            clusters[i].blank,
+            -clusters[i].weight,
+            min(ranks[member] for member in groups[i]),
+        ),
+    )
     position = {old: new for new, old in enumerate(order)}
     cluster_index = [0] * len(ordered)
     for old, members in enumerate(groups):
@@ -173,6 +204,7 @@ def analyse(answers: Sequence[Answer], options: MergeOptions = _DEFAULT_OPTIONS)
         similarity=similarity,
         clusters=tuple(clusters[i] for i in order),
         cluster_index=tuple(cluster_index),
+        ranks=ranks,
     )
 
 
@@ -189,8 +221,10 @@ def cluster_answers(
         options: The agreement measure, threshold, model weights and embedder.
 
     Returns:
-        The clusters, heaviest first; clusters of equal weight are ordered by their
-        ``answer``, ascending. The result does not depend on the input order.
+        The clusters, the winner first: non-blank clusters before the blank one, then
+        heaviest first; clusters of equal weight are ordered by ``options.tie_break``
+        (model weight, then arrival, by default). The result does not depend on the
+        input order.
 
     Raises:
         ValueError: A weight is not a finite number > 0, the total weight is not
@@ -200,14 +234,15 @@ def cluster_answers(
 
 
 def agreement_score(clusters: Sequence[Cluster]) -> float:
-    """How strongly the answers agree: the largest cluster's share of the total weight.
+    """How strongly the answers agree: the heaviest non-blank cluster's share of the
+    total weight (blank answers count in the total: they agree with nothing).
 
     Args:
         clusters: Clusters as returned by :func:`cluster_answers` (any order).
 
     Returns:
-        A value in [0, 1]: 0.0 when there are no clusters (or no weight), 1.0 when all
-        answers fall in one cluster.
+        A value in [0, 1]: 0.0 when there are no clusters, no weight or only blank
+        answers, 1.0 when all answers fall in one non-blank cluster.
 
     Raises:
         ValueError: The total weight is not finite.
@@ -217,8 +252,10 @@ def agreement_score(clusters: Sequence[Cluster]) -> float:
     total = _total_weight([cluster.weight for cluster in clusters])
     if total <= 0:
         return 0.0
-    largest = max(cluster.weight for cluster in clusters)
-    return min(1.0, max(0.0, largest / total))
+    answered = [cluster.weight for cluster in clusters if not cluster.blank]
+    if not answered:
+        return 0.0
+    return min(1.0, max(0.0, max(answered) / total))
 
 
 def agreement(
@@ -246,15 +283,16 @@ def agreement(
 
 
 def largest_cluster_size(clusters: Sequence[Cluster]) -> int:
-    """How many responses the largest (heaviest) cluster holds; 0 for no clusters.
+    """How many responses the winning cluster holds; 0 when there is none.
 
-    "Largest" means heaviest, as in :func:`agreement_score`; among clusters of equal
-    weight the one with the smallest ``answer`` counts, as in :func:`cluster_answers`.
+    The winner is the heaviest non-blank cluster, as in :func:`agreement_score`; among
+    clusters of equal weight the first in ``clusters`` counts (:func:`cluster_answers`
+    puts the tie-break winner first). Blank answers never win: 0 when all are blank.
     """
-    if not clusters:
+    answered = [cluster for cluster in clusters if not cluster.blank]
+    if not answered:
         return 0
-    heaviest = min(clusters, key=lambda cluster: (-cluster.weight, cluster.answer))
-    return len(heaviest.keys)
+    return len(max(answered, key=lambda cluster: cluster.weight).keys)
 
 
 def quorum_reached(
@@ -266,9 +304,9 @@ def quorum_reached(
 ) -> bool:
     """Whether at least ``min_models`` responses agree at the ``threshold``.
 
-    True when the largest cluster holds at least ``min_models`` responses and the
-    agreement score (its share of the weight of the responses so far) is at least
-    ``threshold``.
+    True when the winning (heaviest non-blank) cluster holds at least ``min_models``
+    responses and the agreement score (its share of the weight of the responses so
+    far) is at least ``threshold``: blank answers never make a quorum.
 
     Args:
         answers: The responses so far, in any order.
@@ -354,11 +392,12 @@ def _make_cluster(
     answers: Sequence[Answer],
     weights: Sequence[float],
     similarity: Sequence[Sequence[float]],
+    ranks: Sequence[tuple[float, int, str]],
 ) -> Cluster:
     """Build the cluster of the answers at indices ``members`` (sorted by key)."""
-    texts = [answers[i].text for i in members]
     if mode == "exact":
-        representative = min(texts, key=lambda text: (len(text.strip()), text))
+        best = min(members, key=lambda i: (len(answers[i].text.strip()), ranks[i]))
+        representative = answers[best].text
         answer = normalize_answer(representative)
     else:
         best = min(
@@ -366,7 +405,7 @@ def _make_cluster(
             key=lambda i: (
                 -math.fsum(weights[j] * similarity[i][j] for j in members),
                 len(answers[i].text.strip()),
-                answers[i].text,
+                ranks[i],
             ),
         )
         representative = answers[best].text

@@ -86,6 +86,8 @@ class _Item:
     position: int
     """Index of the item within its response."""
     text: str
+    rank: tuple[float, int, str]
+    """Its response's tie-break key (:meth:`MergeOptions.tie_rank`; smaller wins)."""
 
 
 def merge_items(
@@ -101,9 +103,10 @@ def merge_items(
     does not depend on the order of ``answers``).
 
     A merged item's text is its most typical wording: the member with the highest
-    similarity sum to the others, ties to the shortest, then the text. Merged items are
-    ordered by how many models listed them (most first), then by their earliest position
-    in any response, then by their normalised text and text.
+    similarity sum to the others, ties to the shortest, then by ``options.tie_break``.
+    Merged items are ordered by how many models listed them (most first), then by their
+    earliest position in any response, then by ``options.tie_break`` applied to the
+    responses that listed them (never by the alphabet).
 
     Args:
         answers: The responses (keys unique), in any order.
@@ -113,8 +116,17 @@ def merge_items(
     Returns:
         The merged items.
     """
+    ranks = {
+        answer.key: options.tie_rank(
+            answer.model,
+            answer.weight * options.model_weight(answer.model),
+            answer.arrival,
+            answer.key,
+        )
+        for answer in answers
+    }
     items = [
-        _Item(answer, position, text)
+        _Item(answer, position, text, ranks[answer.key])
         for answer in sorted(answers, key=lambda answer: answer.key)
         for position, text in enumerate(extract_items(answer.text))
     ]
@@ -130,23 +142,24 @@ def merge_items(
         len(items),
         lambda i, j: items[i].answer.key != items[j].answer.key and similarity[i][j] >= threshold,
     )
-    merged: list[tuple[tuple[int, int, str, str], MergedItem]] = []
+    merged: list[tuple[tuple[int, int, tuple[float, int, str], int], MergedItem]] = []
     for members in groups:
         best = min(
             members,
             key=lambda i: (
                 -math.fsum(similarity[i][j] for j in members),
                 len(items[i].text),
-                items[i].text,
+                items[i].rank,
+                items[i].position,
             ),
         )
         text = items[best].text
         models = tuple(sorted({items[i].answer.model for i in members}))
         keys = tuple(sorted({items[i].answer.key for i in members}))
         first = min(items[i].position for i in members)
-        merged.append(
-            ((-len(models), first, normalize_text(text), text), MergedItem(text, models, keys))
-        )
+        # The best-ranked response's item decides (its position makes the order total).
+        lead = min((items[i].rank, items[i].position) for i in members)
+        merged.append(((-len(models), first, *lead), MergedItem(text, models, keys)))
     merged.sort(key=lambda pair: pair[0])
     return [item for _, item in merged]
 

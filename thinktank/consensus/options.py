@@ -1,21 +1,28 @@
 """How answers are compared and weighed: the options every merge and agreement call takes.
 
 One frozen value, :class:`MergeOptions`, carries the choices a step makes about
-consensus (which agreement measure, the similarity threshold, model weights, the
-embedder), so clustering, quorum checks and every merge method read them from one place.
+consensus (which agreement measure, the similarity threshold, model weights, how ties
+break, the embedder), so clustering, quorum checks and every merge method read them
+from one place.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal, get_args
 
 from thinktank.consensus.similarity import Embedder
 
-__all__ = ["SHORT_ANSWER_WORDS", "AgreementMode", "MergeOptions", "ResolvedAgreement"]
+__all__ = [
+    "SHORT_ANSWER_WORDS",
+    "AgreementMode",
+    "MergeOptions",
+    "ResolvedAgreement",
+    "TieBreak",
+]
 
 AgreementMode = Literal["auto", "exact", "lexical", "semantic"]
 """How two answers are judged to agree:
@@ -30,6 +37,21 @@ AgreementMode = Literal["auto", "exact", "lexical", "semantic"]
 ResolvedAgreement = Literal["exact", "lexical", "semantic"]
 """The agreement measure actually used once ``auto`` has been decided."""
 
+TieBreak = Literal["weight_then_earliest", "earliest", "model_order"]
+"""Which of two equally supported answers wins (clusters of equal total weight, medoids
+of equal centrality, list items found by as many models). Never the alphabet:
+
+- ``weight_then_earliest`` (default): the side with the heaviest single response (the
+  most trusted model), then the one that arrived first;
+- ``earliest``: the side whose first response arrived first;
+- ``model_order``: the side with the model listed first in
+  :attr:`MergeOptions.model_order`, then the one that arrived first.
+
+Arrival is :attr:`Answer.arrival <thinktank.consensus.agreement.Answer.arrival>`;
+responses that arrived together fall to the smaller key. Empty or unparseable answers
+never win, whatever the rule.
+"""
+
 SHORT_ANSWER_WORDS = 8
 """``auto`` compares exactly when every normalised extracted answer has at most this
 many words (a name, a number, a short phrase), and by lexical similarity otherwise."""
@@ -40,8 +62,9 @@ class MergeOptions:
     """How a set of answers is compared and weighed.
 
     Raises:
-        ValueError: An unknown agreement mode, a threshold outside [0, 1], a weight
-            that is not a finite number > 0, or ``semantic`` without an embedder.
+        ValueError: An unknown agreement mode or tie-break rule, a threshold outside
+            [0, 1], a weight that is not a finite number > 0, or ``semantic`` without an
+            embedder.
     """
 
     agreement: AgreementMode = "auto"
@@ -54,9 +77,14 @@ class MergeOptions:
     Stored as a read-only copy (left out of the hash, which stays usable)."""
     embedder: Embedder | None = None
     """The embedding model; required for ``semantic``, unused otherwise."""
+    tie_break: TieBreak = "weight_then_earliest"
+    """How ties between equally supported answers break (see :data:`TieBreak`)."""
+    model_order: Sequence[str] = ()
+    """The models in the step's order, for ``tie_break="model_order"`` (models not
+    listed come after those listed). Stored as a tuple."""
 
     def __post_init__(self) -> None:
-        """Validate the fields and freeze ``weights``."""
+        """Validate the fields and freeze ``weights`` and ``model_order``."""
         if self.agreement not in get_args(AgreementMode):
             known = ", ".join(get_args(AgreementMode))
             raise ValueError(f"unknown agreement mode {self.agreement!r}; known: {known}")
@@ -68,10 +96,32 @@ class MergeOptions:
                 raise ValueError(
                     f"model {model!r} has weight {weight!r}; weights must be finite and > 0"
                 )
+        if self.tie_break not in get_args(TieBreak):
+            known = ", ".join(get_args(TieBreak))
+            raise ValueError(f"unknown tie_break {self.tie_break!r}; known: {known}")
         if self.agreement == "semantic" and self.embedder is None:
             raise ValueError("agreement 'semantic' needs an embedder (MergeOptions.embedder)")
         object.__setattr__(self, "weights", MappingProxyType(dict(self.weights)))
+        object.__setattr__(self, "model_order", tuple(self.model_order))
 
     def model_weight(self, model: str) -> float:
         """The weight of ``model``: its entry in :attr:`weights`, else 1.0."""
         return float(self.weights.get(model, 1.0))
+
+    def tie_rank(self, model: str, weight: float, arrival: int, key: str) -> tuple[float, int, str]:
+        """The sort key that breaks ties between responses under :attr:`tie_break`:
+        the smaller key wins.
+
+        Args:
+            model: The response's model.
+            weight: Its effective weight (answer weight times model weight).
+            arrival: Its completion rank (0 = first to arrive).
+            key: Its unique key (the last resort, so the order is total).
+        """
+        if self.tie_break == "weight_then_earliest":
+            return (-weight, arrival, key)
+        if self.tie_break == "earliest":
+            return (0.0, arrival, key)
+        order = self.model_order
+        position = order.index(model) if model in order else len(order)
+        return (float(position), arrival, key)

@@ -13,6 +13,11 @@ means writing such a function and adding it to the registry. The registered meth
 - ``union``: for list answers (review findings): every distinct item of every response,
   credited to the models that listed it.
 
+Every method breaks ties by the options' tie-break rule (model weight, then the
+earliest answer, by default; never the alphabet), and an empty or unparseable answer
+never wins while any other exists. When every answer is blank the content is empty,
+the score 0.0 and the outcome ``no_answer``.
+
 A judge (a model that writes the merged answer) is not a method here since it needs a
 model call; :mod:`thinktank.consensus.judge` builds its prompt.
 """
@@ -31,6 +36,7 @@ from thinktank.consensus.items import MergedItem, merge_items
 from thinktank.consensus.options import MergeOptions, ResolvedAgreement
 
 __all__ = [
+    "NO_ANSWER",
     "SYNTHESIS_METHODS",
     "Synthesis",
     "SynthesisMethod",
@@ -42,6 +48,11 @@ __all__ = [
 ]
 
 _DEFAULT_OPTIONS = MergeOptions()
+
+NO_ANSWER = "no_answer"
+"""The degraded outcome of a merge where every response was blank (empty, or nothing
+left after extraction): there is no answer to pick."""
+_NO_ANSWER_NOTE = "every response was empty or had no extractable answer"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +96,10 @@ def majority(
 ) -> Synthesis:
     """Pick the answer of the heaviest cluster.
 
-    The content is that cluster's representative raw text; ties between clusters of
-    equal weight go to the smaller ``Cluster.answer``. Score:
-    :func:`~thinktank.consensus.agreement.agreement_score`, the heaviest cluster's share
+    The content is that cluster's representative raw text. Blank answers never win;
+    ties between clusters of equal weight break by ``options.tie_break`` (by default
+    the cluster with the heaviest response, then the one answered first). Score:
+    :func:`~thinktank.consensus.agreement.agreement_score`, the winning cluster's share
     of the total weight.
 
     Args:
@@ -115,10 +127,10 @@ def medoid(
     (itself included, with similarity 1), where ``w_j`` are the effective weights and
     ``sim`` the agreement measure's similarity (``exact``: 1.0 for equal normalised
     answers, else 0.0). Maximising it is minimising the weighted sum of distances
-    ``1 - sim``: the classic weighted medoid. Ties go to the response in the heavier
-    cluster (the earlier in cluster order), then to the shortest stripped text, then to
-    the smaller text, then key. With ``exact`` agreement this is always ``majority``'s
-    answer.
+    ``1 - sim``: the classic weighted medoid. Blank answers are never picked while any
+    other exists. Ties go to the response in the earlier cluster (cluster order), then
+    to the shortest stripped text, then by ``options.tie_break``. With ``exact``
+    agreement this is always ``majority``'s answer.
 
     Score: the weight of the medoid's cluster over the total weight.
 
@@ -182,8 +194,11 @@ def union(
     widely found first. Score: the mean over merged items of ``models that listed it /
     models that answered`` (distinct models): 1.0 when every model listed every item,
     ``1/n`` when no item was listed twice. Model weights do not count: a finding counts
-    once per model that found it. When no response lists any item the content is empty
-    and the score is 1.0 (they agree there is nothing), with a note saying so.
+    once per model that found it. Items listed by as many models come in order of their
+    earliest position in a response, then by ``options.tie_break``. When no response
+    lists any item the content is empty and the score is 1.0 (they agree there is
+    nothing), with a note saying so; when every response is blank, the outcome is
+    ``no_answer`` with score 0.0.
 
     Args:
         answers: The responses to merge (at least one).
@@ -208,6 +223,8 @@ def union(
     analysis = _analyse(answers, threshold, options)
     items = merge_items(analysis.answers, item_mode, options)
     models = len({answer.model for answer in analysis.answers})
+    if all(cluster.blank for cluster in analysis.clusters):
+        return _no_answer(analysis, threshold, "union")
     if items:
         score = math.fsum(len(item.models) / models for item in items) / len(items)
         included = tuple(sorted({key for item in items for key in item.keys}))
@@ -298,8 +315,10 @@ def _analyse(answers: Sequence[Answer], threshold: float, options: MergeOptions)
 
 
 def _heaviest_cluster(analysis: Analysis, threshold: float, method: str) -> Synthesis:
-    """The synthesis that takes the heaviest cluster's representative."""
+    """The synthesis that takes the winning cluster's representative."""
     winner = analysis.clusters[0]
+    if winner.blank:
+        return _no_answer(analysis, threshold, method)
     score = agreement_score(analysis.clusters)
     return Synthesis(
         content=winner.representative,
@@ -316,14 +335,17 @@ def _heaviest_cluster(analysis: Analysis, threshold: float, method: str) -> Synt
 def _medoid(analysis: Analysis, threshold: float, method: str) -> Synthesis:
     """The synthesis that takes the weighted medoid's raw text."""
     answers, weights, similarity = analysis.answers, analysis.weights, analysis.similarity
+    clusters = analysis.clusters
+    candidates = [i for i in range(len(answers)) if not clusters[analysis.cluster_index[i]].blank]
+    if not candidates:
+        return _no_answer(analysis, threshold, method)
     best = min(
-        range(len(answers)),
+        candidates,
         key=lambda i: (
             -math.fsum(weights[j] * similarity[i][j] for j in range(len(answers))),
             analysis.cluster_index[i],
             len(answers[i].text.strip()),
-            answers[i].text,
-            answers[i].key,
+            analysis.ranks[i],
         ),
     )
     cluster = analysis.clusters[analysis.cluster_index[best]]
@@ -337,6 +359,22 @@ def _medoid(analysis: Analysis, threshold: float, method: str) -> Synthesis:
         included_keys=cluster.keys,
         threshold=threshold,
         reached=score >= threshold,
+        agreement=analysis.mode,
+    )
+
+
+def _no_answer(analysis: Analysis, threshold: float, method: str) -> Synthesis:
+    """The synthesis when every response is blank: empty, unagreed, and flagged."""
+    return Synthesis(
+        content="",
+        score=0.0,
+        method=method,
+        clusters=analysis.clusters,
+        included_keys=(),
+        threshold=threshold,
+        reached=threshold <= 0.0,
+        outcome=NO_ANSWER,
+        note=_NO_ANSWER_NOTE,
         agreement=analysis.mode,
     )
 

@@ -28,6 +28,8 @@ The migrations:
   ``.lease_expires_at`` (several workers sharing one database).
 - ``0003_session_origin``: ``thinktank_sessions.origin``, what a replay, fork or resume
   was made from.
+- ``0004_long_consensus_outcomes``: ``thinktank_consensus.outcome`` becomes TEXT: it
+  lists every degraded outcome that applies, which can pass 32 characters.
 """
 
 from __future__ import annotations
@@ -333,10 +335,46 @@ def _session_origin(conn: Connection) -> None:
     add_columns(conn, "thinktank_sessions", Column("origin", JSON_TYPE))
 
 
+# -- 0004_long_consensus_outcomes ------------------------------------------------------
+
+
+def _long_consensus_outcomes(conn: Connection) -> None:
+    # "k_of_n,quorum_not_reached,low_consensus" is 39 characters: PostgreSQL refused
+    # VARCHAR(32), and with it the whole batch.
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("ALTER TABLE thinktank_consensus ALTER COLUMN outcome TYPE TEXT")
+        return
+    # SQLite never enforced the length, but keeps the declared type; it cannot alter a
+    # column, so the table is rebuilt from its own DDL (SQLite's documented procedure;
+    # no table refers to this one).
+    table = "thinktank_consensus"
+    ddl = conn.exec_driver_sql(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+    ).scalar_one()
+    if "outcome VARCHAR(32)" not in ddl:
+        return
+    indexes = [
+        row[0]
+        for row in conn.exec_driver_sql(
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ?"
+            " AND sql IS NOT NULL",
+            (table,),
+        )
+    ]
+    rebuilt = ddl.replace("outcome VARCHAR(32)", "outcome TEXT", 1)
+    conn.exec_driver_sql(rebuilt.replace(f"CREATE TABLE {table}", f"CREATE TABLE {table}_new", 1))
+    conn.exec_driver_sql(f"INSERT INTO {table}_new SELECT * FROM {table}")
+    conn.exec_driver_sql(f"DROP TABLE {table}")
+    conn.exec_driver_sql(f"ALTER TABLE {table}_new RENAME TO {table}")
+    for index in indexes:
+        conn.exec_driver_sql(index)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_initial", _initial),
     Migration("0002_dynamic_steps_and_leases", _dynamic_steps_and_leases),
     Migration("0003_session_origin", _session_origin),
+    Migration("0004_long_consensus_outcomes", _long_consensus_outcomes),
 )
 """Every migration this code knows, in the order they apply."""
 

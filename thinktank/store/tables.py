@@ -272,8 +272,9 @@ class ConsensusRow(SQLModel, table=True):
     """Whether ``score >= threshold``."""
     content: str = Field(sa_type=Text)
     """The merged answer."""
-    outcome: str = Field(max_length=32)
-    """``ok`` or a degraded outcome (``low_consensus``, ``k_of_n``)."""
+    outcome: str = Field(sa_type=Text)
+    """``ok``, or the degraded outcomes that apply, comma-separated (``k_of_n``,
+    ``quorum_not_reached``, ``low_consensus``, ...)."""
     clusters: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON_TYPE)
     """The agreeing groups: answer, members, weight."""
     included_call_ids: list[str] = Field(default_factory=list, sa_type=JSON_TYPE)
