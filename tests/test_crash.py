@@ -14,16 +14,18 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
 import pytest
+import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import thinktank
 
-from .conftest import REPO
+from .conftest import REPO, SESSIONS
 from .fakeserver import FakeServer, Fault, run_fake_server
 
 pytestmark = pytest.mark.slow
@@ -183,3 +185,118 @@ def test_sigkill_then_resume_finishes_every_step_exactly_once(
     for step_key, model in finished_before:
         key = (step_key, WIRE_NAME[model])
         assert sent_after[key] == sent_before[key], f"{key} was sent again after it finished"
+
+
+def _query(db: Path, sql: str, *args: object) -> list[tuple[object, ...]]:
+    """Rows of ``sql`` on ``db``; none while the database is not there yet or busy."""
+    if not db.exists():
+        return []
+    try:
+        con = sqlite3.connect(db, timeout=0.5)
+        try:
+            return con.execute(sql, args).fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return []
+
+
+def _wait_for(what: str, ready: Callable[[], bool], proc: subprocess.Popen[bytes]) -> None:
+    """Poll ``ready`` until it holds (generous: a loaded 2-core machine is slow)."""
+    deadline = time.monotonic() + 120
+    while not ready():
+        assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "thinktank", *args]
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("THINKTANK_")}
+
+
+def test_ctrl_c_during_decompose_substeps_then_resume_completes_every_step_once(
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C while the steps a decompose step added run, then ``resume``: exit 0, the
+    grown DAG is rebuilt (``brief`` waits for ``research-synthesis``), every step
+    completes once and no step that had finished runs again."""
+    # sessions/research_plan.yaml with slower researchers, so Ctrl-C surely lands while
+    # the sub-steps run however loaded the machine is.
+    data = yaml.safe_load((SESSIONS / "research_plan.yaml").read_text())
+    data["models"]["researcher"]["latency"] = {"kind": "fixed", "ms": 3000}
+    path = tmp_path / "research_plan.yaml"
+    path.write_text(yaml.safe_dump(data))
+    db = tmp_path / "t.db"
+    proc = subprocess.Popen(
+        _cli("run", str(path), "--db", str(db), "--no-progress"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=_env(),
+        cwd=REPO,
+    )
+    try:
+        _wait_for(
+            "the sub-steps to start",
+            lambda: bool(
+                _query(
+                    db,
+                    "select 1 from thinktank_steps where parent = 'research' "
+                    "and status = 'running'",
+                )
+            ),
+            proc,
+        )
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err.decode()  # interrupted
+    ((sid, status),) = _query(db, "select id, status from thinktank_sessions")
+    assert status == "interrupted"
+    done_before = {
+        k for (k,) in _query(db, "select step_key from thinktank_steps where status='completed'")
+    }
+    assert "research" in done_before and "brief" not in done_before
+    calls_before = Counter(
+        k
+        for (k,) in _query(
+            db,
+            "select s.step_key from thinktank_parallel_executions c "
+            "join thinktank_steps s on s.id = c.step_id",
+        )
+    )
+
+    resumed = subprocess.run(
+        _cli("resume", str(sid), "--db", str(db), "--no-progress"),
+        capture_output=True,
+        env=_env(),
+        cwd=REPO,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr.decode()
+    steps = _query(db, "select step_key, status from thinktank_steps")
+    keys = [k for k, _ in steps]
+    assert len(keys) == len(set(keys))
+    assert {"research", "brief", "research-synthesis"} <= set(keys)
+    assert all(status == "completed" for _, status in steps), steps
+    calls_after = Counter(
+        k
+        for (k,) in _query(
+            db,
+            "select s.step_key from thinktank_parallel_executions c "
+            "join thinktank_steps s on s.id = c.step_id",
+        )
+    )
+    for key in done_before:
+        assert calls_after[key] == calls_before[key], f"{key} ran again after it completed"
+    # brief was written from the synthesis, as in an uninterrupted run.
+    ((brief_prompt,),) = _query(db, "select prompt from thinktank_steps where step_key='brief'")
+    ((synthesis,),) = _query(
+        db, "select output from thinktank_steps where step_key='research-synthesis'"
+    )
+    assert str(synthesis) in str(brief_prompt)

@@ -19,7 +19,7 @@ import functools
 import math
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal
@@ -349,8 +349,6 @@ async def _run_recorded(
     emit: Listener = listeners[0] if len(listeners) == 1 else emit_all
 
     graph = StepGraph(spec)
-    for extra, _parent, _prov in restart.extra_steps:
-        graph.add_step(extra)
     executor = StepExecutor(
         session_id=session_id,
         spec=spec,
@@ -378,8 +376,16 @@ async def _run_recorded(
         done=[k for k, v in restart.seed.items() if v.status == "completed"],
         failed={k: v.error or "failed" for k, v in restart.seed.items() if v.status == "failed"},
     )
-    executor.add_steps([st for st, _, _ in restart.extra_steps])
-    executor.aliases.update(restart.aliases)
+
+    def grow_dag(parent: str, added: list[StepSpec], sink: str) -> list[str]:
+        """Grow the graph and the executor together: the steps that now wait for sink."""
+        rewired = graph.grow(parent, added, sink)
+        executor.adopt(parent, added, sink)
+        return rewired
+
+    # The DAG an earlier run grew, rebuilt the way it grew (before the scheduler counts).
+    for parent, added in _added_by_parent(restart.extra_steps).items():
+        grow_dag(parent, added, restart.aliases[parent])
     executor.attempt_base.update(restart.attempt_base)
     for key, seeded in restart.seed.items():
         if seeded.status == "completed":
@@ -399,9 +405,8 @@ async def _run_recorded(
                 ),
             )
         )
-        for st in added:
-            graph.add_step(st)
-        scheduler.add_steps(parent, [(st.id, list(st.depends_on)) for st in added], sink=sink)
+        rewired = grow_dag(parent, added, sink)
+        scheduler.grown([st.id for st in added], rewired)
 
     executor.on_delta = on_delta
     # Only the store and the caller's listener read CallStarted (the result does not).
@@ -494,6 +499,16 @@ async def _run_recorded(
     result = collector.result
     assert result is not None
     return result
+
+
+def _added_by_parent(
+    extra_steps: Sequence[tuple[StepSpec, str, tuple[str, ...]]],
+) -> dict[str, list[StepSpec]]:
+    """The steps each decompose step added, in the order they were added."""
+    added: dict[str, list[StepSpec]] = {}
+    for step, parent, _provenance in extra_steps:
+        added.setdefault(parent, []).append(step)
+    return added
 
 
 def _seed(
