@@ -239,6 +239,12 @@ def test_sigkill_then_resume_finishes_every_step_exactly_once(
         running = con.execute(
             "select count(*) from thinktank_parallel_executions where status = 'running'"
         ).fetchone()[0]
+        call_totals = con.execute(
+            "select sum(tokens_used), sum(cost_usd) from thinktank_parallel_executions"
+        ).fetchone()
+        session_totals = con.execute(
+            "select total_tokens, cost_usd from thinktank_sessions"
+        ).fetchone()
         ok_per_attempt = con.execute(
             "select s.step_key, c.model_id, c.attempt, count(*) "
             "from thinktank_parallel_executions c join thinktank_steps s on s.id = c.step_id "
@@ -249,6 +255,9 @@ def test_sigkill_then_resume_finishes_every_step_exactly_once(
     assert sorted(k for k, _ in steps) == sorted(expected_steps)
     assert all(status == "completed" for _, status in steps), steps
     assert running == 0
+    # Answers served from the store again are not counted twice.
+    assert call_totals[0] == session_totals[0]
+    assert call_totals[1] == pytest.approx(session_totals[1])
     # One answer per model per step attempt (a resumed attempt may re-serve an answer
     # from the store: that is a row of the new attempt, not a second request).
     assert all(n == 1 for *_, n in ok_per_attempt)

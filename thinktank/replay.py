@@ -60,7 +60,8 @@ class RecordedClient:
 
     Recordings are queued per key in the order they were made; ``fallback`` (a live
     client) answers what was never recorded, or — with no fallback — that is an error
-    naming the step and model.
+    naming the step and model. With ``reuse`` (resume), each answer says which stored
+    call it is (``reused_from``), so the store does not count its tokens twice.
     """
 
     def __init__(
@@ -73,6 +74,7 @@ class RecordedClient:
         fallback: ModelClient | None = None,
         time_scale: float = 0.0,
         ordered_steps: frozenset[str] = frozenset(),
+        reuse: bool = False,
     ) -> None:
         self._name = name
         self._provider = provider
@@ -81,6 +83,7 @@ class RecordedClient:
         self.fallback = fallback
         self.time_scale = time_scale
         self.ordered_steps = ordered_steps
+        self.reuse = reuse
         self.served = 0
         self.live = 0
 
@@ -142,6 +145,7 @@ class RecordedClient:
             latency_ms=float(rec.latency_ms or 0),
             cost_usd=rec.cost_usd,
             finish_reason=rec.finish_reason,
+            reused_from=rec.id if self.reuse else None,
         )
 
 
@@ -284,8 +288,10 @@ async def _resume(
                         at=call.started_at,
                     )
                 )
-            elif call.status == "ok":
+            elif call.status == "ok" and call.reused_from is None:
                 # A finished answer of an unfinished step: serve it, do not send again.
+                # (A row that already reused one is skipped: the answer is served from
+                # the row it came from, which counts its tokens.)
                 recordings.setdefault((step.step_key, call.model_id), deque()).append(call)
     restart = Restart(
         session_id=stored.id,
@@ -303,6 +309,7 @@ async def _resume(
                 recordings,
                 by_attempt=False,
                 fallback=pooled.client,
+                reuse=True,
             ),
         ),
         origin={"kind": "resume", "session_id": stored.id},

@@ -28,6 +28,8 @@ The migrations:
   ``.lease_expires_at`` (several workers sharing one database).
 - ``0003_session_origin``: ``thinktank_sessions.origin``, what a replay, fork or resume
   was made from.
+- ``0004_call_reused_from``: ``thinktank_parallel_executions.reused_from``, the stored
+  call whose answer a resumed step served again (that row carries no tokens or cost).
 """
 
 from __future__ import annotations
@@ -333,10 +335,19 @@ def _session_origin(conn: Connection) -> None:
     add_columns(conn, "thinktank_sessions", Column("origin", JSON_TYPE))
 
 
+# -- 0004_call_reused_from ---------------------------------------------------------------
+
+
+def _call_reused_from(conn: Connection) -> None:
+    # A resumed step's answer served from the store points at the call it reuses.
+    add_columns(conn, "thinktank_parallel_executions", Column("reused_from", String(36)))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_initial", _initial),
     Migration("0002_dynamic_steps_and_leases", _dynamic_steps_and_leases),
     Migration("0003_session_origin", _session_origin),
+    Migration("0004_call_reused_from", _call_reused_from),
 )
 """Every migration this code knows, in the order they apply."""
 
