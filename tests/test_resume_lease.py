@@ -9,11 +9,19 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import subprocess
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import anyio
 import pytest
+
+import thinktank
+from thinktank.events import Event, StepFinished
+from thinktank.result import SessionResult
+from thinktank.spec import parse_session
 
 from .conftest import REPO
 from .fakeserver import Fault, run_fake_server
@@ -29,13 +37,12 @@ from .test_crash import (
     session_file,
 )
 
-pytestmark = pytest.mark.slow
-
 LEASE_TTL = "5"
 """Seconds: short, so the test waits little for a killed run's lease to expire, and
 long enough that a loaded machine renews it in time (every third of it)."""
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_resume_is_refused_while_the_run_lives_and_works_after_its_lease_expires(
     tmp_path: Path,
@@ -126,3 +133,63 @@ def test_resume_is_refused_while_the_run_lives_and_works_after_its_lease_expires
     assert max(Counter(sent_by_resume).values()) == 1
     # Ended, the resume gave the lease up.
     assert _query(db, "select lease_owner from thinktank_sessions") == [(None,)]
+
+
+LOSE_LEASE = {
+    "name": "chain",
+    "models": {"m": {"provider": "simulated", "latency": {"kind": "fixed", "ms": 200}}},
+    "steps": [
+        {"id": f"s{i}", "model": "m", "prompt": f"step {i}", "depends_on": [f"s{i - 1}"]}
+        if i
+        else {"id": "s0", "model": "m", "prompt": "step 0"}
+        for i in range(6)
+    ],
+}
+
+
+@pytest.mark.anyio
+async def test_a_run_whose_lease_another_worker_took_starts_no_more_steps(
+    tmp_path: Path,
+) -> None:
+    """Should another worker take the session over (the run stalled past its lease),
+    the run stops starting steps, ends partial saying so, and leaves that lease alone."""
+    db = tmp_path / "t.db"
+    first_done = anyio.Event()
+
+    def listen(event: Event) -> None:
+        if isinstance(event, StepFinished) and event.step_id == "s0":
+            first_done.set()
+
+    def steal(session_id: str) -> None:
+        con = sqlite3.connect(db, timeout=30)
+        try:
+            with con:
+                con.execute(
+                    "update thinktank_sessions set lease_owner = 'thief', "
+                    "lease_expires_at = ? where id = ?",
+                    ((datetime.now(UTC) + timedelta(hours=1)).replace(tzinfo=None), session_id),
+                )
+        finally:
+            con.close()
+
+    results: list[SessionResult] = []
+
+    async def go() -> None:
+        results.append(
+            await thinktank.run(
+                parse_session(LOSE_LEASE), store=str(db), on_event=listen, lease_ttl_s=0.3
+            )
+        )
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(go)
+        await first_done.wait()
+        ((sid,),) = await anyio.to_thread.run_sync(_query, db, "select id from thinktank_sessions")
+        await anyio.to_thread.run_sync(steal, sid)
+    (result,) = results
+    assert result.status == "partial"
+    assert result.error is not None and "another worker (thief) took the session over" in (
+        result.error
+    )
+    assert result.steps["s5"].status == "skipped"
+    assert _query(db, "select lease_owner from thinktank_sessions") == [("thief",)]
