@@ -136,13 +136,13 @@ async def _keep_lease(
         while True:
             await anyio.sleep(ttl_s / 3)
             try:
-                held = await store.claim_session(session_id, worker_id=worker_id, ttl_s=ttl_s)
+                if await store.claim_session(session_id, worker_id=worker_id, ttl_s=ttl_s):
+                    continue
+                owner = await store.lease_of(session_id)
             except StoreError:
                 continue
-            if not held:
-                owner = await store.lease_of(session_id)
-                stop(f"another worker ({owner[0] if owner else '?'}) took the session over")
-                return
+            stop(f"another worker ({owner[0] if owner else '?'}) took the session over")
+            return
 
 
 class _Recorder:
