@@ -521,20 +521,6 @@ async def _run_recorded(
     )
     lease = restart.lease
     claimed = False
-    if store is not None and restart.session_id is None:
-        # A new session: write its row and lease it to this run before anything else
-        # sees it, so a resume elsewhere refuses it while this run is alive.
-        await store.write([started])
-        lease = (new_worker_id(), lease_ttl_s)
-        claimed = await store.claim_session(session_id, worker_id=lease[0], ttl_s=lease_ttl_s)
-        if not claimed:
-            raise UsageError(f"session {session_id} was leased by another worker at once")
-        collector(started)  # the listeners but the recorder: it is written
-        if on_event is not None:
-            on_event(started)
-    else:
-        emit(started)
-    _seed(restart, session_id, collector, emit, started_at)
 
     def finish(status: Any, error: str | None) -> None:
         usages = [u for k in collector.steps if (u := collector.step_usage(k)) is not None]
@@ -578,6 +564,20 @@ async def _run_recorded(
 
     renewal = anyio.CancelScope()
     try:
+        if store is not None and restart.session_id is None:
+            # A new session: write its row and lease it to this run before anything else
+            # sees it, so a resume elsewhere refuses it while this run is alive.
+            await store.write([started])
+            lease = (new_worker_id(), lease_ttl_s)
+            claimed = await store.claim_session(session_id, worker_id=lease[0], ttl_s=lease_ttl_s)
+            if not claimed:
+                raise UsageError(f"session {session_id} was leased by another worker at once")
+            collector(started)  # the listeners but the recorder: it is written
+            if on_event is not None:
+                on_event(started)
+        else:
+            emit(started)
+        _seed(restart, session_id, collector, emit, started_at)
         if recorder is None:
             await drive()
         else:
