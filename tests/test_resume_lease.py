@@ -147,7 +147,6 @@ LOSE_LEASE = {
 }
 
 
-@pytest.mark.anyio
 async def test_a_run_whose_lease_another_worker_took_starts_no_more_steps(
     tmp_path: Path,
 ) -> None:

@@ -88,7 +88,6 @@ async def _sums(url: str, session_id: str) -> tuple[Any, ...]:
     return int(calls[0]), float(calls[1]), int(session[0]), float(session[1]), int(reused)
 
 
-@pytest.mark.anyio
 async def test_resume_does_not_count_reused_answers_twice(db_url: str) -> None:
     spec = parse_session(SESSION)
     answered = anyio.Event()
