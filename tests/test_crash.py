@@ -14,16 +14,19 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
 import pytest
+import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import thinktank
 
-from .conftest import REPO
+from .conftest import REPO, SESSIONS
 from .fakeserver import FakeServer, Fault, run_fake_server
 
 pytestmark = pytest.mark.slow
@@ -32,7 +35,7 @@ pytestmark = pytest.mark.slow
 def session_file(tmp_path: Path, server: FakeServer) -> Path:
     model = {
         "provider": "openai",
-        "model": "m",
+        "model": "a",
         "base_url": server.url + "/v1",
         "max_retries": 0,
         "timeout_s": 10,
@@ -61,7 +64,7 @@ def session_file(tmp_path: Path, server: FakeServer) -> Path:
         json.dumps(
             {
                 "name": "crash",
-                "models": {"a": model, "b": {**model, "model": "n"}},
+                "models": {"a": model, "b": {**model, "model": "b"}},
                 "parallel_execution": {"max_concurrent_steps": 2},
                 "steps": steps,
             }
@@ -70,11 +73,68 @@ def session_file(tmp_path: Path, server: FakeServer) -> Path:
     return path
 
 
-WIRE_NAME = {"a": "m", "b": "n"}
+STEPS = ["root", "sink", *(f"mid{i}" for i in range(10))]
+"""The steps of the session of ``session_file``."""
+
+
+def decompose_session_file(tmp_path: Path, server: FakeServer) -> Path:
+    """A decompose step whose two planners propose four sub-problems, then a step that
+    depends on it (and so waits for the synthesis step it adds)."""
+
+    def model(wire: str) -> dict[str, object]:
+        return {
+            "provider": "openai",
+            "model": wire,
+            "base_url": server.url + "/v1",
+            "max_retries": 0,
+            "timeout_s": 10,
+        }
+
+    # Each sub-problem's prompt starts with its step id, as every prompt of session_file.
+    subs = [
+        {"id": "a", "prompt": "plan-1: speed limits?", "depends_on": []},
+        {"id": "b", "prompt": "plan-2: junctions?", "depends_on": []},
+        {"id": "c", "prompt": "plan-3: cameras?", "depends_on": ["a"]},
+        {"id": "d", "prompt": "plan-4: costs?", "depends_on": ["b", "c"]},
+    ]
+    server.set_reply("p1", json.dumps({"subproblems": subs}))
+    server.set_reply("p2", json.dumps({"subproblems": subs[:2]}))
+    path = tmp_path / "decompose.json"
+    path.write_text(
+        json.dumps(
+            {
+                "name": "crash-decompose",
+                "models": {"p1": model("p1"), "p2": model("p2"), "r": model("r")},
+                "parallel_execution": {"max_concurrent_steps": 2},
+                "steps": [
+                    {
+                        "id": "plan",
+                        "kind": "decompose",
+                        "models": ["p1", "p2"],
+                        "sub_models": ["r"],
+                        "synthesizer": "r",
+                        "synthesis_prompt": "plan-synthesis: answer from the parts",
+                        "prompt": "plan: halve traffic deaths",
+                    },
+                    {
+                        "id": "after",
+                        "model": "r",
+                        "depends_on": ["plan"],
+                        "prompt": "after: {{ steps.plan.output }}",
+                    },
+                ],
+            }
+        )
+    )
+    return path
+
+
+DECOMPOSE_STEPS = ["plan", "after", "plan-synthesis", *(f"plan-{i}" for i in range(1, 5))]
+"""The steps of the session of ``decompose_session_file`` once it has grown."""
 
 
 def request_counts(server: FakeServer) -> Counter[tuple[str, str]]:
-    """Requests the server received, per (step id, wire model name)."""
+    """Requests the server received, per (step id, model name)."""
     counts: Counter[tuple[str, str]] = Counter()
     for r in server.requests:
         prompt = r.json["messages"][-1]["content"] if r.json else ""
@@ -96,6 +156,7 @@ def _started(db: Path) -> bool:
 
 
 def ok_calls(db: Path) -> set[tuple[str, str]]:
+    """(step, model name) of every answered call; the wire name is the model name."""
     con = sqlite3.connect(db)
     try:
         rows = con.execute(
@@ -107,6 +168,13 @@ def ok_calls(db: Path) -> set[tuple[str, str]]:
     return {(k, m) for k, m in rows}
 
 
+SESSIONS_KILLED = {
+    "fan-out": (session_file, STEPS),
+    "decompose": (decompose_session_file, DECOMPOSE_STEPS),
+}
+
+
+@pytest.mark.parametrize("kind", list(SESSIONS_KILLED))
 @settings(
     max_examples=6,
     deadline=None,
@@ -114,21 +182,22 @@ def ok_calls(db: Path) -> set[tuple[str, str]]:
 )
 @given(kill_after=st.floats(min_value=0.0, max_value=1.8))
 def test_sigkill_then_resume_finishes_every_step_exactly_once(
-    tmp_path_factory: pytest.TempPathFactory, kill_after: float
+    tmp_path_factory: pytest.TempPathFactory, kind: str, kill_after: float
 ) -> None:
     """Killed at any point and resumed: every step completes once, no finished call is
-    re-sent, and no row is left half-written."""
+    re-sent, and no row is left half-written (a decompose session too: its grown DAG is
+    rebuilt on resume)."""
+    make_session, expected_steps = SESSIONS_KILLED[kind]
     tmp_path = tmp_path_factory.mktemp("crash")
     with run_fake_server() as server:
         server.add_faults(*[Fault.slow(0.25)] * 200)
-        path = session_file(tmp_path, server)
+        path = make_session(tmp_path, server)
         db = tmp_path / "t.db"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("THINKTANK_")}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "thinktank", "run", str(path), "--db", str(db), "--no-progress"],
+            _cli("run", str(path), "--db", str(db), "--no-progress"),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            env=env,
+            env={**_env(), "THINKTANK_LEASE_TTL": "1"},
             cwd=REPO,
         )
         # Wait until the session is recorded (start-up takes a while), then kill it
@@ -156,6 +225,9 @@ def test_sigkill_then_resume_finishes_every_step_exactly_once(
             event("finished before the kill")
             return
         event(f"resumed after {len(finished_before)} finished calls")
+        # The killed run's lease (1 s) runs out without heartbeats: wait for that in
+        # the database, then resume.
+        _wait_until_unleased(db, sid)
         result = anyio.run(lambda: thinktank.resume(sid, store=str(db)))
         assert result.status == "completed", result.error
         sent_after = request_counts(server)
@@ -167,6 +239,12 @@ def test_sigkill_then_resume_finishes_every_step_exactly_once(
         running = con.execute(
             "select count(*) from thinktank_parallel_executions where status = 'running'"
         ).fetchone()[0]
+        call_totals = con.execute(
+            "select sum(tokens_used), sum(cost_usd) from thinktank_parallel_executions"
+        ).fetchone()
+        session_totals = con.execute(
+            "select total_tokens, cost_usd from thinktank_sessions"
+        ).fetchone()
         ok_per_attempt = con.execute(
             "select s.step_key, c.model_id, c.attempt, count(*) "
             "from thinktank_parallel_executions c join thinktank_steps s on s.id = c.step_id "
@@ -174,12 +252,146 @@ def test_sigkill_then_resume_finishes_every_step_exactly_once(
         ).fetchall()
     finally:
         con.close()
-    assert sorted(k for k, _ in steps) == sorted(["root", "sink", *(f"mid{i}" for i in range(10))])
-    assert all(status == "completed" for _, status in steps)
+    assert sorted(k for k, _ in steps) == sorted(expected_steps)
+    assert all(status == "completed" for _, status in steps), steps
     assert running == 0
+    # Answers served from the store again are not counted twice.
+    assert call_totals[0] == session_totals[0]
+    assert call_totals[1] == pytest.approx(session_totals[1])
     # One answer per model per step attempt (a resumed attempt may re-serve an answer
     # from the store: that is a row of the new attempt, not a second request).
     assert all(n == 1 for *_, n in ok_per_attempt)
-    for step_key, model in finished_before:
-        key = (step_key, WIRE_NAME[model])
+    for key in finished_before:
         assert sent_after[key] == sent_before[key], f"{key} was sent again after it finished"
+
+
+def _wait_until_unleased(db: Path, session_id: str) -> None:
+    """Wait (generously) until no live lease holds the session."""
+    deadline = time.monotonic() + 60
+    while True:
+        rows = _query(
+            db,
+            "select lease_expires_at from thinktank_sessions where id = ? "
+            "and lease_owner is not null",
+            session_id,
+        )
+        expires = [datetime.fromisoformat(str(at)) for (at,) in rows if at is not None]
+        if all(at.replace(tzinfo=at.tzinfo or UTC) <= datetime.now(UTC) for at in expires):
+            return
+        assert time.monotonic() < deadline, "the killed run's lease never expired"
+        time.sleep(0.05)
+
+
+def _query(db: Path, sql: str, *args: object) -> list[tuple[object, ...]]:
+    """Rows of ``sql`` on ``db``; none while the database is not there yet or busy."""
+    if not db.exists():
+        return []
+    try:
+        con = sqlite3.connect(db, timeout=0.5)
+        try:
+            return con.execute(sql, args).fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return []
+
+
+def _wait_for(what: str, ready: Callable[[], bool], proc: subprocess.Popen[bytes]) -> None:
+    """Poll ``ready`` until it holds (generous: a loaded 2-core machine is slow)."""
+    deadline = time.monotonic() + 120
+    while not ready():
+        assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "thinktank", *args]
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("THINKTANK_")}
+
+
+def test_ctrl_c_during_decompose_substeps_then_resume_completes_every_step_once(
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C while the steps a decompose step added run, then ``resume``: exit 0, the
+    grown DAG is rebuilt (``brief`` waits for ``research-synthesis``), every step
+    completes once and no step that had finished runs again."""
+    # sessions/research_plan.yaml with slower researchers, so Ctrl-C surely lands while
+    # the sub-steps run however loaded the machine is.
+    data = yaml.safe_load((SESSIONS / "research_plan.yaml").read_text())
+    data["models"]["researcher"]["latency"] = {"kind": "fixed", "ms": 3000}
+    path = tmp_path / "research_plan.yaml"
+    path.write_text(yaml.safe_dump(data))
+    db = tmp_path / "t.db"
+    proc = subprocess.Popen(
+        _cli("run", str(path), "--db", str(db), "--no-progress"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=_env(),
+        cwd=REPO,
+    )
+    try:
+        _wait_for(
+            "the sub-steps to start",
+            lambda: bool(
+                _query(
+                    db,
+                    "select 1 from thinktank_steps where parent = 'research' "
+                    "and status = 'running'",
+                )
+            ),
+            proc,
+        )
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err.decode()  # interrupted
+    ((sid, status),) = _query(db, "select id, status from thinktank_sessions")
+    assert status == "interrupted"
+    done_before = {
+        k for (k,) in _query(db, "select step_key from thinktank_steps where status='completed'")
+    }
+    assert "research" in done_before and "brief" not in done_before
+    calls_before = Counter(
+        k
+        for (k,) in _query(
+            db,
+            "select s.step_key from thinktank_parallel_executions c "
+            "join thinktank_steps s on s.id = c.step_id",
+        )
+    )
+
+    resumed = subprocess.run(
+        _cli("resume", str(sid), "--db", str(db), "--no-progress"),
+        capture_output=True,
+        env=_env(),
+        cwd=REPO,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr.decode()
+    steps = _query(db, "select step_key, status from thinktank_steps")
+    keys = [k for k, _ in steps]
+    assert len(keys) == len(set(keys))
+    assert {"research", "brief", "research-synthesis"} <= set(keys)
+    assert all(status == "completed" for _, status in steps), steps
+    calls_after = Counter(
+        k
+        for (k,) in _query(
+            db,
+            "select s.step_key from thinktank_parallel_executions c "
+            "join thinktank_steps s on s.id = c.step_id",
+        )
+    )
+    for key in done_before:
+        assert calls_after[key] == calls_before[key], f"{key} ran again after it completed"
+    # brief was written from the synthesis, as in an uninterrupted run.
+    ((brief_prompt,),) = _query(db, "select prompt from thinktank_steps where step_key='brief'")
+    ((synthesis,),) = _query(
+        db, "select output from thinktank_steps where step_key='research-synthesis'"
+    )
+    assert str(synthesis) in str(brief_prompt)

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 import thinktank
 from thinktank.cli import main
 from thinktank.errors import ProviderError, UsageError
-from thinktank.events import CallStarted, Event
+from thinktank.events import CallStarted, Event, StepFinished
 from thinktank.providers.base import ModelRequest
 from thinktank.replay import RecordedClient
 from thinktank.spec import parse_session
@@ -111,8 +111,26 @@ async def test_resume_finishes_an_interrupted_session_without_resending(tmp_path
         }
     )
     first: list[Event] = []
-    with anyio.move_on_after(0.15):
-        await thinktank.run(spec, store=db, on_event=first.append)
+    a_done = anyio.Event()
+
+    def listen(event: Event) -> None:
+        first.append(event)
+        if isinstance(event, StepFinished) and event.step_id == "a":
+            a_done.set()
+
+    # Interrupted once "a" finished, while "b" (400 ms) is still waiting for its answer:
+    # synchronised on the run's own events, not on a time that a loaded machine misses.
+    async with anyio.create_task_group() as tg:
+
+        async def go() -> None:
+            await thinktank.run(spec, store=db, on_event=listen)
+
+        tg.start_soon(go)
+        await a_done.wait()
+        tg.cancel_scope.cancel()
+    assert not any(
+        isinstance(e, StepFinished) and e.step_id == "b" and e.status == "completed" for e in first
+    )
     sid = first[0].session_id
     resumed: list[Event] = []
     result = await thinktank.resume(sid, store=db, on_event=resumed.append)

@@ -437,4 +437,5 @@ def _finished(
         finish_reason=response.finish_reason if response is not None else None,
         error=error,
         tries=tries,
+        reused_from=response.reused_from if response is not None else None,
     )

@@ -240,6 +240,10 @@ class CallFinished(Event):
     """What went wrong, when it did."""
     tries: int = 1
     """How many times it was sent (retries included)."""
+    reused_from: str | None = None
+    """The stored call whose answer this is, served again instead of sent (a resumed
+    step's finished answers). The answer's tokens and cost are those of that call,
+    where the store counts them; this call's row carries none."""
 
 
 @fast_init

@@ -351,11 +351,34 @@ class StepGraph:
         order = {n: d["position"] for n, d in self.graph.nodes(data=True)}
         return [sorted(g, key=order.__getitem__) for g in nx.topological_generations(self.graph)]
 
-    def add_step(self, step: StepSpec) -> None:
-        """Add a step while the session runs (its dependencies must exist)."""
-        self.graph.add_node(step.id, spec=step, position=self.graph.number_of_nodes())
-        for dep in step.depends_on:
-            self.graph.add_edge(dep, step.id)
+    def grow(self, parent: str, added: Sequence[StepSpec], sink: str) -> list[str]:
+        """Add the steps decompose step ``parent`` made, and wire them in.
+
+        The one place the DAG grows: the live run (a decompose step finishing) and a
+        restart (resume, fork: rebuilding the grown DAG from the stored steps) both call
+        it, so both get the same graph. The added steps become nodes after the existing
+        ones, with an edge from each dependency; every step that waited for ``parent``
+        now also waits for ``sink`` (the synthesis step), so ``{{ steps.PARENT.output }}``
+        is ready when it runs.
+
+        Args:
+            parent: The decompose step.
+            added: The steps it added, dependencies first (they may depend on
+                ``parent``, on each other and on steps already in the graph).
+            sink: The id of the synthesis step among ``added``.
+
+        Returns:
+            The steps that now also wait for ``sink``.
+        """
+        new = {step.id for step in added}
+        waiting = [s for s in self.graph.successors(parent) if s not in new]
+        for step in added:
+            self.graph.add_node(step.id, spec=step, position=self.graph.number_of_nodes())
+            for dep in step.depends_on:
+                self.graph.add_edge(dep, step.id)
+        for succ in waiting:
+            self.graph.add_edge(sink, succ)
+        return waiting
 
     def critical_path(self, weight: Mapping[str, float]) -> float:
         """Length of the longest dependency chain, each step weighted by ``weight``."""

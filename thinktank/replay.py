@@ -7,8 +7,9 @@ in the model pool.
 - **resume**: the same session continues. Completed steps are not run again; failed ones
   stay failed; calls a killed process left ``running`` are closed as lost; a step that
   did not finish is re-run, and its calls that had finished are served from the store
-  (so no finished call is sent again); only the rest go to the models. A lease on the
-  session keeps two workers from resuming it at once.
+  (so no finished call is sent again); only the rest go to the models. The session's
+  lease (which ``run`` holds while it runs) keeps a second worker from running it: a
+  resume claims the lease first, then reads the session.
 - **replay**: a new run of the same session whose models answer from the recording,
   matched by step, model and attempt, in the recorded order and relative timing (so
   race and quorum decide the same way). A missing recording is an error naming the step
@@ -26,8 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import os
-import socket
 from collections import deque
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -42,7 +41,7 @@ from thinktank.events import CallStarted
 from thinktank.graph import StepGraph
 from thinktank.providers.base import ModelClient, ModelRequest, ModelResponse
 from thinktank.result import SessionResult
-from thinktank.runner import Listener, Restart, SeedStep, run
+from thinktank.runner import Listener, Restart, SeedStep, lease_ttl, new_worker_id, run
 from thinktank.spec import SessionSpec, StepSpec
 from thinktank.store import Store, StoredCall, StoredSession, StoredStep
 
@@ -61,7 +60,8 @@ class RecordedClient:
 
     Recordings are queued per key in the order they were made; ``fallback`` (a live
     client) answers what was never recorded, or — with no fallback — that is an error
-    naming the step and model.
+    naming the step and model. With ``reuse`` (resume), each answer says which stored
+    call it is (``reused_from``), so the store does not count its tokens twice.
     """
 
     def __init__(
@@ -74,6 +74,7 @@ class RecordedClient:
         fallback: ModelClient | None = None,
         time_scale: float = 0.0,
         ordered_steps: frozenset[str] = frozenset(),
+        reuse: bool = False,
     ) -> None:
         self._name = name
         self._provider = provider
@@ -82,6 +83,7 @@ class RecordedClient:
         self.fallback = fallback
         self.time_scale = time_scale
         self.ordered_steps = ordered_steps
+        self.reuse = reuse
         self.served = 0
         self.live = 0
 
@@ -143,6 +145,7 @@ class RecordedClient:
             latency_ms=float(rec.latency_ms or 0),
             cost_usd=rec.cost_usd,
             finish_reason=rec.finish_reason,
+            reused_from=rec.id if self.reuse else None,
         )
 
 
@@ -187,10 +190,6 @@ def _seed_of(step: StoredStep) -> SeedStep | None:
     return None
 
 
-def _worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 async def _open(store: Store | str | None) -> tuple[Store, bool]:
     if isinstance(store, Store):
         return store, False
@@ -205,45 +204,56 @@ async def resume(
     models: Mapping[str, ModelClient] | None = None,
     on_event: Listener | None = None,
     worker_id: str | None = None,
-    lease_ttl_s: float = 30.0,
+    lease_ttl_s: float | None = None,
 ) -> SessionResult:
     """Finish a session that was interrupted or killed.
 
+    The session's lease is claimed before its state is read (so what is resumed is
+    what no other worker is changing), renewed while it runs, and released at the end.
+
+    Args:
+        session_id: The session, or a unique prefix of its id.
+        store: Where it is stored.
+        models: Model clients by name, added to (or replacing) the session's own.
+        on_event: Called with every event as it happens.
+        worker_id: This worker's lease id (default: host, process and a random part).
+        lease_ttl_s: How long the lease lasts unless renewed (default
+            ``$THINKTANK_LEASE_TTL`` or 30 s).
+
     Raises:
         UnknownSessionError: no such session.
-        UsageError: another worker holds the session's lease, or it already finished.
+        UsageError: another worker holds the session's lease (a run or resume of it
+            is alive, or died less than the lease's time to live ago), or it already
+            completed.
     """
+    ttl = lease_ttl(lease_ttl_s)
     db, owned = await _open(store)
     try:
-        stored = await db.get_session(session_id)
-        if stored.status in ("completed",):
-            raise UsageError(f"session {stored.id} already completed; nothing to resume")
-        worker = worker_id or _worker_id()
-        if not await db.claim_session(stored.id, worker_id=worker, ttl_s=lease_ttl_s):
-            owner = await db.lease_of(stored.id)
-            holder = f"{owner[0]} until {owner[1]:%Y-%m-%d %H:%M:%S} UTC" if owner else "?"
-            raise UsageError(f"session {stored.id} is leased by {holder}; not resuming")
+        sid = (await db.get_session(session_id)).id  # leases go by the full id
+        worker = worker_id or new_worker_id()
+        if not await db.claim_session(sid, worker_id=worker, ttl_s=ttl):
+            owner = await db.lease_of(sid)
+            holder = (
+                f"worker {owner[0]} until {owner[1]:%Y-%m-%d %H:%M:%S} UTC"
+                if owner
+                else "another worker"
+            )
+            raise UsageError(
+                f"session {sid} is leased by {holder} (it is running there, or died "
+                "and its lease has not expired yet); not resuming"
+            )
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(_heartbeat, db, stored.id, worker, lease_ttl_s)
-                try:
-                    result = await _resume(stored, db, models, on_event)
-                finally:
-                    tg.cancel_scope.cancel()
+            stored = await db.get_session(sid)  # read under the lease
+            if stored.status == "completed":
+                raise UsageError(f"session {stored.id} already completed; nothing to resume")
+            return await _resume(stored, db, models, on_event, (worker, ttl))
         finally:
             with anyio.CancelScope(shield=True):
-                await db.release(stored.id, worker_id=worker)
-        return result
+                await db.release(sid, worker_id=worker)
     finally:
         if owned:
             with anyio.CancelScope(shield=True):
                 await db.close()
-
-
-async def _heartbeat(db: Store, session_id: str, worker: str, ttl_s: float) -> None:
-    while True:
-        await anyio.sleep(ttl_s / 3)
-        await db.heartbeat(session_id, worker_id=worker, ttl_s=ttl_s)
 
 
 async def _resume(
@@ -251,6 +261,7 @@ async def _resume(
     db: Store,
     models: Mapping[str, ModelClient] | None,
     on_event: Listener | None,
+    lease: tuple[str, float],
 ) -> SessionResult:
     spec = _spec_of(stored)
     done_parents = {s.step_key for s in stored.steps if s.status == "completed"}
@@ -277,8 +288,10 @@ async def _resume(
                         at=call.started_at,
                     )
                 )
-            elif call.status == "ok":
+            elif call.status == "ok" and call.reused_from is None:
                 # A finished answer of an unfinished step: serve it, do not send again.
+                # (A row that already reused one is skipped: the answer is served from
+                # the row it came from, which counts its tokens.)
                 recordings.setdefault((step.step_key, call.model_id), deque()).append(call)
     restart = Restart(
         session_id=stored.id,
@@ -296,9 +309,11 @@ async def _resume(
                 recordings,
                 by_attempt=False,
                 fallback=pooled.client,
+                reuse=True,
             ),
         ),
         origin={"kind": "resume", "session_id": stored.id},
+        lease=lease,
     )
     return await run(
         spec,

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import math
+import os
+import socket
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal
@@ -31,7 +34,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from thinktank._heap import frozen
 from thinktank.budget import Budget
 from thinktank.calls import OnDelta, PooledModel
-from thinktank.errors import SpecError, SpecErrors, StoreError
+from thinktank.errors import SpecError, SpecErrors, StoreError, UsageError
 from thinktank.events import (
     CallFinished,
     CallStarted,
@@ -57,7 +60,16 @@ from thinktank.spec import SessionSpec, StepSpec, validate_inputs
 from thinktank.steps import StepExecutor, sum_known
 from thinktank.store import Store
 
-__all__ = ["DEFAULT_STORE", "Restart", "SeedStep", "run", "run_sync"]
+__all__ = [
+    "DEFAULT_STORE",
+    "LEASE_TTL_ENV",
+    "Restart",
+    "SeedStep",
+    "lease_ttl",
+    "new_worker_id",
+    "run",
+    "run_sync",
+]
 
 
 class _DefaultStore:
@@ -70,6 +82,67 @@ DEFAULT_STORE: Final[Any] = _DefaultStore()
 record nothing."""
 
 Listener = Callable[[Event], None]
+
+LEASE_TTL_ENV: Final = "THINKTANK_LEASE_TTL"
+"""Environment variable: seconds a session's lease lasts without a renewal (default 30)."""
+
+_DEFAULT_LEASE_TTL_S: Final = 30.0
+
+
+def lease_ttl(ttl_s: float | None = None) -> float:
+    """The lease time to live: ``ttl_s``, else ``$THINKTANK_LEASE_TTL``, else 30 s.
+
+    A run renews its lease every third of it; a killed run's session can be resumed
+    once it has passed.
+
+    Raises:
+        UsageError: the value is not a positive number of seconds.
+    """
+    where = "lease_ttl_s"
+    value: object = ttl_s
+    if ttl_s is None:
+        where, value = f"${LEASE_TTL_ENV}", os.environ.get(LEASE_TTL_ENV)
+        if not value:
+            return _DEFAULT_LEASE_TTL_S
+        with contextlib.suppress(ValueError):  # not a number: reported below
+            value = float(str(value))
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise UsageError(f"{where} must be a positive number of seconds, not {value!r}")
+    return float(value)
+
+
+def new_worker_id() -> str:
+    """A lease holder's id: this host and process, and a random part so that two runs
+    in one process never share a lease."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+async def _keep_lease(
+    store: Store,
+    session_id: str,
+    worker_id: str,
+    ttl_s: float,
+    scope: anyio.CancelScope,
+    stop: Callable[[str], None],
+) -> None:
+    """Renew the lease every third of its life until ``scope`` is cancelled.
+
+    A renewal re-claims the lease, so a run that stalled past its expiry keeps it
+    unless another worker took the session meanwhile; then this run starts no more
+    steps (``stop``), since the other worker runs them. A failed renewal (the database
+    busy) is tried again at the next tick.
+    """
+    with scope:
+        while True:
+            await anyio.sleep(ttl_s / 3)
+            try:
+                if await store.claim_session(session_id, worker_id=worker_id, ttl_s=ttl_s):
+                    continue
+                owner = await store.lease_of(session_id)
+            except StoreError:
+                continue
+            stop(f"another worker ({owner[0] if owner else '?'}) took the session over")
+            return
 
 
 class _Recorder:
@@ -154,6 +227,9 @@ class Restart:
     validated: bool = False
     """The spec is a stored session's, already validated when it ran, and every model
     it names is given as a client (recorded replay): skip re-validating the graph."""
+    lease: tuple[str, float] | None = None
+    """(worker id, time to live) of the lease the caller holds on ``session_id``
+    (resume): the run renews it while it runs and leaves releasing it to the caller."""
 
 
 def _step_info(
@@ -222,8 +298,13 @@ async def run(
     max_tokens: int | None = None,
     restart: Restart | None = None,
     on_delta: OnDelta | None = None,
+    lease_ttl_s: float | None = None,
 ) -> SessionResult:
     """Run a session to the end and return its result.
+
+    A recorded session is leased to this run from the moment its row is written until
+    it ends (renewed every third of ``lease_ttl_s``), so ``resume`` elsewhere refuses
+    it while this run is alive.
 
     Args:
         spec: A validated session (``thinktank.load_session``).
@@ -238,6 +319,9 @@ async def run(
         restart: Continue from stored state (``thinktank.replay`` builds these).
         on_delta: Called as (step, model, text) with each piece of text a streaming
             model sends, as it arrives (live progress; set ``stream = true`` on the model).
+        lease_ttl_s: How long the session's lease lasts unless renewed (default
+            ``$THINKTANK_LEASE_TTL`` or 30 s): how soon a killed run's session can
+            be resumed.
 
     Raises:
         SpecErrors: the spec names models that cannot be used (unknown, no key), or
@@ -262,6 +346,7 @@ async def run(
         if problems:
             raise SpecErrors(problems)
     values = validate_inputs(spec, inputs)
+    ttl = lease_ttl(lease_ttl_s)
     all_steps = [*spec.steps, *(st for st, _, _ in (restart.extra_steps if restart else []))]
     step_models = {step.id: spec.step_models(step) for step in all_steps}
     named: dict[str, None] = {}
@@ -308,6 +393,7 @@ async def run(
             restart or Restart(),
             on_delta,
             step_models,
+            ttl,
         )
     finally:
         # Shielded: an interrupted run must still release its connections.
@@ -329,6 +415,7 @@ async def _run_recorded(
     restart: Restart,
     on_delta: OnDelta | None = None,
     step_models: dict[str, list[str]] | None = None,
+    lease_ttl_s: float = _DEFAULT_LEASE_TTL_S,
 ) -> SessionResult:
     # uuid4, not v7: a random prefix keeps `thinktank show <first 8 chars>` unambiguous.
     session_id = restart.session_id or str(uuid.uuid4())
@@ -349,8 +436,6 @@ async def _run_recorded(
     emit: Listener = listeners[0] if len(listeners) == 1 else emit_all
 
     graph = StepGraph(spec)
-    for extra, _parent, _prov in restart.extra_steps:
-        graph.add_step(extra)
     executor = StepExecutor(
         session_id=session_id,
         spec=spec,
@@ -378,8 +463,16 @@ async def _run_recorded(
         done=[k for k, v in restart.seed.items() if v.status == "completed"],
         failed={k: v.error or "failed" for k, v in restart.seed.items() if v.status == "failed"},
     )
-    executor.add_steps([st for st, _, _ in restart.extra_steps])
-    executor.aliases.update(restart.aliases)
+
+    def grow_dag(parent: str, added: list[StepSpec], sink: str) -> list[str]:
+        """Grow the graph and the executor together: the steps that now wait for sink."""
+        rewired = graph.grow(parent, added, sink)
+        executor.adopt(parent, added, sink)
+        return rewired
+
+    # The DAG an earlier run grew, rebuilt the way it grew (before the scheduler counts).
+    for parent, added in _added_by_parent(restart.extra_steps).items():
+        grow_dag(parent, added, restart.aliases[parent])
     executor.attempt_base.update(restart.attempt_base)
     for key, seeded in restart.seed.items():
         if seeded.status == "completed":
@@ -399,9 +492,8 @@ async def _run_recorded(
                 ),
             )
         )
-        for st in added:
-            graph.add_step(st)
-        scheduler.add_steps(parent, [(st.id, list(st.depends_on)) for st in added], sink=sink)
+        rewired = grow_dag(parent, added, sink)
+        scheduler.grown([st.id for st in added], rewired)
 
     executor.on_delta = on_delta
     # Only the store and the caller's listener read CallStarted (the result does not).
@@ -410,26 +502,25 @@ async def _run_recorded(
     executor.on_stop = scheduler.stop
     started_at = utcnow()
     start = time.perf_counter()
-    emit(
-        SessionStarted(
-            session_id=session_id,
-            name=spec.name,
-            # Dumping a 10,000-step spec costs ~0.1 s: only the store needs it.
-            spec=spec.model_dump(mode="json") if recorder is not None else {},
-            inputs=values,
-            parallel_execution_config=spec.parallel_execution_wire(),
-            steps=_steps_info(spec, step_models)
-            + tuple(
-                _step_info(spec, st, len(spec.steps) + i, parent, prov)
-                for i, (st, parent, prov) in enumerate(restart.extra_steps)
-            ),
-            source=source,
-            model_selection=selected,
-            origin=restart.origin,
-            at=started_at,
-        )
+    started = SessionStarted(
+        session_id=session_id,
+        name=spec.name,
+        # Dumping a 10,000-step spec costs ~0.1 s: only the store needs it.
+        spec=spec.model_dump(mode="json") if recorder is not None else {},
+        inputs=values,
+        parallel_execution_config=spec.parallel_execution_wire(),
+        steps=_steps_info(spec, step_models)
+        + tuple(
+            _step_info(spec, st, len(spec.steps) + i, parent, prov)
+            for i, (st, parent, prov) in enumerate(restart.extra_steps)
+        ),
+        source=source,
+        model_selection=selected,
+        origin=restart.origin,
+        at=started_at,
     )
-    _seed(restart, session_id, collector, emit, started_at)
+    lease = restart.lease
+    claimed = False
 
     def finish(status: Any, error: str | None) -> None:
         usages = [u for k in collector.steps if (u := collector.step_usage(k)) is not None]
@@ -471,13 +562,35 @@ async def _run_recorded(
             if recorder is not None:
                 recorder.send.close()
 
+    renewal = anyio.CancelScope()
     try:
+        if store is not None and restart.session_id is None:
+            # A new session: write its row and lease it to this run before anything else
+            # sees it, so a resume elsewhere refuses it while this run is alive.
+            await store.write([started])
+            lease = (new_worker_id(), lease_ttl_s)
+            claimed = await store.claim_session(session_id, worker_id=lease[0], ttl_s=lease_ttl_s)
+            if not claimed:
+                raise UsageError(f"session {session_id} was leased by another worker at once")
+            collector(started)  # the listeners but the recorder: it is written
+            if on_event is not None:
+                on_event(started)
+        else:
+            emit(started)
+        _seed(restart, session_id, collector, emit, started_at)
         if recorder is None:
             await drive()
         else:
             async with anyio.create_task_group() as tg:
                 await tg.start(_guarded, recorder, tg)
-                await drive()
+                if lease is not None:
+                    tg.start_soon(
+                        _keep_lease, recorder.store, session_id, *lease, renewal, scheduler.stop
+                    )
+                try:
+                    await drive()
+                finally:
+                    renewal.cancel()
     except anyio.get_cancelled_exc_class():
         if recorder is not None:
             with anyio.CancelScope(shield=True):
@@ -487,6 +600,14 @@ async def _run_recorded(
         if recorder is not None:
             recorder.send.close()
             recorder.receive.close()
+        if claimed and store is not None and lease is not None:
+            # Shielded: an interrupted run gives its session up at once, so it can be
+            # resumed without waiting for the lease to expire.
+            with anyio.CancelScope(shield=True):
+                # A failed release is harmless (the lease expires by itself) and must
+                # not hide how the run ended.
+                with contextlib.suppress(StoreError):
+                    await store.release(session_id, worker_id=lease[0])
     if recorder is not None and recorder.error is not None:
         raise recorder.error
     # Still inside run()'s frozen heap: building 10,000 step results would otherwise
@@ -494,6 +615,16 @@ async def _run_recorded(
     result = collector.result
     assert result is not None
     return result
+
+
+def _added_by_parent(
+    extra_steps: Sequence[tuple[StepSpec, str, tuple[str, ...]]],
+) -> dict[str, list[StepSpec]]:
+    """The steps each decompose step added, in the order they were added."""
+    added: dict[str, list[StepSpec]] = {}
+    for step, parent, _provenance in extra_steps:
+        added.setdefault(parent, []).append(step)
+    return added
 
 
 def _seed(

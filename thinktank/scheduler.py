@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
@@ -179,27 +179,21 @@ class Scheduler:
             self.outcome.stopped = reason
             self._close()
 
-    def add_steps(self, parent: str, steps: list[tuple[str, list[str]]], *, sink: str) -> None:
-        """Grow the DAG while it runs: ``steps`` (id, dependencies) become nodes, and
-        every step waiting for ``parent`` now also waits for ``sink``.
+    def grown(self, added: Sequence[str], rewired: Sequence[str]) -> None:
+        """Take in steps added while the DAG runs (``StepGraph.grow`` already added
+        them and their edges): count what each new step, and each step ``rewired`` to
+        wait for one of them, still waits for, from the graph.
 
-        Call it from ``parent``'s own execution, before it returns. The new steps must
-        already be in ``self.graph`` (``StepGraph.add_step``) and must not form a cycle
-        (they can only depend on ``parent``, on each other, or on finished steps).
+        Call it from the decompose step's own execution, before it returns.
         """
         g = self.graph.graph
-        waiting_on_parent = [
-            s for s in g.successors(parent) if s in self._waiting and s not in self._finished
-        ]
-        for succ in waiting_on_parent:
-            if succ not in {sid for sid, _ in steps}:
-                g.add_edge(sink, succ)
-                self._waiting[succ] += 1
-        for step_id, _deps in steps:
+        finished = self._finished
+        for succ in rewired:
+            if succ in self._waiting and succ not in finished:
+                self._waiting[succ] = sum(1 for p in g.predecessors(succ) if p not in finished)
+        for step_id in added:
             self._position[step_id] = g.nodes[step_id]["position"]
-            self._waiting[step_id] = sum(
-                1 for p in g.predecessors(step_id) if p not in self._finished
-            )
+            self._waiting[step_id] = sum(1 for p in g.predecessors(step_id) if p not in finished)
             if self._scheduling == "eager":
                 self._phase_nodes.add(step_id)
                 self._left += 1

@@ -156,7 +156,8 @@ class StepExecutor:
         self.on_stop: Callable[[str], None] | None = None
         """Called when the budget runs out (the runner stops starting steps)."""
         self.on_grow: Grow | None = None
-        """Called when a decompose step adds steps (the runner updates the DAG)."""
+        """Called when a decompose step adds steps: the runner grows the DAG and calls
+        ``adopt``."""
         self._models: dict[str, list[str]] = (
             {s.id: step_models[s.id] for s in spec.steps}
             if step_models is not None
@@ -293,11 +294,16 @@ class StepExecutor:
                 parts.append(f"\n\n### Result of {dep}\n{out}")
         return "".join(parts)
 
-    def add_steps(self, steps: Sequence[StepSpec]) -> None:
-        """Know steps added while the session runs."""
-        for step in steps:
+    def adopt(self, parent: str, added: Sequence[StepSpec], sink: str) -> None:
+        """Know the steps decompose step ``parent`` added; ``sink`` now gives its output.
+
+        The runner calls it with ``StepGraph.grow`` (a live decompose step, or a
+        restart rebuilding the grown DAG), so the executor and the graph grow together.
+        """
+        for step in added:
             self._steps[step.id] = step
             self._models[step.id] = self.spec.step_models(step)
+        self.aliases[parent] = sink
 
     async def _decompose(
         self, step: StepSpec, models: list[str], request: ModelRequest, calls: list[CallResult]
@@ -395,10 +401,10 @@ class StepExecutor:
         )
         added = [*subs, sink]
         provenance = {ids[i]: tuple(item.models) for i, item in enumerate(plan.items)}
-        self.add_steps(added)
-        self.aliases[step.id] = sink.id
         if self.on_grow is not None:
             self.on_grow(step.id, added, sink.id, provenance)
+        else:
+            self.adopt(step.id, added, sink.id)
 
     def embedder(self) -> Embedder:
         """The sentence embedder for semantic agreement, loaded on first use."""

@@ -67,6 +67,8 @@ class ModelResponse:
     """Set when the call failed after producing (maybe partial) content."""
     extra: dict[str, object] = field(default_factory=dict)
     """Provider-specific details worth keeping (never secrets)."""
+    reused_from: str | None = None
+    """The id of the stored call this answer is served from (resume), not a new call."""
 
     @property
     def ok(self) -> bool:

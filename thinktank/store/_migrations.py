@@ -30,6 +30,8 @@ The migrations:
   was made from.
 - ``0004_long_consensus_outcomes``: ``thinktank_consensus.outcome`` becomes TEXT: it
   lists every degraded outcome that applies, which can pass 32 characters.
+- ``0005_call_reused_from``: ``thinktank_parallel_executions.reused_from``, the stored
+  call whose answer a resumed step served again (that row carries no tokens or cost).
 """
 
 from __future__ import annotations
@@ -370,11 +372,20 @@ def _long_consensus_outcomes(conn: Connection) -> None:
         conn.exec_driver_sql(index)
 
 
+# -- 0005_call_reused_from ---------------------------------------------------------------
+
+
+def _call_reused_from(conn: Connection) -> None:
+    # A resumed step's answer served from the store points at the call it reuses.
+    add_columns(conn, "thinktank_parallel_executions", Column("reused_from", String(36)))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_initial", _initial),
     Migration("0002_dynamic_steps_and_leases", _dynamic_steps_and_leases),
     Migration("0003_session_origin", _session_origin),
     Migration("0004_long_consensus_outcomes", _long_consensus_outcomes),
+    Migration("0005_call_reused_from", _call_reused_from),
 )
 """Every migration this code knows, in the order they apply."""
 

@@ -108,6 +108,9 @@ class StoredCall(_Model):
     """Whether the response took part in the step's merge."""
     tries: int = 1
     """How many times it was sent (retries included)."""
+    reused_from: str | None = None
+    """The stored call whose answer this one served again (a resumed step); its tokens
+    and cost are counted there, and this call's are 0."""
     attempts: list[StoredAttempt] = []
     """Every try, when it was retried (empty when the first try answered)."""
 

@@ -705,6 +705,7 @@ class _Batch:
             "error": None,
             "included_in_consensus": True,
             "tries": 1,
+            "reused_from": None,
         }
 
     def on_call_attempt(self, event: CallAttempt, row_id: str) -> None:
@@ -723,19 +724,27 @@ class _Batch:
         )
 
     def on_call_finished(self, event: CallFinished, row_id: str) -> None:
+        usage: dict[str, Any] = {
+            "tokens_used": _sum(event.input_tokens, event.output_tokens),
+            "input_tokens": event.input_tokens,
+            "output_tokens": event.output_tokens,
+            "cost_usd": event.cost_usd,
+        }
+        if event.reused_from is not None:
+            # An answer served again from the store: its row (reused_from) counts its
+            # tokens and cost, so sums over call rows stay equal to what was spent.
+            usage = {"tokens_used": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}
         changes = {
             "tries": event.tries,
             "status": event.status,
             "started_at": _utc(event.started_at),
             "completed_at": _utc(event.at),
             "response": event.content,
-            "tokens_used": _sum(event.input_tokens, event.output_tokens),
-            "input_tokens": event.input_tokens,
-            "output_tokens": event.output_tokens,
+            **usage,
             "latency_ms": round(event.latency_ms),
-            "cost_usd": event.cost_usd,
             "finish_reason": event.finish_reason,
             "error": event.error,
+            "reused_from": event.reused_from,
         }
         row = self.call_inserts.get(event.call_id)
         if row is not None:

@@ -209,6 +209,9 @@ class CallRow(SQLModel, table=True):
     """Whether the response took part in the step's merge."""
     tries: int = Field(default=1, sa_type=Integer)
     """How many times the call was sent (retries included)."""
+    reused_from: str | None = Field(default=None, max_length=36)
+    """The stored call whose answer this one served again (a resumed step); its tokens
+    and cost are counted on that row, and this row carries none (0)."""
 
 
 class CallAttemptRow(SQLModel, table=True):
