@@ -25,8 +25,8 @@ from thinktank.batch import BatchItem, BatchResult, read_inputs_file, run_many
 from thinktank.dryrun import dry_run as plan_dry_run
 from thinktank.errors import (
     InputError,
+    NoDatabaseError,
     SpecErrors,
-    StoreError,
     ThinkTankError,
     UnknownSessionError,
     UsageError,
@@ -51,7 +51,7 @@ from thinktank.runner import DEFAULT_STORE, run
 from thinktank.schema import render_export_schema, render_session_schema
 from thinktank.selection import apply_selection
 from thinktank.spec import ParallelExecutionConfig, SessionSpec, load_session, validate_inputs
-from thinktank.store import Store
+from thinktank.store import DEFAULT_DB_ENV, Store
 from thinktank.transfer import export_session, import_session, parse_age, prune
 
 __all__ = ["main"]
@@ -94,9 +94,12 @@ def _run_async(fn: Callable[[], Awaitable[T]]) -> T:
         return anyio.run(fn, backend="asyncio")
     except SpecErrors as exc:
         _fail(exc.lines())
-    except (UsageError, StoreError) as exc:
+    except NoDatabaseError as exc:
+        _fail([f"{exc} (--db / ${DEFAULT_DB_ENV})"])
+    except UsageError as exc:
         _fail(str(exc).splitlines())
     except ThinkTankError as exc:
+        # StoreError too: the database failed under a run (exit 1), the input was fine.
         _fail(str(exc).splitlines(), EXIT_FAILED)
 
 
@@ -573,7 +576,7 @@ def export_command(session_id: str, db: str | None) -> None:
     """Write a whole session (rows and event history) as JSON on stdout."""
 
     async def go() -> str:
-        async with await Store.open(db) as store:
+        async with await Store.open(db, read_only=True) as store:
             return (await export_session(store, session_id)).model_dump_json(indent=2)
 
     click.echo(_run_async(go))
@@ -608,7 +611,7 @@ def prune_command(older_than: str, dry_run: bool, db: str | None) -> None:
         _fail([str(exc)])
 
     async def go() -> list[str]:
-        async with await Store.open(db) as store:
+        async with await Store.open(db, create=False) as store:
             return await prune(store, age, dry_run=dry_run)
 
     ids = _run_async(go)
@@ -640,7 +643,7 @@ def sessions_command(db: str | None, as_json: bool, limit: int | None) -> None:
     """List stored sessions, newest first."""
 
     async def go() -> list[Any]:
-        async with await Store.open(db) as store:
+        async with await Store.open(db, read_only=True) as store:
             return await store.list_sessions(limit=limit)
 
     rows = _run_async(go)
@@ -658,7 +661,7 @@ def show_command(session_id: str, db: str | None, as_json: bool) -> None:
     """Show one session: its DAG, every step's status, output, calls and consensus."""
 
     async def go() -> Any:
-        async with await Store.open(db) as store:
+        async with await Store.open(db, read_only=True) as store:
             return await store.get_session(session_id)
 
     try:
