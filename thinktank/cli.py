@@ -20,6 +20,7 @@ import click
 import yaml
 from pydantic import ValidationError
 
+from thinktank._text import clean_text, read_utf8
 from thinktank.ask import ParallelResult, execute_parallel
 from thinktank.batch import BatchItem, BatchResult, read_inputs_file, run_many
 from thinktank.dryrun import dry_run as plan_dry_run
@@ -120,9 +121,13 @@ def _parse_inputs(pairs: Sequence[str], inputs_file: str | None) -> dict[str, An
     values: dict[str, Any] = {}
     if inputs_file is not None:
         try:
-            data = yaml.safe_load(Path(inputs_file).read_text(encoding="utf-8"))
+            data = yaml.safe_load(read_utf8(inputs_file))
         except OSError as exc:
             _fail([f"{inputs_file}: cannot read inputs file: {exc.strerror}"])
+        except UnicodeError as exc:  # yaml's reader: a character YAML does not allow
+            _fail([f"{inputs_file}: {exc}"])
+        except ValueError as exc:
+            _fail([f"{inputs_file}: {exc}"])
         except yaml.YAMLError as exc:
             _fail([f"{inputs_file}: not valid YAML/JSON: {' '.join(str(exc).split())}"])
         if not isinstance(data, dict):
@@ -132,7 +137,15 @@ def _parse_inputs(pairs: Sequence[str], inputs_file: str | None) -> dict[str, An
         name, sep, value = pair.partition("=")
         if not sep or not name:
             _fail([f"--input {pair!r}: expected NAME=VALUE"])
-        values[name] = value
+        clean = clean_text(value)
+        if clean is not value:
+            # The shell passed bytes that are not UTF-8 (Python keeps them as lone
+            # surrogates): no provider or database takes those, so say what is sent.
+            click.echo(
+                f"warning: --input {name}: not valid UTF-8; sent and stored as {clean!r}",
+                err=True,
+            )
+        values[name] = clean
     return values
 
 

@@ -28,6 +28,8 @@ The migrations:
   ``.lease_expires_at`` (several workers sharing one database).
 - ``0003_session_origin``: ``thinktank_sessions.origin``, what a replay, fork or resume
   was made from.
+- ``0004_text_repairs``: ``thinktank_sessions.text_repairs``, where text that cannot be
+  stored as it was (lone surrogates, NUL) was written with U+FFFD instead.
 """
 
 from __future__ import annotations
@@ -333,10 +335,22 @@ def _session_origin(conn: Connection) -> None:
     add_columns(conn, "thinktank_sessions", Column("origin", JSON_TYPE))
 
 
+# -- 0004_text_repairs ------------------------------------------------------------------
+
+
+def _text_repairs(conn: Connection) -> None:
+    add_columns(
+        conn,
+        "thinktank_sessions",
+        Column("text_repairs", JSON_TYPE, nullable=False, server_default=text("'[]'")),
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_initial", _initial),
     Migration("0002_dynamic_steps_and_leases", _dynamic_steps_and_leases),
     Migration("0003_session_origin", _session_origin),
+    Migration("0004_text_repairs", _text_repairs),
 )
 """Every migration this code knows, in the order they apply."""
 
