@@ -67,7 +67,7 @@ from thinktank.store._read import (
     get_session,
     list_sessions,
 )
-from thinktank.store._sqlite import CONNECT_ARGS, READ_OPTION, configure
+from thinktank.store._sqlite import BUSY_TIMEOUT_MS, CONNECT_ARGS, READ_OPTION, configure
 from thinktank.store._write import (
     AiosqliteExecutor,
     AsyncpgExecutor,
@@ -96,6 +96,7 @@ DEFAULT_DB_ENV = "THINKTANK_DB"
 """Environment variable naming the database (a URL or a file path)."""
 
 _DEFAULT_URL = "sqlite+aiosqlite:///./thinktank.db"
+_WRITE_RETRY_S = 60.0
 _READ_OPTION = READ_OPTION
 
 _ASYNC_DRIVERS = {
@@ -296,6 +297,9 @@ class Store:
     Attributes:
         url: The database URL, with any password hidden.
         where: How messages name the database: a SQLite file's path, else ``url``.
+        write_retry_s: How long a run keeps retrying writes that fail (a database
+            locked past the busy timeout, a full disk) before it stops starting steps;
+            the events stay in memory until they are written.
     """
 
     def __init__(self, *, engine: AsyncEngine, url: str, where: str | None = None) -> None:
@@ -303,6 +307,7 @@ class Store:
         self._engine = engine
         self.url = url
         self.where = where or url
+        self.write_retry_s = _WRITE_RETRY_S
         self._sqlite = engine.dialect.name == "sqlite"
         self._postgres = engine.dialect.name == "postgresql"
         # Writes go to the driver connection itself on SQLite (aiosqlite) and on
@@ -338,6 +343,7 @@ class Store:
         read_only: bool = False,
         create: bool = True,
         busy_timeout_s: float | None = None,
+        write_retry_s: float | None = None,
     ) -> Store:
         """Open the database at ``url``, creating or upgrading its schema if needed.
 
@@ -351,7 +357,10 @@ class Store:
             create: Create the SQLite file when it does not exist (ignored when
                 ``read_only``, which never creates one).
             busy_timeout_s: How long a SQLite write waits for another writer's lock
-                before it fails (default 30 s).
+                before it fails (default 30 s, or the URL's ``?timeout=``).
+            write_retry_s: How long a run keeps retrying writes that fail before it
+                stops starting steps (:attr:`write_retry_s`; default twice the busy
+                timeout on SQLite, 60 s on PostgreSQL).
 
         Raises:
             NoDatabaseError: a SQLite file that does not exist and is not to be
@@ -379,7 +388,15 @@ class Store:
             upgraded = await cls.open(target, create=False, busy_timeout_s=busy_timeout_s)
             await upgraded.close()
             return await cls.open(target, read_only=True, busy_timeout_s=busy_timeout_s)
-        return cls(engine=engine, url=shown, where=_name_of(make_url(normalize_db_url(target))))
+        store = cls(engine=engine, url=shown, where=_name_of(make_url(normalize_db_url(target))))
+        if write_retry_s is None:
+            busy = busy_timeout_s
+            if busy is None and store._sqlite:
+                given = make_url(normalize_db_url(target)).query.get("timeout")
+                busy = float(given) if isinstance(given, str) else BUSY_TIMEOUT_MS / 1000
+            write_retry_s = 2 * busy if busy is not None else _WRITE_RETRY_S
+        store.write_retry_s = write_retry_s
+        return store
 
     async def close(self) -> None:
         """Close every connection. Idempotent."""
@@ -435,7 +452,7 @@ class Store:
                             log=self._event_log,
                         )
         except self._errors as exc:
-            raise StoreError(f"cannot write to {self.url}: {_one_line(exc)}") from exc
+            raise StoreError(f"cannot write to {self.where}: {_one_line(exc)}") from exc
         self._step_rows.update(learnt)
         for sid in finished:
             self._step_rows.pop(sid, None)
