@@ -175,3 +175,27 @@ def test_inputs_file_with_invalid_utf8_is_one_line_exit_2(tmp_path: Path) -> Non
         "error: in.jsonl: line 2: byte 0xE9 is not valid UTF-8 (save the file as UTF-8)"
     ]
     assert not (tmp_path / "t.db").exists()
+
+
+def test_cli_run_of_a_model_answering_a_lone_surrogate(tmp_path: Path) -> None:
+    """A model whose reply holds a lone surrogate: `run` prints its table (no crash on
+    stdout), exit 0; the store has U+FFFD and `show` says where text was repaired."""
+    (tmp_path / "s.yaml").write_text(
+        "name: s\n"
+        'models: {m: {provider: simulated, default_reply: "bad \\ud800 reply"}}\n'
+        "steps:\n"
+        '  - {id: a, prompt: "hi", models: [m]}\n'
+        '  - {id: b, prompt: "again {{ steps.a.output }}", models: [m], depends_on: [a]}\n',
+        encoding="utf-8",
+    )
+    done = _thinktank("run", "s.yaml", "--db", "t.db", "--no-progress", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr.decode()
+    assert b"bad ? reply" in done.stdout and not done.stderr
+    listed = _thinktank("sessions", "--db", "t.db", "--json", cwd=tmp_path)
+    session_id = json.loads(listed.stdout)[0]["id"]
+    shown = _thinktank("show", session_id, "--db", "t.db", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr.decode()
+    text = " ".join(shown.stdout.decode().split())  # as wrapped to the terminal's width
+    assert "bad \ufffd reply" in text
+    assert "was kept with U+FFFD: " in text
+    assert "call_finished.content of step 'a'" in text

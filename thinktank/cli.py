@@ -8,6 +8,7 @@ to stdout, so ``--json`` output can be piped straight into ``jq``.
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 import time
@@ -115,6 +116,10 @@ def main() -> None:
     thinktank sessions                           list stored sessions
     thinktank show <session-id>                  one session: DAG, steps, calls, consensus
     """
+    # A model's reply may hold lone surrogates (a bad JSON escape), which the store
+    # keeps as U+FFFD but the run's result still holds: print "?" there, not a crash.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="replace")
 
 
 def _parse_inputs(pairs: Sequence[str], inputs_file: str | None) -> dict[str, Any]:
