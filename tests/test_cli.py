@@ -80,7 +80,7 @@ def test_show_unknown_session_is_one_line_exit_2(tmp_path: Path) -> None:
     invoke("run", str(SESSIONS / "diamond.yaml"), "--db", db, "--no-progress")
     code, out, err = invoke("show", "ffffffff", "--db", db)
     assert code == 2 and out == ""
-    assert err.strip().splitlines() == ["error: no stored session matches 'ffffffff'"]
+    assert err.strip().splitlines() == [f"error: no stored session matches 'ffffffff' in {db}"]
 
 
 def test_validate_lists_every_problem_and_exits_2() -> None:

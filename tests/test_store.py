@@ -824,8 +824,9 @@ async def test_bad_batch_raises_store_error_and_writes_nothing(store: Store) -> 
 
 
 async def test_nul_characters_in_a_reply_are_stored(store: Store) -> None:
-    """A reply holding NUL characters is recorded (PostgreSQL, which refuses them in text
-    and JSONB, gets U+FFFD instead)."""
+    """A reply holding NUL characters is recorded with U+FFFD instead, on every backend
+    (PostgreSQL refuses NUL in text and JSONB; an export must import anywhere), and the
+    session says where."""
     sid = new_id()
     _, started, finished = call_pair(sid, "a", "m1", start=1, content="a\x00b")
     step_done = StepFinished(
@@ -839,8 +840,12 @@ async def test_nul_characters_in_a_reply_are_stored(store: Store) -> None:
     )
     await store.write([session_started(sid, (step_info("a", 0),)), started, finished, step_done])
     stored = await store.get_session(sid)
-    expected = "a\x00b" if store._sqlite else "a\ufffdb"
+    expected = "a\ufffdb"
     assert (stored.steps[0].output, stored.steps[0].calls[0].response) == (expected, expected)
+    assert stored.text_repairs == [
+        "call_finished.content of step 'a'",
+        "step_finished.output of step 'a'",
+    ]
     rows = await fetch_all(
         store, "SELECT payload FROM thinktank_events WHERE type = 'call_finished'"
     )

@@ -17,6 +17,7 @@ import anyio
 from pydantic import BaseModel, ConfigDict
 
 from thinktank._safeload import LoadError, load_json
+from thinktank._text import read_utf8
 from thinktank.errors import InputError, ThinkTankError
 from thinktank.providers.base import ModelClient
 from thinktank.result import SessionResult
@@ -83,9 +84,11 @@ def read_inputs_file(path: str | Path, spec: SessionSpec) -> list[dict[str, Any]
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_utf8(path)
     except OSError as exc:
         raise InputError(f"{path}: cannot read inputs file: {exc.strerror}") from None
+    except ValueError as exc:
+        raise InputError(f"{path}: {exc}") from None
     problems: list[str] = []
     rows: list[dict[str, Any]] = []
     for number, line in enumerate(text.splitlines(), start=1):

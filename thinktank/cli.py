@@ -8,6 +8,7 @@ to stdout, so ``--json`` output can be piped straight into ``jq``.
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 import time
@@ -17,10 +18,11 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
+from thinktank._text import clean_text, read_utf8
 from thinktank.errors import (
     InputError,
+    NoDatabaseError,
     SpecErrors,
-    StoreError,
     ThinkTankError,
     UnknownSessionError,
     UsageError,
@@ -81,9 +83,14 @@ def _run_async(fn: Callable[[], Awaitable[T]]) -> T:
         return anyio.run(fn, backend="asyncio")
     except SpecErrors as exc:
         _fail(exc.lines())
-    except (UsageError, StoreError) as exc:
+    except NoDatabaseError as exc:
+        from thinktank.store import DEFAULT_DB_ENV
+
+        _fail([f"{exc} (--db / ${DEFAULT_DB_ENV})"])
+    except UsageError as exc:
         _fail(str(exc).splitlines())
     except ThinkTankError as exc:
+        # StoreError too: the database failed under a run (exit 1), the input was fine.
         _fail(str(exc).splitlines(), EXIT_FAILED)
 
 
@@ -98,21 +105,26 @@ def main() -> None:
     thinktank sessions                           list stored sessions
     thinktank show <session-id>                  one session: DAG, steps, calls, consensus
     """
+    # A model's reply may hold lone surrogates (a bad JSON escape), which the store
+    # keeps as U+FFFD but the run's result still holds: print "?" there, not a crash.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="replace")
 
 
 def _parse_inputs(pairs: Sequence[str], inputs_file: str | None) -> dict[str, Any]:
-
     from thinktank._safeload import LoadError, load_yaml
 
     values: dict[str, Any] = {}
     if inputs_file is not None:
         try:
-            data = load_yaml(Path(inputs_file).read_text(encoding="utf-8"))
+            data = load_yaml(read_utf8(inputs_file))
         except OSError as exc:
             _fail([f"{inputs_file}: cannot read inputs file: {exc.strerror}"])
         except LoadError as exc:
             where = f"{inputs_file}:{exc.line}" if exc.line is not None else inputs_file
             _fail([f"{where}: {exc.message}"])
+        except ValueError as exc:  # not UTF-8 (read_utf8 names the line and byte)
+            _fail([f"{inputs_file}: {exc}"])
         if not isinstance(data, dict):
             _fail([f"{inputs_file}: an inputs file must hold a mapping of input names"])
         values.update(data)
@@ -120,7 +132,15 @@ def _parse_inputs(pairs: Sequence[str], inputs_file: str | None) -> dict[str, An
         name, sep, value = pair.partition("=")
         if not sep or not name:
             _fail([f"--input {pair!r}: expected NAME=VALUE"])
-        values[name] = value
+        clean = clean_text(value)
+        if clean is not value:
+            # The shell passed bytes that are not UTF-8 (Python keeps them as lone
+            # surrogates): no provider or database takes those, so say what is sent.
+            click.echo(
+                f"warning: --input {name}: not valid UTF-8; sent and stored as {clean!r}",
+                err=True,
+            )
+        values[name] = clean
     return values
 
 
@@ -623,7 +643,7 @@ def export_command(session_id: str, db: str | None) -> None:
     from thinktank.transfer import export_session
 
     async def go() -> str:
-        async with await Store.open(db) as store:
+        async with await Store.open(db, read_only=True) as store:
             return (await export_session(store, session_id)).model_dump_json(indent=2)
 
     click.echo(_run_async(go))
@@ -664,7 +684,7 @@ def prune_command(older_than: str, dry_run: bool, db: str | None) -> None:
         _fail([str(exc)])
 
     async def go() -> list[str]:
-        async with await Store.open(db) as store:
+        async with await Store.open(db, create=False) as store:
             return await prune(store, age, dry_run=dry_run)
 
     ids = _run_async(go)
@@ -700,7 +720,7 @@ def sessions_command(db: str | None, as_json: bool, limit: int | None) -> None:
     from thinktank.store import Store
 
     async def go() -> list[Any]:
-        async with await Store.open(db) as store:
+        async with await Store.open(db, read_only=True) as store:
             return await store.list_sessions(limit=limit)
 
     rows = _run_async(go)
@@ -720,7 +740,7 @@ def show_command(session_id: str, db: str | None, as_json: bool) -> None:
     from thinktank.store import Store
 
     async def go() -> Any:
-        async with await Store.open(db) as store:
+        async with await Store.open(db, read_only=True) as store:
             return await store.get_session(session_id)
 
     try:

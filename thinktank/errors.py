@@ -12,6 +12,7 @@
         ├── ProviderError          a model call failed (provider, model, status, body)
         │   └── CallTimeoutError   a model call or step ran past its time limit
         └── StoreError             the database could not be read or written
+            └── NoDatabaseError    (also a UsageError) no database at the path given
 
 Misuse (``UsageError``) is reported before any model is called and before anything is
 written to the store. Failures a session policy tolerates (a model that errors in a
@@ -25,6 +26,7 @@ from collections.abc import Iterable, Sequence
 __all__ = [
     "CallTimeoutError",
     "InputError",
+    "NoDatabaseError",
     "ProviderError",
     "RunError",
     "SpecError",
@@ -159,3 +161,12 @@ class CallTimeoutError(ProviderError, TimeoutError):
 
 class StoreError(RunError):
     """The database could not be opened, read or written."""
+
+
+class NoDatabaseError(StoreError, UsageError):
+    """The database named does not exist, or cannot be created there.
+
+    A mistyped ``--db`` or ``THINKTANK_DB``: bad input (the CLI exits 2), and nothing
+    was created. Commands that only read, or continue, stored sessions never create a
+    database.
+    """

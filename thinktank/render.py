@@ -366,6 +366,17 @@ def print_stored_session(stored: StoredSession) -> None:
     )
     if stored.error:
         console.print(Text(stored.error, style="red"))
+    if stored.text_repairs:
+        shown = ", ".join(stored.text_repairs[:3])
+        more = len(stored.text_repairs) - 3
+        console.print(
+            Text(
+                "text that no database stores (invalid Unicode, NUL) was kept with U+FFFD: "
+                + shown
+                + (f" and {more} more (show --json lists them)" if more > 0 else ""),
+                style="yellow",
+            )
+        )
     if stored.model_selection:
         console.print("models selected automatically:")
         for name, reason in stored.model_selection.items():

@@ -193,7 +193,8 @@ def _seed_of(step: StoredStep) -> SeedStep | None:
 async def _open(store: Store | str | None) -> tuple[Store, bool]:
     if isinstance(store, Store):
         return store, False
-    return await Store.open(store), True
+    # Every caller reads a stored session first: a mistyped path creates nothing.
+    return await Store.open(store, create=False), True
 
 
 @frozen

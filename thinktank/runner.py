@@ -146,36 +146,88 @@ async def _keep_lease(
 
 
 class _Recorder:
-    """Writes queued events to the store, a batch per transaction."""
+    """Writes queued events to the store, a batch per transaction.
+
+    A write that fails (the database locked past its busy timeout, a full disk, a
+    dropped connection) loses nothing: its events stay in memory, in order, and go
+    with the next attempt, retried with backoff (up to every 2 s) while the session
+    runs. The session runs on meanwhile: its calls are paid for, and a store back
+    within ``store.write_retry_s`` gets all of them. Past that the recorder calls
+    ``on_give_up`` once (the scheduler's ``stop``: no new step starts, the calls in
+    flight finish, so no more money goes into answers that may not be kept). When the
+    session ends it still tries until ``write_retry_s`` is out: a store writable again
+    by then gets the session marked ``partial`` or ``failed`` with the store error.
+    ``pending`` holds what was never written.
+    """
 
     def __init__(self, store: Store) -> None:
         self.store = store
         send, receive = anyio.create_memory_object_stream[Event](math.inf)
         self.send: MemoryObjectSendStream[Event] = send
         self.receive: MemoryObjectReceiveStream[Event] = receive
-        self.error: BaseException | None = None
+        self.pending: list[Event] = []
+        """Events not written yet, in emission order."""
+        self.error: StoreError | None = None
+        """The last write failure, while ``pending`` has not been written since."""
+        self.on_give_up: Callable[[str], None] | None = None
+        self._failing_since: float | None = None
+        self._gave_up = False
+        self._ended = False
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         async for event in self.receive:
-            batch = [event]
-            while True:
-                try:
-                    batch.append(self.receive.receive_nowait())
-                except (anyio.WouldBlock, anyio.EndOfStream):
-                    break
-            await self._write(batch)
+            self.pending.append(event)
+            self._take_queued()
+            await self._flush()
+        self._ended = True
+        await self._flush()
 
     async def drain(self) -> None:
-        """Write whatever is still queued (after a cancellation)."""
-        batch: list[Event] = []
+        """Write what is still pending or queued, once (after a cancellation)."""
+        self._take_queued()
+        if self.pending:
+            try:
+                await self._write(self.pending)
+            except StoreError as exc:
+                self.error = exc
+            else:
+                self.pending, self.error = [], None
+
+    def _take_queued(self) -> None:
         while True:
             try:
-                batch.append(self.receive.receive_nowait())
-            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                break
-        if batch:
-            await self._write(batch)
+                self.pending.append(self.receive.receive_nowait())
+            except (anyio.WouldBlock, anyio.ClosedResourceError):
+                return
+            except anyio.EndOfStream:
+                self._ended = True
+                return
+
+    async def _flush(self) -> None:
+        """Write ``pending``, retrying with backoff until it is written, or the session
+        has ended and the retry time is out; stop the session once that time is out."""
+        delay = 0.05
+        while self.pending:
+            try:
+                await self._write(self.pending)
+            except StoreError as exc:
+                self.error = exc
+                now = time.monotonic()
+                if self._failing_since is None:
+                    self._failing_since = now
+                out = now - self._failing_since >= self.store.write_retry_s
+                if out and not self._gave_up:
+                    self._gave_up = True
+                    if self.on_give_up is not None:
+                        self.on_give_up(f"store failure: {exc}")
+                if out and self._ended:
+                    return
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                self._take_queued()
+            else:
+                self.pending, self.error, self._failing_since = [], None, None
 
     async def _write(self, batch: list[Event]) -> None:
         with anyio.CancelScope(shield=True):
@@ -500,6 +552,8 @@ async def _run_recorded(
     executor.record_starts = recorder is not None or on_event is not None
     executor.on_grow = grow
     executor.on_stop = scheduler.stop
+    if recorder is not None:
+        recorder.on_give_up = scheduler.stop
     started_at = utcnow()
     start = time.perf_counter()
     started = SessionStarted(
@@ -582,7 +636,7 @@ async def _run_recorded(
             await drive()
         else:
             async with anyio.create_task_group() as tg:
-                await tg.start(_guarded, recorder, tg)
+                await tg.start(recorder.run)
                 if lease is not None:
                     tg.start_soon(
                         _keep_lease, recorder.store, session_id, *lease, renewal, scheduler.stop
@@ -608,8 +662,11 @@ async def _run_recorded(
                 # not hide how the run ended.
                 with contextlib.suppress(StoreError):
                     await store.release(session_id, worker_id=lease[0])
-    if recorder is not None and recorder.error is not None:
-        raise recorder.error
+    if recorder is not None and recorder.pending:
+        raise StoreError(
+            f"{recorder.error}; {len(recorder.pending)} event(s) of session {session_id} "
+            "are not stored (retried until the session ended)"
+        )
     # Still inside run()'s frozen heap: building 10,000 step results would otherwise
     # set off a full collection over everything the process holds (~0.4 s).
     result = collector.result
@@ -665,20 +722,6 @@ def _seed(
             emit(finished)
         else:
             collector(finished)
-
-
-async def _guarded(
-    recorder: _Recorder,
-    tg: anyio.abc.TaskGroup,
-    *,
-    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    """Run the recorder; on a store failure stop the session and keep the error."""
-    try:
-        await recorder.run(task_status=task_status)
-    except StoreError as exc:
-        recorder.error = exc
-        tg.cancel_scope.cancel()
 
 
 def run_sync(spec: SessionSpec, **kwargs: Any) -> SessionResult:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, m
 from pydantic.alias_generators import to_camel
 
 from thinktank._safeload import LoadError, load_json, load_yaml
+from thinktank._text import repaired
 from thinktank.errors import InputError, SpecError, SpecErrors
 from thinktank.providers.config import DEFAULT_MODEL, ModelConfig, ThinkTankConfig
 
@@ -524,6 +525,9 @@ def validate_inputs(
         provided: Values given by the caller.
         from_text: Values are strings from the command line, to parse by type.
 
+    Text that cannot be encoded as UTF-8 (lone surrogates) and NUL characters are
+    replaced by U+FFFD.
+
     Raises:
         InputError: listing every missing, unknown or mistyped input, one per line.
     """
@@ -555,7 +559,9 @@ def validate_inputs(
                 f"input {name!r}: expected {decl.type}, got {type(value).__name__} {value!r}"
             )
             continue
-        values[name] = value
+        # Text no provider or database takes (lone surrogates, NUL) is sent and
+        # stored with U+FFFD in its place, rather than failing every call.
+        values[name] = repaired(value, name, [])
     if problems:
         raise InputError("\n".join(problems))
     return values

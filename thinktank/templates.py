@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from thinktank._text import clean_text
+
 __all__ = ["Reference", "TemplateSyntaxError", "parse_template", "render_template"]
 
 _PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
@@ -88,6 +90,8 @@ def render_template(
         if ref.kind == "input":
             return _as_text(inputs[ref.name])
         output = outputs[ref.name]
-        return "" if output is None else output
+        # A model's output may hold text no provider takes (a lone surrogate from a bad
+        # JSON escape): the prompt gets U+FFFD there, the store records the repair.
+        return "" if output is None else clean_text(output)
 
     return _PLACEHOLDER.sub(fill, template)

@@ -38,6 +38,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, TypeVar, cast
+from urllib.parse import quote
 
 import aiosqlite
 import anyio
@@ -49,7 +50,7 @@ from sqlalchemy.pool import StaticPool
 from sqlmodel import SQLModel
 
 from thinktank._heap import frozen_heap
-from thinktank.errors import StoreError
+from thinktank.errors import NoDatabaseError, StoreError, UnknownSessionError
 from thinktank.events import Event
 from thinktank.store import _lease
 from thinktank.store._json import dumps, loads
@@ -66,7 +67,7 @@ from thinktank.store._read import (
     get_session,
     list_sessions,
 )
-from thinktank.store._sqlite import CONNECT_ARGS, READ_OPTION, configure
+from thinktank.store._sqlite import BUSY_TIMEOUT_MS, CONNECT_ARGS, READ_OPTION, configure
 from thinktank.store._write import (
     AiosqliteExecutor,
     AsyncpgExecutor,
@@ -95,6 +96,7 @@ DEFAULT_DB_ENV = "THINKTANK_DB"
 """Environment variable naming the database (a URL or a file path)."""
 
 _DEFAULT_URL = "sqlite+aiosqlite:///./thinktank.db"
+_WRITE_RETRY_S = 60.0
 _READ_OPTION = READ_OPTION
 
 _ASYNC_DRIVERS = {
@@ -172,22 +174,21 @@ def _one_line(exc: BaseException) -> str:
     return lines[0] if lines else type(cause).__name__
 
 
-def _sqlite_path_problem(url: URL) -> str | None:
+def _sqlite_path_problem(url: URL, *, create: bool) -> str | None:
     """Why the SQLite file of ``url`` cannot be opened, if that shows before connecting.
 
     Checked up front because a failed aiosqlite connect leaves its worker thread to
     report to an event loop that may be gone by then.
     """
-    database = url.database or ""
-    if not database or database == ":memory:" or database.startswith("file:"):
+    path = _sqlite_file(url)
+    if path is None:
         return None
-    if url.query.get("uri"):
-        return None
-    path = os.path.abspath(database)
     parent = os.path.dirname(path)
     if os.path.isdir(path):
         return f"{path} is a directory"
     if not os.path.exists(path):
+        if not create:
+            return "no such file"
         if not os.path.exists(parent):
             return f"directory {parent} does not exist"
         if not os.path.isdir(parent):
@@ -197,6 +198,16 @@ def _sqlite_path_problem(url: URL) -> str | None:
     elif not os.access(path, os.R_OK):
         return f"{path} is not readable"
     return None
+
+
+def _sqlite_file(url: URL) -> str | None:
+    """The absolute path of the SQLite file ``url`` names; None for memory and URIs."""
+    database = url.database or ""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    if url.query.get("uri"):
+        return None
+    return os.path.abspath(database)
 
 
 def _driver_errors(engine: AsyncEngine) -> tuple[type[BaseException], ...]:
@@ -210,26 +221,50 @@ def _driver_errors(engine: AsyncEngine) -> tuple[type[BaseException], ...]:
     return ()
 
 
-def _create_engine(url: str) -> tuple[AsyncEngine, str]:
+def _create_engine(
+    url: str,
+    *,
+    read_only: bool = False,
+    create: bool = True,
+    busy_timeout_s: float | None = None,
+) -> tuple[AsyncEngine, str]:
     """An engine for ``url`` (a URL or a path), configured, and the URL to show.
 
     Raises:
+        NoDatabaseError: the SQLite file does not exist and may not be created, or
+            cannot be created where it is named.
         StoreError: the URL is not usable (unknown driver, driver not installed, a
             SQLite file that cannot be opened).
     """
     full = normalize_db_url(url)
     sa_url: URL = make_url(full)
     shown = sa_url.render_as_string(hide_password=True)
+    where = _name_of(sa_url)
     backend = sa_url.get_backend_name()
-    if backend == "sqlite":
-        problem = _sqlite_path_problem(sa_url)
-        if problem is not None:
-            raise StoreError(f"cannot open database {shown}: {problem}")
     options: dict[str, Any] = {"json_serializer": dumps, "json_deserializer": loads}
-    if backend == "postgresql":
-        options["json_serializer"] = _pg_json
-    elif backend == "sqlite":
+    if backend == "sqlite":
+        path = _sqlite_file(sa_url)
+        problem = _sqlite_path_problem(sa_url, create=create and not read_only)
+        if problem == "no such file":
+            raise NoDatabaseError(f"no database at {where}")
+        if problem is not None:
+            error = StoreError if os.path.exists(path or "") else NoDatabaseError
+            raise error(f"cannot open database {where}: {problem}")
+        query: dict[str, str] = {}
+        if busy_timeout_s is not None:
+            query["timeout"] = str(busy_timeout_s)
+        if read_only and path is not None:
+            # SQLite opens a URI read-only: it can neither create nor change the file.
+            query.update(mode="ro", uri="true")
+            sa_url = sa_url.set(database="file:" + quote(path))
+        if query:
+            sa_url = sa_url.update_query_dict(query)
         options["connect_args"] = CONNECT_ARGS
+    elif backend == "postgresql":
+        options["json_serializer"] = _pg_json
+        if read_only and sa_url.get_driver_name() == "asyncpg":
+            settings = {"default_transaction_read_only": "on"}
+            options["connect_args"] = {"server_settings": settings}
     try:
         engine = create_async_engine(sa_url, **options)
     except ImportError as exc:
@@ -242,6 +277,16 @@ def _create_engine(url: str) -> tuple[AsyncEngine, str]:
     return engine, shown
 
 
+def _name_of(url: URL) -> str:
+    """How messages name the database of ``url``: a SQLite file's path, else the URL
+    (password hidden)."""
+    if url.get_backend_name() == "sqlite":
+        path = _sqlite_file(url)
+        if path is not None:
+            return path
+    return url.render_as_string(hide_password=True)
+
+
 class Store:
     """An open database of sessions; async; one per event loop.
 
@@ -251,12 +296,18 @@ class Store:
 
     Attributes:
         url: The database URL, with any password hidden.
+        where: How messages name the database: a SQLite file's path, else ``url``.
+        write_retry_s: How long a run keeps retrying writes that fail (a database
+            locked past the busy timeout, a full disk) before it stops starting steps;
+            the events stay in memory until they are written.
     """
 
-    def __init__(self, *, engine: AsyncEngine, url: str) -> None:
+    def __init__(self, *, engine: AsyncEngine, url: str, where: str | None = None) -> None:
         """Wrap an engine whose schema is current; use :meth:`open` instead."""
         self._engine = engine
         self.url = url
+        self.where = where or url
+        self.write_retry_s = _WRITE_RETRY_S
         self._sqlite = engine.dialect.name == "sqlite"
         self._postgres = engine.dialect.name == "postgresql"
         # Writes go to the driver connection itself on SQLite (aiosqlite) and on
@@ -285,28 +336,67 @@ class Store:
         """The driver connection under ``_writer`` (aiosqlite or asyncpg)."""
 
     @classmethod
-    async def open(cls, url: str | None = None) -> Store:
+    async def open(
+        cls,
+        url: str | None = None,
+        *,
+        read_only: bool = False,
+        create: bool = True,
+        busy_timeout_s: float | None = None,
+        write_retry_s: float | None = None,
+    ) -> Store:
         """Open the database at ``url``, creating or upgrading its schema if needed.
 
         Args:
             url: A SQLAlchemy URL or a SQLite file path; None uses
                 :func:`default_db_url`.
+            read_only: Open it only to read (SQLite: a ``mode=ro`` URI, which works on a
+                read-only file and never writes it; PostgreSQL: read-only
+                transactions). A database made by an older thinktank is upgraded
+                once, read-write, first: reading it needs the current schema.
+            create: Create the SQLite file when it does not exist (ignored when
+                ``read_only``, which never creates one).
+            busy_timeout_s: How long a SQLite write waits for another writer's lock
+                before it fails (default 30 s, or the URL's ``?timeout=``).
+            write_retry_s: How long a run keeps retrying writes that fail before it
+                stops starting steps (:attr:`write_retry_s`; default twice the busy
+                timeout on SQLite, 60 s on PostgreSQL).
 
         Raises:
+            NoDatabaseError: a SQLite file that does not exist and is not to be
+                created (or cannot be created where it is named).
             StoreError: the database cannot be opened or its schema created, or it was
                 written by a newer thinktank (its schema has migrations this one does
                 not know).
         """
-        engine, shown = _create_engine(url if url is not None else default_db_url())
+        target = url if url is not None else default_db_url()
+        engine, shown = _create_engine(
+            target, read_only=read_only, create=create, busy_timeout_s=busy_timeout_s
+        )
         try:
-            await upgrade(engine, shown=shown, read_options={_READ_OPTION: True})
+            missing = await upgrade(
+                engine, shown=shown, read_options={_READ_OPTION: True}, apply=not read_only
+            )
         except (SQLAlchemyError, OSError) as exc:
             await engine.dispose()
             raise StoreError(f"cannot open database {shown}: {_one_line(exc)}") from exc
         except BaseException:
             await engine.dispose()
             raise
-        return cls(engine=engine, url=shown)
+        if read_only and missing:
+            await engine.dispose()
+            upgraded = await cls.open(target, create=False, busy_timeout_s=busy_timeout_s)
+            await upgraded.close()
+            return await cls.open(target, read_only=True, busy_timeout_s=busy_timeout_s)
+        store = cls(engine=engine, url=shown, where=_name_of(make_url(normalize_db_url(target))))
+        if write_retry_s is None:
+            busy = busy_timeout_s
+            if busy is None and store._sqlite:
+                given = make_url(normalize_db_url(target)).query.get("timeout")
+                busy = float(given) if isinstance(given, str) else BUSY_TIMEOUT_MS / 1000
+            write_retry_s = 2 * busy if busy is not None else _WRITE_RETRY_S
+        store.write_retry_s = write_retry_s
+        return store
 
     async def close(self) -> None:
         """Close every connection. Idempotent."""
@@ -362,7 +452,7 @@ class Store:
                             log=self._event_log,
                         )
         except self._errors as exc:
-            raise StoreError(f"cannot write to {self.url}: {_one_line(exc)}") from exc
+            raise StoreError(f"cannot write to {self.where}: {_one_line(exc)}") from exc
         self._step_rows.update(learnt)
         for sid in finished:
             self._step_rows.pop(sid, None)
@@ -489,6 +579,8 @@ class Store:
                 return await query(conn, *args, **kwargs)
         except (SQLAlchemyError, OSError) as exc:
             raise StoreError(f"cannot read {self.url}: {_one_line(exc)}") from exc
+        except UnknownSessionError as exc:
+            raise self._searched(exc) from None
 
     async def _leasing(
         self, what: str, change: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any
@@ -500,6 +592,12 @@ class Store:
                 return await change(conn, *args, **kwargs)
         except (SQLAlchemyError, OSError) as exc:
             raise StoreError(f"cannot {what} in {self.url}: {_one_line(exc)}") from exc
+        except UnknownSessionError as exc:
+            raise self._searched(exc) from None
+
+    def _searched(self, exc: UnknownSessionError) -> UnknownSessionError:
+        """``exc`` naming the database searched (a mistyped ``--db`` shows at once)."""
+        return UnknownSessionError(f"{exc} in {self.where}")
 
     async def list_sessions(self, *, limit: int | None = None) -> list[SessionSummary]:
         """Stored sessions, newest first.

@@ -32,6 +32,8 @@ The migrations:
   lists every degraded outcome that applies, which can pass 32 characters.
 - ``0005_call_reused_from``: ``thinktank_parallel_executions.reused_from``, the stored
   call whose answer a resumed step served again (that row carries no tokens or cost).
+- ``0006_text_repairs``: ``thinktank_sessions.text_repairs``, where text that cannot be
+  stored as it was (lone surrogates, NUL) was written with U+FFFD instead.
 """
 
 from __future__ import annotations
@@ -380,12 +382,24 @@ def _call_reused_from(conn: Connection) -> None:
     add_columns(conn, "thinktank_parallel_executions", Column("reused_from", String(36)))
 
 
+# -- 0006_text_repairs ------------------------------------------------------------------
+
+
+def _text_repairs(conn: Connection) -> None:
+    add_columns(
+        conn,
+        "thinktank_sessions",
+        Column("text_repairs", JSON_TYPE, nullable=False, server_default=text("'[]'")),
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_initial", _initial),
     Migration("0002_dynamic_steps_and_leases", _dynamic_steps_and_leases),
     Migration("0003_session_origin", _session_origin),
     Migration("0004_long_consensus_outcomes", _long_consensus_outcomes),
     Migration("0005_call_reused_from", _call_reused_from),
+    Migration("0006_text_repairs", _text_repairs),
 )
 """Every migration this code knows, in the order they apply."""
 
@@ -441,11 +455,22 @@ def _current(
     return all(migration.name in applied for migration in migrations)
 
 
+def _missing(
+    applied: Mapping[str, object] | None, migrations: Sequence[Migration], shown: str
+) -> list[str]:
+    """The names of ``migrations`` a database with ``applied`` lacks."""
+    if applied is None:
+        return [migration.name for migration in migrations]
+    _check_known(applied, migrations, shown)
+    return [migration.name for migration in migrations if migration.name not in applied]
+
+
 def _upgrade_sync(
     engine: Engine,
     migrations: Sequence[Migration],
     shown: str,
     read_options: Mapping[str, object] | None,
+    apply: bool,
 ) -> list[str]:
     """:func:`upgrade` on a synchronous engine, in the calling thread."""
     with engine.connect() as conn:
@@ -455,6 +480,8 @@ def _upgrade_sync(
             applied = applied_migrations(conn)
     if _current(applied, migrations, shown):
         return []
+    if not apply:
+        return _missing(applied, migrations, shown)
     with engine.begin() as conn:
         return _apply_missing(conn, migrations, shown)
 
@@ -464,11 +491,12 @@ def _upgrade_twin(
     migrations: Sequence[Migration],
     shown: str,
     read_options: Mapping[str, object] | None,
+    apply: bool,
 ) -> list[str]:
     """:func:`upgrade` of a SQLite file, whole in the calling (worker) thread."""
     twin = sync_twin(engine)
     try:
-        return _upgrade_sync(twin, migrations, shown, read_options)
+        return _upgrade_sync(twin, migrations, shown, read_options, apply)
     finally:
         twin.dispose()
 
@@ -479,6 +507,7 @@ async def upgrade(
     *,
     shown: str = "the database",
     read_options: Mapping[str, object] | None = None,
+    apply: bool = True,
 ) -> list[str]:
     """Bring the database of ``engine`` up to ``migrations``; return the names applied.
 
@@ -495,13 +524,15 @@ async def upgrade(
         shown: How error messages name the database.
         read_options: Execution options that make a connection's transaction read-only
             (the store's deferred ``BEGIN`` on SQLite).
+        apply: False to write nothing (a read-only store) and return the names of
+            the migrations the database lacks instead.
 
     Raises:
         StoreError: the database records a migration not in ``migrations``.
     """
     if engine.dialect.name == "sqlite" and is_file_database(engine.url):
         return await anyio.to_thread.run_sync(
-            _upgrade_twin, engine, migrations, shown, read_options
+            _upgrade_twin, engine, migrations, shown, read_options, apply
         )
     async with engine.connect() as conn:
         if read_options:
@@ -509,5 +540,7 @@ async def upgrade(
         applied = await conn.run_sync(applied_migrations)
     if _current(applied, migrations, shown):
         return []
+    if not apply:
+        return _missing(applied, migrations, shown)
     async with engine.begin() as conn:
         return await conn.run_sync(_apply_missing, migrations, shown)

@@ -254,6 +254,9 @@ class SessionSummary(_Model):
     """Steps failed or cancelled (counted from the steps while it runs)."""
     steps_skipped: int
     """Steps skipped (counted from the steps while it runs)."""
+    text_repairs: list[str] = []
+    """Where text no database can store (lone surrogates, invalid UTF-8, NUL) was
+    written with U+FFFD instead."""
 
 
 class StoredSession(SessionSummary):

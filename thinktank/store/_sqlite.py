@@ -62,19 +62,37 @@ def _use_wal(conn: sqlite3.Connection) -> None:
         delay = min(delay * 2, 0.05)
 
 
+def _read_only(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether ``sqlite3.connect`` was asked for a read-only URI (``file:...?mode=ro``)."""
+    database = args[0] if args else kwargs.get("database", "")
+    if not (kwargs.get("uri") and isinstance(database, str)):
+        return False
+    _, _, query = database.partition("?")
+    return "mode=ro" in query.split("&")
+
+
 class ConfiguredConnection(sqlite3.Connection):
     """A ``sqlite3`` connection with the store's settings (pass it as ``factory``).
 
-    WAL journal, a 30 s busy timeout, ``synchronous = NORMAL`` and foreign keys on; no
+    WAL journal, a 30 s busy timeout (or the ``timeout`` given to ``connect``, which a
+    ``?timeout=`` in the URL sets), ``synchronous = NORMAL`` and foreign keys on; no
     implicit ``BEGIN`` from the driver (``isolation_level = None``): the store begins
     its transactions itself (:func:`configure`).
+
+    A read-only URI (``file:...?mode=ro``) leaves the journal mode as the file has it
+    (switching it is a write) and sets ``query_only``.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        timeout = kwargs.get("timeout")
+        busy_ms = BUSY_TIMEOUT_MS if timeout is None else round(float(timeout) * 1000)
         try:
             self.isolation_level = None
-            self.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self.execute(f"PRAGMA busy_timeout = {busy_ms}")
+            if _read_only(args, kwargs):
+                self.execute("PRAGMA query_only = ON")
+                return
             _use_wal(self)
             self.execute("PRAGMA synchronous = NORMAL")
             self.execute("PRAGMA foreign_keys = ON")

@@ -44,6 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ClauseElement
 from sqlmodel import SQLModel
 
+from thinktank._text import repaired
 from thinktank.events import (
     CallAttempt,
     CallFinished,
@@ -60,7 +61,7 @@ from thinktank.events import (
 )
 from thinktank.ids import new_id
 from thinktank.store import tables as _tables
-from thinktank.store._json import dumps
+from thinktank.store._json import dumps, loads
 
 __all__ = [
     "ATTEMPTS",
@@ -91,6 +92,8 @@ CONSENSUS: Table = SQLModel.metadata.tables["thinktank_consensus"]
 EVENTS: Table = SQLModel.metadata.tables["thinktank_events"]
 
 _SESSION_EXISTS = select(SESSIONS.c.id).where(SESSIONS.c.id == bindparam("sid"))
+_TEXT_REPAIRS = select(SESSIONS.c.text_repairs).where(SESSIONS.c.id == bindparam("sid"))
+_MAX_REPAIRS = 100
 _STEP_ROWS = select(STEPS.c.step_key, STEPS.c.id).where(STEPS.c.session_id == bindparam("sid"))
 # ``inline()``: no RETURNING of the generated ids (PostgreSQL would add it), nobody reads them.
 _INSERT_SESSION = insert(SESSIONS).inline()
@@ -453,14 +456,25 @@ class EventLog:
         elif order != list(range(len(EVENT_COLUMNS))):
             self._adapt = lambda row: tuple(row[i] for i in order)
 
-    def payload(self, event: Event) -> Any:
-        """The payload column's value for ``event``: ``event.to_dict()``, converted."""
+    def payload(self, event: Event) -> tuple[Event, Any, list[str]]:
+        """``event`` as it can be stored, the payload column's value for it
+        (``event.to_dict()``, converted), and where its text had to be repaired.
+
+        Text no database takes (lone surrogates, NUL) is replaced by U+FFFD throughout
+        the event, so its rows and its payload agree. orjson's text tells when to look:
+        it refuses surrogates, and writes NUL as ``\\u0000``.
+        """
         if self._text:
             text = event_json(event)
-            # PostgreSQL's JSONB refuses \u0000: the column's serializer replaces it.
-            if text is not None and not (self._postgres and "\\u0000" in text):
-                return text
-        return self._process(event_payload(event))
+            if text is not None and "\\u0000" not in text:
+                return event, text, []
+        found: list[str] = []
+        event = repaired(event, event.type, found)
+        if self._text:
+            text = event_json(event)
+            if text is not None:
+                return event, text, found
+        return event, self._process(event_payload(event)), found
 
     async def run(self, executor: Executor, rows: list[tuple[Any, ...]]) -> None:
         """Insert ``rows``, each in :data:`EVENT_COLUMNS` order."""
@@ -491,6 +505,8 @@ class _Batch:
         self.included: dict[tuple[str, int], set[str]] = {}
         """Call ids merged, per (step row, attempt), for the latest merge of each."""
         self.events: list[tuple[Any, ...]] = []
+        self.repairs: dict[str, list[str]] = {}
+        """Session id -> where the batch wrote text with U+FFFD (:func:`repaired`)."""
         self.handlers: dict[type, Callable[[Any, str], None]] = {
             CallFinished: self.on_call_finished,
             CallAttempt: self.on_call_attempt,
@@ -507,6 +523,7 @@ class _Batch:
         log = self.events.append
         at_value, payload_value = self.log.at, self.log.payload
         for event in events:
+            event, payload, repairs = payload_value(event)
             cls = event.__class__
             handler = handlers.get(cls)
             step_key: str | None = None
@@ -531,15 +548,12 @@ class _Batch:
                 # An event this store does not know: logged, and it changes no row.
                 named = getattr(event, "step_id", None)
                 step_key = named if isinstance(named, str) else None
-            log(
-                (
-                    event.session_id,
-                    event.type,
-                    step_key,
-                    at_value(_utc(event.at)),
-                    payload_value(event),
+            log((event.session_id, event.type, step_key, at_value(_utc(event.at)), payload))
+            if repairs:
+                of_step = f" of step {step_key!r}" if step_key is not None else ""
+                self.repairs.setdefault(event.session_id, []).extend(
+                    f"{where}{of_step}" for where in repairs
                 )
-            )
 
     def remember(self, session_id: str, rows: dict[str, str]) -> None:
         self.rows[session_id] = rows
@@ -598,6 +612,7 @@ class _Batch:
                 **fields,
                 # Set once: a resume reopens the session and keeps where it came from.
                 "origin": event.origin,
+                "text_repairs": [],
             }
             await run(executor, _INSERT_SESSION, [session_row])
         else:
@@ -827,6 +842,17 @@ class _Batch:
         )
         self.finished_sessions.append(event.session_id)
 
+    async def record_repairs(self, sid: str, repairs: list[str]) -> None:
+        """Add ``repairs`` to the session's ``text_repairs`` (the first hundred kept:
+        they say that, and where, the text was changed, not every place)."""
+        found = await self.statements.fetch(self.executor, _TEXT_REPAIRS, {"sid": sid})
+        stored: Any = found[0][0] if found else None
+        if isinstance(stored, str):  # drivers under SQLAlchemy hand JSON back as text
+            stored = loads(stored)
+        known = stored if isinstance(stored, list) else []
+        merged = list(dict.fromkeys([*known, *repairs]))[:_MAX_REPAIRS]
+        self.session(sid)["text_repairs"] = merged
+
     async def flush(self) -> None:
         """Write every pending change, dependencies first."""
         executor, run = self.executor, self.statements.run
@@ -866,6 +892,8 @@ class _Batch:
             await run(executor, _INSERT_CONSENSUS, self.consensus_inserts)
         if self.step_updates:
             await run(executor, _UPDATE_STEP, self.step_updates.values())
+        for sid, repairs in self.repairs.items():
+            await self.record_repairs(sid, repairs)
         if self.session_updates:
             await run(executor, _UPDATE_SESSION, self.session_updates.values())
         if self.events:

@@ -94,6 +94,13 @@ class SessionRow(SQLModel, table=True):
     """Steps that failed or were cancelled (set when the session finishes)."""
     steps_skipped: int = Field(default=0, sa_type=Integer)
     """Steps skipped because a dependency failed (set when the session finishes)."""
+    text_repairs: list[str] = Field(
+        default_factory=list,
+        sa_type=JSON_TYPE,
+        sa_column_kwargs={"server_default": text("'[]'")},
+    )
+    """Where text that no database can store (lone surrogates, invalid UTF-8, NUL) was
+    written with U+FFFD instead, e.g. ``call_finished.content of step 'pros'``."""
     lease_owner: str | None = Field(default=None, max_length=200)
     """The worker that holds the session's lease (``Store.claim_session``), if any."""
     lease_expires_at: datetime | None = Field(default=None, sa_type=UTC_DATETIME)
