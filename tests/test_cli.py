@@ -75,6 +75,16 @@ def test_sessions_and_show(tmp_path: Path) -> None:
     assert len(shown["steps"][0]["calls"]) == 3
 
 
+def test_sessions_quiet_prints_only_ids_for_command_substitution(tmp_path: Path) -> None:
+    """sessions -q prints the ids alone, newest first; --last only the newest."""
+    db = str(tmp_path / "tt.db")
+    invoke("run", str(SESSIONS / "diamond.yaml"), "--db", db, "--no-progress")
+    invoke("run", str(SESSIONS / "consensus.yaml"), "--db", db, "--no-progress")
+    rows = json.loads(invoke("sessions", "--db", db, "--json")[1])
+    assert invoke("sessions", "--db", db, "-q") == (0, f"{rows[0]['id']}\n{rows[1]['id']}\n", "")
+    assert invoke("sessions", "--db", db, "-q", "--last") == (0, f"{rows[0]['id']}\n", "")
+
+
 def test_show_unknown_session_is_one_line_exit_2(tmp_path: Path) -> None:
     """An unknown id gives one line on stderr and exit 2."""
     db = str(tmp_path / "tt.db")
