@@ -636,15 +636,25 @@ def validate_command(session_files: tuple[str, ...]) -> None:
 @_db_option
 @_json_option
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many.")
-def sessions_command(db: str | None, as_json: bool, limit: int | None) -> None:
+@click.option("--last", is_flag=True, help="Only the newest session (--limit 1).")
+@click.option(
+    "--quiet", "-q", is_flag=True, help="Only ids, one a line: thinktank show $(... -q --last)."
+)
+def sessions_command(
+    db: str | None, as_json: bool, limit: int | None, last: bool, quiet: bool
+) -> None:
     """List stored sessions, newest first."""
 
     async def go() -> list[Any]:
         async with await Store.open(db) as store:
-            return await store.list_sessions(limit=limit)
+            return await store.list_sessions(limit=1 if last else limit)
 
     rows = _run_async(go)
-    if as_json:
+    if quiet:
+        # For command substitution: nothing but the ids, so "$(...)" is an argument.
+        for row in rows:
+            click.echo(row.id)
+    elif as_json:
         click.echo(json.dumps([r.model_dump(mode="json") for r in rows], indent=2))
     else:
         print_sessions(rows)
