@@ -248,3 +248,34 @@ def test_readme_names_only_files_in_the_repo() -> None:
     assert named, "the README names no file"
     missing = sorted(p for p in named if not (REPO / p).exists())
     assert not missing, missing
+
+
+def test_model_override_needs_no_local_model(tmp_path: Path) -> None:
+    """The README's `run sessions/quickstart.yaml --model openai/...` works without
+    [local]: --model replaces the file's local models before they are checked."""
+    code = (
+        "import sys; sys.modules['llama_cpp'] = None; from thinktank.cli import main; "
+        "main(sys.argv[1:])"
+    )
+    quickstart = str(REPO / "sessions" / "quickstart.yaml")
+    args = ["run", quickstart, "--model", "openai/gpt-4o-mini", "--db", str(tmp_path / "t.db")]
+    with run_fake_server() as server:
+        done = subprocess.run(
+            [sys.executable, "-c", code, *args],
+            env=_env(tmp_path, server.url),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        models = [(r.json or {}).get("model") for r in server.requests]
+    assert done.returncode == 0, done.stderr
+    assert models and set(models) == {"gpt-4o-mini"}
+    # The file's own models are still checked when no --model replaces them.
+    done = subprocess.run(
+        [sys.executable, "-c", code, "validate", quickstart],
+        env=_env(tmp_path, "http://127.0.0.1:9"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2 and "needs the local model" in done.stderr, done.stderr

@@ -31,7 +31,6 @@ from thinktank.errors import (
     UnknownSessionError,
     UsageError,
 )
-from thinktank.graph import validate_spec
 from thinktank.progress import Progress
 from thinktank.providers.config import load_config
 from thinktank.providers.registry import ModelRegistry
@@ -245,13 +244,7 @@ def _load(session_file: str, model: str | None) -> SessionSpec:
     Raises:
         SpecErrors: the file is invalid, or the model cannot be used.
     """
-    spec = load_session(session_file)
-    if model is not None:
-        spec = spec.with_model(model)
-        problems = validate_spec(spec, file=session_file, check_model=_registry(spec).check)
-        if problems:
-            raise SpecErrors(problems)
-    return spec
+    return load_session(session_file, model=model)
 
 
 def _registry(spec: SessionSpec | None = None) -> ModelRegistry:
