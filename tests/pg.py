@@ -32,6 +32,7 @@ import concurrent.futures
 import contextlib
 import glob
 import importlib
+import importlib.util
 import os
 import pwd
 import shutil
@@ -44,7 +45,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import pytest
 
@@ -344,21 +345,29 @@ class _Shared:
     users = 0
 
 
+def _unavailable(reason: str) -> NoReturn:
+    """Skip the PostgreSQL tests for ``reason``, or fail them under THINKTANK_REQUIRE_PG=1."""
+    if _REQUIRE:
+        pytest.fail(f"{REQUIRE_PG_ENV}=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[str]:
     """The URL of a PostgreSQL server for the store tests (see the module docstring)."""
+    # The store needs asyncpg for PostgreSQL (the dev and postgres extras bring it); a
+    # server without it is a skip, not an error in every PostgreSQL test.
+    if importlib.util.find_spec("asyncpg") is None:
+        _unavailable("asyncpg is not installed: pip install -e '.[postgres]'")
     if _ENV_URL is not None:
         yield _ENV_URL
         return
     if _Shared.cluster is None:
         if find_bindir() is None:
-            reason = (
+            _unavailable(
                 f"PostgreSQL is not available: set {PG_URL_ENV} or install it "
                 "(apt-get install postgresql)"
             )
-            if _REQUIRE:
-                pytest.fail(f"{REQUIRE_PG_ENV}=1 but {reason}", pytrace=False)
-            pytest.skip(reason)
         _Shared.cluster = start_cluster()
     _Shared.users += 1
     try:

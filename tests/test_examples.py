@@ -9,7 +9,7 @@ import yaml
 
 import thinktank
 
-from .conftest import SESSIONS
+from .conftest import NEEDS_LOCAL, SESSIONS
 
 
 def _uses_local(path: Path) -> bool:
@@ -22,10 +22,8 @@ def _uses_local(path: Path) -> bool:
 
 
 RUNNABLE = sorted(p for p in SESSIONS.glob("*.yaml") if p.name != "broken.yaml")
-# Examples on the built-in local model run the real model: slow, and run by .ci/run.
-CASES = [
-    pytest.param(p, id=p.stem, marks=[pytest.mark.slow] if _uses_local(p) else []) for p in RUNNABLE
-]
+# Examples on the built-in local model run the real model (slow; skipped without it).
+CASES = [pytest.param(p, id=p.stem, marks=NEEDS_LOCAL if _uses_local(p) else []) for p in RUNNABLE]
 
 
 def test_there_are_examples() -> None:

@@ -118,6 +118,14 @@ def test_openai_base_url_applies_to_plain_names() -> None:
     assert registry.check("openai/llama") is None
 
 
+def test_anthropic_base_url_applies_to_plain_names() -> None:
+    """ANTHROPIC_BASE_URL moves anthropic/<model> as the official SDK does; no key needed."""
+    registry = ModelRegistry(environ={"ANTHROPIC_BASE_URL": "http://127.0.0.1:9"})
+    assert registry.entry("anthropic/claude").base_url == "http://127.0.0.1:9"
+    assert registry.check("anthropic/claude") is None
+    assert ModelRegistry(environ={}).entry("anthropic/claude").base_url is None
+
+
 def test_missing_key_is_a_validation_error_before_any_call(tmp_path: Path) -> None:
     """A session on a keyless model fails to load, naming the model and the variable."""
     write_config(tmp_path)

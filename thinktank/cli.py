@@ -270,16 +270,9 @@ def _load(session_file: str, model: str | None) -> SessionSpec:
     Raises:
         SpecErrors: the file is invalid, or the model cannot be used.
     """
-    from thinktank.graph import validate_spec
     from thinktank.spec import load_session
 
-    spec = load_session(session_file)
-    if model is not None:
-        spec = spec.with_model(model)
-        problems = validate_spec(spec, file=session_file, check_model=_registry(spec).check)
-        if problems:
-            raise SpecErrors(problems)
-    return spec
+    return load_session(session_file, model=model)
 
 
 def _registry(spec: SessionSpec | None = None) -> ModelRegistry:
@@ -714,17 +707,27 @@ def validate_command(session_files: tuple[str, ...]) -> None:
 @_db_option
 @_json_option
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many.")
-def sessions_command(db: str | None, as_json: bool, limit: int | None) -> None:
+@click.option("--last", is_flag=True, help="Only the newest session (--limit 1).")
+@click.option(
+    "--quiet", "-q", is_flag=True, help="Only ids, one a line: thinktank show $(... -q --last)."
+)
+def sessions_command(
+    db: str | None, as_json: bool, limit: int | None, last: bool, quiet: bool
+) -> None:
     """List stored sessions, newest first."""
     from thinktank.render import print_sessions
     from thinktank.store import Store
 
     async def go() -> list[Any]:
         async with await Store.open(db, read_only=True) as store:
-            return await store.list_sessions(limit=limit)
+            return await store.list_sessions(limit=1 if last else limit)
 
     rows = _run_async(go)
-    if as_json:
+    if quiet:
+        # For command substitution: nothing but the ids, so "$(...)" is an argument.
+        for row in rows:
+            click.echo(row.id)
+    elif as_json:
         click.echo(json.dumps([r.model_dump(mode="json") for r in rows], indent=2))
     else:
         print_sessions(rows)

@@ -416,6 +416,7 @@ def parse_session(
     file: str | None = None,
     known_models: Iterable[str] = (),
     config: ThinkTankConfig | None = None,
+    model: str | None = None,
 ) -> SessionSpec:
     """Validate a session given as a mapping; raise SpecErrors listing every problem.
 
@@ -424,6 +425,8 @@ def parse_session(
         file: The file it came from, named in every error.
         known_models: Names of model clients that will be passed to ``run`` from Python.
         config: The ``thinktank.toml`` in force (read from its usual places if None).
+        model: Put every step on this one model (``run --model``) before the models are
+            checked, so the ones the file names need not be usable here.
     """
     from thinktank.graph import validate_spec, validate_steps_partially
     from thinktank.providers.config import load_config
@@ -446,6 +449,8 @@ def parse_session(
         )
         errors.extend(validate_steps_partially(data, file=file, check_model=registry.check))
         raise SpecErrors(errors) from None
+    if model is not None:
+        spec = spec.with_model(model)
     registry = ModelRegistry(session_models=spec.models, config=config, clients=known)
     try:
         resolved, _ = apply_selection(spec, registry)
@@ -467,8 +472,11 @@ class _Placeholder:
 _PLACEHOLDER_CLIENT: Any = _Placeholder()
 
 
-def load_session(path: str | Path, *, known_models: Iterable[str] = ()) -> SessionSpec:
-    """Read and validate a session file (``.yaml``, ``.yml`` or ``.json``).
+def load_session(
+    path: str | Path, *, known_models: Iterable[str] = (), model: str | None = None
+) -> SessionSpec:
+    """Read and validate a session file (``.yaml``, ``.yml`` or ``.json``); ``model`` as
+    in :func:`parse_session`.
 
     Raises:
         SpecErrors: every problem in the file, each naming the file, step and field.
@@ -484,7 +492,7 @@ def load_session(path: str | Path, *, known_models: Iterable[str] = ()) -> Sessi
     except LoadError as exc:
         where = f"{file}:{exc.line}" if exc.line is not None else file
         raise SpecErrors([SpecError(exc.message, file=where)]) from None
-    return parse_session(data, file=file, known_models=known_models)
+    return parse_session(data, file=file, known_models=known_models, model=model)
 
 
 _TYPE_CHECKS: dict[str, tuple[type, ...]] = {

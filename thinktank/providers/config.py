@@ -23,6 +23,7 @@ from thinktank.providers.local import LocalModelConfig
 from thinktank.providers.simulated import SimulatedModelConfig
 
 __all__ = [
+    "BASE_URL_ENVS",
     "CONFIG_ENV",
     "DEFAULT_BASE_URLS",
     "DEFAULT_KEY_ENVS",
@@ -59,6 +60,13 @@ DEFAULT_BASE_URLS = {
 }
 """The public endpoint of each provider."""
 
+BASE_URL_ENVS = {
+    "openai": "OPENAI_BASE_URL",
+    "anthropic": "ANTHROPIC_BASE_URL",
+}
+"""Variables that move a plain ``provider/model`` name to another server, as they do in
+the official SDKs (which read the same names)."""
+
 
 class HttpModelConfig(BaseModel):
     """A model behind an HTTP API (OpenAI-compatible, Anthropic or Gemini)."""
@@ -77,9 +85,10 @@ class HttpModelConfig(BaseModel):
     model: Annotated[str, Field(min_length=1)]
     """The provider's model id (``gpt-4o-mini``, ``claude-sonnet-4-5``, ...)."""
     base_url: str | None = None
-    """API root; the provider's public endpoint when unset (``OPENAI_BASE_URL`` too).
-    Credentials in it (``https://user:pass@host/v1``) are sent as basic auth but never
-    stored or shown: JSON dumps (the stored session, ``show``, ``export``) hide them."""
+    """API root; the provider's public endpoint when unset (for a plain ``provider/model``
+    name, ``OPENAI_BASE_URL`` / ``ANTHROPIC_BASE_URL`` when set). Credentials in it
+    (``https://user:pass@host/v1``) are sent as basic auth but never stored or shown:
+    JSON dumps (the stored session, ``show``, ``export``) hide them."""
     api_key_env: str | None = None
     """Variable holding the key. Unset: the provider's usual variable, required for
     the public endpoint and optional for a custom ``base_url``."""

@@ -25,6 +25,7 @@ from thinktank.calls import PooledModel
 from thinktank.providers._redact import redact_userinfo
 from thinktank.providers.base import ModelClient
 from thinktank.providers.config import (
+    BASE_URL_ENVS,
     DEFAULT_BASE_URLS,
     DEFAULT_KEY_ENVS,
     DEFAULT_MODEL,
@@ -163,7 +164,8 @@ class ModelRegistry:
             return "built-in", LOCAL_VARIANTS[name]
         provider, sep, model = name.partition("/")
         if sep and model and provider in _HTTP_PROVIDERS:
-            base = self.environ.get("OPENAI_BASE_URL") if provider == "openai" else None
+            env = BASE_URL_ENVS.get(provider)
+            base = self.environ.get(env) if env else None
             return "provider/model", HttpModelConfig.model_validate(
                 {"provider": provider, "model": model, "base_url": base or None}
             )
