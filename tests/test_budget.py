@@ -100,3 +100,12 @@ def test_cli_max_cost(tmp_path: Path) -> None:
     )
     assert out.exit_code == 1
     assert "budget exhausted" in out.stdout
+
+
+async def test_a_session_run_under_a_cost_budget_replays(tmp_path: Path) -> None:
+    """Replay of a budgeted session prices its recorded models as declared: no error."""
+    db = str(tmp_path / "t.db")
+    result = await thinktank.run(priced_session(4), store=db, max_cost_usd=10.0)
+    assert result.status == "completed"
+    report = await thinktank.replay(result.session_id, store=db)
+    assert report.matches, report.diffs

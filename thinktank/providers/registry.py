@@ -105,7 +105,10 @@ def _setting(entry: Any, name: str, default: Any = None) -> Any:
 
 
 def _prices(entry: Any) -> tuple[float, float] | None:
-    """USD per million input and output tokens of an entry; None when unknown."""
+    """USD per million input and output tokens of an entry; None when unknown (and for
+    a client given from Python, which has no entry)."""
+    if entry is None:
+        return None
     if isinstance(entry, LocalModelConfig):
         return 0.0, 0.0
     inp = _setting(entry, "input_cost_per_mtok")
@@ -274,8 +277,15 @@ class ModelRegistry:
         return _prices(self.entry(name))
 
     def price_of(self, name: str) -> float | None:
-        """USD per million tokens (input + output) of a model; None when unknown."""
-        return _price(self.entry(name))
+        """USD per million tokens (input + output) of a model; None when unknown.
+
+        A client given from Python under a declared model's name (replay's recorded
+        clients) keeps the declared model's price.
+        """
+        entry = self.entry(name)
+        if entry is None:
+            entry = self.session_models.get(name) or self.config.models.get(name)
+        return _price(entry)
 
     def restricted_to(self, names: Iterable[str]) -> ModelRegistry:
         """A view of this registry that lists only ``names`` (resolution unchanged)."""
