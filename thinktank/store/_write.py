@@ -747,8 +747,9 @@ class _Batch:
         }
         if event.reused_from is not None:
             # An answer served again from the store: its row (reused_from) counts its
-            # tokens and cost, so sums over call rows stay equal to what was spent.
-            usage = {"tokens_used": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}
+            # tokens and cost, so sums over call rows stay equal to what was spent. What
+            # was unknown there stays unknown here (a SQL sum over it stays NULL).
+            usage = {k: None if v is None else 0 for k, v in usage.items()}
         changes = {
             "tries": event.tries,
             "status": event.status,
