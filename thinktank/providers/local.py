@@ -1,4 +1,5 @@
-"""Local models run in process through llama.cpp (``llama-cpp-python``): no network, no cost.
+"""Local models run in process through llama.cpp (``llama-cpp-python``): no network, and
+free unless their config gives them a price (or cost proxy) for cascade to order by.
 
 This module owns the ``local`` provider: its config (:class:`LocalModelConfig`), its
 client (:class:`LocalLlamaModel`), the process-wide cache of loaded models, the packaged
@@ -90,6 +91,7 @@ from pydantic.alias_generators import to_camel
 
 from thinktank.errors import ProviderError
 from thinktank.providers.base import ModelRequest, ModelResponse
+from thinktank.providers.http import cost_usd
 
 __all__ = [
     "CACHE_DIR_ENV",
@@ -158,6 +160,11 @@ class LocalModelConfig(BaseModel):
     """CPU threads for generation; None lets llama.cpp choose (half the CPUs)."""
     few_shot: bool = True
     """Wrap the prompt in the few-shot ``Q:``/``A:`` frame; off sends it raw."""
+    input_cost_per_mtok: Annotated[float, Field(ge=0)] = 0.0
+    """USD (or any cost proxy, e.g. energy) per million input tokens; free by default.
+    Cascade asks the cheapest models first, and calls are costed with it."""
+    output_cost_per_mtok: Annotated[float, Field(ge=0)] = 0.0
+    """USD (or the same cost proxy) per million output tokens; free by default."""
     tags: list[str] = []
     """Domains the model is good at."""
 
@@ -495,8 +502,8 @@ class LocalLlamaModel:
 
         Returns:
             The stripped answer with llama.cpp's token counts, the wall time of the call
-            (queueing and a first load included), ``cost_usd=0.0`` and ``stop`` or
-            ``length``. ``extra`` holds ``load_ms``,
+            (queueing and a first load included), the cost at the config's prices
+            (0.0 by default) and ``stop`` or ``length``. ``extra`` holds ``load_ms``,
             ``queue_ms``, ``inference_ms``, ``temperature`` and ``seed`` (the call's
             sampler seed, :func:`sample_seed`).
 
@@ -539,7 +546,9 @@ class LocalLlamaModel:
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             latency_ms=(time.perf_counter() - start) * 1000,
-            cost_usd=0.0,
+            cost_usd=cost_usd(
+                input_tokens, output_tokens, cfg.input_cost_per_mtok, cfg.output_cost_per_mtok
+            ),
             finish_reason=finish if isinstance(finish, str) else None,
             extra={
                 "load_ms": round(outcome.load_ms, 3),
