@@ -82,6 +82,7 @@ class InferenceMeter:
             text: str,
             temperature: float,
             max_tokens: int,
+            seed: int,
             cancelled: threading.Event,
         ) -> dict[str, Any]:
             with self._lock:
@@ -89,7 +90,7 @@ class InferenceMeter:
                 self.max_in_flight = max(self.max_in_flight, self.in_flight)
             self.started.set()
             try:
-                raw = original(this, slot, text, temperature, max_tokens, cancelled)
+                raw = original(this, slot, text, temperature, max_tokens, seed, cancelled)
                 with self._lock:
                     self.finished.append((cancelled.is_set(), raw))
                 return raw
