@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from thinktank.errors import ProviderError
 from thinktank.providers import local
 from thinktank.providers.base import ModelClient, ModelRequest
+from thinktank.providers.config import load_config
 from thinktank.providers.local import (
     FEW_SHOT_PREAMBLE,
     LOCAL_VARIANTS,
@@ -34,8 +35,10 @@ from thinktank.providers.local import (
     few_shot_prompt,
     local_available,
     packaged_model_path,
+    sample_seed,
     unload_local_models,
 )
+from thinktank.providers.registry import ModelRegistry
 
 INSTALL = "pip install 'thinktank[local]'"
 needs_local = pytest.mark.skipif(not local_available(), reason=f"needs the local model: {INSTALL}")
@@ -79,6 +82,7 @@ class InferenceMeter:
             text: str,
             temperature: float,
             max_tokens: int,
+            seed: int,
             cancelled: threading.Event,
         ) -> dict[str, Any]:
             with self._lock:
@@ -86,7 +90,7 @@ class InferenceMeter:
                 self.max_in_flight = max(self.max_in_flight, self.in_flight)
             self.started.set()
             try:
-                raw = original(this, slot, text, temperature, max_tokens, cancelled)
+                raw = original(this, slot, text, temperature, max_tokens, seed, cancelled)
                 with self._lock:
                     self.finished.append((cancelled.is_set(), raw))
                 return raw
@@ -121,6 +125,8 @@ def test_config_accepts_camel_case_and_forbids_unknown_keys() -> None:
         "n_ctx": 2048,
         "n_threads": None,
         "few_shot": True,
+        "input_cost_per_mtok": 0.0,
+        "output_cost_per_mtok": 0.0,
         "tags": [],
     }
     with pytest.raises(ValidationError):
@@ -143,6 +149,44 @@ def test_variants_are_one_greedy_and_three_seeded_samples() -> None:
     client = LocalLlamaModel("local", LOCAL_VARIANTS["local"])
     assert isinstance(client, ModelClient)
     assert (client.name, client.provider) == ("local", "local")
+
+
+def test_sample_seeds_differ_by_variant_prompt_and_index_and_repeat() -> None:
+    """Each call's seed derives from (variant seed, name, prompt, attempt, retry): every
+    part changes it, the same call gives the same seed, and llama.cpp accepts it."""
+    base = sample_seed(2, "local-s2", "Q: 1 + 1?")
+    assert base == sample_seed(2, "local-s2", "Q: 1 + 1?", attempt=1, retry=0)
+    others = [
+        sample_seed(3, "local-s2", "Q: 1 + 1?"),
+        sample_seed(2, "local-s3", "Q: 1 + 1?"),
+        sample_seed(2, "local-s2", "Q: 1 + 2?"),
+        sample_seed(2, "local-s2", "Q: 1 + 1?", attempt=2),
+        sample_seed(2, "local-s2", "Q: 1 + 1?", retry=1),
+    ]
+    assert len({base, *others}) == 6
+    seeds = [sample_seed(1, "local-s1", f"Q: {i}?") for i in range(200)]
+    assert all(0 <= seed <= 2**32 - 2 for seed in seeds)
+    assert len(set(seeds)) == 200
+
+
+def test_local_models_take_prices_from_toml_and_sessions(tmp_path: Path) -> None:
+    """A local model is free unless priced; prices (or a cost proxy) are read from
+    thinktank.toml and session models, shown by ``models`` and used for ordering."""
+    toml = tmp_path / "thinktank.toml"
+    toml.write_text(
+        '[models.big]\nprovider = "local"\ninput_cost_per_mtok = 2.0\noutput_cost_per_mtok = 8.0\n'
+    )
+    registry = ModelRegistry(
+        config=load_config(toml),
+        session_models={"small": LocalModelConfig.model_validate({"inputCostPerMtok": 0.5})},
+    )
+    assert registry.prices_of("big") == (2.0, 8.0)
+    assert registry.prices_of("small") == (0.5, 0.0)
+    assert registry.prices_of("local") == (0.0, 0.0)
+    info = {i.name: (i.input_cost_per_mtok, i.output_cost_per_mtok) for i in registry.describe()}
+    assert info["big"] == (2.0, 8.0) and info["local"] == (0.0, 0.0)
+    with pytest.raises(ValidationError):
+        LocalModelConfig(input_cost_per_mtok=-1.0)
 
 
 def test_few_shot_prompt_frames_the_question() -> None:
@@ -312,6 +356,187 @@ async def test_unloaded_models_load_again(gguf: Path) -> None:
     response = await client.complete(ModelRequest(prompt=FRANCE))
     assert "Paris" in response.content
     assert isinstance(response.extra["load_ms"], float) and response.extra["load_ms"] > 0
+
+
+QUESTIONS = [
+    "What is the capital of Spain?",
+    "Name a primary colour.",
+    "Who wrote Hamlet?",
+    "What is the largest planet?",
+    "Name a fruit.",
+    "What is the opposite of hot?",
+    "Name an animal that swims.",
+    "What language is spoken in Brazil?",
+    "Name a metal.",
+    "What is frozen water called?",
+    "Name a day of the week.",
+    "What do bees make?",
+    "Name a musical instrument.",
+    "What is the boiling point of water?",
+    "Name a country in Africa.",
+    "Name a famous scientist.",
+]
+
+
+@pytest.mark.slow
+async def test_sampled_variants_are_independent_samples_and_reproducible(
+    packaged_env: Path,
+) -> None:
+    """A fixed seed per variant drew the same random numbers for every call: seeds 2 and
+    3 started like greedy on every question, and a retried step repeated its sample.
+    Now, over 16 questions, the sampled variants start unlike greedy and unlike each
+    other on some; another attempt draws another sample; the same call is reproducible.
+    """
+    s2 = LocalLlamaModel("local-s2", LOCAL_VARIANTS["local-s2"])
+
+    async def first_tokens(name: str, questions: list[str] = QUESTIONS) -> list[str]:
+        client = LocalLlamaModel(name, LOCAL_VARIANTS[name])
+        answers = []
+        for question in questions:
+            response = await client.complete(ModelRequest(prompt=question, max_tokens=1))
+            answers.append(response.content)
+        return answers
+
+    greedy = await first_tokens("local")
+    samples = {name: await first_tokens(name) for name in ("local-s2", "local-s3")}
+    for name, answers in samples.items():
+        assert answers != greedy, f"{name} started like greedy on all {len(QUESTIONS)} questions"
+    assert samples["local-s2"] != samples["local-s3"]
+    assert await first_tokens("local-s2", QUESTIONS[:4]) == samples["local-s2"][:4]
+
+    attempts = [
+        (await s2.complete(ModelRequest(prompt="Name a fruit.", max_tokens=3, attempt=a)))
+        for a in range(1, 7)
+    ]
+    assert len({r.content for r in attempts}) > 1, [r.content for r in attempts]
+    assert len({r.extra["seed"] for r in attempts}) == 6
+
+
+@pytest.mark.slow
+async def test_cascade_asks_priced_local_models_cheapest_first(gguf: Path, tmp_path: Path) -> None:
+    """Prices on local models order the cascade (and cost the calls)."""
+    import thinktank
+    from thinktank.spec import parse_session
+
+    def priced(price: float) -> dict[str, Any]:
+        return {
+            "provider": "local",
+            "modelPath": str(gguf),
+            "maxTokens": 4,
+            "inputCostPerMtok": price,
+            "outputCostPerMtok": price,
+        }
+
+    spec = parse_session(
+        {
+            "name": "priced-cascade",
+            "models": {"dear": priced(5.0), "mid": priced(2.0), "cheap": priced(1.0)},
+            "steps": [
+                {
+                    "id": "q",
+                    "prompt": FRANCE,
+                    "models": ["dear", "mid", "cheap"],
+                    "mode": "cascade",
+                    "min_models": 1,
+                }
+            ],
+        }
+    )
+    db = tmp_path / "t.db"
+    result = await thinktank.run(spec, store=str(db))
+    step = result.steps["q"]
+    assert step.consensus.escalation == [["cheap"], ["mid"]]  # greedy twice: they agree
+    async with await thinktank.Store.open(str(db)) as store:
+        stored = await store.get_session(result.session_id)
+    costs = {c.model_id: c.cost_usd for c in stored.steps[0].calls}
+    assert set(costs) == {"cheap", "mid"}
+    assert costs["mid"] == pytest.approx(2 * costs["cheap"]) and costs["cheap"] > 0
+
+
+LOAD_CONCURRENTLY = """
+import os, sys, threading
+from thinktank.providers.local import LocalLlamaModel, LocalModelConfig, unload_local_models
+
+path = sys.argv[1]
+before = [(os.fstat(fd).st_dev, os.fstat(fd).st_ino) for fd in (1, 2)]
+for round_ in range(3):
+    clients = [
+        LocalLlamaModel(f"m{i}", LocalModelConfig(model_path=path, n_ctx=256 * (i + 1)))
+        for i in range(3)
+    ]
+    barrier = threading.Barrier(len(clients))
+
+    def load(client):
+        barrier.wait()
+        client.load()
+
+    threads = [threading.Thread(target=load, args=(c,)) for c in clients]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    after = [(os.fstat(fd).st_dev, os.fstat(fd).st_ino) for fd in (1, 2)]
+    print(f"round {round_}: stdout and stderr {'kept' if after == before else 'LOST'}")
+    sys.stdout.flush()
+    unload_local_models()
+print("done", file=sys.stderr)
+"""
+
+
+@pytest.mark.slow
+def test_models_loaded_concurrently_never_lose_the_process_output(
+    gguf: Path, tmp_path: Path
+) -> None:
+    """Three models loading at once from threads, three times over: stdout and stderr
+    still reach their files (llama-cpp-python points them at /dev/null while loading)."""
+    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        subprocess.run(
+            [sys.executable, "-c", LOAD_CONCURRENTLY, str(gguf)],
+            stdout=stdout,
+            stderr=stderr,
+            check=True,
+            timeout=300,
+        )
+    assert out.read_text().splitlines() == [
+        f"round {i}: stdout and stderr kept" for i in range(3)
+    ], err.read_text()[-2000:]
+    assert err.read_text() == "done\n"  # and not a line of llama.cpp's log
+
+
+@pytest.mark.slow
+def test_a_local_run_prints_nothing_of_llama_cpp(packaged_env: Path, tmp_path: Path) -> None:
+    """``thinktank ask`` on local models: llama.cpp's log lines (such as
+    ``llama_kv_cache_iswa: using full-size SWA cache``) never reach stderr."""
+    command = [sys.executable, "-m", "thinktank", "ask", "--db", str(tmp_path / "t.db")]
+    done = subprocess.run(
+        [*command, "-m", "local", "-m", "local-s1", FRANCE],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Paris" in done.stdout
+    assert "llama" not in done.stderr, done.stderr
+
+
+@pytest.mark.slow
+async def test_native_memory_stays_flat_over_many_calls(gguf: Path) -> None:
+    """Each call frees its sampler: 30 calls grow the process by far less than the ~3 MB
+    per call a sampler left behind (it held a token array of the whole vocabulary)."""
+    client = model(gguf, "sampled", temperature=0.7, seed=4)
+    await client.complete(ModelRequest(prompt=FRANCE, max_tokens=1))
+
+    def rss_mb() -> float:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        pytest.skip("no /proc/self/status")
+
+    before = rss_mb()
+    for i in range(30):
+        await client.complete(ModelRequest(prompt=f"What is {i} + 1?", max_tokens=1))
+    assert rss_mb() - before < 10
 
 
 # --- the real llama.cpp server ---------------------------------------------------------

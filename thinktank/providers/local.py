@@ -1,4 +1,5 @@
-"""Local models run in process through llama.cpp (``llama-cpp-python``): no network, no cost.
+"""Local models run in process through llama.cpp (``llama-cpp-python``): no network, and
+free unless their config gives them a price (or cost proxy) for cascade to order by.
 
 This module owns the ``local`` provider: its config (:class:`LocalModelConfig`), its
 client (:class:`LocalLlamaModel`), the process-wide cache of loaded models, the packaged
@@ -21,7 +22,10 @@ Variants (:data:`LOCAL_VARIANTS`)
     ``local`` (greedy) and ``local-s1`` .. ``local-s3`` (temperature 0.7, seeds 1, 2, 3)
     let a multi-model step run offline. They are samples of ONE model
     (self-consistency), not independent models: their agreement measures how stable the
-    model's answer is under sampling, not what several different models think.
+    model's answer is under sampling, not what several different models think. Each
+    call's sampler seed derives from (variant seed, name, prompt, attempt, retry)
+    (:func:`sample_seed`), so the samples are independent across questions and
+    retries, and the same call is reproducible.
 
 Loading, sharing and thread safety
     A ``Llama`` object is loaded lazily, once per process for each
@@ -38,8 +42,8 @@ Cancellation
     task therefore abandons the thread (``abandon_on_cancel=True``) and sets the call's
     cancel flag; the thread keeps the model lock until it returns, so no second
     inference can start on the same context meanwhile. The flag is checked at every
-    generated token (a llama-cpp-python stopping criterion), so an abandoned generation
-    stops after at most one more token; evaluating the prompt itself cannot be stopped
+    generated token, so an abandoned generation stops after at most one more token;
+    evaluating the prompt itself cannot be stopped
     (tens of milliseconds for a short prompt). A call cancelled while still queued never
     runs. Loading cannot be stopped either: an abandoned load finishes and stays cached
     for the next call.
@@ -54,12 +58,21 @@ Determinism
     prefix, llama-cpp-python's default, splits the prompt into batches that depend on
     the previous call, which changes the logits slightly and, with sampling, the
     answer.)
+
+Quiet and bounded
+    Loading prints nothing: llama.cpp's log goes to this module's debug logger, and
+    loads run one at a time in the process (:func:`_construct` says why). Tokens are
+    sampled here with a sampler chain freed after each call, so native memory stays
+    flat over thousands of calls (``bench/local_memory.py``).
 """
 
 from __future__ import annotations
 
 import atexit
+import ctypes
+import hashlib
 import importlib
+import logging
 import os
 import sys
 import threading
@@ -78,6 +91,7 @@ from pydantic.alias_generators import to_camel
 
 from thinktank.errors import ProviderError
 from thinktank.providers.base import ModelRequest, ModelResponse
+from thinktank.providers.http import cost_usd
 
 __all__ = [
     "CACHE_DIR_ENV",
@@ -90,6 +104,7 @@ __all__ = [
     "local_available",
     "model_cache_dir",
     "packaged_model_path",
+    "sample_seed",
     "unload_local_models",
 ]
 
@@ -135,7 +150,8 @@ class LocalModelConfig(BaseModel):
     temperature: Annotated[float, Field(ge=0)] = 0.0
     """Sampling temperature; 0 is greedy. A request's temperature overrides it."""
     seed: Annotated[int, Field(ge=0, le=_MAX_SEED)] = 0
-    """Seed of the sampler: the same prompt, temperature and seed give the same answer."""
+    """The variant's seed; each call's sampler seed derives from it, the model name, the
+    prompt and the attempt (:func:`sample_seed`): the same call gives the same answer."""
     max_tokens: Annotated[int, Field(ge=1)] = 64
     """Output tokens at most. A request's ``max_tokens`` overrides it."""
     n_ctx: Annotated[int, Field(ge=64)] = 2048
@@ -144,6 +160,11 @@ class LocalModelConfig(BaseModel):
     """CPU threads for generation; None lets llama.cpp choose (half the CPUs)."""
     few_shot: bool = True
     """Wrap the prompt in the few-shot ``Q:``/``A:`` frame; off sends it raw."""
+    input_cost_per_mtok: Annotated[float, Field(ge=0)] = 0.0
+    """USD (or any cost proxy, e.g. energy) per million input tokens; free by default.
+    Cascade asks the cheapest models first, and calls are costed with it."""
+    output_cost_per_mtok: Annotated[float, Field(ge=0)] = 0.0
+    """USD (or the same cost proxy) per million output tokens; free by default."""
     tags: list[str] = []
     """Domains the model is good at."""
 
@@ -157,8 +178,9 @@ LOCAL_VARIANTS: dict[str, LocalModelConfig] = {
 """Named variants of the packaged model for offline multi-model steps.
 
 Samples of one model (self-consistency), not independent models: ``local`` is greedy,
-``local-s1`` .. ``local-s3`` sample at temperature 0.7 with seeds 1, 2 and 3. They share
-one loaded model, so their calls run one after another.
+``local-s1`` .. ``local-s3`` sample at temperature 0.7 with seeds 1, 2 and 3 (each call's
+seed derives from it, :func:`sample_seed`). They share one loaded model, so their calls
+run one after another.
 """
 
 
@@ -239,6 +261,30 @@ def few_shot_prompt(prompt: str, system: str | None = None) -> str:
     return f"{FEW_SHOT_PREAMBLE}Q: {question}\nA:"
 
 
+def sample_seed(seed: int, name: str, prompt: str, attempt: int = 1, retry: int = 0) -> int:
+    """The sampler seed of one call, derived from the variant, the prompt and the index.
+
+    A fixed seed per variant would draw the same random numbers for every question, so
+    a variant's samples would all lean the same way (and often repeat greedy). Hashing
+    the prompt and the sample index (the step attempt and the call's retry) in makes the
+    samples of different questions and retries independent, and the same call
+    reproducible.
+
+    Args:
+        seed: The variant's configured seed.
+        name: The model name.
+        prompt: The full text sent to the model.
+        attempt: The step attempt (1 for the first).
+        retry: The call's retry (0 for the first send).
+
+    Returns:
+        A seed llama.cpp accepts (never its "random seed" value).
+    """
+    key = f"{seed}\x00{name}\x00{attempt}\x00{retry}\x00{prompt}"
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % (_MAX_SEED + 1)
+
+
 def local_available() -> bool:
     """Whether local models can run here: ``llama_cpp`` and the packaged model import.
 
@@ -283,8 +329,10 @@ class _Slot:
     """Held by the worker thread for a whole inference."""
     preamble: list[int]
     """Tokens of the few-shot preamble (BOS included)."""
-    stopping_criteria: Any
-    """``llama_cpp.StoppingCriteriaList``, to stop an abandoned generation."""
+    lib: Any
+    """The ``llama_cpp`` module (its C API builds and runs the samplers)."""
+    vocab: Any
+    """The model's ``llama_vocab`` pointer, to recognise end-of-generation tokens."""
     closed: bool = False
     """Set (under ``lock``) by :func:`unload_local_models`."""
 
@@ -301,6 +349,11 @@ _REGISTRY_LOCK = threading.Lock()
 _SLOTS: dict[_Key, _Slot] = {}
 _LOAD_LOCKS: dict[_Key, threading.Lock] = {}
 _EXIT_HOOK: list[bool] = []
+# Model construction redirects the process's stdout/stderr and swaps llama.cpp's log
+# callback: one at a time (see _construct).
+_CONSTRUCT_LOCK = threading.Lock()
+_LOG_CALLBACK: list[Any] = []  # our ctypes callback, kept alive while llama.cpp holds it
+_LOG = logging.getLogger(__name__)
 _QUEUES: anyio.lowlevel.RunVar[dict[_Key, anyio.Lock]] = anyio.lowlevel.RunVar(
     "thinktank_local_queues"
 )
@@ -328,6 +381,55 @@ def _at_exit() -> None:
         handle = getattr(utils, attr, None)
         if handle is not None and hasattr(handle, "close"):
             handle.close()
+
+
+def _sampler(lib: Any, temperature: float, seed: int) -> Any:
+    """A new sampler chain (free it with ``llama_sampler_free``): greedy at temperature
+    0, else llama-cpp-python's default chain seeded with ``seed``."""
+    chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+    if temperature == 0:
+        stages = [lib.llama_sampler_init_greedy()]
+    else:
+        stages = [
+            lib.llama_sampler_init_top_k(40),
+            lib.llama_sampler_init_top_p(0.95, 1),
+            lib.llama_sampler_init_min_p(0.05, 1),
+            lib.llama_sampler_init_temp(temperature),
+            lib.llama_sampler_init_dist(seed),
+        ]
+    for stage in stages:
+        lib.llama_sampler_chain_add(chain, stage)
+    return chain
+
+
+def _log_to_debug(level: int, text: bytes, user_data: Any) -> None:
+    _LOG.debug("llama.cpp: %s", text.decode("utf-8", errors="replace").rstrip())
+
+
+def _construct(llama_cpp: Any, path: Path, n_ctx: int, n_threads: int | None) -> Any:
+    """A ``Llama`` built with llama.cpp's log going to this module's debug log.
+
+    One construction at a time in the process: with ``verbose=False``, llama-cpp-python
+    points file descriptors 1 and 2 at /dev/null while it loads and then restores the
+    ones it saved, so two loads at once could "restore" /dev/null and silence the
+    process for good. llama.cpp's log goes through a process-wide callback; the one
+    llama-cpp-python installs prints some warnings (its level table predates
+    llama.cpp's current one, so "using full-size SWA cache" counts as an error). It is
+    swapped for ours during the load, when those lines come, and put back afterwards.
+    """
+    with _CONSTRUCT_LOCK:
+        if not _LOG_CALLBACK:
+            _LOG_CALLBACK.append(llama_cpp.llama_log_callback(_log_to_debug))
+        previous = llama_cpp.llama_log_callback()
+        previous_data = ctypes.c_void_p()
+        llama_cpp.llama_log_get(ctypes.byref(previous), ctypes.byref(previous_data))
+        llama_cpp.llama_log_set(_LOG_CALLBACK[0], None)
+        try:
+            return llama_cpp.Llama(
+                model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, verbose=False
+            )
+        finally:
+            llama_cpp.llama_log_set(previous, previous_data)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -400,9 +502,10 @@ class LocalLlamaModel:
 
         Returns:
             The stripped answer with llama.cpp's token counts, the wall time of the call
-            (queueing and a first load included), ``cost_usd=0.0`` and ``stop`` or
-            ``length``. ``extra`` holds ``load_ms``, ``queue_ms``, ``inference_ms``,
-            ``temperature`` and ``seed``.
+            (queueing and a first load included), the cost at the config's prices
+            (0.0 by default) and ``stop`` or ``length``. ``extra`` holds ``load_ms``,
+            ``queue_ms``, ``inference_ms``, ``temperature`` and ``seed`` (the call's
+            sampler seed, :func:`sample_seed`).
 
         Raises:
             ProviderError: ``llama_cpp`` or the packaged model is not installed, the
@@ -417,9 +520,12 @@ class LocalLlamaModel:
             text = few_shot_prompt(request.prompt, request.system)
         else:
             text = f"{request.system}\n\n{request.prompt}" if request.system else request.prompt
+        seed = sample_seed(cfg.seed, self._name, text, request.attempt, request.retry)
         key = self._key()
         cancelled = threading.Event()
-        job = partial(self._run, key, text, max(0.0, temperature), max(1, max_tokens), cancelled)
+        job = partial(
+            self._run, key, text, max(0.0, temperature), max(1, max_tokens), seed, cancelled
+        )
         async with _queue(key):
             try:
                 outcome = await anyio.to_thread.run_sync(job, abandon_on_cancel=True)
@@ -432,20 +538,24 @@ class LocalLlamaModel:
         choice = outcome.raw["choices"][0]
         usage = outcome.raw.get("usage") or {}
         finish = choice.get("finish_reason")
+        input_tokens = _count(usage.get("prompt_tokens"))
+        output_tokens = _count(usage.get("completion_tokens"))
         return ModelResponse(
             content=str(choice.get("text") or "").strip(),
             model=self._name,
-            input_tokens=_count(usage.get("prompt_tokens")),
-            output_tokens=_count(usage.get("completion_tokens")),
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
             latency_ms=(time.perf_counter() - start) * 1000,
-            cost_usd=0.0,
+            cost_usd=cost_usd(
+                input_tokens, output_tokens, cfg.input_cost_per_mtok, cfg.output_cost_per_mtok
+            ),
             finish_reason=finish if isinstance(finish, str) else None,
             extra={
                 "load_ms": round(outcome.load_ms, 3),
                 "queue_ms": round(outcome.queue_ms, 3),
                 "inference_ms": round(outcome.inference_ms, 3),
                 "temperature": temperature,
-                "seed": cfg.seed,
+                "seed": seed,
             },
         )
 
@@ -457,6 +567,7 @@ class LocalLlamaModel:
         text: str,
         temperature: float,
         max_tokens: int,
+        seed: int,
         cancelled: threading.Event,
     ) -> _Outcome | None:
         start = time.perf_counter()
@@ -469,7 +580,7 @@ class LocalLlamaModel:
                 began = time.perf_counter()
                 if cancelled.is_set():
                     return None  # the caller is gone; nobody reads the result
-                raw = self._infer(slot, text, temperature, max_tokens, cancelled)
+                raw = self._infer(slot, text, temperature, max_tokens, seed, cancelled)
                 done = time.perf_counter()
             return _Outcome(
                 raw=raw,
@@ -517,9 +628,7 @@ class LocalLlamaModel:
         if not path.is_file():
             raise self._error(f"model path is not a file: {path}")
         try:
-            llama = llama_cpp.Llama(
-                model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, verbose=False
-            )
+            llama = _construct(llama_cpp, path, n_ctx, n_threads)
             preamble = llama.tokenize(FEW_SHOT_PREAMBLE.encode(), add_bos=True, special=False)
         except Exception as exc:
             raise self._error(f"could not load {path}: {_one_line(exc)}") from exc
@@ -527,7 +636,8 @@ class LocalLlamaModel:
             llama=llama,
             lock=threading.Lock(),
             preamble=list(preamble),
-            stopping_criteria=llama_cpp.StoppingCriteriaList,
+            lib=llama_cpp,
+            vocab=llama_cpp.llama_model_get_vocab(llama.model),
         )
 
     def _infer(
@@ -536,6 +646,7 @@ class LocalLlamaModel:
         text: str,
         temperature: float,
         max_tokens: int,
+        seed: int,
         cancelled: threading.Event,
     ) -> dict[str, Any]:
         llama = slot.llama
@@ -547,24 +658,62 @@ class LocalLlamaModel:
                     " raise n_ctx or shorten the prompt"
                 )
             self._rewind(slot, tokens)
-            stop_when_cancelled = slot.stopping_criteria([lambda _ids, _logits: cancelled.is_set()])
-            raw = llama.create_completion(
-                tokens,
-                max_tokens=max_tokens,
-                temperature=temperature,
-                seed=self.config.seed,
-                stop=_FEW_SHOT_STOP if self.config.few_shot else [],
-                stopping_criteria=stop_when_cancelled,
-            )
+            llama.eval(tokens[llama.n_tokens :])
+            return self._generate(slot, len(tokens), temperature, max_tokens, seed, cancelled)
         except ProviderError:
             raise
         except Exception as exc:
             # The context may hold a half-evaluated batch: start the next call afresh.
             llama.reset()
             raise self._error(f"llama.cpp failed: {_one_line(exc)}") from exc
-        if not isinstance(raw, dict) or not raw.get("choices"):
-            raise self._error("llama.cpp returned no completion")
-        return raw
+
+    def _generate(
+        self,
+        slot: _Slot,
+        prompt_tokens: int,
+        temperature: float,
+        max_tokens: int,
+        seed: int,
+        cancelled: threading.Event,
+    ) -> dict[str, Any]:
+        """Sample the answer after the evaluated prompt, in the shape of a completion.
+
+        The sampler chain is llama-cpp-python's default (top-k 40, top-p 0.95, min-p
+        0.05, then temperature) but built and freed here for each call: the one
+        ``Llama.create_completion`` builds sits in a reference cycle, so its ~3 MB
+        (a token array of the whole vocabulary) stayed until a full garbage
+        collection, which a busy process rarely runs (7.6 GB after ~3,200 calls).
+        """
+        llama, lib = slot.llama, slot.lib
+        sampler = _sampler(lib, temperature, seed)
+        answer: list[int] = []
+        text = b""
+        finish = "length"
+        try:
+            while len(answer) < max_tokens and llama.n_tokens < llama.n_ctx():
+                if cancelled.is_set():
+                    finish = "stop"  # abandoned: nobody reads the answer
+                    break
+                token = lib.llama_sampler_sample(sampler, llama.ctx, -1)
+                answer.append(token)
+                if lib.llama_vocab_is_eog(slot.vocab, token):
+                    finish = "stop"
+                    break
+                piece = llama.detokenize([token])
+                if self.config.few_shot and b"\n" in piece:
+                    # The answer is one line: the newline ends it (and is not part of it).
+                    text += piece.split(b"\n", 1)[0]
+                    finish = "stop"
+                    break
+                text += piece
+                if len(answer) < max_tokens:
+                    llama.eval([token])
+        finally:
+            lib.llama_sampler_free(sampler)
+        return {
+            "choices": [{"text": text.decode("utf-8", errors="ignore"), "finish_reason": finish}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(answer)},
+        }
 
     @staticmethod
     def _rewind(slot: _Slot, tokens: list[int]) -> None:

@@ -106,11 +106,10 @@ def _setting(entry: Any, name: str, default: Any = None) -> Any:
 
 def _prices(entry: Any) -> tuple[float, float] | None:
     """USD per million input and output tokens of an entry; None when unknown (and for
-    a client given from Python, which has no entry)."""
+    a client given from Python, which has no entry). A local model's price is a known
+    zero unless its config sets one."""
     if entry is None:
         return None
-    if isinstance(entry, LocalModelConfig):
-        return 0.0, 0.0
     inp = _setting(entry, "input_cost_per_mtok")
     out = _setting(entry, "output_cost_per_mtok")
     return None if inp is None or out is None else (inp, out)
@@ -256,8 +255,6 @@ class ModelRegistry:
             model = entry.model
         elif isinstance(entry, LocalModelConfig):
             model = entry.model_path or "gemma3-270m (packaged)"
-        # A local model is free: its price is a known zero, not unknown.
-        free = 0.0 if isinstance(entry, LocalModelConfig) else None
         return ModelInfo(
             name=name,
             provider=entry.provider,
@@ -266,8 +263,8 @@ class ModelRegistry:
             source=source,
             key_env=key_env,
             key_present=present,
-            input_cost_per_mtok=_setting(entry, "input_cost_per_mtok", free),
-            output_cost_per_mtok=_setting(entry, "output_cost_per_mtok", free),
+            input_cost_per_mtok=_setting(entry, "input_cost_per_mtok"),
+            output_cost_per_mtok=_setting(entry, "output_cost_per_mtok"),
             max_concurrency=_setting(entry, "max_concurrency"),
             tags=tuple(_setting(entry, "tags", ())),
         )
