@@ -218,10 +218,15 @@ class RecordedClient:
         else:
             sequence, index = place
             try:
-                await sequence.turn(index)
+                # This answer arrived in the original run, so it must arrive here even if
+                # the mode decides (and cancels) while it waits for its turn: the wait is
+                # shielded, and bounded (answers before it are out or passed over soon),
+                # so a cancellation is only deferred until the answer is in.
+                with anyio.CancelScope(shield=True):
+                    await sequence.turn(index)
             finally:
                 # Released on return (nothing awaits between here and the answer's
-                # arrival in the step), or when cancelled: either way it is out.
+                # arrival in the step), or when it failed: either way it is out.
                 sequence.release(index)
         if rec.status != "ok":
             raise ProviderError(
