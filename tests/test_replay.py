@@ -11,13 +11,20 @@ from click.testing import CliRunner
 import thinktank
 from thinktank.cli import main
 from thinktank.errors import ProviderError, UsageError
-from thinktank.events import CallStarted, Event, StepFinished
+from thinktank.events import CallFinished, CallStarted, Event, StepFinished
 from thinktank.providers.base import ModelRequest
 from thinktank.replay import RecordedClient
 from thinktank.spec import parse_session
+from thinktank.store import StoredSession
 
+from . import pg
 from .conftest import SESSIONS
 from .test_examples import CASES
+from .test_resume_reuse import SESSION as REUSE_SESSION
+
+pg_server = pg.pg_server
+pg_url = pg.pg_url
+db_url = pg.db_url
 
 
 @pytest.mark.parametrize("path", CASES)
@@ -177,3 +184,56 @@ def test_replay_and_fork_commands(tmp_path: Path) -> None:
     assert fk.exit_code == 0, fk.stderr
     bad = runner.invoke(main, ["fork", sid, "--step", "zzz", "--db", db])
     assert bad.exit_code == 2 and "has no step 'zzz'" in bad.stderr
+
+
+async def _resumed(db: str) -> str:
+    """A session interrupted once "both" has fast's answer and waits for slow's, then
+    resumed (so fast's answer there is a reused row); its id."""
+    answered = anyio.Event()
+    sids: list[str] = []
+
+    def listen(event: Event) -> None:
+        sids.append(event.session_id)
+        if isinstance(event, CallFinished) and event.step_id == "both" and event.model == "fast":
+            answered.set()
+
+    async with anyio.create_task_group() as tg:
+
+        async def go() -> None:
+            await thinktank.run(parse_session(REUSE_SESSION), store=db, on_event=listen)
+
+        tg.start_soon(go)
+        await answered.wait()
+        tg.cancel_scope.cancel()
+    assert (await thinktank.resume(sids[0], store=db)).status == "completed"
+    return sids[0]
+
+
+async def _stored(db: str, sid: str) -> StoredSession:
+    async with await thinktank.Store.open(db) as store:
+        return await store.get_session(sid)
+
+
+def test_a_resumed_session_exports_and_imports(tmp_path: Path, db_url: str) -> None:
+    """A resumed session (its history starts the session again, and a call row reuses
+    an answer) exports and imports with every call row as it was."""
+    src = str(tmp_path / "a.db")
+    sid = anyio.run(_resumed, src)
+    runner = CliRunner()
+    exported = runner.invoke(main, ["export", sid, "--db", src])
+    assert exported.exit_code == 0, exported.stderr
+    path = tmp_path / "s.json"
+    path.write_text(exported.stdout)
+    imported = runner.invoke(main, ["import", str(path), "--db", db_url])
+    assert imported.exit_code == 0, imported.stderr
+    original, copy = anyio.run(_stored, src, sid), anyio.run(_stored, db_url, sid)
+    assert any(c.reused_from for s in copy.steps for c in s.calls)
+    # (Consensus rows get new ids on import: their event carries none.)
+    assert [s.model_dump(exclude={"consensus"}) for s in copy.steps] == [
+        s.model_dump(exclude={"consensus"}) for s in original.steps
+    ]
+    assert (copy.status, copy.total_tokens, copy.cost_usd) == (
+        original.status,
+        original.total_tokens,
+        original.cost_usd,
+    )

@@ -11,8 +11,10 @@ in the model pool.
   lease (which ``run`` holds while it runs) keeps a second worker from running it: a
   resume claims the lease first, then reads the session.
 - **replay**: a new run of the same session whose models answer from the recording,
-  matched by step, model and attempt, in the recorded order and relative timing (so
-  race and quorum decide the same way). A missing recording is an error naming the step
+  matched by step, model and attempt. Within a step attempt the answers are released
+  in their recorded completion order (each waits for the one recorded before it), so
+  race, quorum and cascade decide the same way and ties and union wording follow the
+  same arrival order, however loaded the machine. A missing recording is an error naming the step
   and model, never a silent live call. The report says whether every output and
   consensus matches.
 - **re-merge**: a replay with another synthesis method or threshold: the stored answers
@@ -55,13 +57,95 @@ __all__ = [
 ]
 
 
+DIVERGED_WAIT_S = 2.0
+"""How long a recorded answer waits for the one recorded before it to be asked for.
+Past that the replay has diverged (another merge, a mode that stopped elsewhere): the
+answer goes on, and the report shows the difference instead of the replay hanging."""
+
+
+class _Sequence:
+    """The recorded completion order of one step attempt's answers.
+
+    Answer ``i`` is released once every answer recorded before it was released (or its
+    call ended otherwise), so the answers arrive in the recorded order without any
+    wall-clock sleep. An answer recorded earlier that the replay does not ask for
+    within ``wait_s`` is passed over.
+    """
+
+    def __init__(self, wait_s: float) -> None:
+        self.wait_s = wait_s
+        self.next = 0
+        """The position whose answer goes next."""
+        self.asked: set[int] = set()
+        self.done: set[int] = set()
+        self._moved: anyio.Event | None = None
+        self._moved_at: float | None = None
+
+    async def turn(self, index: int) -> None:
+        """Wait until the answers recorded before ``index`` are out."""
+        self.asked.add(index)
+        now = anyio.current_time()
+        if self._moved_at is None:
+            self._moved_at = now  # the wait for the first answer starts with the step
+        while self.next < index:
+            deadline = self._moved_at + self.wait_s
+            if now >= deadline and self.next not in self.asked:
+                # Never asked for: the replay diverged before this answer; go on.
+                self._advance()
+                continue
+            if self._moved is None:
+                self._moved = anyio.Event()
+            moved = self._moved
+            with anyio.move_on_after(deadline - now if now < deadline else self.wait_s):
+                await moved.wait()
+            now = anyio.current_time()
+
+    def release(self, index: int) -> None:
+        """``index`` answered (or its call ended): the next one may go."""
+        self.done.add(index)
+        if index == self.next:
+            self._advance()
+
+    def _advance(self) -> None:
+        self.next += 1
+        while self.next in self.done:
+            self.next += 1
+        self._moved_at = anyio.current_time()
+        if self._moved is not None:
+            self._moved.set()
+            self._moved = None
+
+
+def _sequences(
+    steps: list[StoredStep], wait_s: float = DIVERGED_WAIT_S
+) -> dict[str, tuple[_Sequence, int]]:
+    """Each recorded call's step-attempt sequence and position in it, by call id.
+
+    The order is the recorded completion order (ties: call id, which is time-ordered).
+    Calls that never answered (cancelled, or left running) have no place in it.
+    """
+    placed: dict[str, tuple[_Sequence, int]] = {}
+    for step in steps:
+        by_attempt: dict[int, list[StoredCall]] = {}
+        for call in step.calls:
+            if call.status not in ("cancelled", "running") and call.completed_at is not None:
+                by_attempt.setdefault(call.attempt, []).append(call)
+        for calls in by_attempt.values():
+            sequence = _Sequence(wait_s)
+            calls.sort(key=lambda c: (c.completed_at, c.id))
+            placed.update({call.id: (sequence, i) for i, call in enumerate(calls)})
+    return placed
+
+
 class RecordedClient:
     """A model client that answers from a stored session.
 
     Recordings are queued per key in the order they were made; ``fallback`` (a live
     client) answers what was never recorded, or — with no fallback — that is an error
-    naming the step and model. With ``reuse`` (resume), each answer says which stored
-    call it is (``reused_from``), so the store does not count its tokens twice.
+    naming the step and model. With ``order`` (replay), each answer waits for the ones
+    recorded before it in its step attempt. With ``reuse`` (resume), each answer says
+    which stored call it is (``reused_from``), so the store does not count its tokens
+    twice.
     """
 
     def __init__(
@@ -72,8 +156,7 @@ class RecordedClient:
         *,
         by_attempt: bool,
         fallback: ModelClient | None = None,
-        time_scale: float = 0.0,
-        ordered_steps: frozenset[str] = frozenset(),
+        order: Mapping[str, tuple[_Sequence, int]] | None = None,
         reuse: bool = False,
     ) -> None:
         self._name = name
@@ -81,8 +164,7 @@ class RecordedClient:
         self.recordings = recordings
         self.by_attempt = by_attempt
         self.fallback = fallback
-        self.time_scale = time_scale
-        self.ordered_steps = ordered_steps
+        self.order = order or {}
         self.reuse = reuse
         self.served = 0
         self.live = 0
@@ -118,21 +200,34 @@ class RecordedClient:
         rec = queue.popleft()
         self.served += 1
         if rec.status == "cancelled":
-            # The original run cancelled this call when its mode had decided. Replayed,
-            # it must lose the same race: answer nothing until the mode cancels it again
-            # (and only if that never happens, fail after a generous wait, never hang).
-            await anyio.sleep(max(1.0, 10 * (rec.latency_ms or 0) / 1000 * self.time_scale))
+            # The original run cancelled this call when its mode had decided (or the
+            # step's deadline cut it). Replayed, it must lose the same way: answer
+            # nothing until it is cancelled again, and only if that never happens (the
+            # replay diverged) fail after a generous wait rather than hang.
+            with anyio.move_on_after(DIVERGED_WAIT_S + 2 * (rec.latency_ms or 0) / 1000):
+                await anyio.Event().wait()
             raise ProviderError(
                 f"not recorded: the original run cancelled this call (step "
                 f"{request.step_id!r}, model {self._name!r})",
                 provider="replay",
                 model=self._name,
             )
-        if self.time_scale and request.step_id in self.ordered_steps:
-            # Keep the recorded order of answers (race, quorum and cascade decide on it).
-            await anyio.sleep((rec.latency_ms or 0) / 1000 * self.time_scale)
-        else:
+        place = self.order.get(rec.id)
+        if place is None:
             await anyio.lowlevel.checkpoint()
+        else:
+            sequence, index = place
+            try:
+                # This answer arrived in the original run, so it must arrive here even if
+                # the mode decides (and cancels) while it waits for its turn: the wait is
+                # shielded, and bounded (answers before it are out or passed over soon),
+                # so a cancellation is only deferred until the answer is in.
+                with anyio.CancelScope(shield=True):
+                    await sequence.turn(index)
+            finally:
+                # Released on return (nothing awaits between here and the answer's
+                # arrival in the step), or when it failed: either way it is out.
+                sequence.release(index)
         if rec.status != "ok":
             raise ProviderError(
                 rec.error or f"recorded {rec.status}", provider="replay", model=self._name
@@ -438,7 +533,6 @@ async def replay(
     record: bool | None = None,
     models: Mapping[str, ModelClient] | None = None,
     on_event: Listener | None = None,
-    time_scale: float = 0.01,
 ) -> ReplayReport:
     """Re-execute a stored session and report whether it comes out the same.
 
@@ -451,8 +545,6 @@ async def replay(
         record: Store the replay as a new session (default: when re-merging or live).
         models: Live model clients by name (live replays).
         on_event: Receives every event of the replay.
-        time_scale: Recorded latencies are slept times this in multi-model steps, so
-            answers arrive in the recorded order.
     """
     db, owned = await _open(store)
     try:
@@ -486,12 +578,7 @@ async def replay(
             "live" if live else ("remerge" if remerge else "recorded")
         )
         recordings: dict[tuple[Any, ...], deque[StoredCall]] = {}
-        ordered: set[str] = set()
         for step in stored.steps:
-            if step.consensus is not None:
-                # Every merge depends on the order answers arrive in: race, quorum and
-                # cascade stop on it, and ties go to the earliest answer.
-                ordered.add(step.step_key)
             for call in sorted(step.calls, key=lambda c: (c.started_at, c.id)):
                 key = (step.step_key, call.model_id, call.attempt)
                 recordings.setdefault(key, deque()).append(call)
@@ -510,14 +597,16 @@ async def replay(
         if not live:
             names = {c.model_id for s in stored.steps for c in s.calls}
             names |= {m for s in spec.steps for m in [*spec.step_models(s), *s.extra_models()]}
+            order = _sequences(stored.steps)
             clients = {
                 name: RecordedClient(
                     name,
                     "replay",
                     recordings,
                     by_attempt=True,
-                    time_scale=time_scale,
-                    ordered_steps=frozenset(ordered),
+                    # Every merge depends on the order answers arrive in: race, quorum
+                    # and cascade stop on it, and ties go to the earliest answer.
+                    order=order,
                 )
                 for name in names
             }

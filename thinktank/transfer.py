@@ -139,7 +139,7 @@ def _check_history(sid: str, events: list[Event]) -> None:
         where = f"not a thinktank session export: events[{index}] ({event.type})"
         if event.session_id != sid:
             raise UsageError(f"{where}: session_id: not the exported session {sid}")
-        if isinstance(event, SessionStarted) and index > 0:
+        if isinstance(event, SessionStarted) and index > 0 and not _resumes(event, sid):
             raise UsageError(f"{where}: the session starts twice")
         if isinstance(event, SessionStarted | StepsAdded):
             steps.update(info.step_id for info in event.steps)
@@ -150,6 +150,13 @@ def _check_history(sid: str, events: list[Event]) -> None:
             calls.add(event.call_id)
         elif isinstance(event, CallFinished | CallAttempt) and event.call_id not in calls:
             raise UsageError(f"{where}: call_id: call {event.call_id!r} was never started")
+
+
+def _resumes(event: SessionStarted, sid: str) -> bool:
+    """Whether ``event`` is a resume of session ``sid`` starting it again (a resumed
+    session's history holds one more ``session_started`` per resume)."""
+    origin = event.origin or {}
+    return origin.get("kind") == "resume" and origin.get("session_id") == sid
 
 
 def _first_error(exc: ValidationError) -> str:
