@@ -24,7 +24,7 @@ from thinktank.result import SessionResult
 from thinktank.spec import parse_session
 
 from .conftest import REPO
-from .fakeserver import Fault, run_fake_server
+from .fakeserver import FakeServer, Fault, run_fake_server
 from .test_crash import (
     STEPS,
     _cli,
@@ -40,6 +40,18 @@ from .test_crash import (
 LEASE_TTL = "5"
 """Seconds: short, so the test waits little for a killed run's lease to expire, and
 long enough that a loaded machine renews it in time (every third of it)."""
+
+
+def _stuck(server: FakeServer, answered: int = 3, slots: int = 2, models: int = 2) -> bool:
+    """Whether the run can send nothing more: every step in flight (``slots`` of them,
+    the session's step limit) has a hanging call and has sent all its ``models`` calls.
+    Which requests got the ``answered`` answers decides whether that is after 5 or 7
+    requests, so a count alone is not enough."""
+    steps = [
+        (r.json["messages"][-1]["content"] if r.json else "").split(":")[0] for r in server.requests
+    ]
+    hanging = set(steps[answered:])
+    return len(hanging) == slots and all(steps.count(step) == models for step in hanging)
 
 
 @pytest.mark.slow
@@ -66,9 +78,7 @@ def test_resume_is_refused_while_the_run_lives_and_works_after_its_lease_expires
         )
         try:
             # Steady state: root answered and both step slots' calls sent (and hanging).
-            _wait_for(
-                "the run to get stuck on hanging calls", lambda: len(server.requests) >= 5, proc
-            )
+            _wait_for("the run to get stuck on hanging calls", lambda: _stuck(server), proc)
             _wait_for(
                 "root to be stored as completed",
                 lambda: bool(
