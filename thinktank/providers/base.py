@@ -17,7 +17,7 @@ from typing import Protocol, runtime_checkable
 
 from thinktank._frozen import fast_init
 
-__all__ = ["ModelClient", "ModelRequest", "ModelResponse"]
+__all__ = ["ModelClient", "ModelRequest", "ModelResponse", "cost_usd"]
 
 
 @fast_init
@@ -100,3 +100,30 @@ class ModelClient(Protocol):
     async def complete(self, request: ModelRequest) -> ModelResponse:
         """Answer one request; raise ProviderError on failure."""
         ...
+
+
+def cost_usd(
+    input_tokens: int | None,
+    output_tokens: int | None,
+    input_cost_per_mtok: float | None,
+    output_cost_per_mtok: float | None,
+) -> float | None:
+    """USD for a call, or None unless both token counts and both prices are known.
+
+    Args:
+        input_tokens: Prompt tokens.
+        output_tokens: Completion tokens.
+        input_cost_per_mtok: USD per million prompt tokens.
+        output_cost_per_mtok: USD per million completion tokens.
+
+    Returns:
+        The cost, or None.
+    """
+    if (
+        input_tokens is None
+        or output_tokens is None
+        or input_cost_per_mtok is None
+        or output_cost_per_mtok is None
+    ):
+        return None
+    return (input_tokens * input_cost_per_mtok + output_tokens * output_cost_per_mtok) / 1e6

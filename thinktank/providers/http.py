@@ -29,7 +29,7 @@ What lives here:
 - :func:`read_capped` / :func:`iter_lines_capped`: a body or its lines read under the
   model's ``max_response_bytes``, so memory stays bounded whatever the server sends
   (:func:`response_too_big` is the error past it);
-- :func:`decode_json`, :func:`as_count`, :func:`cost_usd`, :func:`secrets_of`,
+- :func:`decode_json`, :func:`as_count`, :func:`cost_usd` (from ``base``), :func:`secrets_of`,
   :func:`redact`: small helpers every wire module needs. API keys never reach an
   error message, body or partial text.
 """
@@ -50,6 +50,7 @@ import httpx2 as httpx
 
 from thinktank.errors import CallTimeoutError, ProviderError
 from thinktank.providers._redact import redact_userinfo
+from thinktank.providers.base import cost_usd
 
 __all__ = [
     "AsyncClient",
@@ -604,33 +605,6 @@ def _check_length(response: Response, limit: int, too_big: Callable[[], Provider
     encoded = response.headers.get("content-encoding", "identity").lower() != "identity"
     if declared.isdigit() and not encoded and int(declared) > limit:
         raise too_big()
-
-
-def cost_usd(
-    input_tokens: int | None,
-    output_tokens: int | None,
-    input_cost_per_mtok: float | None,
-    output_cost_per_mtok: float | None,
-) -> float | None:
-    """USD for a call, or None unless both token counts and both prices are known.
-
-    Args:
-        input_tokens: Prompt tokens.
-        output_tokens: Completion tokens.
-        input_cost_per_mtok: USD per million prompt tokens.
-        output_cost_per_mtok: USD per million completion tokens.
-
-    Returns:
-        The cost, or None.
-    """
-    if (
-        input_tokens is None
-        or output_tokens is None
-        or input_cost_per_mtok is None
-        or output_cost_per_mtok is None
-    ):
-        return None
-    return (input_tokens * input_cost_per_mtok + output_tokens * output_cost_per_mtok) / 1e6
 
 
 def as_count(value: object) -> int | None:

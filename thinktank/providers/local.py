@@ -90,8 +90,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from thinktank.errors import ProviderError
-from thinktank.providers.base import ModelRequest, ModelResponse
-from thinktank.providers.http import cost_usd
+from thinktank.providers.base import ModelRequest, ModelResponse, cost_usd
 
 __all__ = [
     "CACHE_DIR_ENV",
