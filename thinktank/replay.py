@@ -36,7 +36,6 @@ from typing import Any, Literal
 import anyio
 from pydantic import BaseModel
 
-from thinktank._heap import frozen
 from thinktank.calls import NO_RETRY, PooledModel
 from thinktank.errors import ProviderError, UsageError
 from thinktank.events import CallStarted
@@ -292,7 +291,6 @@ async def _open(store: Store | str | None) -> tuple[Store, bool]:
     return await Store.open(store, create=False), True
 
 
-@frozen
 async def resume(
     session_id: str,
     *,
@@ -522,7 +520,6 @@ def _compare(stored: StoredSession, result: SessionResult) -> list[StepDiff]:
     return diffs
 
 
-@frozen
 async def replay(
     session_id: str,
     *,
@@ -638,7 +635,6 @@ async def replay(
                 await db.close()
 
 
-@frozen
 async def fork(
     session_id: str,
     *,

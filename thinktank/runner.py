@@ -31,7 +31,6 @@ import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from thinktank._heap import frozen
 from thinktank.budget import Budget
 from thinktank.calls import OnDelta, PooledModel
 from thinktank.errors import SpecError, SpecErrors, StoreError, UsageError
@@ -337,7 +336,6 @@ def _session_status(outcome: ScheduleOutcome, total: int) -> tuple[Any, str | No
     return ("failed" if not outcome.completed else "partial"), summary
 
 
-@frozen
 async def run(
     spec: SessionSpec,
     *,
@@ -667,8 +665,6 @@ async def _run_recorded(
             f"{recorder.error}; {len(recorder.pending)} event(s) of session {session_id} "
             "are not stored (retried until the session ended)"
         )
-    # Still inside run()'s frozen heap: building 10,000 step results would otherwise
-    # set off a full collection over everything the process holds (~0.4 s).
     result = collector.result
     assert result is not None
     return result

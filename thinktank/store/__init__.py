@@ -49,7 +49,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import StaticPool
 from sqlmodel import SQLModel
 
-from thinktank._heap import frozen_heap
 from thinktank.errors import NoDatabaseError, StoreError, UnknownSessionError
 from thinktank.events import Event
 from thinktank.store import _lease
@@ -617,8 +616,7 @@ class Store:
             UnknownSessionError: no session matches, or the prefix matches several.
             StoreError: the database could not be read.
         """
-        with frozen_heap():
-            return await self._read(get_session, id_or_prefix)
+        return await self._read(get_session, id_or_prefix)
 
     async def find_consensus(self, cache_key: str) -> StoredConsensus | None:
         """The newest stored consensus under ``cache_key`` (the consensus cache)."""
