@@ -90,6 +90,15 @@ def test_resume_is_refused_while_the_run_lives_and_works_after_its_lease_expires
                 ),
                 proc,
             )
+            # ...and every call the server got is stored (the recorder writes in batches).
+            _wait_for(
+                "every sent call to be stored",
+                lambda: (
+                    _query(db, "select count(*) from thinktank_parallel_executions")
+                    == [(len(server.requests),)]
+                ),
+                proc,
+            )
             ((sid,),) = _query(db, "select id from thinktank_sessions")
             sent = request_counts(server)
             calls = _query(db, "select count(*) from thinktank_parallel_executions")
