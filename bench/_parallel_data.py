@@ -5,7 +5,7 @@ fault and answer for a prompt are a pure function of (seed, model, prompt, attem
 retry) (``SimulatedModel._rng``), so :func:`predict` replays ``SimulatedModel.complete``
 draw for draw without sleeping, and :func:`ideal` replays each multi-model mode on those
 draws in virtual time with the engine's own agreement rule
-(``thinktank.consensus.agreement``, as ``thinktank.parallel._agrees`` calls it):
+(``thinktank.consensus.agreement``, as ``thinktank.engine.parallel._agrees`` calls it):
 
 * ``all``: the slowest response (failures included: they fail after their latency);
 * ``race``: the fastest success (the slowest response when nothing succeeds);
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from thinktank.consensus import Answer, MergeOptions, quorum_reached
-from thinktank.parallel import Mode, order_by_price
+from thinktank.engine.parallel import Mode, order_by_price
 from thinktank.providers.base import ModelRequest
 from thinktank.providers.simulated import SimulatedModel, SimulatedModelConfig
 
@@ -240,7 +240,7 @@ class Ideal:
 
 
 def _agrees(answered: Sequence[Draw], need: int, threshold: float, options: MergeOptions) -> bool:
-    # thinktank.parallel._agrees on the same answers (keys only need to be unique;
+    # thinktank.engine.parallel._agrees on the same answers (keys only need to be unique;
     # ``answered`` is in arrival order).
     answers = [
         Answer(key=d.model, model=d.model, text=d.content or "", arrival=i)

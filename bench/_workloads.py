@@ -6,7 +6,7 @@ references are computed from the same numbers, in virtual time, with no event lo
 
 * ``lower_bound``: max(critical path, total work / C). No schedule beats it.
 * ``greedy_makespan``: eager list scheduling on C slots, a FIFO ready queue in the order
-  steps became ready, ties in file order. This is the policy of ``thinktank.scheduler``,
+  steps became ready, ties in file order. This is the policy of ``thinktank.engine.scheduler``,
   so an ideal, zero-overhead thinktank run takes exactly this long.
 * ``layered_makespan``: one topological generation at a time, each generation
   list-scheduled on C slots in file order (what superstep engines such as LangGraph's

@@ -30,7 +30,7 @@ every call the stack runs is checked against that replay ("replay mism.", expect
               provider's socket wakes the loop with no rounding;
       floor   the same with ``sleep_precisely``, the simulated models' own sleep: the
               harness's floor;
-      gather  bare ``thinktank.parallel.gather`` with a minimal call (the client's
+      gather  bare ``thinktank.engine.parallel.gather`` with a minimal call (the client's
               ``complete`` into a ``CallResult``): the mode engine, no call layer;
       run     ``thinktank.run`` of a pre-validated one-step session (inline simulated
               models, ``store=None``): registry, scheduler, call layer, events, consensus
@@ -90,14 +90,14 @@ import anyio
 import thinktank
 from bench import _parallel_data as pd
 from bench._report import component, cpu_model, short, table, version
-from thinktank.calls import CallResult
 from thinktank.consensus import normalize_answer
+from thinktank.engine.calls import CallResult
+from thinktank.engine.parallel import Mode, gather, order_by_price
 from thinktank.errors import ProviderError
 from thinktank.events import CallFinished, CallStarted, Event
-from thinktank.parallel import Mode, gather, order_by_price
 from thinktank.providers.base import ModelRequest
 from thinktank.providers.simulated import SimulatedModel, sleep_precisely
-from thinktank.spec import SessionSpec, parse_session
+from thinktank.session.spec import SessionSpec, parse_session
 
 MODES: tuple[Mode, ...] = get_args(Mode)
 PATHS = ("timer", "floor", "gather", "run", "ask")

@@ -9,7 +9,7 @@ Run from the repo root: ``python bench/startup.py``. ``--repo PATH`` times anoth
 checkout's code (it is put on ``PYTHONPATH``), e.g. ``--repo /path/to/main`` for a
 before/after comparison on the same machine.
 
-Each process runs the console script's own code (``from thinktank.cli import main``),
+Each process runs the console script's own code (``from thinktank.cli.commands import main``),
 so the figures include the interpreter's start (``python -c pass`` is printed as the
 floor) and every import the command pulls in.
 """
@@ -30,7 +30,10 @@ sys.path.insert(0, str(REPO))
 
 from bench._report import cpu_model, table, version  # noqa: E402
 
-_CLI = "import sys; from thinktank.cli import main; sys.argv[0] = 'thinktank'; sys.exit(main())"
+_CLI = (
+    "import sys; from thinktank.cli.commands import main; "
+    "sys.argv[0] = 'thinktank'; sys.exit(main())"
+)
 
 
 def commands(repo: Path) -> list[tuple[str, list[str]]]:

@@ -10,9 +10,9 @@ from click.testing import CliRunner
 
 import thinktank
 from thinktank.batch import read_inputs_file
-from thinktank.cli import main
+from thinktank.cli.commands import main
 from thinktank.errors import InputError
-from thinktank.spec import parse_session
+from thinktank.session.spec import parse_session
 
 from .conftest import SESSIONS
 

@@ -8,9 +8,9 @@ import pytest
 from click.testing import CliRunner
 
 import thinktank
-from thinktank.cli import main
+from thinktank.cli.commands import main
 from thinktank.errors import SpecErrors
-from thinktank.spec import parse_session
+from thinktank.session.spec import parse_session
 
 PRICE = {"input_cost_per_mtok": 1000.0, "output_cost_per_mtok": 1000.0}
 

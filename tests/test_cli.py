@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from thinktank.cli import main
+from thinktank.cli.commands import main
 
 from .conftest import REPO, SESSIONS
 

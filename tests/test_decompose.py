@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import thinktank
-from thinktank.decompose import Proposal, SubProblem, merge_proposals, parse_proposal
+from thinktank.engine.decompose import Proposal, SubProblem, merge_proposals, parse_proposal
 from thinktank.events import Event, StepFinished, StepsAdded, StepStarted
 from thinktank.providers.base import ModelRequest, ModelResponse
-from thinktank.spec import parse_session
+from thinktank.session.spec import parse_session
 
 PLAN = {
     "subproblems": [

@@ -88,7 +88,7 @@ def test_show_names_who_proposed_each_added_step(tmp_path: Path) -> None:
     """show on research_plan says which planners proposed each added step."""
     from click.testing import CliRunner
 
-    from thinktank.cli import main
+    from thinktank.cli.commands import main
 
     db = str(tmp_path / "t.db")
     runner = CliRunner()

@@ -6,8 +6,8 @@ import networkx as nx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from thinktank.graph import _bulk_digraph
-from thinktank.spec import StepSpec
+from thinktank.session.graph import _bulk_digraph
+from thinktank.session.spec import StepSpec
 
 _ids = st.sampled_from([f"s{i}" for i in range(12)])
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from thinktank.cli import main
+from thinktank.cli.commands import main
 from thinktank.errors import SpecErrors
-from thinktank.spec import load_session
+from thinktank.session.spec import load_session
 
 from .conftest import SESSIONS
 

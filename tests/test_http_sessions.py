@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 import thinktank
-from thinktank.cli import main
-from thinktank.spec import parse_session
+from thinktank.cli.commands import main
+from thinktank.session.spec import parse_session
 
 from .fakeserver import FakeServer, Fault, run_fake_server
 

@@ -9,8 +9,8 @@ import uuid
 
 import pytest
 
-from thinktank import ids
-from thinktank.ids import new_id, new_ids
+from thinktank import _ids as ids
+from thinktank._ids import new_id, new_ids
 
 
 def test_new_ids_are_canonical_version_7_uuids() -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from thinktank.cli import main
+from thinktank.cli.commands import main
 
 from .conftest import SESSIONS
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import thinktank
 from thinktank.events import CallFinished, Event, StepFinished, StepStarted
 from thinktank.providers.base import ModelRequest, ModelResponse
-from thinktank.spec import parse_session
+from thinktank.session.spec import parse_session
 
 TIMEOUT_MS = 30
 
@@ -166,7 +166,7 @@ def test_fail_fast_with_cut_lanes_ends_every_step_once(
 def test_outside_a_scheduler_a_step_keeps_a_scope_of_its_own() -> None:
     """Called directly (no worker lane), the executor still cuts a hung attempt at its
     deadline and goes on with the next attempt itself."""
-    from thinktank.steps import StepExecutor
+    from thinktank.engine.steps import StepExecutor
 
     spec = parse_session(
         {

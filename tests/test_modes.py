@@ -10,8 +10,8 @@ import anyio
 from click.testing import CliRunner
 
 import thinktank
-from thinktank.cli import main
-from thinktank.spec import parse_session
+from thinktank.cli.commands import main
+from thinktank.session.spec import parse_session
 
 
 def sim(reply: str, ms: float = 0, **extra: Any) -> dict[str, Any]:

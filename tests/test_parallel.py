@@ -13,11 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import thinktank
-from thinktank.calls import CallResult
 from thinktank.consensus import Answer, MergeOptions, agreement
+from thinktank.engine.calls import CallResult
+from thinktank.engine.parallel import gather, order_by_price
 from thinktank.events import CallFinished, CallStarted, Event, utcnow
-from thinktank.parallel import gather, order_by_price
-from thinktank.spec import parse_session
+from thinktank.session.spec import parse_session
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from thinktank.cli import main
+from thinktank.cli.commands import main
 from thinktank.errors import NoDatabaseError
 from thinktank.store import Store
 

@@ -247,7 +247,7 @@ def test_model_override_needs_no_local_model(tmp_path: Path) -> None:
     """The README's `run sessions/quickstart.yaml --model openai/...` works without
     [local]: --model replaces the file's local models before they are checked."""
     code = (
-        "import sys; sys.modules['llama_cpp'] = None; from thinktank.cli import main; "
+        "import sys; sys.modules['llama_cpp'] = None; from thinktank.cli.commands import main; "
         "main(sys.argv[1:])"
     )
     quickstart = str(REPO / "sessions" / "quickstart.yaml")

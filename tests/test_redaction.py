@@ -13,7 +13,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from thinktank.cli import main
+from thinktank.cli.commands import main
 from thinktank.providers.http import create_http_client, redact
 from thinktank.providers.openai import OpenAICompatibleModel
 

@@ -10,11 +10,11 @@ import pytest
 from click.testing import CliRunner
 
 import thinktank
-from thinktank.cli import main
+from thinktank.cli.commands import main
 from thinktank.errors import SpecErrors
 from thinktank.providers.config import HttpModelConfig, load_config
 from thinktank.providers.registry import ModelRegistry
-from thinktank.spec import parse_session
+from thinktank.session.spec import parse_session
 
 from .conftest import CallLog, CountingModel
 

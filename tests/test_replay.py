@@ -9,12 +9,12 @@ import pytest
 from click.testing import CliRunner
 
 import thinktank
-from thinktank.cli import main
+from thinktank.cli.commands import main
 from thinktank.errors import ProviderError, UsageError
 from thinktank.events import CallFinished, CallStarted, Event, StepFinished
 from thinktank.providers.base import ModelRequest
 from thinktank.replay import RecordedClient
-from thinktank.spec import parse_session
+from thinktank.session.spec import parse_session
 from thinktank.store import StoredSession
 
 from . import pg

@@ -14,13 +14,13 @@ import yaml
 from click.testing import CliRunner
 
 import thinktank
-from thinktank.cli import main
+from thinktank.cli.commands import main
 from thinktank.errors import ProviderError
 from thinktank.providers.base import ModelRequest
 from thinktank.providers.config import DEFAULT_MAX_RESPONSE_BYTES
 from thinktank.providers.http import create_http_client, httpx, iter_lines_capped
 from thinktank.providers.openai import OpenAICompatibleModel
-from thinktank.spec import parse_session
+from thinktank.session.spec import parse_session
 
 from .fakeserver import FakeServer, Fault, run_fake_server
 

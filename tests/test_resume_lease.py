@@ -19,9 +19,9 @@ import anyio
 import pytest
 
 import thinktank
+from thinktank.engine.result import SessionResult
 from thinktank.events import Event, StepFinished
-from thinktank.result import SessionResult
-from thinktank.spec import parse_session
+from thinktank.session.spec import parse_session
 
 from .conftest import REPO
 from .fakeserver import FakeServer, Fault, run_fake_server

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import thinktank
 from thinktank.errors import InputError, SpecErrors
 from thinktank.events import Event, StepFinished, StepStarted
-from thinktank.spec import SessionSpec, parse_session
+from thinktank.session.spec import SessionSpec, parse_session
 
 from .conftest import CallLog, CountingModel
 
@@ -362,7 +362,7 @@ async def test_retried_call_is_one_call_with_its_attempts_in_the_store(tmp_path:
         }
     )
     # Simulated faults are drawn per (prompt, step attempt): keep retries fast.
-    import thinktank.calls as calls_module
+    import thinktank.engine.calls as calls_module
 
     calls_module._JITTER.seed(0)
     original = calls_module.RetryPolicy.delay_s

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from thinktank.graph import StepGraph
-from thinktank.scheduler import Scheduler
-from thinktank.spec import SessionSpec, StepSpec
+from thinktank.engine.scheduler import Scheduler
+from thinktank.session.graph import StepGraph
+from thinktank.session.spec import SessionSpec, StepSpec
 
 
 def make_graph(deps: list[list[int]]) -> StepGraph:

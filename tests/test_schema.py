@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from thinktank.schema import render_session_schema
+from thinktank.session.schema import render_session_schema
 
 from .conftest import REPO
 

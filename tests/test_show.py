@@ -8,7 +8,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from thinktank.cli import main
+from thinktank.cli.commands import main
 
 from .conftest import SESSIONS
 

@@ -44,7 +44,7 @@ def _loaded_after(code: str) -> set[str]:
 
 _CLI = (
     "import contextlib, io\n"
-    "from thinktank.cli import main\n"
+    "from thinktank.cli.commands import main\n"
     "with contextlib.redirect_stdout(io.StringIO()):\n"
     "    main({args!r}, standalone_mode=False)\n"
 )

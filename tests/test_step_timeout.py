@@ -178,9 +178,9 @@ async def test_execute_parallel_merges_what_arrived_over_http(
 def test_outside_a_scheduler_the_step_scope_merges_too() -> None:
     """Called directly (no worker lane: the attempt's own scope is cut), a timed-out
     multi-model step merges what arrived as well."""
+    from thinktank.engine.steps import StepExecutor
     from thinktank.providers.simulated import SimulatedModel, SimulatedModelConfig
-    from thinktank.spec import parse_session
-    from thinktank.steps import StepExecutor
+    from thinktank.session.spec import parse_session
 
     models, _, _ = CASES["all"]
     spec = parse_session(

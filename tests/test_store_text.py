@@ -17,9 +17,9 @@ from click.testing import CliRunner
 import thinktank
 from tests import pg
 from thinktank._text import clean_text
-from thinktank.cli import main
+from thinktank.cli.commands import main
 from thinktank.providers.base import ModelRequest, ModelResponse
-from thinktank.spec import parse_session
+from thinktank.session.spec import parse_session
 from thinktank.store import Store
 
 from .conftest import REPO, SESSIONS

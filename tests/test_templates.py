@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from thinktank._text import clean_text
-from thinktank.templates import Reference, parse_template, render_template
+from thinktank.session.templates import Reference, parse_template, render_template
 
 
 def test_parse_finds_inputs_and_step_outputs() -> None:

@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 import thinktank
-from thinktank.cli import main
+from thinktank.cli.commands import main
 from thinktank.errors import UsageError
-from thinktank.schema import render_export_schema
+from thinktank.session.schema import render_export_schema
 from thinktank.transfer import export_session, import_session, parse_age, prune
 
 from .conftest import REPO, SESSIONS

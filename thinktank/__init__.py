@@ -20,6 +20,8 @@ if typing.TYPE_CHECKING:
     from thinktank.ask import ParallelResult, execute_parallel
     from thinktank.batch import BatchResult, run_many
     from thinktank.dryrun import DryRun, dry_run
+    from thinktank.engine.result import SessionResult, StepResult, Usage
+    from thinktank.engine.runner import DEFAULT_STORE, run, run_sync
     from thinktank.errors import (
         CallTimeoutError,
         InputError,
@@ -32,13 +34,11 @@ if typing.TYPE_CHECKING:
         UnknownSessionError,
         UsageError,
     )
-    from thinktank.graph import StepGraph
     from thinktank.providers.base import ModelClient, ModelRequest, ModelResponse
     from thinktank.providers.simulated import SimulatedModel, SimulatedModelConfig
     from thinktank.replay import ReplayReport, fork, replay, resume
-    from thinktank.result import SessionResult, StepResult, Usage
-    from thinktank.runner import DEFAULT_STORE, run, run_sync
-    from thinktank.spec import (
+    from thinktank.session.graph import StepGraph
+    from thinktank.session.spec import (
         InputSpec,
         ModelSelection,
         ParallelExecution,
@@ -103,47 +103,47 @@ __all__ = [
 _LAZY: dict[str, str] = {
     "BatchResult": "thinktank.batch",
     "CallTimeoutError": "thinktank.errors",
-    "DEFAULT_STORE": "thinktank.runner",
+    "DEFAULT_STORE": "thinktank.engine.runner",
     "DryRun": "thinktank.dryrun",
     "InputError": "thinktank.errors",
-    "InputSpec": "thinktank.spec",
+    "InputSpec": "thinktank.session.spec",
     "ModelClient": "thinktank.providers.base",
     "ModelRequest": "thinktank.providers.base",
     "ModelResponse": "thinktank.providers.base",
-    "ModelSelection": "thinktank.spec",
-    "ParallelExecution": "thinktank.spec",
-    "ParallelExecutionConfig": "thinktank.spec",
+    "ModelSelection": "thinktank.session.spec",
+    "ParallelExecution": "thinktank.session.spec",
+    "ParallelExecutionConfig": "thinktank.session.spec",
     "ParallelResult": "thinktank.ask",
     "ProviderError": "thinktank.errors",
     "ReplayReport": "thinktank.replay",
     "RunError": "thinktank.errors",
-    "SessionResult": "thinktank.result",
-    "SessionSpec": "thinktank.spec",
+    "SessionResult": "thinktank.engine.result",
+    "SessionSpec": "thinktank.session.spec",
     "SimulatedModel": "thinktank.providers.simulated",
     "SimulatedModelConfig": "thinktank.providers.simulated",
     "SpecError": "thinktank.errors",
     "SpecErrors": "thinktank.errors",
-    "StepGraph": "thinktank.graph",
-    "StepResult": "thinktank.result",
-    "StepSpec": "thinktank.spec",
+    "StepGraph": "thinktank.session.graph",
+    "StepResult": "thinktank.engine.result",
+    "StepSpec": "thinktank.session.spec",
     "Store": "thinktank.store",
     "StoreError": "thinktank.errors",
     "ThinkTankError": "thinktank.errors",
     "UnknownSessionError": "thinktank.errors",
-    "Usage": "thinktank.result",
+    "Usage": "thinktank.engine.result",
     "UsageError": "thinktank.errors",
     "dry_run": "thinktank.dryrun",
     "execute_parallel": "thinktank.ask",
     "export_session": "thinktank.transfer",
     "fork": "thinktank.replay",
     "import_session": "thinktank.transfer",
-    "load_session": "thinktank.spec",
-    "parse_session": "thinktank.spec",
+    "load_session": "thinktank.session.spec",
+    "parse_session": "thinktank.session.spec",
     "replay": "thinktank.replay",
     "resume": "thinktank.replay",
-    "run": "thinktank.runner",
+    "run": "thinktank.engine.runner",
     "run_many": "thinktank.batch",
-    "run_sync": "thinktank.runner",
+    "run_sync": "thinktank.engine.runner",
 }
 """Where each public name lives. A name is imported on first use, so ``import
 thinktank`` (and so every ``thinktank`` command, even ``--help``) does not load the

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from thinktank.cli import main
+from thinktank.cli.commands import main
 
 if __name__ == "__main__":
     main()

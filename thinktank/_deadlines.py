@@ -13,7 +13,7 @@ microseconds (the parent scope's sets, the task-state map, the cancellation walk
 the scheduler goes further: each worker runs its steps in one long-lived scope, its
 lane (:data:`LANE`), and a step's deadline is given that scope to cancel. The step
 catches that cancellation as its timeout (``Deadline.expired``); the worker then
-leaves the cut lane and opens a new one (``thinktank.scheduler``).
+leaves the cut lane and opens a new one (``thinktank.engine.scheduler``).
 
 Asyncio only, like the rest of thinktank (SQLAlchemy's async layer is asyncio-only).
 """

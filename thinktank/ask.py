@@ -14,10 +14,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from thinktank.engine.result import SessionResult, Usage
+from thinktank.engine.runner import DEFAULT_STORE, Listener, run
 from thinktank.providers.base import ModelClient
-from thinktank.result import SessionResult, Usage
-from thinktank.runner import DEFAULT_STORE, Listener, run
-from thinktank.spec import ParallelExecutionConfig, SessionSpec
+from thinktank.session.spec import ParallelExecutionConfig, SessionSpec
 from thinktank.store import Store
 
 __all__ = [

@@ -18,11 +18,11 @@ from pydantic import BaseModel, ConfigDict
 
 from thinktank._safeload import LoadError, load_json
 from thinktank._text import read_utf8
+from thinktank.engine.result import SessionResult
+from thinktank.engine.runner import DEFAULT_STORE, Listener, run
 from thinktank.errors import InputError, ThinkTankError
 from thinktank.providers.base import ModelClient
-from thinktank.result import SessionResult
-from thinktank.runner import DEFAULT_STORE, Listener, run
-from thinktank.spec import SessionSpec, validate_inputs
+from thinktank.session.spec import SessionSpec, validate_inputs
 from thinktank.store import Store
 
 __all__ = ["BatchItem", "BatchResult", "read_inputs_file", "run_many"]

@@ -16,11 +16,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from thinktank.budget import DEFAULT_OUTPUT_ESTIMATE, estimate_tokens
-from thinktank.graph import StepGraph
+from thinktank.engine.budget import DEFAULT_OUTPUT_ESTIMATE, estimate_tokens
 from thinktank.providers.registry import ModelRegistry
-from thinktank.spec import SessionSpec, StepSpec
-from thinktank.templates import render_template
+from thinktank.session.graph import StepGraph
+from thinktank.session.spec import SessionSpec, StepSpec
+from thinktank.session.templates import render_template
 
 __all__ = ["DryRun", "DryRunStep", "dry_run"]
 

@@ -1,7 +1,7 @@
 """Resume, replay, re-merge and fork sessions from the database.
 
 All of them go through ``thinktank.run`` (the one execution path) with a
-:class:`~thinktank.runner.Restart`: they differ only in the state they start from and
+:class:`~thinktank.engine.runner.Restart`: they differ only in the state they start from and
 in the model pool.
 
 - **resume**: the same session continues. Completed steps are not run again; failed ones
@@ -36,14 +36,14 @@ from typing import Any, Literal
 import anyio
 from pydantic import BaseModel
 
-from thinktank.calls import NO_RETRY, PooledModel
+from thinktank.engine.calls import NO_RETRY, PooledModel
+from thinktank.engine.result import SessionResult
+from thinktank.engine.runner import Listener, Restart, SeedStep, lease_ttl, new_worker_id, run
 from thinktank.errors import ProviderError, UsageError
 from thinktank.events import CallStarted
-from thinktank.graph import StepGraph
 from thinktank.providers.base import ModelClient, ModelRequest, ModelResponse
-from thinktank.result import SessionResult
-from thinktank.runner import Listener, Restart, SeedStep, lease_ttl, new_worker_id, run
-from thinktank.spec import SessionSpec, StepSpec
+from thinktank.session.graph import StepGraph
+from thinktank.session.spec import SessionSpec, StepSpec
 from thinktank.store import Store, StoredCall, StoredSession, StoredStep
 
 __all__ = [

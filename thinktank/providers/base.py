@@ -6,7 +6,7 @@ protocol, so tests, replay and research swap providers without touching them.
 
 Failures: a client either raises :class:`~thinktank.errors.ProviderError` or returns a
 response whose ``error`` is set (a partial answer that ended badly). The call layer in
-``thinktank.calls`` turns both into a recorded failed call.
+``thinktank.engine.calls`` turns both into a recorded failed call.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """When to retry a failed model call, and how long to wait first.
 
-Pure policy, no I/O and no sleeping: the call layer (``thinktank.calls``) runs the loop,
+Pure policy, no I/O and no sleeping: the call layer (``thinktank.engine.calls``) runs the loop,
 records every attempt and sleeps :meth:`RetryPolicy.delay_s`. The rules follow the
 official OpenAI and Anthropic SDKs: retry what the provider marked retryable (see
 :func:`thinktank.providers.http.is_retryable_status`) and timeouts; wait the server's

@@ -44,6 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ClauseElement
 from sqlmodel import SQLModel
 
+from thinktank._ids import new_id
 from thinktank._text import repaired
 from thinktank.events import (
     CallAttempt,
@@ -59,7 +60,6 @@ from thinktank.events import (
     StepSkipped,
     StepStarted,
 )
-from thinktank.ids import new_id
 from thinktank.store import tables as _tables
 from thinktank.store._json import dumps, loads
 

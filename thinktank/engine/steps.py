@@ -31,8 +31,6 @@ from typing import Any
 import anyio
 
 from thinktank._deadlines import LANE, Deadlines
-from thinktank.budget import Budget
-from thinktank.calls import CallResult, OnDelta, PooledModel, call_model
 from thinktank.consensus import (
     NO_ANSWER,
     Answer,
@@ -43,20 +41,22 @@ from thinktank.consensus import (
     judge_prompt,
     synthesize,
 )
-from thinktank.decompose import (
+from thinktank.engine.budget import Budget
+from thinktank.engine.calls import CallResult, OnDelta, PooledModel, call_model
+from thinktank.engine.decompose import (
     DECOMPOSE_INSTRUCTIONS,
     MergedPlan,
     Proposal,
     merge_proposals,
     parse_proposal,
 )
+from thinktank.engine.parallel import Gathered, gather
+from thinktank.engine.scheduler import AGAIN, Again
 from thinktank.events import ConsensusComputed, Event, StepFinished, StepStarted, utcnow
-from thinktank.parallel import Gathered, gather
 from thinktank.providers.base import ModelClient, ModelRequest
-from thinktank.scheduler import AGAIN, Again
-from thinktank.spec import SessionSpec, StepSpec
+from thinktank.session.spec import SessionSpec, StepSpec
+from thinktank.session.templates import render_template
 from thinktank.store import StoredConsensus
-from thinktank.templates import render_template
 
 __all__ = ["CacheLookup", "StepExecutor", "cache_key", "sum_known"]
 

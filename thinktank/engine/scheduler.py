@@ -39,7 +39,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from thinktank._deadlines import LANE
-from thinktank.graph import StepGraph
+from thinktank.session.graph import StepGraph
 
 __all__ = ["AGAIN", "Again", "ScheduleOutcome", "Scheduler"]
 

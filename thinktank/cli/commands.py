@@ -31,11 +31,11 @@ from thinktank.errors import (
 if TYPE_CHECKING:
     from thinktank.ask import ParallelResult
     from thinktank.batch import BatchItem, BatchResult
-    from thinktank.progress import Progress
+    from thinktank.cli.progress import Progress
+    from thinktank.engine.result import SessionResult
     from thinktank.providers.registry import ModelRegistry
     from thinktank.replay import ReplayReport
-    from thinktank.result import SessionResult
-    from thinktank.spec import SessionSpec
+    from thinktank.session.spec import SessionSpec
 
 # Each command imports what it needs inside its body: ``thinktank --help`` and
 # ``validate`` then start without loading the store, SQLAlchemy, the HTTP client or
@@ -195,12 +195,12 @@ def run_command(
     no_progress: bool,
 ) -> None:
     """Run SESSION_FILE and record it in the database."""
+    from thinktank.cli.progress import Progress
+    from thinktank.cli.render import print_dry_run, print_result
     from thinktank.dryrun import dry_run as plan_dry_run
-    from thinktank.progress import Progress
-    from thinktank.render import print_dry_run, print_result
-    from thinktank.runner import DEFAULT_STORE, run
-    from thinktank.selection import apply_selection
-    from thinktank.spec import validate_inputs
+    from thinktank.engine.runner import DEFAULT_STORE, run
+    from thinktank.session.selection import apply_selection
+    from thinktank.session.spec import validate_inputs
 
     try:
         spec = _load(session_file, model)
@@ -270,7 +270,7 @@ def _load(session_file: str, model: str | None) -> SessionSpec:
     Raises:
         SpecErrors: the file is invalid, or the model cannot be used.
     """
-    from thinktank.spec import load_session
+    from thinktank.session.spec import load_session
 
     return load_session(session_file, model=model)
 
@@ -295,8 +295,8 @@ def _registry(spec: SessionSpec | None = None) -> ModelRegistry:
 @_json_option
 def models_command(session_file: str | None, as_json: bool) -> None:
     """List the models you can use: provider, base URL, price, key present (never the key)."""
-    from thinktank.render import print_models
-    from thinktank.spec import load_session
+    from thinktank.cli.render import print_models
+    from thinktank.session.spec import load_session
 
     try:
         spec = load_session(session_file) if session_file is not None else None
@@ -373,9 +373,9 @@ def ask_command(
     """Ask several models PROMPT at once and merge the answers (recorded like a session)."""
     from pydantic import ValidationError
 
-    from thinktank.progress import Progress
-    from thinktank.render import print_parallel
-    from thinktank.spec import ParallelExecutionConfig
+    from thinktank.cli.progress import Progress
+    from thinktank.cli.render import print_parallel
+    from thinktank.session.spec import ParallelExecutionConfig
 
     try:
         config = ParallelExecutionConfig.model_validate(
@@ -399,7 +399,7 @@ def ask_command(
     # the first answer.
     with progress:
         from thinktank.ask import execute_parallel
-        from thinktank.runner import DEFAULT_STORE
+        from thinktank.engine.runner import DEFAULT_STORE
 
         async def go() -> ParallelResult:
             return await execute_parallel(
@@ -456,8 +456,8 @@ def run_many_command(
 ) -> None:
     """Run SESSION_FILE once per line of --inputs, into one database."""
     from thinktank.batch import read_inputs_file, run_many
-    from thinktank.render import print_batch
-    from thinktank.runner import DEFAULT_STORE
+    from thinktank.cli.render import print_batch
+    from thinktank.engine.runner import DEFAULT_STORE
 
     try:
         spec = _load(session_file, model)
@@ -500,7 +500,7 @@ def run_many_command(
 
 
 def _finish_run(result: SessionResult, as_json: bool) -> NoReturn:
-    from thinktank.render import print_result
+    from thinktank.cli.render import print_result
 
     if as_json:
         click.echo(json.dumps(result.model_dump(mode="json"), indent=2, ensure_ascii=False))
@@ -516,7 +516,7 @@ def _finish_run(result: SessionResult, as_json: bool) -> NoReturn:
 @_no_progress_option
 def resume_command(session_id: str, db: str | None, as_json: bool, no_progress: bool) -> None:
     """Finish an interrupted or killed session; nothing that finished runs again."""
-    from thinktank.progress import Progress
+    from thinktank.cli.progress import Progress
     from thinktank.replay import resume
 
     progress = Progress(enabled=not no_progress)
@@ -560,7 +560,7 @@ def replay_command(
     as_json: bool,
 ) -> None:
     """Re-execute a stored session from its recorded answers (no network, no cost)."""
-    from thinktank.render import print_replay
+    from thinktank.cli.render import print_replay
     from thinktank.replay import replay
 
     async def go() -> ReplayReport:
@@ -606,7 +606,7 @@ def fork_command(
     no_progress: bool,
 ) -> None:
     """A new session reusing everything upstream of --step; re-runs it and what follows."""
-    from thinktank.progress import Progress
+    from thinktank.cli.progress import Progress
     from thinktank.replay import fork
 
     prompt = prompt_text
@@ -689,7 +689,7 @@ def prune_command(older_than: str, dry_run: bool, db: str | None) -> None:
 @click.argument("session_files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 def validate_command(session_files: tuple[str, ...]) -> None:
     """Check session files; print every problem, one line each (exit 2 if any)."""
-    from thinktank.spec import load_session
+    from thinktank.session.spec import load_session
 
     problems: list[str] = []
     for file in session_files:
@@ -715,7 +715,7 @@ def sessions_command(
     db: str | None, as_json: bool, limit: int | None, last: bool, quiet: bool
 ) -> None:
     """List stored sessions, newest first."""
-    from thinktank.render import print_sessions
+    from thinktank.cli.render import print_sessions
     from thinktank.store import Store
 
     async def go() -> list[Any]:
@@ -739,7 +739,7 @@ def sessions_command(
 @_json_option
 def show_command(session_id: str, db: str | None, as_json: bool) -> None:
     """Show one session: its DAG, every step's status, output, calls and consensus."""
-    from thinktank.render import print_stored_session
+    from thinktank.cli.render import print_stored_session
     from thinktank.store import Store
 
     async def go() -> Any:
@@ -774,7 +774,7 @@ def show_command(session_id: str, db: str | None, as_json: bool) -> None:
 )
 def schema_command(output: str | None, check: bool, kind: str) -> None:
     """Print (or write) the JSON Schema of session files (or of exports)."""
-    from thinktank.schema import render_export_schema, render_session_schema
+    from thinktank.session.schema import render_export_schema, render_session_schema
 
     text = render_session_schema() if kind == "session" else render_export_schema()
     if output is None:

@@ -31,8 +31,12 @@ import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from thinktank.budget import Budget
-from thinktank.calls import OnDelta, PooledModel
+from thinktank._ids import new_id, new_ids
+from thinktank.engine.budget import Budget
+from thinktank.engine.calls import OnDelta, PooledModel
+from thinktank.engine.result import ResultCollector, SessionResult
+from thinktank.engine.scheduler import ScheduleOutcome, Scheduler
+from thinktank.engine.steps import StepExecutor, sum_known
 from thinktank.errors import SpecError, SpecErrors, StoreError, UsageError
 from thinktank.events import (
     CallFinished,
@@ -46,17 +50,13 @@ from thinktank.events import (
     StepSkipped,
     utcnow,
 )
-from thinktank.graph import StepGraph, validate_spec
-from thinktank.ids import new_id, new_ids
 from thinktank.providers.base import ModelClient
 from thinktank.providers.config import load_config
 from thinktank.providers.http import create_http_client
 from thinktank.providers.registry import ModelRegistry
-from thinktank.result import ResultCollector, SessionResult
-from thinktank.scheduler import ScheduleOutcome, Scheduler
-from thinktank.selection import apply_selection
-from thinktank.spec import SessionSpec, StepSpec, validate_inputs
-from thinktank.steps import StepExecutor, sum_known
+from thinktank.session.graph import StepGraph, validate_spec
+from thinktank.session.selection import apply_selection
+from thinktank.session.spec import SessionSpec, StepSpec, validate_inputs
 from thinktank.store import Store
 
 __all__ = [

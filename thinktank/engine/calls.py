@@ -25,10 +25,10 @@ from typing import Any, NamedTuple
 
 import anyio
 
-from thinktank.budget import DEFAULT_OUTPUT_ESTIMATE, Budget, estimate_tokens
+from thinktank._ids import new_id
+from thinktank.engine.budget import DEFAULT_OUTPUT_ESTIMATE, Budget, estimate_tokens
 from thinktank.errors import ProviderError
 from thinktank.events import CallAttempt, CallFinished, CallStarted, CallStatus, Event, utcnow
-from thinktank.ids import new_id
 from thinktank.providers.base import ModelClient, ModelRequest, ModelResponse
 from thinktank.providers.retry import RetryPolicy
 

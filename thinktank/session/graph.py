@@ -17,8 +17,8 @@ from pydantic import ValidationError
 
 from thinktank.errors import SpecError
 from thinktank.providers.config import DEFAULT_MODEL
-from thinktank.spec import SessionSpec, StepSpec
-from thinktank.templates import parse_template
+from thinktank.session.spec import SessionSpec, StepSpec
+from thinktank.session.templates import parse_template
 
 __all__ = ["CheckModel", "StepGraph", "validate_spec", "validate_steps_partially"]
 

@@ -25,8 +25,8 @@ from typing import Literal
 
 import anyio
 
-from thinktank.calls import CallResult
 from thinktank.consensus import Answer, MergeOptions, quorum_reached
+from thinktank.engine.calls import CallResult
 
 __all__ = ["Gathered", "Mode", "gather", "order_by_price"]
 

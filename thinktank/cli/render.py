@@ -15,9 +15,9 @@ from rich.text import Text
 from thinktank.ask import ParallelResult
 from thinktank.batch import BatchResult, summary_rows
 from thinktank.dryrun import DryRun
+from thinktank.engine.result import SessionResult, Usage
 from thinktank.providers.registry import ModelInfo
 from thinktank.replay import ReplayReport
-from thinktank.result import SessionResult, Usage
 from thinktank.store import SessionSummary, StoredSession, StoredStep
 
 __all__ = [

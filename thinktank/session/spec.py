@@ -7,7 +7,7 @@ seed's camelCase names are accepted everywhere as aliases.
 
 These models are the source of ``schemas/session.schema.json``. Loading reports every
 problem at once: field errors from pydantic and graph errors (cycles, unknown
-dependencies, template references, unknown models) from :mod:`thinktank.graph`.
+dependencies, template references, unknown models) from :mod:`thinktank.session.graph`.
 """
 
 from __future__ import annotations
@@ -220,7 +220,7 @@ class StepSpec(_Spec):
     to split the problem into sub-problems, merges the plans, and adds one step per
     sub-problem plus a synthesis step to the DAG while the session runs."""
     prompt: Annotated[str, Field(min_length=1)]
-    """Prompt template (see :mod:`thinktank.templates`)."""
+    """Prompt template (see :mod:`thinktank.session.templates`)."""
     description: str = ""
     """What the step is for."""
     system: str | None = None
@@ -428,10 +428,10 @@ def parse_session(
         model: Put every step on this one model (``run --model``) before the models are
             checked, so the ones the file names need not be usable here.
     """
-    from thinktank.graph import validate_spec, validate_steps_partially
     from thinktank.providers.config import load_config
     from thinktank.providers.registry import ModelRegistry
-    from thinktank.selection import apply_selection
+    from thinktank.session.graph import validate_spec, validate_steps_partially
+    from thinktank.session.selection import apply_selection
 
     if not isinstance(data, Mapping):
         raise SpecErrors([SpecError("a session file must hold a mapping at the top", file=file)])

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from thinktank.errors import SpecError, SpecErrors
 from thinktank.providers.registry import ModelInfo, ModelRegistry
-from thinktank.spec import SessionSpec
+from thinktank.session.spec import SessionSpec
 
 __all__ = ["Selection", "apply_selection", "select_models"]
 

@@ -1,0 +1,1 @@
+"""Running a session: the scheduler, the step kinds, model calls, budgets and results."""
