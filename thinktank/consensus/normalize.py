@@ -211,28 +211,41 @@ def _strip_decoration(text: str) -> str:
         while high > low and text[high - 1].isspace():
             high -= 1
         if low < high:
-            first = text[low]
-            if _is_opening(first):
-                partner = pairs.get(low)
-                if partner is None or partner >= high:
-                    low += 1
-                elif partner == high - 1:
-                    low, high = low + 1, high - 1
-            elif _is_decoration(first):
-                if not _SIGNED_NUMBER_START_RE.match(text, low, high):
-                    low += 1
-            else:
-                low = _skip_article(text, low, high)
+            low, high = _strip_front(text, pairs, low, high)
         if low < high:
-            last = text[high - 1]
-            if _is_closing(last):
-                partner = pairs.get(high - 1)
-                if partner is None or partner < low:
-                    high -= 1
-            elif _is_decoration(last):
-                high -= 1
+            high = _strip_back(text, pairs, low, high)
         if (low, high) == before:
             return text[low:high]
+
+
+def _strip_front(text: str, pairs: dict[int, int], low: int, high: int) -> tuple[int, int]:
+    """One step of stripping at the front of ``text[low:high]`` (which is not empty)."""
+    first = text[low]
+    if _is_opening(first):
+        partner = pairs.get(low)
+        if partner is None or partner >= high:
+            return low + 1, high
+        if partner == high - 1:
+            return low + 1, high - 1
+        return low, high
+    if _is_decoration(first):
+        if _SIGNED_NUMBER_START_RE.match(text, low, high):
+            return low, high
+        return low + 1, high
+    return _skip_article(text, low, high), high
+
+
+def _strip_back(text: str, pairs: dict[int, int], low: int, high: int) -> int:
+    """One step of stripping at the back of ``text[low:high]`` (which is not empty)."""
+    last = text[high - 1]
+    if _is_closing(last):
+        partner = pairs.get(high - 1)
+        if partner is None or partner < low:
+            return high - 1
+        return high
+    if _is_decoration(last):
+        return high - 1
+    return high
 
 
 def _skip_article(text: str, low: int, high: int) -> int:

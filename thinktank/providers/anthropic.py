@@ -188,18 +188,9 @@ class AnthropicModel(WireModel):
     async def _complete_streaming(
         self, content: bytes, start: float, on_delta: Callable[[str], None] | None = None
     ) -> ModelResponse:
-        parts: list[str] = []
-        usage: dict[str, Any] = {}
-        message: dict[str, Any] = {}
-        stop: str | None = None
-        stopped = False
-        first_token_ms: float | None = None
-
-        def partial() -> str | None:
-            return "".join(parts) or None
-
+        state = _Stream(start, on_delta)
         with translate_errors(
-            provider="anthropic", model=self._name, secrets=self._secrets, partial=partial
+            provider="anthropic", model=self._name, secrets=self._secrets, partial=state.partial
         ):
             async with self._send(content) as response:
                 await self._check_stream_status(response)
@@ -207,45 +198,17 @@ class AnthropicModel(WireModel):
                     body = await self._read(response)
                     data = self._decode(body, response.status_code)
                     return self._from_message(data, start)
-                async with aclosing(iter_sse(self._lines(response, partial))) as events:
+                async with aclosing(iter_sse(self._lines(response, state.partial))) as events:
                     async for event in events:
-                        payload = self._decode_event(event.data, partial())
+                        payload = self._decode_event(event.data, state.partial())
                         kind = payload.get("type", event.event)
-                        if kind == "content_block_delta":
-                            delta = payload.get("delta")
-                            if isinstance(delta, dict) and delta.get("type") == "text_delta":
-                                text = delta.get("text")
-                                if isinstance(text, str) and text:
-                                    if not parts:
-                                        first_token_ms = (time.perf_counter() - start) * 1000
-                                    parts.append(text)
-                                    if on_delta is not None:
-                                        on_delta(text)
-                        elif kind == "message_start":
-                            start_message = payload.get("message")
-                            if isinstance(start_message, dict):
-                                message = start_message
-                                if isinstance(start_message.get("usage"), dict):
-                                    usage.update(start_message["usage"])
-                        elif kind == "message_delta":
-                            delta = payload.get("delta")
-                            if isinstance(delta, dict) and isinstance(
-                                delta.get("stop_reason"), str
-                            ):
-                                stop = delta["stop_reason"]
-                            # Counts here are cumulative: they replace message_start's.
-                            if isinstance(payload.get("usage"), dict):
-                                usage.update(
-                                    {k: v for k, v in payload["usage"].items() if v is not None}
-                                )
-                        elif kind == "message_stop":
-                            stopped = True
-                        elif kind == "error" or event.event == "error":
-                            raise self._error_event(payload, partial())
+                        if kind == "error" or event.event == "error":
+                            raise self._error_event(payload, state.partial())
+                        state.take(kind, payload)
         # message_delta carries the stop reason and the final usage: with it (or with
         # message_stop) the answer is complete.
-        if not stopped and stop is None:
-            received = partial()
+        if not state.stopped and state.stop is None:
+            received = state.partial()
             raise ProviderError(
                 f"anthropic model {self._name!r}: the stream ended before the model finished"
                 f" ({len(received or '')} characters received)",
@@ -254,17 +217,18 @@ class AnthropicModel(WireModel):
                 retryable=True,
                 partial=received,
             )
+        usage = state.usage
         input_tokens = _input_tokens(usage)
         output_tokens = as_count(usage.get("output_tokens"))
         return ModelResponse(
-            content="".join(parts),
+            content="".join(state.parts),
             model=self._name,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             latency_ms=(time.perf_counter() - start) * 1000,
             cost_usd=cost_usd(input_tokens, output_tokens, self._input_cost, self._output_cost),
-            finish_reason=stop,
-            extra=_extra(message, usage, first_token_ms),
+            finish_reason=state.stop,
+            extra=_extra(state.message, usage, state.first_token_ms),
         )
 
     def _decode_event(self, data: str, partial: str | None) -> dict[str, Any]:
@@ -275,6 +239,53 @@ class AnthropicModel(WireModel):
         if isinstance(payload, dict):
             return payload
         raise self._shape_error(f"a stream event was not a JSON object: {data[:200]!r}", partial)
+
+
+class _Stream:
+    """What a Messages stream has said so far: text, stop reason, usage, the message."""
+
+    def __init__(self, start: float, on_delta: Callable[[str], None] | None) -> None:
+        self.start = start
+        self.on_delta = on_delta
+        self.parts: list[str] = []
+        self.usage: dict[str, Any] = {}
+        self.message: dict[str, Any] = {}
+        self.stop: str | None = None
+        self.stopped = False
+        self.first_token_ms: float | None = None
+
+    def partial(self) -> str | None:
+        return "".join(self.parts) or None
+
+    def take(self, kind: object, payload: dict[str, Any]) -> None:
+        if kind == "content_block_delta":
+            self._text(payload.get("delta"))
+        elif kind == "message_start":
+            message = payload.get("message")
+            if isinstance(message, dict):
+                self.message = message
+                if isinstance(message.get("usage"), dict):
+                    self.usage.update(message["usage"])
+        elif kind == "message_delta":
+            delta = payload.get("delta")
+            if isinstance(delta, dict) and isinstance(delta.get("stop_reason"), str):
+                self.stop = delta["stop_reason"]
+            # Counts here are cumulative: they replace message_start's.
+            if isinstance(payload.get("usage"), dict):
+                self.usage.update({k: v for k, v in payload["usage"].items() if v is not None})
+        elif kind == "message_stop":
+            self.stopped = True
+
+    def _text(self, delta: object) -> None:
+        if not isinstance(delta, dict) or delta.get("type") != "text_delta":
+            return
+        text = delta.get("text")
+        if isinstance(text, str) and text:
+            if not self.parts:
+                self.first_token_ms = (time.perf_counter() - self.start) * 1000
+            self.parts.append(text)
+            if self.on_delta is not None:
+                self.on_delta(text)
 
 
 def _input_tokens(usage: Mapping[str, Any]) -> int | None:

@@ -174,17 +174,9 @@ class OpenAICompatibleModel(WireModel):
     async def _complete_streaming(
         self, content: bytes, start: float, on_delta: Callable[[str], None] | None = None
     ) -> ModelResponse:
-        parts: list[str] = []
-        finish: str | None = None
-        usage: object = None
-        first: dict[str, Any] = {}
-        first_token_ms: float | None = None
-
-        def partial() -> str | None:
-            return "".join(parts) or None
-
+        state = _Stream(start, on_delta)
         with translate_errors(
-            provider="openai", model=self._name, secrets=self._secrets, partial=partial
+            provider="openai", model=self._name, secrets=self._secrets, partial=state.partial
         ):
             async with self._send(content) as response:
                 await self._check_stream_status(response)
@@ -193,45 +185,24 @@ class OpenAICompatibleModel(WireModel):
                     body = await self._read(response)
                     data = self._decode(body, response.status_code)
                     return self._from_completion(data, start)
-                async with aclosing(iter_sse(self._lines(response, partial))) as events:
+                async with aclosing(iter_sse(self._lines(response, state.partial))) as events:
                     async for event in events:
                         if event.data == "[DONE]":
                             # Read on to the end of the body (nothing should follow): a
                             # fully read response hands its connection back to the pool.
                             continue
-                        chunk = self._decode_chunk(event.data, partial())
+                        chunk = self._decode_chunk(event.data, state.partial())
                         if event.event == "error" or chunk.get("error") is not None:
                             raise error_from_payload(
                                 chunk,
                                 provider="openai",
                                 model=self._name,
                                 secrets=self._secrets,
-                                partial=partial(),
+                                partial=state.partial(),
                             )
-                        if not first:
-                            first = chunk
-                        if chunk.get("usage") is not None:
-                            usage = chunk["usage"]
-                        choices = chunk.get("choices")
-                        if not isinstance(choices, list) or not choices:
-                            continue
-                        choice = choices[0]
-                        if not isinstance(choice, dict):
-                            continue
-                        delta = choice.get("delta")
-                        if isinstance(delta, dict):
-                            text = delta.get("content")
-                            if isinstance(text, str) and text:
-                                if not parts:
-                                    first_token_ms = (time.perf_counter() - start) * 1000
-                                parts.append(text)
-                                if on_delta is not None:
-                                    on_delta(text)
-                        reason = choice.get("finish_reason")
-                        if isinstance(reason, str) and reason:
-                            finish = reason
-        if finish is None:
-            received = partial()
+                        state.take(chunk)
+        if state.finish is None:
+            received = state.partial()
             raise ProviderError(
                 f"openai model {self._name!r}: the stream ended before the model finished"
                 f" ({len(received or '')} characters received)",
@@ -240,16 +211,16 @@ class OpenAICompatibleModel(WireModel):
                 retryable=True,
                 partial=received,
             )
-        input_tokens, output_tokens = _usage(usage)
+        input_tokens, output_tokens = _usage(state.usage)
         return ModelResponse(
-            content="".join(parts),
+            content="".join(state.parts),
             model=self._name,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             latency_ms=(time.perf_counter() - start) * 1000,
             cost_usd=cost_usd(input_tokens, output_tokens, self._input_cost, self._output_cost),
-            finish_reason=finish,
-            extra=_extra(first, first_token_ms),
+            finish_reason=state.finish,
+            extra=_extra(state.first, state.first_token_ms),
         )
 
     def _decode_chunk(self, data: str, partial: str | None) -> dict[str, Any]:
@@ -260,6 +231,43 @@ class OpenAICompatibleModel(WireModel):
         if isinstance(chunk, dict):
             return chunk
         raise self._shape_error(f"a stream event was not a JSON object: {data[:200]!r}", partial)
+
+
+class _Stream:
+    """What a chat-completions stream has said so far: text, finish reason, usage."""
+
+    def __init__(self, start: float, on_delta: Callable[[str], None] | None) -> None:
+        self.start = start
+        self.on_delta = on_delta
+        self.parts: list[str] = []
+        self.finish: str | None = None
+        self.usage: object = None
+        self.first: dict[str, Any] = {}
+        self.first_token_ms: float | None = None
+
+    def partial(self) -> str | None:
+        return "".join(self.parts) or None
+
+    def take(self, chunk: dict[str, Any]) -> None:
+        if not self.first:
+            self.first = chunk
+        if chunk.get("usage") is not None:
+            self.usage = chunk["usage"]
+        choices = chunk.get("choices")
+        choice = choices[0] if isinstance(choices, list) and choices else None
+        if not isinstance(choice, dict):
+            return
+        delta = choice.get("delta")
+        text = delta.get("content") if isinstance(delta, dict) else None
+        if isinstance(text, str) and text:
+            if not self.parts:
+                self.first_token_ms = (time.perf_counter() - self.start) * 1000
+            self.parts.append(text)
+            if self.on_delta is not None:
+                self.on_delta(text)
+        reason = choice.get("finish_reason")
+        if isinstance(reason, str) and reason:
+            self.finish = reason
 
 
 def _usage(usage: object) -> tuple[int | None, int | None]:
