@@ -7,15 +7,20 @@ import dataclasses
 import enum
 import json
 import math
+import typing
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import thinktank
 from thinktank.events import (
     EVENT_TYPES,
     ConsensusComputed,
+    Event,
     SessionStarted,
     StepInfo,
     StepsAdded,
@@ -156,3 +161,50 @@ def test_unknown_types_and_fields_are_refused() -> None:
     with pytest.raises(ValueError, match="unknown field `extra`"):
         decode_event(EARLIER_PAYLOADS[2].replace('"attempt"', '"extra":1,"attempt"'))
     assert isinstance(event_from_dict(loads(EARLIER_PAYLOADS[2])), StepStarted)
+
+
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+_OBJECTS = st.dictionaries(st.text(), _JSON, max_size=4)
+_ZONES = st.integers(-23 * 60, 23 * 60).map(lambda m: timezone(timedelta(minutes=m)))
+
+
+def _field_strategy(hint: Any) -> st.SearchStrategy[Any] | None:
+    """What to build a field with where hypothesis's own choice would not survive JSON:
+    JSON has no NaN or infinity, and a tuple inside a free-form dict reads back a list."""
+    text = repr(hint)
+    optional = "None" in text
+    if text.startswith("tuple[dict"):
+        return st.lists(_OBJECTS, max_size=3).map(tuple)
+    if text.startswith("dict[str, typing.Any]"):
+        return _OBJECTS | st.none() if optional else _OBJECTS
+    if text.startswith("<class 'datetime.datetime'>"):
+        return st.datetimes(timezones=st.none() | _ZONES)
+    if "float" in text:
+        finite = st.floats(allow_nan=False, allow_infinity=False)
+        return finite | st.none() if optional else finite
+    return None
+
+
+def _events(cls: type[Event]) -> st.SearchStrategy[Event]:
+    hints = typing.get_type_hints(cls)
+    fields = {name: _field_strategy(hints[name]) for name in cls.__struct_fields__}
+    return st.builds(cls, **{name: s for name, s in fields.items() if s is not None})
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+@pytest.mark.parametrize("cls", list(EVENT_TYPES.values()), ids=list(EVENT_TYPES))
+def test_every_event_decodes_to_itself(cls: type[Event], data: st.DataObject) -> None:
+    """Any event of any type (any text, ints of any size, any times and zones, finite
+    floats, nested steps) reads back equal from its JSON and from its plain values."""
+    event = data.draw(_events(cls))
+    assert decode_event(encode_event(event)) == event
+    assert event_from_dict(to_builtins(event)) == event
