@@ -78,14 +78,14 @@ def _tokens_as_text(data: dict[str, Any]) -> None:
     ("mutate", "expected"),
     [
         (_drop_call_id, "] (call_finished): call_id: Field required"),
-        (_numeric_time, "] (step_started): at: Input should be a valid datetime"),
+        (_numeric_time, "] (step_started): at: Expected `datetime`, got `int`"),
         (_step_without_depends_on, "events[0] (session_started): steps[1].depends_on: Field"),
         (_naive_time, "] (call_started): at: a time without a timezone"),
         (_unknown_step, "] (step_started): step_id: no step 'nowhere' in the session"),
         (_other_session, "] (step_finished): session_id: not the exported session"),
         (_event_not_an_object, "events[2]: Input should be a valid dictionary"),
         (_unknown_type, "events[2]: type: unknown event type 'bogus'"),
-        (_tokens_as_text, "] (call_finished): input_tokens: Input should be a valid integer"),
+        (_tokens_as_text, "] (call_finished): input_tokens: Expected `int | null`, got `str`"),
     ],
 )
 def test_malformed_event_is_one_line_and_nothing_is_written(

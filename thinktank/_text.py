@@ -15,6 +15,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 __all__ = ["REPLACEMENT", "clean_text", "read_utf8", "repaired"]
 
 REPLACEMENT = "\ufffd"
@@ -36,10 +38,11 @@ def clean_text(text: str) -> str:
 
 
 def repaired(value: Any, where: str, found: list[str]) -> Any:
-    """``value`` with every string in it (dict keys, lists, dataclass fields) cleaned.
+    """``value`` with every string in it (dict keys, lists, struct and dataclass fields)
+    cleaned.
 
-    Returns ``value`` itself when nothing needed cleaning, else a copy (dataclasses
-    through ``dataclasses.replace``). Appends to ``found`` where each repair was made,
+    Returns ``value`` itself when nothing needed cleaning, else a copy (structs and
+    dataclasses through their ``replace``). Appends to ``found`` where each repair was made,
     as a path under ``where`` (``call_finished.content``, ``session_started.inputs.q``).
     """
     if isinstance(value, str):
@@ -63,15 +66,21 @@ def repaired(value: Any, where: str, found: list[str]) -> Any:
         ):
             return value
         return dict(pairs)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        changes = {}
-        for field in dataclasses.fields(value):
-            old = getattr(value, field.name)
-            new = repaired(old, f"{where}.{field.name}", found)
-            if new is not old:
-                changes[field.name] = new
-        return dataclasses.replace(value, **changes) if changes else value
-    return value
+    if isinstance(value, msgspec.Struct):  # events
+        names: tuple[str, ...] = value.__struct_fields__
+        replace: Any = msgspec.structs.replace
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        names = tuple(field.name for field in dataclasses.fields(value))
+        replace = dataclasses.replace
+    else:
+        return value
+    changes = {}
+    for name in names:
+        old = getattr(value, name)
+        new = repaired(old, f"{where}.{name}", found)
+        if new is not old:
+            changes[name] = new
+    return replace(value, **changes) if changes else value
 
 
 def read_utf8(path: str | Path) -> str:

@@ -4,21 +4,29 @@ The scheduler and the call layer emit an event for every state change. The recor
 writes them to the store as they come (so a crash loses nothing that finished), and
 the CLI draws its live progress from the same stream.
 
-Events are frozen, slotted dataclasses rather than pydantic models: a 10,000-step
-session emits ~50,000 of them and they are built on the scheduler's hot path.
-``event.to_dict()`` gives a JSON-ready form for the events table and ``--json``.
+Events are frozen ``msgspec`` structs, tagged by their ``type``, and this module owns
+their one JSON form: :func:`encode_event` writes it (the events table's payload, and so
+exports), :func:`to_builtins` gives it as plain values, and :func:`decode_event` reads
+it back (imports, replay of stored events). msgspec builds a struct faster than a
+frozen dataclass, encodes it without Python code per field, and decodes the tagged
+union by the ``type`` key, so no field names are listed here twice.
+
+The stored form: ``{"type": "<tag>", <fields in declaration order>}``, datetimes as
+RFC 3339 text (UTC written ``Z``; ``+00:00`` as older versions wrote it reads the same),
+tuples as arrays, non-finite floats as ``null``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+import typing
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
-from thinktank._frozen import fast_init
+import msgspec
 
 __all__ = [
+    "EVENT_TYPES",
+    "AnyEvent",
     "CallAttempt",
     "CallFinished",
     "CallStarted",
@@ -34,7 +42,10 @@ __all__ = [
     "StepStarted",
     "StepStatus",
     "StepsAdded",
+    "decode_event",
+    "encode_event",
     "event_from_dict",
+    "to_builtins",
     "utcnow",
 ]
 
@@ -48,40 +59,32 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return value
+class Event(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="type", forbid_unknown_fields=True
+):
+    """Base of every event: which session, and when.
 
+    A subclass names its stored ``type`` with ``tag=`` and repeats ``kw_only=True``
+    (msgspec does not inherit it: the subclass's fields would come before
+    ``session_id`` and ``at``) and ``frozen=True`` (for type checkers).
+    """
 
-@fast_init
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Event:
-    """Base of every event: which session, and when."""
-
-    type: ClassVar[str] = "event"
     session_id: str
     """The session the event belongs to."""
-    at: datetime = field(default_factory=utcnow)
+    at: datetime = msgspec.field(default_factory=utcnow)
     """When it happened (UTC)."""
 
+    @property
+    def type(self) -> str:
+        """The event's kind, as stored under ``"type"`` (``call_finished``, ...)."""
+        return str(self.__struct_config__.tag)
+
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict with the event's ``type``."""
-        data: dict[str, Any] = {"type": self.type}
-        for f in dataclasses.fields(self):
-            data[f.name] = _jsonable(getattr(self, f.name))
-        return data
+        """The JSON-ready dict of :func:`to_builtins`, ``type`` first."""
+        return to_builtins(self)
 
 
-@fast_init
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StepInfo:
+class StepInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The static description of one step, as the session starts."""
 
     step_id: str
@@ -108,12 +111,9 @@ class StepInfo:
     """For a step added at run time: the models that proposed it."""
 
 
-@fast_init
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SessionStarted(Event):
+class SessionStarted(Event, tag="session_started", frozen=True, kw_only=True):
     """A session began: everything needed to create its rows."""
 
-    type: ClassVar[str] = "session_started"
     name: str
     """The session's name."""
     spec: dict[str, Any]
@@ -127,31 +127,25 @@ class SessionStarted(Event):
     """Every step, in file order."""
     source: str | None = None
     """The session file, when it came from one."""
-    model_selection: dict[str, str] = field(default_factory=dict)
+    model_selection: dict[str, str] = msgspec.field(default_factory=dict)
     """Models chosen by automatic selection, with the reason for each."""
     origin: dict[str, Any] | None = None
     """What the session was made from: ``{"kind": "replay"|"fork"|"resume",
     "session_id": ...}``; None for a fresh run."""
 
 
-@fast_init
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StepsAdded(Event):
+class StepsAdded(Event, tag="steps_added", frozen=True, kw_only=True):
     """The DAG grew at run time: a decompose step added these steps."""
 
-    type: ClassVar[str] = "steps_added"
     parent: str
     """The decompose step that added them."""
     steps: tuple[StepInfo, ...]
     """The new steps, in the order they were added."""
 
 
-@fast_init
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StepStarted(Event):
+class StepStarted(Event, tag="step_started", frozen=True, kw_only=True):
     """A step (or a retry of it) started."""
 
-    type: ClassVar[str] = "step_started"
     step_id: str
     """The step."""
     attempt: int
@@ -160,12 +154,9 @@ class StepStarted(Event):
     """The rendered prompt."""
 
 
-@fast_init
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CallStarted(Event):
+class CallStarted(Event, tag="call_started", frozen=True, kw_only=True):
     """A model call is about to be sent."""
 
-    type: ClassVar[str] = "call_started"
     step_id: str
     """The step making the call."""
     call_id: str
@@ -176,12 +167,9 @@ class CallStarted(Event):
     """The step attempt the call belongs to."""
 
 
-@fast_init
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CallAttempt(Event):
+class CallAttempt(Event, tag="call_attempt", frozen=True, kw_only=True):
     """One try of a model call ended (a call retried twice has three)."""
 
-    type: ClassVar[str] = "call_attempt"
     step_id: str
     """The step that made the call."""
     call_id: str
@@ -206,12 +194,9 @@ class CallAttempt(Event):
     """The wait before the next try; None when this try was the last."""
 
 
-@fast_init
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CallFinished(Event):
+class CallFinished(Event, tag="call_finished", frozen=True, kw_only=True):
     """A model call ended: ok, failed, timed out or cancelled."""
 
-    type: ClassVar[str] = "call_finished"
     step_id: str
     """The step that made the call."""
     call_id: str
@@ -246,12 +231,9 @@ class CallFinished(Event):
     where the store counts them; this call's row carries none."""
 
 
-@fast_init
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ConsensusComputed(Event):
+class ConsensusComputed(Event, tag="consensus_computed", frozen=True, kw_only=True):
     """The responses of a multi-model step were merged."""
 
-    type: ClassVar[str] = "consensus_computed"
     step_id: str
     """The step."""
     method: str
@@ -290,12 +272,9 @@ class ConsensusComputed(Event):
     """The cache key this consensus is stored under (None: not cacheable)."""
 
 
-@fast_init
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StepFinished(Event):
+class StepFinished(Event, tag="step_finished", frozen=True, kw_only=True):
     """A step ended (after its last attempt)."""
 
-    type: ClassVar[str] = "step_finished"
     step_id: str
     """The step."""
     status: Literal["completed", "failed", "cancelled"]
@@ -320,24 +299,18 @@ class StepFinished(Event):
     """Agreement of a multi-model step."""
 
 
-@fast_init
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StepSkipped(Event):
+class StepSkipped(Event, tag="step_skipped", frozen=True, kw_only=True):
     """A step will not run because something it depends on failed."""
 
-    type: ClassVar[str] = "step_skipped"
     step_id: str
     """The step."""
     reason: str
     """Which upstream step failed, and why."""
 
 
-@fast_init
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SessionFinished(Event):
+class SessionFinished(Event, tag="session_finished", frozen=True, kw_only=True):
     """The session ended."""
 
-    type: ClassVar[str] = "session_finished"
     status: SessionStatus
     """completed, partial, failed or interrupted."""
     started_at: datetime
@@ -360,51 +333,63 @@ class SessionFinished(Event):
     """Steps skipped because a dependency failed (or never started)."""
 
 
-def _event_classes() -> dict[str, type[Event]]:
-    # From the module's names, not Event.__subclasses__(): dataclass(slots=True)
-    # replaces each class, and the replaced ones linger among the subclasses.
-    return {
-        obj.type: obj
-        for obj in globals().values()
-        if isinstance(obj, type) and issubclass(obj, Event) and obj is not Event
-    }
+AnyEvent = (
+    SessionStarted
+    | StepsAdded
+    | StepStarted
+    | CallStarted
+    | CallAttempt
+    | CallFinished
+    | ConsensusComputed
+    | StepFinished
+    | StepSkipped
+    | SessionFinished
+)
+"""Every event this package emits: what :func:`decode_event` reads, told by ``type``."""
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    str(cls.__struct_config__.tag): cls for cls in typing.get_args(AnyEvent)
+}
+"""Stored ``type`` -> event class."""
+
+_ENCODER = msgspec.json.Encoder()
+_DECODER = msgspec.json.Decoder(AnyEvent)
+
+
+def encode_event(event: Event) -> bytes:
+    """The event's JSON, as stored and exported.
+
+    Raises:
+        UnicodeEncodeError: a string in it is not valid Unicode (a lone surrogate); the
+            store repairs such text first (``thinktank._text.repaired``).
+    """
+    return _ENCODER.encode(event)
+
+
+def to_builtins(event: Event) -> dict[str, Any]:
+    """The event's JSON as a reader of it gets it: dicts, lists, strings, numbers.
+
+    Read back from :func:`encode_event`'s text rather than built by a second walk of the
+    fields, so it can never differ from what is stored (tuples are lists, times text).
+    """
+    data: dict[str, Any] = msgspec.json.decode(_ENCODER.encode(event))
+    return data
+
+
+def decode_event(data: str | bytes) -> Event:
+    """The event whose JSON is ``data`` (the events table's payload, an export's event).
+
+    Raises:
+        ValueError: not an event: unknown ``type``, unknown or missing field, wrong type
+            (``msgspec.ValidationError``, whose message names the field).
+    """
+    return _DECODER.decode(data)
 
 
 def event_from_dict(data: dict[str, Any]) -> Event:
-    """Rebuild an event from ``event.to_dict()`` (the events table, exports).
+    """The event whose :func:`to_builtins` form is ``data`` (as :func:`decode_event`).
 
     Raises:
-        ValueError: an unknown event type or a field the event does not have.
+        ValueError: not an event (see :func:`decode_event`).
     """
-    classes = _event_classes()
-    kind = data.get("type")
-    cls = classes.get(kind) if isinstance(kind, str) else None
-    if cls is None:
-        raise ValueError(f"unknown event type {kind!r}")
-    values: dict[str, Any] = {}
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    for key, value in data.items():
-        if key == "type":
-            continue
-        if key not in names:
-            raise ValueError(f"{kind}: unknown field {key!r}")
-        if key in ("at", "started_at") and isinstance(value, str):
-            value = datetime.fromisoformat(value)
-        elif key == "steps" and isinstance(value, list):
-            value = tuple(
-                StepInfo(
-                    **{
-                        **s,
-                        "depends_on": tuple(s["depends_on"]),
-                        "models": tuple(s["models"]),
-                        "provenance": tuple(s.get("provenance", ())),
-                    }
-                )
-                for s in value
-            )
-        elif key in ("included_call_ids", "clusters", "items") and isinstance(value, list):
-            value = tuple(value)
-        elif key == "escalation" and isinstance(value, list):
-            value = tuple(tuple(r) for r in value)
-        values[key] = value
-    return cls(**values)
+    return decode_event(_ENCODER.encode(data))

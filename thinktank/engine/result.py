@@ -7,11 +7,11 @@ spec's object (``total_tokens``, ``total_cost_usd``); unknown stays None, never 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
+import msgspec
 from pydantic import BaseModel, ConfigDict
 
 from thinktank.events import (
@@ -313,7 +313,7 @@ class ResultCollector:
     def _session_started(self, event: SessionStarted) -> None:
         # Only the session's own fields are kept: its steps' descriptions are not
         # needed once each step has its state (10,000 objects less to hold).
-        self._started = dataclasses.replace(event, steps=())
+        self._started = msgspec.structs.replace(event, steps=())
         self.steps = {s.step_id: _StepState(s.kind, list(s.models)) for s in event.steps}
 
     def _session_finished(self, event: SessionFinished) -> None:

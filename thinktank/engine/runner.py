@@ -31,7 +31,7 @@ import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from thinktank._ids import new_id, new_ids
+from thinktank._ids import new_id
 from thinktank.engine.budget import Budget
 from thinktank.engine.calls import OnDelta, PooledModel
 from thinktank.engine.result import ResultCollector, SessionResult
@@ -315,9 +315,8 @@ def _steps_info(
 ) -> tuple[StepInfo, ...]:
     if step_models is None:
         step_models = {step.id: spec.step_models(step) for step in spec.steps}
-    rows = new_ids(len(spec.steps))
     return tuple(
-        _step_info(spec, step, i, models=step_models[step.id], row_id=rows[i])
+        _step_info(spec, step, i, models=step_models[step.id], row_id=new_id())
         for i, step in enumerate(spec.steps)
     )
 

@@ -15,12 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from thinktank._frozen import fast_init
-
 __all__ = ["ModelClient", "ModelRequest", "ModelResponse", "cost_usd"]
 
 
-@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModelRequest:
     """What a step asks one model."""
@@ -44,7 +41,6 @@ class ModelRequest:
     """Streaming clients call it with each piece of text as it arrives (live progress)."""
 
 
-@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModelResponse:
     """What one model answered, with its accounting."""

@@ -28,12 +28,9 @@ all the rows of a statement in one pipelined round trip.
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from operator import attrgetter, itemgetter
+from operator import itemgetter
 from typing import Any, Protocol
 
 import aiosqlite
@@ -59,6 +56,7 @@ from thinktank.events import (
     StepsAdded,
     StepSkipped,
     StepStarted,
+    encode_event,
 )
 from thinktank.store import tables as _tables
 from thinktank.store._json import dumps, loads
@@ -79,7 +77,6 @@ __all__ = [
     "Statements",
     "StepRowCache",
     "apply_batch",
-    "event_payload",
 ]
 
 _ = _tables  # importing it registers the tables on SQLModel.metadata
@@ -126,123 +123,6 @@ def _utc(value: datetime) -> datetime:
 
 def _sum(a: int | None, b: int | None) -> int | None:
     return None if a is None or b is None else a + b
-
-
-_Plan = tuple[tuple[str, ...], Callable[[Any], Any], tuple[int, ...]]
-"""A dataclass's field names, a getter of their values, and which need converting."""
-
-_PLANS: dict[type, _Plan] = {}
-
-
-def _is_scalar(annotation: Any) -> bool:
-    """Whether a field so annotated holds only JSON scalars (str, int, float, bool, None)."""
-    if annotation in (str, int, float, bool, type(None)):
-        return True
-    args = typing.get_args(annotation)
-    origin = typing.get_origin(annotation)
-    if origin is typing.Literal:
-        return all(arg is None or isinstance(arg, (str, int, float, bool)) for arg in args)
-    if origin is typing.Union or origin is types.UnionType:
-        return all(_is_scalar(arg) for arg in args)
-    return False
-
-
-def _plan(cls: type) -> _Plan:
-    plan = _PLANS.get(cls)
-    if plan is None:
-        names = tuple(f.name for f in dataclasses.fields(cls))
-        try:
-            hints = typing.get_type_hints(cls)
-        except (NameError, TypeError):  # unresolvable annotations: convert every field
-            hints = {}
-        convert = tuple(i for i, name in enumerate(names) if not _is_scalar(hints.get(name)))
-        get: Callable[[Any], Any] = attrgetter(*names)
-        if len(names) == 1:
-            single = get
-
-            def get(obj: Any) -> tuple[Any, ...]:
-                return (single(obj),)
-
-        plan = _PLANS[cls] = (names, get, convert)
-    return plan
-
-
-def _fields(value: Any) -> tuple[tuple[str, ...], list[Any]]:
-    """A dataclass's field names and JSON-ready values."""
-    names, get, convert = _plan(value.__class__)
-    values = list(get(value))
-    for i in convert:
-        values[i] = _plain(values[i])
-    return names, values
-
-
-def _plain(value: Any) -> Any:
-    """What ``thinktank.events`` makes JSON-ready, made the same way, faster."""
-    cls = value.__class__
-    if cls is str or cls is int or cls is float or cls is bool or value is None:
-        return value
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dict(zip(*_fields(value), strict=True))
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    return value
-
-
-def event_payload(event: Event) -> dict[str, Any]:
-    """Equal to ``event.to_dict()``; fields typed as scalars are taken as they are."""
-    names, values = _fields(event)
-    data: dict[str, Any] = {"type": event.type}
-    data.update(zip(names, values, strict=True))
-    return data
-
-
-_JSON_PREFIXES: dict[type, bytes | None] = {}
-"""Event class -> ``b'{"type":"<its type>",'``, or None when orjson cannot write it whole."""
-
-
-def _json_prefix(cls: type) -> bytes | None:
-    """The payload's opening for events of ``cls``; None if orjson would write it wrong.
-
-    orjson writes a dataclass as its fields in order, like ``to_dict()``, except that it
-    skips fields whose name begins with ``_`` and writes a non-slotted instance's
-    ``__dict__`` (which may hold more than the fields): such classes take the slow path.
-    """
-    names = [f.name for f in dataclasses.fields(cls)]
-    slotted = getattr(cls, "__dictoffset__", 1) == 0
-    if not names or not slotted or any(name.startswith("_") for name in names):
-        return None
-    type_name = getattr(cls, "type", None)
-    if not isinstance(type_name, str):
-        return None
-    return b'{"type":' + orjson.dumps(type_name) + b","
-
-
-def event_json(event: Event) -> str | None:
-    """``event.to_dict()`` as the JSON text the store writes, or None if it needs the
-    slow path (:func:`event_payload`, then the column's serializer).
-
-    orjson writes the event itself (dataclasses, datetimes as ``isoformat()``, tuples as
-    arrays) with ``"type"`` put in front: no Python per field. The text is the same as
-    that of ``dumps(event_payload(event))``. orjson refuses what that would write
-    differently: a dict key that is not a string (``to_dict()`` turns it into ``str(key)``)
-    or an integer beyond 64 bits.
-    """
-    cls = event.__class__
-    try:
-        prefix = _JSON_PREFIXES[cls]
-    except KeyError:
-        prefix = _JSON_PREFIXES[cls] = _json_prefix(cls)
-    if prefix is None:
-        return None
-    try:
-        body = orjson.dumps(event)
-    except TypeError:  # orjson.JSONEncodeError is a TypeError
-        return None
-    return (prefix + body[1:]).decode()
 
 
 def _same(value: Any) -> Any:
@@ -444,8 +324,8 @@ class EventLog:
             payload_type.dialect_impl(dialect).bind_processor(dialect) or _same
         )
         self._process = process
-        # The column takes JSON text on SQLite and asyncpg: the text of event_json will
-        # do. Other drivers may want their own object (psycopg: a Json wrapper).
+        # The column takes JSON text on SQLite and asyncpg: the encoder's text will do.
+        # Other drivers may want their own object (psycopg: a Json wrapper).
         probe = {"type": "x"}
         self._text = process(probe) == dumps(probe)
         self._postgres = dialect.name == "postgresql"
@@ -457,24 +337,22 @@ class EventLog:
             self._adapt = lambda row: tuple(row[i] for i in order)
 
     def payload(self, event: Event) -> tuple[Event, Any, list[str]]:
-        """``event`` as it can be stored, the payload column's value for it
-        (``event.to_dict()``, converted), and where its text had to be repaired.
+        """``event`` as it can be stored, the payload column's value for it (the text
+        of :func:`~thinktank.events.encode_event`), and where its text had to be repaired.
 
         Text no database takes (lone surrogates, NUL) is replaced by U+FFFD throughout
-        the event, so its rows and its payload agree. orjson's text tells when to look:
+        the event, so its rows and its payload agree. The encoder tells when to look:
         it refuses surrogates, and writes NUL as ``\\u0000``.
         """
-        if self._text:
-            text = event_json(event)
-            if text is not None and "\\u0000" not in text:
-                return event, text, []
+        try:
+            text = encode_event(event).decode()
+        except UnicodeEncodeError:
+            text = None
         found: list[str] = []
-        event = repaired(event, event.type, found)
-        if self._text:
-            text = event_json(event)
-            if text is not None:
-                return event, text, found
-        return event, self._process(event_payload(event)), found
+        if text is None or "\\u0000" in text:
+            event = repaired(event, event.type, found)
+            text = encode_event(event).decode()
+        return event, text if self._text else self._process(loads(text)), found
 
     async def run(self, executor: Executor, rows: list[tuple[Any, ...]]) -> None:
         """Insert ``rows``, each in :data:`EVENT_COLUMNS` order."""
