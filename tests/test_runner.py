@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import thinktank
+from thinktank.engine.recorder import MAX_UNWRITTEN
 from thinktank.errors import InputError, SpecErrors
 from thinktank.events import Event, StepFinished, StepStarted
 from thinktank.session.spec import SessionSpec, parse_session
+from thinktank.store import Store
 
 from .conftest import CallLog, CountingModel
 
@@ -386,3 +389,42 @@ async def test_retried_call_is_one_call_with_its_attempts_in_the_store(tmp_path:
             assert all(a.retry_in_s == 0.0 for a in call.attempts[:-1])
             assert call.attempts[-1].retry_in_s is None
             assert call.attempts[-1].status == call.status
+
+
+class SlowStore(Store):
+    """A real SQLite store whose every write first waits: a store that is behind."""
+
+    written = 0
+
+    async def write(self, events: Sequence[Event]) -> None:
+        await anyio.sleep(0.2)
+        await super().write(events)
+        self.written += len(events)
+
+
+async def test_a_store_that_is_behind_holds_new_steps_back(tmp_path: Path) -> None:
+    """Events waiting for a slow store never pile up past the recorder's limit (plus the
+    few the steps already running emit): the run waits for the store instead."""
+    concurrency = 8
+    n = MAX_UNWRITTEN // 2  # about five events a step: far more than the limit in all
+    spec = spec_of(
+        [{"id": f"s{i}", "prompt": "p", "model": "a"} for i in range(n)],
+        parallel_execution={"max_concurrent_steps": concurrency},
+    )
+    store = await SlowStore.open(str(tmp_path / "tt.db"))
+    emitted = 0
+    backlog = 0
+
+    def watch(event: Event) -> None:
+        nonlocal emitted, backlog
+        emitted += 1
+        backlog = max(backlog, emitted - store.written)
+
+    try:
+        result = await thinktank.run(spec, store=store, models=pool(CallLog()), on_event=watch)
+    finally:
+        await store.close()
+    assert result.status == "completed" and len(result.steps) == n
+    assert emitted == store.written > MAX_UNWRITTEN
+    # StepStarted, CallStarted, CallAttempt, CallFinished, StepFinished per running step.
+    assert backlog <= MAX_UNWRITTEN + concurrency * 5, backlog

@@ -35,7 +35,7 @@ from thinktank.engine.decompose import Growth
 from thinktank.engine.recorder import Recorder
 from thinktank.engine.restart import Restart
 from thinktank.engine.result import ResultCollector, SessionResult
-from thinktank.engine.scheduler import ScheduleOutcome, Scheduler
+from thinktank.engine.scheduler import Again, ScheduleOutcome, Scheduler
 from thinktank.engine.steps import StepExecutor, sum_known
 from thinktank.errors import SpecError, SpecErrors, StoreError, UsageError
 from thinktank.events import (
@@ -407,7 +407,7 @@ class _Run:
         )
         self.scheduler = Scheduler(
             self.graph,
-            self.executor,
+            self.executor if self.recorder is None else self._execute_with_room,
             max_concurrent_steps=settings.max_concurrent_steps,
             scheduling=settings.scheduling,
             failure_strategy=settings.failure_strategy,
@@ -441,6 +441,13 @@ class _Run:
         )
         rewired = self.graph.grow(parent, growth.added, growth.sink)
         self.scheduler.grown([st.id for st in growth.added], rewired)
+
+    async def _execute_with_room(self, step_id: str) -> str | Again | None:
+        """Run a step once the recorder has room: a store that is behind holds new
+        steps back instead of letting its backlog grow."""
+        assert self.recorder is not None
+        await self.recorder.room()
+        return await self.executor(step_id)
 
     def started(self, source: str | None, selected: dict[str, str]) -> SessionStarted:
         """The run's first event."""
