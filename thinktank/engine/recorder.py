@@ -49,10 +49,11 @@ class Recorder:
     """
 
     def __init__(
-        self, store: Store, on_give_up: Callable[[str], None], limit: int = MAX_UNWRITTEN
+        self, store: Store, on_give_up: Callable[[str], None], limit: int | None = None
     ) -> None:
         self.store = store
-        self.limit = limit
+        self.limit = MAX_UNWRITTEN if limit is None else limit
+        """Unwritten events past which no new step starts (default ``MAX_UNWRITTEN``)."""
         self.pending: list[Event] = []
         """Events taken from the queue and not written yet, in emission order."""
         self.error: StoreError | None = None
