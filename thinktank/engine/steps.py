@@ -299,8 +299,8 @@ class StepExecutor:
         return output, None, error
 
     def _adopt(self, growth: Growth) -> None:
-        """Know the steps a decompose step added (their outputs, from now on, are what
-        its own id gives), then have the run grow its DAG by them."""
+        """Know the steps a decompose step added (from now on its own id gives its
+        synthesis step's output), then have the run grow its DAG by them."""
         for step in growth.added:
             self._steps[step.id] = step
             self._models[step.id] = self.spec.step_models(step)
@@ -320,6 +320,7 @@ class StepExecutor:
         return self._caller.start(model, request, step_limiters, step.call_timeout_ms)
 
     def _asking(self, step: StepSpec) -> _Asking:
+        """A multi-model attempt's settings, and room for what it gathers."""
         return self._multi.asking(step, self._models[step.id])
 
     async def _many(
