@@ -14,7 +14,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import thinktank
-from thinktank.engine.decompose import Proposal, SubProblem, merge_proposals, parse_proposal
+from thinktank.engine.calls import Caller, CallResult
+from thinktank.engine.decompose import (
+    Proposal,
+    SubProblem,
+    decompose,
+    merge_proposals,
+    parse_proposal,
+)
 from thinktank.events import Event, StepFinished, StepsAdded, StepStarted
 from thinktank.providers.base import ModelRequest, ModelResponse
 from thinktank.session.spec import parse_session
@@ -290,3 +297,28 @@ async def test_grown_dag_stays_acyclic_within_limits_and_runs_each_step_once(
             assert finished_at[dep] < started_at[info.step_id]
     sink = next(i.step_id for i in added.steps if i.step_id.endswith("synthesis"))
     assert finished_at[sink] < started_at["after"]
+
+
+async def test_a_decompose_attempt_returns_the_steps_to_add_and_grows_nothing() -> None:
+    """``decompose`` hands back what the plan adds (fresh ids, wired to the decompose
+    step, a synthesis step over all of them, credited to the models that proposed
+    them); growing the DAG is the run's job, so it emits only its calls."""
+    plan = json.dumps(PLAN)
+    log = new_log()
+    spec, clients = session({"m1": [plan], "m2": [plan]}, log)
+    step = spec.step("plan")
+    events: list[Event] = []
+    caller = Caller(session_id="s", clients=clients, emit=events.append, max_concurrent_models=4)
+    request = ModelRequest(prompt="Big one", step_id="plan", attempt=1)
+    calls: list[CallResult] = []
+    output, error, growth = await decompose(
+        caller, step, ["m1", "m2"], request, calls, {"root", "plan", "after", "plan-1"}
+    )
+    assert error is None and output is not None and "What does A cost?" in output
+    assert growth is not None and growth.parent == "plan"
+    first, second, sink = growth.added
+    assert (first.id, second.id, sink.id) == ("plan-1-2", "plan-2", "plan-synthesis")
+    assert first.depends_on == ["plan"] and second.depends_on == ["plan", "plan-1-2"]
+    assert growth.sink == sink.id and sink.depends_on == ["plan-1-2", "plan-2"]
+    assert growth.provenance == {"plan-1-2": ("m1", "m2"), "plan-2": ("m1", "m2")}
+    assert len(calls) == 2 and {type(e).__name__ for e in events} == {"CallStarted", "CallFinished"}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 import sqlite3
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +15,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import thinktank
+from thinktank.engine import recorder
+from thinktank.engine.recorder import MAX_UNWRITTEN
 from thinktank.errors import InputError, SpecErrors
 from thinktank.events import Event, StepFinished, StepStarted
 from thinktank.session.spec import SessionSpec, parse_session
+from thinktank.store import Store
 
 from .conftest import CallLog, CountingModel
 
@@ -386,3 +391,79 @@ async def test_retried_call_is_one_call_with_its_attempts_in_the_store(tmp_path:
             assert all(a.retry_in_s == 0.0 for a in call.attempts[:-1])
             assert call.attempts[-1].retry_in_s is None
             assert call.attempts[-1].status == call.status
+
+
+class SlowStore(Store):
+    """A real SQLite store whose every write first waits: a store that is behind."""
+
+    written = 0
+    delay_s = 0.2
+
+    async def write(self, events: Sequence[Event]) -> None:
+        await anyio.sleep(self.delay_s)
+        await super().write(events)
+        self.written += len(events)
+
+
+async def test_a_store_that_is_behind_holds_new_steps_back(tmp_path: Path) -> None:
+    """Events waiting for a slow store never pile up past the recorder's limit (plus the
+    few the steps already running emit): the run waits for the store instead."""
+    concurrency = 8
+    n = MAX_UNWRITTEN // 2  # about five events a step: far more than the limit in all
+    spec = spec_of(
+        [{"id": f"s{i}", "prompt": "p", "model": "a"} for i in range(n)],
+        parallel_execution={"max_concurrent_steps": concurrency},
+    )
+    store = await SlowStore.open(str(tmp_path / "tt.db"))
+    emitted = 0
+    backlog = 0
+
+    def watch(event: Event) -> None:
+        nonlocal emitted, backlog
+        emitted += 1
+        backlog = max(backlog, emitted - store.written)
+
+    try:
+        result = await thinktank.run(spec, store=store, models=pool(CallLog()), on_event=watch)
+    finally:
+        await store.close()
+    assert result.status == "completed" and len(result.steps) == n
+    assert emitted == store.written > MAX_UNWRITTEN
+    # StepStarted, CallStarted, CallAttempt, CallFinished, StepFinished per running step.
+    assert backlog <= MAX_UNWRITTEN + concurrency * 5, backlog
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=sessions(), delay=st.sampled_from([0.0, 0.002, 0.01]), limit=st.integers(1, 40))
+async def test_the_unwritten_backlog_never_exceeds_the_limit(
+    case: tuple[list[dict[str, Any]], dict[str, Any]], delay: float, limit: int
+) -> None:
+    """Random DAGs against a store that is behind by a random amount, under a random
+    limit: every event is written, the run ends, and the backlog stays within the limit
+    plus what the steps in flight emit."""
+    steps, limits = case
+    spec = spec_of(steps, parallel_execution=limits)
+    emitted = 0
+    backlog = 0
+    with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(recorder, "MAX_UNWRITTEN", limit)
+        store = await SlowStore.open(str(Path(tmp) / "tt.db"))
+        store.delay_s = delay
+
+        def watch(event: Event) -> None:
+            nonlocal emitted, backlog
+            emitted += 1
+            backlog = max(backlog, emitted - store.written)
+
+        try:
+            with anyio.fail_after(60):
+                result = await thinktank.run(
+                    spec, store=store, models=pool(CallLog()), on_event=watch
+                )
+        finally:
+            await store.close()
+    assert result.status == "completed"
+    assert emitted == store.written
+    # A step in flight emits at most: started, 4 calls started and finished, the
+    # consensus, finished; and the session's own last event.
+    assert backlog <= limit + limits["max_concurrent_steps"] * 11 + 1, backlog

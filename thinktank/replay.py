@@ -37,8 +37,9 @@ import anyio
 from pydantic import BaseModel
 
 from thinktank.engine.calls import NO_RETRY, PooledModel
+from thinktank.engine.restart import Restart, SeedStep
 from thinktank.engine.result import SessionResult
-from thinktank.engine.runner import Listener, Restart, SeedStep, lease_ttl, new_worker_id, run
+from thinktank.engine.runner import Listener, lease_ttl, new_worker_id, run
 from thinktank.errors import ProviderError, UsageError
 from thinktank.events import CallStarted
 from thinktank.providers.base import ModelClient, ModelRequest, ModelResponse
@@ -270,6 +271,12 @@ def _extra_steps(
     return extra, sinks
 
 
+def _unretried(name: str, pooled: PooledModel) -> PooledModel:
+    """A replayed model: the recorded client as it is, never retried (the recording
+    already holds every attempt)."""
+    return PooledModel(client=pooled.client, retry=NO_RETRY)
+
+
 def _seed_of(step: StoredStep) -> SeedStep | None:
     if step.status == "completed":
         return SeedStep(
@@ -391,10 +398,10 @@ async def _resume(
         session_id=stored.id,
         seed=seed,
         record_seed=False,
-        extra_steps=extra,
+        extra_steps=tuple(extra),
         aliases=sinks,
         attempt_base={s.step_key: s.attempts for s in stored.steps},
-        lost_calls=lost,
+        lost_calls=tuple(lost),
         wrap=lambda name, pooled: dataclasses.replace(
             pooled,
             client=RecordedClient(
@@ -579,17 +586,6 @@ async def replay(
             for call in sorted(step.calls, key=lambda c: (c.started_at, c.id)):
                 key = (step.step_key, call.model_id, call.attempt)
                 recordings.setdefault(key, deque()).append(call)
-        restart = Restart(
-            # A recorded replay (no re-merge) runs the stored, once validated graph.
-            validated=kind == "recorded",
-            origin={
-                "kind": "replay",
-                "session_id": stored.id,
-                "replay": kind,
-                "synthesis": synthesis,
-                "threshold": threshold,
-            },
-        )
         clients: dict[str, ModelClient] | None = None
         if not live:
             names = {c.model_id for s in stored.steps for c in s.calls}
@@ -607,7 +603,18 @@ async def replay(
                 )
                 for name in names
             }
-            restart.wrap = lambda name, pooled: PooledModel(client=pooled.client, retry=NO_RETRY)
+        restart = Restart(
+            # A recorded replay (no re-merge) runs the stored, once validated graph.
+            validated=kind == "recorded",
+            origin={
+                "kind": "replay",
+                "session_id": stored.id,
+                "replay": kind,
+                "synthesis": synthesis,
+                "threshold": threshold,
+            },
+            wrap=None if live else _unretried,
+        )
         keep = record if record is not None else kind != "recorded"
         result = await run(
             spec,
@@ -693,7 +700,7 @@ async def fork(
         }
         restart = Restart(
             seed=seed,
-            extra_steps=extra,
+            extra_steps=tuple(extra),
             aliases=sinks,
             origin={"kind": "fork", "session_id": stored.id, "step": step},
         )

@@ -17,7 +17,7 @@ import dataclasses
 import functools
 import random
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,7 +32,7 @@ from thinktank.events import CallAttempt, CallFinished, CallStarted, CallStatus,
 from thinktank.providers.base import ModelClient, ModelRequest, ModelResponse
 from thinktank.providers.retry import RetryPolicy
 
-__all__ = ["NO_RETRY", "CallResult", "OnDelta", "PooledModel", "call_model"]
+__all__ = ["NO_RETRY", "CallResult", "Caller", "OnDelta", "PooledModel", "call_model"]
 
 Emit = Callable[[Event], None]
 OnDelta = Callable[[str, str, str], None]
@@ -439,3 +439,77 @@ def _finished(
         tries=tries,
         reused_from=response.reused_from if response is not None else None,
     )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Caller:
+    """How a session's steps call models: its clients, events, budget, and limits.
+
+    It owns the order limits are taken in (the step's ``maxConcurrentModels`` slots,
+    then the session's ``maxConcurrentCalls``, then the model's own in ``call_model``):
+    one global order, so no two waits can deadlock.
+    """
+
+    session_id: str
+    """For the events."""
+    clients: Mapping[str, PooledModel | ModelClient]
+    """Model clients by name."""
+    emit: Emit
+    """Where events go."""
+    max_concurrent_models: int
+    """Calls a step makes at once, at most."""
+    session_limiter: anyio.CapacityLimiter | None = None
+    """The session's call slots (``maxConcurrentCalls``), if it limits calls."""
+    budget: Budget | None = None
+    """The session's budget."""
+    on_delta: OnDelta | None = None
+    """Receives streamed text as it arrives (live progress)."""
+    record_starts: bool = True
+    """Emit ``CallStarted`` events (False when nothing consumes them)."""
+
+    def limiters(self, at_once: int) -> list[anyio.CapacityLimiter]:
+        """The slots a step's calls wait for when it makes up to ``at_once`` calls at a
+        time: the step's own only when that is over its limit (else no wait), then the
+        session's."""
+        limit = self.max_concurrent_models
+        limiters = [anyio.CapacityLimiter(limit)] if at_once > limit else []
+        if self.session_limiter is not None:
+            limiters.append(self.session_limiter)
+        return limiters
+
+    def start(
+        self,
+        model: str,
+        request: ModelRequest,
+        limiters: Sequence[anyio.CapacityLimiter] = (),
+        timeout_ms: int | None = None,
+    ) -> Coroutine[Any, Any, CallResult]:
+        """The call's coroutine (``call_model``), under ``limiters`` (from
+        :meth:`limiters`), or else the session's slots; ``timeout_ms`` is the step's
+        time limit of one attempt (``call_timeout_ms``)."""
+        if not limiters and self.session_limiter is not None:
+            limiters = (self.session_limiter,)
+        return call_model(
+            self.clients[model],
+            request,
+            session_id=self.session_id,
+            emit=self.emit,
+            timeout_s=None if timeout_ms is None else timeout_ms / 1000,
+            limiters=limiters,
+            budget=self.budget,
+            on_delta=self.on_delta,
+            record_start=self.record_starts,
+        )
+
+    async def call(
+        self,
+        model: str,
+        request: ModelRequest,
+        limiters: Sequence[anyio.CapacityLimiter],
+        calls: list[CallResult],
+        timeout_ms: int | None = None,
+    ) -> CallResult:
+        """One recorded call; its result joins ``calls`` (the step's, for its usage)."""
+        result = await self.start(model, request, limiters, timeout_ms)
+        calls.append(result)
+        return result

@@ -20,29 +20,41 @@ the decompose step gives them the synthesis's answer.
 
 Model output never becomes a template: sub-step prompts are literal text, and the
 outputs of the steps they build on are appended to them as data.
+
+The step does not grow the DAG itself: :func:`decompose` returns the steps to add (a
+:class:`Growth`), and the run grows its graph by them (``StepGraph.grow``), the same way
+a restart rebuilds a grown DAG.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated
 
+import anyio
 import networkx as nx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from thinktank.consensus.similarity import lexical_similarity
+from thinktank.engine.calls import Caller, CallResult
+from thinktank.providers.base import ModelRequest
+from thinktank.session.spec import StepSpec
 
 __all__ = [
     "DECOMPOSE_INSTRUCTIONS",
+    "Growth",
     "MergedPlan",
     "PlanItem",
     "Proposal",
     "SubProblem",
+    "decompose",
     "merge_proposals",
     "parse_proposal",
+    "plan_steps",
 ]
 
 DECOMPOSE_INSTRUCTIONS = """
@@ -226,3 +238,145 @@ def merge_proposals(
                 graph.add_edge(source, target)
                 plan.items[target].depends_on.add(source)
     return plan
+
+
+@dataclass(frozen=True)
+class Growth:
+    """The steps a decompose step added, for the run to grow its DAG by."""
+
+    parent: str
+    """The decompose step."""
+    added: tuple[StepSpec, ...]
+    """The sub-steps, dependencies first, then the synthesis step."""
+    sink: str
+    """The synthesis step: what ``{{ steps.PARENT.output }}`` gives from now on."""
+    provenance: Mapping[str, tuple[str, ...]]
+    """Sub-step id -> the models that proposed it."""
+
+
+async def decompose(
+    caller: Caller,
+    step: StepSpec,
+    models: list[str],
+    request: ModelRequest,
+    calls: list[CallResult],
+    taken: Collection[str],
+) -> tuple[str | None, str | None, Growth | None]:
+    """One attempt of a decompose step: ask every model for a plan, merge the plans.
+
+    Returns:
+        The plan as text (the step's output), the error when no model gave a usable
+        plan, and the steps to add (their ids unlike any in ``taken``).
+    """
+    plans, bad = await _propose(caller, step, models, request, calls)
+    if not plans:
+        reasons = "; ".join(f"{m}: {why}" for m, why in bad.items())
+        return None, f"no usable decomposition ({reasons})", None
+    plan = merge_proposals(
+        [(m, plans[m]) for m in models if m in plans],
+        threshold=step.similarity_threshold,
+        max_items=step.max_subproblems,
+    )
+    return plan.describe(), None, plan_steps(step, plan, request.prompt, taken, models[0])
+
+
+async def _propose(
+    caller: Caller,
+    step: StepSpec,
+    models: list[str],
+    request: ModelRequest,
+    calls: list[CallResult],
+) -> tuple[dict[str, Proposal], dict[str, str]]:
+    """Every model's plan, asked at once: (plans by model, why the others gave none)."""
+    limiters = caller.limiters(len(models))
+    asked = dataclasses.replace(
+        request,
+        prompt=request.prompt + DECOMPOSE_INSTRUCTIONS.format(max_items=step.max_subproblems),
+    )
+    plans: dict[str, Proposal] = {}
+    bad: dict[str, str] = {}
+
+    async def propose(model: str) -> None:
+        req = asked
+        for try_ in range(2):
+            result = await caller.call(model, req, limiters, calls, step.call_timeout_ms)
+            if not result.ok:
+                bad[model] = f"call failed: {result.error}"
+                return
+            proposal, problem = parse_proposal(result.content or "")
+            if proposal is not None:
+                plans[model] = proposal
+                bad.pop(model, None)
+                return
+            quoted = _quote(result.content or "")
+            bad[model] = f"{problem}; it answered {quoted}"
+            if try_ == 0:
+                # One retry, telling the model what was wrong with its answer.
+                req = dataclasses.replace(
+                    asked,
+                    prompt=asked.prompt + f"\n\nYour previous answer was not usable ({problem}). "
+                    "Answer with the JSON object only.",
+                )
+
+    async with anyio.create_task_group() as tg:
+        for model in models:
+            tg.start_soon(propose, model, name=f"{step.id}:{model}")
+    return plans, bad
+
+
+def plan_steps(
+    step: StepSpec, plan: MergedPlan, problem: str, taken: Collection[str], first_model: str
+) -> Growth:
+    """The steps a merged plan becomes: one per sub-problem, then a synthesis step that
+    depends on all of them. Ids are unlike any in ``taken``; ``first_model`` (the
+    decompose step's first) runs them unless the step names ``sub_models`` or a
+    ``synthesizer``."""
+    used = set(taken)
+
+    def fresh(base: str) -> str:
+        name, n = base, 1
+        while name in used:
+            n += 1
+            name = f"{base}-{n}"
+        used.add(name)
+        return name
+
+    sub_models = step.sub_models or [first_model]
+    ids = [fresh(f"{step.id}-{i}") for i in range(1, len(plan.items) + 1)]
+    subs = [
+        StepSpec.model_validate(
+            {
+                "id": ids[i],
+                "prompt": item.prompt,
+                "template": False,
+                "depends_on": [step.id, *(ids[d] for d in sorted(item.depends_on))],
+                **({"model": sub_models[0]} if len(sub_models) == 1 else {"models": sub_models}),
+                "max_tokens": step.max_tokens,
+                "temperature": step.temperature,
+                "system": step.system,
+            }
+        )
+        for i, item in enumerate(plan.items)
+    ]
+    instruction = step.synthesis_prompt or (
+        "Answer the original problem below using the results of its sub-problems, "
+        "which follow it.\n\nOriginal problem:\n" + problem
+    )
+    sink = StepSpec.model_validate(
+        {
+            "id": fresh(f"{step.id}-synthesis"),
+            "prompt": instruction,
+            "template": False,
+            "depends_on": ids,
+            "model": step.synthesizer or first_model,
+            "max_tokens": step.max_tokens,
+            "system": step.system,
+        }
+    )
+    provenance = {ids[i]: tuple(item.models) for i, item in enumerate(plan.items)}
+    return Growth(step.id, (*subs, sink), sink.id, provenance)
+
+
+def _quote(text: str, width: int = 200) -> str:
+    flat = " ".join(text.split())
+    return repr(flat if len(flat) <= width else flat[: width - 1] + "…")

@@ -5,10 +5,10 @@ the step executor, with every event fanned out to the result collector, the call
 listener (the CLI's progress display) and the store recorder. Bad input raises before
 the store is opened, so it writes nothing.
 
-The recorder writes events in batches as they queue up (each batch one transaction,
-shielded from cancellation so no half-written batch exists), so a crash or Ctrl-C
-loses nothing that finished: after an interruption the rest of the queue is written
-before the cancellation propagates.
+The parts live in their own modules: the event recorder in ``engine.recorder``, the
+restart model (resume, replay, fork) in ``engine.restart``, what a step does in
+``engine.steps``. This module resolves the run (registry, selection, budget, validation,
+model pool) and wires the parts together (``_Run``).
 """
 
 from __future__ import annotations
@@ -22,29 +22,26 @@ import os
 import socket
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import anyio
-from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from thinktank._ids import new_id
 from thinktank.engine.budget import Budget
 from thinktank.engine.calls import OnDelta, PooledModel
+from thinktank.engine.decompose import Growth
+from thinktank.engine.recorder import Recorder
+from thinktank.engine.restart import Restart
 from thinktank.engine.result import ResultCollector, SessionResult
-from thinktank.engine.scheduler import ScheduleOutcome, Scheduler
+from thinktank.engine.scheduler import Again, ScheduleOutcome, Scheduler
 from thinktank.engine.steps import StepExecutor, sum_known
 from thinktank.errors import SpecError, SpecErrors, StoreError, UsageError
 from thinktank.events import (
-    CallFinished,
-    CallStarted,
     Event,
     SessionFinished,
     SessionStarted,
-    StepFinished,
     StepInfo,
     StepsAdded,
     StepSkipped,
@@ -62,8 +59,6 @@ from thinktank.store import Store
 __all__ = [
     "DEFAULT_STORE",
     "LEASE_TTL_ENV",
-    "Restart",
-    "SeedStep",
     "lease_ttl",
     "new_worker_id",
     "run",
@@ -142,145 +137,6 @@ async def _keep_lease(
                 continue
             stop(f"another worker ({owner[0] if owner else '?'}) took the session over")
             return
-
-
-class _Recorder:
-    """Writes queued events to the store, a batch per transaction.
-
-    A write that fails (the database locked past its busy timeout, a full disk, a
-    dropped connection) loses nothing: its events stay in memory, in order, and go
-    with the next attempt, retried with backoff (up to every 2 s) while the session
-    runs. The session runs on meanwhile: its calls are paid for, and a store back
-    within ``store.write_retry_s`` gets all of them. Past that the recorder calls
-    ``on_give_up`` once (the scheduler's ``stop``: no new step starts, the calls in
-    flight finish, so no more money goes into answers that may not be kept). When the
-    session ends it still tries until ``write_retry_s`` is out: a store writable again
-    by then gets the session marked ``partial`` or ``failed`` with the store error.
-    ``pending`` holds what was never written.
-    """
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        send, receive = anyio.create_memory_object_stream[Event](math.inf)
-        self.send: MemoryObjectSendStream[Event] = send
-        self.receive: MemoryObjectReceiveStream[Event] = receive
-        self.pending: list[Event] = []
-        """Events not written yet, in emission order."""
-        self.error: StoreError | None = None
-        """The last write failure, while ``pending`` has not been written since."""
-        self.on_give_up: Callable[[str], None] | None = None
-        self._failing_since: float | None = None
-        self._gave_up = False
-        self._ended = False
-
-    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        async for event in self.receive:
-            self.pending.append(event)
-            self._take_queued()
-            await self._flush()
-        self._ended = True
-        await self._flush()
-
-    async def drain(self) -> None:
-        """Write what is still pending or queued, once (after a cancellation)."""
-        self._take_queued()
-        if self.pending:
-            try:
-                await self._write(self.pending)
-            except StoreError as exc:
-                self.error = exc
-            else:
-                self.pending, self.error = [], None
-
-    def _take_queued(self) -> None:
-        while True:
-            try:
-                self.pending.append(self.receive.receive_nowait())
-            except (anyio.WouldBlock, anyio.ClosedResourceError):
-                return
-            except anyio.EndOfStream:
-                self._ended = True
-                return
-
-    async def _flush(self) -> None:
-        """Write ``pending``, retrying with backoff until it is written, or the session
-        has ended and the retry time is out; stop the session once that time is out."""
-        delay = 0.05
-        while self.pending:
-            try:
-                await self._write(self.pending)
-            except StoreError as exc:
-                self.error = exc
-                now = time.monotonic()
-                if self._failing_since is None:
-                    self._failing_since = now
-                out = now - self._failing_since >= self.store.write_retry_s
-                if out and not self._gave_up:
-                    self._gave_up = True
-                    if self.on_give_up is not None:
-                        self.on_give_up(f"store failure: {exc}")
-                if out and self._ended:
-                    return
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-                self._take_queued()
-            else:
-                self.pending, self.error, self._failing_since = [], None, None
-
-    async def _write(self, batch: list[Event]) -> None:
-        with anyio.CancelScope(shield=True):
-            await self.store.write(batch)
-
-
-@dataclass(frozen=True, kw_only=True)
-class SeedStep:
-    """The state a step starts in when a run continues from an earlier one."""
-
-    status: Literal["completed", "failed"]
-    """completed (not run again) or failed (stays failed)."""
-    output: str | None = None
-    """Its output, for completed steps."""
-    error: str | None = None
-    """Why it failed."""
-    input_tokens: int | None = 0
-    output_tokens: int | None = 0
-    cost_usd: float | None = 0.0
-
-
-@dataclass(kw_only=True)
-class Restart:
-    """How a run continues from stored state: resume, replay and fork use it.
-
-    ``run`` with a ``Restart`` is still the one execution path: the same scheduler,
-    executor and recorder, started from ``seed`` instead of from nothing.
-    """
-
-    session_id: str | None = None
-    """Continue this session (resume) instead of starting a new one."""
-    seed: dict[str, SeedStep] = field(default_factory=dict)
-    """Steps that need no run: completed ones are skipped, failed ones stay failed."""
-    record_seed: bool = True
-    """Write the seeded steps into the (new) session's rows (fork, replay); a resumed
-    session already has them."""
-    extra_steps: list[tuple[StepSpec, str, tuple[str, ...]]] = field(default_factory=list)
-    """Steps an earlier run's decompose steps added: (spec, parent, provenance)."""
-    aliases: dict[str, str] = field(default_factory=dict)
-    """decompose step -> its synthesis step."""
-    attempt_base: dict[str, int] = field(default_factory=dict)
-    """Attempts each step already made."""
-    lost_calls: list[CallStarted] = field(default_factory=list)
-    """Calls an earlier run started and never finished: closed as lost first."""
-    wrap: Callable[[str, PooledModel], PooledModel] | None = None
-    """Replaces model clients (recorded responses for replay and resume)."""
-    origin: dict[str, Any] | None = None
-    """What this run was made from (kind and session), stored with the session."""
-    validated: bool = False
-    """The spec is a stored session's, already validated when it ran, and every model
-    it names is given as a client (recorded replay): skip re-validating the graph."""
-    lease: tuple[str, float] | None = None
-    """(worker id, time to live) of the lease the caller holds on ``session_id``
-    (resume): the run renews it while it runs and leaves releasing it to the caller."""
 
 
 def _step_info(
@@ -428,9 +284,8 @@ async def run(
         else None
     )
     try:
-        pool = registry.build(names, http)
-        if restart is not None and restart.wrap is not None:
-            pool = {name: restart.wrap(name, pooled) for name, pooled in pool.items()}
+        restart = restart or Restart()
+        pool = restart.pool(registry.build(names, http))
         return await _run_recorded(
             spec,
             values,
@@ -439,7 +294,7 @@ async def run(
             on_event,
             source,
             selected,
-            restart or Restart(),
+            restart,
             on_delta,
             step_models,
             ttl,
@@ -466,257 +321,266 @@ async def _run_recorded(
     step_models: dict[str, list[str]] | None = None,
     lease_ttl_s: float = _DEFAULT_LEASE_TTL_S,
 ) -> SessionResult:
-    # uuid4, not v7: a random prefix keeps `thinktank show <first 8 chars>` unambiguous.
-    session_id = restart.session_id or str(uuid.uuid4())
-    settings = spec.parallel_execution.effective()
-    collector = ResultCollector()
-    recorder = _Recorder(store) if store is not None else None
-    listeners: list[Listener] = [collector]
-    if on_event is not None:
-        listeners.append(on_event)
-    if recorder is not None:
-        listeners.append(recorder.send.send_nowait)
+    wired = _Run(spec, values, store, clients, on_event, restart, on_delta, step_models)
+    started = wired.started(source, selected)
+    return await wired.run(started, lease_ttl_s)
+
+
+def _fan_out(listeners: Sequence[Listener]) -> Listener:
+    """One listener that calls every one of ``listeners``, in order."""
+    if len(listeners) == 1:
+        # Most runs have one listener (no store, no progress display): call it directly.
+        return listeners[0]
 
     def emit_all(event: Event) -> None:
         for listener in listeners:
             listener(event)
 
-    # Most runs have one listener (no store, no progress display): call it directly.
-    emit: Listener = listeners[0] if len(listeners) == 1 else emit_all
+    return emit_all
 
-    graph = StepGraph(spec)
-    executor = StepExecutor(
-        session_id=session_id,
-        spec=spec,
-        clients=clients,
-        inputs=values,
-        emit=emit,
-        call_limiter=(
-            anyio.CapacityLimiter(settings.max_concurrent_calls)
-            if settings.max_concurrent_calls is not None
-            else None
-        ),
-        cache=store.find_consensus if store is not None else None,
-        budget=Budget(max_cost_usd=spec.budget.max_cost_usd, max_tokens=spec.budget.max_tokens),
-        step_models=step_models,
-    )
-    scheduler = Scheduler(
-        graph,
-        executor,
-        max_concurrent_steps=settings.max_concurrent_steps,
-        scheduling=settings.scheduling,
-        failure_strategy=settings.failure_strategy,
-        on_skip=lambda step, reason: emit(
-            StepSkipped(session_id=session_id, step_id=step, reason=reason)
-        ),
-        done=[k for k, v in restart.seed.items() if v.status == "completed"],
-        failed={k: v.error or "failed" for k, v in restart.seed.items() if v.status == "failed"},
-    )
 
-    def grow_dag(parent: str, added: list[StepSpec], sink: str) -> list[str]:
-        """Grow the graph and the executor together: the steps that now wait for sink."""
-        rewired = graph.grow(parent, added, sink)
-        executor.adopt(parent, added, sink)
-        return rewired
+class _Run:
+    """One run's parts, wired once: the graph, the executor, the scheduler, the
+    recorder, and the listeners every event goes to.
 
-    # The DAG an earlier run grew, rebuilt the way it grew (before the scheduler counts).
-    for parent, added in _added_by_parent(restart.extra_steps).items():
-        grow_dag(parent, added, restart.aliases[parent])
-    executor.attempt_base.update(restart.attempt_base)
-    for key, seeded in restart.seed.items():
-        if seeded.status == "completed":
-            executor.outputs[key] = seeded.output
+    It is the one owner of the DAG's growth during the run (:meth:`grow`): a decompose
+    step's executor hands it the steps it added; a restart's earlier growth is rebuilt
+    here, before the scheduler counts.
+    """
 
-    def grow(
-        parent: str, added: list[StepSpec], sink: str, provenance: dict[str, tuple[str, ...]]
+    def __init__(
+        self,
+        spec: SessionSpec,
+        values: dict[str, Any],
+        store: Store | None,
+        clients: Mapping[str, PooledModel],
+        on_event: Listener | None,
+        restart: Restart,
+        on_delta: OnDelta | None,
+        step_models: dict[str, list[str]] | None,
     ) -> None:
-        base = len(graph)
-        emit(
+        # uuid4, not v7: a random prefix keeps `thinktank show <first 8 chars>` unambiguous.
+        self.session_id = session_id = restart.session_id or str(uuid.uuid4())
+        self.spec = spec
+        self.values = values
+        self.restart = restart
+        self.store = store
+        self.on_event = on_event
+        self.step_models = step_models
+        self.collector = ResultCollector()
+        self.recorder = Recorder(store, self.stop) if store is not None else None
+        listeners: list[Listener] = [self.collector]
+        if on_event is not None:
+            listeners.append(on_event)
+        if self.recorder is not None:
+            listeners.append(self.recorder.emit)
+        self.emit = emit = _fan_out(listeners)
+        self.graph = StepGraph(spec)
+        # The DAG an earlier run grew, rebuilt the way it grew (before the scheduler counts).
+        for parent, added, sink in restart.growths():
+            self.graph.grow(parent, added, sink)
+        settings = spec.parallel_execution.effective()
+        self.executor = StepExecutor(
+            session_id=session_id,
+            spec=spec,
+            clients=clients,
+            inputs=values,
+            emit=emit,
+            call_limiter=(
+                anyio.CapacityLimiter(settings.max_concurrent_calls)
+                if settings.max_concurrent_calls is not None
+                else None
+            ),
+            outputs=restart.completed(),
+            cache=store.find_consensus if store is not None else None,
+            budget=Budget(max_cost_usd=spec.budget.max_cost_usd, max_tokens=spec.budget.max_tokens),
+            step_models=step_models,
+            added=[step for step, _, _ in restart.extra_steps],
+            aliases=restart.aliases,
+            attempt_base=restart.attempt_base,
+            on_delta=on_delta,
+            # Only the store and the caller's listener read CallStarted (the result does not).
+            record_starts=len(listeners) > 1,
+            grow=self.grow,
+            on_stop=self.stop,
+        )
+        self.scheduler = Scheduler(
+            self.graph,
+            self.executor if self.recorder is None else self._execute_with_room,
+            max_concurrent_steps=settings.max_concurrent_steps,
+            scheduling=settings.scheduling,
+            failure_strategy=settings.failure_strategy,
+            on_skip=lambda step, reason: emit(
+                StepSkipped(session_id=session_id, step_id=step, reason=reason)
+            ),
+            done=list(restart.completed()),
+            failed=restart.failed(),
+        )
+        self.started_at = utcnow()
+        self.start = time.perf_counter()
+
+    def stop(self, reason: str) -> None:
+        """Start no new step (a budget ran out, the store failed, the lease was lost)."""
+        self.scheduler.stop(reason)
+
+    def grow(self, growth: Growth) -> None:
+        """A decompose step added steps: record them, grow the graph, let the scheduler
+        count them."""
+        base = len(self.graph)
+        parent = growth.parent
+        self.emit(
             StepsAdded(
-                session_id=session_id,
+                session_id=self.session_id,
                 parent=parent,
                 steps=tuple(
-                    _step_info(spec, st, base + i, parent, provenance.get(st.id, ()))
-                    for i, st in enumerate(added)
+                    _step_info(self.spec, st, base + i, parent, growth.provenance.get(st.id, ()))
+                    for i, st in enumerate(growth.added)
                 ),
             )
         )
-        rewired = grow_dag(parent, added, sink)
-        scheduler.grown([st.id for st in added], rewired)
+        rewired = self.graph.grow(parent, growth.added, growth.sink)
+        self.scheduler.grown([st.id for st in growth.added], rewired)
 
-    executor.on_delta = on_delta
-    # Only the store and the caller's listener read CallStarted (the result does not).
-    executor.record_starts = recorder is not None or on_event is not None
-    executor.on_grow = grow
-    executor.on_stop = scheduler.stop
-    if recorder is not None:
-        recorder.on_give_up = scheduler.stop
-    started_at = utcnow()
-    start = time.perf_counter()
-    started = SessionStarted(
-        session_id=session_id,
-        name=spec.name,
-        # Dumping a 10,000-step spec costs ~0.1 s: only the store needs it.
-        spec=spec.model_dump(mode="json") if recorder is not None else {},
-        inputs=values,
-        parallel_execution_config=spec.parallel_execution_wire(),
-        steps=_steps_info(spec, step_models)
-        + tuple(
-            _step_info(spec, st, len(spec.steps) + i, parent, prov)
-            for i, (st, parent, prov) in enumerate(restart.extra_steps)
-        ),
-        source=source,
-        model_selection=selected,
-        origin=restart.origin,
-        at=started_at,
-    )
-    lease = restart.lease
-    claimed = False
+    async def _execute_with_room(self, step_id: str) -> str | Again | None:
+        """Run a step once the recorder has room: a store that is behind holds new
+        steps back instead of letting its backlog grow."""
+        assert self.recorder is not None
+        await self.recorder.room()
+        return await self.executor(step_id)
 
-    def finish(status: Any, error: str | None) -> None:
+    def started(self, source: str | None, selected: dict[str, str]) -> SessionStarted:
+        """The run's first event."""
+        spec, restart = self.spec, self.restart
+        return SessionStarted(
+            session_id=self.session_id,
+            name=spec.name,
+            # Dumping a 10,000-step spec costs ~0.1 s: only the store needs it.
+            spec=spec.model_dump(mode="json") if self.recorder is not None else {},
+            inputs=self.values,
+            parallel_execution_config=spec.parallel_execution_wire(),
+            steps=_steps_info(spec, self.step_models)
+            + tuple(
+                _step_info(spec, st, len(spec.steps) + i, parent, prov)
+                for i, (st, parent, prov) in enumerate(restart.extra_steps)
+            ),
+            source=source,
+            model_selection=selected,
+            origin=restart.origin,
+            at=self.started_at,
+        )
+
+    def finish(self, status: Any, error: str | None) -> None:
+        """Emit the run's last event: how it ended and what it cost."""
+        collector = self.collector
         usages = [u for k in collector.steps if (u := collector.step_usage(k)) is not None]
-        counts = {"completed": 0, "failed": 0, "skipped": 0}
-        for st in collector.steps.values():
-            if st.status == "completed":
-                counts["completed"] += 1
-            elif st.status in ("failed", "cancelled"):
-                counts["failed"] += 1
-            elif st.status == "skipped":
-                counts["skipped"] += 1
-        emit(
+        counts = Counter(
+            "failed" if st.status == "cancelled" else st.status for st in collector.steps.values()
+        )
+        self.emit(
             SessionFinished(
-                session_id=session_id,
+                session_id=self.session_id,
                 status=status,
-                started_at=started_at,
+                started_at=self.started_at,
                 error=error,
                 input_tokens=sum_known([u[0] for u in usages]) if usages else 0,
                 output_tokens=sum_known([u[1] for u in usages]) if usages else 0,
                 cost_usd=sum_known([u[2] for u in usages]) if usages else 0.0,
-                wall_ms=(time.perf_counter() - start) * 1000,
+                wall_ms=(time.perf_counter() - self.start) * 1000,
                 steps_completed=counts["completed"],
                 steps_failed=counts["failed"],
                 steps_skipped=counts["skipped"],
             )
         )
 
-    async def drive() -> None:
+    async def drive(self) -> None:
+        """Schedule every step, then emit how the session ended."""
         try:
             try:
-                outcome = await scheduler.run()
+                outcome = await self.scheduler.run()
             except anyio.get_cancelled_exc_class():
-                finish("interrupted", "interrupted before the session finished")
+                self.finish("interrupted", "interrupted before the session finished")
                 raise
-            reused = sum(1 for v in restart.seed.values() if v.status == "completed")
-            finish(*_session_status(outcome, len(graph) - reused))
+            reused = len(self.restart.completed())
+            self.finish(*_session_status(outcome, len(self.graph) - reused))
         finally:
-            executor.close()
+            self.executor.close()
+            if self.recorder is not None:
+                self.recorder.close()
+
+    async def announce(
+        self, started: SessionStarted, lease_ttl_s: float
+    ) -> tuple[str, float] | None:
+        """Emit the first event; a new recorded session is written and leased to this
+        run before anything else sees it (a resume elsewhere refuses it while this run
+        is alive). The lease this run took, if it took one."""
+        store = self.store
+        if store is None or self.restart.session_id is not None:
+            self.emit(started)
+            return None
+        await store.write([started])
+        lease = (new_worker_id(), lease_ttl_s)
+        if not await store.claim_session(self.session_id, worker_id=lease[0], ttl_s=lease_ttl_s):
+            raise UsageError(f"session {self.session_id} was leased by another worker at once")
+        self.collector(started)  # the listeners but the recorder: it is written
+        if self.on_event is not None:
+            self.on_event(started)
+        return lease
+
+    async def run(self, started: SessionStarted, lease_ttl_s: float) -> SessionResult:
+        """Run the session to its end, recording it; its result."""
+        recorder = self.recorder
+        claimed: tuple[str, float] | None = None
+        try:
+            claimed = await self.announce(started, lease_ttl_s)
+            recorded, result_only = self.restart.seed_events(self.session_id, self.started_at)
+            for event in recorded:
+                self.emit(event)
+            for event in result_only:
+                self.collector(event)
+            if recorder is None:
+                await self.drive()
+            else:
+                await self._drive_recorded(recorder, claimed or self.restart.lease)
+        except anyio.get_cancelled_exc_class():
             if recorder is not None:
-                recorder.send.close()
-
-    renewal = anyio.CancelScope()
-    try:
-        if store is not None and restart.session_id is None:
-            # A new session: write its row and lease it to this run before anything else
-            # sees it, so a resume elsewhere refuses it while this run is alive.
-            await store.write([started])
-            lease = (new_worker_id(), lease_ttl_s)
-            claimed = await store.claim_session(session_id, worker_id=lease[0], ttl_s=lease_ttl_s)
-            if not claimed:
-                raise UsageError(f"session {session_id} was leased by another worker at once")
-            collector(started)  # the listeners but the recorder: it is written
-            if on_event is not None:
-                on_event(started)
-        else:
-            emit(started)
-        _seed(restart, session_id, collector, emit, started_at)
-        if recorder is None:
-            await drive()
-        else:
-            async with anyio.create_task_group() as tg:
-                await tg.start(recorder.run)
-                if lease is not None:
-                    tg.start_soon(
-                        _keep_lease, recorder.store, session_id, *lease, renewal, scheduler.stop
-                    )
-                try:
-                    await drive()
-                finally:
-                    renewal.cancel()
-    except anyio.get_cancelled_exc_class():
-        if recorder is not None:
-            with anyio.CancelScope(shield=True):
-                await recorder.drain()
-        raise
-    finally:
-        if recorder is not None:
-            recorder.send.close()
-            recorder.receive.close()
-        if claimed and store is not None and lease is not None:
-            # Shielded: an interrupted run gives its session up at once, so it can be
-            # resumed without waiting for the lease to expire.
-            with anyio.CancelScope(shield=True):
-                # A failed release is harmless (the lease expires by itself) and must
-                # not hide how the run ended.
-                with contextlib.suppress(StoreError):
-                    await store.release(session_id, worker_id=lease[0])
-    if recorder is not None and recorder.pending:
-        raise StoreError(
-            f"{recorder.error}; {len(recorder.pending)} event(s) of session {session_id} "
-            "are not stored (retried until the session ended)"
-        )
-    result = collector.result
-    assert result is not None
-    return result
-
-
-def _added_by_parent(
-    extra_steps: Sequence[tuple[StepSpec, str, tuple[str, ...]]],
-) -> dict[str, list[StepSpec]]:
-    """The steps each decompose step added, in the order they were added."""
-    added: dict[str, list[StepSpec]] = {}
-    for step, parent, _provenance in extra_steps:
-        added.setdefault(parent, []).append(step)
-    return added
-
-
-def _seed(
-    restart: Restart,
-    session_id: str,
-    collector: ResultCollector,
-    emit: Callable[[Event], None],
-    at: datetime,
-) -> None:
-    """Put seeded steps and lost calls where the run's result and store expect them."""
-    for lost in restart.lost_calls:
-        emit(
-            CallFinished(
-                session_id=session_id,
-                step_id=lost.step_id,
-                call_id=lost.call_id,
-                model=lost.model,
-                attempt=lost.attempt,
-                status="cancelled",
-                started_at=lost.at,
-                error="lost: the process stopped before the call finished",
+                with anyio.CancelScope(shield=True):
+                    await recorder.drain()
+            raise
+        finally:
+            if claimed is not None:
+                await self._release(claimed[0])
+        if recorder is not None and recorder.pending:
+            raise StoreError(
+                f"{recorder.error}; {len(recorder.pending)} event(s) of session "
+                f"{self.session_id} are not stored (retried until the session ended)"
             )
-        )
-    for key, seeded in restart.seed.items():
-        finished = StepFinished(
-            session_id=session_id,
-            step_id=key,
-            status=seeded.status,
-            attempts=restart.attempt_base.get(key, 0),
-            started_at=at,
-            output=seeded.output,
-            error=seeded.error,
-            input_tokens=seeded.input_tokens,
-            output_tokens=seeded.output_tokens,
-            cost_usd=seeded.cost_usd,
-        )
-        if restart.record_seed:
-            emit(finished)
-        else:
-            collector(finished)
+        result = self.collector.result
+        assert result is not None
+        return result
+
+    async def _drive_recorded(self, recorder: Recorder, lease: tuple[str, float] | None) -> None:
+        """``drive`` with the recorder writing alongside, and the lease renewed."""
+        renewal = anyio.CancelScope()
+        async with anyio.create_task_group() as tg:
+            await tg.start(recorder.run)
+            if lease is not None:
+                tg.start_soon(
+                    _keep_lease, recorder.store, self.session_id, *lease, renewal, self.stop
+                )
+            try:
+                await self.drive()
+            finally:
+                renewal.cancel()
+
+    async def _release(self, worker_id: str) -> None:
+        """Give the session's lease up at once, so it can be resumed without waiting for
+        the lease to expire; shielded, so an interrupted run does it too."""
+        assert self.store is not None
+        with anyio.CancelScope(shield=True):
+            # A failed release is harmless (the lease expires by itself) and must not
+            # hide how the run ended.
+            with contextlib.suppress(StoreError):
+                await self.store.release(self.session_id, worker_id=worker_id)
 
 
 def run_sync(spec: SessionSpec, **kwargs: Any) -> SessionResult:
