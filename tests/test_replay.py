@@ -13,7 +13,7 @@ from thinktank.cli.commands import main
 from thinktank.errors import ProviderError, UsageError
 from thinktank.events import CallFinished, CallStarted, Event, StepFinished
 from thinktank.providers.base import ModelRequest
-from thinktank.replay import RecordedClient
+from thinktank.providers.recorded import ReplayClient
 from thinktank.session.spec import parse_session
 from thinktank.store import StoredSession
 
@@ -60,7 +60,7 @@ async def test_remerge_writes_a_new_record_and_leaves_the_original(tmp_path: Pat
 
 async def test_missing_recording_names_step_and_model() -> None:
     """A call with no recording is an error naming the step and model, not a live call."""
-    client = RecordedClient("m1", "x", {}, by_attempt=True)
+    client = ReplayClient("m1", {})
     with pytest.raises(ProviderError, match="no recording for step 'ask', model 'm1', attempt 1"):
         await client.complete(ModelRequest(prompt="p", step_id="ask", attempt=1))
 
