@@ -237,3 +237,54 @@ def test_a_resumed_session_exports_and_imports(tmp_path: Path, db_url: str) -> N
         original.total_tokens,
         original.cost_usd,
     )
+
+
+def test_replay_of_a_resumed_session_matches(tmp_path: Path, db_url: str) -> None:
+    """A session interrupted in a step and resumed replays from its recording: the
+    step is replayed as the resumed run decided it (its second attempt, with the
+    answer served again), not from the cut first attempt."""
+    sid = anyio.run(_resumed, db_url)
+    stored = anyio.run(_stored, db_url, sid)
+    assert stored.step("both").attempts == 2
+    report = anyio.run(lambda: thinktank.replay(sid, store=db_url))
+    assert report.matches, report.diffs
+    assert report.steps == 2
+
+
+async def test_replay_of_a_forked_session_matches(tmp_path: Path) -> None:
+    """A fork reuses its upstream steps without calls; its replay reuses them too and
+    replays the re-run ones from the fork's own recording."""
+    db = str(tmp_path / "t.db")
+    original = await thinktank.run(thinktank.load_session(SESSIONS / "diamond.yaml"), store=db)
+    forked = await thinktank.fork(
+        original.session_id, step="cons", prompt="Only the worst risk.", store=db
+    )
+    report = await thinktank.replay(forked.session_id, store=db)
+    assert report.matches, report.diffs
+    assert report.steps == 4
+
+
+async def test_replay_of_a_fork_below_a_decompose_step_matches(tmp_path: Path) -> None:
+    """Forked below a decompose step, the fork reuses the steps it had added; the
+    replay of the fork brings them back as reused too."""
+    db = str(tmp_path / "t.db")
+    original = await thinktank.run(
+        thinktank.load_session(SESSIONS / "research_plan.yaml"), store=db
+    )
+    forked = await thinktank.fork(original.session_id, step="brief", prompt="Shorter.", store=db)
+    assert forked.status == "completed"
+    report = await thinktank.replay(forked.session_id, store=db)
+    assert report.matches, report.diffs
+    assert report.steps == len(original.steps)
+
+
+async def test_replay_of_a_remerged_session_matches(tmp_path: Path) -> None:
+    """A re-merge is recorded as a new session; replaying that one reproduces it."""
+    db = str(tmp_path / "t.db")
+    result = await thinktank.run(thinktank.load_session(SESSIONS / "consensus.yaml"), store=db)
+    remerged = await thinktank.replay(
+        result.session_id, store=db, synthesis="medoid", threshold=0.5
+    )
+    assert remerged.replay_id is not None
+    report = await thinktank.replay(remerged.replay_id, store=db)
+    assert report.matches, report.diffs

@@ -48,7 +48,7 @@ from thinktank.engine.runner import (
     run,
 )
 from thinktank.errors import UsageError
-from thinktank.events import CallStarted
+from thinktank.events import CallStarted, SessionStarted, StepFinished, StepStarted
 from thinktank.providers.base import ModelClient
 from thinktank.providers.recorded import RecordedCall, ReplayClient, ResumeClient, sequences
 from thinktank.session.graph import StepGraph
@@ -360,6 +360,59 @@ def _remerged(spec: SessionSpec, synthesis: str | None, threshold: float | None)
     )
 
 
+async def _attempts_before(stored: StoredSession, db: Store) -> dict[str, int]:
+    """Per step, the attempts made before the run that decided it.
+
+    A session that was killed (or interrupted) and resumed ran in several processes,
+    each starting with ``SessionStarted`` in its event log. A step the killed run had
+    started was cut there, and the resume numbered its attempts on from the ones
+    made; the step's outcome is what the run that finished it decided, so a replay
+    starts the step where that run did (and the cut attempts, with their lost calls,
+    are not replayed).
+    """
+    if all(s.attempts <= 1 for s in stored.steps):
+        return {}  # one attempt at most: none before the deciding run's first
+    first: dict[str, int] = {}
+    """The step's first attempt in the run being read."""
+    before: dict[str, int] = {}
+    for event in await db.events_of(stored.id):
+        kind = event["type"]
+        if kind == SessionStarted.type:
+            first = {}
+        elif kind == StepStarted.type:
+            first.setdefault(event["step_id"], event["attempt"])
+        elif kind == StepFinished.type and event["step_id"] in first:
+            before[event["step_id"]] = first[event["step_id"]] - 1
+    return before
+
+
+async def _replay_restart(stored: StoredSession, db: Store, origin: dict[str, Any]) -> Restart:
+    """How a replay from the recording starts: as the recorded session did.
+
+    Steps it did not run (a fork reused them: finished with no attempt) are seeded
+    with their stored outcome, the steps their decompose steps had added come back,
+    and every step numbers its attempts as the run that decided it did, so each call
+    finds its recording by (step, model, attempt).
+    """
+    seed = {
+        s.step_key: seeded
+        for s in stored.steps
+        if s.attempts == 0 and (seeded := _seed_of(s)) is not None
+    }
+    extra, sinks = _extra_steps(stored, keep=set(seed))
+    return Restart(
+        seed=seed,
+        extra_steps=extra,
+        aliases=sinks,
+        attempt_base=await _attempts_before(stored, db),
+        # The recording already answers once per call: no retry of a recorded failure.
+        wrap=lambda name, pooled: PooledModel(client=pooled.client, retry=NO_RETRY),
+        origin=origin,
+        # A recorded replay (no re-merge) runs the stored, once validated graph.
+        validated=origin["replay"] == "recorded",
+    )
+
+
 def _replay_clients(stored: StoredSession, spec: SessionSpec) -> dict[str, ModelClient]:
     """A client per model the session names or called, serving its recorded calls."""
     recordings: dict[tuple[str, str, int], deque[RecordedCall]] = {}
@@ -427,14 +480,7 @@ async def replay(
         if live:
             restart, clients = Restart(origin=origin), {}
         else:
-            restart = Restart(
-                # The recording already answers once per call: no retry of a recorded
-                # failure.
-                wrap=lambda name, pooled: PooledModel(client=pooled.client, retry=NO_RETRY),
-                origin=origin,
-                # A recorded replay (no re-merge) runs the stored, once validated graph.
-                validated=kind == "recorded",
-            )
+            restart = await _replay_restart(stored, db, origin)
             clients = _replay_clients(stored, spec)
         result = await run(
             spec,
