@@ -12,7 +12,7 @@ import thinktank
 from thinktank.cli.commands import main
 from thinktank.errors import ProviderError, UsageError
 from thinktank.events import CallFinished, CallStarted, Event, StepFinished
-from thinktank.providers.base import ModelRequest
+from thinktank.providers.base import ModelRequest, ModelResponse
 from thinktank.providers.recorded import ReplayClient
 from thinktank.session.spec import parse_session
 from thinktank.store import StoredSession
@@ -288,3 +288,41 @@ async def test_replay_of_a_remerged_session_matches(tmp_path: Path) -> None:
     assert remerged.replay_id is not None
     report = await thinktank.replay(remerged.replay_id, store=db)
     assert report.matches, report.diffs
+
+
+@pytest.mark.parametrize("call", ["resume", "replay", "fork"])
+async def test_store_none_is_a_usage_error(call: str) -> None:
+    """resume, replay and fork read a stored session: ``store=None`` (no store) is a
+    one-line usage error, not the default store."""
+    calls = {
+        "resume": lambda: thinktank.resume("abcd", store=None),
+        "replay": lambda: thinktank.replay("abcd", store=None),
+        "fork": lambda: thinktank.fork("abcd", step="s", store=None),
+    }
+    with pytest.raises(UsageError, match="store=None") as caught:
+        await calls[call]()
+    assert "\n" not in str(caught.value)
+
+
+async def test_fork_models_are_clients_and_step_models_the_new_models(tmp_path: Path) -> None:
+    """``models=`` of fork is a mapping of clients overriding the registry, as in run,
+    resume and replay; the step's new models are ``step_models=``."""
+    db = str(tmp_path / "t.db")
+    original = await thinktank.run(thinktank.load_session(SESSIONS / "diamond.yaml"), store=db)
+
+    class Fixed:
+        name, provider = "critic", "test"
+
+        async def complete(self, request: ModelRequest) -> ModelResponse:
+            return ModelResponse(content="Too costly.", model=self.name)
+
+    forked = await thinktank.fork(
+        original.session_id,
+        step="cons",
+        step_models=["critic"],
+        models={"critic": Fixed()},
+        store=db,
+    )
+    assert forked.status == "completed"
+    assert forked.steps["cons"].output == "Too costly."
+    assert forked.steps["pros"].output == original.steps["pros"].output

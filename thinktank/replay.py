@@ -40,6 +40,7 @@ from pydantic import BaseModel
 from thinktank.engine.calls import NO_RETRY, PooledModel
 from thinktank.engine.result import SessionResult
 from thinktank.engine.runner import (
+    DEFAULT_STORE,
     Listener,
     Restart,
     SeedStep,
@@ -107,15 +108,17 @@ def _seed_of(step: StoredStep) -> SeedStep | None:
 
 @asynccontextmanager
 async def _opened(store: Store | str | None) -> AsyncIterator[Store]:
-    """The store ``store`` names, closed at the end if opened here.
+    """The store ``store`` names, as ``run`` reads it, closed at the end if opened here.
 
-    Resume, replay and fork read a stored session, so a path that does not exist is an
-    error (a mistyped path creates nothing).
+    Resume, replay and fork read a stored session, so there is no "no store" here, and
+    a path that does not exist is an error (a mistyped path creates nothing).
     """
+    if store is None:
+        raise UsageError("store=None: resume, replay and fork read a stored session")
     if isinstance(store, Store):
         yield store
         return
-    db = await Store.open(store, create=False)
+    db = await Store.open(None if store is DEFAULT_STORE else store, create=False)
     try:
         yield db
     finally:
@@ -127,7 +130,7 @@ async def _opened(store: Store | str | None) -> AsyncIterator[Store]:
 async def resume(
     session_id: str,
     *,
-    store: Store | str | None = None,
+    store: Store | str | None = DEFAULT_STORE,
     models: Mapping[str, ModelClient] | None = None,
     on_event: Listener | None = None,
     worker_id: str | None = None,
@@ -140,7 +143,7 @@ async def resume(
 
     Args:
         session_id: The session, or a unique prefix of its id.
-        store: Where it is stored.
+        store: Where it is stored (as in ``run``; ``None``, no store, is an error).
         models: Model clients by name, added to (or replacing) the session's own.
         on_event: Called with every event as it happens.
         worker_id: This worker's lease id (default: host, process and a random part).
@@ -149,7 +152,7 @@ async def resume(
 
     Raises:
         UnknownSessionError: no such session.
-        UsageError: another worker holds the session's lease (a
+        UsageError: ``store`` is None, or another worker holds the session's lease (a
             run or resume of it is alive, or died less than the lease's time to live
             ago), or it already completed.
     """
@@ -431,7 +434,7 @@ def _replay_clients(stored: StoredSession, spec: SessionSpec) -> dict[str, Model
 async def replay(
     session_id: str,
     *,
-    store: Store | str | None = None,
+    store: Store | str | None = DEFAULT_STORE,
     synthesis: str | None = None,
     threshold: float | None = None,
     live: bool = False,
@@ -443,7 +446,7 @@ async def replay(
 
     Args:
         session_id: The session (or an id prefix).
-        store: Where it is stored.
+        store: Where it is stored (as in ``run``; ``None``, no store, is an error).
         synthesis: Re-merge every multi-model step with this method instead.
         threshold: Re-merge with this consensus threshold instead.
         live: Call the models again instead of serving the recording.
@@ -454,7 +457,7 @@ async def replay(
 
     Raises:
         UnknownSessionError: no such session.
-        UsageError: re-merging with ``judge``.
+        UsageError: ``store`` is None, or re-merging with ``judge``.
     """
     if synthesis == "judge":
         raise UsageError(
@@ -528,9 +531,9 @@ async def fork(
     *,
     step: str,
     prompt: str | None = None,
-    models: list[str] | None = None,
-    store: Store | str | None = None,
-    clients: Mapping[str, ModelClient] | None = None,
+    step_models: list[str] | None = None,
+    store: Store | str | None = DEFAULT_STORE,
+    models: Mapping[str, ModelClient] | None = None,
     on_event: Listener | None = None,
 ) -> SessionResult:
     """A new session that reuses everything upstream of ``step`` and re-runs ``step``
@@ -540,14 +543,14 @@ async def fork(
         session_id: The session (or an id prefix).
         step: The step to run again.
         prompt: Its new prompt (default: the same).
-        models: The model names it runs on now (default: the same).
-        store: Where it is stored.
-        clients: Model clients by name, added to (or replacing) the session's own.
+        step_models: The model names it runs on now (default: the same).
+        store: Where it is stored (as in ``run``; ``None``, no store, is an error).
+        models: Model clients by name, added to (or replacing) the session's own.
         on_event: Receives every event of the fork.
 
     Raises:
         UnknownSessionError: no such session.
-        UsageError: the session has no such step.
+        UsageError: the session has no such step, or ``store`` is None.
     """
     async with _opened(store) as db:
         stored = await db.get_session(session_id)
@@ -555,7 +558,7 @@ async def fork(
         if step not in {s.id for s in spec.steps}:
             known = ", ".join(s.id for s in spec.steps)
             raise UsageError(f"session {stored.id} has no step {step!r} (steps: {known})")
-        spec = _forked_spec(spec, step, prompt, models)
+        spec = _forked_spec(spec, step, prompt, step_models)
         affected = {step} | StepGraph(spec).descendants(step)
         kept_parents = {
             s.step_key
@@ -581,7 +584,7 @@ async def fork(
             spec,
             inputs=stored.inputs,
             store=db,
-            models=clients,
+            models=models,
             on_event=on_event,
             source=stored.source,
             restart=restart,
