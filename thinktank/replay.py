@@ -49,7 +49,7 @@ from thinktank.engine.runner import (
     run,
 )
 from thinktank.errors import UsageError
-from thinktank.events import CallStarted, SessionStarted, StepFinished, StepStarted
+from thinktank.events import CallStarted
 from thinktank.providers.base import ModelClient
 from thinktank.providers.recorded import RecordedCall, ReplayClient, ResumeClient, sequences
 from thinktank.session.graph import StepGraph
@@ -378,13 +378,15 @@ async def _attempts_before(stored: StoredSession, db: Store) -> dict[str, int]:
     first: dict[str, int] = {}
     """The step's first attempt in the run being read."""
     before: dict[str, int] = {}
+    # The stored form's ``type`` names (a format the store keeps readable across
+    # versions), read as dicts: decoding every event would cost more than this loop.
     for event in await db.events_of(stored.id):
         kind = event["type"]
-        if kind == SessionStarted.type:
+        if kind == "session_started":
             first = {}
-        elif kind == StepStarted.type:
+        elif kind == "step_started":
             first.setdefault(event["step_id"], event["attempt"])
-        elif kind == StepFinished.type and event["step_id"] in first:
+        elif kind == "step_finished" and event["step_id"] in first:
             before[event["step_id"]] = first[event["step_id"]] - 1
     return before
 
