@@ -193,13 +193,7 @@ def test_sigkill_then_resume_finishes_every_step_exactly_once(
         server.add_faults(*[Fault.slow(0.25)] * 200)
         path = make_session(tmp_path, server)
         db = tmp_path / "t.db"
-        proc = subprocess.Popen(
-            _cli("run", str(path), "--db", str(db), "--no-progress"),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env={**_env(), "THINKTANK_LEASE_TTL": "1"},
-            cwd=REPO,
-        )
+        proc = _run_to_kill(path, db)
         # Wait until the session is recorded (start-up takes a while), then kill it
         # somewhere in its ~1.8 s of model calls.
         deadline = time.monotonic() + 30
@@ -231,6 +225,11 @@ def test_sigkill_then_resume_finishes_every_step_exactly_once(
         result = anyio.run(lambda: thinktank.resume(sid, store=str(db)))
         assert result.status == "completed", result.error
         sent_after = request_counts(server)
+        # The resumed session replays from its recording (no model is asked: the
+        # server's count stays as it is), step for step as it was decided.
+        report = anyio.run(lambda: thinktank.replay(sid, store=str(db)))
+        assert report.matches, report.diffs
+        assert request_counts(server) == sent_after
 
     con = sqlite3.connect(db)
     try:
@@ -263,6 +262,64 @@ def test_sigkill_then_resume_finishes_every_step_exactly_once(
     assert all(n == 1 for *_, n in ok_per_attempt)
     for key in finished_before:
         assert sent_after[key] == sent_before[key], f"{key} was sent again after it finished"
+
+
+def test_sigkill_during_the_first_step_then_resume_replays_as_recorded(tmp_path: Path) -> None:
+    """``sessions/diamond.yaml`` on 400 ms loopback models, killed (-9) while its first
+    step waits for its answer, then resumed: ``thinktank replay`` of it matches its
+    recording and exits 0 (it used to report the first step failed, the rest skipped)."""
+    data = yaml.safe_load((SESSIONS / "diamond.yaml").read_text())
+    db = tmp_path / "t.db"
+    with run_fake_server() as server:
+        server.add_faults(*[Fault.slow(0.4)] * 20)
+        for name in data["models"]:
+            data["models"][name] = {
+                "provider": "openai",
+                "model": name,
+                "base_url": server.url + "/v1",
+                "max_retries": 0,
+                "timeout_s": 10,
+            }
+        path = tmp_path / "diamond.yaml"
+        path.write_text(yaml.safe_dump(data))
+        proc = _run_to_kill(path, db)
+        try:
+            _wait_for(
+                "the first step's call to be under way",
+                lambda: bool(
+                    _query(
+                        db,
+                        "select 1 from thinktank_parallel_executions c join thinktank_steps s "
+                        "on s.id = c.step_id where s.step_key = 'plan' and c.status = 'running'",
+                    )
+                ),
+                proc,
+            )
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        ((sid, status),) = _query(db, "select id, status from thinktank_sessions")
+        assert status == "running"  # killed: nobody closed it
+        _wait_until_unleased(db, str(sid))
+        resumed = _cli_done("resume", str(sid), "--db", str(db), "--no-progress")
+        assert resumed.returncode == 0, resumed.stderr.decode()
+    # The first step was cut in its first attempt and decided in its second.
+    assert _query(db, "select attempts from thinktank_steps where step_key = 'plan'") == [(2,)]
+    replayed = _cli_done("replay", str(sid), "--db", str(db))
+    assert replayed.returncode == 0, replayed.stdout.decode() + replayed.stderr.decode()
+    assert "every step matches (4 steps)" in replayed.stdout.decode()
+
+
+def _run_to_kill(path: Path, db: Path) -> subprocess.Popen[bytes]:
+    """``thinktank run path`` in the background, with a 1 s lease (so that once it is
+    killed, its session can be resumed soon)."""
+    return subprocess.Popen(
+        _cli("run", str(path), "--db", str(db), "--no-progress"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**_env(), "THINKTANK_LEASE_TTL": "1"},
+        cwd=REPO,
+    )
 
 
 def _wait_until_unleased(db: Path, session_id: str) -> None:
@@ -307,6 +364,11 @@ def _wait_for(what: str, ready: Callable[[], bool], proc: subprocess.Popen[bytes
 
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "thinktank", *args]
+
+
+def _cli_done(*args: str) -> subprocess.CompletedProcess[bytes]:
+    """``thinktank *args`` run to its end, its output captured."""
+    return subprocess.run(_cli(*args), capture_output=True, env=_env(), cwd=REPO, timeout=300)
 
 
 def _env() -> dict[str, str]:
@@ -366,13 +428,7 @@ def test_ctrl_c_during_decompose_substeps_then_resume_completes_every_step_once(
         )
     )
 
-    resumed = subprocess.run(
-        _cli("resume", str(sid), "--db", str(db), "--no-progress"),
-        capture_output=True,
-        env=_env(),
-        cwd=REPO,
-        timeout=300,
-    )
+    resumed = _cli_done("resume", str(sid), "--db", str(db), "--no-progress")
     assert resumed.returncode == 0, resumed.stderr.decode()
     steps = _query(db, "select step_key, status from thinktank_steps")
     keys = [k for k, _ in steps]

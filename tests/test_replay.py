@@ -12,8 +12,8 @@ import thinktank
 from thinktank.cli.commands import main
 from thinktank.errors import ProviderError, UsageError
 from thinktank.events import CallFinished, CallStarted, Event, StepFinished
-from thinktank.providers.base import ModelRequest
-from thinktank.replay import RecordedClient
+from thinktank.providers.base import ModelRequest, ModelResponse
+from thinktank.providers.recorded import ReplayClient
 from thinktank.session.spec import parse_session
 from thinktank.store import StoredSession
 
@@ -60,7 +60,7 @@ async def test_remerge_writes_a_new_record_and_leaves_the_original(tmp_path: Pat
 
 async def test_missing_recording_names_step_and_model() -> None:
     """A call with no recording is an error naming the step and model, not a live call."""
-    client = RecordedClient("m1", "x", {}, by_attempt=True)
+    client = ReplayClient("m1", {})
     with pytest.raises(ProviderError, match="no recording for step 'ask', model 'm1', attempt 1"):
         await client.complete(ModelRequest(prompt="p", step_id="ask", attempt=1))
 
@@ -237,3 +237,92 @@ def test_a_resumed_session_exports_and_imports(tmp_path: Path, db_url: str) -> N
         original.total_tokens,
         original.cost_usd,
     )
+
+
+def test_replay_of_a_resumed_session_matches(tmp_path: Path, db_url: str) -> None:
+    """A session interrupted in a step and resumed replays from its recording: the
+    step is replayed as the resumed run decided it (its second attempt, with the
+    answer served again), not from the cut first attempt."""
+    sid = anyio.run(_resumed, db_url)
+    stored = anyio.run(_stored, db_url, sid)
+    assert stored.step("both").attempts == 2
+    report = anyio.run(lambda: thinktank.replay(sid, store=db_url))
+    assert report.matches, report.diffs
+    assert report.steps == 2
+
+
+async def test_replay_of_a_forked_session_matches(tmp_path: Path) -> None:
+    """A fork reuses its upstream steps without calls; its replay reuses them too and
+    replays the re-run ones from the fork's own recording."""
+    db = str(tmp_path / "t.db")
+    original = await thinktank.run(thinktank.load_session(SESSIONS / "diamond.yaml"), store=db)
+    forked = await thinktank.fork(
+        original.session_id, step="cons", prompt="Only the worst risk.", store=db
+    )
+    report = await thinktank.replay(forked.session_id, store=db)
+    assert report.matches, report.diffs
+    assert report.steps == 4
+
+
+async def test_replay_of_a_fork_below_a_decompose_step_matches(tmp_path: Path) -> None:
+    """Forked below a decompose step, the fork reuses the steps it had added; the
+    replay of the fork brings them back as reused too."""
+    db = str(tmp_path / "t.db")
+    original = await thinktank.run(
+        thinktank.load_session(SESSIONS / "research_plan.yaml"), store=db
+    )
+    forked = await thinktank.fork(original.session_id, step="brief", prompt="Shorter.", store=db)
+    assert forked.status == "completed"
+    report = await thinktank.replay(forked.session_id, store=db)
+    assert report.matches, report.diffs
+    assert report.steps == len(original.steps)
+
+
+async def test_replay_of_a_remerged_session_matches(tmp_path: Path) -> None:
+    """A re-merge is recorded as a new session; replaying that one reproduces it."""
+    db = str(tmp_path / "t.db")
+    result = await thinktank.run(thinktank.load_session(SESSIONS / "consensus.yaml"), store=db)
+    remerged = await thinktank.replay(
+        result.session_id, store=db, synthesis="medoid", threshold=0.5
+    )
+    assert remerged.replay_id is not None
+    report = await thinktank.replay(remerged.replay_id, store=db)
+    assert report.matches, report.diffs
+
+
+@pytest.mark.parametrize("call", ["resume", "replay", "fork"])
+async def test_store_none_is_a_usage_error(call: str) -> None:
+    """resume, replay and fork read a stored session: ``store=None`` (no store) is a
+    one-line usage error, not the default store."""
+    calls = {
+        "resume": lambda: thinktank.resume("abcd", store=None),
+        "replay": lambda: thinktank.replay("abcd", store=None),
+        "fork": lambda: thinktank.fork("abcd", step="s", store=None),
+    }
+    with pytest.raises(UsageError, match="store=None") as caught:
+        await calls[call]()
+    assert "\n" not in str(caught.value)
+
+
+async def test_fork_models_are_clients_and_step_models_the_new_models(tmp_path: Path) -> None:
+    """``models=`` of fork is a mapping of clients overriding the registry, as in run,
+    resume and replay; the step's new models are ``step_models=``."""
+    db = str(tmp_path / "t.db")
+    original = await thinktank.run(thinktank.load_session(SESSIONS / "diamond.yaml"), store=db)
+
+    class Fixed:
+        name, provider = "critic", "test"
+
+        async def complete(self, request: ModelRequest) -> ModelResponse:
+            return ModelResponse(content="Too costly.", model=self.name)
+
+    forked = await thinktank.fork(
+        original.session_id,
+        step="cons",
+        step_models=["critic"],
+        models={"critic": Fixed()},
+        store=db,
+    )
+    assert forked.status == "completed"
+    assert forked.steps["cons"].output == "Too costly."
+    assert forked.steps["pros"].output == original.steps["pros"].output

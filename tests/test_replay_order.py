@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 
 import thinktank
 from thinktank.providers.base import ModelRequest, ModelResponse
-from thinktank.replay import RecordedClient, _sequences
+from thinktank.providers.recorded import RecordedCall, ReplayClient, sequences
 from thinktank.session.spec import parse_session
-from thinktank.store import StoredCall, StoredSession
+from thinktank.store import StoredSession
 
 REPLIES = ["Paris", "paris.", "The answer is Paris", "Lyon", "Lyon; also Nice", "Marseille"]
 
@@ -90,7 +90,7 @@ async def test_replay_keeps_the_recorded_order_under_jitter(
     outputs, merges and the arrival order of every call."""
     jitter = random.Random(seed)
 
-    class Jittered(RecordedClient):
+    class Jittered(ReplayClient):
         async def complete(self, request: ModelRequest) -> ModelResponse:
             # A slow loop delays a call already under way; it does not make the call
             # cancellable before the point where the original was (hence the shield).
@@ -102,7 +102,7 @@ async def test_replay_keeps_the_recorded_order_under_jitter(
         db = str(Path(tmp) / "t.db")
         result = await thinktank.run(parse_session(session), store=db)
         # (``thinktank.replay`` is the function; the module is reached by its name.)
-        mp.setattr(importlib.import_module("thinktank.replay"), "RecordedClient", Jittered)
+        mp.setattr(importlib.import_module("thinktank.replay"), "ReplayClient", Jittered)
         report = await thinktank.replay(result.session_id, store=db, record=True)
         assert report.matches, report.diffs
         assert report.replay_id is not None
@@ -133,11 +133,11 @@ async def test_an_answer_whose_predecessor_is_never_asked_for_goes_on(tmp_path: 
     result = await thinktank.run(spec, store=db)
     async with await thinktank.Store.open(db) as store:
         stored = await store.get_session(result.session_id)
-    recordings: dict[tuple[Any, ...], deque[StoredCall]] = {}
+    recordings: dict[tuple[str, str, int], deque[RecordedCall]] = {}
     for call in stored.step("ask").calls:
         recordings[("ask", call.model_id, call.attempt)] = deque([call])
-    order = _sequences(stored.steps, wait_s=0.05)
-    late = RecordedClient("late", "replay", recordings, by_attempt=True, order=order)
+    order = sequences(stored.step("ask").calls, wait_s=0.05)
+    late = ReplayClient("late", recordings, order)
     with anyio.fail_after(30):  # a hang fails the test instead of the suite
         answer = await late.complete(ModelRequest(prompt="p", step_id="ask", attempt=1))
     assert answer.content == "b"

@@ -14,8 +14,8 @@ in the model pool.
   matched by step, model and attempt. Within a step attempt the answers are released
   in their recorded completion order (each waits for the one recorded before it), so
   race, quorum and cascade decide the same way and ties and union wording follow the
-  same arrival order, however loaded the machine. A missing recording is an error naming the step
-  and model, never a silent live call. The report says whether every output and
+  same arrival order, however loaded the machine. A missing recording is an error naming
+  the step and model, never a silent live call. The report says whether every output and
   consensus matches.
 - **re-merge**: a replay with another synthesis method or threshold: the stored answers
   are merged again, no model is called, and the result is a new replay session; the
@@ -30,7 +30,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 import anyio
@@ -39,209 +40,28 @@ from pydantic import BaseModel
 from thinktank.engine.calls import NO_RETRY, PooledModel
 from thinktank.engine.restart import Restart, SeedStep
 from thinktank.engine.result import SessionResult
-from thinktank.engine.runner import Listener, lease_ttl, new_worker_id, run
-from thinktank.errors import ProviderError, UsageError
+from thinktank.engine.runner import (
+    DEFAULT_STORE,
+    Listener,
+    lease_ttl,
+    new_worker_id,
+    run,
+)
+from thinktank.errors import UsageError
 from thinktank.events import CallStarted
-from thinktank.providers.base import ModelClient, ModelRequest, ModelResponse
+from thinktank.providers.base import ModelClient
+from thinktank.providers.recorded import RecordedCall, ReplayClient, ResumeClient, sequences
 from thinktank.session.graph import StepGraph
 from thinktank.session.spec import SessionSpec, StepSpec
-from thinktank.store import Store, StoredCall, StoredSession, StoredStep
+from thinktank.store import Store, StoredSession, StoredStep
 
 __all__ = [
-    "RecordedClient",
     "ReplayReport",
     "StepDiff",
     "fork",
     "replay",
     "resume",
 ]
-
-
-DIVERGED_WAIT_S = 2.0
-"""How long a recorded answer waits for the one recorded before it to be asked for.
-Past that the replay has diverged (another merge, a mode that stopped elsewhere): the
-answer goes on, and the report shows the difference instead of the replay hanging."""
-
-
-class _Sequence:
-    """The recorded completion order of one step attempt's answers.
-
-    Answer ``i`` is released once every answer recorded before it was released (or its
-    call ended otherwise), so the answers arrive in the recorded order without any
-    wall-clock sleep. An answer recorded earlier that the replay does not ask for
-    within ``wait_s`` is passed over.
-    """
-
-    def __init__(self, wait_s: float) -> None:
-        self.wait_s = wait_s
-        self.next = 0
-        """The position whose answer goes next."""
-        self.asked: set[int] = set()
-        self.done: set[int] = set()
-        self._moved: anyio.Event | None = None
-        self._moved_at: float | None = None
-
-    async def turn(self, index: int) -> None:
-        """Wait until the answers recorded before ``index`` are out."""
-        self.asked.add(index)
-        now = anyio.current_time()
-        if self._moved_at is None:
-            self._moved_at = now  # the wait for the first answer starts with the step
-        while self.next < index:
-            deadline = self._moved_at + self.wait_s
-            if now >= deadline and self.next not in self.asked:
-                # Never asked for: the replay diverged before this answer; go on.
-                self._advance()
-                continue
-            if self._moved is None:
-                self._moved = anyio.Event()
-            moved = self._moved
-            with anyio.move_on_after(deadline - now if now < deadline else self.wait_s):
-                await moved.wait()
-            now = anyio.current_time()
-
-    def release(self, index: int) -> None:
-        """``index`` answered (or its call ended): the next one may go."""
-        self.done.add(index)
-        if index == self.next:
-            self._advance()
-
-    def _advance(self) -> None:
-        self.next += 1
-        while self.next in self.done:
-            self.next += 1
-        self._moved_at = anyio.current_time()
-        if self._moved is not None:
-            self._moved.set()
-            self._moved = None
-
-
-def _sequences(
-    steps: list[StoredStep], wait_s: float = DIVERGED_WAIT_S
-) -> dict[str, tuple[_Sequence, int]]:
-    """Each recorded call's step-attempt sequence and position in it, by call id.
-
-    The order is the recorded completion order (ties: call id, which is time-ordered).
-    Calls that never answered (cancelled, or left running) have no place in it.
-    """
-    placed: dict[str, tuple[_Sequence, int]] = {}
-    for step in steps:
-        by_attempt: dict[int, list[StoredCall]] = {}
-        for call in step.calls:
-            if call.status not in ("cancelled", "running") and call.completed_at is not None:
-                by_attempt.setdefault(call.attempt, []).append(call)
-        for calls in by_attempt.values():
-            sequence = _Sequence(wait_s)
-            calls.sort(key=lambda c: (c.completed_at, c.id))
-            placed.update({call.id: (sequence, i) for i, call in enumerate(calls)})
-    return placed
-
-
-class RecordedClient:
-    """A model client that answers from a stored session.
-
-    Recordings are queued per key in the order they were made; ``fallback`` (a live
-    client) answers what was never recorded, or — with no fallback — that is an error
-    naming the step and model. With ``order`` (replay), each answer waits for the ones
-    recorded before it in its step attempt. With ``reuse`` (resume), each answer says
-    which stored call it is (``reused_from``), so the store does not count its tokens
-    twice.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        provider: str,
-        recordings: dict[tuple[Any, ...], deque[StoredCall]],
-        *,
-        by_attempt: bool,
-        fallback: ModelClient | None = None,
-        order: Mapping[str, tuple[_Sequence, int]] | None = None,
-        reuse: bool = False,
-    ) -> None:
-        self._name = name
-        self._provider = provider
-        self.recordings = recordings
-        self.by_attempt = by_attempt
-        self.fallback = fallback
-        self.order = order or {}
-        self.reuse = reuse
-        self.served = 0
-        self.live = 0
-
-    @property
-    def name(self) -> str:
-        """The model name."""
-        return self._name
-
-    @property
-    def provider(self) -> str:
-        """The original model's provider."""
-        return self._provider
-
-    def _key(self, request: ModelRequest) -> tuple[Any, ...]:
-        if self.by_attempt:
-            return (request.step_id, self._name, request.attempt)
-        return (request.step_id, self._name)
-
-    async def complete(self, request: ModelRequest) -> ModelResponse:
-        """The recorded answer for this step, model (and attempt)."""
-        queue = self.recordings.get(self._key(request))
-        if not queue:
-            if self.fallback is not None:
-                self.live += 1
-                return await self.fallback.complete(request)
-            raise ProviderError(
-                f"no recording for step {request.step_id!r}, model {self._name!r}, "
-                f"attempt {request.attempt}",
-                provider="replay",
-                model=self._name,
-            )
-        rec = queue.popleft()
-        self.served += 1
-        if rec.status == "cancelled":
-            # The original run cancelled this call when its mode had decided (or the
-            # step's deadline cut it). Replayed, it must lose the same way: answer
-            # nothing until it is cancelled again, and only if that never happens (the
-            # replay diverged) fail after a generous wait rather than hang.
-            with anyio.move_on_after(DIVERGED_WAIT_S + 2 * (rec.latency_ms or 0) / 1000):
-                await anyio.Event().wait()
-            raise ProviderError(
-                f"not recorded: the original run cancelled this call (step "
-                f"{request.step_id!r}, model {self._name!r})",
-                provider="replay",
-                model=self._name,
-            )
-        place = self.order.get(rec.id)
-        if place is None:
-            await anyio.lowlevel.checkpoint()
-        else:
-            sequence, index = place
-            try:
-                # This answer arrived in the original run, so it must arrive here even if
-                # the mode decides (and cancels) while it waits for its turn: the wait is
-                # shielded, and bounded (answers before it are out or passed over soon),
-                # so a cancellation is only deferred until the answer is in.
-                with anyio.CancelScope(shield=True):
-                    await sequence.turn(index)
-            finally:
-                # Released on return (nothing awaits between here and the answer's
-                # arrival in the step), or when it failed: either way it is out.
-                sequence.release(index)
-        if rec.status != "ok":
-            raise ProviderError(
-                rec.error or f"recorded {rec.status}", provider="replay", model=self._name
-            )
-        return ModelResponse(
-            content=rec.response or "",
-            model=self._name,
-            input_tokens=rec.input_tokens,
-            output_tokens=rec.output_tokens,
-            latency_ms=float(rec.latency_ms or 0),
-            cost_usd=rec.cost_usd,
-            finish_reason=rec.finish_reason,
-            reused_from=rec.id if self.reuse else None,
-        )
 
 
 def _spec_of(stored: StoredSession) -> SessionSpec:
@@ -291,17 +111,31 @@ def _seed_of(step: StoredStep) -> SeedStep | None:
     return None
 
 
-async def _open(store: Store | str | None) -> tuple[Store, bool]:
+@asynccontextmanager
+async def _opened(store: Store | str | None) -> AsyncIterator[Store]:
+    """The store ``store`` names, as ``run`` reads it, closed at the end if opened here.
+
+    Resume, replay and fork read a stored session, so there is no "no store" here, and
+    a path that does not exist is an error (a mistyped path creates nothing).
+    """
+    if store is None:
+        raise UsageError("store=None: resume, replay and fork read a stored session")
     if isinstance(store, Store):
-        return store, False
-    # Every caller reads a stored session first: a mistyped path creates nothing.
-    return await Store.open(store, create=False), True
+        yield store
+        return
+    db = await Store.open(None if store is DEFAULT_STORE else store, create=False)
+    try:
+        yield db
+    finally:
+        # Shielded: an interrupted call must still close what it opened.
+        with anyio.CancelScope(shield=True):
+            await db.close()
 
 
 async def resume(
     session_id: str,
     *,
-    store: Store | str | None = None,
+    store: Store | str | None = DEFAULT_STORE,
     models: Mapping[str, ModelClient] | None = None,
     on_event: Listener | None = None,
     worker_id: str | None = None,
@@ -314,7 +148,7 @@ async def resume(
 
     Args:
         session_id: The session, or a unique prefix of its id.
-        store: Where it is stored.
+        store: Where it is stored (as in ``run``; ``None``, no store, is an error).
         models: Model clients by name, added to (or replacing) the session's own.
         on_event: Called with every event as it happens.
         worker_id: This worker's lease id (default: host, process and a random part).
@@ -323,13 +157,12 @@ async def resume(
 
     Raises:
         UnknownSessionError: no such session.
-        UsageError: another worker holds the session's lease (a run or resume of it
-            is alive, or died less than the lease's time to live ago), or it already
-            completed.
+        UsageError: ``store`` is None, or another worker holds the session's lease (a
+            run or resume of it is alive, or died less than the lease's time to live
+            ago), or it already completed.
     """
     ttl = lease_ttl(lease_ttl_s)
-    db, owned = await _open(store)
-    try:
+    async with _opened(store) as db:
         sid = (await db.get_session(session_id)).id  # leases go by the full id
         worker = worker_id or new_worker_id()
         if not await db.claim_session(sid, worker_id=worker, ttl_s=ttl):
@@ -351,10 +184,6 @@ async def resume(
         finally:
             with anyio.CancelScope(shield=True):
                 await db.release(sid, worker_id=worker)
-    finally:
-        if owned:
-            with anyio.CancelScope(shield=True):
-                await db.close()
 
 
 async def _resume(
@@ -368,7 +197,7 @@ async def _resume(
     done_parents = {s.step_key for s in stored.steps if s.status == "completed"}
     extra, sinks = _extra_steps(stored, keep=done_parents)
     seed: dict[str, SeedStep] = {}
-    recordings: dict[tuple[Any, ...], deque[StoredCall]] = {}
+    answers: dict[tuple[str, str], deque[RecordedCall]] = {}
     lost: list[CallStarted] = []
     for step in stored.steps:
         if step.parent is not None and step.parent not in done_parents:
@@ -393,7 +222,7 @@ async def _resume(
                 # A finished answer of an unfinished step: serve it, do not send again.
                 # (A row that already reused one is skipped: the answer is served from
                 # the row it came from, which counts its tokens.)
-                recordings.setdefault((step.step_key, call.model_id), deque()).append(call)
+                answers.setdefault((step.step_key, call.model_id), deque()).append(call)
     restart = Restart(
         session_id=stored.id,
         seed=seed,
@@ -403,15 +232,7 @@ async def _resume(
         attempt_base={s.step_key: s.attempts for s in stored.steps},
         lost_calls=tuple(lost),
         wrap=lambda name, pooled: dataclasses.replace(
-            pooled,
-            client=RecordedClient(
-                name,
-                pooled.client.provider,
-                recordings,
-                by_attempt=False,
-                fallback=pooled.client,
-                reuse=True,
-            ),
+            pooled, client=ResumeClient(name, pooled.client, answers)
         ),
         origin={"kind": "resume", "session_id": stored.id},
         lease=lease,
@@ -527,10 +348,100 @@ def _compare(stored: StoredSession, result: SessionResult) -> list[StepDiff]:
     return diffs
 
 
+def _remerged(spec: SessionSpec, synthesis: str | None, threshold: float | None) -> SessionSpec:
+    """``spec`` with every multi-model step merged by ``synthesis`` at ``threshold``
+    (where given), and no consensus cache (a replay re-merges, it does not look up)."""
+    update = {
+        k: v
+        for k, v in {"synthesis": synthesis, "consensus_threshold": threshold}.items()
+        if v is not None
+    }
+    steps = [
+        s.model_copy(update=update) if len(spec.step_models(s)) > 1 and s.kind == "prompt" else s
+        for s in spec.steps
+    ]
+    return spec.model_copy(
+        update={
+            "steps": steps,
+            "parallel_execution": spec.parallel_execution.model_copy(update={"cache": False}),
+        }
+    )
+
+
+async def _attempts_before(stored: StoredSession, db: Store) -> dict[str, int]:
+    """Per step, the attempts made before the run that decided it.
+
+    A session that was killed (or interrupted) and resumed ran in several processes,
+    each starting with ``SessionStarted`` in its event log. A step the killed run had
+    started was cut there, and the resume numbered its attempts on from the ones
+    made; the step's outcome is what the run that finished it decided, so a replay
+    starts the step where that run did (and the cut attempts, with their lost calls,
+    are not replayed).
+    """
+    if all(s.attempts <= 1 for s in stored.steps):
+        return {}  # one attempt at most: none before the deciding run's first
+    first: dict[str, int] = {}
+    """The step's first attempt in the run being read."""
+    before: dict[str, int] = {}
+    # The stored form's ``type`` names (a format the store keeps readable across
+    # versions), read as dicts: decoding every event would cost more than this loop.
+    for event in await db.events_of(stored.id):
+        kind = event["type"]
+        if kind == "session_started":
+            first = {}
+        elif kind == "step_started":
+            first.setdefault(event["step_id"], event["attempt"])
+        elif kind == "step_finished" and event["step_id"] in first:
+            before[event["step_id"]] = first[event["step_id"]] - 1
+    return before
+
+
+async def _replay_restart(stored: StoredSession, db: Store, origin: dict[str, Any]) -> Restart:
+    """How a replay from the recording starts: as the recorded session did.
+
+    Steps it did not run (a fork reused them: finished with no attempt) are seeded
+    with their stored outcome, the steps their decompose steps had added come back,
+    and every step numbers its attempts as the run that decided it did, so each call
+    finds its recording by (step, model, attempt).
+    """
+    seed = {
+        s.step_key: seeded
+        for s in stored.steps
+        if s.attempts == 0 and (seeded := _seed_of(s)) is not None
+    }
+    extra, sinks = _extra_steps(stored, keep=set(seed))
+    return Restart(
+        seed=seed,
+        extra_steps=tuple(extra),
+        aliases=sinks,
+        attempt_base=await _attempts_before(stored, db),
+        # The recording already answers once per call: no retry of a recorded failure.
+        wrap=_unretried,
+        origin=origin,
+        # A recorded replay (no re-merge) runs the stored, once validated graph.
+        validated=origin["replay"] == "recorded",
+    )
+
+
+def _replay_clients(stored: StoredSession, spec: SessionSpec) -> dict[str, ModelClient]:
+    """A client per model the session names or called, serving its recorded calls."""
+    recordings: dict[tuple[str, str, int], deque[RecordedCall]] = {}
+    for step in stored.steps:
+        for call in sorted(step.calls, key=lambda c: (c.started_at, c.id)):
+            key = (step.step_key, call.model_id, call.attempt)
+            recordings.setdefault(key, deque()).append(call)
+    names = {c.model_id for s in stored.steps for c in s.calls}
+    names |= {m for s in spec.steps for m in [*spec.step_models(s), *s.extra_models()]}
+    # Every merge depends on the order answers arrive in: race, quorum and cascade
+    # stop on it, and ties go to the earliest answer.
+    order = sequences(c for s in stored.steps for c in s.calls)
+    return {name: ReplayClient(name, recordings, order) for name in names}
+
+
 async def replay(
     session_id: str,
     *,
-    store: Store | str | None = None,
+    store: Store | str | None = DEFAULT_STORE,
     synthesis: str | None = None,
     threshold: float | None = None,
     live: bool = False,
@@ -542,104 +453,84 @@ async def replay(
 
     Args:
         session_id: The session (or an id prefix).
-        store: Where it is stored.
+        store: Where it is stored (as in ``run``; ``None``, no store, is an error).
         synthesis: Re-merge every multi-model step with this method instead.
         threshold: Re-merge with this consensus threshold instead.
         live: Call the models again instead of serving the recording.
         record: Store the replay as a new session (default: when re-merging or live).
-        models: Live model clients by name (live replays).
+        models: Model clients by name, added to (or replacing) the session's own
+            (live replays; a recorded replay serves every model from the recording).
         on_event: Receives every event of the replay.
+
+    Raises:
+        UnknownSessionError: no such session.
+        UsageError: ``store`` is None, or re-merging with ``judge``.
     """
-    db, owned = await _open(store)
-    try:
+    if synthesis == "judge":
+        raise UsageError(
+            "re-merging with 'judge' needs a synthesizer call, which replay does not "
+            "make; use majority, medoid, weighted_merge or union (or replay --live)"
+        )
+    remerge = synthesis is not None or threshold is not None
+    kind: Literal["recorded", "remerge", "live"] = (
+        "live" if live else ("remerge" if remerge else "recorded")
+    )
+    keep = record if record is not None else kind != "recorded"
+    origin = {
+        "kind": "replay",
+        "session_id": "",
+        "replay": kind,
+        "synthesis": synthesis,
+        "threshold": threshold,
+    }
+    async with _opened(store) as db:
         stored = await db.get_session(session_id)
-        spec = _spec_of(stored)
-        remerge = synthesis is not None or threshold is not None
-        if synthesis == "judge":
-            raise UsageError(
-                "re-merging with 'judge' needs a synthesizer call, which replay does not "
-                "make; use majority, medoid, weighted_merge or union (or replay --live)"
-            )
-        steps = [
-            s.model_copy(
-                update={
-                    k: v
-                    for k, v in {"synthesis": synthesis, "consensus_threshold": threshold}.items()
-                    if v is not None
-                }
-            )
-            if len(spec.step_models(s)) > 1 and s.kind == "prompt"
-            else s
-            for s in spec.steps
-        ]
-        spec = spec.model_copy(
-            update={
-                "steps": steps,
-                "parallel_execution": spec.parallel_execution.model_copy(update={"cache": False}),
-            }
-        )
-        kind: Literal["recorded", "remerge", "live"] = (
-            "live" if live else ("remerge" if remerge else "recorded")
-        )
-        recordings: dict[tuple[Any, ...], deque[StoredCall]] = {}
-        for step in stored.steps:
-            for call in sorted(step.calls, key=lambda c: (c.started_at, c.id)):
-                key = (step.step_key, call.model_id, call.attempt)
-                recordings.setdefault(key, deque()).append(call)
-        clients: dict[str, ModelClient] | None = None
-        if not live:
-            names = {c.model_id for s in stored.steps for c in s.calls}
-            names |= {m for s in spec.steps for m in [*spec.step_models(s), *s.extra_models()]}
-            order = _sequences(stored.steps)
-            clients = {
-                name: RecordedClient(
-                    name,
-                    "replay",
-                    recordings,
-                    by_attempt=True,
-                    # Every merge depends on the order answers arrive in: race, quorum
-                    # and cascade stop on it, and ties go to the earliest answer.
-                    order=order,
-                )
-                for name in names
-            }
-        restart = Restart(
-            # A recorded replay (no re-merge) runs the stored, once validated graph.
-            validated=kind == "recorded",
-            origin={
-                "kind": "replay",
-                "session_id": stored.id,
-                "replay": kind,
-                "synthesis": synthesis,
-                "threshold": threshold,
-            },
-            wrap=None if live else _unretried,
-        )
-        keep = record if record is not None else kind != "recorded"
+        origin["session_id"] = stored.id
+        spec = _remerged(_spec_of(stored), synthesis, threshold)
+        if live:
+            restart, clients = Restart(origin=origin), {}
+        else:
+            restart = await _replay_restart(stored, db, origin)
+            clients = _replay_clients(stored, spec)
         result = await run(
             spec,
             inputs=stored.inputs,
             store=db if keep else None,
-            models={**(models or {}), **(clients or {})},
+            models={**(models or {}), **clients},
             on_event=on_event,
             source=stored.source,
             restart=restart,
         )
-        diffs = _compare(stored, result)
-        return ReplayReport(
-            original_id=stored.id,
-            replay_id=result.session_id if keep else None,
-            kind=kind,
-            matches=not diffs,
-            steps=len(stored.steps),
-            diffs=diffs,
-            original_cost_usd=stored.cost_usd,
-            replay_cost_usd=0.0 if not live else result.usage.total_cost_usd,
+    diffs = _compare(stored, result)
+    return ReplayReport(
+        original_id=stored.id,
+        replay_id=result.session_id if keep else None,
+        kind=kind,
+        matches=not diffs,
+        steps=len(stored.steps),
+        diffs=diffs,
+        original_cost_usd=stored.cost_usd,
+        replay_cost_usd=0.0 if not live else result.usage.total_cost_usd,
+    )
+
+
+def _forked_spec(
+    spec: SessionSpec, step: str, prompt: str | None, step_models: list[str] | None
+) -> SessionSpec:
+    """``spec`` with ``step``'s prompt and models replaced (where given)."""
+    update: dict[str, Any] = {}
+    if prompt is not None:
+        update["prompt"] = prompt
+    if step_models:
+        update.update(
+            {"model": step_models[0], "models": []}
+            if len(step_models) == 1
+            else {"model": None, "models": list(step_models)}
         )
-    finally:
-        if owned:
-            with anyio.CancelScope(shield=True):
-                await db.close()
+    changed = [s.model_copy(update=update) if s.id == step else s for s in spec.steps]
+    return SessionSpec.model_validate(
+        {**spec.model_dump(), "steps": [s.model_dump() for s in changed]}
+    )
 
 
 async def fork(
@@ -647,43 +538,35 @@ async def fork(
     *,
     step: str,
     prompt: str | None = None,
-    models: list[str] | None = None,
-    store: Store | str | None = None,
-    clients: Mapping[str, ModelClient] | None = None,
+    step_models: list[str] | None = None,
+    store: Store | str | None = DEFAULT_STORE,
+    models: Mapping[str, ModelClient] | None = None,
     on_event: Listener | None = None,
 ) -> SessionResult:
     """A new session that reuses everything upstream of ``step`` and re-runs ``step``
     (with a new prompt and/or models) and its descendants.
 
+    Args:
+        session_id: The session (or an id prefix).
+        step: The step to run again.
+        prompt: Its new prompt (default: the same).
+        step_models: The model names it runs on now (default: the same).
+        store: Where it is stored (as in ``run``; ``None``, no store, is an error).
+        models: Model clients by name, added to (or replacing) the session's own.
+        on_event: Receives every event of the fork.
+
     Raises:
-        UsageError: the session has no such step.
+        UnknownSessionError: no such session.
+        UsageError: the session has no such step, or ``store`` is None.
     """
-    db, owned = await _open(store)
-    try:
+    async with _opened(store) as db:
         stored = await db.get_session(session_id)
         spec = _spec_of(stored)
         if step not in {s.id for s in spec.steps}:
             known = ", ".join(s.id for s in spec.steps)
             raise UsageError(f"session {stored.id} has no step {step!r} (steps: {known})")
-        changed = []
-        for s in spec.steps:
-            if s.id == step:
-                update: dict[str, Any] = {}
-                if prompt is not None:
-                    update["prompt"] = prompt
-                if models:
-                    update.update(
-                        {"model": models[0], "models": []}
-                        if len(models) == 1
-                        else {"model": None, "models": list(models)}
-                    )
-                s = s.model_copy(update=update)
-            changed.append(s)
-        spec = SessionSpec.model_validate(
-            {**spec.model_dump(), "steps": [s.model_dump() for s in changed]}
-        )
-        graph = StepGraph(spec)
-        affected = {step} | graph.descendants(step)
+        spec = _forked_spec(spec, step, prompt, step_models)
+        affected = {step} | StepGraph(spec).descendants(step)
         kept_parents = {
             s.step_key
             for s in stored.steps
@@ -708,12 +591,8 @@ async def fork(
             spec,
             inputs=stored.inputs,
             store=db,
-            models=clients,
+            models=models,
             on_event=on_event,
             source=stored.source,
             restart=restart,
         )
-    finally:
-        if owned:
-            with anyio.CancelScope(shield=True):
-                await db.close()

@@ -517,13 +517,16 @@ def _finish_run(result: SessionResult, as_json: bool) -> NoReturn:
 def resume_command(session_id: str, db: str | None, as_json: bool, no_progress: bool) -> None:
     """Finish an interrupted or killed session; nothing that finished runs again."""
     from thinktank.cli.progress import Progress
+    from thinktank.engine.runner import DEFAULT_STORE
     from thinktank.replay import resume
 
     progress = Progress(enabled=not no_progress)
 
     async def go() -> SessionResult:
         with progress:
-            return await resume(session_id, store=db, on_event=progress)
+            return await resume(
+                session_id, store=DEFAULT_STORE if db is None else db, on_event=progress
+            )
 
     _finish_run(_run_interruptible(go, progress), as_json)
 
@@ -561,12 +564,13 @@ def replay_command(
 ) -> None:
     """Re-execute a stored session from its recorded answers (no network, no cost)."""
     from thinktank.cli.render import print_replay
+    from thinktank.engine.runner import DEFAULT_STORE
     from thinktank.replay import replay
 
     async def go() -> ReplayReport:
         return await replay(
             session_id,
-            store=db,
+            store=DEFAULT_STORE if db is None else db,
             synthesis=synthesis,
             threshold=threshold,
             live=live,
@@ -591,7 +595,7 @@ def replay_command(
     help="A file holding the step's new prompt template.",
 )
 @click.option("--prompt", "prompt_text", default=None, help="The step's new prompt template.")
-@click.option("--models", default=None, help="Comma-separated models for the step.")
+@click.option("--step-models", default=None, help="Comma-separated models for the step.")
 @_db_option
 @_json_option
 @_no_progress_option
@@ -600,13 +604,14 @@ def fork_command(
     step: str,
     prompt_file: str | None,
     prompt_text: str | None,
-    models: str | None,
+    step_models: str | None,
     db: str | None,
     as_json: bool,
     no_progress: bool,
 ) -> None:
     """A new session reusing everything upstream of --step; re-runs it and what follows."""
     from thinktank.cli.progress import Progress
+    from thinktank.engine.runner import DEFAULT_STORE
     from thinktank.replay import fork
 
     prompt = prompt_text
@@ -615,13 +620,18 @@ def fork_command(
             prompt = Path(prompt_file).read_text(encoding="utf-8")
         except OSError as exc:
             _fail([f"{prompt_file}: cannot read prompt file: {exc.strerror}"])
-    names = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    names = [m.strip() for m in step_models.split(",") if m.strip()] if step_models else None
     progress = Progress(enabled=not no_progress)
 
     async def go() -> SessionResult:
         with progress:
             return await fork(
-                session_id, step=step, prompt=prompt, models=names, store=db, on_event=progress
+                session_id,
+                step=step,
+                prompt=prompt,
+                step_models=names,
+                store=DEFAULT_STORE if db is None else db,
+                on_event=progress,
             )
 
     _finish_run(_run_interruptible(go, progress), as_json)
