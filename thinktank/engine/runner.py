@@ -610,7 +610,6 @@ async def _run_recorded(
             reused = sum(1 for v in restart.seed.values() if v.status == "completed")
             finish(*_session_status(outcome, len(graph) - reused))
         finally:
-            executor.close()
             if recorder is not None:
                 recorder.send.close()
 
