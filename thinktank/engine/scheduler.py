@@ -2,9 +2,9 @@
 
 ``eager`` (default) starts a step the moment its last dependency finishes; ``layered``
 runs one topological generation at a time (what superstep engines do; kept as an
-option and as a yardstick). At most ``max_concurrent_steps`` steps are in flight (None:
-no limit); the ready queue is FIFO in the order steps became ready, ties in file order,
-which is the greedy list schedule the benchmark compares against.
+option and as a yardstick). At most ``max_concurrent_steps`` steps are in flight (any
+number with ``"unlimited"``); the ready queue is FIFO in the order steps became ready,
+ties in file order, which is the greedy list schedule the benchmark compares against.
 
 The scheduler knows nothing about models: it calls ``execute(step_id)``, which returns
 None when the step completed or an error string when it failed. On a failure,
@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from thinktank.session.graph import StepGraph
@@ -68,18 +69,20 @@ class Scheduler:
         graph: StepGraph,
         execute: Execute,
         *,
-        max_concurrent_steps: int | None = 5,
+        max_concurrent_steps: int | Literal["unlimited"] = 5,
         scheduling: Literal["eager", "layered"] = "eager",
         failure_strategy: Literal["fail_fast", "best_effort"] = "best_effort",
         on_skip: OnSkip | None = None,
         done: Iterable[str] = (),
         failed: Mapping[str, str] | None = None,
     ) -> None:
-        if max_concurrent_steps is not None and max_concurrent_steps < 1:
-            raise ValueError("max_concurrent_steps must be >= 1 (or None: no limit)")
+        if max_concurrent_steps != "unlimited" and max_concurrent_steps < 1:
+            raise ValueError('max_concurrent_steps must be >= 1 or "unlimited"')
         self.graph = graph
         self._execute = execute
-        self._limit: float = math.inf if max_concurrent_steps is None else max_concurrent_steps
+        self._limit: float = (
+            math.inf if max_concurrent_steps == "unlimited" else max_concurrent_steps
+        )
         self._eager = scheduling == "eager"
         self._fail_fast = failure_strategy == "fail_fast"
         self._on_skip = on_skip
@@ -104,32 +107,49 @@ class Scheduler:
     async def run(self) -> ScheduleOutcome:
         """Run every step not already done; return how each ended."""
         self._count_waiting()
+        try:
+            await self._run_phases()
+        except anyio.get_cancelled_exc_class():
+            # Cancelled from outside: the steps in flight recorded themselves as
+            # cancelled; the others end skipped, so every step ends in a final state.
+            self._end_unfinished("not run: the session was cancelled")
+            raise
+        if self._halt is not None:
+            self._end_unfinished(self._halt)
+        return self.outcome
+
+    async def _run_phases(self) -> None:
+        """Every step in one eager phase, or one phase per topological generation."""
         waiting = self._waiting
         if self._eager:
             await self._phase(
                 [n for n, left in waiting.items() if left == 0 and n not in self._finished]
             )
-        else:
-            # One topological generation at a time, recomputed after each so that steps
-            # added at run time join the right generation.
-            pred = self.graph.graph.pred
-            while self._halt is None:
-                ready = [
-                    n
-                    for n in sorted(waiting, key=self._position.__getitem__)
-                    if n not in self._finished and all(p in self._finished for p in pred[n])
-                ]
-                if not ready:
-                    break
-                await self._phase(ready)
-        if self._halt is not None:
-            for node in sorted(waiting, key=self._position.__getitem__):
-                if node in self._started and node not in self._finished:
-                    self._finished.add(node)
-                    self.outcome.cancelled.append(node)
-                elif node not in self._finished:
-                    self._skip(node, self._halt)
-        return self.outcome
+            return
+        # One topological generation at a time, recomputed after each so that steps
+        # added at run time join the right generation.
+        pred = self.graph.graph.pred
+        while self._halt is None:
+            ready = [
+                n
+                for n in sorted(waiting, key=self._position.__getitem__)
+                if n not in self._finished and all(p in self._finished for p in pred[n])
+            ]
+            if not ready:
+                break
+            await self._phase(ready)
+
+    def _end_unfinished(self, reason: str) -> None:
+        """The session stopped: steps still running count as cancelled, the steps that
+        never started are skipped with ``reason``."""
+        for node in sorted(self._waiting, key=self._position.__getitem__):
+            if node in self._finished:
+                continue
+            if node in self._started:
+                self._finished.add(node)
+                self.outcome.cancelled.append(node)
+            else:
+                self._skip(node, reason)
 
     def _count_waiting(self) -> None:
         """Count what each step still waits for; skip again what an earlier failure
@@ -213,6 +233,9 @@ class Scheduler:
     async def _run_step(self, node: str) -> str | None:
         """Run one step; return the first step it made ready, for this task to run next
         (when nothing older is queued)."""
+        # A task spawned just before a cancel runs until its first await: no step
+        # (and so no model call) starts once the session is cancelled.
+        await anyio.lowlevel.checkpoint_if_cancelled()
         outcome = self.outcome
         self.in_flight += 1
         self._started.add(node)

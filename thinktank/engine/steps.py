@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
 from thinktank.consensus import (
     NO_ANSWER,
@@ -174,6 +175,9 @@ class StepExecutor:
         attempt = base
         try:
             for attempt in range(base + 1, base + step.retries + 2):
+                # A retry follows a failed call without awaiting anything: once the
+                # session is cancelled, no attempt (and no model call) starts.
+                await anyio.lowlevel.checkpoint_if_cancelled()
                 self.emit(
                     StepStarted(
                         session_id=self.session_id,

@@ -81,8 +81,9 @@ class ParallelExecution(_Spec):
 
     enabled: bool = True
     """False runs one step and one model call at a time."""
-    max_concurrent_steps: Annotated[int, Field(ge=1)] = 5
-    """Steps of one session in flight at once."""
+    max_concurrent_steps: Annotated[int, Field(ge=1)] | Literal["unlimited"] = 5
+    """Steps of one session in flight at once; ``unlimited`` starts every ready step
+    (one task per step in flight, never one per step of the session)."""
     max_concurrent_models: Annotated[int, Field(ge=1)] = 3
     """Model calls one step makes at once; extra models start as slots free."""
     consensus_threshold: Annotated[float, Field(ge=0, le=1)] = 0.7
