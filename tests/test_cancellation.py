@@ -32,21 +32,16 @@ CANCEL_WITHIN_S = 0.1
 
 
 class StampedModel:
-    """Sleeps each step's latency (or hangs), fails the steps it is told to, and
-    records when every call started, on anyio's clock."""
+    """Sleeps each step's latency, fails the steps it is told to, and records when
+    every call started, on anyio's clock."""
+
+    name = "m"
+    provider = "test"
 
     def __init__(self, latency: dict[str, float], failing: set[str]) -> None:
         self.latency = latency
         self.failing = failing
         self.starts: list[float] = []
-
-    @property
-    def name(self) -> str:
-        return "m"
-
-    @property
-    def provider(self) -> str:
-        return "test"
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
         self.starts.append(anyio.current_time())
