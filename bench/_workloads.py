@@ -5,9 +5,10 @@ with smaller indices, and takes ``latency[i]`` seconds (lognormal, heavy-tailed)
 references are computed from the same numbers, in virtual time, with no event loop:
 
 * ``lower_bound``: max(critical path, total work / C). No schedule beats it.
-* ``greedy_makespan``: eager list scheduling on C slots, a FIFO ready queue in the order
-  steps became ready, ties in file order. This is the policy of ``thinktank.engine.scheduler``,
-  so an ideal, zero-overhead thinktank run takes exactly this long.
+* ``greedy_makespan``: an event-driven simulation of eager list scheduling on C slots,
+  a FIFO ready queue in the order steps became ready, ties in file order. This is the
+  policy of ``thinktank.engine.scheduler``, so an ideal, zero-overhead thinktank run
+  takes exactly this long.
 * ``layered_makespan``: one topological generation at a time, each generation
   list-scheduled on C slots in file order (what superstep engines such as LangGraph's
   Pregel loop do).
@@ -51,8 +52,8 @@ class Workload:
     """``deps[i]``: the steps step ``i`` waits for (all < i), sorted."""
     latency: tuple[float, ...]
     """Seconds each step takes."""
-    limit: int
-    """C, the max steps in flight."""
+    limit: int | None
+    """C, the max steps in flight (None: unlimited)."""
     median_ms: float
     sigma: float
 
@@ -60,6 +61,16 @@ class Workload:
     def n(self) -> int:
         """Number of steps."""
         return len(self.deps)
+
+    @property
+    def slots(self) -> int:
+        """Steps that may run at once: C, or every step when unlimited."""
+        return self.limit if self.limit is not None else max(self.n, 1)
+
+    @property
+    def limit_label(self) -> str:
+        """C as the tables print it."""
+        return str(self.limit) if self.limit is not None else "unlimited"
 
     @property
     def ids(self) -> list[str]:
@@ -96,19 +107,15 @@ class Workload:
         ]
         return {
             "name": self.name,
-            "parallel_execution": {"max_concurrent_steps": self.limit},
+            "parallel_execution": {
+                "max_concurrent_steps": self.limit if self.limit is not None else "unlimited"
+            },
             "steps": steps,
         }
 
-    def with_limit(self, limit: int) -> Workload:
+    def with_limit(self, limit: int | None) -> Workload:
         """The same DAG and latencies at another C."""
         return Workload(self.name, self.deps, self.latency, limit, self.median_ms, self.sigma)
-
-    def with_zero_latency(self) -> Workload:
-        """The same DAG with instant steps."""
-        return Workload(
-            self.name, self.deps, (0.0,) * self.n, self.limit, self.median_ms, self.sigma
-        )
 
 
 def _latencies(rng: random.Random, n: int, median_ms: float, sigma: float) -> tuple[float, ...]:
@@ -201,7 +208,7 @@ def critical_path(w: Workload) -> float:
 
 def lower_bound(w: Workload) -> float:
     """max(critical path, total work / C)."""
-    return max(critical_path(w), sum(w.latency) / w.limit)
+    return max(critical_path(w), sum(w.latency) / w.slots)
 
 
 def greedy_makespan(w: Workload) -> float:
@@ -217,7 +224,7 @@ def greedy_makespan(w: Workload) -> float:
 
     def pump() -> None:
         nonlocal started
-        while ready and len(running) < w.limit:
+        while ready and len(running) < w.slots:
             i = ready.popleft()
             heapq.heappush(running, (now + w.latency[i], started, i))
             started += 1
@@ -249,7 +256,7 @@ def layered_makespan(w: Workload) -> float:
     """One generation at a time, each list-scheduled on C slots in file order."""
     total = 0.0
     for gen in generations(w):
-        slots = [0.0] * min(w.limit, len(gen))
+        slots = [0.0] * min(w.slots, len(gen))
         for i in gen:
             free = heapq.heappop(slots)
             heapq.heappush(slots, free + w.latency[i])

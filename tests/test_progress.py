@@ -146,8 +146,9 @@ def test_ctrl_c_summary_counts_completed_and_cancelled_apart(tmp_path: Path) -> 
     )
     db = str(tmp_path / "t.db")
     sid, summary = _interrupt(["run", str(session), "--db", db], tmp_path, "step quick: completed")
+    # The step that never started ends skipped (every step ends in a final state).
     assert summary == (
-        f"interrupted: session {sid}: 1 completed, 1 cancelled, 1 not started"
+        f"interrupted: session {sid}: 1 completed, 1 cancelled, 1 skipped"
         f" (completed steps are kept: thinktank resume {sid})"
     )
     again, summary = _interrupt(["resume", sid, "--db", db], tmp_path, "step long: running")

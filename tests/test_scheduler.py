@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from dataclasses import dataclass, field
+from typing import Literal
 
 import anyio
 import anyio.lowlevel
@@ -12,9 +14,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import CallLog, CountingModel
+from thinktank import run
 from thinktank.engine.scheduler import Scheduler
 from thinktank.session.graph import StepGraph
-from thinktank.session.spec import SessionSpec, StepSpec
+from thinktank.session.spec import SessionSpec, StepSpec, parse_session
 
 
 def make_graph(deps: list[list[int]]) -> StepGraph:
@@ -87,9 +91,14 @@ SETTINGS = settings(
 
 
 @SETTINGS
-@given(deps=dags(), limit=st.integers(1, 8), layered=st.booleans(), seed=st.integers(0, 2**32 - 1))
+@given(
+    deps=dags(),
+    limit=st.one_of(st.integers(1, 8), st.just("unlimited")),
+    layered=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
 async def test_best_effort_runs_each_step_once_after_its_deps_within_the_limit(
-    deps: list[list[int]], limit: int, layered: bool, seed: int
+    deps: list[list[int]], limit: int | Literal["unlimited"], layered: bool, seed: int
 ) -> None:
     """Every step runs at most once, after its deps, under the limit; skips = descendants."""
     probe = _probe(deps, seed)
@@ -106,8 +115,10 @@ async def test_best_effort_runs_each_step_once_after_its_deps_within_the_limit(
     g = probe.graph.graph
     assert probe.order_violations == []
     assert all(n == 1 for n in probe.runs.values())
-    assert probe.max_in_flight <= limit
-    assert outcome.max_in_flight <= limit
+    if limit != "unlimited":
+        assert probe.max_in_flight <= limit
+        assert outcome.max_in_flight <= limit
+    assert outcome.max_in_flight == probe.max_in_flight
     failed = set(outcome.failed)
     expected_skipped = set().union(*(nx.descendants(g, f) for f in failed)) - failed
     assert set(outcome.skipped) == expected_skipped
@@ -221,3 +232,48 @@ async def test_zero_limit_is_rejected() -> None:
     """A limit below one is a programming error."""
     with pytest.raises(ValueError, match="max_concurrent_steps"):
         Scheduler(make_graph([[]]), lambda s: anyio.lowlevel.checkpoint(), max_concurrent_steps=0)  # type: ignore[arg-type,return-value]
+
+
+async def test_unlimited_starts_every_ready_step_with_a_task_per_step_in_flight() -> None:
+    """``unlimited``: all 200 independent steps are in flight at once, and a chain of
+    300 steps after them runs on one task (no task is spawned per step of the session,
+    none waits idle)."""
+    deps = [[] for _ in range(200)] + [[199 + i] if i else list(range(200)) for i in range(300)]
+    graph = make_graph(deps)
+    tasks_during_chain: list[int] = []
+    in_flight = 0
+    most = 0
+
+    async def execute(step: str) -> str | None:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        if int(step[1:]) >= 200:
+            tasks_during_chain.append(len(asyncio.all_tasks()))
+        await anyio.sleep(0.01 if int(step[1:]) < 200 else 0)
+        in_flight -= 1
+        return None
+
+    baseline = len(asyncio.all_tasks())
+    outcome = await Scheduler(graph, execute, max_concurrent_steps="unlimited").run()
+    assert len(outcome.completed) == 500
+    assert most == outcome.max_in_flight == 200
+    # The test's own task plus the one running the chain.
+    assert max(tasks_during_chain) <= baseline + 1
+
+
+async def test_an_unlimited_session_file_runs_every_ready_step_at_once() -> None:
+    """``maxConcurrentSteps: unlimited`` in a session: 40 independent steps, 40 calls
+    in flight at once."""
+    spec = parse_session(
+        {
+            "name": "wide",
+            "parallelExecution": {"maxConcurrentSteps": "unlimited"},
+            "steps": [{"id": f"s{i}", "prompt": "p", "model": "m"} for i in range(40)],
+        },
+        known_models=["m"],
+    )
+    log = CallLog()
+    result = await run(spec, store=None, models={"m": CountingModel("m", log, delay_s=0.05)})
+    assert result.status == "completed"
+    assert log.max_in_flight == 40

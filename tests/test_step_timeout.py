@@ -176,7 +176,7 @@ async def test_execute_parallel_merges_what_arrived_over_http(
 
 
 def test_outside_a_scheduler_the_step_scope_merges_too() -> None:
-    """Called directly (no worker lane: the attempt's own scope is cut), a timed-out
+    """Called directly (no scheduler: the attempt's own scope is cut), a timed-out
     multi-model step merges what arrived as well."""
     from thinktank.engine.steps import StepExecutor
     from thinktank.providers.simulated import SimulatedModel, SimulatedModelConfig
@@ -203,10 +203,7 @@ def test_outside_a_scheduler_the_step_scope_merges_too() -> None:
 
     async def main() -> object:
         with anyio.fail_after(30):
-            try:
-                return await executor("q")
-            finally:
-                executor.close()
+            return await executor("q")
 
     assert anyio.run(main, backend="asyncio") is None
     assert executor.outputs["q"] in {"Paris", "paris.", "The answer is Paris"}

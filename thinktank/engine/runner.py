@@ -35,7 +35,7 @@ from thinktank.engine.decompose import Growth
 from thinktank.engine.recorder import Recorder
 from thinktank.engine.restart import Restart
 from thinktank.engine.result import ResultCollector, SessionResult
-from thinktank.engine.scheduler import Again, ScheduleOutcome, Scheduler
+from thinktank.engine.scheduler import ScheduleOutcome, Scheduler
 from thinktank.engine.steps import StepExecutor, sum_known
 from thinktank.errors import SpecError, SpecErrors, StoreError, UsageError
 from thinktank.events import (
@@ -441,7 +441,7 @@ class _Run:
         rewired = self.graph.grow(parent, growth.added, growth.sink)
         self.scheduler.grown([st.id for st in growth.added], rewired)
 
-    async def _execute_with_room(self, step_id: str) -> str | Again | None:
+    async def _execute_with_room(self, step_id: str) -> str | None:
         """Run a step once the recorder has room: a store that is behind holds new
         steps back instead of letting its backlog grow."""
         assert self.recorder is not None
@@ -503,7 +503,6 @@ class _Run:
             reused = len(self.restart.completed())
             self.finish(*_session_status(outcome, len(self.graph) - reused))
         finally:
-            self.executor.close()
             if self.recorder is not None:
                 self.recorder.close()
 

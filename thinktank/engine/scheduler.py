@@ -2,59 +2,42 @@
 
 ``eager`` (default) starts a step the moment its last dependency finishes; ``layered``
 runs one topological generation at a time (what superstep engines do; kept as an
-option and as a yardstick). At most ``max_concurrent_steps`` steps are in flight; the
-ready queue is FIFO in the order steps became ready, ties in file order, which is
-the greedy list schedule the benchmark compares against.
+option and as a yardstick). At most ``max_concurrent_steps`` steps are in flight (any
+number with ``"unlimited"``); the ready queue is FIFO in the order steps became ready,
+ties in file order, which is the greedy list schedule the benchmark compares against.
 
 The scheduler knows nothing about models: it calls ``execute(step_id)``, which returns
-None when the step completed or an error string when it failed (or ``AGAIN``, below).
-On a failure,
+None when the step completed or an error string when it failed. On a failure,
 ``best_effort`` skips exactly the failed step's descendants; ``fail_fast`` cancels the
-steps in flight and skips everything not yet finished. Cancellation from outside
-(Ctrl-C) propagates after in-flight steps have recorded themselves as cancelled.
+steps in flight and skips everything not yet finished. A cancellation from outside
+(Ctrl-C, the caller's cancel scope) is never caught here: it propagates as soon as the
+steps in flight have recorded themselves as cancelled.
 
-Everything runs in one anyio task group of ``max_concurrent_steps`` workers pulling
-ready steps from a FIFO queue: no task is spawned per step, and a 10,000-step
-session never holds 10,000 waiting tasks. A worker whose step made others ready runs
-the first of them itself when nothing older is queued, so a chain of steps costs no
-hand-over between tasks.
-
-Each worker runs its steps inside one cancel scope, its *lane* (published in
-``thinktank._deadlines.LANE``), which a step's deadline cancels: cheaper than a scope
-per step. A cut lane is left before anything else is awaited; when the cut step has
-attempts left, ``execute`` returns ``AGAIN`` and the worker runs it again first, on a
-new lane. Idle workers wait on plain asyncio futures (thinktank runs on anyio's
-asyncio backend).
+Tasks are spawned on demand in one anyio task group: a ready step starts a task when
+fewer than the limit are alive, else it waits in the queue. A task whose step made
+others ready runs the first of them itself when nothing older is queued (a chain costs
+no hand-over between tasks), then takes the oldest queued step, and ends when the
+queue is empty. So there are never more tasks than steps in flight, with or without a
+limit: a 10,000-step session never holds 10,000 waiting tasks.
 """
 
 from __future__ import annotations
 
-import asyncio
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Literal
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskGroup
 
-from thinktank._deadlines import LANE
 from thinktank.session.graph import StepGraph
 
-__all__ = ["AGAIN", "Again", "ScheduleOutcome", "Scheduler"]
+__all__ = ["ScheduleOutcome", "Scheduler"]
 
-
-class Again:
-    """What ``execute`` returns when a deadline cut its worker's lane and the step has
-    attempts left: run it again, first, on a new lane (see ``thinktank._deadlines``)."""
-
-    def __repr__(self) -> str:
-        return "AGAIN"
-
-
-AGAIN: Final = Again()
-
-Execute = Callable[[str], Awaitable["str | Again | None"]]
+Execute = Callable[[str], Awaitable["str | None"]]
 OnSkip = Callable[[str, str], None]
 
 
@@ -86,19 +69,21 @@ class Scheduler:
         graph: StepGraph,
         execute: Execute,
         *,
-        max_concurrent_steps: int = 5,
+        max_concurrent_steps: int | Literal["unlimited"] = 5,
         scheduling: Literal["eager", "layered"] = "eager",
         failure_strategy: Literal["fail_fast", "best_effort"] = "best_effort",
         on_skip: OnSkip | None = None,
         done: Iterable[str] = (),
         failed: Mapping[str, str] | None = None,
     ) -> None:
-        if max_concurrent_steps < 1:
-            raise ValueError("max_concurrent_steps must be >= 1")
+        if max_concurrent_steps != "unlimited" and max_concurrent_steps < 1:
+            raise ValueError('max_concurrent_steps must be >= 1 or "unlimited"')
         self.graph = graph
         self._execute = execute
-        self._limit = max_concurrent_steps
-        self._scheduling = scheduling
+        self._limit: float = (
+            math.inf if max_concurrent_steps == "unlimited" else max_concurrent_steps
+        )
+        self._eager = scheduling == "eager"
         self._fail_fast = failure_strategy == "fail_fast"
         self._on_skip = on_skip
         self._done = set(done) | set(failed or {})
@@ -107,69 +92,84 @@ class Scheduler:
         self.in_flight = 0
         """Steps running right now (observable while the session runs)."""
         self._waiting: dict[str, int] = {}
+        """Unfinished dependencies of each step not done before this run."""
         self._finished: set[str] = set(self._done)
         self._started: set[str] = set()
         self._position: dict[str, int] = {}
         self._tg: TaskGroup | None = None
+        """The running phase's task group (None between phases)."""
         self._queue: deque[str] = deque()
-        """Ready steps no worker has taken yet, oldest first."""
-        self._idle: deque[asyncio.Future[str | None]] = deque()
-        """Workers waiting for a ready step (None: stop), longest-waiting first. Plain
-        asyncio futures: the cheapest wake-up, and a cancelled worker's is skipped."""
-        self._open = False
-        self._phase_nodes: set[str] = set()
-        self._left = 0
-        self._workers = 0
+        """Ready steps no task has taken yet, oldest first."""
+        self._tasks = 0
+        """Tasks alive in the running phase (never more than the limit)."""
         self._halt: str | None = None
 
     async def run(self) -> ScheduleOutcome:
         """Run every step not already done; return how each ended."""
-        g = self.graph.graph
-        nodes = g._node  # type: ignore[attr-defined]  # nodes(data=True) builds a view
-        self._position = position = {n: d["position"] for n, d in nodes.items()}
-        done = self._done
-        order = list(position)
-        values = list(position.values())
-        if values != sorted(values):
-            order.sort(key=position.__getitem__)
-        pred = g._pred  # type: ignore[attr-defined]  # in_degree() builds a view per call
+        self._count_waiting()
+        try:
+            await self._run_phases()
+        except anyio.get_cancelled_exc_class():
+            # Cancelled from outside: the steps in flight recorded themselves as
+            # cancelled; the others end skipped, so every step ends in a final state.
+            self._end_unfinished("not run: the session was cancelled")
+            raise
+        if self._halt is not None:
+            self._end_unfinished(self._halt)
+        return self.outcome
+
+    async def _run_phases(self) -> None:
+        """Every step in one eager phase, or one phase per topological generation."""
         waiting = self._waiting
-        for node in order:
-            if node in done:
+        if self._eager:
+            await self._phase(
+                [n for n, left in waiting.items() if left == 0 and n not in self._finished]
+            )
+            return
+        # One topological generation at a time, recomputed after each so that steps
+        # added at run time join the right generation.
+        pred = self.graph.graph.pred
+        while self._halt is None:
+            ready = [
+                n
+                for n in sorted(waiting, key=self._position.__getitem__)
+                if n not in self._finished and all(p in self._finished for p in pred[n])
+            ]
+            if not ready:
+                break
+            await self._phase(ready)
+
+    def _end_unfinished(self, reason: str) -> None:
+        """The session stopped: steps still running count as cancelled, the steps that
+        never started are skipped with ``reason``."""
+        for node in sorted(self._waiting, key=self._position.__getitem__):
+            if node in self._finished:
                 continue
-            waiting[node] = sum(1 for p in pred[node] if p not in done) if done else len(pred[node])
+            if node in self._started:
+                self._finished.add(node)
+                self.outcome.cancelled.append(node)
+            else:
+                self._skip(node, reason)
+
+    def _count_waiting(self) -> None:
+        """Count what each step still waits for; skip again what an earlier failure
+        skipped."""
+        g = self.graph.graph
+        position: dict[str, int] = {n: d["position"] for n, d in g.nodes(data=True)}
+        self._position = position
+        done = self._done
+        pred = g.pred
+        for node in sorted(position, key=position.__getitem__):
+            if node not in done:
+                self._waiting[node] = sum(1 for p in pred[node] if p not in done)
         for node, error in self._failed_before.items():
             # Failed in an earlier run (resume, fork): still failed; its descendants
             # that have not run are skipped again.
             self.outcome.failed[node] = error
             reason = f"upstream step {node!r} failed: {error}"
-            for desc in sorted(self.graph.descendants(node), key=self._position.__getitem__):
+            for desc in sorted(self.graph.descendants(node), key=position.__getitem__):
                 if desc not in self._finished:
                     self._skip(desc, reason)
-        if self._scheduling == "eager":
-            nodes = [n for n in self._waiting if n not in self._finished]
-            await self._phase(nodes, [n for n in nodes if self._waiting[n] == 0])
-        else:
-            # One topological generation at a time, recomputed after each so that steps
-            # added at run time join the right generation.
-            while self._halt is None:
-                ready = [
-                    n
-                    for n in sorted(self._waiting, key=self._position.__getitem__)
-                    if n not in self._finished
-                    and all(p in self._finished for p in g.predecessors(n))
-                ]
-                if not ready:
-                    break
-                await self._phase(ready, ready)
-        if self._halt is not None:
-            for node in sorted(self._waiting, key=self._position.__getitem__):
-                if node in self._started and node not in self._finished:
-                    self._finished.add(node)
-                    self.outcome.cancelled.append(node)
-                elif node not in self._finished:
-                    self._skip(node, self._halt)
-        return self.outcome
 
     def stop(self, reason: str) -> None:
         """Start no new step; the steps in flight finish; the rest are skipped with
@@ -177,7 +177,7 @@ class Scheduler:
         if self._halt is None:
             self._halt = reason
             self.outcome.stopped = reason
-            self._close()
+            self._queue.clear()
 
     def grown(self, added: Sequence[str], rewired: Sequence[str]) -> None:
         """Take in steps added while the DAG runs (``StepGraph.grow`` already added
@@ -190,161 +190,96 @@ class Scheduler:
         finished = self._finished
         for succ in rewired:
             if succ in self._waiting and succ not in finished:
-                self._waiting[succ] = sum(1 for p in g.predecessors(succ) if p not in finished)
+                self._waiting[succ] = sum(1 for p in g.pred[succ] if p not in finished)
         for step_id in added:
             self._position[step_id] = g.nodes[step_id]["position"]
-            self._waiting[step_id] = sum(1 for p in g.predecessors(step_id) if p not in finished)
-            if self._scheduling == "eager":
-                self._phase_nodes.add(step_id)
-                self._left += 1
-                if self._waiting[step_id] == 0 and self._open:
-                    self._put(step_id)
-        if self._scheduling == "eager":
-            self._spawn_workers()
+            self._waiting[step_id] = sum(1 for p in g.pred[step_id] if p not in finished)
+            if self._eager and self._waiting[step_id] == 0 and self._tg is not None:
+                self._put(step_id)
 
-    async def _phase(self, nodes: list[str], ready: list[str]) -> None:
-        """Run ``nodes`` (``ready`` first) on a pool of at most ``limit`` workers.
-
-        Workers pull ready steps from a FIFO queue, so no task is spawned per step and
-        a 10,000-step session holds ``limit`` tasks, not 10,000.
-        """
-        self._phase_nodes = set(nodes)
-        self._left = len(self._phase_nodes)
-        if not self._left:
+    async def _phase(self, ready: list[str]) -> None:
+        """Run ``ready`` and (eager) every step they make ready, until none is left."""
+        if not ready:
             return
-        self._queue = deque(ready)
-        self._open = True
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
-                self._workers = 0
-                self._spawn_workers()
+                for node in ready:
+                    self._put(node)
         finally:
+            # Between phases (and after a cancelled one) ``grown`` starts nothing.
             self._tg = None
-            self._close()
-
-    def _spawn_workers(self) -> None:
-        assert self._tg is not None
-        while self._workers < min(self._limit, self._left):
-            self._workers += 1
-            self._tg.start_soon(self._worker)
+            self._queue.clear()
 
     def _put(self, node: str) -> None:
-        """Queue a ready step, or hand it straight to a worker waiting for one."""
-        idle = self._idle
-        while idle:
-            waiter = idle.popleft()
-            if not waiter.done():
-                waiter.set_result(node)
-                return
-        self._queue.append(node)
+        """Start a task for a ready step, or queue it when the limit is reached."""
+        if self._tasks < self._limit:
+            self._tasks += 1
+            assert self._tg is not None
+            self._tg.start_soon(self._task, node)
+        else:
+            self._queue.append(node)
 
-    def _close(self) -> None:
-        """No more steps: every waiting worker returns."""
-        self._open = False
-        while self._idle:
-            waiter = self._idle.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
+    async def _task(self, node: str | None) -> None:
+        """Run ``node``, then the step it hands on or the oldest queued one, until none."""
+        try:
+            while node is not None and self._halt is None:
+                node = await self._run_step(node)
+                if node is None and self._queue:
+                    node = self._queue.popleft()
+        finally:
+            self._tasks -= 1
 
-    async def _worker(self) -> None:
-        done, again = False, None
-        while not done:
-            # The lane: one cancel scope for this worker's steps, which their deadlines
-            # cut (cheaper than a scope per step). A cut lane is left and a new one
-            # opened before anything else is awaited.
-            lane = anyio.CancelScope()
-            token = LANE.set(lane)
-            try:
-                with lane:
-                    done, again = await self._run_lane(lane, again)
-            finally:
-                LANE.reset(token)
-
-    async def _run_lane(
-        self, lane: anyio.CancelScope, again: str | None
-    ) -> tuple[bool, str | None]:
-        """Run steps (``again`` first) until there are none left (True) or a deadline
-        cut ``lane`` (False, and the step to run again first, if any)."""
-        queue = self._queue
-        waiting = self._waiting
-        finished = self._finished
+    async def _run_step(self, node: str) -> str | None:
+        """Run one step; return the first step it made ready, for this task to run next
+        (when nothing older is queued)."""
+        # A task spawned just before a cancel runs until its first await: no step
+        # (and so no model call) starts once the session is cancelled.
+        await anyio.lowlevel.checkpoint_if_cancelled()
         outcome = self.outcome
-        eager = self._scheduling == "eager"
-        # networkx's own adjacency dict: ``successors()`` builds an iterator per call.
-        succ = self.graph.graph._succ  # type: ignore[attr-defined]
-        mine: str | None = again
-        loop = asyncio.get_running_loop()
-        while True:
-            if mine is not None:
-                node, mine = mine, None
-            elif queue:
-                node = queue.popleft()
-            elif not self._open:
-                return True, None
-            else:
-                waiter = loop.create_future()
-                self._idle.append(waiter)
-                handed = await waiter
-                if handed is None:
-                    return True, None
-                node = handed
-            if node is again:
-                # A step a deadline cut goes on (a started step runs to its end).
-                again = None
-            elif self._halt is not None:
-                # Handed over just before the session stopped: it never starts.
-                return True, None
-            else:
-                self.in_flight += 1
-                self._started.add(node)
-                if self.in_flight > outcome.max_in_flight:
-                    outcome.max_in_flight = self.in_flight
-            error = await self._execute(node)
-            if error is AGAIN:
-                # A deadline cut the lane and the step has attempts left: it goes on
-                # first, on a new lane.
-                return False, node
-            self.in_flight -= 1
-            finished.add(node)
-            self._left -= 1
-            if error is None:
-                outcome.completed.append(node)
-                if eager and self._halt is None:
-                    for s in succ[node]:
-                        left = waiting.get(s)
-                        if left is None:
-                            continue
-                        waiting[s] = left - 1
-                        if left == 1 and s not in finished:
-                            # The first step this one made ready runs next on this
-                            # worker when nothing older waits: no hand-over to a
-                            # sleeping worker (an event-loop trip) for a chain.
-                            if mine is None and not queue:
-                                mine = s
-                            else:
-                                self._put(s)
-            else:
-                assert isinstance(error, str)
-                outcome.failed[node] = error
-                if self._fail_fast:
-                    if outcome.aborted_by is None:
-                        outcome.aborted_by = node
-                        self._halt = f"not run: the session stopped when {node!r} failed"
-                    assert self._tg is not None
-                    self._tg.cancel_scope.cancel()
-                    return True, None
-                reason = f"upstream step {node!r} failed: {error}"
-                for desc in self._unfinished_descendants(node):
-                    self._skip(desc, reason)
-            if self._left <= 0:
-                self._close()
-            if lane.cancel_called:
-                # A deadline cut the lane: leave it before awaiting anything else. A
-                # step this one made ready is queued for whichever worker is first.
-                if mine is not None:
-                    self._put(mine)
-                return False, None
+        self.in_flight += 1
+        self._started.add(node)
+        if self.in_flight > outcome.max_in_flight:
+            outcome.max_in_flight = self.in_flight
+        error = await self._execute(node)
+        self.in_flight -= 1
+        self._finished.add(node)
+        if error is not None:
+            self._failed(node, error)
+            return None
+        outcome.completed.append(node)
+        if not self._eager or self._halt is not None:
+            return None
+        mine: str | None = None
+        waiting = self._waiting
+        for s in self.graph.graph.succ[node]:
+            left = waiting.get(s)
+            if left is None:
+                continue
+            waiting[s] = left - 1
+            if left == 1 and s not in self._finished:
+                # The first step this one made ready runs next on this task when
+                # nothing older waits: no hand-over to a new task for a chain.
+                if mine is None and not self._queue:
+                    mine = s
+                else:
+                    self._put(s)
+        return mine
+
+    def _failed(self, node: str, error: str) -> None:
+        """``node`` failed: stop the session (fail_fast) or skip its descendants."""
+        self.outcome.failed[node] = error
+        if self._fail_fast:
+            if self.outcome.aborted_by is None:
+                self.outcome.aborted_by = node
+                self._halt = f"not run: the session stopped when {node!r} failed"
+                self._queue.clear()
+            assert self._tg is not None
+            self._tg.cancel_scope.cancel()
+            return
+        reason = f"upstream step {node!r} failed: {error}"
+        for desc in self._unfinished_descendants(node):
+            self._skip(desc, reason)
 
     def _unfinished_descendants(self, node: str) -> list[str]:
         """The descendants of ``node`` not finished yet, in file order.
@@ -354,25 +289,23 @@ class Scheduler:
         this keeps each failure's cost to what it newly skips (a full descendant walk
         per failure was quadratic).
         """
-        g = self.graph.graph
+        succ = self.graph.graph.succ
         skipped = self.outcome.skipped
         seen = {node}
         stack = [node]
         found: list[str] = []
         while stack:
-            for succ in g.successors(stack.pop()):
-                if succ in seen or succ in skipped:
+            for s in succ[stack.pop()]:
+                if s in seen or s in skipped:
                     continue
-                seen.add(succ)
-                stack.append(succ)
-                if succ not in self._finished:
-                    found.append(succ)
+                seen.add(s)
+                stack.append(s)
+                if s not in self._finished:
+                    found.append(s)
         found.sort(key=self._position.__getitem__)
         return found
 
     def _skip(self, node: str, reason: str) -> None:
-        if node in self._phase_nodes and node not in self._finished:
-            self._left -= 1
         self._finished.add(node)
         self.outcome.skipped[node] = reason
         if self._on_skip is not None:

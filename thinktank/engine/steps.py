@@ -14,7 +14,6 @@ gives it the earlier outputs, attempt counts and added steps at construction.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import (
     Callable,
@@ -27,14 +26,13 @@ from collections.abc import (
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
-from thinktank._deadlines import LANE, Deadlines
 from thinktank.engine.budget import Budget
 from thinktank.engine.calls import Caller, CallResult, OnDelta, PooledModel
 from thinktank.engine.decompose import Growth, decompose
 from thinktank.engine.multi import Asking as _Asking  # the attempt loop's name for it
 from thinktank.engine.multi import CacheLookup, MultiModel, Outcome
-from thinktank.engine.scheduler import AGAIN, Again
 from thinktank.events import Event, StepFinished, StepStarted, utcnow
 from thinktank.providers.base import ModelClient, ModelRequest
 from thinktank.session.spec import SessionSpec, StepSpec
@@ -69,10 +67,6 @@ def _usage(calls: Sequence[CallResult]) -> tuple[int | None, int | None, float |
         sum_known([c.output_tokens for c in counted]) if counted else 0,
         sum_known([c.cost_usd for c in counted]) if counted else 0.0,
     )
-
-
-_IN_LANE = contextlib.nullcontext()
-"""What an attempt in a worker's lane enters instead of a scope of its own."""
 
 
 class StepExecutor:
@@ -152,98 +146,43 @@ class StepExecutor:
             cache=cache,
             use_cache=self.settings.cache,
         )
-        self._deadlines = Deadlines()
-        self._again: dict[str, tuple[str, Any, float, list[CallResult], int]] = {}
-        """Steps a deadline cut, to go on with on a new lane: (prompt, started at,
-        start, calls so far, next attempt)."""
 
-    async def __call__(self, step_id: str) -> str | Again | None:
+    async def __call__(self, step_id: str) -> str | None:
         """Run ``step_id`` with its retries; None when it completed, else the error.
 
-        In a scheduler worker's lane (``thinktank._deadlines.LANE``), an attempt's
-        deadline cuts the lane rather than a scope of the step's own; when another
-        attempt is due after a cut, this returns ``AGAIN`` and the worker calls it
-        again on a new lane, where it goes on with the next attempt.
+        Each attempt runs in a cancel scope of its own with the step's time-out as its
+        deadline, so a time-out ends that attempt only; a cancellation from outside
+        records the step as cancelled and propagates.
         """
         step = self._steps[step_id]
         models = self._models[step_id]
         timeout_ms = step.timeout_ms or self.settings.timeout_per_step_ms
-        lane = LANE.get()
-        resumed = self._again.pop(step_id, None)
         base = self.attempt_base.get(step_id, 0)
-        if resumed is None:
-            prompt = self._prompt(step)
-            started_at = utcnow()
-            start = time.perf_counter()
-            calls: list[CallResult] = []
-            first = base + 1
-        else:
-            prompt, started_at, start, calls, first = resumed
-        last = base + step.retries + 1
-        single = len(models) == 1 and step.kind != "decompose"
+        prompt = self._prompt(step)
+        started_at = utcnow()
+        start = time.perf_counter()
+        calls: list[CallResult] = []
         error: str | None = None
         output: str | None = None
         score: float | None = None
-        attempt = first - 1
+        attempt = base
         try:
-            for attempt in range(first, last + 1):
+            for attempt in range(base + 1, base + step.retries + 2):
+                # A retry follows a failed call without awaiting anything: once the
+                # session is cancelled, no attempt (and no model call) starts.
+                await anyio.lowlevel.checkpoint_if_cancelled()
                 self.emit(
                     StepStarted(
                         session_id=self.session_id,
                         step_id=step_id,
                         attempt=attempt,
                         prompt=prompt,
-                        at=started_at if resumed is None and attempt == first else utcnow(),
+                        at=started_at if attempt == base + 1 else utcnow(),
                     )
                 )
-                request = ModelRequest(
-                    prompt=prompt,
-                    system=step.system,
-                    max_tokens=step.max_tokens,
-                    temperature=step.temperature,
-                    step_id=step_id,
-                    attempt=attempt,
+                output, score, error = await self._attempt(
+                    step, models, prompt, attempt, calls, timeout_ms
                 )
-                asking: _Asking | None = None
-                # One timer for every step's deadline, which cuts the worker's lane (or,
-                # outside a scheduler, a scope of this attempt's own).
-                deadline = self._deadlines.start(timeout_ms / 1000, lane)
-                timed_out = False
-                try:
-                    # In a lane the lane is the scope, entered by the worker.
-                    with deadline.scope if lane is None else _IN_LANE:
-                        if single:
-                            # Most steps: one call, awaited here (no frame of its own).
-                            result = await self._start_call(step, models[0], request, ())
-                            calls.append(result)
-                            if result.ok:
-                                output, score, error = result.content, None, None
-                            else:
-                                output, score = None, None
-                                error = f"model {models[0]!r}: {result.error}"
-                        elif step.kind == "decompose":
-                            output, score, error = await self._decompose(
-                                step, models, request, calls
-                            )
-                        else:
-                            asking = self._asking(step)
-                            output, score, error = await self._many(
-                                step, models, request, calls, asking
-                            )
-                    timed_out = lane is None and deadline.scope.cancelled_caught
-                except anyio.get_cancelled_exc_class():
-                    if not deadline.expired or lane is None:
-                        raise
-                    timed_out = True
-                finally:
-                    self._deadlines.end(deadline)
-                if timed_out:
-                    output, score, error = None, None, f"timed out after {timeout_ms} ms"
-                    if asking is not None:
-                        # Only the step's own deadline gets here: merge what arrived.
-                        merged = self._merge_at_timeout(step, request, asking, timeout_ms)
-                        if merged is not None:
-                            output, score, error = merged
                 if error is None:
                     break
                 if self.budget is not None and self.budget.exhausted is not None:
@@ -252,10 +191,6 @@ class StepExecutor:
                     if self.on_stop is not None:
                         self.on_stop(self.budget.exhausted)
                     break
-                if lane is not None and lane.cancel_called and attempt < last:
-                    # The cut lane cannot await again: the next attempt runs on a new one.
-                    self._again[step_id] = (prompt, started_at, start, calls, attempt + 1)
-                    return AGAIN
         except anyio.get_cancelled_exc_class():
             self._finish(
                 step_id, "cancelled", attempt, started_at, start, calls, None, "cancelled", None
@@ -270,9 +205,47 @@ class StepExecutor:
             self._finish(step_id, "failed", attempt, started_at, start, calls, None, error, score)
         return error
 
-    def close(self) -> None:
-        """The session is over: release the step-deadline timer."""
-        self._deadlines.close()
+    async def _attempt(
+        self,
+        step: StepSpec,
+        models: list[str],
+        prompt: str,
+        attempt: int,
+        calls: list[CallResult],
+        timeout_ms: int,
+    ) -> tuple[str | None, float | None, str | None]:
+        """One attempt within the step's time-out: its output, score and error."""
+        request = ModelRequest(
+            prompt=prompt,
+            system=step.system,
+            max_tokens=step.max_tokens,
+            temperature=step.temperature,
+            step_id=step.id,
+            attempt=attempt,
+        )
+        asking: _Asking | None = None
+        # The attempt's own scope: its deadline cancels this attempt only, and
+        # ``cancelled_caught`` is False when the cancel came from outside (anyio then
+        # lets it propagate).
+        with anyio.move_on_after(timeout_ms / 1000) as scope:
+            if len(models) == 1 and step.kind != "decompose":
+                # Most steps: one call, awaited here (no frame of its own).
+                result = await self._start_call(step, models[0], request, ())
+                calls.append(result)
+                if result.ok:
+                    return result.content, None, None
+                return None, None, f"model {models[0]!r}: {result.error}"
+            if step.kind == "decompose":
+                return await self._decompose(step, models, request, calls)
+            asking = self._asking(step)
+            return await self._many(step, models, request, calls, asking)
+        assert scope.cancelled_caught
+        if asking is not None:
+            # The step's own deadline cut a multi-model attempt: merge what arrived.
+            merged = self._merge_at_timeout(step, request, asking, timeout_ms)
+            if merged is not None:
+                return merged
+        return None, None, f"timed out after {timeout_ms} ms"
 
     def _prompt(self, step: StepSpec) -> str:
         """The step's prompt: a rendered template, or literal text with the outputs of

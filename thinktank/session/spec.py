@@ -17,8 +17,18 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
 
 from thinktank._safeload import LoadError, load_json, load_yaml
 from thinktank._text import repaired
@@ -81,8 +91,22 @@ class ParallelExecution(_Spec):
 
     enabled: bool = True
     """False runs one step and one model call at a time."""
-    max_concurrent_steps: Annotated[int, Field(ge=1)] = 5
-    """Steps of one session in flight at once."""
+    max_concurrent_steps: Annotated[int, Field(ge=1)] | Literal["unlimited"] = 5
+    """Steps of one session in flight at once; ``unlimited`` starts every ready step
+    (one task per step in flight, never one per step of the session)."""
+
+    @field_validator("max_concurrent_steps", mode="wrap")
+    @classmethod
+    def _steps_limit(cls, value: object, handler: ValidatorFunctionWrapHandler) -> object:
+        # One error that names both forms, not one per member of the union.
+        if value == "unlimited":
+            return value
+        try:
+            return handler(value)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            raise PydanticCustomError(error["type"], f'{error["msg"]} or "unlimited"') from None
+
     max_concurrent_models: Annotated[int, Field(ge=1)] = 3
     """Model calls one step makes at once; extra models start as slots free."""
     consensus_threshold: Annotated[float, Field(ge=0, le=1)] = 0.7

@@ -1,6 +1,6 @@
-"""Step deadlines cut the scheduler worker's lane: a hypothesis test on random DAGs
-where attempts hang or answer at once, with retries, limits and other steps sharing
-the workers. Every step ends exactly as its attempts say, no attempt outlives its
+"""Step time-outs end one attempt each: a hypothesis test on random DAGs where
+attempts hang or answer at once, with retries, limits and other steps running at the
+same time. Every step ends exactly as its attempts say, no attempt outlives its
 deadline, the limit holds, and nothing hangs."""
 
 from __future__ import annotations
@@ -72,13 +72,13 @@ def cases(draw: st.DrawFn) -> tuple[list[dict[str, object]], dict[str, set[int]]
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases())
-def test_deadlines_cut_lanes_and_steps_go_on(
+def test_timed_out_attempts_are_retried_and_steps_go_on(
     case: tuple[list[dict[str, object]], dict[str, set[int]], int],
 ) -> None:
     steps, hangs, limit = case
     spec = parse_session(
         {
-            "name": "lanes",
+            "name": "timeouts",
             "parallelExecution": {"maxConcurrentSteps": limit},
             "steps": steps,
         },
@@ -128,16 +128,16 @@ def test_deadlines_cut_lanes_and_steps_go_on(
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases())
-def test_fail_fast_with_cut_lanes_ends_every_step_once(
+def test_fail_fast_with_timed_out_attempts_ends_every_step_once(
     case: tuple[list[dict[str, object]], dict[str, set[int]], int],
 ) -> None:
     """Under fail_fast a step that times out for good stops the session while other
-    lanes are cut and steps go on again: every step still ends exactly once, in a
+    attempts time out and are retried: every step still ends exactly once, in a
     final state, and what completed completed as its attempts say."""
     steps, hangs, limit = case
     spec = parse_session(
         {
-            "name": "lanes-fail-fast",
+            "name": "timeouts-fail-fast",
             "parallelExecution": {"maxConcurrentSteps": limit, "failureStrategy": "fail_fast"},
             "steps": steps,
         },
@@ -163,8 +163,8 @@ def test_fail_fast_with_cut_lanes_ends_every_step_once(
             assert got.output == f"{sid}:{got.attempts}"
 
 
-def test_outside_a_scheduler_a_step_keeps_a_scope_of_its_own() -> None:
-    """Called directly (no worker lane), the executor still cuts a hung attempt at its
+def test_outside_a_scheduler_a_hung_attempt_is_cut_and_retried() -> None:
+    """Called directly (no scheduler), the executor cuts a hung attempt at its
     deadline and goes on with the next attempt itself."""
     from thinktank.engine.steps import StepExecutor
 
@@ -188,10 +188,7 @@ def test_outside_a_scheduler_a_step_keeps_a_scope_of_its_own() -> None:
 
     async def main() -> object:
         with anyio.fail_after(30):
-            try:
-                return await executor("s")
-            finally:
-                executor.close()
+            return await executor("s")
 
     assert anyio.run(main, backend="asyncio") is None
     assert executor.outputs["s"] == "s:2"
