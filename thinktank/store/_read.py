@@ -17,7 +17,7 @@ from sqlalchemy import Row, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from thinktank.errors import UnknownSessionError
-from thinktank.store._write import ATTEMPTS, CALLS, CONSENSUS, EVENTS, SESSIONS, STEPS
+from thinktank.store.tables import ATTEMPTS, CALLS, CONSENSUS, EVENTS, SESSIONS, STEPS
 
 __all__ = [
     "MIN_PREFIX",
