@@ -26,6 +26,7 @@ from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 from tests import pg
 from thinktank.errors import StoreError, UnknownSessionError
 from thinktank.events import (
+    CachedConsensus,
     CallFinished,
     CallStarted,
     ConsensusComputed,
@@ -46,6 +47,7 @@ from thinktank.store import (
 )
 from thinktank.store._fold import apply_batch
 from thinktank.store._json import dumps
+from thinktank.store._read import find_consensus
 from thinktank.store._sql import Statements, Writer, sqlite_datetime
 from thinktank.store._write import EventLog, event_json, event_payload
 
@@ -986,3 +988,66 @@ async def test_postgres_writer_reconnects_after_the_server_drops_it(pg_url: str)
         await anyio.sleep(0.1)
         await store.write(events[3:])
         assert (await store.get_session(events[0].session_id)).status == "completed"
+
+
+async def test_consensus_cache_lookup_returns_the_newest_merge_as_a_value(store: Store) -> None:
+    """``find_consensus`` gives the newest merge stored under a key as an events-level
+    value (no read model), equal whichever path reads it; an unknown key gives None."""
+    sid = new_id()
+    steps = (step_info("a", 0), step_info("b", 1))
+    key = "sha256:" + "ab" * 32
+
+    def merge(step: str, when: float, content: str, reached: bool) -> ConsensusComputed:
+        return ConsensusComputed(
+            session_id=sid,
+            at=at(when),
+            step_id=step,
+            method="majority",
+            score=0.5,
+            content=content,
+            threshold=0.7,
+            reached=reached,
+            included_call_ids=(),
+            clusters=({"answer": content, "call_ids": ["c1", "c2"], "weight": 0.5},),
+            outcome="low_consensus",
+            mode="quorum",
+            early_termination=True,
+            escalation=(("m1", "m2"), ("m3",)),
+            items=({"text": content, "models": ["m1"]},),
+            cache_key=key,
+        )
+
+    await store.write([session_started(sid, steps), merge("a", 1, "old", True)])
+    await store.write([merge("b", 2, "new", False)])
+    found = await store.find_consensus(key)
+    assert isinstance(found, CachedConsensus)
+    stored = await fetch_all(
+        store,
+        "SELECT id FROM thinktank_consensus WHERE step_id = "
+        "(SELECT id FROM thinktank_steps WHERE step_key = 'b')",
+    )
+    assert found == CachedConsensus(
+        id=stored[0][0],
+        session_id=sid,
+        method="majority",
+        score=0.5,
+        threshold=0.7,
+        reached=False,
+        content="new",
+        outcome="low_consensus",
+        mode="quorum",
+        early_termination=True,
+        clusters=({"answer": "new", "call_ids": ["c1", "c2"], "weight": 0.5},),
+        escalation=(("m1", "m2"), ("m3",)),
+        items=({"text": "new", "models": ["m1"]},),
+    )
+    # The SQLAlchemy read path (other drivers) reads the same value.
+    assert await store._read(find_consensus, key) == found
+    assert await store.find_consensus("sha256:" + "0" * 64) is None
+
+
+async def test_consensus_cache_lookup_on_a_closed_store_fails(tmp_path: Path) -> None:
+    store = await Store.open(str(tmp_path / "tt.db"))
+    await store.close()
+    with pytest.raises(StoreError, match="closed"):
+        await store.find_consensus("sha256:x")

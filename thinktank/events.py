@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Literal
 from thinktank._frozen import fast_init
 
 __all__ = [
+    "CachedConsensus",
     "CallAttempt",
     "CallFinished",
     "CallStarted",
@@ -288,6 +289,28 @@ class ConsensusComputed(Event):
     """When served from the consensus cache: the id of the stored consensus reused."""
     cache_key: str | None = None
     """The cache key this consensus is stored under (None: not cacheable)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CachedConsensus:
+    """A stored merge the consensus cache serves again (not an event: what the store
+    returns for a cache key, from which the step emits its ``ConsensusComputed``)."""
+
+    id: str
+    """The stored consensus (the new event's ``cached_from``)."""
+    session_id: str
+    """The session that computed it."""
+    method: str
+    score: float
+    threshold: float
+    reached: bool
+    content: str
+    outcome: str
+    mode: str
+    early_termination: bool
+    clusters: tuple[dict[str, Any], ...]
+    escalation: tuple[tuple[str, ...], ...]
+    items: tuple[dict[str, Any], ...]
 
 
 @fast_init

@@ -52,18 +52,24 @@ from thinktank.engine.decompose import (
 )
 from thinktank.engine.parallel import Gathered, gather
 from thinktank.engine.scheduler import AGAIN, Again
-from thinktank.events import ConsensusComputed, Event, StepFinished, StepStarted, utcnow
+from thinktank.events import (
+    CachedConsensus,
+    ConsensusComputed,
+    Event,
+    StepFinished,
+    StepStarted,
+    utcnow,
+)
 from thinktank.providers.base import ModelClient, ModelRequest
 from thinktank.session.spec import SessionSpec, StepSpec
 from thinktank.session.templates import render_template
-from thinktank.store import StoredConsensus
 
 __all__ = ["CacheLookup", "StepExecutor", "cache_key", "sum_known"]
 
 Emit = Callable[[Event], None]
 Grow = Callable[[str, list[StepSpec], str, dict[str, tuple[str, ...]]], None]
 """(parent, added steps, synthesis step id, provenance by step id) -> None."""
-CacheLookup = Callable[[str], Awaitable["StoredConsensus | None"]]
+CacheLookup = Callable[[str], Awaitable[CachedConsensus | None]]
 """Finds a stored consensus by cache key (``Store.find_consensus``)."""
 
 
@@ -664,7 +670,7 @@ class StepExecutor:
         return self.cache is not None and step.cache and self.settings.cache
 
     def _cached(
-        self, step: StepSpec, request: ModelRequest, hit: StoredConsensus
+        self, step: StepSpec, request: ModelRequest, hit: CachedConsensus
     ) -> tuple[str | None, float | None, str | None]:
         """Serve a stored consensus: no call is made; the event links to the original."""
         self.emit(

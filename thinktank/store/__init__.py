@@ -47,17 +47,19 @@ from sqlalchemy.pool import StaticPool
 from sqlmodel import SQLModel
 
 from thinktank.errors import NoDatabaseError, StoreError, UnknownSessionError
-from thinktank.events import Event
+from thinktank.events import CachedConsensus, Event
 from thinktank.store import _lease
 from thinktank.store._fold import StepRowCache, apply_batch
 from thinktank.store._json import dumps, loads
 from thinktank.store._migrations import MIGRATIONS_TABLE, upgrade
 from thinktank.store._read import (
+    CONSENSUS_BY_KEY,
     SessionSummary,
     StoredCall,
     StoredConsensus,
     StoredSession,
     StoredStep,
+    cached_consensus,
     count_rows,
     events_of,
     find_consensus,
@@ -494,9 +496,28 @@ class Store:
         """
         return await self._read(get_session, id_or_prefix)
 
-    async def find_consensus(self, cache_key: str) -> StoredConsensus | None:
-        """The newest stored consensus under ``cache_key`` (the consensus cache)."""
-        return await self._read(find_consensus, cache_key)
+    async def find_consensus(self, cache_key: str) -> CachedConsensus | None:
+        """The newest stored consensus under ``cache_key`` (the consensus cache).
+
+        A step asks before every multi-model call, so this is one indexed query on a
+        driver connection kept for it, not a pooled SQLAlchemy read transaction.
+
+        Raises:
+            StoreError: the database could not be read.
+        """
+        if self._lookup is None:
+            return await self._read(find_consensus, cache_key)
+        self._check_open()
+        params = {"key": cache_key}
+        try:
+            if self._shared_connection:  # one in-memory connection: not during a write
+                async with self._write_lock:
+                    rows = await self._lookup.fetch(self._statements, CONSENSUS_BY_KEY, params)
+            else:
+                rows = await self._lookup.fetch(self._statements, CONSENSUS_BY_KEY, params)
+        except self._errors as exc:
+            raise StoreError(f"cannot read {self.url}: {_one_line(exc)}") from exc
+        return cached_consensus(rows[0]) if rows else None
 
     async def count_rows(self) -> dict[str, int]:
         """Table name -> number of rows, for every thinktank table."""

@@ -390,7 +390,8 @@ class Lookup(_DriverConnection):
         """Query ``engine`` (whose driver :func:`is_direct`)."""
         super().__init__(engine, errors)
         # asyncpg refuses a second operation on a connection that runs one.
-        self._lock = anyio.Lock()
+        # fast_acquire: an uncontended lookup takes it without a trip round the loop.
+        self._lock = anyio.Lock(fast_acquire=True)
 
     async def fetch(
         self, statements: Statements, query: ClauseElement, params: dict[str, Any]
