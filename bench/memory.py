@@ -7,10 +7,10 @@ in steps), ``--shape wide|chain``, ``--latency-ms X``, ``--concurrency N``. Linu
 
 The session is ``--steps`` one-model steps, either independent (``wide``: the
 scheduler has every step ready at once and runs ``--concurrency`` of them) or a chain
-(each step waits for the one before). Each step asks a simulated model that costs
-nothing and answers a short fixed reply after ``--latency-ms`` (default 1 ms: a real
-model's latency would make 100,000 steps take hours, and more latency changes what is
-in flight, not what is kept). The run is ``thinktank.run`` as a user calls it, once
+(each step waits for the one before). Each step asks a simulated model (next to free:
+$0.0001 a call) that answers a 400-character reply after ``--latency-ms`` (default
+1 ms: a real model's latency would make 100,000 steps take hours, and more latency
+changes what is in flight, not what is kept). The run is ``thinktank.run`` as a user calls it, once
 with ``store=None`` and once recording into a fresh SQLite file.
 
 The resident set (RSS) is sampled from the run's own events (``on_event``) every
@@ -41,11 +41,12 @@ import anyio  # noqa: E402
 
 import thinktank  # noqa: E402
 from bench._report import cpu_model, version  # noqa: E402
+from bench.store import InstantModel  # noqa: E402
 from thinktank.events import Event, StepFinished  # noqa: E402
-from thinktank.providers.base import ModelRequest, ModelResponse  # noqa: E402
 from thinktank.session.spec import SessionSpec, parse_session  # noqa: E402
 
 MODEL = "sim"
+REPLY = ("The answer is 42, because " + "it follows from the premises. " * 14)[:400]
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -53,33 +54,6 @@ def rss_bytes() -> int:
     """The process's resident set now (``/proc/self/statm``)."""
     with open("/proc/self/statm", "rb") as f:
         return int(f.read().split()[1]) * _PAGE
-
-
-class SleepyModel:
-    """A model that costs nothing and answers after ``latency_s``."""
-
-    def __init__(self, latency_s: float) -> None:
-        self._latency_s = latency_s
-        self._response = ModelResponse(
-            content="The answer is 42.",
-            model=MODEL,
-            input_tokens=12,
-            output_tokens=6,
-            cost_usd=0.0,
-            finish_reason="stop",
-        )
-
-    @property
-    def name(self) -> str:
-        return MODEL
-
-    @property
-    def provider(self) -> str:
-        return "bench"
-
-    async def complete(self, request: ModelRequest) -> ModelResponse:
-        await anyio.sleep(self._latency_s)
-        return self._response
 
 
 def make_spec(steps: int, shape: str, concurrency: int) -> SessionSpec:
@@ -135,7 +109,7 @@ async def measure(
     result = await thinktank.run(
         spec,
         store=store,
-        models={MODEL: SleepyModel(latency_s)},
+        models={MODEL: InstantModel(MODEL, REPLY, latency_s)},
         on_event=samples.on_event,
     )
     seconds = time.perf_counter() - start

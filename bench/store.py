@@ -87,10 +87,12 @@ SMALL_BATCH = 2
 
 
 class InstantModel:
-    """Answers at once (after yielding to the event loop once) with a fixed reply."""
+    """Answers with a fixed reply at once (after yielding to the event loop once), or
+    after ``latency_s``; 20 tokens in, 100 out (bench/memory.py uses it too)."""
 
-    def __init__(self, name: str, reply: str) -> None:
+    def __init__(self, name: str, reply: str, latency_s: float = 0.0) -> None:
         self._name = name
+        self._latency_s = latency_s
         self._response = ModelResponse(
             content=reply,
             model=name,
@@ -109,7 +111,10 @@ class InstantModel:
         return "bench"
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
-        await anyio.lowlevel.checkpoint()
+        if self._latency_s:
+            await anyio.sleep(self._latency_s)
+        else:
+            await anyio.lowlevel.checkpoint()
         return self._response
 
 
