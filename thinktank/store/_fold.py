@@ -459,34 +459,7 @@ class _Batch:
     async def flush(self) -> None:
         """Write every pending change, dependencies first."""
         executor, run = self.executor, self.statements.run
-        inserted = self.call_inserts
-        if self.included:
-            # A merge flags the calls of its attempt: those it took in, the others out.
-            # Rows stored by earlier batches are updated (all out, then the merged ones
-            # back in); rows this batch inserts get their flag in the INSERT.
-            await run(
-                executor,
-                _UPDATE_ATTEMPT_CALLS,
-                [
-                    {"b_step": step, "b_attempt": attempt, "included_in_consensus": False}
-                    for step, attempt in self.included
-                ],
-            )
-            for row in inserted.values():
-                merged = self.included.get((row["step_id"], row["attempt"]))
-                if merged is not None:
-                    row["included_in_consensus"] = row["id"] in merged
-        if inserted:
-            await run(executor, _INSERT_CALL, inserted.values())
-        if self.included:
-            stored = [
-                {"b_id": call_id, "included_in_consensus": True}
-                for call_ids in self.included.values()
-                for call_id in call_ids
-                if call_id not in inserted
-            ]
-            if stored:
-                await run(executor, _UPDATE_CALL, stored)
+        await self.flush_calls()
         if self.call_updates:
             await run(executor, _UPDATE_CALL, self.call_updates.values())
         if self.attempt_inserts:
@@ -501,6 +474,39 @@ class _Batch:
             await run(executor, _UPDATE_SESSION, self.session_updates.values())
         if self.events:
             await self.log.run(executor, self.events)
+
+    async def flush_calls(self) -> None:
+        """Insert the batch's new call rows, and flag the calls each merge took in.
+
+        A merge flags the calls of its attempt: those it took in, the others out. Rows
+        stored by earlier batches are updated (all out, then the merged ones back in);
+        rows this batch inserts get their flag in the INSERT.
+        """
+        executor, run = self.executor, self.statements.run
+        inserted = self.call_inserts
+        if self.included:
+            await run(
+                executor,
+                _UPDATE_ATTEMPT_CALLS,
+                [
+                    {"b_step": step, "b_attempt": attempt, "included_in_consensus": False}
+                    for step, attempt in self.included
+                ],
+            )
+            for row in inserted.values():
+                merged = self.included.get((row["step_id"], row["attempt"]))
+                if merged is not None:
+                    row["included_in_consensus"] = row["id"] in merged
+        if inserted:
+            await run(executor, _INSERT_CALL, inserted.values())
+        stored = [
+            {"b_id": call_id, "included_in_consensus": True}
+            for call_ids in self.included.values()
+            for call_id in call_ids
+            if call_id not in inserted
+        ]
+        if stored:
+            await run(executor, _UPDATE_CALL, stored)
 
 
 def _base_of(cls: type) -> type:

@@ -331,8 +331,12 @@ class Writer(_DriverConnection):
             async with self._engine.begin() as conn:
                 yield SQLAlchemyExecutor(conn)
             return
-        db = await self._begin()
+        db = await self._connection()
         try:
+            if self._sqlite:
+                # Inside the try: a BEGIN cancelled while the driver's thread runs it may
+                # still open the transaction, which the rollback then closes.
+                await db.execute("BEGIN IMMEDIATE")
             yield AiosqliteExecutor(db) if self._sqlite else AsyncpgExecutor(db)
             if self._sqlite:
                 await db.commit()
@@ -343,20 +347,14 @@ class Writer(_DriverConnection):
                 await self._abandon(db)
             raise
 
-    async def _begin(self) -> Any:
-        """The driver connection, in a write transaction begun.
+    async def _connection(self) -> Any:
+        """The driver connection; on PostgreSQL in a transaction begun.
 
         A PostgreSQL connection dropped since the last write shows only when used: its
         BEGIN fails, nothing was written, and the write goes on with a new connection.
         """
         db = await self.get()
         if self._sqlite:
-            try:
-                await db.execute("BEGIN IMMEDIATE")
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await self._abandon(db)
-                raise
             return db
         try:
             await db.execute("BEGIN")
