@@ -23,9 +23,12 @@ each, at most 16 in flight:
 
 Rows. ``calls/s`` is the model calls of a run over the time spent in its writes, ``ev/s``
 the same for events, ``us/batch`` the mean time of one write; all three from the median
-run (by time). ``4 workers`` writes four such streams at once, each through its own store (four
-workers of one database, in one process: the Python side is one core), and divides all
-their calls by the wall time. ``bytes/call`` is the database's size after every run of
+run (by time). ``batch 2`` writes the same events two at a time, as the recorder does
+when model calls take a realistic second or so and events arrive apart: there
+``us/batch`` is the store's cost per write at a realistic event rate. ``4 workers``
+writes four such streams at once, each through its own store (four workers of one
+database, in one process: the Python side is one core), and divides all their calls by
+the wall time. ``bytes/call`` is the database's size after every run of
 the row over all the calls those runs recorded: the SQLite file (after the last store
 closes, so the WAL is checkpointed into it) and, on PostgreSQL, the sum of
 ``pg_total_relation_size`` over the thinktank tables (heap, indexes and TOAST).
@@ -71,7 +74,7 @@ import anyio.to_thread
 
 import thinktank
 from bench._report import cpu_model, version
-from thinktank.events import CallFinished, Event
+from thinktank.events import CallFinished, ConsensusComputed, Event
 from thinktank.providers.base import ModelRequest, ModelResponse
 from thinktank.session.spec import SessionSpec, parse_session
 from thinktank.store import Store
@@ -79,13 +82,17 @@ from thinktank.store import Store
 MODELS = ("m1", "m2", "m3")
 LIMIT = 16
 WORKERS = 4
+SMALL_BATCH = 2
+"""Events per write in the ``batch 2`` rows (realistic model latency: events come apart)."""
 
 
 class InstantModel:
-    """Answers at once (after yielding to the event loop once) with a fixed reply."""
+    """Answers with a fixed reply at once (after yielding to the event loop once), or
+    after ``latency_s``; 20 tokens in, 100 out (bench/memory.py uses it too)."""
 
-    def __init__(self, name: str, reply: str) -> None:
+    def __init__(self, name: str, reply: str, latency_s: float = 0.0) -> None:
         self._name = name
+        self._latency_s = latency_s
         self._response = ModelResponse(
             content=reply,
             model=name,
@@ -104,7 +111,10 @@ class InstantModel:
         return "bench"
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
-        await anyio.lowlevel.checkpoint()
+        if self._latency_s:
+            await anyio.sleep(self._latency_s)
+        else:
+            await anyio.lowlevel.checkpoint()
         return self._response
 
 
@@ -158,6 +168,13 @@ async def capture(spec: SessionSpec, reply: str) -> list[list[Event]]:
     if result.status != "completed":
         raise RuntimeError(f"the captured session ended {result.status}")
     return batches
+
+
+def rechunk(batches: list[list[Event]], size: int) -> list[list[Event]]:
+    """The same events in batches of at most ``size``: what the recorder sends when
+    model calls take a realistic time (a second or so), so that events come apart."""
+    events = [e for batch in batches for e in batch]
+    return [events[i : i + size] for i in range(0, len(events), size)]
 
 
 def calls_in(batches: list[list[Event]]) -> int:
@@ -319,6 +336,7 @@ async def measure(
     repeat: int,
     reply: str,
     workers: int,
+    chunk: int | None = None,
 ) -> tuple[Row, list[int]]:
     """The median of ``repeat`` runs of one row; also the batch sizes of its capture."""
     runs: list[tuple[float, int, int, int, list[int]]] = []
@@ -328,6 +346,8 @@ async def measure(
     try:
         for _ in range(repeat):
             streams = [await capture(spec, reply) for _ in range(workers)]
+            if chunk is not None:
+                streams = [rechunk(stream, chunk) for stream in streams]
             target = shared or await backend.new_database()
             stores = [await Store.open(target) for _ in range(workers)]
             try:
@@ -362,6 +382,8 @@ async def measure(
         if shared is not None:
             await backend.drop(shared)
     mode = "1 stream" if workers == 1 else f"{workers} workers"
+    if chunk is not None:
+        mode = f"batch {chunk}"
     seconds, calls, events, batches_n, sizes = sorted(runs)[len(runs) // 2]
     row = Row(
         backend.name,
@@ -436,7 +458,7 @@ async def main_async(args: argparse.Namespace) -> None:
             for workload in WORKLOADS:
                 spec = make_spec(workload, args.steps)
                 for backend in backends:
-                    for workers in (1, WORKERS):
+                    for workers, chunk in ((1, None), (WORKERS, None), (1, SMALL_BATCH)):
                         row, sizes = await measure(
                             backend,
                             workload,
@@ -444,9 +466,10 @@ async def main_async(args: argparse.Namespace) -> None:
                             repeat=args.repeat,
                             reply=reply,
                             workers=workers,
+                            chunk=chunk,
                         )
                         rows.append(row)
-                        if backend is backends[0] and workers == 1:
+                        if backend is backends[0] and workers == 1 and chunk is None:
                             print(
                                 f"{workload.name}: {len(sizes)} batches per session, "
                                 f"{statistics.mean(sizes):.1f} events each on average "
@@ -454,11 +477,72 @@ async def main_async(args: argparse.Namespace) -> None:
                             )
             print()
             print_table(rows)
+            await print_open(Path(tmp), max(args.repeat, 5))
+            await print_cache_lookup(Path(tmp), args.steps, reply, 1000)
             if args.replay_steps:
                 await print_replay(args.replay_steps, args.repeat)
         finally:
             if cluster is not None:
                 cluster.stop()
+
+
+def _median_ms(samples: list[float]) -> str:
+    return f"{statistics.median(samples) * 1e3:.2f}"
+
+
+async def print_open(directory: Path, repeat: int) -> None:
+    """Time of ``Store.open`` + ``close`` on a new SQLite file and on an existing one."""
+    fresh: list[float] = []
+    existing: list[float] = []
+    for i in range(repeat):
+        path = str(directory / f"open-{i}.db")
+        start = time.perf_counter()
+        store = await Store.open(path)
+        await store.close()
+        fresh.append(time.perf_counter() - start)
+        for _ in range(5):
+            start = time.perf_counter()
+            store = await Store.open(path)
+            await store.close()
+            existing.append(time.perf_counter() - start)
+    print()
+    print("opening a SQLite store (Store.open + close; target: existing <= 20 ms)")
+    print(f"{'file':>10} {'median ms':>10} {'min ms':>8}")
+    for name, samples in (("new", fresh), ("existing", existing)):
+        print(f"{name:>10} {_median_ms(samples):>10} {min(samples) * 1e3:>8.2f}")
+
+
+async def print_cache_lookup(directory: Path, steps: int, reply: str, lookups: int) -> None:
+    """Time of one consensus-cache lookup (``Store.find_consensus``) on SQLite, in a store
+    holding a recorded ``steps``-step 3-model session (one cached consensus per step)."""
+    spec = make_spec(WORKLOADS[1], steps)
+    batches = await capture(spec, reply)
+    keys = [
+        e.cache_key
+        for batch in batches
+        for e in batch
+        if isinstance(e, ConsensusComputed) and e.cache_key is not None
+    ]
+    path = str(directory / "cache.db")
+    async with await Store.open(path) as store:
+        await write_all(store, batches)
+        missing = "sha256:" + "0" * 64
+        samples: dict[str, list[float]] = {"hit": [], "miss": []}
+        for i in range(lookups):
+            for name, key in (("hit", keys[i % len(keys)]), ("miss", missing)):
+                start = time.perf_counter()
+                found = await store.find_consensus(key)
+                samples[name].append(time.perf_counter() - start)
+                if (found is None) != (name == "miss"):
+                    raise RuntimeError(f"cache {name} expected for {key}")
+    print()
+    print(
+        f"consensus-cache lookup on SQLite, {len(keys):,} cached 3-model consensus rows "
+        f"(target: <= 100 us)"
+    )
+    print(f"{'lookup':>10} {'median us':>10} {'min us':>8}")
+    for name, got in samples.items():
+        print(f"{name:>10} {statistics.median(got) * 1e6:>10.0f} {min(got) * 1e6:>8.0f}")
 
 
 async def print_replay(steps: int, repeat: int) -> None:

@@ -25,6 +25,7 @@ from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 from tests import pg
 from thinktank.errors import StoreError, UnknownSessionError
 from thinktank.events import (
+    CachedConsensus,
     CallFinished,
     CallStarted,
     ConsensusComputed,
@@ -43,7 +44,10 @@ from thinktank.store import (
     default_db_url,
     normalize_db_url,
 )
-from thinktank.store._write import _sqlite_datetime
+from thinktank.store._fold import apply_batch
+from thinktank.store._read import find_consensus
+from thinktank.store._sql import Statements, Writer, sqlite_datetime
+from thinktank.store._write import EventLog
 
 # The PostgreSQL fixtures (see tests/pg.py), by assignment so that pytest finds them here.
 pg_server = pg.pg_server
@@ -583,7 +587,7 @@ async def test_sqlite_connections_have_the_store_settings(tmp_path: Path) -> Non
     and transactions begun by the store only."""
     async with await Store.open(str(tmp_path / "tt.db")) as store:
         await store.write(simple_session(1))
-        db = store._writer_db
+        db = store._writer.db
         pragmas = {}
         for name in ("busy_timeout", "foreign_keys", "synchronous", "journal_mode"):
             rows = await db.execute_fetchall(f"PRAGMA {name}")
@@ -876,20 +880,28 @@ async def test_sqlite_datetime_text_matches_sqlalchemy() -> None:
     samples = [at(0), at(1.000001), at(59.5), at(3599.999999)]
     samples += [datetime(999, 1, 2, 3, 4, 5, 6, tzinfo=UTC), datetime(2026, 3, 1, 1, 2, 3, 450)]
     for value in samples:
-        assert _sqlite_datetime(value) == process(value)
+        assert sqlite_datetime(value) == process(value)
     east = at(7.25).astimezone(timezone(timedelta(hours=5, minutes=30)))
-    assert _sqlite_datetime(east) == process(at(7.25))
+    assert sqlite_datetime(east) == process(at(7.25))
 
 
 async def test_generic_executor_writes_the_same_rows(tmp_path: Path) -> None:
-    """The SQLAlchemy-connection write path (used for PostgreSQL) stores the same session."""
-    async with await Store.open(str(tmp_path / "generic.db")) as generic:
-        generic._direct = False  # take the path other drivers take
-        events = simple_session(3)
-        await generic.write(events[:6])
-        await generic.write(events[6:])
-        stored = await generic.get_session(events[0].session_id)
-        counts = await generic.count_rows()
+    """The SQLAlchemy-connection write path (other drivers than aiosqlite and asyncpg)
+    stores the same session as the direct one."""
+    events = simple_session(3)
+    async with await Store.open(str(tmp_path / "generic.db")) as store:
+        engine = store._engine
+        writer = Writer(engine, (LookupError,), direct=False)
+        statements, log = Statements(engine.dialect), EventLog(engine.dialect)
+        cache: dict[str, dict[str, str]] = {}
+        for batch in (events[:6], events[6:]):
+            async with writer.transaction() as executor:
+                learnt, _ = await apply_batch(
+                    executor, batch, cache=cache, statements=statements, log=log
+                )
+            cache.update(learnt)
+        stored = await store.get_session(events[0].session_id)
+        counts = await store.count_rows()
     assert stored.status == "completed"
     assert [s.status for s in stored.steps] == ["completed"] * 3
     assert [c.tokens_used for s in stored.steps for c in s.calls] == [15, 15, 15]
@@ -904,10 +916,73 @@ async def test_postgres_writer_reconnects_after_the_server_drops_it(pg_url: str)
         await store.write(events[:3])
         admin = await asyncpg.connect(pg_url)
         try:
-            pid = store._writer_db.get_server_pid()
+            pid = store._writer.db.get_server_pid()
             assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
         finally:
             await admin.close()
         await anyio.sleep(0.1)
         await store.write(events[3:])
         assert (await store.get_session(events[0].session_id)).status == "completed"
+
+
+async def test_consensus_cache_lookup_returns_the_newest_merge_as_a_value(store: Store) -> None:
+    """``find_consensus`` gives the newest merge stored under a key as an events-level
+    value (no read model), equal whichever path reads it; an unknown key gives None."""
+    sid = new_id()
+    steps = (step_info("a", 0), step_info("b", 1))
+    key = "sha256:" + "ab" * 32
+
+    def merge(step: str, when: float, content: str, reached: bool) -> ConsensusComputed:
+        return ConsensusComputed(
+            session_id=sid,
+            at=at(when),
+            step_id=step,
+            method="majority",
+            score=0.5,
+            content=content,
+            threshold=0.7,
+            reached=reached,
+            included_call_ids=(),
+            clusters=({"answer": content, "call_ids": ["c1", "c2"], "weight": 0.5},),
+            outcome="low_consensus",
+            mode="quorum",
+            early_termination=True,
+            escalation=(("m1", "m2"), ("m3",)),
+            items=({"text": content, "models": ["m1"]},),
+            cache_key=key,
+        )
+
+    await store.write([session_started(sid, steps), merge("a", 1, "old", True)])
+    await store.write([merge("b", 2, "new", False)])
+    found = await store.find_consensus(key)
+    assert isinstance(found, CachedConsensus)
+    stored = await fetch_all(
+        store,
+        "SELECT id FROM thinktank_consensus WHERE step_id = "
+        "(SELECT id FROM thinktank_steps WHERE step_key = 'b')",
+    )
+    assert found == CachedConsensus(
+        id=stored[0][0],
+        session_id=sid,
+        method="majority",
+        score=0.5,
+        threshold=0.7,
+        reached=False,
+        content="new",
+        outcome="low_consensus",
+        mode="quorum",
+        early_termination=True,
+        clusters=({"answer": "new", "call_ids": ["c1", "c2"], "weight": 0.5},),
+        escalation=(("m1", "m2"), ("m3",)),
+        items=({"text": "new", "models": ["m1"]},),
+    )
+    # The SQLAlchemy read path (other drivers) reads the same value.
+    assert await store._read(find_consensus, key) == found
+    assert await store.find_consensus("sha256:" + "0" * 64) is None
+
+
+async def test_consensus_cache_lookup_on_a_closed_store_fails(tmp_path: Path) -> None:
+    store = await Store.open(str(tmp_path / "tt.db"))
+    await store.close()
+    with pytest.raises(StoreError, match="closed"):
+        await store.find_consensus("sha256:x")

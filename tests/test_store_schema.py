@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -285,3 +287,21 @@ async def test_concurrent_opens_of_a_fresh_database(db_url: str) -> None:
             await store.close()
     assert count == len(NAMES)
     assert applied is not None and sorted(applied) == NAMES
+
+
+async def test_opening_a_current_sqlite_store_writes_nothing(tmp_path: Path) -> None:
+    """A store already at the latest migration opens while another process holds the
+    write lock: the open only reads the migrations table (no DDL, no write)."""
+    path = tmp_path / "tt.db"
+    await (await Store.open(str(path))).close()
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with anyio.fail_after(5):
+            store = await Store.open(str(path), busy_timeout_s=0.2)
+        await store.close()
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+    async with await Store.open(str(path)) as store:
+        assert [name for name, _ in await store.migrations()] == NAMES

@@ -27,6 +27,7 @@ import msgspec
 __all__ = [
     "EVENT_TYPES",
     "AnyEvent",
+    "CachedConsensus",
     "CallAttempt",
     "CallFinished",
     "CallStarted",
@@ -270,6 +271,27 @@ class ConsensusComputed(Event, tag="consensus_computed", frozen=True, kw_only=Tr
     """When served from the consensus cache: the id of the stored consensus reused."""
     cache_key: str | None = None
     """The cache key this consensus is stored under (None: not cacheable)."""
+
+
+class CachedConsensus(msgspec.Struct, frozen=True, kw_only=True):
+    """A stored merge the consensus cache serves again (not an event: what the store
+    returns for a cache key, from which the step emits its ``ConsensusComputed``)."""
+
+    id: str
+    """The stored consensus (the new event's ``cached_from``)."""
+    session_id: str
+    """The session that computed it."""
+    method: str
+    score: float
+    threshold: float
+    reached: bool
+    content: str
+    outcome: str
+    mode: str
+    early_termination: bool
+    clusters: tuple[dict[str, Any], ...]
+    escalation: tuple[tuple[str, ...], ...]
+    items: tuple[dict[str, Any], ...]
 
 
 class StepFinished(Event, tag="step_finished", frozen=True, kw_only=True):

@@ -35,14 +35,13 @@ from thinktank.consensus import (
 )
 from thinktank.engine.calls import Caller, CallResult, PooledModel
 from thinktank.engine.parallel import Gathered, gather
-from thinktank.events import ConsensusComputed
+from thinktank.events import CachedConsensus, ConsensusComputed
 from thinktank.providers.base import ModelClient, ModelRequest
 from thinktank.session.spec import StepSpec
-from thinktank.store import StoredConsensus
 
 __all__ = ["Asking", "CacheLookup", "MultiModel", "Outcome", "cache_key"]
 
-CacheLookup = Callable[[str], Awaitable["StoredConsensus | None"]]
+CacheLookup = Callable[[str], Awaitable[CachedConsensus | None]]
 """Finds a stored consensus by cache key (``Store.find_consensus``)."""
 
 Outcome = tuple[str | None, float | None, str | None]
@@ -292,7 +291,7 @@ class MultiModel:
     def _caching(self, step: StepSpec) -> bool:
         return self.cache is not None and step.cache and self.use_cache
 
-    def _cached(self, step: StepSpec, request: ModelRequest, hit: StoredConsensus) -> Outcome:
+    def _cached(self, step: StepSpec, request: ModelRequest, hit: CachedConsensus) -> Outcome:
         """Serve a stored consensus: no call is made; the event links to the original."""
         self.caller.emit(
             ConsensusComputed(

@@ -16,10 +16,10 @@ loses nothing committed, a power cut may lose the last transactions) keeps commi
 waiting on the disk.
 
 PostgreSQL (``postgresql+asyncpg://``, or ``postgresql://``, needs ``asyncpg``): writes go
-straight to the asyncpg connection under a pooled one, each statement of a batch as one
-pipelined ``executemany``; JSON columns are ``JSONB`` and datetimes ``TIMESTAMP WITH
-TIME ZONE``. Reads go through SQLAlchemy. Behaviour is the same as on SQLite (the store
-tests run on both).
+to the asyncpg connection under a pooled one (``thinktank.store._sql``), each statement
+of a batch as one pipelined ``executemany``; JSON columns are ``JSONB`` and datetimes
+``TIMESTAMP WITH TIME ZONE``. Reads go through SQLAlchemy. Behaviour is the same as on
+SQLite (the store tests run on both).
 
 The schema is created and upgraded by named migrations (``thinktank_migrations`` records
 those applied; see ``thinktank.store._migrations``) when a store opens. Several workers
@@ -29,18 +29,15 @@ can share one database and split sessions between them with leases
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
-import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 from urllib.parse import quote
 
-import aiosqlite
 import anyio
 from sqlalchemy import select
 from sqlalchemy.engine import URL, make_url
@@ -50,32 +47,28 @@ from sqlalchemy.pool import StaticPool
 from sqlmodel import SQLModel
 
 from thinktank.errors import NoDatabaseError, StoreError, UnknownSessionError
-from thinktank.events import Event
+from thinktank.events import CachedConsensus, Event
 from thinktank.store import _lease
+from thinktank.store._fold import StepRowCache, apply_batch
 from thinktank.store._json import dumps, loads
 from thinktank.store._migrations import MIGRATIONS_TABLE, upgrade
 from thinktank.store._read import (
+    CONSENSUS_BY_KEY,
     SessionSummary,
     StoredCall,
     StoredConsensus,
     StoredSession,
     StoredStep,
+    cached_consensus,
     count_rows,
     events_of,
     find_consensus,
     get_session,
     list_sessions,
 )
+from thinktank.store._sql import Lookup, Statements, Writer, driver_errors, is_direct
 from thinktank.store._sqlite import BUSY_TIMEOUT_MS, CONNECT_ARGS, READ_OPTION, configure
-from thinktank.store._write import (
-    AiosqliteExecutor,
-    AsyncpgExecutor,
-    EventLog,
-    SQLAlchemyExecutor,
-    Statements,
-    StepRowCache,
-    apply_batch,
-)
+from thinktank.store._write import EventLog
 
 __all__ = [
     "DEFAULT_DB_ENV",
@@ -209,17 +202,6 @@ def _sqlite_file(url: URL) -> str | None:
     return os.path.abspath(database)
 
 
-def _driver_errors(engine: AsyncEngine) -> tuple[type[BaseException], ...]:
-    """The exceptions the store's direct driver connection raises (besides OSError)."""
-    if engine.dialect.name == "sqlite":
-        return (sqlite3.Error,)
-    if engine.dialect.driver == "asyncpg":
-        # Imported by name: asyncpg is an optional dependency, without type hints.
-        asyncpg: Any = importlib.import_module("asyncpg")
-        return (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
-    return ()
-
-
 def _create_engine(
     url: str,
     *,
@@ -309,17 +291,7 @@ class Store:
         self.write_retry_s = _WRITE_RETRY_S
         self._sqlite = engine.dialect.name == "sqlite"
         self._postgres = engine.dialect.name == "postgresql"
-        # Writes go to the driver connection itself on SQLite (aiosqlite) and on
-        # PostgreSQL through asyncpg; any other driver goes through SQLAlchemy.
-        self._direct = self._sqlite or (self._postgres and engine.dialect.driver == "asyncpg")
-        self._errors: tuple[type[BaseException], ...] = (
-            SQLAlchemyError,
-            OSError,
-            LookupError,
-            *_driver_errors(engine),
-        )
-        self._rollback_errors: tuple[type[BaseException], ...] = (*self._errors, ValueError)
-        """What a failed rollback raises (aiosqlite: ValueError once closed)."""
+        self._errors = driver_errors(engine)
         # An in-memory database is one connection shared by every checkout: reads
         # must then wait for writes as well.
         self._shared_connection = isinstance(engine.pool, StaticPool)
@@ -330,9 +302,8 @@ class Store:
         self._statements = Statements(engine.dialect)
         self._event_log = EventLog(engine.dialect)
         self._closed = False
-        self._writer: AsyncConnection | None = None
-        self._writer_db: Any = None
-        """The driver connection under ``_writer`` (aiosqlite or asyncpg)."""
+        self._writer = Writer(engine, self._errors)
+        self._lookup = Lookup(engine, self._errors) if is_direct(engine) else None
 
     @classmethod
     async def open(
@@ -402,9 +373,9 @@ class Store:
         if not self._closed:
             self._closed = True
             async with self._write_lock:
-                writer, self._writer, self._writer_db = self._writer, None, None
-                if writer is not None:
-                    await writer.close()
+                await self._writer.close()
+            if self._lookup is not None:
+                await self._lookup.close()
             await self._engine.dispose()
 
     async def __aenter__(self) -> Store:
@@ -438,112 +409,19 @@ class Store:
             return
         self._check_open()
         try:
-            async with self._write_lock:
-                if self._direct:
-                    learnt, finished = await self._write_direct(events)
-                else:
-                    async with self._engine.begin() as conn:
-                        learnt, finished = await apply_batch(
-                            SQLAlchemyExecutor(conn),
-                            events,
-                            cache=self._step_rows,
-                            statements=self._statements,
-                            log=self._event_log,
-                        )
+            async with self._write_lock, self._writer.transaction() as executor:
+                learnt, finished = await apply_batch(
+                    executor,
+                    events,
+                    cache=self._step_rows,
+                    statements=self._statements,
+                    log=self._event_log,
+                )
         except self._errors as exc:
             raise StoreError(f"cannot write to {self.where}: {_one_line(exc)}") from exc
         self._step_rows.update(learnt)
         for sid in finished:
             self._step_rows.pop(sid, None)
-
-    async def _write_direct(self, events: Sequence[Event]) -> tuple[StepRowCache, list[str]]:
-        """``write`` straight on the store's driver connection (aiosqlite or asyncpg).
-
-        The store keeps one connection for writing (``_write_lock`` serialises writes
-        anyway), which saves a pool checkout and checkin per batch, and talks to its
-        driver directly, without SQLAlchemy's greenlet bridge and per-statement
-        bookkeeping (a third of the time of a small batch on PostgreSQL, and two or
-        three trips to aiosqlite's thread per statement on SQLite).
-        """
-        db = await self._begin_direct()
-        try:
-            executor: AiosqliteExecutor | AsyncpgExecutor = (
-                AiosqliteExecutor(db) if self._sqlite else AsyncpgExecutor(db)
-            )
-            result = await apply_batch(
-                executor,
-                events,
-                cache=self._step_rows,
-                statements=self._statements,
-                log=self._event_log,
-            )
-            if self._sqlite:
-                await db.commit()
-            else:
-                await db.execute("COMMIT")
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self._abandon_write(db)
-            raise
-        return result
-
-    async def _begin_direct(self) -> Any:
-        """The writer connection, in a write transaction begun.
-
-        A PostgreSQL connection the server has dropped since the last write (a restart,
-        an idle timeout) shows only when used: its BEGIN fails, nothing was written, and
-        the write goes on with a new connection.
-        """
-        db = await self._writer_connection()
-        if self._sqlite:
-            try:
-                await db.execute("BEGIN IMMEDIATE")
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await self._abandon_write(db)
-                raise
-            return db
-        try:
-            await db.execute("BEGIN")
-        except self._errors:
-            if not db.is_closed():
-                raise
-            await self._drop_writer()
-            db = await self._writer_connection()
-            await db.execute("BEGIN")
-        return db
-
-    async def _writer_connection(self) -> Any:
-        """The driver connection this store writes with, opened on first use."""
-        db = self._writer_db
-        if db is not None and self._postgres and db.is_closed():
-            await self._drop_writer()
-            db = None
-        if db is None:
-            self._writer = await self._engine.connect()
-            raw = await self._writer.get_raw_connection()
-            db = self._writer_db = raw.driver_connection
-        return db
-
-    async def _abandon_write(self, db: Any) -> None:
-        """Roll back a failed write; drop the writer connection if even that fails."""
-        try:
-            if self._sqlite:
-                await cast(aiosqlite.Connection, db).rollback()
-            elif not db.is_closed() and db.is_in_transaction():
-                await db.execute("ROLLBACK")
-        except self._rollback_errors:
-            await self._drop_writer()
-
-    async def _drop_writer(self) -> None:
-        """Forget the writer connection (it is broken): the next write opens another."""
-        writer, self._writer, self._writer_db = self._writer, None, None
-        if writer is not None:
-            try:
-                await writer.invalidate()
-                await writer.close()
-            except self._errors:
-                pass
 
     @asynccontextmanager
     async def _reader(self) -> AsyncIterator[AsyncConnection]:
@@ -618,9 +496,28 @@ class Store:
         """
         return await self._read(get_session, id_or_prefix)
 
-    async def find_consensus(self, cache_key: str) -> StoredConsensus | None:
-        """The newest stored consensus under ``cache_key`` (the consensus cache)."""
-        return await self._read(find_consensus, cache_key)
+    async def find_consensus(self, cache_key: str) -> CachedConsensus | None:
+        """The newest stored consensus under ``cache_key`` (the consensus cache).
+
+        A step asks before every multi-model call, so this is one indexed query on a
+        driver connection kept for it, not a pooled SQLAlchemy read transaction.
+
+        Raises:
+            StoreError: the database could not be read.
+        """
+        if self._lookup is None:
+            return await self._read(find_consensus, cache_key)
+        self._check_open()
+        params = {"key": cache_key}
+        try:
+            if self._shared_connection:  # one in-memory connection: not during a write
+                async with self._write_lock:
+                    rows = await self._lookup.fetch(self._statements, CONSENSUS_BY_KEY, params)
+            else:
+                rows = await self._lookup.fetch(self._statements, CONSENSUS_BY_KEY, params)
+        except self._errors as exc:
+            raise StoreError(f"cannot read {self.url}: {_one_line(exc)}") from exc
+        return cached_consensus(rows[0]) if rows else None
 
     async def count_rows(self) -> dict[str, int]:
         """Table name -> number of rows, for every thinktank table."""

@@ -27,7 +27,7 @@ from sqlalchemy import ColumnElement, and_, func, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from thinktank.errors import UnknownSessionError
-from thinktank.store._write import SESSIONS
+from thinktank.store.tables import SESSIONS
 
 __all__ = ["claim", "heartbeat", "lease_of", "release"]
 

@@ -13,13 +13,16 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
-from sqlalchemy import Row, func, select
+from sqlalchemy import Row, bindparam, func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from thinktank.errors import UnknownSessionError
-from thinktank.store._write import ATTEMPTS, CALLS, CONSENSUS, EVENTS, SESSIONS, STEPS
+from thinktank.events import CachedConsensus
+from thinktank.store._json import loads
+from thinktank.store.tables import ATTEMPTS, CALLS, CONSENSUS, EVENTS, SESSIONS, STEPS
 
 __all__ = [
+    "CONSENSUS_BY_KEY",
     "MIN_PREFIX",
     "SessionSummary",
     "StoredAttempt",
@@ -27,6 +30,7 @@ __all__ = [
     "StoredConsensus",
     "StoredSession",
     "StoredStep",
+    "cached_consensus",
     "count_rows",
     "events_of",
     "find_consensus",
@@ -406,17 +410,64 @@ async def get_session(conn: AsyncConnection, id_or_prefix: str) -> StoredSession
     return StoredSession.model_validate(session)
 
 
-async def find_consensus(conn: AsyncConnection, cache_key: str) -> StoredConsensus | None:
+_CACHED_COLUMNS = (
+    "id",
+    "session_id",
+    "method",
+    "score",
+    "threshold",
+    "reached",
+    "content",
+    "outcome",
+    "mode",
+    "early_termination",
+    "clusters",
+    "escalation",
+    "items",
+)
+CONSENSUS_BY_KEY = (
+    select(*(CONSENSUS.c[name] for name in _CACHED_COLUMNS))
+    .where(CONSENSUS.c.cache_key == bindparam("key"))
+    .order_by(CONSENSUS.c.created_at.desc(), CONSENSUS.c.id.desc())
+    # Literal LIMIT and OFFSET (SQLite's compiler adds one): the key is the only
+    # bound parameter, which the direct path binds by name.
+    .limit(literal_column("1"))
+    .offset(literal_column("0"))
+)
+"""The newest consensus stored under a cache key (``cache_key`` is indexed)."""
+
+
+def _json(value: Any) -> Any:
+    """A JSON column's value: drivers under SQLAlchemy hand it back as text."""
+    return loads(value) if isinstance(value, str) else value
+
+
+def cached_consensus(row: Sequence[Any]) -> CachedConsensus:
+    """The value of a :data:`CONSENSUS_BY_KEY` row, from SQLAlchemy or from the driver
+    (JSON as text, booleans as integers on SQLite)."""
+    (id_, session_id, method, score, threshold, reached, content, outcome, mode, early) = row[:10]
+    clusters, escalation, items = (_json(v) for v in row[10:])
+    return CachedConsensus(
+        id=id_,
+        session_id=session_id,
+        method=method,
+        score=score,
+        threshold=threshold,
+        reached=bool(reached),
+        content=content,
+        outcome=outcome,
+        mode=mode,
+        early_termination=bool(early),
+        clusters=tuple(clusters),
+        escalation=tuple(tuple(r) for r in escalation),
+        items=tuple(items),
+    )
+
+
+async def find_consensus(conn: AsyncConnection, cache_key: str) -> CachedConsensus | None:
     """The newest consensus stored under ``cache_key``, or None."""
-    row = (
-        await conn.execute(
-            select(CONSENSUS)
-            .where(CONSENSUS.c.cache_key == cache_key)
-            .order_by(CONSENSUS.c.created_at.desc(), CONSENSUS.c.id.desc())
-            .limit(1)
-        )
-    ).first()
-    return None if row is None else StoredConsensus.model_validate(dict(row._mapping))
+    row = (await conn.execute(CONSENSUS_BY_KEY, {"key": cache_key})).first()
+    return None if row is None else cached_consensus(tuple(row))
 
 
 async def events_of(conn: AsyncConnection, session_id: str) -> list[dict[str, Any]]:

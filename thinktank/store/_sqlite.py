@@ -1,16 +1,14 @@
-"""How the store connects to SQLite: the settings of every connection, and the sync twin.
+"""How the store connects to SQLite: the settings of every connection and transaction.
 
-Every connection, the aiosqlite ones of the store's engine and the plain ``sqlite3``
-ones that create the schema, is a :class:`ConfiguredConnection`: ``sqlite3.connect``
+Every connection of the store's engine (aiosqlite, over ``sqlite3``) is a
+:class:`ConfiguredConnection`: ``sqlite3.connect``
 builds it with the store's settings already applied (busy timeout, WAL, ``synchronous
 = NORMAL``, foreign keys, no implicit transactions), in the thread that connects. Set
 through SQLAlchemy's ``connect`` event instead, each setting was a statement sent from
 the event loop through aiosqlite's adapter, three or four trips to its thread apiece.
 
 :func:`configure` makes every transaction SQLAlchemy begins a ``BEGIN IMMEDIATE``
-(writes) or a deferred ``BEGIN`` (connections marked with :data:`READ_OPTION`), and
-:func:`sync_twin` is a synchronous engine on the database of an async one, for work
-done whole in a worker thread (``thinktank.store._migrations``).
+(writes) or a deferred ``BEGIN`` (connections marked with :data:`READ_OPTION`).
 """
 
 from __future__ import annotations
@@ -19,18 +17,14 @@ import sqlite3
 import time
 from typing import Any
 
-from sqlalchemy import create_engine, event
-from sqlalchemy.engine import URL, Connection, Engine
-from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.pool import StaticPool
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
 
 __all__ = [
     "BUSY_TIMEOUT_MS",
     "READ_OPTION",
     "ConfiguredConnection",
     "configure",
-    "is_file_database",
-    "sync_twin",
 ]
 
 BUSY_TIMEOUT_MS = 30_000
@@ -114,24 +108,3 @@ def configure(engine: Engine) -> None:
             conn.exec_driver_sql("BEGIN")
         else:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-def is_file_database(url: URL) -> bool:
-    """Whether the SQLite ``url`` names a file (another connection sees the same data)."""
-    database = url.database or ""
-    if not database or database == ":memory:" or database.startswith("file::memory:"):
-        return False
-    return url.query.get("mode") != "memory"
-
-
-def sync_twin(engine: AsyncEngine) -> Engine:
-    """A synchronous engine (``sqlite3``) on the SQLite file of ``engine``.
-
-    Same URL options and connection settings. Its one connection serves every checkout
-    (a new connection to a WAL file costs its setup, and closing the last one a
-    checkpoint): use it in one thread at a time, and dispose of it in that thread.
-    """
-    url = engine.url.set(drivername="sqlite")
-    twin = create_engine(url, poolclass=StaticPool, connect_args=CONNECT_ARGS)
-    configure(twin)
-    return twin

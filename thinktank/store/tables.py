@@ -4,7 +4,8 @@ The seed spec's table and column names (``thinktank_sessions`` with its
 ``parallel_execution_config`` JSON, ``thinktank_steps``, ``thinktank_parallel_executions``)
 are a contract kept here; the columns beyond the seed's (status, cost, errors, consensus,
 the event log) are ours. Nothing in this module has logic: the write path in
-``thinktank.store._write`` uses SQLAlchemy Core statements on these tables and the read
+``thinktank.store._fold`` uses SQLAlchemy Core statements on these tables (the Core
+handles :data:`SESSIONS`, :data:`STEPS`, ... at the end of this module) and the read
 path in ``thinktank.store._read`` turns rows into the pydantic ``Stored*`` models. The
 classes are never handed to users.
 
@@ -22,13 +23,30 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, Integer, String, Text, UniqueConstraint, text, true
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    Integer,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+    true,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeEngine
 from sqlmodel import Field, SQLModel
 
 __all__ = [
+    "ATTEMPTS",
+    "CALLS",
+    "CONSENSUS",
+    "EVENTS",
     "JSON_TYPE",
+    "SESSIONS",
+    "STEPS",
     "UTC_DATETIME",
     "CallAttemptRow",
     "CallRow",
@@ -339,3 +357,12 @@ class MigrationRow(SQLModel, table=True):
     """The migration's name (``0001_initial``, ...)."""
     applied_at: datetime = Field(sa_type=UTC_DATETIME)
     """When it was applied."""
+
+
+# The Core tables of the classes above, for the statements of the write and read paths.
+SESSIONS: Table = SQLModel.metadata.tables[SessionRow.__tablename__]
+STEPS: Table = SQLModel.metadata.tables[StepRow.__tablename__]
+CALLS: Table = SQLModel.metadata.tables[CallRow.__tablename__]
+ATTEMPTS: Table = SQLModel.metadata.tables[CallAttemptRow.__tablename__]
+CONSENSUS: Table = SQLModel.metadata.tables[ConsensusRow.__tablename__]
+EVENTS: Table = SQLModel.metadata.tables[EventRow.__tablename__]
