@@ -15,7 +15,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from thinktank.engine.result import SessionResult, Usage
-from thinktank.engine.runner import DEFAULT_STORE, Listener, run
+from thinktank.engine.runner import DEFAULT_STORE, Listener
+from thinktank.engine.stream import run
 from thinktank.providers.base import ModelClient
 from thinktank.session.spec import ParallelExecutionConfig, SessionSpec
 from thinktank.store import Store

@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict
 from thinktank._safeload import LoadError, load_json
 from thinktank._text import read_utf8
 from thinktank.engine.result import SessionResult
-from thinktank.engine.runner import DEFAULT_STORE, Listener, run
+from thinktank.engine.runner import DEFAULT_STORE, Listener
+from thinktank.engine.stream import run
 from thinktank.errors import InputError, ThinkTankError
 from thinktank.providers.base import ModelClient
 from thinktank.session.spec import SessionSpec, validate_inputs

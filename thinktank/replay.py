@@ -38,7 +38,7 @@ from pydantic import BaseModel
 
 from thinktank.engine.calls import NO_RETRY, PooledModel
 from thinktank.engine.result import SessionResult
-from thinktank.engine.runner import Listener, Restart, SeedStep, lease_ttl, new_worker_id, run
+from thinktank.engine.runner import Listener, Restart, SeedStep, execute, lease_ttl, new_worker_id
 from thinktank.errors import ProviderError, UsageError
 from thinktank.events import CallStarted
 from thinktank.providers.base import ModelClient, ModelRequest, ModelResponse
@@ -409,7 +409,7 @@ async def _resume(
         origin={"kind": "resume", "session_id": stored.id},
         lease=lease,
     )
-    return await run(
+    return await execute(
         spec,
         inputs=stored.inputs,
         store=db,
@@ -609,7 +609,7 @@ async def replay(
             }
             restart.wrap = lambda name, pooled: PooledModel(client=pooled.client, retry=NO_RETRY)
         keep = record if record is not None else kind != "recorded"
-        result = await run(
+        result = await execute(
             spec,
             inputs=stored.inputs,
             store=db if keep else None,
@@ -697,7 +697,7 @@ async def fork(
             aliases=sinks,
             origin={"kind": "fork", "session_id": stored.id, "step": step},
         )
-        return await run(
+        return await execute(
             spec,
             inputs=stored.inputs,
             store=db,

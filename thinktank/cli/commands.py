@@ -198,7 +198,8 @@ def run_command(
     from thinktank.cli.progress import Progress
     from thinktank.cli.render import print_dry_run, print_result
     from thinktank.dryrun import dry_run as plan_dry_run
-    from thinktank.engine.runner import DEFAULT_STORE, run
+    from thinktank.engine.runner import DEFAULT_STORE
+    from thinktank.engine.stream import iter as stream_run
     from thinktank.session.selection import apply_selection
     from thinktank.session.spec import validate_inputs
 
@@ -231,16 +232,18 @@ def run_command(
 
     async def go() -> SessionResult:
         with progress:
-            return await run(
+            async with stream_run(
                 spec,
                 inputs=values,
                 store=db if db is not None else DEFAULT_STORE,
-                on_event=progress,
                 source=session_file,
                 max_cost_usd=max_cost,
                 max_tokens=max_tokens,
                 on_delta=progress.delta,
-            )
+            ) as session:
+                async for event in session:
+                    progress(event)
+            return session.result
 
     result = _run_interruptible(go, progress)
     if as_json:
