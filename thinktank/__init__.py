@@ -17,11 +17,11 @@ import types
 import typing
 
 if typing.TYPE_CHECKING:
+    from thinktank._store_arg import DEFAULT_STORE
     from thinktank.ask import ParallelResult, execute_parallel
     from thinktank.batch import BatchResult, run_many
     from thinktank.dryrun import DryRun, dry_run
     from thinktank.engine.result import SessionResult, StepResult, Usage
-    from thinktank.engine.runner import DEFAULT_STORE
     from thinktank.engine.stream import SessionRun, iter, run, run_sync
     from thinktank.errors import (
         CallTimeoutError,
@@ -106,7 +106,7 @@ __all__ = [
 _LAZY: dict[str, str] = {
     "BatchResult": "thinktank.batch",
     "CallTimeoutError": "thinktank.errors",
-    "DEFAULT_STORE": "thinktank.engine.runner",
+    "DEFAULT_STORE": "thinktank._store_arg",
     "DryRun": "thinktank.dryrun",
     "InputError": "thinktank.errors",
     "InputSpec": "thinktank.session.spec",

@@ -29,6 +29,7 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from thinktank._ids import new_id, new_ids
+from thinktank._store_arg import DEFAULT_STORE, resolve_store
 from thinktank.engine.budget import Budget
 from thinktank.engine.calls import OnDelta, PooledModel
 from thinktank.engine.result import ResultCollector, SessionResult
@@ -66,15 +67,6 @@ __all__ = [
     "new_worker_id",
 ]
 
-
-class _DefaultStore:
-    def __repr__(self) -> str:
-        return "DEFAULT_STORE"
-
-
-DEFAULT_STORE: Final[Any] = _DefaultStore()
-"""Sentinel: record in ``$THINKTANK_DB`` or ``./thinktank.db``. Pass ``store=None`` to
-record nothing."""
 
 Listener = Callable[[Event], None]
 
@@ -391,9 +383,7 @@ async def execute(
                 ]
             )
 
-    owned: Store | None = None
-    if store is DEFAULT_STORE or isinstance(store, str):
-        store = owned = await Store.open(None if store is DEFAULT_STORE else store)
+    store, owned = await resolve_store(store)
     # Keep-alive for every pooled connection: a closed one costs a TLS handshake.
     http = (
         create_http_client(max_connections=100, max_keepalive=100)
