@@ -9,16 +9,9 @@ import anyio
 import pytest
 
 import thinktank
+from thinktank import events as ev
 from thinktank.errors import InputError, RunError
-from thinktank.events import (
-    CallFinished,
-    CallStarted,
-    Event,
-    SessionFinished,
-    SessionStarted,
-    StepFinished,
-    StepStarted,
-)
+from thinktank.events import Event
 from thinktank.session.spec import SessionSpec, parse_session
 
 from .conftest import CallLog, CountingModel
@@ -67,9 +60,9 @@ async def test_events_arrive_in_order_and_result_equals_run(tmp_path: Path) -> N
         async for event in run:
             seen.append(event)
     kinds = [type(e) for e in seen]
-    assert kinds[0] is SessionStarted and kinds[-1] is SessionFinished
-    assert kinds[1:-1] == [StepStarted, CallStarted, CallFinished, StepFinished] * 3
-    assert [e.step_id for e in seen if isinstance(e, StepFinished)] == ["s0", "s1", "s2"]
+    assert kinds[0] is ev.SessionStarted and kinds[-1] is ev.SessionFinished
+    assert kinds[1:-1] == [ev.StepStarted, ev.CallStarted, ev.CallFinished, ev.StepFinished] * 3
+    assert [e.step_id for e in seen if isinstance(e, ev.StepFinished)] == ["s0", "s1", "s2"]
     streamed = run.result
     direct = await thinktank.run(spec, store=None, models=_models())
     assert _essence(streamed) == _essence(direct)
@@ -108,7 +101,7 @@ async def test_early_break_cancels_the_session_in_the_store(tmp_path: Path) -> N
     async with await thinktank.Store.open(db) as store:
         async with thinktank.iter(_chain(3), store=store, models=_models(0.2)) as run:
             async for event in run:
-                if isinstance(event, CallStarted):
+                if isinstance(event, ev.CallStarted):
                     break
         with pytest.raises(RunError, match="cancelled"):
             run.result  # noqa: B018 - the property raises
@@ -126,7 +119,7 @@ async def test_outer_cancellation_propagates_and_session_ends_in_store(tmp_path:
     with anyio.CancelScope() as outer:
         async with thinktank.iter(_chain(3), store=db, models=_models(0.2)) as run:
             async for event in run:
-                if isinstance(event, StepFinished):
+                if isinstance(event, ev.StepFinished):
                     outer.cancel()
         after = True
     assert outer.cancelled_caught and not after

@@ -29,7 +29,6 @@ import dataclasses
 import functools
 from collections import deque
 from collections.abc import Callable, Mapping
-from types import TracebackType
 from typing import Any, Final, TypedDict, Unpack, cast
 
 import anyio
@@ -167,12 +166,7 @@ class SessionRun:
         tg.start_soon(self._drive)
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         tg = self._tg
         assert tg is not None, "SessionRun.__aexit__ without __aenter__"
         if not self._ended:
