@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import thinktank
 from thinktank import events as ev
@@ -15,8 +18,6 @@ from thinktank.events import Event
 from thinktank.session.spec import SessionSpec, parse_session
 
 from .conftest import CallLog, CountingModel
-
-pytestmark = pytest.mark.anyio
 
 
 def _chain(n: int, **extra: Any) -> SessionSpec:
@@ -51,6 +52,7 @@ def _essence(result: thinktank.SessionResult) -> dict[str, Any]:
     return data
 
 
+@pytest.mark.anyio
 async def test_events_arrive_in_order_and_result_equals_run(tmp_path: Path) -> None:
     """The stream yields every event the store records, in order, and ``result`` is what
     ``run`` returns for the same session (ids and times aside)."""
@@ -74,6 +76,7 @@ async def test_events_arrive_in_order_and_result_equals_run(tmp_path: Path) -> N
     assert mine == also and len(mine) == len(seen)
 
 
+@pytest.mark.anyio
 async def test_errors_are_run_s_errors() -> None:
     """Bad inputs raise what ``run`` raises, from the ``async for``; no result."""
     spec = parse_session(
@@ -94,6 +97,7 @@ async def test_errors_are_run_s_errors() -> None:
         run.result  # noqa: B018 - the property raises
 
 
+@pytest.mark.anyio
 async def test_early_break_cancels_the_session_in_the_store(tmp_path: Path) -> None:
     """Leaving the loop early cancels the session: the store shows it interrupted,
     the step in flight cancelled, and nothing after it started."""
@@ -111,6 +115,7 @@ async def test_early_break_cancels_the_session_in_the_store(tmp_path: Path) -> N
     assert [s.status for s in stored.steps] == ["cancelled", "pending", "pending"]
 
 
+@pytest.mark.anyio
 async def test_outer_cancellation_propagates_and_session_ends_in_store(tmp_path: Path) -> None:
     """A cancellation from outside is not swallowed: code after the block never runs,
     and the session is recorded as interrupted."""
@@ -131,6 +136,7 @@ async def test_outer_cancellation_propagates_and_session_ends_in_store(tmp_path:
     assert "running" not in {s.status for s in stored.steps}
 
 
+@pytest.mark.anyio
 async def test_outer_cancel_while_waiting_for_an_event() -> None:
     """Cancelled while the consumer waits for the next event: the cancellation
     propagates within the step's model latency (the model call is cancelled)."""
@@ -141,6 +147,7 @@ async def test_outer_cancel_while_waiting_for_an_event() -> None:
     assert scope.cancelled_caught
 
 
+@pytest.mark.anyio
 async def test_a_slow_consumer_bounds_the_queue() -> None:
     """With a consumer slower than the models, the queue never grows past the buffer
     plus the events of the steps under way; without the bound it would hold the whole
@@ -169,3 +176,69 @@ async def test_a_slow_consumer_bounds_the_queue() -> None:
     assert run.high_water <= buffer + 2 * 7 + 2
     assert ahead <= buffer + 2 * 7 + 2
     assert ahead < total // 4
+
+
+@st.composite
+def _cases(draw: st.DrawFn) -> tuple[SessionSpec, int, int, list[float], int | None]:
+    """A random DAG over models a and b, a buffer, a consumer's delays, and maybe the
+    event after which it stops reading."""
+    n = draw(st.integers(1, 12))
+    rng = random.Random(draw(st.integers(0, 2**32 - 1)))
+    steps: list[dict[str, Any]] = []
+    for i in range(n):
+        deps = sorted(set(rng.sample(range(i), min(i, rng.randint(0, 2)))))
+        step: dict[str, Any] = {"id": f"s{i}", "prompt": "p", "depends_on": [f"s{d}" for d in deps]}
+        if rng.random() < 0.5:
+            step["models"] = ["a", "b"]
+        else:
+            step["model"] = rng.choice("ab")
+        steps.append(step)
+    k = draw(st.integers(1, 4))
+    spec = parse_session(
+        {"name": "h", "steps": steps, "parallel_execution": {"max_concurrent_steps": k}},
+        known_models=["a", "b"],
+    )
+    buffer = draw(st.integers(1, 8))
+    delays = draw(st.lists(st.sampled_from([0.0, 0.0, 0.001, 0.003]), min_size=1, max_size=8))
+    stop = draw(st.one_of(st.none(), st.integers(0, 4 * n)))
+    return spec, k, buffer, delays, stop
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=_cases())
+def test_stream_property(case: tuple[SessionSpec, int, int, list[float], int | None]) -> None:
+    """Random DAGs, consumer speeds and early stops: the consumer sees the emitted
+    events in order, the queue stays bounded, every step starts at most once, no call
+    starts after the consumer left, and nothing hangs."""
+    spec, k, buffer, delays, stop = case
+
+    async def main() -> None:
+        log = CallLog()
+        emitted: list[Event] = []
+        received: list[Event] = []
+        with anyio.fail_after(20):
+            async with thinktank.iter(
+                spec,
+                store=None,
+                models={n: CountingModel(n, log, delay_s=0.002) for n in "ab"},
+                on_event=emitted.append,
+                buffer=buffer,
+            ) as run:
+                async for event in run:
+                    received.append(event)
+                    if stop is not None and len(received) > stop:
+                        break
+                    await anyio.sleep(delays[len(received) % len(delays)])
+            calls_when_left = len(log.calls)
+            await anyio.sleep(0.02)
+        assert len(log.calls) == calls_when_left
+        assert received == emitted[: len(received)]
+        starts = [e.step_id for e in emitted if isinstance(e, ev.StepStarted)]
+        assert len(starts) == len(set(starts))
+        # Each of k steps in flight emits at most 7 events (2 models) past the gate.
+        assert run.high_water <= buffer + k * 7 + 2
+        if stop is None:
+            assert run.result.ok and received == emitted
+            assert len(starts) == len(spec.steps)
+
+    anyio.run(main)
