@@ -264,12 +264,19 @@ def _then(first: Wrap | None, then: Wrap) -> Wrap:
 def iter(  # the public name (as pydantic_graph's Graph.iter); shadows the builtin here only
     spec: SessionSpec, *, buffer: int = DEFAULT_BUFFER, **options: Unpack[RunOptions]
 ) -> SessionRun:
-    """Run a session and stream its events as they happen; see the module docstring.
+    """Run a session and stream its typed events as they happen::
+
+        async with thinktank.iter(spec, store=None) as run:
+            async for event in run:
+                ...
+        print(run.result.status)
 
     Takes ``run``'s arguments (``store=`` follows the rule in the README's Python API
     section), and ``buffer``: how many events wait for a slow consumer before the
     session's model calls wait for it. Errors ``run`` raises are raised by the
-    ``async for`` once the events end.
+    ``async for`` once the events end. Leaving the block before the last event
+    cancels the session (stored as ``interrupted``); ``run.result`` then raises
+    :class:`RunError`.
     """
     return SessionRun(spec, options, buffer=buffer)
 
