@@ -32,7 +32,7 @@ sys.path[0] = str(Path(__file__).resolve().parent.parent)
 import anyio  # noqa: E402
 
 from thinktank.ask import session_for, to_parallel_result  # noqa: E402
-from thinktank.engine.runner import run  # noqa: E402
+from thinktank.engine.stream import run  # noqa: E402
 from thinktank.session.spec import ParallelExecutionConfig  # noqa: E402
 
 STEP_TIMEOUT_MS = 600_000

@@ -125,6 +125,5 @@ def test_dry_run_cost_is_unknown_without_prices() -> None:
             "steps": [{"id": "a", "prompt": "p", "model": "m"}],
         }
     )
-    registry = thinktank.providers.registry.ModelRegistry(session_models=spec.models)
-    plan = thinktank.dry_run(spec, registry, {})
+    plan = thinktank.dry_run(spec)
     assert plan.cost_usd_max is None and plan.calls_max == 1

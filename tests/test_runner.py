@@ -212,7 +212,7 @@ async def test_multi_model_step_merges_by_majority() -> None:
     assert step.consensus.reached and step.consensus.outcome == "ok"
     included = {c.model: c.included_in_consensus for c in step.calls}
     assert included == {"x": True, "y": True, "z": False}
-    # The result is built without validation: it must equal its validated self.
+    # The result round-trips through its JSON-able dump unchanged.
     again = thinktank.SessionResult.model_validate(result.model_dump())
     assert again == result
     assert again.model_dump_json() == result.model_dump_json()

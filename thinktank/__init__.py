@@ -17,11 +17,12 @@ import types
 import typing
 
 if typing.TYPE_CHECKING:
+    from thinktank._store_arg import DEFAULT_STORE
     from thinktank.ask import ParallelResult, execute_parallel
     from thinktank.batch import BatchResult, run_many
     from thinktank.dryrun import DryRun, dry_run
     from thinktank.engine.result import SessionResult, StepResult, Usage
-    from thinktank.engine.runner import DEFAULT_STORE, run, run_sync
+    from thinktank.engine.stream import SessionRun, iter, run, run_sync
     from thinktank.errors import (
         CallTimeoutError,
         InputError,
@@ -71,6 +72,7 @@ __all__ = [
     "ReplayReport",
     "RunError",
     "SessionResult",
+    "SessionRun",
     "SessionSpec",
     "SimulatedModel",
     "SimulatedModelConfig",
@@ -91,6 +93,7 @@ __all__ = [
     "export_session",
     "fork",
     "import_session",
+    "iter",
     "load_session",
     "parse_session",
     "replay",
@@ -103,7 +106,7 @@ __all__ = [
 _LAZY: dict[str, str] = {
     "BatchResult": "thinktank.batch",
     "CallTimeoutError": "thinktank.errors",
-    "DEFAULT_STORE": "thinktank.engine.runner",
+    "DEFAULT_STORE": "thinktank._store_arg",
     "DryRun": "thinktank.dryrun",
     "InputError": "thinktank.errors",
     "InputSpec": "thinktank.session.spec",
@@ -118,6 +121,7 @@ _LAZY: dict[str, str] = {
     "ReplayReport": "thinktank.replay",
     "RunError": "thinktank.errors",
     "SessionResult": "thinktank.engine.result",
+    "SessionRun": "thinktank.engine.stream",
     "SessionSpec": "thinktank.session.spec",
     "SimulatedModel": "thinktank.providers.simulated",
     "SimulatedModelConfig": "thinktank.providers.simulated",
@@ -137,13 +141,14 @@ _LAZY: dict[str, str] = {
     "export_session": "thinktank.transfer",
     "fork": "thinktank.replay",
     "import_session": "thinktank.transfer",
+    "iter": "thinktank.engine.stream",
     "load_session": "thinktank.session.spec",
     "parse_session": "thinktank.session.spec",
     "replay": "thinktank.replay",
     "resume": "thinktank.replay",
-    "run": "thinktank.engine.runner",
+    "run": "thinktank.engine.stream",
     "run_many": "thinktank.batch",
-    "run_sync": "thinktank.engine.runner",
+    "run_sync": "thinktank.engine.stream",
 }
 """Where each public name lives. A name is imported on first use, so ``import
 thinktank`` (and so every ``thinktank`` command, even ``--help``) does not load the

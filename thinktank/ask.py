@@ -14,8 +14,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from thinktank._store_arg import DEFAULT_STORE
 from thinktank.engine.result import SessionResult, Usage
-from thinktank.engine.runner import DEFAULT_STORE, Listener, run
+from thinktank.engine.runner import Listener
+from thinktank.engine.stream import run
 from thinktank.providers.base import ModelClient
 from thinktank.session.spec import ParallelExecutionConfig, SessionSpec
 from thinktank.store import Store
@@ -236,7 +238,8 @@ async def execute_parallel(
     Args:
         prompt: The question (inserted as data: braces in it are not a template).
         config: The spec's ParallelExecutionConfig (or a mapping; camelCase accepted).
-        store: Where the execution is recorded (as for ``run``); None records nothing.
+        store: Where the execution is recorded: the ``store=`` rule of the README's
+            Python API section (None records nothing).
         models: Model clients by name, besides the registry's.
         on_event: Receives every event.
 

@@ -17,9 +17,11 @@ import anyio
 from pydantic import BaseModel, ConfigDict
 
 from thinktank._safeload import LoadError, load_json
+from thinktank._store_arg import DEFAULT_STORE, resolve_store
 from thinktank._text import read_utf8
 from thinktank.engine.result import SessionResult
-from thinktank.engine.runner import DEFAULT_STORE, Listener, run
+from thinktank.engine.runner import Listener
+from thinktank.engine.stream import run
 from thinktank.errors import InputError, ThinkTankError
 from thinktank.providers.base import ModelClient
 from thinktank.session.spec import SessionSpec, validate_inputs
@@ -132,7 +134,8 @@ async def run_many(
         spec: The session.
         inputs: One mapping of input values per session.
         concurrency: Sessions in flight at once.
-        store: As for ``run``: one store serves every session.
+        store: The ``store=`` rule of the README's Python API section; one store
+            serves every session.
         models: Model clients by name.
         on_event: Receives every event of every session.
         on_done: Called with each :class:`BatchItem` as its session ends.
@@ -148,9 +151,7 @@ async def run_many(
     rows = [validate_inputs(spec, dict(values)) for values in inputs]
     items = [BatchItem(index=i, inputs=row) for i, row in enumerate(rows)]
     start = time.perf_counter()
-    owned: Store | None = None
-    if store is DEFAULT_STORE or isinstance(store, str):
-        store = owned = await Store.open(None if store is DEFAULT_STORE else store)
+    store, owned = await resolve_store(store)
     limiter = anyio.CapacityLimiter(concurrency)
 
     async def one(item: BatchItem) -> None:

@@ -17,9 +17,12 @@ from typing import Any
 from pydantic import BaseModel
 
 from thinktank.engine.budget import DEFAULT_OUTPUT_ESTIMATE, estimate_tokens
+from thinktank.providers.base import ModelClient
+from thinktank.providers.config import load_config
 from thinktank.providers.registry import ModelRegistry
 from thinktank.session.graph import StepGraph
-from thinktank.session.spec import SessionSpec, StepSpec
+from thinktank.session.selection import apply_selection
+from thinktank.session.spec import SessionSpec, StepSpec, validate_inputs
 from thinktank.session.templates import render_template
 
 __all__ = ["DryRun", "DryRunStep", "dry_run"]
@@ -83,8 +86,27 @@ def _counts(step: StepSpec, models: list[str]) -> tuple[int, int, str | None]:
     return first, n + extra, "cheapest first; dearer models only on disagreement"
 
 
-def dry_run(spec: SessionSpec, registry: ModelRegistry, inputs: Mapping[str, Any]) -> DryRun:
-    """Plan a run of ``spec`` without calling anything."""
+def dry_run(
+    spec: SessionSpec,
+    *,
+    inputs: Mapping[str, Any] | None = None,
+    models: Mapping[str, ModelClient] | None = None,
+) -> DryRun:
+    """Plan a run of ``spec`` without calling anything or opening a store.
+
+    Args:
+        spec: A validated session (``thinktank.load_session``).
+        inputs: Values for the session's declared inputs, as for ``run``.
+        models: Model clients by name, as for ``run`` (their prices are unknown).
+
+    Raises:
+        SpecErrors: automatic model selection finds no usable model, or
+            ``thinktank.toml`` is invalid.
+        InputError: inputs missing, unknown or of the wrong type.
+    """
+    registry = ModelRegistry(session_models=spec.models, config=load_config, clients=models)
+    spec, _ = apply_selection(spec, registry)
+    inputs = validate_inputs(spec, inputs)
     graph = StepGraph(spec)
     out_estimate = {s.id: s.max_tokens or DEFAULT_OUTPUT_ESTIMATE for s in spec.steps}
     placeholder = {sid: "x" * (4 * est) for sid, est in out_estimate.items()}
@@ -92,13 +114,13 @@ def dry_run(spec: SessionSpec, registry: ModelRegistry, inputs: Mapping[str, Any
     total_min = total_max = 0
     total_cost: float | None = 0.0
     for step in spec.steps:
-        models = spec.step_models(step)
+        chosen = spec.step_models(step)
         prompt = render_template(step.prompt, inputs, placeholder) if step.template else step.prompt
         tokens_in = estimate_tokens(prompt + (step.system or ""))
         tokens_out = out_estimate[step.id]
-        low, high, note = _counts(step, models)
+        low, high, note = _counts(step, chosen)
         priced = [
-            _call_cost(registry, m, tokens_in, tokens_out) for m in [*models, *step.extra_models()]
+            _call_cost(registry, m, tokens_in, tokens_out) for m in [*chosen, *step.extra_models()]
         ]
         cost: float | None = None
         if priced and all(c is not None for c in priced):
@@ -110,9 +132,9 @@ def dry_run(spec: SessionSpec, registry: ModelRegistry, inputs: Mapping[str, Any
                 id=step.id,
                 kind=step.kind
                 if step.kind == "decompose"
-                else ("multi" if len(models) > 1 else "prompt"),
-                mode=step.mode if len(models) > 1 and step.kind == "prompt" else None,
-                models=models,
+                else ("multi" if len(chosen) > 1 else "prompt"),
+                mode=step.mode if len(chosen) > 1 and step.kind == "prompt" else None,
+                models=chosen,
                 calls_min=low,
                 calls_max=high,
                 input_tokens_per_call=tokens_in,

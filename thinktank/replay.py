@@ -43,9 +43,9 @@ from thinktank.engine.result import SessionResult
 from thinktank.engine.runner import (
     DEFAULT_STORE,
     Listener,
+    execute,
     lease_ttl,
     new_worker_id,
-    run,
 )
 from thinktank.errors import UsageError
 from thinktank.events import CallStarted
@@ -237,7 +237,7 @@ async def _resume(
         origin={"kind": "resume", "session_id": stored.id},
         lease=lease,
     )
-    return await run(
+    return await execute(
         spec,
         inputs=stored.inputs,
         store=db,
@@ -492,7 +492,7 @@ async def replay(
         else:
             restart = await _replay_restart(stored, db, origin)
             clients = _replay_clients(stored, spec)
-        result = await run(
+        result = await execute(
             spec,
             inputs=stored.inputs,
             store=db if keep else None,
@@ -587,7 +587,7 @@ async def fork(
             aliases=sinks,
             origin={"kind": "fork", "session_id": stored.id, "step": step},
         )
-        return await run(
+        return await execute(
             spec,
             inputs=stored.inputs,
             store=db,

@@ -63,10 +63,11 @@ _no_progress_option = click.option("--no-progress", is_flag=True, help="Do not p
 _model_option = click.option(
     "--model",
     "-m",
-    "model",
-    default=None,
+    "models",
+    multiple=True,
     metavar="NAME",
-    help="Put every step on this one model (e.g. local, openai/gpt-4o-mini).",
+    help="Run every step on this model instead of the file's (e.g. local, "
+    "openai/gpt-4o-mini); repeat to ask several at once in every step.",
 )
 
 
@@ -187,7 +188,7 @@ def run_command(
     db: str | None,
     input_pairs: tuple[str, ...],
     inputs_file: str | None,
-    model: str | None,
+    models: tuple[str, ...],
     max_cost: float | None,
     max_tokens: int | None,
     dry_run: bool,
@@ -198,12 +199,12 @@ def run_command(
     from thinktank.cli.progress import Progress
     from thinktank.cli.render import print_dry_run, print_result
     from thinktank.dryrun import dry_run as plan_dry_run
-    from thinktank.engine.runner import DEFAULT_STORE, run
-    from thinktank.session.selection import apply_selection
+    from thinktank.engine.runner import DEFAULT_STORE
+    from thinktank.engine.stream import iter as stream_run
     from thinktank.session.spec import validate_inputs
 
     try:
-        spec = _load(session_file, model)
+        spec = _load(session_file, models)
     except SpecErrors as exc:
         _fail(exc.lines())
     file_values = _parse_inputs((), inputs_file)
@@ -217,9 +218,7 @@ def run_command(
         _fail([f"{session_file}: {line}" for line in str(exc).splitlines()])
     if dry_run:
         try:
-            registry = _registry(spec)
-            resolved, _ = apply_selection(spec, registry)
-            plan = plan_dry_run(resolved, registry, values)
+            plan = plan_dry_run(spec, inputs=values)
         except SpecErrors as exc:
             _fail(exc.lines())
         if as_json:
@@ -231,16 +230,18 @@ def run_command(
 
     async def go() -> SessionResult:
         with progress:
-            return await run(
+            async with stream_run(
                 spec,
                 inputs=values,
                 store=db if db is not None else DEFAULT_STORE,
-                on_event=progress,
                 source=session_file,
                 max_cost_usd=max_cost,
                 max_tokens=max_tokens,
                 on_delta=progress.delta,
-            )
+            ) as session:
+                async for event in session:
+                    progress(event)
+            return session.result
 
     result = _run_interruptible(go, progress)
     if as_json:
@@ -264,15 +265,16 @@ def _run_interruptible(fn: Callable[[], Awaitable[T]], progress: Progress) -> T:
         sys.exit(EXIT_INTERRUPTED)
 
 
-def _load(session_file: str, model: str | None) -> SessionSpec:
-    """The session file, with every step on ``model`` when one is given (``--model``).
+def _load(session_file: str, models: Sequence[str]) -> SessionSpec:
+    """The session file, with every model choice replaced by ``models`` when given
+    (``--model``; the rule is ``SessionSpec.with_model``'s).
 
     Raises:
-        SpecErrors: the file is invalid, or the model cannot be used.
+        SpecErrors: the file is invalid, or a model cannot be used.
     """
     from thinktank.session.spec import load_session
 
-    return load_session(session_file, model=model)
+    return load_session(session_file, model=models or None)
 
 
 def _registry(spec: SessionSpec | None = None) -> ModelRegistry:
@@ -449,7 +451,7 @@ def run_many_command(
     inputs_file: str,
     concurrency: int,
     db: str | None,
-    model: str | None,
+    models: tuple[str, ...],
     max_cost: float | None,
     as_json: bool,
     no_progress: bool,
@@ -460,7 +462,7 @@ def run_many_command(
     from thinktank.engine.runner import DEFAULT_STORE
 
     try:
-        spec = _load(session_file, model)
+        spec = _load(session_file, models)
         rows = read_inputs_file(inputs_file, spec)
     except SpecErrors as exc:
         _fail(exc.lines())

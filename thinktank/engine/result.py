@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from pydantic import BaseModel, ConfigDict
@@ -29,6 +29,9 @@ from thinktank.events import (
     StepStatus,
 )
 
+if TYPE_CHECKING:
+    from thinktank.store import StoredSession
+
 __all__ = [
     "CallSummary",
     "ConsensusSummary",
@@ -36,38 +39,12 @@ __all__ = [
     "SessionResult",
     "StepResult",
     "Usage",
+    "result_of",
 ]
 
 
 class _Result(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-_R = TypeVar("_R", bound=_Result)
-_setattr = object.__setattr__
-_FIELDS_SET: dict[type[_Result], set[str]] = {}
-
-
-def _built(cls: type[_R], fields: dict[str, Any]) -> _R:
-    """``cls.model_construct(**fields)`` for values that are already typed and complete.
-
-    What ``model_construct`` does for these models (no aliases, no private attributes,
-    no post-init), without its per-field loop: a 10,000-step result builds 30,000 of
-    them. ``fields`` must give every field; a test checks the result against
-    validation.
-    """
-    m = cls.__new__(cls)
-    _setattr(m, "__dict__", fields)
-    # Every field is set, so every object of a class can share one set: pydantic only
-    # ever adds field names to it (assignment), and copies copy it. One set less per
-    # object is one GC-tracked object less, three a step.
-    names = _FIELDS_SET.get(cls)
-    if names is None:
-        names = _FIELDS_SET[cls] = set(cls.model_fields)
-    _setattr(m, "__pydantic_fields_set__", names)
-    _setattr(m, "__pydantic_extra__", None)
-    _setattr(m, "__pydantic_private__", None)
-    return m
 
 
 class Usage(_Result):
@@ -360,8 +337,7 @@ class ResultCollector:
         ev = st.consensus
         if ev is not None:
             included = set(ev.included_call_ids)
-            consensus = _built(
-                ConsensusSummary,
+            consensus = ConsensusSummary.model_validate(
                 {
                     "method": ev.method,
                     "score": ev.score,
@@ -381,8 +357,7 @@ class ResultCollector:
                 },
             )
         calls = [
-            _built(
-                CallSummary,
+            CallSummary.model_validate(
                 {
                     "call_id": c.call_id,
                     "model": c.model,
@@ -400,10 +375,9 @@ class ResultCollector:
             for c in st.calls.values()
         ]
         fin = st.finished
-        # Not validated: every value comes from typed events, so validating again
-        # would only cost time (~20 us a step at 10,000 steps).
-        return _built(
-            StepResult,
+        # Validated (public API, no pydantic internals): pydantic-core validates these
+        # few typed fields faster than model_construct's Python loop sets them.
+        return StepResult.model_validate(
             {
                 "id": key,
                 "status": st.status,
@@ -426,7 +400,75 @@ class ResultCollector:
 
 def _usage(inp: int | None, out: int | None, cost: float | None) -> Usage:
     total = None if inp is None or out is None else inp + out
-    return _built(
-        Usage,
+    return Usage.model_validate(
         {"input_tokens": inp, "output_tokens": out, "total_tokens": total, "total_cost_usd": cost},
+    )
+
+
+def result_of(stored: StoredSession) -> SessionResult:
+    """The :class:`SessionResult` of a stored session: what ``run`` returned for it.
+
+    The one bridge between the two views of a session: the store's (``show``,
+    ``export``) and the API's, so they cannot disagree. Latencies come back in whole
+    milliseconds (the store rounds them).
+    """
+    steps: dict[str, StepResult] = {}
+    for step in stored.steps:
+        included = None if step.consensus is None else set(step.consensus.included_call_ids)
+        consensus = None
+        if step.consensus is not None:
+            consensus = ConsensusSummary.model_validate(
+                step.consensus.model_dump(include=set(ConsensusSummary.model_fields)),
+            )
+        calls = [
+            CallSummary.model_validate(
+                {
+                    "call_id": c.id,
+                    "model": c.model_id,
+                    "attempt": c.attempt,
+                    "status": c.status,
+                    "content": c.response,
+                    "input_tokens": c.input_tokens,
+                    "output_tokens": c.output_tokens,
+                    "latency_ms": float(c.latency_ms or 0),
+                    "cost_usd": c.cost_usd,
+                    "error": c.error,
+                    "included_in_consensus": included is None or c.id in included,
+                },
+            )
+            for c in step.calls
+        ]
+        steps[step.step_key] = StepResult.model_validate(
+            {
+                "id": step.step_key,
+                "status": step.status,
+                "models": list(step.models),
+                "kind": step.kind,
+                "output": step.output,
+                "error": step.error,
+                "skip_reason": step.skip_reason,
+                "attempts": step.attempts,
+                "prompt": step.prompt,
+                "latency_ms": step.latency_ms or 0.0,
+                # A step that never ran made no call: its usage is known, 0 (the
+                # store leaves the columns empty until a step finishes).
+                "usage": _usage(0, 0, 0.0)
+                if step.status in ("pending", "skipped")
+                else _usage(step.input_tokens, step.output_tokens, step.cost_usd),
+                "consensus": consensus,
+                "calls": calls,
+            },
+        )
+    return SessionResult.model_validate(
+        {
+            "session_id": stored.id,
+            "name": stored.name,
+            "status": stored.status,
+            "error": stored.error,
+            "started_at": stored.started_at,
+            "finished_at": stored.finished_at,
+            "wall_ms": stored.wall_ms or 0.0,
+            "usage": _usage(stored.input_tokens, stored.output_tokens, stored.cost_usd),
+            "steps": steps,
+        },
     )

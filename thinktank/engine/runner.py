@@ -13,10 +13,7 @@ model pool) and wires the parts together (``_Run``).
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextlib
-import functools
 import math
 import os
 import socket
@@ -29,6 +26,7 @@ from typing import Any, Final
 import anyio
 
 from thinktank._ids import new_id
+from thinktank._store_arg import DEFAULT_STORE, resolve_store
 from thinktank.engine.budget import Budget
 from thinktank.engine.calls import OnDelta, PooledModel
 from thinktank.engine.decompose import Growth
@@ -59,21 +57,11 @@ from thinktank.store import Store
 __all__ = [
     "DEFAULT_STORE",
     "LEASE_TTL_ENV",
+    "execute",
     "lease_ttl",
     "new_worker_id",
-    "run",
-    "run_sync",
 ]
 
-
-class _DefaultStore:
-    def __repr__(self) -> str:
-        return "DEFAULT_STORE"
-
-
-DEFAULT_STORE: Final[Any] = _DefaultStore()
-"""Sentinel: record in ``$THINKTANK_DB`` or ``./thinktank.db``. Pass ``store=None`` to
-record nothing."""
 
 Listener = Callable[[Event], None]
 
@@ -191,7 +179,7 @@ def _session_status(outcome: ScheduleOutcome, total: int) -> tuple[Any, str | No
     return ("failed" if not outcome.completed else "partial"), summary
 
 
-async def run(
+async def execute(
     spec: SessionSpec,
     *,
     inputs: Mapping[str, Any] | None = None,
@@ -205,35 +193,11 @@ async def run(
     on_delta: OnDelta | None = None,
     lease_ttl_s: float | None = None,
 ) -> SessionResult:
-    """Run a session to the end and return its result.
+    """The one execution path: run a session to the end and return its result.
 
-    A recorded session is leased to this run from the moment its row is written until
-    it ends (renewed every third of ``lease_ttl_s``), so ``resume`` elsewhere refuses
-    it while this run is alive.
-
-    Args:
-        spec: A validated session (``thinktank.load_session``).
-        inputs: Values for the session's declared inputs.
-        store: A :class:`Store`, a database URL or path, None to record nothing, or
-            by default ``$THINKTANK_DB`` / ``./thinktank.db``.
-        models: Model clients by name, added to (or replacing) the session's own.
-        on_event: Called with every event as it happens (progress displays).
-        source: The session file, recorded with the session.
-        max_cost_usd: Overrides the session's ``budget.max_cost_usd``.
-        max_tokens: Overrides the session's ``budget.max_tokens``.
-        restart: Continue from stored state (``thinktank.replay`` builds these).
-        on_delta: Called as (step, model, text) with each piece of text a streaming
-            model sends, as it arrives (live progress; set ``stream = true`` on the model).
-        lease_ttl_s: How long the session's lease lasts unless renewed (default
-            ``$THINKTANK_LEASE_TTL`` or 30 s): how soon a killed run's session can
-            be resumed.
-
-    Raises:
-        SpecErrors: the spec names models that cannot be used (unknown, no key), or
-            ``thinktank.toml`` is invalid (it is read only when a model the session
-            names is not among its own ``models`` or the ``models`` clients).
-        InputError: inputs missing, unknown or of the wrong type.
-        StoreError: the database could not be opened or written.
+    ``thinktank.run`` and ``thinktank.iter`` (``engine.stream``) call it; its arguments
+    and errors are documented on ``thinktank.run``. ``restart`` continues from stored
+    state (``thinktank.replay`` builds these).
     """
     registry = ModelRegistry(session_models=spec.models, config=load_config, clients=models)
     spec, selected = apply_selection(spec, registry)
@@ -274,9 +238,7 @@ async def run(
                 ]
             )
 
-    owned: Store | None = None
-    if store is DEFAULT_STORE or isinstance(store, str):
-        store = owned = await Store.open(None if store is DEFAULT_STORE else store)
+    store, owned = await resolve_store(store)
     # Keep-alive for every pooled connection: a closed one costs a TLS handshake.
     http = (
         create_http_client(max_connections=100, max_keepalive=100)
@@ -580,18 +542,3 @@ class _Run:
             # hide how the run ended.
             with contextlib.suppress(StoreError):
                 await self.store.release(self.session_id, worker_id=worker_id)
-
-
-def run_sync(spec: SessionSpec, **kwargs: Any) -> SessionResult:
-    """``run`` for scripts and notebooks; works inside a running event loop too.
-
-    Inside a running loop (Jupyter), the session runs on a worker thread with its own
-    loop, and this call blocks until it ends.
-    """
-    job = functools.partial(anyio.run, functools.partial(run, spec, **kwargs), backend="asyncio")
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return job()
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(job).result()

@@ -13,7 +13,7 @@ dependencies, template references, unknown models) from :mod:`thinktank.session.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -375,19 +375,46 @@ class SessionSpec(_Spec):
             return list(self.model_selection.preferred_models)
         return [self.default_model or DEFAULT_MODEL]
 
-    def with_model(self, name: str) -> SessionSpec:
-        """A copy with every step on the one model ``name`` (``run --model``)."""
-        one: dict[str, Any] = {
-            "model": name,
-            "models": [],
-            "synthesizer": None,
-            "synthesis": "majority",
-            "on_low_consensus": "continue",
-            "escalate_to": [],
-            "sub_models": [],
-        }
-        steps = [s.model_copy(update=one) for s in self.steps]
-        return self.model_copy(update={"steps": steps, "default_model": name})
+    def with_model(self, name: str | Sequence[str]) -> SessionSpec:
+        """A copy with every model choice replaced by ``name`` (``run --model``).
+
+        One name: every step asks that model alone. Several: every step asks all of
+        them, with its own mode and synthesis (a judge step's judge is the first).
+        Either way the session default, automatic selection, escalations and the
+        models of the steps a decompose step adds are replaced too, so no model the
+        file names is needed.
+        """
+        names = [name] if isinstance(name, str) else list(name)
+        if len(names) == 1:
+            one: dict[str, Any] = {
+                "model": names[0],
+                "models": [],
+                "synthesizer": None,
+                "synthesis": "majority",
+                "on_low_consensus": "continue",
+                "escalate_to": [],
+                "sub_models": [],
+            }
+            steps = [s.model_copy(update=one) for s in self.steps]
+        else:
+            steps = [
+                s.model_copy(
+                    update={
+                        "model": None,
+                        "models": names,
+                        "synthesizer": names[0] if s.synthesizer is not None else None,
+                        "on_low_consensus": "continue"
+                        if s.on_low_consensus == "escalate"
+                        else s.on_low_consensus,
+                        "escalate_to": [],
+                        "sub_models": names,
+                    }
+                )
+                for s in self.steps
+            ]
+        return self.model_copy(
+            update={"steps": steps, "default_model": names[0], "model_selection": ModelSelection()}
+        )
 
     def step(self, step_id: str) -> StepSpec:
         """The step with id ``step_id`` (KeyError if none)."""
@@ -440,7 +467,7 @@ def parse_session(
     file: str | None = None,
     known_models: Iterable[str] = (),
     config: ThinkTankConfig | None = None,
-    model: str | None = None,
+    model: str | Sequence[str] | None = None,
 ) -> SessionSpec:
     """Validate a session given as a mapping; raise SpecErrors listing every problem.
 
@@ -449,7 +476,8 @@ def parse_session(
         file: The file it came from, named in every error.
         known_models: Names of model clients that will be passed to ``run`` from Python.
         config: The ``thinktank.toml`` in force (read from its usual places if None).
-        model: Put every step on this one model (``run --model``) before the models are
+        model: Replace every model choice by this model, or these (``run --model``;
+            see :meth:`SessionSpec.with_model`) before the models are
             checked, so the ones the file names need not be usable here.
     """
     from thinktank.providers.config import load_config
@@ -473,7 +501,7 @@ def parse_session(
         )
         errors.extend(validate_steps_partially(data, file=file, check_model=registry.check))
         raise SpecErrors(errors) from None
-    if model is not None:
+    if model:
         spec = spec.with_model(model)
     registry = ModelRegistry(session_models=spec.models, config=config, clients=known)
     try:
@@ -497,7 +525,10 @@ _PLACEHOLDER_CLIENT: Any = _Placeholder()
 
 
 def load_session(
-    path: str | Path, *, known_models: Iterable[str] = (), model: str | None = None
+    path: str | Path,
+    *,
+    known_models: Iterable[str] = (),
+    model: str | Sequence[str] | None = None,
 ) -> SessionSpec:
     """Read and validate a session file (``.yaml``, ``.yml`` or ``.json``); ``model`` as
     in :func:`parse_session`.
