@@ -100,7 +100,7 @@ async def test_errors_are_run_s_errors() -> None:
 @pytest.mark.anyio
 async def test_early_break_cancels_the_session_in_the_store(tmp_path: Path) -> None:
     """Leaving the loop early cancels the session: the store shows it interrupted,
-    the step in flight cancelled, and nothing after it started."""
+    the step in flight cancelled, and the steps after it skipped (never started)."""
     db = str(tmp_path / "t.db")
     async with await thinktank.Store.open(db) as store:
         async with thinktank.iter(_chain(3), store=store, models=_models(0.2)) as run:
@@ -112,7 +112,7 @@ async def test_early_break_cancels_the_session_in_the_store(tmp_path: Path) -> N
         (summary,) = await store.list_sessions()
         stored = await store.get_session(summary.id)
     assert stored.status == "interrupted"
-    assert [s.status for s in stored.steps] == ["cancelled", "pending", "pending"]
+    assert [s.status for s in stored.steps] == ["cancelled", "skipped", "skipped"]
 
 
 @pytest.mark.anyio

@@ -149,18 +149,19 @@ class Progress:
         self.streamed[step_id] = tail
 
     def summary(self) -> str:
-        """What became of the steps so far, e.g. ``1 completed, 1 cancelled, 3 not started``.
+        """What became of the steps so far, e.g. ``1 completed, 1 cancelled, 3 skipped``.
 
-        Steps still running count as cancelled: the run is ending without them. A
-        resumed or forked session counts only this run's steps, and says so.
+        Steps still running count as cancelled and steps not started as skipped: the
+        run is ending without them, and the store records them so. A resumed or forked
+        session counts only this run's steps, and says so.
         """
         counts = dict(self.counts)
         counts["cancelled"] = counts.get("cancelled", 0) + len(self.running)
-        parts = [f"{counts.pop('completed', 0)} completed", f"{counts.pop('cancelled')} cancelled"]
-        parts += [f"{n} {status}" for status, n in sorted(counts.items())]
         left = self.total - self.finished - len(self.running)
         if left > 0:
-            parts.append(f"{left} not started")
+            counts["skipped"] = counts.get("skipped", 0) + left
+        parts = [f"{counts.pop('completed', 0)} completed", f"{counts.pop('cancelled')} cancelled"]
+        parts += [f"{n} {status}" for status, n in sorted(counts.items())]
         prefix = f"this {self.origin}: " if self.origin else ""
         return prefix + ", ".join(parts)
 

@@ -101,8 +101,12 @@ class _Pipe:
         self._caught_up = anyio.Event()
         self.high_water = 0
         """The most events queued at once (stream and overflow), for tests and benches."""
+        self.abandoned = False
+        """The consumer left: what the session emits while it winds down is dropped."""
 
     def put(self, event: Event) -> None:
+        if self.abandoned:
+            return
         if not self.overflow:
             try:
                 self.send.send_nowait(event)
@@ -172,6 +176,7 @@ class SessionRun:
         assert tg is not None, "SessionRun.__aexit__ without __aenter__"
         if not self._ended:
             # The consumer left before the last event: the session stops with it.
+            self._pipe.abandoned = True
             tg.cancel_scope.cancel()
         try:
             # Not the consumer's exception: a task group would wrap it in a group. It
