@@ -101,7 +101,8 @@ from bench import _workloads as wl
 from bench._report import component, cpu_model, short, table, version
 from thinktank.providers.base import ModelRequest, ModelResponse
 from thinktank.providers.simulated import sleep_precisely
-from thinktank.session.spec import SessionSpec, parse_session
+from thinktank.session.loading import parse_session
+from thinktank.session.spec import SessionSpec
 
 MODEL = "m"
 OVERHEAD_LIMIT = 64

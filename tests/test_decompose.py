@@ -17,7 +17,7 @@ import thinktank
 from thinktank.engine.decompose import Proposal, SubProblem, merge_proposals, parse_proposal
 from thinktank.events import Event, StepFinished, StepsAdded, StepStarted
 from thinktank.providers.base import ModelRequest, ModelResponse
-from thinktank.session.spec import parse_session
+from thinktank.session.loading import parse_session
 
 PLAN = {
     "subproblems": [

@@ -14,7 +14,7 @@ from thinktank.errors import ProviderError, UsageError
 from thinktank.events import CallFinished, CallStarted, Event, StepFinished
 from thinktank.providers.base import ModelRequest
 from thinktank.replay import RecordedClient
-from thinktank.session.spec import parse_session
+from thinktank.session.loading import parse_session
 from thinktank.store import StoredSession
 
 from . import pg

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 import thinktank
 from thinktank.errors import InputError, SpecErrors
 from thinktank.events import Event, StepFinished, StepStarted
-from thinktank.session.spec import SessionSpec, parse_session
+from thinktank.session.loading import parse_session
+from thinktank.session.spec import SessionSpec
 
 from .conftest import CallLog, CountingModel
 

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 import thinktank
 from thinktank.errors import InputError, SpecErrors
 from thinktank.session.graph import _acyclic, _structure_checked
-from thinktank.session.spec import load_session, parse_session, validate_inputs
+from thinktank.session.loading import load_session, parse_session
+from thinktank.session.spec import validate_inputs
 
 from .conftest import SESSIONS
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import thinktank
-from thinktank.session.spec import parse_session
+from thinktank.session.loading import parse_session
 from thinktank.store import Store
 from thinktank.store._json import dumps, loads
 

@@ -38,6 +38,7 @@ if typing.TYPE_CHECKING:
     from thinktank.providers.simulated import SimulatedModel, SimulatedModelConfig
     from thinktank.replay import ReplayReport, fork, replay, resume
     from thinktank.session.graph import StepGraph
+    from thinktank.session.loading import load_session, parse_session
     from thinktank.session.spec import (
         InputSpec,
         ModelSelection,
@@ -45,8 +46,6 @@ if typing.TYPE_CHECKING:
         ParallelExecutionConfig,
         SessionSpec,
         StepSpec,
-        load_session,
-        parse_session,
     )
     from thinktank.store import Store
     from thinktank.transfer import export_session, import_session
@@ -137,8 +136,8 @@ _LAZY: dict[str, str] = {
     "export_session": "thinktank.transfer",
     "fork": "thinktank.replay",
     "import_session": "thinktank.transfer",
-    "load_session": "thinktank.session.spec",
-    "parse_session": "thinktank.session.spec",
+    "load_session": "thinktank.session.loading",
+    "parse_session": "thinktank.session.loading",
     "replay": "thinktank.replay",
     "resume": "thinktank.replay",
     "run": "thinktank.engine.runner",
