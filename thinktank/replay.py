@@ -36,12 +36,11 @@ from typing import Any, Literal
 import anyio
 from pydantic import BaseModel
 
-from thinktank.engine.calls import NO_RETRY, PooledModel
 from thinktank.engine.result import SessionResult
 from thinktank.engine.runner import Listener, Restart, SeedStep, lease_ttl, new_worker_id, run
 from thinktank.errors import ProviderError, UsageError
 from thinktank.events import CallStarted
-from thinktank.providers.base import ModelClient, ModelRequest, ModelResponse
+from thinktank.providers.base import NO_RETRY, ModelClient, ModelRequest, ModelResponse, PooledModel
 from thinktank.session.graph import StepGraph
 from thinktank.session.spec import SessionSpec, StepSpec
 from thinktank.store import Store, StoredCall, StoredSession, StoredStep

@@ -33,7 +33,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from thinktank._ids import new_id, new_ids
 from thinktank.engine.budget import Budget
-from thinktank.engine.calls import OnDelta, PooledModel
+from thinktank.engine.calls import OnDelta
 from thinktank.engine.result import ResultCollector, SessionResult
 from thinktank.engine.scheduler import ScheduleOutcome, Scheduler
 from thinktank.engine.steps import StepExecutor, sum_known
@@ -50,7 +50,7 @@ from thinktank.events import (
     StepSkipped,
     utcnow,
 )
-from thinktank.providers.base import ModelClient
+from thinktank.providers.base import ModelClient, PooledModel
 from thinktank.providers.config import load_config
 from thinktank.providers.http import create_http_client
 from thinktank.providers.registry import ModelRegistry

@@ -42,7 +42,7 @@ from thinktank.consensus import (
     synthesize,
 )
 from thinktank.engine.budget import Budget
-from thinktank.engine.calls import CallResult, OnDelta, PooledModel, call_model
+from thinktank.engine.calls import CallResult, OnDelta, call_model
 from thinktank.engine.decompose import (
     DECOMPOSE_INSTRUCTIONS,
     MergedPlan,
@@ -53,7 +53,7 @@ from thinktank.engine.decompose import (
 from thinktank.engine.parallel import Gathered, gather
 from thinktank.engine.scheduler import AGAIN, Again
 from thinktank.events import ConsensusComputed, Event, StepFinished, StepStarted, utcnow
-from thinktank.providers.base import ModelClient, ModelRequest
+from thinktank.providers.base import ModelClient, ModelRequest, PooledModel
 from thinktank.session.spec import SessionSpec, StepSpec
 from thinktank.session.templates import render_template
 from thinktank.store import StoredConsensus

@@ -6,7 +6,7 @@ A model name resolves, in this order, to: a model declared in the session file; 
 ``openai/gpt-4o-mini``, ``anthropic/claude-sonnet-4-5`` or ``gemini/gemini-2.0-flash``,
 whose key comes from the provider's usual variable. :meth:`ModelRegistry.check` says,
 before any call, why a name cannot be used (unknown, or its key variable unset), and
-:meth:`ModelRegistry.build` turns names into :class:`~thinktank.engine.calls.PooledModel`
+:meth:`ModelRegistry.build` turns names into :class:`~thinktank.providers.base.PooledModel`
 values that share one pooled HTTP client and process-wide per-model limits.
 """
 
@@ -21,9 +21,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.lowlevel import RunVar
 
-from thinktank.engine.calls import PooledModel
 from thinktank.providers._redact import redact_userinfo
-from thinktank.providers.base import ModelClient
+from thinktank.providers.base import ModelClient, PooledModel
 from thinktank.providers.config import (
     BASE_URL_ENVS,
     DEFAULT_BASE_URLS,
