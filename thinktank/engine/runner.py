@@ -54,9 +54,10 @@ from thinktank.providers.base import ModelClient, PooledModel
 from thinktank.providers.config import load_config
 from thinktank.providers.http import create_http_client
 from thinktank.providers.registry import ModelRegistry
-from thinktank.session.graph import StepGraph, validate_spec
+from thinktank.session.graph import StepGraph
 from thinktank.session.selection import apply_selection
 from thinktank.session.spec import SessionSpec, StepSpec, validate_inputs
+from thinktank.session.validation import validate_spec
 from thinktank.store import Store
 
 __all__ = [

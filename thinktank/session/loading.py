@@ -20,9 +20,9 @@ from thinktank._safeload import LoadError, load_json, load_yaml
 from thinktank.errors import SpecError, SpecErrors
 from thinktank.providers.config import ThinkTankConfig, load_config
 from thinktank.providers.registry import ModelRegistry
-from thinktank.session.graph import validate_spec, validate_steps_partially
 from thinktank.session.selection import apply_selection
 from thinktank.session.spec import SessionSpec
+from thinktank.session.validation import validate_spec, validate_steps_partially
 
 __all__ = ["load_session", "parse_session"]
 
