@@ -774,7 +774,8 @@ def show_command(session_id: str, db: str | None, as_json: bool) -> None:
 )
 def schema_command(output: str | None, check: bool, kind: str) -> None:
     """Print (or write) the JSON Schema of session files (or of exports)."""
-    from thinktank.session.schema import render_export_schema, render_session_schema
+    from thinktank.session.schema import render_session_schema
+    from thinktank.transfer import render_export_schema
 
     text = render_session_schema() if kind == "session" else render_export_schema()
     if output is None:
