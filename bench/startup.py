@@ -1,7 +1,8 @@
 """Startup benchmark: how long the command line takes before it does anything.
 
 Times, each in a fresh process, ``thinktank --help``, ``thinktank validate
-sessions/diamond.yaml`` and ``python -c "import thinktank"``, and prints the median and
+sessions/diamond.yaml``, ``python -c "import thinktank"`` and the imports of pydantic
+and networkx alone, and prints the median and
 90th percentile over ``--runs`` runs (default 20), after one untimed warm-up run of each
 that fills the OS file cache and ``__pycache__`` (``PYTHONDONTWRITEBYTECODE`` is
 dropped for the timed processes: an installed package has its bytecode, and compiling
@@ -49,6 +50,9 @@ def commands(repo: Path) -> list[tuple[str, list[str]]]:
     return [
         ("python -c pass (floor)", [py, "-c", "pass"]),
         ("python -c 'import thinktank'", [py, "-c", "import thinktank"]),
+        # The two heavy dependencies alone, for what validate cannot go below.
+        ("python -c 'import pydantic'", [py, "-c", "import pydantic"]),
+        ("python -c 'import networkx'", [py, "-c", "import networkx"]),
         ("thinktank --help", [py, "-c", _CLI, "--help"]),
         ("thinktank validate diamond.yaml", [py, "-c", _CLI, "validate", diamond]),
     ]
