@@ -43,7 +43,8 @@ import thinktank  # noqa: E402
 from bench._report import cpu_model, version  # noqa: E402
 from bench.store import InstantModel  # noqa: E402
 from thinktank.events import Event, StepFinished  # noqa: E402
-from thinktank.session.spec import SessionSpec, parse_session  # noqa: E402
+from thinktank.session.loading import parse_session  # noqa: E402
+from thinktank.session.spec import SessionSpec  # noqa: E402
 
 MODEL = "sim"
 REPLY = ("The answer is 42, because " + "it follows from the premises. " * 14)[:400]

@@ -97,7 +97,8 @@ from thinktank.errors import ProviderError
 from thinktank.events import CallFinished, CallStarted, Event
 from thinktank.providers.base import ModelRequest
 from thinktank.providers.simulated import SimulatedModel, sleep_precisely
-from thinktank.session.spec import SessionSpec, parse_session
+from thinktank.session.loading import parse_session
+from thinktank.session.spec import SessionSpec
 
 MODES: tuple[Mode, ...] = get_args(Mode)
 PATHS = ("timer", "floor", "gather", "run", "ask")

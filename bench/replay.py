@@ -27,7 +27,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import anyio  # noqa: E402
 
 import thinktank  # noqa: E402
-from thinktank.session.spec import parse_session  # noqa: E402
+from thinktank.session.loading import parse_session  # noqa: E402
 
 
 def make_spec(steps: int, seed: int) -> thinktank.SessionSpec:

@@ -76,7 +76,8 @@ import thinktank
 from bench._report import cpu_model, version
 from thinktank.events import CallFinished, ConsensusComputed, Event
 from thinktank.providers.base import ModelRequest, ModelResponse
-from thinktank.session.spec import SessionSpec, parse_session
+from thinktank.session.loading import parse_session
+from thinktank.session.spec import SessionSpec
 from thinktank.store import Store
 
 MODELS = ("m1", "m2", "m3")

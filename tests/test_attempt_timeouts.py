@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import thinktank
 from thinktank.events import CallFinished, Event, StepFinished, StepStarted
 from thinktank.providers.base import ModelRequest, ModelResponse
-from thinktank.session.spec import parse_session
+from thinktank.session.loading import parse_session
 
 TIMEOUT_MS = 30
 

@@ -12,7 +12,7 @@ import thinktank
 from thinktank.batch import read_inputs_file
 from thinktank.cli.commands import main
 from thinktank.errors import InputError
-from thinktank.session.spec import parse_session
+from thinktank.session.loading import parse_session
 
 from .conftest import SESSIONS
 

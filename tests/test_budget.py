@@ -10,7 +10,7 @@ from click.testing import CliRunner
 import thinktank
 from thinktank.cli.commands import main
 from thinktank.errors import SpecErrors
-from thinktank.session.spec import parse_session
+from thinktank.session.loading import parse_session
 
 PRICE = {"input_cost_per_mtok": 1000.0, "output_cost_per_mtok": 1000.0}
 

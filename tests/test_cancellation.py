@@ -23,7 +23,8 @@ import thinktank
 from thinktank.errors import ProviderError
 from thinktank.events import Event, SessionFinished, SessionStarted, StepFinished, StepSkipped
 from thinktank.providers.base import ModelRequest, ModelResponse
-from thinktank.session.spec import SessionSpec, parse_session
+from thinktank.session.loading import parse_session
+from thinktank.session.spec import SessionSpec
 from thinktank.store import Store
 
 FINAL = {"completed", "failed", "cancelled", "skipped"}

@@ -24,7 +24,7 @@ from thinktank.engine.decompose import (
 )
 from thinktank.events import Event, StepFinished, StepsAdded, StepStarted
 from thinktank.providers.base import ModelRequest, ModelResponse
-from thinktank.session.spec import parse_session
+from thinktank.session.loading import parse_session
 
 PLAN = {
     "subproblems": [

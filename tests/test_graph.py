@@ -1,37 +1,72 @@
-"""StepGraph's bulk build gives the graph networkx's own methods build."""
+"""StepGraph: the steps in file order, an edge from each dependency, and growth."""
 
 from __future__ import annotations
 
-import networkx as nx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from thinktank.session.graph import _bulk_digraph
-from thinktank.session.spec import StepSpec
+from thinktank.session.graph import StepGraph
+from thinktank.session.spec import SessionSpec, StepSpec
 
-_ids = st.sampled_from([f"s{i}" for i in range(12)])
+
+@st.composite
+def _dags(draw: st.DrawFn) -> list[StepSpec]:
+    """Steps s0..sN-1 in a shuffled file order, each depending on some earlier ones."""
+    n = draw(st.integers(1, 15))
+    deps = [
+        draw(st.lists(st.sampled_from([f"s{j}" for j in range(i)]), max_size=4, unique=True))
+        if i
+        else []
+        for i in range(n)
+    ]
+    order = draw(st.permutations(range(n)))
+    return [StepSpec(id=f"s{i}", prompt="p", depends_on=deps[i]) for i in order]
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(_ids, st.lists(_ids, max_size=4)), max_size=15))
-def test_bulk_build_matches_networkx(raw: list[tuple[str, list[str]]]) -> None:
-    # Unvalidated steps on purpose: duplicate ids, unknown and repeated dependencies.
-    steps = [StepSpec.model_construct(id=i, prompt="p", depends_on=deps) for i, deps in raw]
-    expected: nx.DiGraph[str] = nx.DiGraph()
-    expected.add_nodes_from(
-        (step.id, {"spec": step, "position": position}) for position, step in enumerate(steps)
+@given(_dags())
+def test_the_graph_holds_each_step_in_file_order_with_its_dependencies(
+    steps: list[StepSpec],
+) -> None:
+    """Nodes come in file order with their spec; a step's dependencies are its
+    predecessors, and generations list each step after everything it waits for."""
+    graph = StepGraph(SessionSpec(name="t", steps=steps))
+    assert list(graph) == [s.id for s in steps]
+    assert len(graph) == len(steps)
+    position = {s.id: i for i, s in enumerate(steps)}
+    for step in steps:
+        assert graph.step(step.id) is step
+        assert sorted(graph.dependencies(step.id)) == sorted(step.depends_on)
+        for dep in step.depends_on:
+            assert step.id in graph.dependents(dep)
+    done: set[str] = set()
+    for generation in graph.generations():
+        assert generation == sorted(generation, key=position.__getitem__)
+        for sid in generation:
+            assert set(graph.step(sid).depends_on) <= done
+        done |= set(generation)
+    assert done == set(position)
+
+
+def test_grow_adds_the_sub_steps_and_rewires_the_waiting_steps() -> None:
+    """The steps a decompose step adds run after it; what waited for it waits for the sink."""
+    spec = SessionSpec(
+        name="t",
+        steps=[
+            StepSpec(id="plan", prompt="p", kind="decompose"),
+            StepSpec(id="after", prompt="q", depends_on=["plan"]),
+        ],
     )
-    expected.add_edges_from((dep, step.id) for step in steps for dep in step.depends_on)
-    built = _bulk_digraph(steps)
-    assert list(built.nodes(data=True)) == list(expected.nodes(data=True))
-    assert list(built.edges(data=True)) == list(expected.edges(data=True))
-    assert list(built.pred.items()) == list(expected.pred.items())
-    assert {n: list(built.successors(n)) for n in built} == {
-        n: list(expected.successors(n)) for n in expected
-    }
-    # One data dict per edge, shared by both directions, as networkx keeps it.
-    for u, v in built.edges:
-        assert built.succ[u][v] is built.pred[v][u]
-    # Still a working graph: mutation through the public API sees the same structure.
-    built.add_edge("x", "y")
-    assert built.has_edge("x", "y") and "x" in built.pred["y"]
+    graph = StepGraph(spec)
+    added = [
+        StepSpec(id="sub1", prompt="a", depends_on=["plan"]),
+        StepSpec(id="sub2", prompt="b", depends_on=["plan"]),
+        StepSpec(id="sink", prompt="c", depends_on=["sub1", "sub2"]),
+    ]
+    assert graph.grow("plan", added, "sink") == ["after"]
+    assert list(graph) == ["plan", "after", "sub1", "sub2", "sink"]
+    assert sorted(graph.dependencies("after")) == ["plan", "sink"]
+    assert graph.descendants("plan") == {"after", "sub1", "sub2", "sink"}
+    assert graph.generations() == [["plan"], ["sub1", "sub2"], ["sink"], ["after"]]
+    weights = {"plan": 1.0, "after": 1.0, "sub1": 2.0, "sub2": 5.0, "sink": 1.0}
+    assert graph.critical_path(weights) == 8.0

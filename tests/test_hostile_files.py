@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from thinktank.cli.commands import main
 from thinktank.errors import SpecErrors
-from thinktank.session.spec import load_session
+from thinktank.session.loading import load_session
 
 from .conftest import SESSIONS
 

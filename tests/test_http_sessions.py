@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 import thinktank
 from thinktank.cli.commands import main
-from thinktank.session.spec import parse_session
+from thinktank.session.loading import parse_session
 
 from .fakeserver import FakeServer, Fault, run_fake_server
 

@@ -416,7 +416,7 @@ async def test_sampled_variants_are_independent_samples_and_reproducible(
 async def test_cascade_asks_priced_local_models_cheapest_first(gguf: Path, tmp_path: Path) -> None:
     """Prices on local models order the cascade (and cost the calls)."""
     import thinktank
-    from thinktank.session.spec import parse_session
+    from thinktank.session.loading import parse_session
 
     def priced(price: float) -> dict[str, Any]:
         return {

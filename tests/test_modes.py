@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 import thinktank
 from thinktank.cli.commands import main
-from thinktank.session.spec import parse_session
+from thinktank.session.loading import parse_session
 
 
 def sim(reply: str, ms: float = 0, **extra: Any) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from thinktank.consensus import Answer, MergeOptions, agreement
 from thinktank.engine.calls import CallResult
 from thinktank.engine.parallel import gather, order_by_price
 from thinktank.events import CallFinished, CallStarted, Event, utcnow
-from thinktank.session.spec import parse_session
+from thinktank.session.loading import parse_session
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

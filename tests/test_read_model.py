@@ -9,7 +9,7 @@ import pytest
 import thinktank
 from tests import pg
 from thinktank.engine.result import SessionResult, result_of
-from thinktank.session.spec import parse_session
+from thinktank.session.loading import parse_session
 
 from .conftest import CallLog, CountingModel
 

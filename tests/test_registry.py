@@ -14,7 +14,7 @@ from thinktank.cli.commands import main
 from thinktank.errors import SpecErrors
 from thinktank.providers.config import HttpModelConfig, load_config
 from thinktank.providers.registry import ModelRegistry
-from thinktank.session.spec import parse_session
+from thinktank.session.loading import parse_session
 
 from .conftest import CallLog, CountingModel
 

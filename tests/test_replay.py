@@ -14,7 +14,7 @@ from thinktank.errors import ProviderError, UsageError
 from thinktank.events import CallFinished, CallStarted, Event, StepFinished
 from thinktank.providers.base import ModelRequest, ModelResponse
 from thinktank.providers.recorded import ReplayClient
-from thinktank.session.spec import parse_session
+from thinktank.session.loading import parse_session
 from thinktank.store import StoredSession
 
 from . import pg

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 import thinktank
 from thinktank.providers.base import ModelRequest, ModelResponse
 from thinktank.providers.recorded import RecordedCall, ReplayClient, sequences
-from thinktank.session.spec import parse_session
+from thinktank.session.loading import parse_session
 from thinktank.store import StoredSession
 
 REPLIES = ["Paris", "paris.", "The answer is Paris", "Lyon", "Lyon; also Nice", "Marseille"]

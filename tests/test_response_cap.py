@@ -20,7 +20,7 @@ from thinktank.providers.base import ModelRequest
 from thinktank.providers.config import DEFAULT_MAX_RESPONSE_BYTES
 from thinktank.providers.http import create_http_client, httpx, iter_lines_capped
 from thinktank.providers.openai import OpenAICompatibleModel
-from thinktank.session.spec import parse_session
+from thinktank.session.loading import parse_session
 
 from .fakeserver import FakeServer, Fault, run_fake_server
 

@@ -21,7 +21,7 @@ import pytest
 import thinktank
 from thinktank.engine.result import SessionResult
 from thinktank.events import Event, StepFinished
-from thinktank.session.spec import parse_session
+from thinktank.session.loading import parse_session
 
 from .conftest import REPO
 from .fakeserver import FakeServer, Fault, run_fake_server

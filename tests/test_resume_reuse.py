@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 import thinktank
 from thinktank.events import CallFinished, Event
-from thinktank.session.spec import parse_session
+from thinktank.session.loading import parse_session
 from thinktank.store import normalize_db_url
 
 from . import pg

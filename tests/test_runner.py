@@ -19,7 +19,8 @@ from thinktank.engine import recorder
 from thinktank.engine.recorder import MAX_UNWRITTEN
 from thinktank.errors import InputError, SpecErrors
 from thinktank.events import Event, StepFinished, StepStarted
-from thinktank.session.spec import SessionSpec, parse_session
+from thinktank.session.loading import parse_session
+from thinktank.session.spec import SessionSpec
 from thinktank.store import Store
 
 from .conftest import CallLog, CountingModel
@@ -368,14 +369,15 @@ async def test_retried_call_is_one_call_with_its_attempts_in_the_store(tmp_path:
     )
     # Simulated faults are drawn per (prompt, step attempt): keep retries fast.
     import thinktank.engine.calls as calls_module
+    from thinktank.providers.retry import RetryPolicy
 
     calls_module._JITTER.seed(0)
-    original = calls_module.RetryPolicy.delay_s
-    calls_module.RetryPolicy.delay_s = lambda self, n, hint, rng: 0.0  # type: ignore[method-assign]
+    original = RetryPolicy.delay_s
+    RetryPolicy.delay_s = lambda self, n, hint, rng: 0.0  # type: ignore[method-assign]
     try:
         result = await thinktank.run(spec, store=str(tmp_path / "t.db"))
     finally:
-        calls_module.RetryPolicy.delay_s = original  # type: ignore[method-assign]
+        RetryPolicy.delay_s = original  # type: ignore[method-assign]
     async with await thinktank.Store.open(str(tmp_path / "t.db")) as store:
         stored = await store.get_session(result.session_id)
     calls = [c for s in stored.steps for c in s.calls]

@@ -18,7 +18,8 @@ from tests.conftest import CallLog, CountingModel
 from thinktank import run
 from thinktank.engine.scheduler import Scheduler
 from thinktank.session.graph import StepGraph
-from thinktank.session.spec import SessionSpec, StepSpec, parse_session
+from thinktank.session.loading import parse_session
+from thinktank.session.spec import SessionSpec, StepSpec
 
 
 def make_graph(deps: list[list[int]]) -> StepGraph:

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -21,12 +22,13 @@ ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("sqlalchemy", "sqlmodel", "thinktank.store", "httpx", "httpx2", "rich")
 
 
-def _loaded_after(code: str) -> set[str]:
-    """The modules of ``HEAVY`` (plus pydantic and anyio) loaded after running ``code``."""
+def _loaded_after(code: str, names: Sequence[str] = (*HEAVY, "pydantic", "anyio")) -> set[str]:
+    """The modules of ``names`` (default: ``HEAVY``, pydantic and anyio) loaded after
+    running ``code``."""
     probe = (
         f"{code}\n"
         "import json, sys\n"
-        "names = [*" + repr(HEAVY) + ", 'pydantic', 'anyio']\n"
+        "names = " + repr(list(names)) + "\n"
         "print(json.dumps([n for n in names if n in sys.modules]))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -64,6 +66,14 @@ def test_validate_loads_no_store_http_or_rich() -> None:
     """``thinktank validate`` checks a file without the store, SQLAlchemy, httpx or rich."""
     args = ["validate", "sessions/diamond.yaml"]
     assert _loaded_after(_CLI.format(args=args)).isdisjoint(HEAVY)
+
+
+def test_validate_loads_neither_networkx_nor_the_engine() -> None:
+    """``thinktank validate`` of a valid file imports no networkx (~0.1 s: the graph
+    library is for running and for printing cycles) and nothing of the engine."""
+    args = ["validate", "sessions/diamond.yaml"]
+    names = ["networkx", "thinktank.engine", "thinktank.events", "thinktank.session.graph"]
+    assert _loaded_after(_CLI.format(args=args), names) == set()
 
 
 @pytest.mark.parametrize("first", ["import thinktank.replay", "from thinktank import cli"])

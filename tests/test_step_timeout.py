@@ -180,7 +180,7 @@ def test_outside_a_scheduler_the_step_scope_merges_too() -> None:
     multi-model step merges what arrived as well."""
     from thinktank.engine.steps import StepExecutor
     from thinktank.providers.simulated import SimulatedModel, SimulatedModelConfig
-    from thinktank.session.spec import parse_session
+    from thinktank.session.loading import parse_session
 
     models, _, _ = CASES["all"]
     spec = parse_session(

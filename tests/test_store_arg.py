@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 import thinktank
-from thinktank.session.spec import parse_session
+from thinktank.session.loading import parse_session
 
 from .conftest import CallLog, CountingModel
 

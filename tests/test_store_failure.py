@@ -24,7 +24,8 @@ import thinktank
 from thinktank.errors import StoreError
 from thinktank.events import Event, SessionFinished
 from thinktank.providers.base import ModelRequest, ModelResponse
-from thinktank.session.spec import SessionSpec, parse_session
+from thinktank.session.loading import parse_session
+from thinktank.session.spec import SessionSpec
 from thinktank.store import Store
 
 from .conftest import REPO, SESSIONS

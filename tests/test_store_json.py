@@ -30,7 +30,7 @@ from thinktank.events import (
     event_from_dict,
     to_builtins,
 )
-from thinktank.session.spec import parse_session
+from thinktank.session.loading import parse_session
 from thinktank.store import Store
 from thinktank.store._json import dumps, loads
 

@@ -19,7 +19,7 @@ from tests import pg
 from thinktank._text import clean_text
 from thinktank.cli.commands import main
 from thinktank.providers.base import ModelRequest, ModelResponse
-from thinktank.session.spec import parse_session
+from thinktank.session.loading import parse_session
 from thinktank.store import Store
 
 from .conftest import REPO, SESSIONS

@@ -15,7 +15,8 @@ import thinktank
 from thinktank import events as ev
 from thinktank.errors import InputError, RunError
 from thinktank.events import Event
-from thinktank.session.spec import SessionSpec, parse_session
+from thinktank.session.loading import parse_session
+from thinktank.session.spec import SessionSpec
 
 from .conftest import CallLog, CountingModel
 

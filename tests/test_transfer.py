@@ -12,8 +12,13 @@ from click.testing import CliRunner
 import thinktank
 from thinktank.cli.commands import main
 from thinktank.errors import UsageError
-from thinktank.session.schema import render_export_schema
-from thinktank.transfer import export_session, import_session, parse_age, prune
+from thinktank.transfer import (
+    export_session,
+    import_session,
+    parse_age,
+    prune,
+    render_export_schema,
+)
 
 from .conftest import REPO, SESSIONS
 

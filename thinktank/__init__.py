@@ -17,7 +17,6 @@ import types
 import typing
 
 if typing.TYPE_CHECKING:
-    from thinktank._store_arg import DEFAULT_STORE
     from thinktank.ask import ParallelResult, execute_parallel
     from thinktank.batch import BatchResult, run_many
     from thinktank.dryrun import DryRun, dry_run
@@ -39,6 +38,7 @@ if typing.TYPE_CHECKING:
     from thinktank.providers.simulated import SimulatedModel, SimulatedModelConfig
     from thinktank.replay import ReplayReport, fork, replay, resume
     from thinktank.session.graph import StepGraph
+    from thinktank.session.loading import load_session, parse_session
     from thinktank.session.spec import (
         InputSpec,
         ModelSelection,
@@ -46,10 +46,9 @@ if typing.TYPE_CHECKING:
         ParallelExecutionConfig,
         SessionSpec,
         StepSpec,
-        load_session,
-        parse_session,
     )
     from thinktank.store import Store
+    from thinktank.store._arg import DEFAULT_STORE
     from thinktank.transfer import export_session, import_session
 
 __version__ = "0.1.0"
@@ -106,7 +105,7 @@ __all__ = [
 _LAZY: dict[str, str] = {
     "BatchResult": "thinktank.batch",
     "CallTimeoutError": "thinktank.errors",
-    "DEFAULT_STORE": "thinktank._store_arg",
+    "DEFAULT_STORE": "thinktank.store._arg",
     "DryRun": "thinktank.dryrun",
     "InputError": "thinktank.errors",
     "InputSpec": "thinktank.session.spec",
@@ -142,8 +141,8 @@ _LAZY: dict[str, str] = {
     "fork": "thinktank.replay",
     "import_session": "thinktank.transfer",
     "iter": "thinktank.engine.stream",
-    "load_session": "thinktank.session.spec",
-    "parse_session": "thinktank.session.spec",
+    "load_session": "thinktank.session.loading",
+    "parse_session": "thinktank.session.loading",
     "replay": "thinktank.replay",
     "resume": "thinktank.replay",
     "run": "thinktank.engine.stream",

@@ -14,13 +14,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from thinktank._store_arg import DEFAULT_STORE
 from thinktank.engine.result import SessionResult, Usage
 from thinktank.engine.runner import Listener
 from thinktank.engine.stream import run
 from thinktank.providers.base import ModelClient
 from thinktank.session.spec import ParallelExecutionConfig, SessionSpec
 from thinktank.store import Store
+from thinktank.store._arg import DEFAULT_STORE
 
 __all__ = [
     "ParallelResponse",

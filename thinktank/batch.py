@@ -17,7 +17,6 @@ import anyio
 from pydantic import BaseModel, ConfigDict
 
 from thinktank._safeload import LoadError, load_json
-from thinktank._store_arg import DEFAULT_STORE, resolve_store
 from thinktank._text import read_utf8
 from thinktank.engine.result import SessionResult
 from thinktank.engine.runner import Listener
@@ -26,6 +25,7 @@ from thinktank.errors import InputError, ThinkTankError
 from thinktank.providers.base import ModelClient
 from thinktank.session.spec import SessionSpec, validate_inputs
 from thinktank.store import Store
+from thinktank.store._arg import DEFAULT_STORE, resolve_store
 
 __all__ = ["BatchItem", "BatchResult", "read_inputs_file", "run_many"]
 

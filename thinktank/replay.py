@@ -37,7 +37,6 @@ from typing import Any, Literal
 import anyio
 from pydantic import BaseModel
 
-from thinktank.engine.calls import NO_RETRY, PooledModel
 from thinktank.engine.restart import Restart, SeedStep
 from thinktank.engine.result import SessionResult
 from thinktank.engine.runner import (
@@ -49,7 +48,7 @@ from thinktank.engine.runner import (
 )
 from thinktank.errors import UsageError
 from thinktank.events import CallStarted
-from thinktank.providers.base import ModelClient
+from thinktank.providers.base import NO_RETRY, ModelClient, PooledModel
 from thinktank.providers.recorded import RecordedCall, ReplayClient, ResumeClient, sequences
 from thinktank.session.graph import StepGraph
 from thinktank.session.spec import SessionSpec, StepSpec

@@ -272,7 +272,7 @@ def _load(session_file: str, models: Sequence[str]) -> SessionSpec:
     Raises:
         SpecErrors: the file is invalid, or a model cannot be used.
     """
-    from thinktank.session.spec import load_session
+    from thinktank.session.loading import load_session
 
     return load_session(session_file, model=models or None)
 
@@ -298,7 +298,7 @@ def _registry(spec: SessionSpec | None = None) -> ModelRegistry:
 def models_command(session_file: str | None, as_json: bool) -> None:
     """List the models you can use: provider, base URL, price, key present (never the key)."""
     from thinktank.cli.render import print_models
-    from thinktank.session.spec import load_session
+    from thinktank.session.loading import load_session
 
     try:
         spec = load_session(session_file) if session_file is not None else None
@@ -701,7 +701,7 @@ def prune_command(older_than: str, dry_run: bool, db: str | None) -> None:
 @click.argument("session_files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 def validate_command(session_files: tuple[str, ...]) -> None:
     """Check session files; print every problem, one line each (exit 2 if any)."""
-    from thinktank.session.spec import load_session
+    from thinktank.session.loading import load_session
 
     problems: list[str] = []
     for file in session_files:
@@ -786,7 +786,8 @@ def show_command(session_id: str, db: str | None, as_json: bool) -> None:
 )
 def schema_command(output: str | None, check: bool, kind: str) -> None:
     """Print (or write) the JSON Schema of session files (or of exports)."""
-    from thinktank.session.schema import render_export_schema, render_session_schema
+    from thinktank.session.schema import render_session_schema
+    from thinktank.transfer import render_export_schema
 
     text = render_session_schema() if kind == "session" else render_export_schema()
     if output is None:

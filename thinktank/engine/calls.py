@@ -29,37 +29,15 @@ from thinktank._ids import new_id
 from thinktank.engine.budget import DEFAULT_OUTPUT_ESTIMATE, Budget, estimate_tokens
 from thinktank.errors import ProviderError
 from thinktank.events import CallAttempt, CallFinished, CallStarted, CallStatus, Event, utcnow
-from thinktank.providers.base import ModelClient, ModelRequest, ModelResponse
-from thinktank.providers.retry import RetryPolicy
+from thinktank.providers.base import ModelClient, ModelRequest, ModelResponse, PooledModel
 
-__all__ = ["NO_RETRY", "CallResult", "Caller", "OnDelta", "PooledModel", "call_model"]
+__all__ = ["CallResult", "Caller", "OnDelta", "call_model"]
 
 Emit = Callable[[Event], None]
 OnDelta = Callable[[str, str, str], None]
 """(step id, model, text so far received in this piece) -> None."""
 
-NO_RETRY = RetryPolicy(max_retries=0)
-"""The policy of clients given without one: what the client returns is final."""
-
 _JITTER = random.Random()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PooledModel:
-    """A model client with the run-time settings of its configured model."""
-
-    client: ModelClient
-    """Sends one attempt."""
-    retry: RetryPolicy = NO_RETRY
-    """When and how long to wait before retrying."""
-    limiter: anyio.CapacityLimiter | None = None
-    """The model's process-wide concurrency limit, if it has one."""
-    timeout_s: float | None = None
-    """Time limit of one attempt."""
-    max_tokens: int | None = None
-    """Output limit when the step sets none."""
-    price_per_mtok: float | None = None
-    """USD per million tokens, input plus output (cascade asks cheap models first)."""
 
 
 @dataclass(slots=True, kw_only=True)

@@ -33,10 +33,10 @@ from thinktank.consensus import (
     judge_prompt,
     synthesize,
 )
-from thinktank.engine.calls import Caller, CallResult, PooledModel
+from thinktank.engine.calls import Caller, CallResult
 from thinktank.engine.parallel import Gathered, gather
 from thinktank.events import CachedConsensus, ConsensusComputed
-from thinktank.providers.base import ModelClient, ModelRequest
+from thinktank.providers.base import ModelClient, ModelRequest, PooledModel
 from thinktank.session.spec import StepSpec
 
 __all__ = ["Asking", "CacheLookup", "MultiModel", "Outcome", "cache_key"]

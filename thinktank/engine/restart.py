@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from thinktank.engine.calls import PooledModel
 from thinktank.events import CallFinished, CallStarted, Event, StepFinished
+from thinktank.providers.base import PooledModel
 from thinktank.session.spec import StepSpec
 
 __all__ = ["ExtraStep", "Restart", "SeedStep"]

@@ -26,9 +26,8 @@ from typing import Any, Final
 import anyio
 
 from thinktank._ids import new_id
-from thinktank._store_arg import DEFAULT_STORE, resolve_store
 from thinktank.engine.budget import Budget
-from thinktank.engine.calls import OnDelta, PooledModel
+from thinktank.engine.calls import OnDelta
 from thinktank.engine.decompose import Growth
 from thinktank.engine.recorder import Recorder
 from thinktank.engine.restart import Restart
@@ -45,14 +44,16 @@ from thinktank.events import (
     StepSkipped,
     utcnow,
 )
-from thinktank.providers.base import ModelClient
+from thinktank.providers.base import ModelClient, PooledModel
 from thinktank.providers.config import load_config
 from thinktank.providers.http import create_http_client
 from thinktank.providers.registry import ModelRegistry
-from thinktank.session.graph import StepGraph, validate_spec
+from thinktank.session.graph import StepGraph
 from thinktank.session.selection import apply_selection
 from thinktank.session.spec import SessionSpec, StepSpec, validate_inputs
+from thinktank.session.validation import validate_spec
 from thinktank.store import Store
+from thinktank.store._arg import DEFAULT_STORE, resolve_store
 
 __all__ = [
     "DEFAULT_STORE",

@@ -29,12 +29,12 @@ import anyio
 import anyio.lowlevel
 
 from thinktank.engine.budget import Budget
-from thinktank.engine.calls import Caller, CallResult, OnDelta, PooledModel
+from thinktank.engine.calls import Caller, CallResult, OnDelta
 from thinktank.engine.decompose import Growth, decompose
 from thinktank.engine.multi import Asking as _Asking  # the attempt loop's name for it
 from thinktank.engine.multi import CacheLookup, MultiModel, Outcome
 from thinktank.events import Event, StepFinished, StepStarted, utcnow
-from thinktank.providers.base import ModelClient, ModelRequest
+from thinktank.providers.base import ModelClient, ModelRequest, PooledModel
 from thinktank.session.spec import SessionSpec, StepSpec
 from thinktank.session.templates import render_template
 

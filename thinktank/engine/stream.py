@@ -34,13 +34,13 @@ from typing import Any, Final, TypedDict, Unpack, cast
 import anyio
 from anyio.abc import TaskGroup
 
-from thinktank.engine.calls import OnDelta, PooledModel
+from thinktank.engine.calls import OnDelta
 from thinktank.engine.restart import Restart
 from thinktank.engine.result import SessionResult
 from thinktank.engine.runner import Listener, execute
 from thinktank.errors import RunError
 from thinktank.events import Event
-from thinktank.providers.base import ModelClient
+from thinktank.providers.base import ModelClient, PooledModel
 from thinktank.session.spec import SessionSpec
 from thinktank.store import Store
 

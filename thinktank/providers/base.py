@@ -4,6 +4,11 @@ Every provider (the simulator here, HTTP and local providers later) implements
 :class:`ModelClient`. The scheduler and the multi-model layer only ever see this
 protocol, so tests, replay and research swap providers without touching them.
 
+A :class:`PooledModel` is a client plus the run-time settings of its configured model
+(retry policy, process-wide limiter, time-outs, price): what
+:class:`~thinktank.providers.registry.ModelRegistry` builds for a run and the call layer
+uses; it lives here so the provider layer never imports the call layer.
+
 Failures: a client either raises :class:`~thinktank.errors.ProviderError` or returns a
 response whose ``error`` is set (a partial answer that ended badly). The call layer in
 ``thinktank.engine.calls`` turns both into a recorded failed call.
@@ -13,9 +18,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-__all__ = ["ModelClient", "ModelRequest", "ModelResponse", "cost_usd"]
+from thinktank.providers.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    import anyio
+
+__all__ = ["NO_RETRY", "ModelClient", "ModelRequest", "ModelResponse", "PooledModel", "cost_usd"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -96,6 +106,28 @@ class ModelClient(Protocol):
     async def complete(self, request: ModelRequest) -> ModelResponse:
         """Answer one request; raise ProviderError on failure."""
         ...
+
+
+NO_RETRY = RetryPolicy(max_retries=0)
+"""The policy of clients given without one: what the client returns is final."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PooledModel:
+    """A model client with the run-time settings of its configured model."""
+
+    client: ModelClient
+    """Sends one attempt."""
+    retry: RetryPolicy = NO_RETRY
+    """When and how long to wait before retrying."""
+    limiter: anyio.CapacityLimiter | None = None
+    """The model's process-wide concurrency limit, if it has one."""
+    timeout_s: float | None = None
+    """Time limit of one attempt."""
+    max_tokens: int | None = None
+    """Output limit when the step sets none."""
+    price_per_mtok: float | None = None
+    """USD per million tokens, input plus output (cascade asks cheap models first)."""
 
 
 def cost_usd(

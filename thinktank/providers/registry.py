@@ -6,7 +6,7 @@ A model name resolves, in this order, to: a model declared in the session file; 
 ``openai/gpt-4o-mini``, ``anthropic/claude-sonnet-4-5`` or ``gemini/gemini-2.0-flash``,
 whose key comes from the provider's usual variable. :meth:`ModelRegistry.check` says,
 before any call, why a name cannot be used (unknown, or its key variable unset), and
-:meth:`ModelRegistry.build` turns names into :class:`~thinktank.engine.calls.PooledModel`
+:meth:`ModelRegistry.build` turns names into :class:`~thinktank.providers.base.PooledModel`
 values that share one pooled HTTP client and process-wide per-model limits.
 """
 
@@ -21,9 +21,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.lowlevel import RunVar
 
-from thinktank.engine.calls import PooledModel
 from thinktank.providers._redact import redact_userinfo
-from thinktank.providers.base import ModelClient
+from thinktank.providers.base import ModelClient, PooledModel
 from thinktank.providers.config import (
     BASE_URL_ENVS,
     DEFAULT_BASE_URLS,
@@ -95,23 +94,14 @@ def model_limiter(name: str, limit: int) -> anyio.CapacityLimiter:
     return limiter
 
 
-def _setting(entry: Any, name: str, default: Any = None) -> Any:
-    """A field of a model entry, or ``default`` when its kind has no such field.
-
-    Not ``getattr(entry, name, default)``: on a pydantic model a missing attribute
-    raises inside ``__getattr__`` first, ~2 us each, nine times per model per run.
-    """
-    return entry.__dict__.get(name, default)
-
-
 def _prices(entry: Any) -> tuple[float, float] | None:
     """USD per million input and output tokens of an entry; None when unknown (and for
     a client given from Python, which has no entry). A local model's price is a known
     zero unless its config sets one."""
     if entry is None:
         return None
-    inp = _setting(entry, "input_cost_per_mtok")
-    out = _setting(entry, "output_cost_per_mtok")
+    inp = getattr(entry, "input_cost_per_mtok", None)
+    out = getattr(entry, "output_cost_per_mtok", None)
     return None if inp is None or out is None else (inp, out)
 
 
@@ -263,10 +253,10 @@ class ModelRegistry:
             source=source,
             key_env=key_env,
             key_present=present,
-            input_cost_per_mtok=_setting(entry, "input_cost_per_mtok"),
-            output_cost_per_mtok=_setting(entry, "output_cost_per_mtok"),
-            max_concurrency=_setting(entry, "max_concurrency"),
-            tags=tuple(_setting(entry, "tags", ())),
+            input_cost_per_mtok=getattr(entry, "input_cost_per_mtok", None),
+            output_cost_per_mtok=getattr(entry, "output_cost_per_mtok", None),
+            max_concurrency=getattr(entry, "max_concurrency", None),
+            tags=tuple(getattr(entry, "tags", ())),
         )
 
     def prices_of(self, name: str) -> tuple[float, float] | None:
@@ -313,16 +303,16 @@ class ModelRegistry:
         if entry is None:
             return PooledModel(client=self.clients[name])
         client = self._client(name, entry, http)
-        limit = _setting(entry, "max_concurrency")
-        retries = _setting(entry, "max_retries", 0)
+        limit = getattr(entry, "max_concurrency", None)
+        retries = getattr(entry, "max_retries", 0)
         return PooledModel(
             client=client,
             retry=_retry_policy(retries),
             limiter=model_limiter(name, limit) if limit else None,
             # HTTP clients enforce timeout_s on the wire per phase; the call layer adds
             # the same bound around the whole attempt (a slow trickle of bytes).
-            timeout_s=_setting(entry, "timeout_s"),
-            max_tokens=_setting(entry, "max_tokens"),
+            timeout_s=getattr(entry, "timeout_s", None),
+            max_tokens=getattr(entry, "max_tokens", None),
             price_per_mtok=_price(entry),
         )
 
