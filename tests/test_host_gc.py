@@ -70,3 +70,13 @@ async def test_a_run_hides_nothing_from_the_collector() -> None:
     )
     await thinktank.run(spec, store=None, models={"w": watcher})
     assert watcher.seen == [True]
+
+
+def test_events_are_left_out_of_the_cycle_collector() -> None:
+    """A run keeps thousands of events; as values that refer back to nothing, they are
+    never tracked, so a full collection does not scan them (subclasses inherit it)."""
+    from thinktank.events import Event, StepStarted
+
+    event = StepStarted(session_id="s", step_id="a", attempt=1, prompt="p")
+    assert isinstance(event, Event)
+    assert not gc.is_tracked(event)
