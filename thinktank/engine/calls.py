@@ -215,6 +215,10 @@ async def _recorded(
 ) -> CallResult:
     """The attempts of one call, once its slots are held, with every event emitted
     (``received``: the streamed text of the attempt under way)."""
+    # The one place every model call starts: a call task spawned just before a cancel
+    # (a multi-model step's) runs until its first await, and an unlimited call has
+    # none before the client's. Once cancelled, nothing is sent or recorded.
+    await anyio.lowlevel.checkpoint_if_cancelled()
     client = pooled.client
     name = client.name
     limited = budget is not None and budget.limited
