@@ -35,7 +35,7 @@ import re
 import sys
 import threading
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -339,21 +339,8 @@ class FakeServer:
         if fault is not None and fault.kind == "slow":
             await anyio.sleep(fault.delay_s)
             fault = None
-        if fault is not None and fault.kind == "drop":
-            return False
-        if fault is not None and fault.kind == "http_error":
-            message = fault.message or _default_message(fault.status)
-            if fault.echo_key:
-                message += f" (key: {_key_of(headers)})"
-            extra = [(k.encode(), v.encode()) for k, v in fault.headers]
-            await _send(conn, stream, fault.status, _error_body(wire, fault.status, message), extra)
-            return True
-        if fault is not None and fault.kind == "huge":
-            await _huge(conn, stream, parsed, fault)
-            return True
-        if fault is not None and fault.kind == "malformed_json":
-            await _send(conn, stream, 200, b'{"id": "broken", "choices": [{"message": ')
-            return True
+        if fault is not None and fault.kind in _INSTEAD_OF_AN_ANSWER:
+            return await _misbehave(conn, stream, parsed, fault, headers)
         with self._lock:
             self._count += 1
             n = self._count
@@ -369,6 +356,35 @@ class FakeServer:
         payload = _completion(parsed, n, " ".join(words), truncated, usage)
         await _send(conn, stream, 200, _json(payload))
         return True
+
+
+_INSTEAD_OF_AN_ANSWER = ("drop", "http_error", "huge", "malformed_json")
+"""The faults that replace the answer (the others alter it)."""
+
+
+async def _misbehave(
+    conn: h11.Connection,
+    stream: anyio.abc.SocketStream,
+    parsed: _Parsed,
+    fault: Fault,
+    headers: dict[str, str],
+) -> bool:
+    """Play ``fault`` (one of ``_INSTEAD_OF_AN_ANSWER``) instead of answering; False when
+    the connection must be closed."""
+    if fault.kind == "drop":
+        return False
+    if fault.kind == "http_error":
+        message = fault.message or _default_message(fault.status)
+        if fault.echo_key:
+            message += f" (key: {_key_of(headers)})"
+        extra = [(k.encode(), v.encode()) for k, v in fault.headers]
+        body = _error_body(parsed.wire, fault.status, message)
+        await _send(conn, stream, fault.status, body, extra)
+    elif fault.kind == "huge":
+        await _huge(conn, stream, parsed, fault)
+    else:
+        await _send(conn, stream, 200, b'{"id": "broken", "choices": [{"message": ')
+    return True
 
 
 async def _read_request(
@@ -604,6 +620,41 @@ def _completion(
     return payload
 
 
+@dataclass
+class _SSE:
+    """One SSE answer under way: where it goes, its pieces of text, and the fault (a
+    cut or a stall) it plays."""
+
+    conn: h11.Connection
+    stream: anyio.abc.SocketStream
+    pieces: list[str]
+    cut: Fault | None
+    stall: Fault | None
+
+    async def emit(self, chunk: bytes) -> None:
+        await self.stream.send(self.conn.send(h11.Data(data=chunk)))
+
+    async def emit_pieces(self, render: Callable[[str], bytes]) -> None:
+        """Every piece as ``render`` frames it, stalling where the fault says."""
+        for i, piece in enumerate(self.pieces):
+            if self.stall is not None and i == self.stall.after:
+                await anyio.sleep(self.stall.delay_s)
+            await self.emit(render(piece))
+
+    async def end(self) -> bool:
+        await self.stream.send(self.conn.send(h11.EndOfMessage()))
+        return True
+
+    async def end_after_fault(self, error_event: bytes) -> bool:
+        """End a cut stream: with ``error_event``, abruptly (False), or just ended."""
+        assert self.cut is not None
+        if self.cut.kind == "stream_error":
+            await self.emit(error_event)
+        elif self.cut.abrupt:
+            return False
+        return await self.end()
+
+
 async def _stream(
     conn: h11.Connection,
     stream: anyio.abc.SocketStream,
@@ -617,61 +668,57 @@ async def _stream(
     """Send an SSE answer; False when the connection was cut on purpose."""
     headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
     await stream.send(conn.send(h11.Response(status_code=200, headers=headers)))
-    tokens_in = _count(parsed.system) + _count(parsed.prompt)
-    tokens_out = _count(" ".join(words))
+    tokens = (_count(parsed.system) + _count(parsed.prompt), _count(" ".join(words)))
     pieces = [w if i == len(words) - 1 else w + " " for i, w in enumerate(words)]
     cut = fault if fault is not None and fault.kind in ("stream_cut", "stream_error") else None
     stall = fault if fault is not None and fault.kind == "stream_stall" else None
     if cut is not None:
         pieces = pieces[: cut.after]
-
-    async def emit(chunk: bytes) -> None:
-        await stream.send(conn.send(h11.Data(data=chunk)))
-
-    async def end_after_fault(error_event: bytes) -> bool:
-        assert cut is not None
-        if cut.kind == "stream_error":
-            await emit(error_event)
-        elif cut.abrupt:
-            return False
-        await stream.send(conn.send(h11.EndOfMessage()))
-        return True
-
+    sse = _SSE(conn, stream, pieces, cut, stall)
     if parsed.wire == "openai":
-        head = {
-            "id": f"chatcmpl-{n}",
-            "object": "chat.completion.chunk",
-            "created": 0,
-            "model": parsed.model,
-        }
+        return await _stream_openai(sse, parsed, n, truncated, tokens if usage else None)
+    return await _stream_anthropic(sse, parsed, n, truncated, tokens if usage else None)
 
-        def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
-            choice = {"index": 0, "delta": delta, "finish_reason": finish}
-            return _sse({**head, "choices": [choice]})
 
-        await emit(chunk({"role": "assistant", "content": ""}, None))
-        await emit(b": keep-alive\n\n")
-        for i, piece in enumerate(pieces):
-            if stall is not None and i == stall.after:
-                await anyio.sleep(stall.delay_s)
-            await emit(chunk({"content": piece}, None))
-        if cut is not None:
-            error = {"message": "The server had an error while streaming", "type": "server_error"}
-            return await end_after_fault(_sse({"error": error}))
-        await emit(chunk({}, "length" if truncated else "stop"))
-        if parsed.include_usage:
-            counts = None
-            if usage:
-                counts = {
-                    "prompt_tokens": tokens_in,
-                    "completion_tokens": tokens_out,
-                    "total_tokens": tokens_in + tokens_out,
-                }
-            await emit(_sse({**head, "choices": [], "usage": counts}))
-        await emit(_sse("[DONE]"))
-        await stream.send(conn.send(h11.EndOfMessage()))
-        return True
+async def _stream_openai(
+    sse: _SSE, parsed: _Parsed, n: int, truncated: bool, tokens: tuple[int, int] | None
+) -> bool:
+    """OpenAI's chunks (``tokens``: prompt and completion counts, None: no usage)."""
+    head = {
+        "id": f"chatcmpl-{n}",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": parsed.model,
+    }
 
+    def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        return _sse({**head, "choices": [choice]})
+
+    await sse.emit(chunk({"role": "assistant", "content": ""}, None))
+    await sse.emit(b": keep-alive\n\n")
+    await sse.emit_pieces(lambda piece: chunk({"content": piece}, None))
+    if sse.cut is not None:
+        error = {"message": "The server had an error while streaming", "type": "server_error"}
+        return await sse.end_after_fault(_sse({"error": error}))
+    await sse.emit(chunk({}, "length" if truncated else "stop"))
+    if parsed.include_usage:
+        counts = None
+        if tokens is not None:
+            counts = {
+                "prompt_tokens": tokens[0],
+                "completion_tokens": tokens[1],
+                "total_tokens": tokens[0] + tokens[1],
+            }
+        await sse.emit(_sse({**head, "choices": [], "usage": counts}))
+    await sse.emit(_sse("[DONE]"))
+    return await sse.end()
+
+
+async def _stream_anthropic(
+    sse: _SSE, parsed: _Parsed, n: int, truncated: bool, tokens: tuple[int, int] | None
+) -> bool:
+    """Anthropic's events (``tokens``: input and output counts, None: no usage)."""
     message: dict[str, Any] = {
         "id": f"msg_{n}",
         "type": "message",
@@ -681,34 +728,34 @@ async def _stream(
         "stop_reason": None,
         "stop_sequence": None,
     }
-    if usage:
-        message["usage"] = {"input_tokens": tokens_in, "output_tokens": 1}
-    await emit(_sse({"type": "message_start", "message": message}, "message_start"))
+    if tokens is not None:
+        message["usage"] = {"input_tokens": tokens[0], "output_tokens": 1}
+    await sse.emit(_sse({"type": "message_start", "message": message}, "message_start"))
     block = {"type": "text", "text": ""}
     start = {"type": "content_block_start", "index": 0, "content_block": block}
-    await emit(_sse(start, "content_block_start"))
-    await emit(_sse({"type": "ping"}, "ping"))
-    for i, piece in enumerate(pieces):
-        if stall is not None and i == stall.after:
-            await anyio.sleep(stall.delay_s)
-        delta = {"type": "text_delta", "text": piece}
-        await emit(
-            _sse({"type": "content_block_delta", "index": 0, "delta": delta}, "content_block_delta")
+    await sse.emit(_sse(start, "content_block_start"))
+    await sse.emit(_sse({"type": "ping"}, "ping"))
+
+    def delta(piece: str) -> bytes:
+        text = {"type": "text_delta", "text": piece}
+        return _sse(
+            {"type": "content_block_delta", "index": 0, "delta": text}, "content_block_delta"
         )
-    if cut is not None:
+
+    await sse.emit_pieces(delta)
+    if sse.cut is not None:
         overloaded = {"type": "overloaded_error", "message": "Overloaded"}
-        return await end_after_fault(_sse({"type": "error", "error": overloaded}, "error"))
-    await emit(_sse({"type": "content_block_stop", "index": 0}, "content_block_stop"))
+        return await sse.end_after_fault(_sse({"type": "error", "error": overloaded}, "error"))
+    await sse.emit(_sse({"type": "content_block_stop", "index": 0}, "content_block_stop"))
     final: dict[str, Any] = {
         "type": "message_delta",
         "delta": {"stop_reason": "max_tokens" if truncated else "end_turn", "stop_sequence": None},
     }
-    if usage:
-        final["usage"] = {"output_tokens": tokens_out}
-    await emit(_sse(final, "message_delta"))
-    await emit(_sse({"type": "message_stop"}, "message_stop"))
-    await stream.send(conn.send(h11.EndOfMessage()))
-    return True
+    if tokens is not None:
+        final["usage"] = {"output_tokens": tokens[1]}
+    await sse.emit(_sse(final, "message_delta"))
+    await sse.emit(_sse({"type": "message_stop"}, "message_stop"))
+    return await sse.end()
 
 
 @contextmanager

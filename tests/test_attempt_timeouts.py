@@ -20,18 +20,13 @@ TIMEOUT_MS = 30
 class ScriptedModel:
     """Hangs on the attempts its script says, answers at once on the others."""
 
+    name = "m"
+    provider = "test"
+
     def __init__(self, hangs: dict[str, set[int]]) -> None:
         self.hangs = hangs
         self.in_flight = 0
         self.max_in_flight = 0
-
-    @property
-    def name(self) -> str:
-        return "m"
-
-    @property
-    def provider(self) -> str:
-        return "test"
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
         self.in_flight += 1

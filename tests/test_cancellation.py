@@ -1,15 +1,17 @@
 """A caller's cancellation always propagates out of ``thinktank.run``.
 
-Hypothesis runs random DAGs with random model latencies and failures, with a SQLite
-store and without one, inside the caller's own task group, and cancels that task group
-at a random moment. ``run()`` must end by the caller's cancellation, soon; no model call
-may start after the cancel; and every step must end in a final state. A second test
+Hypothesis runs random DAGs of one-model and multi-model steps (modes all, race and
+quorum) with random model latencies and failures, with a SQLite store and without one,
+inside the caller's own task group, and cancels that task group at a random moment.
+``run()`` must end by the caller's cancellation, soon; no model call may start after
+the cancel; and every step must end in a final state. A second test
 checks anyio's rule directly: a step's own time-out, expiring at about the moment of an
 outer cancel, never turns that cancel into a step failure.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +23,15 @@ from hypothesis import strategies as st
 
 import thinktank
 from thinktank.errors import ProviderError
-from thinktank.events import Event, SessionFinished, SessionStarted, StepFinished, StepSkipped
+from thinktank.events import (
+    CallStarted,
+    Event,
+    SessionFinished,
+    SessionStarted,
+    StepFinished,
+    StepSkipped,
+    StepStarted,
+)
 from thinktank.providers.base import ModelRequest, ModelResponse
 from thinktank.session.loading import parse_session
 from thinktank.session.spec import SessionSpec
@@ -32,38 +42,59 @@ CANCEL_WITHIN_S = 0.1
 """How soon ``run()`` must give the caller its cancellation back."""
 
 
-class StampedModel:
-    """Sleeps each step's latency, fails the steps it is told to, and records when
-    every call started, on anyio's clock."""
+MODELS = ("m", "m2", "m3")
 
-    name = "m"
+
+class StampedModel:
+    """Sleeps each (step, model)'s latency, fails the ones it is told to, and appends
+    every call it receives to ``starts``, a list shared by all the session's models."""
+
     provider = "test"
 
-    def __init__(self, latency: dict[str, float], failing: set[str]) -> None:
+    def __init__(
+        self,
+        name: str,
+        latency: dict[tuple[str, str], float],
+        failing: set[tuple[str, str]],
+        starts: list[tuple[str, str]],
+    ) -> None:
+        self.name = name
         self.latency = latency
         self.failing = failing
-        self.starts: list[float] = []
+        self.starts = starts
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
-        self.starts.append(anyio.current_time())
-        await anyio.sleep(self.latency[request.step_id])
-        if request.step_id in self.failing:
-            raise ProviderError("injected failure", provider="test", model="m")
-        return ModelResponse(content=f"{request.step_id} done", model="m")
+        key = (request.step_id, self.name)
+        self.starts.append(key)
+        await anyio.sleep(self.latency[key])
+        if key in self.failing:
+            raise ProviderError("injected failure", provider="test", model=self.name)
+        return ModelResponse(content=f"{request.step_id} done", model=self.name)
+
+
+def _models(rng: random.Random) -> dict[str, Any]:
+    """A step's model fields: one model, or two or three in a random multi-model mode."""
+    if rng.random() < 0.5:
+        return {"model": "m"}
+    models = list(MODELS[: rng.randint(2, 3)])
+    return {"models": models, "mode": rng.choice(["all", "race", "quorum"])}
 
 
 @st.composite
-def sessions(draw: st.DrawFn) -> tuple[SessionSpec, StampedModel, float]:
-    """A random DAG (up to 12 steps, 0-3 dependencies each), latencies of 0-15 ms,
-    some failing steps, a random limit (or none), failure strategy and scheduling, and
-    the moment to cancel at (0-40 ms)."""
+def sessions(
+    draw: st.DrawFn,
+) -> tuple[SessionSpec, dict[str, StampedModel], float | AtEvent]:
+    """A random DAG (up to 12 steps, 0-3 dependencies each, half of them multi-model),
+    latencies of 0-15 ms, some failing calls, a random limit (or none), failure strategy
+    and scheduling, and the moment to cancel at (0-40 ms, or as one of the first 40
+    steps or calls starts)."""
     n = draw(st.integers(min_value=1, max_value=12))
     rng = random.Random(draw(st.integers(min_value=0, max_value=2**32 - 1)))
     steps = [
         {
             "id": f"s{i}",
             "prompt": "p",
-            "model": "m",
+            **_models(rng),
             "depends_on": sorted(
                 {f"s{d}" for d in rng.sample(range(i), min(i, rng.randint(0, 3)))}
             ),
@@ -82,13 +113,26 @@ def sessions(draw: st.DrawFn) -> tuple[SessionSpec, StampedModel, float]:
             },
             "steps": steps,
         },
-        known_models=["m"],
+        known_models=list(MODELS),
     )
-    model = StampedModel(
-        {f"s{i}": rng.uniform(0, 0.015) for i in range(n)},
-        {f"s{i}" for i in range(n) if rng.random() < 0.15},
-    )
-    return spec, model, draw(st.floats(min_value=0, max_value=0.04))
+    calls = [(f"s{i}", name) for i in range(n) for name in MODELS]
+    latency = {key: rng.uniform(0, 0.015) for key in calls}
+    failing = {key for key in calls if rng.random() < 0.15}
+    starts: list[tuple[str, str]] = []
+    models = {name: StampedModel(name, latency, failing, starts) for name in MODELS}
+    moment = draw(st.floats(min_value=0, max_value=0.04) | st.builds(AtEvent, st.integers(1, 40)))
+    return spec, models, moment
+
+
+@dataclass(frozen=True)
+class AtEvent:
+    """Cancel from inside the listener of the ``n``-th event that starts a step or a
+    call: the task that emitted it goes on without awaiting, the moment a call could
+    start after the cancel, which a random moment on the clock rarely hits. (Never at
+    other events: after the last step's end the session may end without an await,
+    and so not as interrupted, as anyio allows.)"""
+
+    n: int
 
 
 @dataclass
@@ -98,6 +142,10 @@ class Cancelled:
     events: list[Event] = field(default_factory=list)
     cancel_at: float | None = None
     """When the caller cancelled (None: the run ended first)."""
+    starts: int = 0
+    """Steps and calls started so far."""
+    calls_before_cancel: int = 0
+    """How many model calls had started when the caller cancelled."""
     finished_at: float | None = None
     """When the engine emitted the session's end."""
     end: float = 0.0
@@ -106,10 +154,10 @@ class Cancelled:
 
 
 async def _cancel_during_run(
-    spec: SessionSpec, model: StampedModel, at: float, store: str | None
+    spec: SessionSpec, models: dict[str, StampedModel], at: float | AtEvent, store: str | None
 ) -> Cancelled:
     """Run ``spec`` in the caller's task group and cancel that ``at`` s after the session
-    started, unless the run ended first."""
+    started (or at event ``at.n``), unless the run ended first."""
     seen = Cancelled()
     started = anyio.Event()
     ended = anyio.Event()
@@ -120,10 +168,20 @@ async def _cancel_during_run(
             started.set()
         elif isinstance(event, SessionFinished):
             seen.finished_at = anyio.current_time()
+        if isinstance(event, StepStarted | CallStarted):
+            seen.starts += 1
+            if isinstance(at, AtEvent) and seen.starts == at.n and not ended.is_set():
+                # A CallStarted's call has started: its model receives it right after.
+                cancel(started=isinstance(event, CallStarted))
+
+    def cancel(started: bool = False) -> None:
+        seen.cancel_at = anyio.current_time()
+        seen.calls_before_cancel = len(models["m"].starts) + started
+        tg.cancel_scope.cancel()
 
     async def caller() -> None:
         try:
-            await thinktank.run(spec, store=store, models={"m": model}, on_event=on_event)
+            await thinktank.run(spec, store=store, models=models, on_event=on_event)
             seen.returned = True
         finally:
             seen.end = anyio.current_time()
@@ -135,18 +193,17 @@ async def _cancel_during_run(
         # Counted from the session's start (a store takes a while to open): the cancel
         # comes while the DAG runs.
         await started.wait()
-        with anyio.move_on_after(at):
+        with anyio.move_on_after(at if isinstance(at, float) else math.inf):
             await ended.wait()
-        if not ended.is_set():
-            seen.cancel_at = anyio.current_time()
-            tg.cancel_scope.cancel()
+        if not ended.is_set() and seen.cancel_at is None:
+            cancel()
     if seen.cancel_at is not None and not seen.returned:
         # The run ended by the caller's cancel, which the caller's task group caught.
         assert tg.cancel_scope.cancelled_caught
     return seen
 
 
-def _check(spec: SessionSpec, model: StampedModel, seen: Cancelled) -> None:
+def _check(spec: SessionSpec, models: dict[str, StampedModel], seen: Cancelled) -> None:
     ids = {s.id for s in spec.steps}
     ended = {e.step_id for e in seen.events if isinstance(e, StepFinished | StepSkipped)}
     assert ids <= ended, f"steps without an end: {ids - ended}"
@@ -165,18 +222,18 @@ def _check(spec: SessionSpec, model: StampedModel, seen: Cancelled) -> None:
         assert finished.status == "interrupted"
         # The engine's part: every step cancelled or skipped, the session's end emitted.
         assert seen.finished_at - cancel_at <= CANCEL_WITHIN_S
-    late = [t - cancel_at for t in model.starts if t > cancel_at]
-    assert not late, f"model calls started {late} s after the cancel"
+    late = models["m"].starts[seen.calls_before_cancel :]
+    assert not late, f"model calls (step, model) started after the cancel: {late}"
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=sessions())
 def test_a_cancelled_caller_gets_its_cancellation_without_a_store(
-    case: tuple[SessionSpec, StampedModel, float],
+    case: tuple[SessionSpec, dict[str, StampedModel], float | AtEvent],
 ) -> None:
-    spec, model, at = case
-    seen = anyio.run(_cancel_during_run, spec, model, at, None, backend="asyncio")
-    _check(spec, model, seen)
+    spec, models, at = case
+    seen = anyio.run(_cancel_during_run, spec, models, at, None, backend="asyncio")
+    _check(spec, models, seen)
     if seen.cancel_at is not None and not seen.returned:
         # Without a store there is nothing to release: run() itself is that fast.
         assert seen.end - seen.cancel_at <= CANCEL_WITHIN_S
@@ -185,14 +242,14 @@ def test_a_cancelled_caller_gets_its_cancellation_without_a_store(
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=sessions())
 def test_a_cancelled_caller_leaves_every_stored_step_final(
-    tmp_path_factory: Any, case: tuple[SessionSpec, StampedModel, float]
+    tmp_path_factory: Any, case: tuple[SessionSpec, dict[str, StampedModel], float | AtEvent]
 ) -> None:
-    spec, model, at = case
+    spec, models, at = case
     db = str(Path(tmp_path_factory.mktemp("cancel")) / "t.db")
 
     async def main() -> None:
-        seen = await _cancel_during_run(spec, model, at, db)
-        _check(spec, model, seen)
+        seen = await _cancel_during_run(spec, models, at, db)
+        _check(spec, models, seen)
         if seen.cancel_at is not None and not seen.returned:
             # After the engine's part, the run writes the queued events, releases its
             # lease and closes the store, shielded: SQLite I/O on a loaded machine

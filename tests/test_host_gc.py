@@ -41,17 +41,12 @@ async def test_a_run_leaves_the_hosts_collector_settings_alone(tmp_path: Path) -
 class _Watcher:
     """A model that looks, mid-run, whether the collector still sees ``watched``."""
 
+    name = "w"
+    provider = "test"
+
     def __init__(self, watched: object) -> None:
         self.watched = watched
         self.seen: list[bool] = []
-
-    @property
-    def name(self) -> str:
-        return "w"
-
-    @property
-    def provider(self) -> str:
-        return "test"
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
         self.seen.append(any(o is self.watched for o in gc.get_objects()))

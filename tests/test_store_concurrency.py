@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,33 @@ async def _line(stream: BufferedByteReceiveStream) -> str:
     return (await stream.receive_until(b"\n", 1 << 20)).decode().strip()
 
 
+async def _spawn(command: list[str], err_path: Path) -> Process:
+    """One worker subprocess running ``command``, its stderr into ``err_path``."""
+    with err_path.open("wb") as err:
+        return await anyio.open_process(
+            [sys.executable, "-c", _CHILD, *command],
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+        )
+
+
+async def _lines(
+    readers: list[BufferedByteReceiveStream],
+    failure: Callable[[int, str], AssertionError],
+    what: str,
+) -> list[str]:
+    """The next line of every worker, in order; a worker that ends first ``what``."""
+    lines = []
+    for i, reader in enumerate(readers):
+        try:
+            lines.append(await _line(reader))
+        except (anyio.IncompleteRead, anyio.EndOfStream):
+            raise failure(i, what) from None
+    return lines
+
+
 async def run_workers(
     commands: list[list[str]], logs: Path, *, released: anyio.Event | None = None
 ) -> list[Any]:
@@ -119,36 +146,18 @@ async def run_workers(
         with anyio.fail_after(120):
             for i, command in enumerate(commands):
                 errors.append(logs / f"worker-{i}.err")
-                with errors[i].open("wb") as err:
-                    procs.append(
-                        await anyio.open_process(
-                            [sys.executable, "-c", _CHILD, *command],
-                            cwd=REPO,
-                            stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE,
-                            stderr=err,
-                        )
-                    )
+                procs.append(await _spawn(command, errors[i]))
             readers = []
             for proc in procs:
                 assert proc.stdout is not None
                 readers.append(BufferedByteReceiveStream(proc.stdout))
-            for i, reader in enumerate(readers):
-                try:
-                    assert await _line(reader) == "ready"
-                except (anyio.IncompleteRead, anyio.EndOfStream):
-                    raise failure(i, "did not start") from None
+            assert await _lines(readers, failure, "did not start") == ["ready"] * len(procs)
             for proc in procs:
                 assert proc.stdin is not None
                 await proc.stdin.send(b"go\n")
             if released is not None:
                 released.set()
-            results: list[Any] = []
-            for i, reader in enumerate(readers):
-                try:
-                    results.append(json.loads(await _line(reader)))
-                except (anyio.IncompleteRead, anyio.EndOfStream):
-                    raise failure(i, "failed") from None
+            results = [json.loads(line) for line in await _lines(readers, failure, "failed")]
             for i, proc in enumerate(procs):
                 if await proc.wait() != 0:
                     raise failure(i, f"exited with {proc.returncode}")

@@ -86,17 +86,12 @@ class Locker:
 class StepModel:
     """Answers every step; ``before[step]`` is awaited first (the test's choreography)."""
 
+    name = "m"
+    provider = "test"
+
     def __init__(self, before: dict[str, object]) -> None:
         self.before = before
         self.asked: list[str] = []
-
-    @property
-    def name(self) -> str:
-        return "m"
-
-    @property
-    def provider(self) -> str:
-        return "test"
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
         self.asked.append(request.step_id)

@@ -18,7 +18,13 @@ from thinktank.dryrun import DryRun
 from thinktank.engine.result import SessionResult, Usage
 from thinktank.providers.registry import ModelInfo
 from thinktank.replay import ReplayReport
-from thinktank.store import SessionSummary, StoredSession, StoredStep
+from thinktank.store import (
+    SessionSummary,
+    StoredCall,
+    StoredConsensus,
+    StoredSession,
+    StoredStep,
+)
 
 __all__ = [
     "print_batch",
@@ -350,6 +356,18 @@ def _dag_lines(steps: Sequence[StoredStep]) -> list[str]:
 def print_stored_session(stored: StoredSession) -> None:
     """What ``thinktank show`` prints: the DAG, every step, its calls and consensus."""
     console = _console()
+    _print_session_head(console, stored)
+    console.print("DAG:")
+    for line in _dag_lines(stored.steps):
+        console.print(line)
+    console.print(_steps_table(stored.steps))
+    for step in stored.steps:
+        console.print()
+        _print_stored_step(console, step)
+
+
+def _print_session_head(console: Console, stored: StoredSession) -> None:
+    """The session's status line, totals, error, text repairs and model selection."""
     head = Text(f"session {stored.id}  {stored.name}  ")
     head.append_text(_status(stored.status))
     console.print(head)
@@ -381,10 +399,10 @@ def print_stored_session(stored: StoredSession) -> None:
         console.print("models selected automatically:")
         for name, reason in stored.model_selection.items():
             console.print(f"  {name}: {reason}")
-    console.print("DAG:")
-    for line in _dag_lines(stored.steps):
-        console.print(line)
 
+
+def _steps_table(steps: Sequence[StoredStep]) -> Table:
+    """One row per step: status, models, consensus score, attempts, usage."""
     table = Table(title="steps", title_justify="left")
     for column in (
         "step",
@@ -397,7 +415,7 @@ def print_stored_session(stored: StoredSession) -> None:
         "latency",
     ):
         table.add_column(column)
-    for step in stored.steps:
+    for step in steps:
         consensus = "" if step.consensus_score is None else f"{step.consensus_score:.2f}"
         table.add_row(
             step.step_key,
@@ -413,59 +431,69 @@ def print_stored_session(stored: StoredSession) -> None:
             _cost(step.cost_usd),
             _ms(step.latency_ms),
         )
-    console.print(table)
+    return table
 
-    for step in stored.steps:
-        console.print()
-        title = Text(f"[{step.step_key}] ", style="bold")
-        title.append_text(_status(step.status))
-        console.print(title)
-        if step.parent is not None:
-            proposed = ", ".join(step.provenance) or "the merge"
-            console.print(f"  added at run time by {step.parent}; proposed by {proposed}")
-        if step.prompt:
-            console.print(f"  prompt: {_short(step.prompt, 200)}")
-        if step.output is not None:
-            console.print(f"  output: {_short(step.output, 400)}")
-        if step.error:
-            console.print(Text(f"  error: {step.error}", style="red"))
-        if step.skip_reason:
-            console.print(Text(f"  skipped: {step.skip_reason}", style="yellow"))
-        merged = step.consensus
-        if merged is not None:
-            verdict = "reached" if merged.reached else "NOT reached"
-            early = ", stopped early" if merged.early_termination else ""
-            console.print(
-                f"  consensus: {merged.mode} / {merged.method} score {merged.score:.2f} "
-                f"(threshold {merged.threshold:g}, {verdict}, outcome {merged.outcome}{early})"
-            )
-            if len(merged.escalation) > 1:
-                path = " -> ".join("[" + ", ".join(r) + "]" for r in merged.escalation)
-                console.print(f"    escalation: {path}")
-            if merged.note:
-                console.print(f"    note: {merged.note}")
-            for item in merged.items:
-                found = ", ".join(item.get("models", []))
-                console.print(f"    - {_short(item.get('text'), 70)}  [{found}]")
-            for cluster in merged.clusters:
-                models = ", ".join(cluster.get("models", []))
-                answer = _short(cluster.get("representative"), 50)
-                console.print(f"    {cluster.get('weight', 0):g} x {answer!r}  [{models}]")
-        for call in step.calls:
-            mark = "*" if call.included_in_consensus and call.status == "ok" else " "
-            tail = call.error if call.error else _short(call.response, 60)
-            if call.error and call.response:
-                # A stream cut short (timeout, cap, dropped connection) keeps its text.
-                tail += f"; partial: {_short(call.response, 60)!r}"
-            tries = f" ({call.tries} tries)" if call.tries > 1 else ""
-            console.print(
-                f"  {mark} {call.model_id:<16} attempt {call.attempt} {call.status:<9} "
-                f"{_tokens(call.tokens_used):>7} tok {_ms(call.latency_ms):>8}{tries}  {tail}"
-            )
-            for a in call.attempts:
-                code = f" HTTP {a.status_code}" if a.status_code else ""
-                wait = f", retry in {a.retry_in_s:.2f}s" if a.retry_in_s is not None else ""
-                console.print(
-                    f"      try {a.number}: {a.status}{code} {_ms(a.latency_ms)}{wait}"
-                    f"{'  ' + _short(a.error, 80) if a.error else ''}"
-                )
+
+def _print_stored_step(console: Console, step: StoredStep) -> None:
+    """One step in detail: origin, prompt, output or error, consensus, calls."""
+    title = Text(f"[{step.step_key}] ", style="bold")
+    title.append_text(_status(step.status))
+    console.print(title)
+    if step.parent is not None:
+        proposed = ", ".join(step.provenance) or "the merge"
+        console.print(f"  added at run time by {step.parent}; proposed by {proposed}")
+    if step.prompt:
+        console.print(f"  prompt: {_short(step.prompt, 200)}")
+    if step.output is not None:
+        console.print(f"  output: {_short(step.output, 400)}")
+    if step.error:
+        console.print(Text(f"  error: {step.error}", style="red"))
+    if step.skip_reason:
+        console.print(Text(f"  skipped: {step.skip_reason}", style="yellow"))
+    if step.consensus is not None:
+        _print_consensus(console, step.consensus)
+    for call in step.calls:
+        _print_stored_call(console, call)
+
+
+def _print_consensus(console: Console, merged: StoredConsensus) -> None:
+    """How a step's answers merged: score, escalation, note, items or clusters."""
+    verdict = "reached" if merged.reached else "NOT reached"
+    early = ", stopped early" if merged.early_termination else ""
+    console.print(
+        f"  consensus: {merged.mode} / {merged.method} score {merged.score:.2f} "
+        f"(threshold {merged.threshold:g}, {verdict}, outcome {merged.outcome}{early})"
+    )
+    if len(merged.escalation) > 1:
+        path = " -> ".join("[" + ", ".join(r) + "]" for r in merged.escalation)
+        console.print(f"    escalation: {path}")
+    if merged.note:
+        console.print(f"    note: {merged.note}")
+    for item in merged.items:
+        found = ", ".join(item.get("models", []))
+        console.print(f"    - {_short(item.get('text'), 70)}  [{found}]")
+    for cluster in merged.clusters:
+        models = ", ".join(cluster.get("models", []))
+        answer = _short(cluster.get("representative"), 50)
+        console.print(f"    {cluster.get('weight', 0):g} x {answer!r}  [{models}]")
+
+
+def _print_stored_call(console: Console, call: StoredCall) -> None:
+    """One call's line (``*``: counted in the consensus), then its tries if retried."""
+    mark = "*" if call.included_in_consensus and call.status == "ok" else " "
+    tail = call.error if call.error else _short(call.response, 60)
+    if call.error and call.response:
+        # A stream cut short (timeout, cap, dropped connection) keeps its text.
+        tail += f"; partial: {_short(call.response, 60)!r}"
+    tries = f" ({call.tries} tries)" if call.tries > 1 else ""
+    console.print(
+        f"  {mark} {call.model_id:<16} attempt {call.attempt} {call.status:<9} "
+        f"{_tokens(call.tokens_used):>7} tok {_ms(call.latency_ms):>8}{tries}  {tail}"
+    )
+    for a in call.attempts:
+        code = f" HTTP {a.status_code}" if a.status_code else ""
+        wait = f", retry in {a.retry_in_s:.2f}s" if a.retry_in_s is not None else ""
+        console.print(
+            f"      try {a.number}: {a.status}{code} {_ms(a.latency_ms)}{wait}"
+            f"{'  ' + _short(a.error, 80) if a.error else ''}"
+        )

@@ -215,51 +215,34 @@ async def _recorded(
 ) -> CallResult:
     """The attempts of one call, once its slots are held, with every event emitted
     (``received``: the streamed text of the attempt under way)."""
+    # The one place every model call starts: a call task spawned just before a cancel
+    # (a multi-model step's) runs until its first await, and an unlimited call has
+    # none before the client's. Once cancelled, nothing is sent or recorded.
+    await anyio.lowlevel.checkpoint_if_cancelled()
     client = pooled.client
-    name = client.name
-    limited = budget is not None and budget.limited
-    if limited:
-        est_tokens = estimate_tokens(request.prompt + (request.system or ""))
-        est_tokens += request.max_tokens or DEFAULT_OUTPUT_ESTIMATE
-        est_cost = est_tokens * (pooled.price_per_mtok or 0.0) / 1e6
-    else:
-        est_tokens, est_cost = 0, 0.0
-    if limited and not await budget.reserve_when_settled(est_cost, est_tokens):  # type: ignore[union-attr]
-        return CallResult(
-            call_id="",
-            model=name,
-            status="failed",
-            started_at=utcnow(),
-            error=budget.exhausted,  # type: ignore[union-attr]
-            tries=0,
-            refused=True,
-        )
-    call_id = new_id()
-    started_at = utcnow()
+    spend = _Spend.estimate(pooled, request, budget)
+    if spend is not None and not await spend.reserve():
+        return _refused(client.name, spend.budget)
+    call = _Call(session_id, request, client.name, new_id(), utcnow(), time.perf_counter())
     if record_start:
         emit(
             CallStarted(
                 session_id=session_id,
                 step_id=request.step_id,
-                call_id=call_id,
-                model=name,
+                call_id=call.call_id,
+                model=call.model,
                 attempt=request.attempt,
-                at=started_at,
+                at=call.started_at,
             )
         )
-    start = time.perf_counter()
     tries = 0
-    reserved = limited
-
-    call = _Call(session_id, request, name, call_id, started_at, start)
-
     # The last attempt that ended, if the one under way (if any) has not: what a
     # cancellation keeps of it is its partial text.
     outcome: _Attempt | None = None
     try:
         while True:
             tries += 1
-            try_started = started_at if tries == 1 else utcnow()
+            try_started = call.started_at if tries == 1 else utcnow()
             try_start = time.perf_counter()
             outcome = None
             received.clear()
@@ -278,73 +261,101 @@ async def _recorded(
             except Exception as exc:  # noqa: BLE001 - a broken client fails its call, not the session
                 outcome = _failed(exc, attempt_timeout, "".join(received) or None)
             else:
-                if response.error is None and tries == 1 and not limited:
+                if response.error is None and tries == 1 and spend is None:
                     # Answered at the first try with nothing to settle: most calls.
                     return _result(_finished(call, 1, "ok", response, None, None), emit)
-                outcome = (
-                    _Attempt("ok", response=response)
-                    if response.error is None
-                    else _Attempt("failed", response=response, error=response.error)
-                )
-            if limited:
-                _settle(budget, est_cost, est_tokens, outcome)  # type: ignore[arg-type]
-                reserved = False
-            retry = (
-                outcome.status != "ok"
-                and outcome.exc is not None
-                and (pooled.retry.should_retry(outcome.exc, tries - 1))
-            )
-            wait = (
-                pooled.retry.delay_s(
-                    tries - 1,
-                    getattr(outcome.exc, "retry_after_s", None),
-                    _JITTER,
-                )
-                if retry
-                else None
-            )
-            if wait is not None and limited:
-                if await budget.reserve_when_settled(est_cost, est_tokens):  # type: ignore[union-attr]
-                    reserved = True
-                else:
-                    outcome.error = f"{outcome.error}; not retried: {budget.exhausted}"  # type: ignore[union-attr]
-                    wait = None
+                outcome = _answered(response)
+            wait = await _retry_wait(pooled, outcome, tries, spend)
             # A call answered at the first try is its own attempt record; once a
             # retry happens, every try (the first included) gets one.
             if wait is not None or tries > 1:
-                emit(
-                    CallAttempt(
-                        session_id=session_id,
-                        step_id=request.step_id,
-                        call_id=call_id,
-                        model=name,
-                        attempt=request.attempt,
-                        number=tries,
-                        status=outcome.status,
-                        started_at=try_started,
-                        latency_ms=(time.perf_counter() - try_start) * 1000,
-                        status_code=outcome.status_code,
-                        error=outcome.error,
-                        retry_in_s=wait,
-                    )
-                )
+                emit(_attempt_event(call, tries, outcome, try_started, try_start, wait))
             if wait is None:
                 break
             await anyio.sleep(wait)
     except anyio.get_cancelled_exc_class():
-        if reserved:
-            # What a cancelled attempt spent is unknown: keep its estimate as spent.
-            budget.settle(est_cost, est_tokens, None, None)  # type: ignore[union-attr]
-        partial = outcome.partial if outcome is not None else "".join(received) or None
-        emit(
-            _finished(
-                call, tries, "cancelled", None, "cancelled before the model answered", partial
-            )
-        )
+        emit(_cancelled(call, tries, outcome, received, spend))
         raise
     return _result(
         _finished(call, tries, outcome.status, outcome.response, outcome.error, outcome.partial),
         emit,
+    )
+
+
+def _cancelled(
+    call: _Call, tries: int, outcome: _Attempt | None, received: list[str], spend: _Spend | None
+) -> CallFinished:
+    """The ``CallFinished`` of a cancelled call; what it had spent is kept as spent."""
+    if spend is not None:
+        spend.cancelled()
+    partial = outcome.partial if outcome is not None else "".join(received) or None
+    return _finished(call, tries, "cancelled", None, "cancelled before the model answered", partial)
+
+
+def _refused(model: str, budget: Budget) -> CallResult:
+    """The result of a call the budget refused before it was sent (nothing recorded)."""
+    return CallResult(
+        call_id="",
+        model=model,
+        status="failed",
+        started_at=utcnow(),
+        error=budget.exhausted,
+        tries=0,
+        refused=True,
+    )
+
+
+def _answered(response: ModelResponse) -> _Attempt:
+    """The attempt record of an attempt that got a response (maybe an error one)."""
+    if response.error is None:
+        return _Attempt("ok", response=response)
+    return _Attempt("failed", response=response, error=response.error)
+
+
+async def _retry_wait(
+    pooled: PooledModel, outcome: _Attempt, tries: int, spend: _Spend | None
+) -> float | None:
+    """Settle the attempt's reservation; the wait before the next attempt, or None when
+    there is none (it succeeded, its error is not retried, or the budget refuses the
+    next attempt: then its error says so)."""
+    if spend is not None:
+        spend.settle(outcome)
+    if (
+        outcome.status == "ok"
+        or outcome.exc is None
+        or not pooled.retry.should_retry(outcome.exc, tries - 1)
+    ):
+        return None
+    wait = pooled.retry.delay_s(tries - 1, getattr(outcome.exc, "retry_after_s", None), _JITTER)
+    if spend is not None and not await spend.reserve():
+        outcome.error = f"{outcome.error}; not retried: {spend.budget.exhausted}"
+        return None
+    return wait
+
+
+def _attempt_event(
+    call: _Call,
+    number: int,
+    outcome: _Attempt,
+    started_at: datetime,
+    start: float,
+    wait: float | None,
+) -> CallAttempt:
+    """The ``CallAttempt`` of try ``number``, begun at ``started_at`` (``start``:
+    perf_counter() then), followed by ``wait`` s before the next (None: no next)."""
+    return CallAttempt(
+        session_id=call.session_id,
+        step_id=call.request.step_id,
+        call_id=call.call_id,
+        model=call.model,
+        attempt=call.request.attempt,
+        number=number,
+        status=outcome.status,
+        started_at=started_at,
+        latency_ms=(time.perf_counter() - start) * 1000,
+        status_code=outcome.status_code,
+        error=outcome.error,
+        retry_in_s=wait,
     )
 
 
@@ -367,14 +378,47 @@ def _result(event: CallFinished, emit: Emit) -> CallResult:
     )
 
 
-def _settle(budget: Budget, est_cost: float, est_tokens: int, outcome: _Attempt) -> None:
-    response = outcome.response
-    if response is None:
-        # No usage report: an error response costs nothing we can know of.
-        budget.settle(est_cost, est_tokens, 0.0, 0)
-        return
-    tokens = response.total_tokens
-    budget.settle(est_cost, est_tokens, response.cost_usd, tokens)
+@dataclass(slots=True)
+class _Spend:
+    """One call's share of a limited budget: the estimate each attempt reserves before
+    it is sent, and whether a reservation is held."""
+
+    budget: Budget
+    cost_usd: float
+    tokens: int
+    held: bool = False
+
+    @classmethod
+    def estimate(
+        cls, pooled: PooledModel, request: ModelRequest, budget: Budget | None
+    ) -> _Spend | None:
+        """The call's estimate (prompt plus its output cap); None when no budget limits."""
+        if budget is None or not budget.limited:
+            return None
+        tokens = estimate_tokens(request.prompt + (request.system or ""))
+        tokens += request.max_tokens or DEFAULT_OUTPUT_ESTIMATE
+        return cls(budget, tokens * (pooled.price_per_mtok or 0.0) / 1e6, tokens)
+
+    async def reserve(self) -> bool:
+        """Reserve the estimate for the next attempt; False when it may not fit."""
+        self.held = await self.budget.reserve_when_settled(self.cost_usd, self.tokens)
+        return self.held
+
+    def settle(self, outcome: _Attempt) -> None:
+        """Replace the reservation by what the attempt spent."""
+        response = outcome.response
+        if response is None:
+            # No usage report: an error response costs nothing we can know of.
+            self.budget.settle(self.cost_usd, self.tokens, 0.0, 0)
+        else:
+            self.budget.settle(self.cost_usd, self.tokens, response.cost_usd, response.total_tokens)
+        self.held = False
+
+    def cancelled(self) -> None:
+        """What a cancelled attempt spent is unknown: keep its estimate as spent."""
+        if self.held:
+            self.budget.settle(self.cost_usd, self.tokens, None, None)
+            self.held = False
 
 
 class _Call(NamedTuple):

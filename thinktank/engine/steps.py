@@ -169,7 +169,8 @@ class StepExecutor:
         try:
             for attempt in range(base + 1, base + step.retries + 2):
                 # A retry follows a failed call without awaiting anything: once the
-                # session is cancelled, no attempt (and no model call) starts.
+                # session is cancelled, no attempt is recorded as started (its calls
+                # check for themselves, in calls.py).
                 await anyio.lowlevel.checkpoint_if_cancelled()
                 self.emit(
                     StepStarted(

@@ -1,4 +1,5 @@
-"""What the three HTTP wire clients share: naming, headers, keys, and error shapes.
+"""What the three HTTP wire clients share: naming, headers, keys, error shapes, and the
+text a stream has sent so far.
 
 ``OpenAICompatibleModel``, ``AnthropicModel`` and ``GeminiModel`` differ in their
 request and response formats; how they hold their settings, merge headers, keep the
@@ -8,6 +9,7 @@ same, and lives here once.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar
@@ -27,7 +29,7 @@ from thinktank.providers.http import (
     translate_errors,
 )
 
-__all__ = ["WireModel"]
+__all__ = ["StreamedText", "WireModel"]
 
 
 class WireModel:
@@ -193,3 +195,27 @@ def _split_credentials(url: str) -> tuple[str, httpx.BasicAuth | None]:
         return url, None
     auth = httpx.BasicAuth(parsed.username, parsed.password)
     return str(parsed.copy_with(userinfo=b"")), auth
+
+
+class StreamedText:
+    """The text a streaming answer has sent so far, when its first piece came, and who
+    hears each piece as it comes (what a timeout or a cut keeps is :meth:`partial`)."""
+
+    def __init__(self, start: float, on_delta: Callable[[str], None] | None) -> None:
+        self.start = start
+        """perf_counter() when the request was sent."""
+        self.on_delta = on_delta
+        self.parts: list[str] = []
+        self.first_token_ms: float | None = None
+
+    def partial(self) -> str | None:
+        return "".join(self.parts) or None
+
+    def add(self, text: object) -> None:
+        """Keep one piece of text (anything else, or nothing, is no piece)."""
+        if isinstance(text, str) and text:
+            if not self.parts:
+                self.first_token_ms = (time.perf_counter() - self.start) * 1000
+            self.parts.append(text)
+            if self.on_delta is not None:
+                self.on_delta(text)

@@ -28,7 +28,7 @@ from types import MappingProxyType
 from typing import Any
 
 from thinktank.errors import ProviderError
-from thinktank.providers._wire import WireModel
+from thinktank.providers._wire import StreamedText, WireModel
 from thinktank.providers.base import ModelRequest, ModelResponse
 from thinktank.providers.config import DEFAULT_MAX_RESPONSE_BYTES
 from thinktank.providers.http import (
@@ -241,21 +241,15 @@ class AnthropicModel(WireModel):
         raise self._shape_error(f"a stream event was not a JSON object: {data[:200]!r}", partial)
 
 
-class _Stream:
+class _Stream(StreamedText):
     """What a Messages stream has said so far: text, stop reason, usage, the message."""
 
     def __init__(self, start: float, on_delta: Callable[[str], None] | None) -> None:
-        self.start = start
-        self.on_delta = on_delta
-        self.parts: list[str] = []
+        super().__init__(start, on_delta)
         self.usage: dict[str, Any] = {}
         self.message: dict[str, Any] = {}
         self.stop: str | None = None
         self.stopped = False
-        self.first_token_ms: float | None = None
-
-    def partial(self) -> str | None:
-        return "".join(self.parts) or None
 
     def take(self, kind: object, payload: dict[str, Any]) -> None:
         if kind == "content_block_delta":
@@ -279,13 +273,7 @@ class _Stream:
     def _text(self, delta: object) -> None:
         if not isinstance(delta, dict) or delta.get("type") != "text_delta":
             return
-        text = delta.get("text")
-        if isinstance(text, str) and text:
-            if not self.parts:
-                self.first_token_ms = (time.perf_counter() - self.start) * 1000
-            self.parts.append(text)
-            if self.on_delta is not None:
-                self.on_delta(text)
+        self.add(delta.get("text"))
 
 
 def _input_tokens(usage: Mapping[str, Any]) -> int | None:

@@ -26,7 +26,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from thinktank.errors import ProviderError
-from thinktank.providers._wire import WireModel
+from thinktank.providers._wire import StreamedText, WireModel
 from thinktank.providers.base import ModelRequest, ModelResponse
 from thinktank.providers.config import DEFAULT_MAX_RESPONSE_BYTES
 from thinktank.providers.http import (
@@ -233,20 +233,14 @@ class OpenAICompatibleModel(WireModel):
         raise self._shape_error(f"a stream event was not a JSON object: {data[:200]!r}", partial)
 
 
-class _Stream:
+class _Stream(StreamedText):
     """What a chat-completions stream has said so far: text, finish reason, usage."""
 
     def __init__(self, start: float, on_delta: Callable[[str], None] | None) -> None:
-        self.start = start
-        self.on_delta = on_delta
-        self.parts: list[str] = []
+        super().__init__(start, on_delta)
         self.finish: str | None = None
         self.usage: object = None
         self.first: dict[str, Any] = {}
-        self.first_token_ms: float | None = None
-
-    def partial(self) -> str | None:
-        return "".join(self.parts) or None
 
     def take(self, chunk: dict[str, Any]) -> None:
         if not self.first:
@@ -258,13 +252,7 @@ class _Stream:
         if not isinstance(choice, dict):
             return
         delta = choice.get("delta")
-        text = delta.get("content") if isinstance(delta, dict) else None
-        if isinstance(text, str) and text:
-            if not self.parts:
-                self.first_token_ms = (time.perf_counter() - self.start) * 1000
-            self.parts.append(text)
-            if self.on_delta is not None:
-                self.on_delta(text)
+        self.add(delta.get("content") if isinstance(delta, dict) else None)
         reason = choice.get("finish_reason")
         if isinstance(reason, str) and reason:
             self.finish = reason
