@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 from pydantic import BaseModel, ConfigDict
@@ -337,7 +337,8 @@ class ResultCollector:
         ev = st.consensus
         if ev is not None:
             included = set(ev.included_call_ids)
-            consensus = ConsensusSummary.model_validate(
+            consensus = _built(
+                ConsensusSummary,
                 {
                     "method": ev.method,
                     "score": ev.score,
@@ -357,7 +358,8 @@ class ResultCollector:
                 },
             )
         calls = [
-            CallSummary.model_validate(
+            _built(
+                CallSummary,
                 {
                     "call_id": c.call_id,
                     "model": c.model,
@@ -375,9 +377,8 @@ class ResultCollector:
             for c in st.calls.values()
         ]
         fin = st.finished
-        # Validated (public API, no pydantic internals): pydantic-core validates these
-        # few typed fields faster than model_construct's Python loop sets them.
-        return StepResult.model_validate(
+        return _built(
+            StepResult,
             {
                 "id": key,
                 "status": st.status,
@@ -398,9 +399,28 @@ class ResultCollector:
         )
 
 
+_Built = TypeVar("_Built", bound=BaseModel)
+
+_ALL_FIELDS: dict[type[BaseModel], set[str]] = {}
+
+
+def _built(cls: type[_Built], values: dict[str, Any]) -> _Built:
+    """An instance of ``cls`` from ``values`` that name every field, built unvalidated
+    (the collector made them from typed events) with one fields-set shared by all its
+    instances: a long session keeps a result per step, and a set of its own per model
+    doubled each one's size (1.3 KB -> 0.55 KB a call summary). The shared set already
+    holds every field, so pydantic's ``add`` on an assignment changes nothing in it.
+    """
+    fields = _ALL_FIELDS.get(cls)
+    if fields is None:
+        fields = _ALL_FIELDS[cls] = set(cls.model_fields)
+    return cls.model_construct(_fields_set=fields, **values)
+
+
 def _usage(inp: int | None, out: int | None, cost: float | None) -> Usage:
     total = None if inp is None or out is None else inp + out
-    return Usage.model_validate(
+    return _built(
+        Usage,
         {"input_tokens": inp, "output_tokens": out, "total_tokens": total, "total_cost_usd": cost},
     )
 
