@@ -35,6 +35,8 @@ LAYERS: Sequence[tuple[str, Sequence[str]]] = (
             "thinktank.batch",
             "thinktank.dryrun",
             "thinktank.transfer",
+            "thinktank.eval",
+            "thinktank.eval.*",
         ),
     ),
     ("cli", ("thinktank.cli", "thinktank.cli.*", "thinktank.__main__")),
