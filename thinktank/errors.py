@@ -7,6 +7,7 @@
     │   ├── SpecError              one problem in a session file (file, step, field)
     │   │   └── SpecErrors         several SpecErrors reported at once
     │   ├── InputError             a session input is missing or of the wrong type
+    │   ├── DatasetError           one problem in an eval dataset file (file, line, field)
     │   └── UnknownSessionError    no stored session has that id (or prefix)
     └── RunError                   the run itself failed
         ├── ProviderError          a model call failed (provider, model, status, body)
@@ -25,6 +26,7 @@ from collections.abc import Iterable, Sequence
 
 __all__ = [
     "CallTimeoutError",
+    "DatasetError",
     "InputError",
     "NoDatabaseError",
     "ProviderError",
@@ -110,6 +112,37 @@ class SpecErrors(SpecError):
 
 class InputError(UsageError):
     """A session input is missing, unknown, or of the wrong type."""
+
+
+class DatasetError(UsageError):
+    """One problem in an evaluation dataset file, found before any model is called.
+
+    Attributes:
+        message: What is wrong.
+        file: The dataset file.
+        line: The 1-based line the problem is on, when it is on one.
+        field: The field (``target``, ``target[1]``, ``id``, a CSV column), if any.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str,
+        line: int | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.message = message
+        self.file = file
+        self.line = line
+        self.field = field
+        super().__init__(self.one_line())
+
+    def one_line(self) -> str:
+        """The problem as one line: ``file:line: field: message`` (the form compilers use)."""
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        parts = [where, self.field, self.message] if self.field else [where, self.message]
+        return ": ".join(parts)
 
 
 class UnknownSessionError(UsageError):
