@@ -27,10 +27,12 @@ Kinds:
     normalisation) counts as its letter, and a target may be an option's text.
 ``contains``
     A target appears in the answer as a whole word or phrase, after case folding,
-    punctuation removal and number canonicalisation (``"Paris"`` is in ``"It is
-    Paris."``, not in ``"Parisian"``). It is plain containment and knows nothing of
-    negation: ``"not Paris"`` contains ``"Paris"``. Use it for answers that name the
-    target among other words; use ``normalized`` when the answer should be the target.
+    punctuation removal, a target's leading article dropped and numbers in digits
+    compared by value (``"Paris"`` is in ``"It is Paris."``, not in ``"Parisian"``;
+    ``"1000"`` is in ``"1,000 people"``; numbers in words are words). It is plain
+    containment and knows nothing of negation: ``"not Paris"`` contains ``"Paris"``. Use
+    it for answers that name the target among other words; use ``normalized`` when the
+    answer should be the target.
 ``regex``
     ``re.search`` of a pattern in the answer (the pattern may match anywhere; anchor with
     ``\\A...\\Z`` for the whole answer; case-sensitive unless the pattern says ``(?i)``).
@@ -98,6 +100,8 @@ _LETTER_AFTER_MARKER_RE = re.compile(_LETTER_TOKEN)
 _LETTER_AT_START_RE = re.compile(r"(?:\((?P<b>[A-Za-z])\)|(?P<u>[A-Za-z])(?:[).:](?!\w)|\s*$))")
 _BRACKETED_LETTER_RE = re.compile(r"\((?P<b>[A-Z])\)")
 _CONTAINS_TOKEN_RE = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w])|\w+")
+_DECIMAL_TOKEN_RE = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+_ARTICLES = frozenset({"a", "an", "the"})
 _THOUSANDS_RE = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _CALLABLE_RE = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
 
@@ -139,7 +143,10 @@ class ScorerSpec(BaseModel):
         if self.kind == "callable" and self.function is None:
             raise ValueError("a 'callable' scorer needs 'function' (module:function)")
         if self.pattern is not None:
-            _compile(self.pattern, self.describe())
+            try:
+                _compile_cached(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"bad pattern {self.pattern!r}: {exc}") from None
         return self
 
     def describe(self) -> str:
@@ -312,13 +319,14 @@ def _normalized(answer: str, targets: tuple[str, ...]) -> bool:
 
 
 def _numeric(answer: str, targets: tuple[str, ...], *, spec: ScorerSpec, name: str) -> bool:
+    # Targets first: a target that is no number is the user's error, whatever the answer.
+    expected_values = [_target_number(target, name) for target in targets]
     value = extract_number(answer)
     if value is None:
         return False
     abs_tol = Decimal(str(spec.abs_tol))
     rel_tol = Decimal(str(spec.rel_tol))
-    for target in targets:
-        expected = _target_number(target, name)
+    for expected in expected_values:
         allowed = max(abs_tol, rel_tol * max(abs(value), abs(expected)))
         if abs(value - expected) <= allowed:
             return True
@@ -337,10 +345,9 @@ def _target_number(target: str, name: str) -> Decimal:
 def _choice(
     answer: str, targets: tuple[str, ...], *, choices: tuple[str, ...] | None, name: str
 ) -> bool:
-    letter = extract_choice(answer, choices)
-    if letter is None:
-        return False
-    return any(letter == _target_letter(target, choices, name) for target in targets)
+    # Targets first: a target that is no letter is the user's error, whatever the answer.
+    letters = {_target_letter(target, choices, name) for target in targets}
+    return extract_choice(answer, choices) in letters
 
 
 def _target_letter(target: str, choices: tuple[str, ...] | None, name: str) -> str:
@@ -358,7 +365,10 @@ def _target_letter(target: str, choices: tuple[str, ...] | None, name: str) -> s
 def _contains(answer: str, targets: tuple[str, ...]) -> bool:
     words = _tokens(answer)
     for target in targets:
-        phrase = _tokens(normalize_answer(target))
+        # The target is tokenised, not normalize_answer'd: that would read "n" as "no".
+        phrase = _tokens(target)
+        if len(phrase) > 1 and phrase[0] in _ARTICLES:
+            phrase = phrase[1:]
         if phrase and _has_run(words, phrase):
             return True
     return False
@@ -373,7 +383,7 @@ def _tokens(text: str) -> tuple[str, ...]:
 
 def _canonical_token(token: str) -> str:
     """Numbers compare by value ("3.10" is "3.1"); other words as they are."""
-    if token.lstrip("-")[:1].isdigit():
+    if _DECIMAL_TOKEN_RE.fullmatch(token):
         value = Decimal(token)
         return "0" if value.is_zero() else format(value.normalize(), "f")
     return token
