@@ -8,6 +8,7 @@
     │   │   └── SpecErrors         several SpecErrors reported at once
     │   ├── InputError             a session input is missing or of the wrong type
     │   ├── DatasetError           one problem in an eval dataset file (file, line, field)
+    │   ├── ScorerError            an eval scorer is misconfigured or misbehaves
     │   └── UnknownSessionError    no stored session has that id (or prefix)
     └── RunError                   the run itself failed
         ├── ProviderError          a model call failed (provider, model, status, body)
@@ -31,6 +32,7 @@ __all__ = [
     "NoDatabaseError",
     "ProviderError",
     "RunError",
+    "ScorerError",
     "SpecError",
     "SpecErrors",
     "StoreError",
@@ -142,6 +144,51 @@ class DatasetError(UsageError):
         """The problem as one line: ``file:line: field: message`` (the form compilers use)."""
         where = self.file if self.line is None else f"{self.file}:{self.line}"
         parts = [where, self.field, self.message] if self.field else [where, self.message]
+        return ": ".join(parts)
+
+
+class ScorerError(UsageError):
+    """An eval scorer cannot score: bad options, an unimportable callable, or a value
+    that is not a score.
+
+    A usage error because every cause is in what the user wrote (the experiment's
+    ``scorer`` block, a target the scorer cannot read, or the user's own scoring
+    function), never in a model's answer: an answer that cannot be read scores 0.
+
+    Attributes:
+        message: What is wrong.
+        scorer: The scorer, as :meth:`thinktank.eval.scoring.ScorerSpec.describe` names it.
+        file: The experiment or dataset file, when known.
+        line: The line in ``file``, when known.
+        field: The dotted field path (``scorer.abs_tol``), when known.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        scorer: str | None = None,
+        file: str | None = None,
+        line: int | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.message = message
+        self.scorer = scorer
+        self.file = file
+        self.line = line
+        self.field = field
+        super().__init__(self.one_line())
+
+    def one_line(self) -> str:
+        """The problem as one line: ``file:line: field: scorer 'x': message``."""
+        parts: list[str] = []
+        if self.file:
+            parts.append(self.file if self.line is None else f"{self.file}:{self.line}")
+        if self.field:
+            parts.append(self.field)
+        if self.scorer:
+            parts.append(f"scorer {self.scorer!r}")
+        parts.append(self.message)
         return ": ".join(parts)
 
 
