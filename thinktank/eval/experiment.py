@@ -1,0 +1,511 @@
+"""Experiment files: the pydantic model of an experiment, loading it, and its schema.
+
+An experiment file (YAML or JSON) names a dataset, what each item is asked (a prompt
+template over the item's inputs, or a session file whose final step is scored), a grid of
+configurations, a scorer, repeats and a budget. This module owns that file format: the
+models (the source of ``schemas/experiment.schema.json``), the checks every file passes
+before any model is called (every problem a :class:`~thinktank.errors.SpecError` naming
+the file, the line and the field, all reported at once in one
+:class:`~thinktank.errors.SpecErrors`) and the expansion of the grid into
+:class:`Configuration` objects with stable ids. Running an experiment is not here.
+
+The grid is written in one of two forms:
+
+* a **list** of configurations, each one row of the results, with an optional ``id``
+  (default ``c1``, ``c2``, ... by position in the file);
+* a **mapping** of lists (``models: [[local], [local-s1, local-s2]]``, ``mode: [all,
+  race]``): every combination of one value per key, ids ``c1``, ``c2``, ... in the order
+  of :func:`itertools.product` over the keys in the order :class:`GridProduct` declares
+  them (the last key varies fastest), whatever order the file writes them in.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+from thinktank._safeload import LoadError, load_json, load_yaml
+from thinktank.errors import DatasetError, ScorerError, SpecError, SpecErrors
+from thinktank.eval.dataset import load_dataset, shipped
+from thinktank.eval.scoring import ScorerSpec, parse_scorer_spec
+from thinktank.session.loading import _spec_errors_from_pydantic, load_session
+from thinktank.session.schema import render_schema, schema_document
+from thinktank.session.spec import ID_PATTERN, Mode, Synthesis
+
+__all__ = [
+    "SCHEMA_ID",
+    "BudgetLimits",
+    "Configuration",
+    "ConfigurationSpec",
+    "ExperimentSpec",
+    "GridProduct",
+    "configurations",
+    "experiment_schema",
+    "load_experiment",
+    "parse_experiment",
+    "prompt_fields",
+    "render_experiment_schema",
+]
+
+SCHEMA_ID = "https://thinktank.dev/schemas/experiment.schema.json"
+SHIPPED_PREFIX = "shipped:"
+"""``dataset: shipped:capitals`` names a dataset that ships with the package."""
+
+_PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+_FIELD = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*")
+
+
+class _Spec(BaseModel):
+    # As the session spec: snake_case in Python, camelCase accepted as aliases.
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=False,
+        frozen=True,
+    )
+
+
+Threshold = Annotated[float, Field(ge=0, le=1)]
+Temperature = Annotated[float, Field(ge=0, le=2)]
+Samples = Annotated[int, Field(ge=1)]
+ModelName = Annotated[str, Field(min_length=1)]
+Panel = Annotated[list[ModelName], Field(min_length=1)]
+
+
+class ConfigurationSpec(_Spec):
+    """One configuration of the list form of ``grid``: how every item is answered."""
+
+    id: Annotated[str, Field(pattern=ID_PATTERN, max_length=100)] | None = None
+    """Unique id (default ``c<position>``, from 1); ``baseline`` and reports use it."""
+    models: Panel | None = None
+    """The models asked (exclusive with ``ensemble``)."""
+    ensemble: str | None = None
+    """The name of an entry of the experiment's ``ensembles`` (exclusive with ``models``)."""
+    mode: Mode = "all"
+    """all, race, quorum or cascade (as on a session step)."""
+    synthesis: Synthesis = "majority"
+    """How answers merge (as on a session step)."""
+    threshold: Threshold | None = None
+    """Consensus threshold (default the session default, 0.7)."""
+    samples: Samples = 1
+    """Answers drawn per model, each with its own seed."""
+    temperature: Temperature | None = None
+    """Sampling temperature per call (default the model's)."""
+    seed: int | None = None
+    """Base seed the per-sample seeds are drawn from."""
+
+    @model_validator(mode="after")
+    def _one_panel(self) -> ConfigurationSpec:
+        if (self.models is None) == (self.ensemble is None):
+            raise ValueError("give exactly one of 'models' or 'ensemble'")
+        if self.models is not None and len(set(self.models)) != len(self.models):
+            raise ValueError("'models' lists a model twice")
+        return self
+
+
+class GridProduct(_Spec):
+    """The mapping form of ``grid``: lists of values, every combination a configuration.
+
+    Keys left out take the default of :class:`ConfigurationSpec`.
+    """
+
+    models: Annotated[list[Panel], Field(min_length=1)] | None = None
+    """Panels, each a list of models (exclusive with ``ensemble``)."""
+    ensemble: Annotated[list[str], Field(min_length=1)] | None = None
+    """Ensemble names (exclusive with ``models``)."""
+    mode: Annotated[list[Mode], Field(min_length=1)] = ["all"]
+    synthesis: Annotated[list[Synthesis], Field(min_length=1)] = ["majority"]
+    threshold: Annotated[list[Threshold | None], Field(min_length=1)] = [None]
+    samples: Annotated[list[Samples], Field(min_length=1)] = [1]
+    temperature: Annotated[list[Temperature | None], Field(min_length=1)] = [None]
+    seed: Annotated[list[int | None], Field(min_length=1)] = [None]
+
+    @model_validator(mode="after")
+    def _one_panel(self) -> GridProduct:
+        if (self.models is None) == (self.ensemble is None):
+            raise ValueError("give exactly one of 'models' or 'ensemble'")
+        for panel in self.models or []:
+            if len(set(panel)) != len(panel):
+                raise ValueError("a panel in 'models' lists a model twice")
+        return self
+
+    def expand(self) -> list[ConfigurationSpec]:
+        """Every combination, in :func:`itertools.product` order (last key fastest)."""
+        panels: list[dict[str, Any]] = (
+            [{"models": m} for m in self.models]
+            if self.models is not None
+            else [{"ensemble": e} for e in self.ensemble or []]
+        )
+        rows = itertools.product(
+            panels,
+            self.mode,
+            self.synthesis,
+            self.threshold,
+            self.samples,
+            self.temperature,
+            self.seed,
+        )
+        return [
+            ConfigurationSpec(
+                **panel,
+                mode=mode,
+                synthesis=synthesis,
+                threshold=threshold,
+                samples=samples,
+                temperature=temperature,
+                seed=seed,
+            )
+            for panel, mode, synthesis, threshold, samples, temperature, seed in rows
+        ]
+
+
+class BudgetLimits(_Spec):
+    """What a whole experiment may spend; no new model call starts past it."""
+
+    max_cost_usd: Annotated[float, Field(ge=0)] | None = None
+    """USD, over every item, configuration and repeat."""
+    max_calls: Annotated[int, Field(ge=1)] | None = None
+    """Model calls, over every item, configuration and repeat."""
+
+
+class ExperimentSpec(_Spec):
+    """A whole experiment file."""
+
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    """Human name, shown in reports."""
+    description: str = ""
+    """What the experiment is for."""
+    dataset: Annotated[str, Field(min_length=1)]
+    """The dataset file, relative to the experiment file, or ``shipped:NAME``."""
+    prompt: Annotated[str, Field(min_length=1)] | None = None
+    """A template: ``{{ FIELD }}`` is the item's input FIELD (never ``target``).
+    Exclusive with ``session``."""
+    session: Annotated[str, Field(min_length=1)] | None = None
+    """A session file, relative to the experiment file, whose final step is scored; the
+    item's inputs are its inputs. Exclusive with ``prompt``."""
+    ensembles: dict[Annotated[str, Field(pattern=ID_PATTERN)], Panel] = {}
+    """Named model panels that configurations refer to with ``ensemble: NAME``."""
+    grid: Annotated[list[ConfigurationSpec], Field(min_length=1)] | GridProduct
+    """A list of configurations, or a mapping of lists whose every combination is one
+    (see the module documentation)."""
+    scorer: ScorerSpec
+    """How an answer is scored: a kind (``normalized``) or a mapping with options."""
+    repeats: Annotated[int, Field(ge=1)] = 1
+    """Times every item x configuration is run (fresh seeds each time)."""
+    budget: BudgetLimits = BudgetLimits()
+    """Limits over the whole experiment."""
+    baseline: str | None = None
+    """The id of the configuration the others are compared with."""
+
+    _base_dir: Path = PrivateAttr(default_factory=Path)
+
+    @model_validator(mode="after")
+    def _prompt_or_session(self) -> ExperimentSpec:
+        if (self.prompt is None) == (self.session is None):
+            raise ValueError("give exactly one of 'prompt' or 'session'")
+        return self
+
+    def dataset_path(self) -> Path:
+        """The dataset file: a shipped one, or ``dataset`` relative to the experiment file."""
+        if self.dataset.startswith(SHIPPED_PREFIX):
+            return shipped(self.dataset.removeprefix(SHIPPED_PREFIX))
+        return self._base_dir / self.dataset
+
+    def session_path(self) -> Path | None:
+        """The session file relative to the experiment file, if ``session`` is given."""
+        return None if self.session is None else self._base_dir / self.session
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """One expanded configuration: a column of the results.
+
+    Attributes:
+        id: Unique in the experiment (given, or ``c<position>``).
+        models: The models asked, an ensemble already resolved.
+        ensemble: The ensemble's name when the configuration named one.
+        mode, synthesis, threshold, samples, temperature, seed: As in the file.
+    """
+
+    id: str
+    models: tuple[str, ...]
+    ensemble: str | None
+    mode: str
+    synthesis: str
+    threshold: float | None
+    samples: int
+    temperature: float | None
+    seed: int | None
+
+
+def configurations(spec: ExperimentSpec) -> list[Configuration]:
+    """The grid expanded, in file order (list form) or product order (mapping form).
+
+    Raises:
+        SpecErrors: an unknown ensemble or a duplicate id (a loaded spec has neither).
+    """
+    rows = spec.grid.expand() if isinstance(spec.grid, GridProduct) else spec.grid
+    result: list[Configuration] = []
+    problems: list[SpecError] = []
+    seen: set[str] = set()
+    for index, row in enumerate(rows):
+        cid = row.id or f"c{index + 1}"
+        if cid in seen:
+            problems.append(
+                SpecError(f"duplicate configuration id {cid!r}", field=f"grid.{index}.id")
+            )
+        seen.add(cid)
+        if row.ensemble is not None and row.ensemble not in spec.ensembles:
+            problems.append(
+                SpecError(
+                    f"no ensemble {row.ensemble!r} in 'ensembles'",
+                    field=f"grid.{index}.ensemble"
+                    if isinstance(spec.grid, list)
+                    else "grid.ensemble",
+                )
+            )
+            continue
+        models = row.models if row.models is not None else spec.ensembles[row.ensemble or ""]
+        result.append(
+            Configuration(
+                id=cid,
+                models=tuple(models),
+                ensemble=row.ensemble,
+                mode=row.mode,
+                synthesis=row.synthesis,
+                threshold=row.threshold,
+                samples=row.samples,
+                temperature=row.temperature,
+                seed=row.seed,
+            )
+        )
+    if problems:
+        raise SpecErrors(problems)
+    return result
+
+
+def prompt_fields(template: str) -> tuple[list[str], list[str]]:
+    """The input fields a prompt template uses, and a message per malformed placeholder."""
+    fields: list[str] = []
+    problems: list[str] = []
+    for match in _PLACEHOLDER.finditer(template):
+        if m := _FIELD.fullmatch(match.group(1)):
+            fields.append(m.group(1))
+        else:
+            problems.append(f"placeholder {match.group(0)!r} is not allowed: use {{{{ FIELD }}}}")
+    return fields, problems
+
+
+def load_experiment(path: str | Path) -> ExperimentSpec:
+    """Read and check an experiment file (``.yaml``, ``.yml`` or ``.json``).
+
+    Beyond the fields, the dataset is read and the prompt's placeholders checked against
+    its first item (``target`` may never be used), a session file is loaded and checked,
+    configuration ids must be unique and ``baseline`` must be one of them.
+
+    Raises:
+        SpecErrors: every problem, one line each: ``file:line: field: message``.
+    """
+    path = Path(path)
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
+        raise SpecErrors([SpecError(f"cannot read file: {why}", file=file)]) from None
+    try:
+        data = load_json(text) if path.suffix.lower() == ".json" else load_yaml(text)
+    except LoadError as exc:
+        where = f"{file}:{exc.line}" if exc.line is not None else file
+        raise SpecErrors([SpecError(exc.message, file=where)]) from None
+    return parse_experiment(data, file=file, base_dir=path.parent, text=text)
+
+
+def parse_experiment(
+    data: Any, *, file: str | None = None, base_dir: str | Path = ".", text: str | None = None
+) -> ExperimentSpec:
+    """Check an experiment given as a mapping; ``text`` (the file's) locates lines.
+
+    Raises:
+        SpecErrors: every problem found, each naming the file, line and field.
+    """
+    lines = _LineFinder(text)
+    if not isinstance(data, Mapping):
+        raise SpecErrors(
+            [SpecError("an experiment file must hold a mapping at the top", file=file)]
+        )
+    raw = dict(data)
+    problems: list[SpecError] = []
+    if "scorer" in raw:
+        try:
+            raw["scorer"] = parse_scorer_spec(
+                raw["scorer"], file=file, line=lines.line(["scorer"]), field="scorer"
+            )
+        except ScorerError as exc:
+            problems.append(SpecError(exc.message, file=_where(file, exc.line), field=exc.field))
+            raw.pop("scorer")
+    try:
+        spec = ExperimentSpec.model_validate(raw)
+    except ValidationError as exc:
+        for err in _spec_errors_from_pydantic(exc, raw, None):
+            if problems and err.field == "scorer" and err.message.startswith("Field required"):
+                continue  # the scorer's own error is already reported
+            problems.append(lines.locate(err, file))
+        raise SpecErrors(problems) from None
+    if problems:
+        raise SpecErrors(problems)
+    spec._base_dir = Path(base_dir)
+    problems = _cross_checks(spec)
+    if problems:
+        raise SpecErrors([lines.locate(p, file) for p in problems])
+    return spec
+
+
+def _cross_checks(spec: ExperimentSpec) -> list[SpecError]:
+    """What one field cannot say alone: ids, baseline, the dataset and the prompt."""
+    problems: list[SpecError] = []
+    ids: list[str] = []
+    try:
+        ids = [c.id for c in configurations(spec)]
+    except SpecErrors as exc:
+        problems.extend(exc.errors)
+    if spec.baseline is not None and ids and spec.baseline not in ids:
+        problems.append(
+            SpecError(
+                f"no configuration {spec.baseline!r} (ids: {', '.join(ids)})", field="baseline"
+            )
+        )
+    try:
+        first = load_dataset(spec.dataset_path())[0]
+    except DatasetError as exc:
+        return [*problems, SpecError(exc.one_line(), field="dataset")]
+    if spec.prompt is not None:
+        problems.extend(_check_prompt(spec.prompt, first.inputs))
+    session = spec.session_path()
+    if session is not None:
+        problems.extend(_check_session(session, first.inputs))
+    return problems
+
+
+def _check_prompt(prompt: str, inputs: Mapping[str, Any]) -> list[SpecError]:
+    fields, malformed = prompt_fields(prompt)
+    problems = [SpecError(m, field="prompt") for m in malformed]
+    for name in dict.fromkeys(fields):
+        if name == "target":
+            # The answer must never reach a model.
+            problems.append(SpecError("the prompt may not use {{ target }}", field="prompt"))
+        elif name not in inputs:
+            known = ", ".join(sorted(inputs)) or "none"
+            problems.append(
+                SpecError(
+                    f"placeholder {{{{ {name} }}}} is not a field of the dataset's first item"
+                    f" (fields: {known})",
+                    field="prompt",
+                )
+            )
+    return problems
+
+
+def _check_session(path: Path, inputs: Mapping[str, Any]) -> list[SpecError]:
+    try:
+        session = load_session(path)
+    except SpecErrors as exc:
+        return [SpecError(line, field="session") for line in exc.lines()]
+    problems: list[SpecError] = []
+    for name, declared in session.inputs.items():
+        if name == "target":
+            problems.append(
+                SpecError("the session may not take 'target' as an input", field="session")
+            )
+        elif declared.required and name not in inputs:
+            problems.append(
+                SpecError(
+                    f"the session's required input {name!r} is not a field of the dataset's"
+                    " first item",
+                    field="session",
+                )
+            )
+    return problems
+
+
+def _where(file: str | None, line: int | None) -> str | None:
+    if file is None or line is None:
+        return file
+    return f"{file}:{line}"
+
+
+class _LineFinder:
+    """Lines of fields in the file's text, found by walking its YAML nodes."""
+
+    def __init__(self, text: str | None) -> None:
+        self._root: yaml.Node | None = None
+        if text is not None:
+            try:
+                # The text already passed the bounded loader; composing shares aliased
+                # nodes and so cannot blow up.
+                self._root = yaml.compose(text, Loader=yaml.SafeLoader)
+            except yaml.YAMLError:
+                self._root = None
+
+    def line(self, path: Sequence[str]) -> int | None:
+        """The 1-based line of the deepest node of ``path`` that exists."""
+        node = self._root
+        if node is None:
+            return None
+        line: int | None = node.start_mark.line + 1
+        for part in path:
+            node = _child(node, part)
+            if node is None:
+                break
+            line = node.start_mark.line + 1
+        return line
+
+    def locate(self, error: SpecError, file: str | None) -> SpecError:
+        """``error`` naming ``file`` and the line of its field."""
+        if error.file is not None and error.file != file:
+            return error
+        path = error.field.split(".") if error.field else []
+        line = self.line(path) if path else None
+        return SpecError(error.message, file=_where(file, line), field=error.field)
+
+
+def _child(node: yaml.Node, part: str) -> yaml.Node | None:
+    if isinstance(node, yaml.MappingNode):
+        names = {part, to_camel(part), _snake(part)}
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.value in names:
+                return value if isinstance(value, yaml.Node) else None
+        return None
+    if isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
+        child = node.value[int(part)]
+        return child if isinstance(child, yaml.Node) else None
+    return None
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def experiment_schema() -> dict[str, Any]:
+    """The JSON Schema of an experiment file (snake_case names; camelCase also accepted)."""
+    return schema_document(
+        SCHEMA_ID,
+        "Generated from thinktank/eval/experiment.py (render_experiment_schema); do not "
+        "edit. Every key may also be written in camelCase (e.g. maxCostUsd).",
+        ExperimentSpec.model_json_schema(by_alias=False, mode="validation"),
+    )
+
+
+def render_experiment_schema() -> str:
+    """The schema as the text committed in ``schemas/experiment.schema.json``."""
+    return render_schema(experiment_schema())
