@@ -29,7 +29,16 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from thinktank._safeload import LoadError, load_json, load_yaml
@@ -195,7 +204,12 @@ class ExperimentSpec(_Spec):
     item's inputs are its inputs. Exclusive with ``prompt``."""
     ensembles: dict[Annotated[str, Field(pattern=ID_PATTERN)], Panel] = {}
     """Named model panels that configurations refer to with ``ensemble: NAME``."""
-    grid: Annotated[list[ConfigurationSpec], Field(min_length=1)] | GridProduct
+    grid: Annotated[
+        Annotated[Annotated[list[ConfigurationSpec], Field(min_length=1)], Tag("list")]
+        | Annotated[GridProduct, Tag("mapping")],
+        # One form per value, so an error names the field, not both union members.
+        Discriminator(lambda v: "list" if isinstance(v, list) else "mapping"),
+    ]
     """A list of configurations, or a mapping of lists whose every combination is one
     (see the module documentation)."""
     scorer: ScorerSpec
@@ -360,6 +374,13 @@ def parse_experiment(
         for err in _spec_errors_from_pydantic(exc, raw, None):
             if problems and err.field == "scorer" and err.message.startswith("Field required"):
                 continue  # the scorer's own error is already reported
+            if err.field is not None and err.field.startswith(("grid.list", "grid.mapping")):
+                # Drop the grid form's tag from the path: grid.list.0.x is grid.0.x.
+                field = re.sub(r"^grid\.(list|mapping)", "grid", err.field)
+                err = SpecError(err.message, field=field)
+            if err.field is None:
+                # The one whole-file rule pydantic checks is prompt-or-session: name it.
+                err = SpecError(err.message, field="session" if "session" in raw else "prompt")
             problems.append(lines.locate(err, file))
         raise SpecErrors(problems) from None
     if problems:
