@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from thinktank.errors import SpecError, SpecErrors, UsageError
 from thinktank.eval.experiment import (
     Configuration,
+    ExperimentSpec,
     GridProduct,
     configurations,
     load_experiment,
@@ -148,6 +149,17 @@ def test_product_size_and_unique_ids(modes: list[str], samples: list[int], panel
     rows = grid.expand()
     assert len(rows) == panels * len(modes) * len(samples)
     assert [r.samples for r in rows[: len(samples)]] == samples
+    spec = ExperimentSpec.model_validate(
+        {
+            "name": "t",
+            "dataset": "d.jsonl",
+            "prompt": "x",
+            "grid": grid,
+            "scorer": {"kind": "exact"},
+        }
+    )
+    ids = [c.id for c in configurations(spec)]
+    assert ids == [f"c{i}" for i in range(1, len(rows) + 1)]
 
 
 def test_session_instead_of_prompt(tmp_path: Path) -> None:
@@ -296,6 +308,21 @@ ERRORS = [
         "negative budget",
         BASE + "budget: {max_cost_usd: -1}\n",
         ":7: budget.max_cost_usd: Input should be greater than or equal to 0 (got -1)",
+    ),
+    (
+        "unknown key in a product grid",
+        BASE.replace("  - models: [local]\n", "  models: [[local]]\n  colour: [red]\n"),
+        ":6: grid.colour: unknown field",
+    ),
+    (
+        "product grid with an empty list",
+        BASE.replace("  - models: [local]\n", "  models: [[local]]\n  mode: []\n"),
+        ":6: grid.mode: List should have at least 1 item",
+    ),
+    (
+        "unknown shipped dataset",
+        BASE.replace("data.jsonl", "shipped:nope"),
+        ":2: dataset: no shipped dataset 'nope' (shipped: arithmetic, capitals)",
     ),
     ("duplicate key", BASE + "name: again\n", ":7: duplicate key 'name'"),
     (

@@ -407,8 +407,13 @@ def _cross_checks(spec: ExperimentSpec) -> list[SpecError]:
             )
         )
     try:
-        first = load_dataset(spec.dataset_path())[0]
+        dataset = spec.dataset_path()
+    except DatasetError as exc:  # an unknown shipped name: the message says it all
+        return [*problems, SpecError(exc.message, field="dataset")]
+    try:
+        first = load_dataset(dataset)[0]
     except DatasetError as exc:
+        # The dataset's own file:line: field, after the experiment's.
         return [*problems, SpecError(exc.one_line(), field="dataset")]
     if spec.prompt is not None:
         problems.extend(_check_prompt(spec.prompt, first.inputs))
