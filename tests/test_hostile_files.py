@@ -55,6 +55,16 @@ def test_alias_bomb_is_refused_by_the_alias_bound(tmp_path: Path) -> None:
     assert "alias bound" in line
 
 
+def test_a_session_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    """A byte that is not UTF-8 names the file, the line and the byte (it was a
+    UnicodeDecodeError traceback); an experiment file reads through the same function."""
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"name: x\nsteps: [{id: a, prompt: caf\xe9}]\n")
+    line = _one_line_error(_validate(path))
+    assert line.startswith(f"{path}:")
+    assert "line 2: byte 0xE9 is not valid UTF-8" in line
+
+
 def test_deep_nesting_is_one_line_not_a_recursion_error(tmp_path: Path) -> None:
     """Nesting 1000 deep gives a one-line 'nested deeper' error, not a RecursionError."""
     path = tmp_path / "deep.yaml"

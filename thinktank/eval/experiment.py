@@ -31,7 +31,6 @@ from typing import Annotated, Any
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Discriminator,
     Field,
     PrivateAttr,
@@ -41,13 +40,12 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from thinktank._safeload import LoadError, load_json, load_yaml
 from thinktank.errors import DatasetError, ScorerError, SpecError, SpecErrors
 from thinktank.eval.dataset import load_dataset, shipped
 from thinktank.eval.scoring import ScorerSpec, parse_scorer_spec
-from thinktank.session.loading import _spec_errors_from_pydantic, load_session
+from thinktank.session.loading import load_session, read_spec_file, spec_errors_from_pydantic
 from thinktank.session.schema import render_schema, schema_document
-from thinktank.session.spec import ID_PATTERN, Mode, Synthesis
+from thinktank.session.spec import ID_PATTERN, SPEC_CONFIG, Mode, Synthesis
 
 __all__ = [
     "SCHEMA_ID",
@@ -73,15 +71,7 @@ _FIELD = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*")
 
 
 class _Spec(BaseModel):
-    # As the session spec: snake_case in Python, camelCase accepted as aliases.
-    model_config = ConfigDict(
-        extra="forbid",
-        alias_generator=to_camel,
-        validate_by_name=True,
-        validate_by_alias=True,
-        serialize_by_alias=False,
-        frozen=True,
-    )
+    model_config = SPEC_CONFIG  # as the session file reads
 
 
 Threshold = Annotated[float, Field(ge=0, le=1)]
@@ -331,18 +321,8 @@ def load_experiment(path: str | Path) -> ExperimentSpec:
         SpecErrors: every problem, one line each: ``file:line: field: message``.
     """
     path = Path(path)
-    file = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        why = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
-        raise SpecErrors([SpecError(f"cannot read file: {why}", file=file)]) from None
-    try:
-        data = load_json(text) if path.suffix.lower() == ".json" else load_yaml(text)
-    except LoadError as exc:
-        where = f"{file}:{exc.line}" if exc.line is not None else file
-        raise SpecErrors([SpecError(exc.message, file=where)]) from None
-    return parse_experiment(data, file=file, base_dir=path.parent, text=text)
+    data, text = read_spec_file(path)
+    return parse_experiment(data, file=str(path), base_dir=path.parent, text=text)
 
 
 def parse_experiment(
@@ -371,7 +351,7 @@ def parse_experiment(
     try:
         spec = ExperimentSpec.model_validate(raw)
     except ValidationError as exc:
-        for err in _spec_errors_from_pydantic(exc, raw, None):
+        for err in spec_errors_from_pydantic(exc, raw, None):
             if problems and err.field == "scorer" and err.message.startswith("Field required"):
                 continue  # the scorer's own error is already reported
             if err.field is not None and err.field.startswith(("grid.list", "grid.mapping")):

@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from thinktank._safeload import LoadError, load_json, load_yaml
+from thinktank._text import read_utf8
 from thinktank.errors import SpecError, SpecErrors
 from thinktank.providers.config import ThinkTankConfig, load_config
 from thinktank.providers.registry import ModelRegistry
@@ -24,14 +25,14 @@ from thinktank.session.selection import apply_selection
 from thinktank.session.spec import SessionSpec
 from thinktank.session.validation import validate_spec, validate_steps_partially
 
-__all__ = ["load_session", "parse_session"]
+__all__ = ["load_session", "parse_session", "read_spec_file", "spec_errors_from_pydantic"]
 
 
 def _field_path(loc: Iterable[int | str]) -> str:
     return ".".join(str(p) for p in loc)
 
 
-def _spec_errors_from_pydantic(
+def spec_errors_from_pydantic(
     exc: ValidationError, raw: Mapping[str, Any], file: str | None
 ) -> list[SpecError]:
     errors: list[SpecError] = []
@@ -86,7 +87,7 @@ def parse_session(
     try:
         spec = SessionSpec.model_validate(data)
     except ValidationError as exc:
-        errors = _spec_errors_from_pydantic(exc, data, file)
+        errors = spec_errors_from_pydantic(exc, data, file)
         raw_models = data.get("models")
         registry = ModelRegistry(
             session_models=raw_models if isinstance(raw_models, Mapping) else {},
@@ -127,15 +128,29 @@ def load_session(
     Raises:
         SpecErrors: every problem in the file, each naming the file, step and field.
     """
+    data, _ = read_spec_file(path)
+    return parse_session(data, file=str(path), known_models=known_models, model=model)
+
+
+def read_spec_file(path: str | Path) -> tuple[Any, str]:
+    """The parsed content of a YAML or JSON file a user gives (``.json`` by suffix), and
+    its text, through the bounded loader.
+
+    Raises:
+        SpecErrors: one line naming the file (and line): it cannot be read, is not
+            UTF-8, or is not valid YAML/JSON.
+    """
     path = Path(path)
     file = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_utf8(path)
     except OSError as exc:
         raise SpecErrors([SpecError(f"cannot read file: {exc.strerror}", file=file)]) from None
+    except ValueError as exc:  # not UTF-8: read_utf8 names the line and byte
+        raise SpecErrors([SpecError(str(exc), file=file)]) from None
     try:
         data = load_json(text) if path.suffix.lower() == ".json" else load_yaml(text)
     except LoadError as exc:
         where = f"{file}:{exc.line}" if exc.line is not None else file
         raise SpecErrors([SpecError(exc.message, file=where)]) from None
-    return parse_session(data, file=file, known_models=known_models, model=model)
+    return data, text

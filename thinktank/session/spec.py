@@ -48,15 +48,20 @@ ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"
 """Step ids and model names: letters, digits, ``_`` and ``-``, not starting with a digit."""
 
 
+SPEC_CONFIG = ConfigDict(
+    extra="forbid",
+    alias_generator=to_camel,
+    validate_by_name=True,
+    validate_by_alias=True,
+    serialize_by_alias=False,
+    frozen=True,
+)
+"""How every model of a file a user writes reads it: unknown keys refused, snake_case in
+Python and camelCase accepted as aliases, frozen (the experiment file shares it)."""
+
+
 class _Spec(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-        alias_generator=to_camel,
-        validate_by_name=True,
-        validate_by_alias=True,
-        serialize_by_alias=False,
-        frozen=True,
-    )
+    model_config = SPEC_CONFIG
 
 
 InputType = Literal["string", "integer", "number", "boolean", "list", "object"]
