@@ -59,6 +59,7 @@ __all__ = [
     "DEFAULT_STORE",
     "LEASE_TTL_ENV",
     "execute",
+    "fan_out",
     "lease_ttl",
     "new_worker_id",
 ]
@@ -289,7 +290,7 @@ async def _run_recorded(
     return await wired.run(started, lease_ttl_s)
 
 
-def _fan_out(listeners: Sequence[Listener]) -> Listener:
+def fan_out(listeners: Sequence[Listener]) -> Listener:
     """One listener that calls every one of ``listeners``, in order."""
     if len(listeners) == 1:
         # Most runs have one listener (no store, no progress display): call it directly.
@@ -337,7 +338,7 @@ class _Run:
             listeners.append(on_event)
         if self.recorder is not None:
             listeners.append(self.recorder.emit)
-        self.emit = emit = _fan_out(listeners)
+        self.emit = emit = fan_out(listeners)
         self.graph = StepGraph(spec)
         # The DAG an earlier run grew, rebuilt the way it grew (before the scheduler counts).
         for parent, added, sink in restart.growths():

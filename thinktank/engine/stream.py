@@ -37,7 +37,7 @@ from anyio.abc import TaskGroup
 from thinktank.engine.calls import OnDelta
 from thinktank.engine.restart import Restart
 from thinktank.engine.result import SessionResult
-from thinktank.engine.runner import Listener, execute
+from thinktank.engine.runner import Listener, execute, fan_out
 from thinktank.errors import RunError
 from thinktank.events import Event
 from thinktank.providers.base import ModelClient, PooledModel
@@ -237,7 +237,7 @@ class SessionRun:
         if self._events:
             put = self._pipe.put
             listener = options.get("on_event")
-            options["on_event"] = put if listener is None else _both(listener, put)
+            options["on_event"] = put if listener is None else fan_out([listener, put])
             restart = options.get("restart") or Restart()
             options["restart"] = dataclasses.replace(
                 restart, wrap=_then(restart.wrap, self._pipe.gate)
@@ -248,14 +248,6 @@ class SessionRun:
             self._error = exc
         finally:
             self._pipe.send.close()
-
-
-def _both(first: Callable[[Event], None], then: Callable[[Event], None]) -> Callable[[Event], None]:
-    def listener(event: Event) -> None:
-        first(event)
-        then(event)
-
-    return listener
 
 
 Wrap = Callable[[str, PooledModel], PooledModel]
