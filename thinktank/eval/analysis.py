@@ -59,6 +59,7 @@ __all__ = [
     "CascadeOrder",
     "DroppedModel",
     "Grader",
+    "Kind",
     "MethodAccuracy",
     "Skipped",
     "StoredAnswers",
