@@ -12,6 +12,7 @@ import pytest
 from rich.console import Console
 
 from tests.eval_records_factory import random_records
+from thinktank.cli.eval_report import print_report, report_command
 from thinktank.eval.output import (
     CONFIG_COLUMNS,
     SAMPLE_COLUMNS,
@@ -111,3 +112,44 @@ def test_plots_are_png_files_drawn_without_pyplot(report: Report, tmp_path: Path
         assert data[:8] == PNG_MAGIC and len(data) > 10_000
     assert dict.__getitem__(matplotlib.rcParams, "backend") == backend
     assert ("matplotlib.pyplot" in sys.modules) == had_pyplot
+
+
+def test_print_report_json_and_files(
+    records: tuple[object, list[object]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    exp, samples = records
+    out = io.StringIO()
+    report = print_report(
+        exp,  # type: ignore[arg-type]
+        samples,  # type: ignore[arg-type]
+        as_json=True,
+        csv_path=tmp_path / "c.csv",
+        samples_csv=tmp_path / "s.csv",
+        plots_dir=tmp_path / "plots",
+        console=Console(file=out, width=40, color_system=None),
+    )
+    # The JSON is the whole stdout, unwrapped even on a narrow console.
+    assert json.loads(out.getvalue()) == report_json(report)
+    written = capsys.readouterr().err.splitlines()
+    assert written == [
+        f"wrote {tmp_path / name}"
+        for name in (
+            "c.csv",
+            "s.csv",
+            "plots/frontier.png",
+            "plots/calls.png",
+            "plots/calibration.png",
+        )
+    ]
+    text = io.StringIO()
+    print_report(exp, samples, console=Console(file=text, width=200))  # type: ignore[arg-type]
+    assert "Configurations (measured)" in text.getvalue()
+
+
+def test_the_report_command_declares_its_options() -> None:
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(report_command, ["--help"])
+    assert result.exit_code == 0
+    for option in ("EXPERIMENT_ID", "--db", "--json", "--csv", "--samples-csv", "--plots"):
+        assert option in result.output
