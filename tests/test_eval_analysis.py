@@ -207,6 +207,17 @@ def test_a_changed_scorer_rescores_the_stored_answers() -> None:
     assert (exact.correct, normalized.correct) == (0, 1)
 
 
+def test_a_scorer_stored_as_a_full_dump_reads_back() -> None:
+    from thinktank.eval.scoring import ScorerSpec
+
+    dumped = ScorerSpec(kind="numeric", abs_tol=0.5).model_dump()
+    assert dumped["pattern"] is None and dumped["rel_tol"] == 0.0  # every field, defaults too
+    exp = experiment([config("p", ["a", "b"])], scorer=dumped)
+    calls = [call("a", "41.6", 0), call("b", "41.6", 1)]
+    (result, *_), _ = remerge(StoredAnswers(exp, [sample("p", "i", ["42"], calls)]))
+    assert result.correct == 1
+
+
 def test_a_sample_of_an_unknown_configuration_is_refused() -> None:
     exp = experiment([config("p", ["a"])])
     with pytest.raises(ValueError, match="configuration 'zz'"):

@@ -30,7 +30,7 @@ import itertools
 import math
 import random
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -102,8 +102,21 @@ class Grader:
 
     @classmethod
     def of(cls, experiment: ExperimentRecord) -> Grader:
-        """The grader of the scorer the experiment's file names."""
-        return cls(parse_scorer_spec(experiment.spec["scorer"]))
+        """The grader of the scorer the experiment's file names.
+
+        The stored spec may be the file as written or a full dump of the model; options
+        left at their defaults are dropped first, since a scorer refuses an option that
+        does not apply to its kind even when it holds the default.
+        """
+        raw = experiment.spec["scorer"]
+        if isinstance(raw, Mapping):
+            fields = ScorerSpec.model_fields
+            raw = {
+                k: v
+                for k, v in raw.items()
+                if k == "kind" or k not in fields or v != fields[k].default
+            }
+        return cls(parse_scorer_spec(raw))
 
     def __call__(self, answer: str | None, targets: tuple[str, ...]) -> bool:
         """Whether ``answer`` is correct (no answer never is)."""
