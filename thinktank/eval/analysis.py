@@ -85,8 +85,6 @@ FINISHED = frozenset({"completed", "partial", "failed"})
 as not answered."""
 DEFAULT_THRESHOLD = 0.7
 """The session default of ``consensus_threshold``, for configurations that set none."""
-NO_CALL_METHODS = ("majority", "medoid", "weighted_merge", "union")
-"""The synthesis methods that merge stored answers without a model call."""
 _EXACT_METHODS = frozenset({"majority", "medoid", "weighted_merge"})
 """Methods that, under exact agreement with equal weights, all pick the heaviest
 cluster's shortest answer (see their docstrings in ``consensus.synthesis``)."""

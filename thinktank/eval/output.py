@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONFIG_COLUMNS",
+    "REPORT_FORMAT",
     "SAMPLE_COLUMNS",
     "config_rows",
     "render_report",
