@@ -671,6 +671,11 @@ class Store:
             new=new,
         )
 
+    async def find_experiment(self, fingerprint: str) -> str | None:
+        """The id of the newest experiment with ``fingerprint`` (the one a rerun
+        continues), or None."""
+        return await self._read(_experiments.find_experiment, fingerprint)
+
     async def add_samples(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Plan samples (``thinktank_experiment_samples`` columns, ``created_at`` set
         here); those already stored keep their row and session.

@@ -32,6 +32,7 @@ __all__ = [
     "experiment_calls",
     "experiment_rows",
     "experiment_session_spec",
+    "find_experiment",
     "get_experiment",
     "link_sample",
     "list_experiments",
@@ -55,21 +56,14 @@ async def save_experiment(
     """The id of the newest experiment with ``fingerprint`` (its spec and item count
     updated), or of a new one when there is none or ``new``; and whether it was new."""
     if not new:
-        found = (
-            await conn.execute(
-                select(EXPERIMENTS.c.id)
-                .where(EXPERIMENTS.c.fingerprint == fingerprint)
-                .order_by(EXPERIMENTS.c.created_at.desc(), EXPERIMENTS.c.id.desc())
-                .limit(1)
-            )
-        ).scalar()
+        found = await find_experiment(conn, fingerprint)
         if found is not None:
             await conn.execute(
                 update(EXPERIMENTS)
                 .where(EXPERIMENTS.c.id == found)
                 .values(name=name, spec=dict(spec), items=items, dataset=dataset, updated_at=at)
             )
-            return str(found), False
+            return found, False
     eid = new_id()
     await conn.execute(
         insert(EXPERIMENTS).values(
@@ -84,6 +78,19 @@ async def save_experiment(
         )
     )
     return eid, True
+
+
+async def find_experiment(conn: AsyncConnection, fingerprint: str) -> str | None:
+    """The id of the newest experiment with ``fingerprint``, or None."""
+    found = (
+        await conn.execute(
+            select(EXPERIMENTS.c.id)
+            .where(EXPERIMENTS.c.fingerprint == fingerprint)
+            .order_by(EXPERIMENTS.c.created_at.desc(), EXPERIMENTS.c.id.desc())
+            .limit(1)
+        )
+    ).scalar()
+    return None if found is None else str(found)
 
 
 async def add_samples(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> None:
