@@ -27,6 +27,7 @@ from thinktank.errors import (
     UnknownSessionError,
     UsageError,
 )
+from thinktank.providers.base import MAX_SEED
 
 if TYPE_CHECKING:
     from thinktank.ask import ParallelResult
@@ -354,6 +355,12 @@ def models_command(session_file: str | None, as_json: bool) -> None:
     multiple=True,
     help="Pick models automatically for this domain (repeatable).",
 )
+@click.option(
+    "--seed",
+    type=click.IntRange(0, MAX_SEED),
+    default=None,
+    help="Base seed of the calls (each model gets its own, derived from it).",
+)
 @click.option("--no-cache", is_flag=True, help="Do not reuse a stored consensus.")
 @_db_option
 @_json_option
@@ -367,6 +374,7 @@ def ask_command(
     threshold: float,
     min_models: int | None,
     domains: tuple[str, ...],
+    seed: int | None,
     no_cache: bool,
     db: str | None,
     as_json: bool,
@@ -390,6 +398,7 @@ def ask_command(
                 "min_models": min_models,
                 "agi_model_selection": bool(domains) and not models,
                 "domain_hints": list(domains),
+                "seed": seed,
                 "cache": not no_cache,
             }
         )
