@@ -317,6 +317,25 @@ def test_session_for_a_prompt_experiment(tmp_path: Path) -> None:
     assert session.name == "exp / c1 / q1 #2"
 
 
+async def test_samples_are_calls_with_their_own_seeds(
+    tmp_path: Path, configured: FakeServer
+) -> None:
+    """``samples: 3`` asks model a as a#1, a#2, a#3, each call with its own seed; the
+    seeds are the same on a fresh experiment (reproducible) and differ per repeat."""
+    grid = [{"models": ["a"], "samples": 3, "seed": 5}]
+    spec = load_experiment(write_experiment(tmp_path, items=1, grid=grid, repeats=2))
+    async with await Store.open(str(tmp_path / "t.db")) as store:
+        first = await run_experiment(spec, store=store)
+        _, samples = await read_experiment(store, first.experiment_id)
+        await run_experiment(spec, store=store, new=True)
+    assert sorted(c.model for c in samples[0].calls) == ["a#1", "a#2", "a#3"]
+    assert {c.base_model for s in samples for c in s.calls} == {"a"}
+    seeds = [r.json["seed"] for r in configured.requests]
+    assert len(seeds) == 12
+    assert len(set(seeds[:6])) == 6  # three samples x two repeats, all distinct
+    assert sorted(seeds[:6]) == sorted(seeds[6:])  # the new experiment sends the same
+
+
 @settings(
     max_examples=8,
     deadline=None,
