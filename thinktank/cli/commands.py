@@ -51,7 +51,10 @@ EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
-_db_option = click.option(
+# Typed: cli.evaluate imports these while this module is still loading (it registers
+# the eval group at its end), and mypy cannot infer them through that cycle.
+_Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+_db_option: _Decorator = click.option(
     "--db",
     "db",
     envvar="THINKTANK_DB",
@@ -59,8 +62,12 @@ _db_option = click.option(
     metavar="URL|PATH",
     help="Database URL or SQLite file (default: $THINKTANK_DB, else ./thinktank.db).",
 )
-_json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
-_no_progress_option = click.option("--no-progress", is_flag=True, help="Do not print progress.")
+_json_option: _Decorator = click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON on stdout."
+)
+_no_progress_option: _Decorator = click.option(
+    "--no-progress", is_flag=True, help="Do not print progress."
+)
 _model_option = click.option(
     "--model",
     "-m",
@@ -815,3 +822,8 @@ def schema_command(output: str | None, check: bool, kind: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     click.echo(f"wrote {output}")
+
+
+from thinktank.cli.evaluate import eval_group  # noqa: E402 - it builds on the helpers above
+
+main.add_command(eval_group)

@@ -284,6 +284,7 @@ class Progress:
     """Where a run is, after each sample.
 
     Attributes:
+        experiment_id: The experiment being run.
         done: Samples answered (stored ones included).
         total: Samples of the run.
         correct: Sum of the scores so far.
@@ -294,6 +295,7 @@ class Progress:
         new_done: Samples this run answered (for a rate: stored ones took no time).
     """
 
+    experiment_id: str
     done: int
     total: int
     correct: float
@@ -586,6 +588,7 @@ class _Run:
         if self.on_progress is not None:
             self.on_progress(
                 Progress(
+                    experiment_id=self.experiment_id,
                     done=self.done,
                     total=len(self.plan.jobs),
                     correct=self.correct,
