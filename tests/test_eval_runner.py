@@ -394,3 +394,43 @@ def test_random_grids_one_sample_one_session_rerun_free(
 def _with_panels(panels: list[list[str]], samples: list[Any]) -> list[tuple[list[str], Any]]:
     by_id = {f"c{i + 1}": p for i, p in enumerate(panels)}
     return [(by_id[s.config_id], s) for s in samples]
+
+
+async def test_session_experiment_scores_the_final_step(
+    tmp_path: Path, configured: FakeServer
+) -> None:
+    """An experiment over a session file: the item's inputs are the session's, every
+    step asks the configuration's models, and the final step is the one scored."""
+    write_experiment(tmp_path, items=2)
+    (tmp_path / "two.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "two",
+                "inputs": {"question": {"type": "string"}},
+                "steps": [
+                    {"id": "draft", "prompt": "draft: {{ inputs.question }}"},
+                    {
+                        "id": "final",
+                        "prompt": "final: {{ steps.draft.output }}",
+                        "depends_on": ["draft"],
+                    },
+                ],
+            }
+        )
+    )
+    experiment = yaml.safe_load((tmp_path / "exp.yaml").read_text())
+    del experiment["prompt"]
+    experiment["session"] = "two.yaml"
+    experiment["grid"] = [{"models": ["a"]}, {"models": ["a", "b"]}]
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(experiment))
+    spec = load_experiment(tmp_path / "exp.yaml")
+    async with await Store.open(str(tmp_path / "t.db")) as store:
+        summary = await run_experiment(spec, store=store)
+        _, samples = await read_experiment(store, summary.experiment_id)
+    assert summary.answered == 4
+    assert len(configured.requests) == 2 * 2 + 2 * 4
+    for s in samples:
+        assert s.answer is not None and s.answer.startswith("echo: final:")
+        assert all((c.text or "").startswith("echo: final:") for c in s.calls)
+        assert s.calls_made == (2 if s.config_id == "c1" else 4)
+    assert not any(TARGET in p for p in prompts(configured))
