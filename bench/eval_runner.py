@@ -5,7 +5,7 @@ Run from the repo root: ``python bench/eval_runner.py`` (1,000 items x 4
 configurations = 4,000 sessions, a few minutes on 2 cores), ``--items N``,
 ``--concurrency N``.
 
-The models answer at once (in-process clients with a fixed reply, no HTTP), so the
+The models answer at once (bench/store.py's in-process ``InstantModel``, no HTTP), so the
 run's wall time is the runner's and the engine's overhead: planning, one session per
 sample (its rows, its lease, its tag in ``thinktank_experiment_samples``), scoring.
 The configurations are one model, two models (all, majority), three models (all,
@@ -35,29 +35,11 @@ from pathlib import Path
 import anyio
 
 from bench._report import cpu_model, version
+from bench.store import InstantModel
 from thinktank.eval.experiment import load_experiment
 from thinktank.eval.runner import run_experiment
 from thinktank.eval.store_read import read_experiment
-from thinktank.providers.base import ModelRequest, ModelResponse
 from thinktank.store import Store
-
-
-class Instant:
-    """A model that answers at once."""
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def provider(self) -> str:
-        return "bench"
-
-    async def complete(self, request: ModelRequest) -> ModelResponse:
-        return ModelResponse(content="Paris", model=self._name, input_tokens=8, output_tokens=1)
 
 
 def write_files(tmp: Path, items: int) -> Path:
@@ -81,8 +63,8 @@ def write_files(tmp: Path, items: int) -> Path:
 
 
 async def main(items: int, concurrency: int) -> None:
-    models = {n: Instant(n) for n in ("m1", "m2", "m3")}
-    models.update({f"m1#{k}": Instant(f"m1#{k}") for k in (1, 2, 3)})
+    names = ["m1", "m2", "m3", "m1#1", "m1#2", "m1#3"]
+    models = {n: InstantModel(n, "Paris") for n in names}
     with tempfile.TemporaryDirectory() as tmp:
         spec = load_experiment(write_files(Path(tmp), items))
         async with await Store.open(str(Path(tmp) / "bench.db")) as store:

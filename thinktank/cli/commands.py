@@ -68,6 +68,13 @@ _json_option: _Decorator = click.option(
 _no_progress_option: _Decorator = click.option(
     "--no-progress", is_flag=True, help="Do not print progress."
 )
+_concurrency_option: _Decorator = click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Sessions in flight at once.",
+)
 _model_option = click.option(
     "--model",
     "-m",
@@ -444,13 +451,7 @@ def ask_command(
     type=click.Path(dir_okay=False),
     help="JSON Lines: one object of input values per session.",
 )
-@click.option(
-    "--concurrency",
-    type=click.IntRange(min=1),
-    default=8,
-    show_default=True,
-    help="Sessions in flight at once.",
-)
+@_concurrency_option
 @_db_option
 @_model_option
 @click.option(

@@ -25,6 +25,7 @@ from thinktank.cli.commands import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    _concurrency_option,
     _db_option,
     _fail,
     _json_option,
@@ -162,13 +163,7 @@ def _summary_line(summary: RunSummary) -> str:
     help="N items drawn at random (reproducible with --seed).",
 )
 @click.option("--seed", type=int, default=None, help="Seed of --sample's draw (default 0).")
-@click.option(
-    "--concurrency",
-    type=click.IntRange(min=1),
-    default=8,
-    show_default=True,
-    help="Sessions in flight at once.",
-)
+@_concurrency_option
 @click.option("--new", is_flag=True, help="Start a new experiment instead of continuing.")
 @click.option("--yes", "-y", is_flag=True, help="Run without asking after the estimate.")
 @click.option("--dry-run", is_flag=True, help="Print the estimate only; call nothing.")
