@@ -21,7 +21,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import click
 
-from thinktank.cli.commands import (
+from thinktank.cli._shared import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
