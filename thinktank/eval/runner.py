@@ -615,8 +615,8 @@ class _Run:
         if answer is None:
             # Killed between the session's end and the scoring: read its final step.
             stored = await self.store.get_session(row.session_id)
-            answer = stored.steps and _scored_output(stored.steps, self.plan.base)
-        await self.score(job, row, answer or None)
+            answer = _scored_output(stored.steps, self.plan.base)
+        await self.score(job, row, answer)
         self.reused += 1
 
     async def answer(self, job: Job) -> None:
