@@ -213,12 +213,37 @@ async def test_interrupted_run_continues_without_paying_twice(
         in_flight_max = 3 * 2  # three sessions of at most two calls
         at_kill = len(configured.requests)
         assert kill_at <= at_kill < per_run
+        # Every session that made a call is tagged with its sample (calls wait for it).
+        (experiment_id,) = [row["id"] for row in await list_experiments(store)]
+        tagged = {row.session_id for row in await store.experiment_samples(experiment_id)}
+        for listed in await store.list_sessions():
+            stored = await store.get_session(listed.id)
+            if any(step.calls for step in stored.steps):
+                assert stored.id in tagged
         summary = await run_experiment(spec, store=store, concurrency=3)
         _, samples = await read_experiment(store, summary.experiment_id)
     assert summary.answered == len(samples) == items * 2
     assert all(s.status == "completed" and s.answer for s in samples)
     assert per_run <= len(configured.requests) <= per_run + in_flight_max
     assert summary.resumed + summary.reused >= 1
+
+
+async def test_session_finished_but_unscored_is_scored_from_the_store(
+    tmp_path: Path, configured: FakeServer
+) -> None:
+    """A kill between a session's end and its scoring: the rerun reads the answer from
+    the stored session and scores it, with no call."""
+    configured.set_reply("a", f"{TARGET}-0")
+    spec = load_experiment(write_experiment(tmp_path, items=1, grid=[{"models": ["a"]}]))
+    async with await Store.open(str(tmp_path / "t.db")) as store:
+        first = await run_experiment(spec, store=store)
+        (row,) = await store.experiment_samples(first.experiment_id)
+        await store.score_sample(row.id, None, None)
+        second = await run_experiment(spec, store=store)
+        (again,) = await store.experiment_samples(first.experiment_id)
+    assert len(configured.requests) == 1 and second.calls == 0
+    assert (again.answer, again.correct) == (f"{TARGET}-0", 1.0)
+    assert second.correct == 1.0
 
 
 def test_limit_and_sample_pick_documented_items(tmp_path: Path) -> None:
