@@ -427,7 +427,7 @@ async def plan_experiment(
         for item in chosen
         for r in range(1, spec.repeats + 1)
     ]
-    per_key = {job.key: _estimate_one(spec, job.config, chosen, base, models) for job in jobs}
+    per_key = {key: _estimate_one(spec, c, chosen, base, models) for key, c in unique.items()}
     print_ = fingerprint(spec)
     experiment_id, done = None, set[tuple[str, str, int]]()
     opened, owned = await resolve_store(store)
