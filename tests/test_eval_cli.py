@@ -155,3 +155,31 @@ def test_sigkill_and_rerun_pays_nothing_twice(tmp_path: Path, configured: FakeSe
     assert resumed is not None and int(resumed.group(1)) >= 1  # the kill left sessions running
     in_flight = concurrency * 2
     assert per_run <= len(configured.requests) <= per_run + in_flight
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_and_says_how_to_continue(
+    tmp_path: Path, configured: FakeServer
+) -> None:
+    """SIGINT mid-run: exit 130 and one line naming the experiment and the command that
+    continues it; the rerun finishes every sample."""
+    path = write_experiment(tmp_path, items=6)
+    configured.add_faults(*[Fault.slow(0.3) for _ in range(18)])
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    args = [sys.executable, "-m", "thinktank", "eval", str(path), "--db", str(tmp_path / "t.db")]
+    args += ["--yes", "--no-progress", "--concurrency", "2"]
+    proc = subprocess.Popen(
+        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 60
+    while len(configured.requests) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    (line,) = [x for x in err.splitlines() if x.startswith("interrupted:")]
+    assert "interrupted: experiment " in line
+    assert f"run `thinktank eval {path}` again to continue" in line
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "12/12 samples" in done.stdout
