@@ -87,6 +87,7 @@ def test_progress_lines_when_piped(tmp_path: Path, configured: FakeServer) -> No
         ({"grid": [{"models": ["a"]}, {"models": ["nope"]}]}, ": grid.1.models: "),
         ({"scorer": "telepathy"}, ": scorer.kind: "),
         ({"prompt": "{{ target }}"}, ": prompt: the prompt may not use {{ target }}"),
+        ({"budget": {"max_cost_usd": 1}}, ": budget.max_cost_usd: a cost budget needs a price"),
     ],
 )
 def test_bad_experiment_is_one_line_exit_2(

@@ -403,7 +403,8 @@ async def plan_experiment(
         source: The experiment file, for errors naming its lines.
 
     Raises:
-        SpecErrors: a configuration names a model that cannot be used.
+        SpecErrors: a configuration names a model that cannot be used, or the budget
+            caps the cost and a model has no price.
         UsageError: bad ``limit``/``sample``, or ``store=None``.
     """
     if store is None:
@@ -428,6 +429,14 @@ async def plan_experiment(
         for r in range(1, spec.repeats + 1)
     ]
     per_key = {key: _estimate_one(spec, c, chosen, base, models) for key, c in unique.items()}
+    unpriced = [unique[key].id for key, (_, cost) in per_key.items() if cost is None]
+    if spec.budget.max_cost_usd is not None and unpriced:
+        message = (
+            "a cost budget needs a price for every model; configuration(s) "
+            f"{', '.join(unpriced)} use a model without one (set input_cost_per_mtok and "
+            "output_cost_per_mtok)"
+        )
+        raise locate_errors([SpecError(message, field="budget.max_cost_usd")], where)
     print_ = fingerprint(spec)
     experiment_id, done = None, set[tuple[str, str, int]]()
     opened, owned = await resolve_store(store)
