@@ -139,6 +139,7 @@ def session_for(prompt_config: ParallelExecutionConfig, *, name: str = "ask") ->
         "system": cfg.system,
         "max_tokens": cfg.max_tokens,
         "temperature": cfg.temperature,
+        "seed": cfg.seed,
         "cache": cfg.cache,
     }
     if len(models) == 1:

@@ -196,6 +196,10 @@ class UnknownSessionError(UsageError):
     """No stored session matches the id or prefix given."""
 
 
+class UnknownExperimentError(UsageError):
+    """No stored experiment matches the id or prefix given."""
+
+
 class RunError(ThinkTankError):
     """The session ran and something failed while it ran."""
 

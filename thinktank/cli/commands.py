@@ -14,19 +14,31 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from thinktank._text import clean_text, read_utf8
+from thinktank.cli._shared import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    T,
+    _concurrency_option,
+    _db_option,
+    _fail,
+    _json_option,
+    _no_progress_option,
+    _run_async,
+)
+from thinktank.cli.evaluate import eval_group
 from thinktank.errors import (
     InputError,
-    NoDatabaseError,
     SpecErrors,
-    ThinkTankError,
     UnknownSessionError,
     UsageError,
 )
+from thinktank.providers.base import MAX_SEED
 
 if TYPE_CHECKING:
     from thinktank.ask import ParallelResult
@@ -43,23 +55,6 @@ if TYPE_CHECKING:
 
 __all__ = ["main"]
 
-T = TypeVar("T")
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130
-
-_db_option = click.option(
-    "--db",
-    "db",
-    envvar="THINKTANK_DB",
-    default=None,
-    metavar="URL|PATH",
-    help="Database URL or SQLite file (default: $THINKTANK_DB, else ./thinktank.db).",
-)
-_json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
-_no_progress_option = click.option("--no-progress", is_flag=True, help="Do not print progress.")
 _model_option = click.option(
     "--model",
     "-m",
@@ -69,30 +64,6 @@ _model_option = click.option(
     help="Run every step on this model instead of the file's (e.g. local, "
     "openai/gpt-4o-mini); repeat to ask several at once in every step.",
 )
-
-
-def _fail(lines: Sequence[str], code: int = EXIT_BAD_INPUT) -> NoReturn:
-    for line in lines:
-        click.echo(f"error: {line}", err=True)
-    sys.exit(code)
-
-
-def _run_async(fn: Callable[[], Awaitable[T]]) -> T:
-    import anyio
-
-    try:
-        return anyio.run(fn, backend="asyncio")
-    except SpecErrors as exc:
-        _fail(exc.lines())
-    except NoDatabaseError as exc:
-        from thinktank.store import DEFAULT_DB_ENV
-
-        _fail([f"{exc} (--db / ${DEFAULT_DB_ENV})"])
-    except UsageError as exc:
-        _fail(str(exc).splitlines())
-    except ThinkTankError as exc:
-        # StoreError too: the database failed under a run (exit 1), the input was fine.
-        _fail(str(exc).splitlines(), EXIT_FAILED)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -354,6 +325,12 @@ def models_command(session_file: str | None, as_json: bool) -> None:
     multiple=True,
     help="Pick models automatically for this domain (repeatable).",
 )
+@click.option(
+    "--seed",
+    type=click.IntRange(0, MAX_SEED),
+    default=None,
+    help="Base seed of the calls (each model gets its own, derived from it).",
+)
 @click.option("--no-cache", is_flag=True, help="Do not reuse a stored consensus.")
 @_db_option
 @_json_option
@@ -367,6 +344,7 @@ def ask_command(
     threshold: float,
     min_models: int | None,
     domains: tuple[str, ...],
+    seed: int | None,
     no_cache: bool,
     db: str | None,
     as_json: bool,
@@ -390,6 +368,7 @@ def ask_command(
                 "min_models": min_models,
                 "agi_model_selection": bool(domains) and not models,
                 "domain_hints": list(domains),
+                "seed": seed,
                 "cache": not no_cache,
             }
         )
@@ -428,13 +407,7 @@ def ask_command(
     type=click.Path(dir_okay=False),
     help="JSON Lines: one object of input values per session.",
 )
-@click.option(
-    "--concurrency",
-    type=click.IntRange(min=1),
-    default=8,
-    show_default=True,
-    help="Sessions in flight at once.",
-)
+@_concurrency_option
 @_db_option
 @_model_option
 @click.option(
@@ -806,3 +779,6 @@ def schema_command(output: str | None, check: bool, kind: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     click.echo(f"wrote {output}")
+
+
+main.add_command(eval_group)

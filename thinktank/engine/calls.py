@@ -7,6 +7,9 @@ process-wide one, in that fixed order so waits cannot deadlock), emits
 retried call is one call with its attempts in the store, not several lost ones. The
 call ends with one ``CallFinished``: ok, failed, timed out, or cancelled.
 
+A step's request carries the step's seed; each call sends its own,
+:func:`~thinktank.providers.base.call_seed` of it and the model name, on every attempt.
+
 A tolerated failure is a :class:`CallResult` value, never an exception; cancellation is
 recorded and then propagates.
 """
@@ -29,7 +32,13 @@ from thinktank._ids import new_id
 from thinktank.engine.budget import DEFAULT_OUTPUT_ESTIMATE, Budget, estimate_tokens
 from thinktank.errors import ProviderError
 from thinktank.events import CallAttempt, CallFinished, CallStarted, CallStatus, Event, utcnow
-from thinktank.providers.base import ModelClient, ModelRequest, ModelResponse, PooledModel
+from thinktank.providers.base import (
+    ModelClient,
+    ModelRequest,
+    ModelResponse,
+    PooledModel,
+    call_seed,
+)
 
 __all__ = ["CallResult", "Caller", "OnDelta", "call_model"]
 
@@ -130,7 +139,8 @@ def call_model(
 
     Args:
         model: The pooled model (or a bare client: no retries, no limit).
-        request: The prompt and its settings.
+        request: The prompt and its settings; its ``seed``, when set, is the step's
+            (the call sends ``call_seed(seed, model)``).
         session_id: For the events.
         emit: Where events go.
         timeout_s: Time limit of one attempt set by the step (``call_timeout_ms``);
@@ -151,6 +161,10 @@ def call_model(
     pooled = model if isinstance(model, PooledModel) else PooledModel(client=model)
     if request.max_tokens is None and pooled.max_tokens is not None:
         request = dataclasses.replace(request, max_tokens=pooled.max_tokens)
+    if request.seed is not None:
+        # The step's seed becomes this model's own: samples NAME#1, NAME#2 of one model
+        # must not draw the same numbers. Retries re-send it unchanged.
+        request = dataclasses.replace(request, seed=call_seed(request.seed, pooled.client.name))
     # The text a streaming attempt has sent so far: what a timeout or a cancellation
     # keeps of it (the client itself is cancelled, so it cannot hand its text back).
     received: list[str] = []

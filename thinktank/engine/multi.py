@@ -370,7 +370,7 @@ def cache_key(
     The prompt is normalised (whitespace collapsed); the model set is sorted, except
     for cascade, whose order is the price order and is decided by the same models.
     """
-    material = {
+    material: dict[str, object] = {
         "prompt": " ".join(request.prompt.split()),
         "system": request.system,
         "models": sorted(models),
@@ -390,6 +390,10 @@ def cache_key(
         "max_tokens": request.max_tokens,
         "temperature": request.temperature,
     }
+    if request.seed is not None:
+        # Another seed samples other answers. Added only when set, so the keys of
+        # consensuses stored before seeds existed still match.
+        material["seed"] = request.seed
     canonical = json.dumps(material, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 

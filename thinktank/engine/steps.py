@@ -221,6 +221,7 @@ class StepExecutor:
             system=step.system,
             max_tokens=step.max_tokens,
             temperature=step.temperature,
+            seed=step.seed,
             step_id=step.id,
             attempt=attempt,
         )

@@ -57,9 +57,11 @@ __all__ = [
     "configurations",
     "experiment_schema",
     "load_experiment",
+    "locate_errors",
     "parse_experiment",
     "prompt_fields",
     "render_experiment_schema",
+    "session_template",
 ]
 
 SCHEMA_ID = "https://thinktank.dev/schemas/experiment.schema.json"
@@ -310,6 +312,12 @@ def prompt_fields(template: str) -> tuple[list[str], list[str]]:
     return fields, problems
 
 
+def session_template(template: str) -> str:
+    """An experiment prompt as a session step's template: ``{{ FIELD }}`` becomes
+    ``{{ inputs.FIELD }}`` (the item's inputs are the session's inputs)."""
+    return _PLACEHOLDER.sub(lambda m: "{{ inputs." + m.group(1).strip() + " }}", template)
+
+
 def load_experiment(path: str | Path) -> ExperimentSpec:
     """Read and check an experiment file (``.yaml``, ``.yml`` or ``.json``).
 
@@ -442,6 +450,16 @@ def _check_session(path: Path, inputs: Mapping[str, Any]) -> list[SpecError]:
                 )
             )
     return problems
+
+
+def locate_errors(errors: Sequence[SpecError], path: str | Path | None) -> SpecErrors:
+    """Problems found after loading (an unknown model), each naming the experiment file
+    ``path`` and the line of its field (``path`` None: as they are)."""
+    if path is None:
+        return SpecErrors(list(errors))
+    _, text = read_spec_file(Path(path))
+    lines = _LineFinder(text)
+    return SpecErrors([lines.locate(error, str(path)) for error in errors])
 
 
 def _where(file: str | None, line: int | None) -> str | None:

@@ -17,20 +17,11 @@ from typing import Any
 
 from thinktank.eval.experiment import Configuration
 
+# Sample names belong to the providers layer (the registry resolves them); re-exported here
+# because every analysis of stored calls groups them by base model.
+from thinktank.providers.base import SAMPLE_MARK, base_model
+
 __all__ = ["SAMPLE_MARK", "ExperimentRecord", "SampleRecord", "StoredCall", "base_model"]
-
-SAMPLE_MARK = "#"
-"""``NAME#K`` is the K-th sample (K from 1) of model NAME within one step: the same
-model with its own seed (see :mod:`thinktank.providers.registry`)."""
-
-
-def base_model(model: str) -> str:
-    """The model a call's model id samples: ``local-s1#2`` -> ``local-s1``.
-
-    Only a trailing ``#`` followed by digits is a sample mark.
-    """
-    name, mark, index = model.rpartition(SAMPLE_MARK)
-    return name if mark and name and index.isdigit() else model
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,8 @@ Wire format: ``POST {base_url}/v1/messages`` with headers ``x-api-key``,
 ``anthropic-version: 2023-06-01`` and ``content-type``; the body carries ``model``,
 ``max_tokens`` (required by the API: 1024 when the request sets none), ``system`` as a
 top-level field, ``messages`` with the user prompt, and ``temperature`` when set. The
+Messages API has no seed parameter: a request's ``seed`` is not sent, so an Anthropic
+model's samples (``NAME#K``) differ only by the provider's own randomness. The
 answer's text blocks are concatenated; ``stop_reason`` is the finish reason. With
 ``stream=True`` the answer arrives as the Messages event stream: ``message_start``
 (input tokens), ``content_block_delta`` (``text_delta``), ``message_delta``

@@ -9,6 +9,11 @@ A :class:`PooledModel` is a client plus the run-time settings of its configured 
 :class:`~thinktank.providers.registry.ModelRegistry` builds for a run and the call layer
 uses; it lives here so the provider layer never imports the call layer.
 
+Seeds and samples: a request's ``seed`` is the call's sampling seed. The call layer derives
+it from the step's seed and the model name with :func:`call_seed`, so two models (or two
+samples ``NAME#1``, ``NAME#2`` of one model, see :func:`base_model`) never share a seed
+and the same step sends the same seeds on every run.
+
 Failures: a client either raises :class:`~thinktank.errors.ProviderError` or returns a
 response whose ``error`` is set (a partial answer that ended badly). The call layer in
 ``thinktank.engine.calls`` turns both into a recorded failed call.
@@ -16,6 +21,7 @@ response whose ``error`` is set (a partial answer that ended badly). The call la
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -25,7 +31,58 @@ from thinktank.providers.retry import RetryPolicy
 if TYPE_CHECKING:
     import anyio
 
-__all__ = ["NO_RETRY", "ModelClient", "ModelRequest", "ModelResponse", "PooledModel", "cost_usd"]
+__all__ = [
+    "MAX_SEED",
+    "NO_RETRY",
+    "SAMPLE_MARK",
+    "ModelClient",
+    "ModelRequest",
+    "ModelResponse",
+    "PooledModel",
+    "base_model",
+    "call_seed",
+    "cost_usd",
+]
+
+MAX_SEED = 2**32 - 2
+"""The largest seed: llama.cpp reads a seed as uint32, and 0xFFFFFFFF means "pick a random
+seed"; every seed thinktank derives or accepts lies in [0, MAX_SEED]."""
+
+SAMPLE_MARK = "#"
+"""``NAME#K`` is the K-th sample (K from 1) of model NAME: the same model, called with its
+own seed (its own model id in the store, NAME's config, limiter and loaded model)."""
+
+
+def base_model(model: str) -> str:
+    """The model a model name samples: ``local-s1#2`` -> ``local-s1``.
+
+    Only a trailing ``#`` followed by digits is a sample mark.
+
+    Args:
+        model: A model name, maybe ``NAME#K``.
+
+    Returns:
+        NAME, or ``model`` itself when it carries no sample mark.
+    """
+    name, mark, index = model.rpartition(SAMPLE_MARK)
+    return name if mark and name and index.isdigit() else model
+
+
+def call_seed(seed: int, model: str) -> int:
+    """The seed of one model's call in a step whose seed is ``seed``.
+
+    A stable hash (not Python's salted ``hash``): the same step gives the same seeds in
+    every process, and models (samples ``NAME#K`` included) get different ones.
+
+    Args:
+        seed: The step's seed.
+        model: The model name as called (``NAME#K`` for a sample).
+
+    Returns:
+        A seed in [0, :data:`MAX_SEED`].
+    """
+    digest = hashlib.blake2b(f"{seed}\x00{model}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % (MAX_SEED + 1)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -47,6 +104,12 @@ class ModelRequest:
     retry: int = 0
     """0 for the first send of this call, 1 for its first retry, ... (set by the call
     layer; simulated models mix it into their randomness)."""
+    seed: int | None = None
+    """The call's sampling seed; None leaves it to the provider. A step's request carries
+    the step's seed and the call layer replaces it by :func:`call_seed` of it and the
+    model; a retry re-sends the same seed. OpenAI-compatible servers get ``seed``,
+    Gemini ``generationConfig.seed``; local models derive their sampler seed from it
+    and simulated ones their randomness; Anthropic's API has no seed parameter."""
     on_delta: Callable[[str], None] | None = field(default=None, compare=False)
     """Streaming clients call it with each piece of text as it arrives (live progress)."""
 

@@ -6,7 +6,8 @@ layer's job (see :mod:`thinktank.providers.retry`), so every attempt is recorded
 Wire format: ``POST {base_url}/v1beta/models/{model}:generateContent`` with the key in
 the ``x-goog-api-key`` header (never in the URL, where it would end up in logs and
 error messages); the body carries ``contents`` (the user prompt),
-``systemInstruction`` and ``generationConfig`` (``maxOutputTokens``, ``temperature``).
+``systemInstruction`` and ``generationConfig`` (``maxOutputTokens``, ``temperature``,
+``seed``).
 The answer is the text of ``candidates[0].content.parts`` (thought summaries skipped),
 ``finishReason`` the finish reason, and ``usageMetadata`` the tokens: output tokens
 include ``thoughtsTokenCount``, which is billed as output. A 429 without a
@@ -125,6 +126,8 @@ class GeminiModel(WireModel):
             config["maxOutputTokens"] = request.max_tokens
         if request.temperature is not None:
             config["temperature"] = request.temperature
+        if request.seed is not None:
+            config["seed"] = request.seed
         if config:
             body["generationConfig"] = config
         return body

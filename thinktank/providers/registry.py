@@ -4,7 +4,11 @@ A model name resolves, in this order, to: a model declared in the session file; 
 ``[models.NAME]`` entry of ``thinktank.toml``; a built-in local variant (``local``,
 ``local-s1`` .. ``local-s3``); or a plain ``provider/model`` string such as
 ``openai/gpt-4o-mini``, ``anthropic/claude-sonnet-4-5`` or ``gemini/gemini-2.0-flash``,
-whose key comes from the provider's usual variable. :meth:`ModelRegistry.check` says,
+whose key comes from the provider's usual variable. A sample name ``NAME#K`` (K = 1, 2,
+...; :func:`~thinktank.providers.base.base_model`) that is not itself declared resolves to
+NAME's entry: its client is built under the name ``NAME#K`` (its calls are stored so, and
+get their own seeds) but shares NAME's process-wide limiter and, for a local model, NAME's
+loaded model; it is checked as NAME and never listed. :meth:`ModelRegistry.check` says,
 before any call, why a name cannot be used (unknown, or its key variable unset), and
 :meth:`ModelRegistry.build` turns names into :class:`~thinktank.providers.base.PooledModel`
 values that share one pooled HTTP client and process-wide per-model limits.
@@ -12,6 +16,7 @@ values that share one pooled HTTP client and process-wide per-model limits.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -22,7 +27,13 @@ import anyio
 from anyio.lowlevel import RunVar
 
 from thinktank.providers._redact import redact_userinfo
-from thinktank.providers.base import ModelClient, PooledModel
+from thinktank.providers.base import (
+    ModelClient,
+    ModelRequest,
+    ModelResponse,
+    PooledModel,
+    base_model,
+)
 from thinktank.providers.config import (
     BASE_URL_ENVS,
     DEFAULT_BASE_URLS,
@@ -110,6 +121,23 @@ def _price(entry: Any) -> float | None:
     return None if prices is None else prices[0] + prices[1]
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _SampleClient:
+    """A client given from Python, called under a sample name ``NAME#K`` of its name: the
+    call layer stores and seeds calls by the client's name, so a sample needs its own."""
+
+    client: ModelClient
+    name: str
+
+    @property
+    def provider(self) -> str:
+        return self.client.provider
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        response = await self.client.complete(request)
+        return dataclasses.replace(response, model=self.name)
+
+
 @functools.lru_cache(maxsize=32)
 def _retry_policy(max_retries: int) -> RetryPolicy:
     """One (frozen) policy per retry count, shared by every run."""
@@ -145,7 +173,22 @@ class ModelRegistry:
 
     # -- resolution -------------------------------------------------------------------
 
+    def _resolved(self, name: str) -> tuple[str, str, Any] | None:
+        """(the name that resolved, its source, its entry): ``name`` itself, or for an
+        undeclared sample ``NAME#K``, NAME."""
+        found = self._lookup(name)
+        if found is not None:
+            return name, *found
+        base = base_model(name)
+        if base != name and (found := self._lookup(base)) is not None:
+            return base, *found
+        return None
+
     def _source_and_entry(self, name: str) -> tuple[str, Any] | None:
+        resolved = self._resolved(name)
+        return None if resolved is None else resolved[1:]
+
+    def _lookup(self, name: str) -> tuple[str, Any] | None:
         if name in self.clients:
             return "python", None
         if name in self.session_models:
@@ -155,7 +198,9 @@ class ModelRegistry:
         if name in LOCAL_VARIANTS:
             return "built-in", LOCAL_VARIANTS[name]
         provider, sep, model = name.partition("/")
-        if sep and model and provider in _HTTP_PROVIDERS:
+        # A sample mark is never part of a provider's model id: provider/model#K is
+        # resolved as a sample of provider/model.
+        if sep and model and provider in _HTTP_PROVIDERS and base_model(name) == name:
             env = BASE_URL_ENVS.get(provider)
             base = self.environ.get(env) if env else None
             return "provider/model", HttpModelConfig.model_validate(
@@ -188,8 +233,10 @@ class ModelRegistry:
         found = self._source_and_entry(name)
         if found is None:
             known = ", ".join(self.names()) or "none"
+            base = base_model(name)
+            what = f"{base!r} (sampled by {name!r})" if base != name else repr(name)
             return (
-                f"unknown model {name!r} (known: {known}); declare it under 'models:' in "
+                f"unknown model {what} (known: {known}); declare it under 'models:' in "
                 "the session or thinktank.toml, or use provider/model such as "
                 "openai/gpt-4o-mini"
             )
@@ -221,11 +268,11 @@ class ModelRegistry:
         """What ``thinktank models`` prints, for ``names`` or every known model."""
         infos = []
         for name in names if names is not None else self.names():
-            found = self._source_and_entry(name)
-            if found is None:
+            resolved = self._resolved(name)
+            if resolved is None:
                 continue
-            source, entry = found
-            infos.append(self._info(name, source, entry))
+            model, source, entry = resolved
+            infos.append(self._info(model, source, entry))
         return infos
 
     def _info(self, name: str, source: str, entry: Any) -> ModelInfo:
@@ -271,7 +318,13 @@ class ModelRegistry:
         """
         entry = self.entry(name)
         if entry is None:
-            entry = self.session_models.get(name) or self.config.models.get(name)
+            base = base_model(name)
+            entry = (
+                self.session_models.get(name)
+                or self.config.models.get(name)
+                or self.session_models.get(base)
+                or self.config.models.get(base)
+            )
         return _price(entry)
 
     def restricted_to(self, names: Iterable[str]) -> ModelRegistry:
@@ -299,16 +352,21 @@ class ModelRegistry:
         return {name: self._pooled(name, http) for name in dict.fromkeys(names)}
 
     def _pooled(self, name: str, http: AsyncClient | None) -> PooledModel:
-        entry = self.entry(name)
+        resolved = self._resolved(name)
+        if resolved is None:
+            raise KeyError(name)
+        model, _, entry = resolved
         if entry is None:
-            return PooledModel(client=self.clients[name])
+            client = self.clients[model]
+            return PooledModel(client=client if model == name else _SampleClient(client, name))
         client = self._client(name, entry, http)
         limit = getattr(entry, "max_concurrency", None)
         retries = getattr(entry, "max_retries", 0)
         return PooledModel(
             client=client,
             retry=_retry_policy(retries),
-            limiter=model_limiter(name, limit) if limit else None,
+            # Keyed by the model resolved: the samples NAME#K of NAME share its limit.
+            limiter=model_limiter(model, limit) if limit else None,
             # HTTP clients enforce timeout_s on the wire per phase; the call layer adds
             # the same bound around the whole attempt (a slow trickle of bytes).
             timeout_s=getattr(entry, "timeout_s", None),

@@ -1,9 +1,9 @@
 """A seeded, deterministic simulated model for tests, examples and research.
 
-Each call draws its randomness from a hash of (seed, model name, prompt, attempt), not
-from a shared generator, so a run gives the same answers, latencies and failures
-whatever order concurrent calls happen in. That is what makes simulated sessions
-replayable and property tests reproducible.
+Each call draws its randomness from a hash of (seed, model name, prompt, attempt, and the
+request's ``seed`` when it has one), not from a shared generator, so a run gives the same
+answers, latencies and failures whatever order concurrent calls happen in. That is what
+makes simulated sessions replayable and property tests reproducible.
 
 What a simulated model can do:
 
@@ -203,6 +203,9 @@ class SimulatedModel:
             f"{self.config.seed}\x00{self._name}\x00{request.attempt}\x00{request.retry}"
             f"\x00{request.prompt}"
         )
+        if request.seed is not None:
+            # Appended only when set, so unseeded calls draw what they always drew.
+            key += f"\x00seed={request.seed}"
         digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
         return random.Random(int.from_bytes(digest, "big"))
 

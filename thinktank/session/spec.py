@@ -30,6 +30,7 @@ from pydantic_core import PydanticCustomError
 
 from thinktank._text import repaired
 from thinktank.errors import InputError
+from thinktank.providers.base import MAX_SEED
 from thinktank.providers.config import DEFAULT_MODEL, ModelConfig
 
 __all__ = [
@@ -220,6 +221,8 @@ class ParallelExecutionConfig(_Spec):
     """Output limit per call."""
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     """Sampling temperature per call."""
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
+    """Base seed of the calls (as a step's ``seed``)."""
     cache: bool = True
     """Reuse a stored consensus for the same prompt and settings."""
 
@@ -319,6 +322,12 @@ class StepSpec(_Spec):
     """Output token limit per call."""
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     """Sampling temperature per call."""
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
+    """Base seed of the step's calls: each model's call gets its own seed derived from
+    it and the model name (``providers.base.call_seed``), so models and samples
+    ``NAME#1``, ``NAME#2`` never share one and every run sends the same seeds. None
+    leaves sampling to each provider's default. Sent to OpenAI-compatible servers and
+    Gemini, used by local and simulated models; Anthropic has no seed parameter."""
 
     @model_validator(mode="after")
     def _one_way_to_name_models(self) -> StepSpec:

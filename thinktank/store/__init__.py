@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
 from types import TracebackType
@@ -46,9 +46,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import StaticPool
 from sqlmodel import SQLModel
 
-from thinktank.errors import NoDatabaseError, StoreError, UnknownSessionError
+from thinktank.errors import (
+    NoDatabaseError,
+    StoreError,
+    UnknownExperimentError,
+    UnknownSessionError,
+)
 from thinktank.events import CachedConsensus, Event
-from thinktank.store import _lease
+from thinktank.store import _experiments, _lease
 from thinktank.store._fold import StepRowCache, apply_batch
 from thinktank.store._json import dumps, loads
 from thinktank.store._migrations import MIGRATIONS_TABLE, upgrade
@@ -632,6 +637,126 @@ class Store:
                 await conn.execute(sessions.delete().where(sessions.c.id.in_(ids)))
         except (SQLAlchemyError, OSError) as exc:
             raise StoreError(f"cannot write to {self.url}: {_one_line(exc)}") from exc
+
+    # -- experiments (thinktank eval) ---------------------------------------------------
+
+    async def save_experiment(
+        self,
+        *,
+        fingerprint: str,
+        name: str,
+        spec: Mapping[str, Any],
+        dataset: str,
+        items: int,
+        new: bool = False,
+    ) -> tuple[str, bool]:
+        """The experiment to run into: the newest one with ``fingerprint`` (its spec and
+        item count updated), or a new one (when none, or ``new``).
+
+        Returns:
+            Its id, and whether it is new.
+
+        Raises:
+            StoreError: the database could not be written.
+        """
+        return await self._leasing(
+            "save an experiment",
+            _experiments.save_experiment,
+            fingerprint=fingerprint,
+            name=name,
+            spec=spec,
+            dataset=dataset,
+            items=items,
+            at=datetime.now(UTC),
+            new=new,
+        )
+
+    async def find_experiment(self, fingerprint: str) -> str | None:
+        """The id of the newest experiment with ``fingerprint`` (the one a rerun
+        continues), or None."""
+        return await self._read(_experiments.find_experiment, fingerprint)
+
+    async def add_samples(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Plan samples (``thinktank_experiment_samples`` columns, ``created_at`` set
+        here); those already stored keep their row and session.
+
+        Raises:
+            StoreError: the database could not be written.
+        """
+        at = datetime.now(UTC)
+        await self._leasing(
+            "plan experiment samples",
+            _experiments.add_samples,
+            [{**row, "created_at": at} for row in rows],
+        )
+
+    async def experiment_samples(self, experiment_id: str) -> list[Any]:
+        """Every sample of an experiment (``id``, ``config_key``, ``item_id``,
+        ``repeat``, ``session_id``, ``answer``, ``correct``) with its session's
+        ``status`` and ``cost_usd`` (None before its session exists)."""
+        return await self._read(_experiments.samples_of, experiment_id)
+
+    async def link_sample(self, sample_id: int, session_id: str) -> None:
+        """Record the session answering a sample (its answer and score are cleared)."""
+        await self._leasing("tag a session", _experiments.link_sample, sample_id, session_id)
+
+    async def score_sample(self, sample_id: int, answer: str | None, correct: float | None) -> None:
+        """Record a sample's answer and score."""
+        await self._leasing("score a sample", _experiments.score_sample, sample_id, answer, correct)
+
+    async def get_experiment(self, id_or_prefix: str) -> dict[str, Any]:
+        """An experiment's row by id, or by a unique prefix of at least 4 characters.
+
+        Raises:
+            UnknownExperimentError: none matches, or the prefix matches several.
+            StoreError: the database could not be read.
+        """
+        try:
+            return await self._read(_experiments.get_experiment, id_or_prefix)
+        except UnknownExperimentError as exc:
+            raise UnknownExperimentError(f"{exc} in {self.where}") from None
+
+    async def list_experiments(self) -> list[dict[str, Any]]:
+        """Every experiment, newest first, with ``samples``, ``answered``, ``scored``
+        and ``correct`` (the sum of scores) counted."""
+        return await self._read(_experiments.list_experiments)
+
+    async def experiment_rows(
+        self, experiment_id: str, step_key: str | None
+    ) -> tuple[
+        list[dict[str, Any]],
+        dict[str, dict[str, Any]],
+        list[dict[str, Any]],
+        dict[str, int],
+        Any,
+    ]:
+        """An experiment's samples and the scored step of every session, in a few bulk
+        queries in one read transaction (:mod:`thinktank.eval.store_read` builds the
+        records from them).
+
+        Args:
+            experiment_id: The full id.
+            step_key: The scored step; None to take the last step of a stored session's
+                spec.
+
+        Returns:
+            The samples with their sessions' totals; session id -> scored step row; the
+            scored steps' calls in arrival order; session id -> calls paid; one stored
+            session's spec (None when no session exists).
+        """
+
+        async def read(conn: AsyncConnection) -> Any:
+            samples = await _experiments.experiment_rows(conn, experiment_id)
+            spec = await _experiments.experiment_session_spec(conn, experiment_id)
+            key = step_key
+            if key is None:
+                steps = (spec or {}).get("steps") or []
+                key = steps[-1]["id"] if steps else ""
+            steps_of, calls, paid = await _experiments.experiment_calls(conn, experiment_id, key)
+            return samples, steps_of, calls, paid, spec
+
+        samples, steps_of, calls, paid, spec = await self._read(read)
+        return samples, steps_of, calls, paid, spec
 
     async def lease_of(self, session_id: str) -> tuple[str, datetime] | None:
         """Who holds the lease of a session and until when (UTC); None when nobody does.

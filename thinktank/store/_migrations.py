@@ -31,6 +31,9 @@ The migrations:
   call whose answer a resumed step served again (that row carries no tokens or cost).
 - ``0006_text_repairs``: ``thinktank_sessions.text_repairs``, where text that cannot be
   stored as it was (lone surrogates, NUL) was written with U+FFFD instead.
+- ``0007_experiments``: ``thinktank_experiments`` and ``thinktank_experiment_samples``
+  (``thinktank eval``: an experiment, and the session answering each item x
+  configuration x repeat).
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ __all__ = [
     "add_columns",
     "applied_migrations",
     "column_names",
+    "experiment_tables",
     "initial_tables",
     "upgrade",
 ]
@@ -388,6 +392,73 @@ def _text_repairs(conn: Connection) -> None:
     )
 
 
+# -- 0007_experiments ---------------------------------------------------------------------
+
+
+def experiment_tables() -> MetaData:
+    """The tables as ``0007_experiments`` creates them (a fresh MetaData each call).
+
+    ``thinktank_sessions`` appears with its key only, for the foreign key to resolve;
+    it is not created here.
+    """
+    md = MetaData()
+    Table("thinktank_sessions", md, Column("id", String(36), primary_key=True))
+    Table(
+        "thinktank_experiments",
+        md,
+        Column("id", String(36), primary_key=True),
+        Column("name", Text, nullable=False),
+        Column("fingerprint", String(80), nullable=False, index=True),
+        Column("spec", JSON_TYPE, nullable=False),
+        Column("dataset", Text, nullable=False),
+        Column("items", Integer, nullable=False),
+        Column("created_at", UTC_DATETIME, nullable=False),
+        Column("updated_at", UTC_DATETIME, nullable=False),
+    )
+    Table(
+        "thinktank_experiment_samples",
+        md,
+        Column("id", Integer, primary_key=True),
+        Column(
+            "experiment_id",
+            String(36),
+            ForeignKey("thinktank_experiments.id", ondelete="CASCADE"),
+            nullable=False,
+            index=True,
+        ),
+        Column("config_id", String(100), nullable=False),
+        Column("config_key", String(80), nullable=False),
+        Column("item_id", Text, nullable=False),
+        Column("repeat", Integer, nullable=False),
+        Column(
+            "session_id",
+            String(36),
+            ForeignKey("thinktank_sessions.id", ondelete="SET NULL"),
+            index=True,
+        ),
+        Column("targets", JSON_TYPE, nullable=False),
+        Column("answer", Text),
+        Column("correct", Float),
+        Column("created_at", UTC_DATETIME, nullable=False),
+        UniqueConstraint(
+            "experiment_id",
+            "config_key",
+            "item_id",
+            "repeat",
+            name="uq_thinktank_experiment_samples_sample",
+        ),
+    )
+    return md
+
+
+def _experiments(conn: Connection) -> None:
+    present = set(inspect(conn).get_table_names())
+    md = experiment_tables()
+    for name in ("thinktank_experiments", "thinktank_experiment_samples"):
+        if name not in present:
+            md.tables[name].create(conn)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_initial", _initial),
     Migration("0002_dynamic_steps_and_leases", _dynamic_steps_and_leases),
@@ -395,6 +466,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0004_long_consensus_outcomes", _long_consensus_outcomes),
     Migration("0005_call_reused_from", _call_reused_from),
     Migration("0006_text_repairs", _text_repairs),
+    Migration("0007_experiments", _experiments),
 )
 """Every migration this code knows, in the order they apply."""
 

@@ -13,10 +13,10 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
-from sqlalchemy import Row, bindparam, func, literal_column, select
+from sqlalchemy import Row, Table, bindparam, func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from thinktank.errors import UnknownSessionError
+from thinktank.errors import UnknownSessionError, UsageError
 from thinktank.events import CachedConsensus
 from thinktank.store._json import loads
 from thinktank.store.tables import ATTEMPTS, CALLS, CONSENSUS, EVENTS, SESSIONS, STEPS
@@ -36,6 +36,7 @@ __all__ = [
     "find_consensus",
     "get_session",
     "list_sessions",
+    "resolve_id",
 ]
 
 MIN_PREFIX = 4
@@ -330,30 +331,43 @@ async def list_sessions(conn: AsyncConnection, limit: int | None) -> list[Sessio
 
 async def _resolve(conn: AsyncConnection, id_or_prefix: str) -> Row[Any]:
     """The session row for a full id or a unique prefix of one."""
+    return await resolve_id(conn, SESSIONS, id_or_prefix, what="session", error=UnknownSessionError)
+
+
+async def resolve_id(
+    conn: AsyncConnection,
+    table: Table,
+    id_or_prefix: str,
+    *,
+    what: str,
+    error: type[UsageError],
+) -> Row[Any]:
+    """The row of ``table`` whose ``id`` is ``id_or_prefix`` or starts with it (a unique
+    prefix of at least :data:`MIN_PREFIX` characters); ``error`` names ``what`` if none."""
     wanted = id_or_prefix.strip()
-    row = (await conn.execute(select(SESSIONS).where(SESSIONS.c.id == wanted))).first()
+    row = (await conn.execute(select(table).where(table.c.id == wanted))).first()
     if row is not None:
         return row
     if not wanted:
-        raise UnknownSessionError("no session id given")
+        raise error(f"no {what} id given")
     if len(wanted) < MIN_PREFIX:
-        raise UnknownSessionError(
-            f"no session has the id {wanted!r}; a prefix needs at least {MIN_PREFIX} characters"
+        raise error(
+            f"no {what} has the id {wanted!r}; a prefix needs at least {MIN_PREFIX} characters"
         )
     matches = (
         await conn.execute(
-            select(SESSIONS)
-            .where(SESSIONS.c.id.startswith(wanted, autoescape=True))
-            .order_by(SESSIONS.c.id)
+            select(table)
+            .where(table.c.id.startswith(wanted, autoescape=True))
+            .order_by(table.c.id)
             .limit(3)
         )
     ).all()
     if not matches:
-        raise UnknownSessionError(f"no stored session matches {wanted!r}")
+        raise error(f"no stored {what} matches {wanted!r}")
     if len(matches) > 1:
         shown = ", ".join(m.id for m in matches[:2]) + (", ..." if len(matches) > 2 else "")
-        raise UnknownSessionError(
-            f"session id prefix {wanted!r} is ambiguous: it matches {shown}; give more characters"
+        raise error(
+            f"{what} id prefix {wanted!r} is ambiguous: it matches {shown}; give more characters"
         )
     return matches[0]
 

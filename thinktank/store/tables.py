@@ -44,7 +44,9 @@ __all__ = [
     "CALLS",
     "CONSENSUS",
     "EVENTS",
+    "EXPERIMENTS",
     "JSON_TYPE",
+    "SAMPLES",
     "SESSIONS",
     "STEPS",
     "UTC_DATETIME",
@@ -52,6 +54,8 @@ __all__ = [
     "CallRow",
     "ConsensusRow",
     "EventRow",
+    "ExperimentRow",
+    "ExperimentSampleRow",
     "MigrationRow",
     "SessionRow",
     "StepRow",
@@ -359,6 +363,77 @@ class MigrationRow(SQLModel, table=True):
     """When it was applied."""
 
 
+class ExperimentRow(SQLModel, table=True):
+    """One experiment (``thinktank eval``): what it runs, as last run."""
+
+    __tablename__ = "thinktank_experiments"
+
+    id: str = Field(primary_key=True, max_length=36)
+    """UUID (v7, time-ordered) of the experiment."""
+    name: str = Field(sa_type=Text)
+    """The experiment file's ``name``."""
+    fingerprint: str = Field(max_length=80, index=True)
+    """Hash of what makes two runs the same experiment (dataset bytes, prompt or session
+    file, name); a rerun with the same fingerprint continues this row."""
+    spec: dict[str, Any] = Field(default_factory=dict, sa_type=JSON_TYPE)
+    """The experiment file as data (snake_case keys), as last run."""
+    dataset: str = Field(sa_type=Text)
+    """The ``dataset`` field as written (``shipped:NAME`` or a path)."""
+    items: int = Field(sa_type=Integer)
+    """Items the dataset held when last run."""
+    created_at: datetime = Field(sa_type=UTC_DATETIME)
+    """When the experiment was first run."""
+    updated_at: datetime = Field(sa_type=UTC_DATETIME)
+    """When it was last run."""
+
+
+class ExperimentSampleRow(SQLModel, table=True):
+    """One item x configuration x repeat of an experiment, and the session answering it."""
+
+    __tablename__ = "thinktank_experiment_samples"
+    __table_args__ = (
+        UniqueConstraint(
+            "experiment_id",
+            "config_key",
+            "item_id",
+            "repeat",
+            name="uq_thinktank_experiment_samples_sample",
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    """Autoincrement."""
+    experiment_id: str = Field(
+        foreign_key="thinktank_experiments.id", ondelete="CASCADE", index=True, max_length=36
+    )
+    """The experiment."""
+    config_id: str = Field(max_length=100)
+    """The configuration's id when the sample was last run."""
+    config_key: str = Field(max_length=80)
+    """Hash of the configuration's content: a renamed id with the same content reuses it."""
+    item_id: str = Field(sa_type=Text)
+    """The dataset item's id."""
+    repeat: int = Field(sa_type=Integer)
+    """1 for the first repeat, 2 for the second, ..."""
+    session_id: str | None = Field(
+        default=None,
+        foreign_key="thinktank_sessions.id",
+        ondelete="SET NULL",
+        index=True,
+        max_length=36,
+    )
+    """The session answering it; None until the session row exists (it is set before
+    the session makes any call)."""
+    targets: list[str] = Field(default_factory=list, sa_type=JSON_TYPE)
+    """The item's accepted answers (never sent to a model)."""
+    answer: str | None = Field(default=None, sa_type=Text)
+    """The scored step's output; None until the session finished."""
+    correct: float | None = Field(default=None, sa_type=Float)
+    """The scorer's score of ``answer``; None until scored."""
+    created_at: datetime = Field(sa_type=UTC_DATETIME)
+    """When the sample was first planned."""
+
+
 # The Core tables of the classes above, for the statements of the write and read paths.
 SESSIONS: Table = SQLModel.metadata.tables[SessionRow.__tablename__]
 STEPS: Table = SQLModel.metadata.tables[StepRow.__tablename__]
@@ -366,3 +441,5 @@ CALLS: Table = SQLModel.metadata.tables[CallRow.__tablename__]
 ATTEMPTS: Table = SQLModel.metadata.tables[CallAttemptRow.__tablename__]
 CONSENSUS: Table = SQLModel.metadata.tables[ConsensusRow.__tablename__]
 EVENTS: Table = SQLModel.metadata.tables[EventRow.__tablename__]
+EXPERIMENTS: Table = SQLModel.metadata.tables[ExperimentRow.__tablename__]
+SAMPLES: Table = SQLModel.metadata.tables[ExperimentSampleRow.__tablename__]

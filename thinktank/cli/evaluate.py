@@ -1,0 +1,265 @@
+"""The ``thinktank eval`` commands: run an experiment into the store, list experiments.
+
+``thinktank eval FILE`` (the same as ``thinktank eval run FILE``) prints what the run
+will call and cost, asks on a terminal (``--yes`` skips it), runs every item x
+configuration x repeat as a stored session with live progress on stderr (done/total,
+accuracy, cost, ETA), and prints the experiment id and a one-line summary. Run it again
+to continue after a kill or Ctrl-C: nothing answered is paid again.
+
+Exit codes, as the other commands: 0 every sample answered; 1 the budget stopped the
+run, a sample could not run, or the database failed; 2 bad input (one line per
+problem); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from typing import IO, TYPE_CHECKING, Any
+
+import click
+
+from thinktank.cli._shared import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    _concurrency_option,
+    _db_option,
+    _fail,
+    _json_option,
+    _no_progress_option,
+    _run_async,
+)
+from thinktank.errors import SpecErrors
+
+if TYPE_CHECKING:
+    from rich.live import Live
+
+    from thinktank.eval.runner import Estimate, Plan, Progress, RunSummary
+
+__all__ = ["eval_group"]
+
+
+class _RunByDefault(click.Group):
+    """A group whose default command is ``run``: ``eval FILE`` is ``eval run FILE``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group("eval", cls=_RunByDefault)
+def eval_group() -> None:
+    """Research experiments: a dataset x a grid of configurations x a scorer.
+
+    \b
+    thinktank eval experiment.yaml            estimate, confirm, run (continues a killed run)
+    thinktank eval experiment.yaml --limit 5  a quick look at the first 5 items
+    thinktank eval list                       stored experiments
+    """
+
+
+def _money(value: float | None) -> str:
+    return "unknown" if value is None else f"${value:.4f}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def _estimate_line(plan: Plan) -> str:
+    e: Estimate = plan.estimate
+    left = e.samples - e.stored
+    stored = f" ({e.stored} already answered)" if e.stored else ""
+    return (
+        f"{plan.spec.name}: {len(plan.items)} items, {e.samples} samples{stored}; "
+        f"to run: {left} samples, at most {e.calls:,} calls, cost at most {_money(e.cost_usd)}"
+    )
+
+
+class _EvalProgress:
+    """Live progress of an experiment on stderr: a rich line redrawn on a terminal,
+    a plain line every tenth of the samples when piped."""
+
+    def __init__(self, *, enabled: bool, stream: IO[str] | None = None) -> None:
+        self.enabled = enabled
+        self.stream = stream if stream is not None else sys.stderr
+        self.last: Progress | None = None
+        self._live: Live | None = None
+        self._printed = -1
+        self._started = time.perf_counter()
+
+    def __enter__(self) -> _EvalProgress:
+        if self.enabled and self.stream.isatty():
+            from rich.console import Console
+            from rich.live import Live
+
+            console = Console(file=self.stream, markup=False, highlight=False)
+            self._live = Live(
+                console=console, get_renderable=self._render, refresh_per_second=4, transient=True
+            )
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.__exit__(None, None, None)
+
+    def line(self) -> str:
+        p = self.last
+        if p is None:
+            return "starting"
+        accuracy = f"{100 * p.correct / p.scored:.1f}%" if p.scored else "-"
+        left = p.total - p.done
+        elapsed = time.perf_counter() - self._started
+        eta = _duration(left * elapsed / p.new_done) if p.new_done and left else "-"
+        return (
+            f"{p.done}/{p.total} samples  accuracy {accuracy}  cost {_money(p.cost_usd)}"
+            f"  calls {p.calls:,}  ETA {eta}"
+        )
+
+    def _render(self) -> Any:
+        from rich.text import Text
+
+        return Text(self.line())
+
+    def __call__(self, progress: Progress) -> None:
+        self.last = progress
+        if not self.enabled or self._live is not None:
+            return
+        tenth = progress.done * 10 // max(progress.total, 1)
+        if tenth != self._printed:
+            self._printed = tenth
+            click.echo(self.line(), err=True)
+
+
+def _summary_line(summary: RunSummary) -> str:
+    accuracy = "-" if summary.accuracy is None else f"{100 * summary.accuracy:.1f}%"
+    parts = [
+        f"experiment {summary.experiment_id}: {summary.answered}/{summary.total} samples",
+        f"accuracy {accuracy} ({summary.correct:g}/{summary.scored})",
+        f"{summary.calls:,} calls, {_money(summary.cost_usd)} this run",
+    ]
+    if summary.reused or summary.resumed:
+        parts.append(f"{summary.reused} already answered, {summary.resumed} resumed")
+    line = "; ".join(parts)
+    return f"{line}; stopped: {summary.stopped}" if summary.stopped else line
+
+
+@eval_group.command("run")
+@click.argument("experiment_file", type=click.Path(dir_okay=False))
+@_db_option
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="The first N items only.")
+@click.option(
+    "--sample",
+    type=click.IntRange(min=1),
+    default=None,
+    help="N items drawn at random (reproducible with --seed).",
+)
+@click.option("--seed", type=int, default=None, help="Seed of --sample's draw (default 0).")
+@_concurrency_option
+@click.option("--new", is_flag=True, help="Start a new experiment instead of continuing.")
+@click.option("--yes", "-y", is_flag=True, help="Run without asking after the estimate.")
+@click.option("--dry-run", is_flag=True, help="Print the estimate only; call nothing.")
+@_no_progress_option
+@_json_option
+def run_command(
+    experiment_file: str,
+    db: str | None,
+    limit: int | None,
+    sample: int | None,
+    seed: int | None,
+    concurrency: int,
+    new: bool,
+    yes: bool,
+    dry_run: bool,
+    no_progress: bool,
+    as_json: bool,
+) -> None:
+    """Run EXPERIMENT_FILE into the database, or continue it."""
+    from thinktank.eval.experiment import load_experiment
+    from thinktank.eval.runner import plan_experiment, run_plan
+    from thinktank.store._arg import DEFAULT_STORE
+
+    if seed is not None and sample is None:
+        _fail(["--seed draws items for --sample: give --sample N too"])
+    try:
+        spec = load_experiment(experiment_file)
+    except SpecErrors as exc:
+        _fail(exc.lines())
+    store: Any = db if db is not None else DEFAULT_STORE
+
+    async def plan_it() -> Plan:
+        return await plan_experiment(
+            spec, store=store, limit=limit, sample=sample, seed=seed, new=new,
+            source=experiment_file,
+        )  # fmt: skip
+
+    plan = _run_async(plan_it)
+    if as_json and dry_run:
+        click.echo(json.dumps(dataclasses.asdict(plan.estimate), indent=2))
+        sys.exit(EXIT_OK)
+    click.echo(_estimate_line(plan), err=True)
+    if dry_run:
+        sys.exit(EXIT_OK)
+    if not yes and sys.stdin.isatty() and not click.confirm("Run it?", default=True, err=True):
+        sys.exit(EXIT_OK)
+    progress = _EvalProgress(enabled=not no_progress)
+
+    async def go() -> RunSummary:
+        with progress:
+            return await run_plan(
+                plan, store=store, concurrency=concurrency, new=new, on_progress=progress
+            )
+
+    try:
+        summary = _run_async(go)
+    except KeyboardInterrupt:
+        where = f"experiment {progress.last.experiment_id}: " if progress.last else ""
+        click.echo(
+            f"interrupted: {where}{progress.line()} (answered samples are kept; run "
+            f"`thinktank eval {experiment_file}` again to continue)",
+            err=True,
+        )
+        sys.exit(EXIT_INTERRUPTED)
+    for line in summary.errors:
+        click.echo(f"error: {line}", err=True)
+    if as_json:
+        click.echo(json.dumps({**dataclasses.asdict(summary), "accuracy": summary.accuracy}))
+    else:
+        click.echo(_summary_line(summary))
+    done = summary.answered == summary.total and not summary.errors
+    sys.exit(EXIT_OK if done else EXIT_FAILED)
+
+
+@eval_group.command("list")
+@_db_option
+@_json_option
+def list_command(db: str | None, as_json: bool) -> None:
+    """List stored experiments, newest first."""
+    from thinktank.eval.store_read import list_experiments
+    from thinktank.store import Store
+
+    async def go() -> list[dict[str, Any]]:
+        async with await Store.open(db, read_only=True) as store:
+            return await list_experiments(store)
+
+    rows = _run_async(go)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    if not rows:
+        click.echo("no experiments stored")
+        return
+    for row in rows:
+        accuracy = "-" if row["accuracy"] is None else f"{100 * row['accuracy']:.1f}%"
+        click.echo(
+            f"{row['id']}  {row['updated_at']:%Y-%m-%d %H:%M}  {row['name']}  "
+            f"{row['answered']}/{row['samples']} answered  accuracy {accuracy}"
+        )
