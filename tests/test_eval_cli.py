@@ -49,7 +49,9 @@ def test_eval_file_runs_and_reruns_for_free(tmp_path: Path, configured: FakeServ
     code, out, err = invoke("eval", str(path), "--db", db, "--yes", "--no-progress")
     assert code == 0, err
     assert "2 items, 4 samples" in err and "at most 6 calls" in err
-    assert out.startswith("experiment ") and "4/4 samples" in out
+    # The report's tables, then the one-line summary last.
+    assert out.startswith("Experiment exp (")
+    assert out.splitlines()[-1].startswith("experiment ") and "4/4 samples" in out
     assert len(configured.requests) == 6
     code, out, err = invoke("eval", "run", str(path), "--db", db, "--yes", "--json")
     assert code == 0, err
@@ -184,3 +186,109 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_continue(
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "12/12 samples" in done.stdout
+
+
+def _simulated_config(path: Path, items: int) -> Path:
+    """Two simulated models that know the target of every item, each right with its own
+    probability, so the report has right and wrong answers to count."""
+    lines: list[str] = []
+    for name, accuracy, seed in (("sa", 0.8, 1), ("sb", 0.6, 2), ("sc", 0.6, 3)):
+        lines += [
+            f"[models.{name}]",
+            'provider = "simulated"',
+            f"seed = {seed}",
+            f"accuracy = {accuracy}",
+            'wrong_replies = ["wrong one", "wrong two"]',
+            "input_cost_per_mtok = 1.0",
+            "output_cost_per_mtok = 2.0",
+        ]
+        for i in range(items):
+            lines += [f"[[models.{name}.replies]]", f'pattern = "number {i}\\\\?"']
+            lines += [f'reply = "{TARGET}-{i}"']
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+def test_eval_report_rebuilds_the_run_report_from_the_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The report printed after a run and ``eval report ID`` agree, and every figure of
+    a configuration matches the stored answers scored by hand."""
+    items = 12
+    monkeypatch.setenv("THINKTANK_CONFIG", str(_simulated_config(tmp_path / "tt.toml", items)))
+    grid = [
+        {"id": "one", "models": ["sa"]},
+        {"id": "panel", "models": ["sa", "sb", "sc"], "threshold": 0.6},
+    ]
+    path = write_experiment(tmp_path, items=items, grid=grid)
+    experiment = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**experiment, "baseline": "one"}))
+    db = str(tmp_path / "t.db")
+    plots = tmp_path / "plots"
+    code, out, err = invoke(
+        "eval", str(path), "--db", db, "--yes", "--no-progress", "--plots", str(plots),
+        "--csv", str(tmp_path / "configs.csv"),
+    )  # fmt: skip
+    assert code == 0, err
+    assert "derived" in out  # figures from stored answers are labelled
+    assert sorted(p.name for p in plots.iterdir()) == [
+        "calibration.png",
+        "calls.png",
+        "frontier.png",
+    ]
+    experiment_id = out.splitlines()[-1].split()[1].rstrip(":")
+    code, out, err = invoke("eval", "report", experiment_id[:8], "--db", db, "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["experiment_id"] == experiment_id and report["baseline"] == "one"
+
+    # The stored answers, scored by hand (contains the target).
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT s.config_id, s.item_id, st.output FROM thinktank_experiment_samples s"
+            " JOIN thinktank_steps st ON st.session_id = s.session_id"
+        ).fetchall()
+    right = {(c, i): (out or "").startswith(f"{TARGET}-{i[1:]}") for c, i, out in rows}
+    figures = {c["config_id"]: c for c in report["configurations"]}
+    for cid in ("one", "panel"):
+        assert figures[cid]["samples"] == items
+        assert figures[cid]["correct"] == sum(v for (c, _), v in right.items() if c == cid)
+        assert figures[cid]["calls"] == (1 if cid == "one" else 3) * items
+    (comparison,) = report["comparisons"]
+    assert comparison["config_id"] == "panel"
+    b = sum(right[("one", f"q{i}")] and not right[("panel", f"q{i}")] for i in range(items))
+    c = sum(not right[("one", f"q{i}")] and right[("panel", f"q{i}")] for i in range(items))
+    assert (comparison["b"], comparison["c"]) == (b, c)
+    code, out, err = invoke("eval", "report", "ffffffff", "--db", db)
+    assert code == 2 and err.startswith("error: ") and len(err.splitlines()) == 1
+
+
+def test_load_gives_the_samples_as_a_dataframe_in_scripts_and_inside_a_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``thinktank.eval.load`` reads a stored experiment into pandas, from plain code and
+    from code already running in an event loop (as a notebook cell does)."""
+    import anyio
+
+    import thinktank.eval
+    from thinktank.errors import UnknownExperimentError
+
+    monkeypatch.setenv("THINKTANK_CONFIG", str(_simulated_config(tmp_path / "tt.toml", 4)))
+    path = write_experiment(tmp_path, items=4, grid=[{"models": ["sa", "sb", "sc"]}])
+    db = str(tmp_path / "t.db")
+    code, out, err = invoke("eval", str(path), "--db", db, "--yes", "--no-report")
+    assert code == 0, err
+    experiment_id = out.split()[1].rstrip(":")
+    frame = thinktank.eval.load(experiment_id, store=db)
+    assert len(frame) == 4 and set(frame["item"]) == {"q0", "q1", "q2", "q3"}
+    assert (frame["calls"] == 3).all() and frame["correct"].dtype == bool
+
+    async def inside_a_loop() -> int:
+        return len(thinktank.eval.load(experiment_id[:10], store=db))
+
+    assert anyio.run(inside_a_loop) == 4
+    with pytest.raises(UnknownExperimentError):
+        thinktank.eval.load("nope", store=db)

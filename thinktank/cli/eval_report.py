@@ -11,14 +11,14 @@ output pipes cleanly.
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from thinktank.errors import ThinkTankError, UsageError
+from thinktank.cli._shared import EXIT_BAD_INPUT, _db_option, _fail, _json_option, _run_async
+from thinktank.errors import UsageError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -26,10 +26,9 @@ if TYPE_CHECKING:
     from thinktank.eval.records import ExperimentRecord, SampleRecord
     from thinktank.eval.report import Report
 
-__all__ = ["print_report", "report_command"]
+__all__ = ["print_report", "report_command", "report_options", "write_or_fail"]
 
-_EXIT_FAILED = 1
-_EXIT_BAD_INPUT = 2
+_RESEARCH_HINT = "the report needs the research extra: pip install 'thinktank[research]'"
 
 
 def print_report(
@@ -47,17 +46,23 @@ def print_report(
 
     Raises:
         ScorerError: the experiment's scorer cannot be built or rejects a target.
+        UsageError: scipy, pandas or matplotlib (the ``research`` extra) is missing.
     """
-    from thinktank.eval.output import (
-        render_report,
-        report_json,
-        write_csv,
-        write_plots,
-        write_samples_csv,
-    )
-    from thinktank.eval.report import build_report
+    try:
+        from thinktank.eval.output import (
+            render_report,
+            report_json,
+            write_csv,
+            write_plots,
+            write_samples_csv,
+        )
+        from thinktank.eval.report import build_report
 
-    report = build_report(experiment, samples)
+        report = build_report(experiment, samples)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.partition(".")[0] not in ("scipy", "pandas", "numpy"):
+            raise
+        raise UsageError(_RESEARCH_HINT) from None
     if as_json:
         # Raw text on the console's file: rich would wrap and colour it.
         console.file.write(json.dumps(report_json(report), indent=2) + "\n")
@@ -69,43 +74,66 @@ def print_report(
     if samples_csv is not None:
         written.append(write_samples_csv(experiment, samples, samples_csv))
     if plots_dir is not None:
-        written.extend(write_plots(report, plots_dir))
+        try:
+            written.extend(write_plots(report, plots_dir))
+        except ModuleNotFoundError as exc:
+            if exc.name is None or exc.name.partition(".")[0] != "matplotlib":
+                raise
+            raise UsageError(_RESEARCH_HINT) from None
     for path in written:
         click.echo(f"wrote {path}", err=True)
     return report
 
 
+_Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def report_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--csv``, ``--samples-csv`` and ``--plots``: what ``eval report`` and ``eval run``
+    write besides the tables."""
+    options: list[_Decorator] = [
+        click.option(
+            "--csv",
+            "csv_path",
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=None,
+            help="Write one row per configuration with every figure to FILE.",
+        ),
+        click.option(
+            "--samples-csv",
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=None,
+            help="Write one row per sample (item x configuration x repeat) to FILE.",
+        ),
+        click.option(
+            "--plots",
+            "plots_dir",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=None,
+            help="Draw frontier.png, calls.png and calibration.png into DIR.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def write_or_fail(write: Callable[[], Report]) -> Report:
+    """Run ``write`` (a :func:`print_report` call); a file it cannot write or a missing
+    extra is a one-line error (exit 2), never a traceback."""
+    try:
+        return write()
+    except UsageError as exc:
+        _fail(str(exc).splitlines())
+    except OSError as exc:
+        _fail([f"{exc.filename}: cannot write: {exc.strerror}"], EXIT_BAD_INPUT)
+
+
 @click.command("report")
 @click.argument("experiment_id")
-@click.option(
-    "--db",
-    "db",
-    envvar="THINKTANK_DB",
-    default=None,
-    metavar="URL|PATH",
-    help="Database URL or SQLite file (default: $THINKTANK_DB, else ./thinktank.db).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
-@click.option(
-    "--csv",
-    "csv_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write one row per configuration with every figure to FILE.",
-)
-@click.option(
-    "--samples-csv",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write one row per sample (item x configuration x repeat) to FILE.",
-)
-@click.option(
-    "--plots",
-    "plots_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Draw frontier.png, calls.png and calibration.png into DIR.",
-)
+@_db_option
+@_json_option
+@report_options
 def report_command(
     experiment_id: str,
     db: str | None,
@@ -114,23 +142,21 @@ def report_command(
     samples_csv: Path | None,
     plots_dir: Path | None,
 ) -> None:
-    """Rebuild an experiment's report from the database alone: no model is called."""
-    import anyio
+    """Rebuild an experiment's report from the database alone: no model is called.
 
+    EXPERIMENT_ID may be a unique prefix (``thinktank eval list`` shows the ids).
+    """
     from thinktank.cli.render import _console as make_console
-    from thinktank.eval.store_read import read_experiment  # type: ignore[import-not-found]
+    from thinktank.eval.store_read import read_experiment
     from thinktank.store import Store
 
     async def go() -> tuple[ExperimentRecord, list[SampleRecord]]:
         async with await Store.open(db, read_only=True) as store:
-            found: tuple[ExperimentRecord, list[SampleRecord]] = await read_experiment(
-                store, experiment_id
-            )
-            return found
+            return await read_experiment(store, experiment_id)
 
-    try:
-        experiment, samples = anyio.run(go, backend="asyncio")
-        print_report(
+    experiment, samples = _run_async(go)
+    write_or_fail(
+        lambda: print_report(
             experiment,
             samples,
             as_json=as_json,
@@ -139,15 +165,4 @@ def report_command(
             plots_dir=plots_dir,
             console=make_console(),
         )
-    except UsageError as exc:
-        _fail(str(exc), _EXIT_BAD_INPUT)
-    except ThinkTankError as exc:
-        _fail(str(exc), _EXIT_FAILED)
-    except OSError as exc:
-        _fail(f"{exc.filename}: cannot write: {exc.strerror}", _EXIT_BAD_INPUT)
-
-
-def _fail(message: str, code: int) -> None:
-    for line in message.splitlines():
-        click.echo(f"error: {line}", err=True)
-    sys.exit(code)
+    )

@@ -14,9 +14,11 @@ problem); 130 interrupted.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import sys
 import time
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import click
@@ -32,11 +34,13 @@ from thinktank.cli._shared import (
     _no_progress_option,
     _run_async,
 )
+from thinktank.cli.eval_report import print_report, report_command, report_options, write_or_fail
 from thinktank.errors import SpecErrors
 
 if TYPE_CHECKING:
     from rich.live import Live
 
+    from thinktank.eval.records import ExperimentRecord, SampleRecord
     from thinktank.eval.runner import Estimate, Plan, Progress, RunSummary
 
 __all__ = ["eval_group"]
@@ -59,6 +63,7 @@ def eval_group() -> None:
     thinktank eval experiment.yaml            estimate, confirm, run (continues a killed run)
     thinktank eval experiment.yaml --limit 5  a quick look at the first 5 items
     thinktank eval list                       stored experiments
+    thinktank eval report ID --plots DIR      the report again, from the database alone
     """
 
 
@@ -169,6 +174,8 @@ def _summary_line(summary: RunSummary) -> str:
 @click.option("--dry-run", is_flag=True, help="Print the estimate only; call nothing.")
 @_no_progress_option
 @_json_option
+@click.option("--no-report", is_flag=True, help="Print the one-line summary only.")
+@report_options
 def run_command(
     experiment_file: str,
     db: str | None,
@@ -181,8 +188,19 @@ def run_command(
     dry_run: bool,
     no_progress: bool,
     as_json: bool,
+    no_report: bool,
+    csv_path: Path | None,
+    samples_csv: Path | None,
+    plots_dir: Path | None,
 ) -> None:
-    """Run EXPERIMENT_FILE into the database, or continue it."""
+    """Run EXPERIMENT_FILE into the database, or continue it, then print its report.
+
+    The report is the one ``thinktank eval report ID`` rebuilds from the database: every
+    configuration with its interval, cost, tokens, latency and calls, the comparison with
+    the baseline, calibration, error correlation and the figures derived from stored
+    answers (re-merges, threshold sweep, accuracy against calls, panels without a model,
+    cascade orderings), labelled ``derived``.
+    """
     from thinktank.eval.experiment import load_experiment
     from thinktank.eval.runner import plan_experiment, run_plan
     from thinktank.store._arg import DEFAULT_STORE
@@ -230,12 +248,55 @@ def run_command(
         sys.exit(EXIT_INTERRUPTED)
     for line in summary.errors:
         click.echo(f"error: {line}", err=True)
+    report: dict[str, Any] | None = None
+    if not no_report:
+        report = _report(summary.experiment_id, db, as_json, csv_path, samples_csv, plots_dir)
     if as_json:
-        click.echo(json.dumps({**dataclasses.asdict(summary), "accuracy": summary.accuracy}))
+        body = {**dataclasses.asdict(summary), "accuracy": summary.accuracy}
+        click.echo(json.dumps(body if report is None else {**body, "report": report}))
     else:
         click.echo(_summary_line(summary))
     done = summary.answered == summary.total and not summary.errors
     sys.exit(EXIT_OK if done else EXIT_FAILED)
+
+
+def _report(
+    experiment_id: str,
+    db: str | None,
+    as_json: bool,
+    csv_path: Path | None,
+    samples_csv: Path | None,
+    plots_dir: Path | None,
+) -> dict[str, Any] | None:
+    """Print the run's report (tables), or return it as JSON for the run's ``--json``."""
+    from rich.console import Console
+
+    from thinktank.cli.render import _console as make_console
+    from thinktank.eval.output import report_json
+    from thinktank.eval.store_read import read_experiment
+    from thinktank.store import Store
+
+    async def go() -> tuple[ExperimentRecord, list[SampleRecord]]:
+        async with await Store.open(db, read_only=True) as opened:
+            return await read_experiment(opened, experiment_id)
+
+    experiment, samples = _run_async(go)
+    # With --json the tables are not printed: the report goes into the one JSON object.
+    console = Console(file=io.StringIO()) if as_json else make_console()
+    report = write_or_fail(
+        lambda: print_report(
+            experiment,
+            samples,
+            csv_path=csv_path,
+            samples_csv=samples_csv,
+            plots_dir=plots_dir,
+            console=console,
+        )
+    )
+    return report_json(report) if as_json else None
+
+
+eval_group.add_command(report_command)
 
 
 @eval_group.command("list")
