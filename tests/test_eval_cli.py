@@ -238,6 +238,7 @@ def test_eval_report_rebuilds_the_run_report_from_the_database(
         "frontier.png",
     ]
     experiment_id = out.splitlines()[-1].split()[1].rstrip(":")
+    assert invoke("eval", "list", "--db", db, "-q", "--last") == (0, experiment_id + "\n", "")
     code, out, err = invoke("eval", "report", experiment_id[:8], "--db", db, "--json")
     assert code == 0, err
     report = json.loads(out)

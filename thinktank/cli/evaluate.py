@@ -302,7 +302,11 @@ eval_group.add_command(report_command)
 @eval_group.command("list")
 @_db_option
 @_json_option
-def list_command(db: str | None, as_json: bool) -> None:
+@click.option("--last", is_flag=True, help="Only the newest experiment.")
+@click.option(
+    "--quiet", "-q", is_flag=True, help="Only ids, one a line: eval report $(... -q --last)."
+)
+def list_command(db: str | None, as_json: bool, last: bool, quiet: bool) -> None:
     """List stored experiments, newest first."""
     from thinktank.eval.store_read import list_experiments
     from thinktank.store import Store
@@ -312,6 +316,12 @@ def list_command(db: str | None, as_json: bool) -> None:
             return await list_experiments(store)
 
     rows = _run_async(go)
+    if last:
+        rows = rows[:1]
+    if quiet:
+        for row in rows:
+            click.echo(row["id"])
+        return
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
         return
