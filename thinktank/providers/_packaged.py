@@ -22,22 +22,23 @@ this module finds its GGUF file without importing anything heavy.
     from the package's location alone (:func:`smollm2_model_path`), never by importing
     it. An instruct model, it is prompted with its chat template, ChatML
     (:func:`chatml_segments`), and stops at ``<|im_end|>`` (its end-of-generation
-    token). Measured on the shipped ``capitals`` dataset ("What is the capital of
-    X?", greedy, 48 tokens, answer containing a target; shuffled with seed 0):
+    token). Measured on the shipped ``capitals`` dataset with
+    ``bench/smollm2_frames.py`` ("What is the capital of X?", greedy, 48 tokens, an
+    answer containing a target counts; shuffled with seed 0):
 
     ============================================  ===========  ===========
     frame                                         first 10     all 62
     ============================================  ===========  ===========
     ChatML, no system turn (chosen)               6            44
     ChatML, the template's default system turn    8            42
-    ChatML, "Answer briefly." system turn         6            43
+    ChatML, "Answer briefly." system turn         5            33
     few-shot ``Q:``/``A:``                        4            29
     ============================================  ===========  ===========
 
-    The few-shot frame mostly answered with the country's name. The three ChatML
-    variants are within noise of each other; without a system turn the model also
-    answers France (the default system turn makes it ramble in French), so a request
-    with no system prompt gets none.
+    The few-shot frame mostly answered with the country's name. Without a system turn
+    the model does best over all 62 and also answers France (the template's default
+    system turn makes it ramble in French), so a request with no system prompt gets
+    no system turn.
 
 Frames (:data:`Frame`)
     A prompt is a tuple of (text, special) segments: template text is tokenized with
