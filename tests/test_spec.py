@@ -152,10 +152,10 @@ def test_step_without_model_falls_back_to_the_local_model(
         "models": MODELS,
         "steps": [{"id": "a", "prompt": "p"}, {"id": "b", "prompt": "q"}],
     }
-    monkeypatch.setattr("thinktank.providers.registry._local_available", lambda: True)
+    monkeypatch.setattr("thinktank.providers.registry._local_available", lambda *_: True)
     spec = parse_session(data)
     assert spec.step_models(spec.steps[0]) == ["local"]
-    monkeypatch.setattr("thinktank.providers.registry._local_available", lambda: False)
+    monkeypatch.setattr("thinktank.providers.registry._local_available", lambda *_: False)
     lines = _errors(data)
     assert lines == [
         "s.yaml: model: model 'local' (the built-in default for steps that name no model) "

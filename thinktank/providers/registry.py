@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.lowlevel import RunVar
 
+from thinktank.providers._packaged import install_hint
 from thinktank.providers._redact import redact_userinfo
 from thinktank.providers.base import (
     ModelClient,
@@ -53,6 +54,10 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_MODEL", "ModelInfo", "ModelRegistry", "model_limiter"]
 
 _HTTP_PROVIDERS = ("openai", "anthropic", "gemini")
+_PACKAGED_LABELS = {
+    "gemma-3-270m": "gemma3-270m (packaged)",
+    "smollm2-135m": "smollm2-135m-instruct (packaged)",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,13 +250,14 @@ class ModelRegistry:
             env, required = self._key(entry)
             if required and env and not self.environ.get(env):
                 return f"model {name!r} needs an API key: set {env}"
-        if isinstance(entry, LocalModelConfig) and not _local_available():
+        if isinstance(entry, LocalModelConfig) and not _local_available(entry.packaged_model):
             why = (
                 " (the built-in default for steps that name no model)"
                 if (name == DEFAULT_MODEL)
                 else ""
             )
-            return f"model {name!r}{why} needs the local model: pip install 'thinktank[local]'"
+            hint = install_hint(entry.packaged_model)
+            return f"model {name!r}{why} needs the local model: {hint}"
         return None
 
     def names(self) -> list[str]:
@@ -291,7 +297,7 @@ class ModelRegistry:
             base_url = redact_userinfo(entry.base_url or DEFAULT_BASE_URLS[entry.provider])
             model = entry.model
         elif isinstance(entry, LocalModelConfig):
-            model = entry.model_path or "gemma3-270m (packaged)"
+            model = entry.model_path or _PACKAGED_LABELS[entry.packaged]
         return ModelInfo(
             name=name,
             provider=entry.provider,
