@@ -16,7 +16,7 @@ from typing import Any
 from thinktank.consensus.agreement import Answer
 from thinktank.consensus.synthesis import synthesize
 from thinktank.eval.experiment import Configuration
-from thinktank.eval.records import ExperimentRecord, SampleRecord, StoredCall, base_model
+from thinktank.eval.records import CALL_OK, ExperimentRecord, SampleRecord, StoredCall, base_model
 
 
 def config(
@@ -76,7 +76,7 @@ def call(
         model=model,
         base_model=base_model(model),
         text=text,
-        status=status or ("failed" if failed else "completed"),
+        status=status or ("failed" if failed else CALL_OK),
         error="boom" if failed else None,
         arrival=arrival,
         latency_ms=latency_ms,
@@ -101,7 +101,7 @@ def sample(
     merge: bool = True,
 ) -> SampleRecord:
     """A sample; its answer and consensus score default to the majority of its calls."""
-    answered = [c for c in calls if c.text is not None and c.status == "completed"]
+    answered = [c for c in calls if c.text is not None and c.status == CALL_OK]
     if merge and answer is None and answered:
         merged = synthesize(
             "majority",

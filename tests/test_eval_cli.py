@@ -263,6 +263,16 @@ def test_eval_report_rebuilds_the_run_report_from_the_database(
     b = sum(right[("one", f"q{i}")] and not right[("panel", f"q{i}")] for i in range(items))
     c = sum(not right[("one", f"q{i}")] and right[("panel", f"q{i}")] for i in range(items))
     assert (comparison["b"], comparison["c"]) == (b, c)
+    # Derived from the stored answers: the majority re-merge of the panel is the panel's
+    # own (measured) answer, and its k = 1 accuracy is the mean accuracy of one call.
+    (majority,) = [
+        m
+        for m in report["analyses"]["remerge"]
+        if m["config_id"] == "panel" and m["method"] == "majority"
+    ]
+    assert majority["kind"] == "derived" and majority["correct"] == figures["panel"]["correct"]
+    (curve,) = [c for c in report["analyses"]["calls"] if c["config_id"] == "panel"]
+    assert [p["k"] for p in curve["points"]] == [1, 2, 3]
     code, out, err = invoke("eval", "report", "ffffffff", "--db", db)
     assert code == 2 and err.startswith("error: ") and len(err.splitlines()) == 1
 

@@ -39,7 +39,7 @@ from thinktank.consensus.items import extract_items
 from thinktank.consensus.normalize import normalize_answer
 from thinktank.consensus.options import SHORT_ANSWER_WORDS
 from thinktank.consensus.synthesis import SYNTHESIS_METHODS, synthesize
-from thinktank.eval.records import ExperimentRecord, SampleRecord, StoredCall
+from thinktank.eval.records import CALL_OK, ExperimentRecord, SampleRecord, StoredCall
 from thinktank.eval.scoring import ScorerSpec, make_scorer, parse_scorer_spec
 from thinktank.eval.stats import Interval, McNemar, mcnemar, wilson
 
@@ -237,7 +237,7 @@ class _Pool:
 
 
 def _prepare_call(call: StoredCall, targets: tuple[str, ...], grader: Grader) -> _Call:
-    answered = call.status == "completed" and call.text is not None
+    answered = call.status == CALL_OK and call.text is not None
     text = call.text or ""
     form = normalize_answer(text) if answered else ""
     return _Call(

@@ -21,7 +21,10 @@ from thinktank.eval.experiment import Configuration
 # because every analysis of stored calls groups them by base model.
 from thinktank.providers.base import SAMPLE_MARK, base_model
 
-__all__ = ["SAMPLE_MARK", "ExperimentRecord", "SampleRecord", "StoredCall", "base_model"]
+__all__ = ["CALL_OK", "SAMPLE_MARK", "ExperimentRecord", "SampleRecord", "StoredCall", "base_model"]
+
+CALL_OK = "ok"
+"""The stored status of a call that answered (:data:`thinktank.events.CallStatus`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +36,8 @@ class StoredCall:
         model: The model id as stored (``NAME#K`` for the K-th sample of NAME).
         base_model: :func:`base_model` of ``model``: the panel member it belongs to.
         text: The answer, or None when the call did not complete.
-        status: The call's stored status (``completed``, ``failed``, ``cancelled``, ...).
+        status: The call's stored status: :data:`CALL_OK` (answered), ``failed``,
+            ``timeout``, ``cancelled`` (or ``running`` for a call a kill left open).
         error: Why it failed, when it did.
         arrival: Completion order among the step's calls, 0 first.
         latency_ms: Wall time of the call.

@@ -32,7 +32,7 @@ from thinktank.eval.analysis import (
     StoredAnswers,
     analyse,
 )
-from thinktank.eval.records import ExperimentRecord, SampleRecord
+from thinktank.eval.records import CALL_OK, ExperimentRecord, SampleRecord
 from thinktank.eval.stats import (
     Bin,
     Coverage,
@@ -220,7 +220,7 @@ def _summary(
         accuracy=wilson(right, n) if n else None,
         unfinished=sum(s.status not in FINISHED for s in samples),
         failed=sum(s.status == "failed" for s in samples),
-        errors=sum(c.status != "completed" for s in samples for c in s.calls),
+        errors=sum(c.status != CALL_OK for s in samples for c in s.calls),
         cost_usd=cost,
         cost_known=all(s.cost_usd is not None for s in samples),
         cost_per_item=cost / n if n else None,

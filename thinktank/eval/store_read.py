@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from thinktank.eval.experiment import Configuration, ExperimentSpec, configurations
-from thinktank.eval.records import ExperimentRecord, SampleRecord, StoredCall, base_model
+from thinktank.eval.records import CALL_OK, ExperimentRecord, SampleRecord, StoredCall, base_model
 from thinktank.store import Store
 
 __all__ = ["config_key", "list_experiments", "read_experiment"]
@@ -65,7 +65,7 @@ def _calls(rows: Sequence[Mapping[str, Any]], attempt: int) -> tuple[StoredCall,
             key=row["id"],
             model=row["model_id"],
             base_model=base_model(row["model_id"]),
-            text=row["response"] if row["status"] == "ok" else None,
+            text=row["response"] if row["status"] == CALL_OK else None,
             status=row["status"],
             error=row["error"],
             arrival=index,
