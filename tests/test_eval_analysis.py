@@ -83,6 +83,19 @@ def test_remerge_matches_a_majority_vote_by_hand() -> None:
     assert ("one", "remerge") in reasons  # one call: nothing to merge
 
 
+def test_union_is_re_merged_only_for_list_answers_or_a_union_configuration() -> None:
+    """A union of single answers concatenates the voters' answers, which a ``contains``
+    scorer would credit for any voter being right: it is skipped unless the answers are
+    lists or the configuration itself merged by union."""
+    texts = ["Paris", "The capital is Lyon.\nOr maybe Paris.", "Lyon"]
+    calls = [call(m, t, a) for a, (m, t) in enumerate(zip(["m1", "m2", "m3"], texts, strict=True))]
+    for synthesis, derived in (("majority", False), ("union", True)):
+        exp = experiment([config("p", ["m1", "m2", "m3"], synthesis=synthesis)])
+        results, skipped = remerge(StoredAnswers(exp, [sample("p", "i", ["Paris"], calls)]))
+        assert any(r.method == "union" for r in results) is derived
+        assert any(s.analysis == "remerge:union" for s in skipped) is not derived
+
+
 def test_threshold_sweep_matches_coverage_by_hand() -> None:
     answers, texts = trio_records()
     (sweep,) = threshold_sweep(answers)

@@ -86,6 +86,8 @@ class Block:
             re.search(r"-m local\b", line)
             or ("quickstart.yaml" in line and "--model" not in line)
             or "[local]" in line
+            # The shipped experiments run on the local model families.
+            or ("experiments/" in line and "--dry-run" not in line)
             for line in self.text.splitlines()
         )
 
@@ -130,10 +132,10 @@ def _commands(block: Block) -> list[str]:
 
 @pytest.fixture
 def repo_copy(tmp_path: Path) -> Path:
-    """What a README command may touch: a copy of sessions/ and schemas/ (so that
-    ``thinktank schema -o schemas/...`` never rewrites the checkout's file)."""
+    """What a README command may touch: a copy of sessions/, schemas/ and experiments/
+    (so that ``thinktank schema -o schemas/...`` never rewrites the checkout's file)."""
     work = tmp_path / "repo"
-    for name in ("sessions", "schemas"):
+    for name in ("sessions", "schemas", "experiments"):
         shutil.copytree(REPO / name, work / name)
     return work
 
@@ -237,7 +239,9 @@ def test_readme_names_only_files_in_the_repo() -> None:
     """No path outside the repo; every repo path the README names exists."""
     text = README.read_text(encoding="utf-8")
     assert "../" not in text
-    named = set(re.findall(r"\b((?:sessions|schemas|bench|docs|tests)/[\w./-]+\w)", text))
+    named = set(
+        re.findall(r"\b((?:sessions|schemas|bench|docs|tests|experiments)/[\w./-]+\w)", text)
+    )
     assert named, "the README names no file"
     missing = sorted(p for p in named if not (REPO / p).exists())
     assert not missing, missing

@@ -418,10 +418,16 @@ def _method(config: Configuration) -> str:
     return config.synthesis if config.synthesis in _EXACT_METHODS else "majority"
 
 
-def _lists(pools: Iterable[_Pool]) -> bool:
-    """Whether the answers are lists (union merges items; single answers it would only
-    concatenate)."""
-    return any(len(extract_items(c.text)) > 1 for p in pools for c in p.calls if c.answered)
+def _lists(config: Configuration, pools: Iterable[_Pool]) -> bool:
+    """Whether union's re-merge means anything: the configuration merged by union, or its
+    answers are lists. A union of single answers concatenates them, and a scorer that
+    looks for the target inside the answer (``contains``) would then credit it for any
+    voter's answer: an artefact, not an accuracy."""
+    if config.synthesis == "union":
+        return True
+    return all(
+        len(extract_items(c.text)) > 1 for p in pools for c in p.calls if c.answered and c.text
+    )
 
 
 def remerge(answers: StoredAnswers) -> tuple[list[MethodAccuracy], list[Skipped]]:
@@ -436,7 +442,7 @@ def remerge(answers: StoredAnswers) -> tuple[list[MethodAccuracy], list[Skipped]
             skipped.append(Skipped(cid, "remerge", "no item has 2 answered calls to merge"))
             continue
         for method in sorted(SYNTHESIS_METHODS):
-            if method == "union" and not _lists(pools):
+            if method == "union" and not _lists(answers.configurations[cid], pools):
                 skipped.append(
                     Skipped(
                         cid, "remerge:union", "the answers are not lists: union merges list items"
