@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import sys
@@ -16,6 +17,7 @@ from thinktank.cli.eval_report import print_report, report_command
 from thinktank.eval.output import (
     CONFIG_COLUMNS,
     SAMPLE_COLUMNS,
+    frontier_points,
     render_report,
     report_json,
     samples_frame,
@@ -153,3 +155,24 @@ def test_the_report_command_declares_its_options() -> None:
     assert result.exit_code == 0
     for option in ("EXPERIMENT_ID", "--db", "--json", "--csv", "--samples-csv", "--plots"):
         assert option in result.output
+
+
+def test_the_frontier_falls_back_to_calls_when_nothing_has_a_cost(report: Report) -> None:
+    """Free local models put every configuration at cost 0: the frontier then plots
+    accuracy against calls per item, the cost that remains."""
+    axis, points = frontier_points(report)
+    assert axis == "cost"
+    assert {c: x for c, x, _ in points} == {
+        s.config_id: s.cost_per_item for s in report.configurations if s.accuracy
+    }
+    free = dataclasses.replace(
+        report,
+        configurations=tuple(
+            dataclasses.replace(s, cost_usd=0.0, cost_per_item=0.0) for s in report.configurations
+        ),
+    )
+    axis, points = frontier_points(free)
+    assert axis == "calls"
+    assert {c: x for c, x, _ in points} == {
+        s.config_id: s.calls_per_item for s in free.configurations if s.accuracy
+    }

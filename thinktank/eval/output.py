@@ -401,32 +401,42 @@ def _figure() -> tuple[Any, Axes]:
     return figure, figure.add_subplot()
 
 
+def frontier_points(report: Report) -> tuple[str, list[tuple[str, float, Interval]]]:
+    """The frontier plot's x axis and points: cost per item, or calls per item when no
+    configuration has a cost (free local models, or no price set)."""
+    priced = any(s.cost_per_item for s in report.configurations)
+    points = []
+    for s in report.configurations:
+        x = s.cost_per_item if priced else s.calls_per_item
+        if s.accuracy is not None and x is not None:
+            points.append((s.config_id, x, s.accuracy))
+    return ("cost" if priced else "calls"), points
+
+
 def _frontier(report: Report, path: Path) -> Path:
     figure, ax = _figure()
-    for s in report.configurations:
-        if s.accuracy is None or s.cost_per_item is None:
-            continue
-        a = s.accuracy
+    axis, points = frontier_points(report)
+    for config_id, x, a in points:
         ax.errorbar(
-            [s.cost_per_item],
+            [x],
             [a.estimate],
             yerr=[[a.estimate - a.low], [a.high - a.estimate]],
             fmt="o",
             capsize=3,
-            label=f"{s.config_id} (measured)",
+            label=f"{config_id} (measured)",
         )
     cascades = report.analyses.cascades
     if cascades:
         ax.scatter(
-            [c.mean_cost for c in cascades],
+            [c.mean_cost if axis == "cost" else c.mean_calls for c in cascades],
             [c.accuracy.estimate for c in cascades],
             marker="x",
             color="grey",
             label="cascade orderings (derived)",
         )
-    ax.set_xlabel("cost per item (USD)")
+    ax.set_xlabel("cost per item (USD)" if axis == "cost" else "calls per item (no cost recorded)")
     ax.set_ylabel("accuracy")
-    ax.set_title("Accuracy vs cost (95% Wilson intervals)")
+    ax.set_title(f"Accuracy vs {axis} (95% Wilson intervals)")
     ax.legend(fontsize="small")
     figure.savefig(path, format="png")
     return path
