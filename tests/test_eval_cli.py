@@ -303,3 +303,22 @@ def test_load_gives_the_samples_as_a_dataframe_in_scripts_and_inside_a_loop(
     assert anyio.run(inside_a_loop) == 4
     with pytest.raises(UnknownExperimentError):
         thinktank.eval.load("nope", store=db)
+
+
+def test_progress_on_a_terminal_is_a_bar_with_the_figures() -> None:
+    """On a terminal the progress is a bar, then done/total, accuracy, cost, calls, ETA."""
+    import io
+
+    from rich.console import Console
+
+    from thinktank.cli.evaluate import _EvalProgress
+    from thinktank.eval.runner import Progress
+
+    progress = _EvalProgress(enabled=True, stream=io.StringIO())
+    progress(Progress("x", done=40, total=100, correct=30.0, scored=40, cost_usd=0.012,
+                      calls=120, elapsed_s=3.0, new_done=40))  # fmt: skip
+    out = io.StringIO()
+    Console(file=out, width=150, color_system=None).print(progress._render())
+    bar, _, text = out.getvalue().strip().partition("  ")
+    assert bar.startswith("━") and "40/100 samples  accuracy 75.0%  cost $0.0120" in text
+    assert "calls 120  ETA " in text

@@ -130,9 +130,14 @@ class _EvalProgress:
         )
 
     def _render(self) -> Any:
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
         from rich.text import Text
 
-        return Text(self.line())
+        row = Table.grid(padding=(0, 1))
+        done, total = (self.last.done, self.last.total) if self.last else (0, 0)
+        row.add_row(ProgressBar(total=max(total, 1), completed=done, width=30), Text(self.line()))
+        return row
 
     def __call__(self, progress: Progress) -> None:
         self.last = progress
