@@ -322,3 +322,34 @@ def test_progress_on_a_terminal_is_a_bar_with_the_figures() -> None:
     bar, _, text = out.getvalue().strip().partition("  ")
     assert bar.startswith("━") and "40/100 samples  accuracy 75.0%  cost $0.0120" in text
     assert "calls 120  ETA " in text
+
+
+def test_without_the_research_extra_the_run_still_succeeds_and_says_how_to_report(
+    tmp_path: Path,
+) -> None:
+    """No scipy: the run stores every answer and exits 0 with a one-line note naming the
+    extra and the report command; ``eval report`` is then a one-line error, exit 2."""
+    config = _simulated_config(tmp_path / "tt.toml", 2)
+    path = write_experiment(tmp_path, items=2, grid=[{"models": ["sa", "sb", "sc"]}])
+    db = str(tmp_path / "t.db")
+    code = (
+        "import sys; sys.modules['scipy'] = None; from thinktank.cli.commands import main; "
+        "main(sys.argv[1:])"
+    )
+    env = {**os.environ, "THINKTANK_CONFIG": str(config), "PYTHONPATH": str(REPO)}
+
+    def thinktank(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True,
+            timeout=120,
+        )  # fmt: skip
+
+    done = thinktank("eval", str(path), "--db", db, "--yes", "--no-progress")
+    assert done.returncode == 0, done.stderr
+    experiment_id = done.stdout.split()[1].rstrip(":")
+    assert f"thinktank[research]'), then: thinktank eval report {experiment_id}" in done.stderr
+    done = thinktank("eval", "report", experiment_id, "--db", db)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "error: the report needs the research extra: pip install 'thinktank[research]'"
+    ]

@@ -285,6 +285,18 @@ def _report(
         async with await Store.open(db, read_only=True) as opened:
             return await read_experiment(opened, experiment_id)
 
+    try:
+        import numpy  # noqa: F401
+        import scipy.stats  # noqa: F401
+    except ImportError:
+        # The run itself succeeded and is stored: say how to get the report, and let the
+        # exit code tell how the run went.
+        click.echo(
+            "note: no report: it needs the research extra (pip install 'thinktank[research]'),"
+            f" then: thinktank eval report {experiment_id}",
+            err=True,
+        )
+        return None
     experiment, samples = _run_async(go)
     # With --json the tables are not printed: the report goes into the one JSON object.
     console = Console(file=io.StringIO()) if as_json else make_console()
