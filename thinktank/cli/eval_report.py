@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from thinktank.eval.records import ExperimentRecord, SampleRecord
     from thinktank.eval.report import Report
 
-__all__ = ["print_report", "report_command", "report_options", "write_or_fail"]
+__all__ = ["print_report", "read_records", "report_command", "report_options", "write_or_fail"]
 
 _RESEARCH_HINT = "the report needs the research extra: pip install 'thinktank[research]'"
 
@@ -129,6 +129,18 @@ def write_or_fail(write: Callable[[], Report]) -> Report:
         _fail([f"{exc.filename}: cannot write: {exc.strerror}"], EXIT_BAD_INPUT)
 
 
+def read_records(db: str | None, experiment_id: str) -> tuple[ExperimentRecord, list[SampleRecord]]:
+    """An experiment's records from the database, opened read-only (errors: one line)."""
+    from thinktank.eval.store_read import read_experiment
+    from thinktank.store import Store
+
+    async def go() -> tuple[ExperimentRecord, list[SampleRecord]]:
+        async with await Store.open(db, read_only=True) as store:
+            return await read_experiment(store, experiment_id)
+
+    return _run_async(go)
+
+
 @click.command("report")
 @click.argument("experiment_id")
 @_db_option
@@ -147,14 +159,8 @@ def report_command(
     EXPERIMENT_ID may be a unique prefix (``thinktank eval list`` shows the ids).
     """
     from thinktank.cli.render import _console as make_console
-    from thinktank.eval.store_read import read_experiment
-    from thinktank.store import Store
 
-    async def go() -> tuple[ExperimentRecord, list[SampleRecord]]:
-        async with await Store.open(db, read_only=True) as store:
-            return await read_experiment(store, experiment_id)
-
-    experiment, samples = _run_async(go)
+    experiment, samples = read_records(db, experiment_id)
     write_or_fail(
         lambda: print_report(
             experiment,

@@ -34,13 +34,18 @@ from thinktank.cli._shared import (
     _no_progress_option,
     _run_async,
 )
-from thinktank.cli.eval_report import print_report, report_command, report_options, write_or_fail
+from thinktank.cli.eval_report import (
+    print_report,
+    read_records,
+    report_command,
+    report_options,
+    write_or_fail,
+)
 from thinktank.errors import SpecErrors
 
 if TYPE_CHECKING:
     from rich.live import Live
 
-    from thinktank.eval.records import ExperimentRecord, SampleRecord
     from thinktank.eval.runner import Estimate, Plan, Progress, RunSummary
 
 __all__ = ["eval_group"]
@@ -278,12 +283,6 @@ def _report(
 
     from thinktank.cli.render import _console as make_console
     from thinktank.eval.output import report_json
-    from thinktank.eval.store_read import read_experiment
-    from thinktank.store import Store
-
-    async def go() -> tuple[ExperimentRecord, list[SampleRecord]]:
-        async with await Store.open(db, read_only=True) as opened:
-            return await read_experiment(opened, experiment_id)
 
     try:
         import numpy  # noqa: F401
@@ -297,7 +296,7 @@ def _report(
             err=True,
         )
         return None
-    experiment, samples = _run_async(go)
+    experiment, samples = read_records(db, experiment_id)
     # With --json the tables are not printed: the report goes into the one JSON object.
     console = Console(file=io.StringIO()) if as_json else make_console()
     report = write_or_fail(
