@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal, get_args
 
+from thinktank.consensus.formats import AnswerFormat
 from thinktank.consensus.similarity import Embedder
 
 __all__ = [
@@ -82,6 +83,9 @@ class MergeOptions:
     model_order: Sequence[str] = ()
     """The models in the step's order, for ``tie_break="model_order"`` (models not
     listed come after those listed). Stored as a tuple."""
+    answer_format: AnswerFormat | None = None
+    """The step's declared answer format (None: undeclared); extraction and answer
+    equivalence follow it."""
 
     def __post_init__(self) -> None:
         """Validate the fields and freeze ``weights`` and ``model_order``."""

@@ -1,0 +1,75 @@
+"""The answer formats a step may declare: what kind of answer its models are asked for.
+
+This module owns :class:`AnswerFormat`, the one value that says what an answer is
+(``short``, ``number``, ``choice`` with its choices, ``yes_no``, ``json`` with a schema,
+``free``). A session step declares it (``answer_format:`` in the session file); the
+prompt instruction, structured output at the providers, answer extraction and answer
+equivalence all read this value, so they cannot disagree about what was asked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal, get_args
+
+__all__ = ["AnswerFormat", "FormatKind"]
+
+FormatKind = Literal["short", "number", "choice", "yes_no", "json", "free"]
+"""What kind of answer a step asks for:
+
+- ``short``: a name, a word or a short phrase;
+- ``number``: one number (units and words around it are not the answer);
+- ``choice``: one of :attr:`AnswerFormat.choices`, answered by its letter (A, B, ...) or
+  its text;
+- ``yes_no``: yes or no;
+- ``json``: a JSON value matching :attr:`AnswerFormat.schema`;
+- ``free``: free text (long answers).
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerFormat:
+    """The declared format of a step's answers.
+
+    Raises:
+        ValueError: an unknown kind; ``choice`` without at least two distinct choices,
+            or choices on another kind; ``json`` without a schema mapping, or a schema
+            on another kind.
+    """
+
+    kind: FormatKind
+    """What kind of answer (see :data:`FormatKind`)."""
+    choices: Sequence[str] = ()
+    """``choice`` only: the options' texts in letter order (the first is A). Stored as
+    a tuple."""
+    schema: Mapping[str, Any] | None = field(default=None, hash=False)
+    """``json`` only: the JSON Schema an answer must match. Stored read-only (left out
+    of the hash)."""
+
+    def __post_init__(self) -> None:
+        """Validate the fields and freeze ``choices`` and ``schema``."""
+        if self.kind not in get_args(FormatKind):
+            known = ", ".join(get_args(FormatKind))
+            raise ValueError(f"unknown answer format {self.kind!r}; known: {known}")
+        choices = tuple(self.choices)
+        if self.kind == "choice":
+            if len(choices) < 2 or len(set(choices)) != len(choices):
+                raise ValueError("answer format 'choice' needs at least two distinct choices")
+            if len(choices) > 26:
+                raise ValueError("answer format 'choice' takes at most 26 choices (A to Z)")
+        elif choices:
+            raise ValueError(f"choices are for answer format 'choice', not {self.kind!r}")
+        if self.kind == "json":
+            if not isinstance(self.schema, Mapping):
+                raise ValueError("answer format 'json' needs a schema (a JSON Schema mapping)")
+            object.__setattr__(self, "schema", MappingProxyType(dict(self.schema)))
+        elif self.schema is not None:
+            raise ValueError(f"a schema is for answer format 'json', not {self.kind!r}")
+        object.__setattr__(self, "choices", choices)
+
+    @property
+    def letters(self) -> tuple[str, ...]:
+        """The choices' letters, ``A`` for the first (``choice`` only; else empty)."""
+        return tuple(chr(ord("A") + i) for i in range(len(self.choices)))
