@@ -101,6 +101,7 @@ class MultiModel:
             embedder=self.embedder() if step.agreement == "semantic" else None,
             tie_break=step.tie_break,
             model_order=(*models, *step.escalate_to),
+            answer_format=step.declared_format(),
         )
         return Asking(threshold, options)
 
@@ -394,6 +395,10 @@ def cache_key(
         # Another seed samples other answers. Added only when set, so the keys of
         # consensuses stored before seeds existed still match.
         material["seed"] = request.seed
+    if step.answer_format is not None:
+        # The format decides extraction and equivalence, so the merge (choices that
+        # give the letters their meaning, a schema). Added only when set, as the seed.
+        material["answer_format"] = step.answer_format.model_dump(mode="json", by_alias=True)
     canonical = json.dumps(material, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 

@@ -35,6 +35,7 @@ from thinktank.engine.multi import Asking as _Asking  # the attempt loop's name 
 from thinktank.engine.multi import CacheLookup, MultiModel, Outcome
 from thinktank.events import Event, StepFinished, StepStarted, utcnow
 from thinktank.providers.base import ModelClient, ModelRequest, PooledModel
+from thinktank.session.formats import response_schema, with_instruction
 from thinktank.session.spec import SessionSpec, StepSpec
 from thinktank.session.templates import render_template
 
@@ -224,6 +225,7 @@ class StepExecutor:
             seed=step.seed,
             step_id=step.id,
             attempt=attempt,
+            response_schema=response_schema(step.declared_format()),
         )
         asking: _Asking | None = None
         # The attempt's own scope: its deadline cancels this attempt only, and
@@ -250,11 +252,13 @@ class StepExecutor:
         return None, None, f"timed out after {timeout_ms} ms"
 
     def _prompt(self, step: StepSpec) -> str:
-        """The step's prompt: a rendered template, or literal text with the outputs of
-        its dependencies appended as data (steps a decompose step added)."""
+        """The step's prompt as sent (and stored): a rendered template with the
+        instruction of its ``answer_format``, or literal text with the outputs of its
+        dependencies appended as data (steps a decompose step added)."""
         if step.template:
             outputs = _Aliased(self.outputs, self.aliases) if self.aliases else self.outputs
-            return render_template(step.prompt, self.inputs, outputs)
+            rendered = render_template(step.prompt, self.inputs, outputs)
+            return with_instruction(rendered, step.declared_format())
         parts = [step.prompt]
         for dep in step.depends_on:
             out = self.outputs.get(self.aliases.get(dep, dep))

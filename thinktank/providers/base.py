@@ -22,9 +22,9 @@ response whose ``error`` is set (a partial answer that ended badly). The call la
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from thinktank.providers.retry import RetryPolicy
 
@@ -110,6 +110,12 @@ class ModelRequest:
     model; a retry re-sends the same seed. OpenAI-compatible servers get ``seed``,
     Gemini ``generationConfig.seed``; local models derive their sampler seed from it
     and simulated ones their randomness; Anthropic's API has no seed parameter."""
+    response_schema: Mapping[str, Any] | None = field(default=None, compare=False)
+    """The JSON Schema the answer must match (a step with ``answer_format: json``), or
+    None. Providers with structured output enforce it: OpenAI-compatible servers get
+    ``response_format`` of type ``json_schema``, Gemini ``generationConfig``'s
+    ``responseMimeType`` and ``responseSchema``; Anthropic, local and simulated models
+    have the prompt's instruction alone."""
     on_delta: Callable[[str], None] | None = field(default=None, compare=False)
     """Streaming clients call it with each piece of text as it arrives (live progress)."""
 

@@ -7,7 +7,8 @@ Wire format: ``POST {base_url}/v1beta/models/{model}:generateContent`` with the 
 the ``x-goog-api-key`` header (never in the URL, where it would end up in logs and
 error messages); the body carries ``contents`` (the user prompt),
 ``systemInstruction`` and ``generationConfig`` (``maxOutputTokens``, ``temperature``,
-``seed``).
+``seed``, and for a request with a ``response_schema`` ``responseMimeType:
+application/json`` with the schema as ``responseSchema``).
 The answer is the text of ``candidates[0].content.parts`` (thought summaries skipped),
 ``finishReason`` the finish reason, and ``usageMetadata`` the tokens: output tokens
 include ``thoughtsTokenCount``, which is billed as output. A 429 without a
@@ -128,6 +129,9 @@ class GeminiModel(WireModel):
             config["temperature"] = request.temperature
         if request.seed is not None:
             config["seed"] = request.seed
+        if request.response_schema is not None:
+            config["responseMimeType"] = "application/json"
+            config["responseSchema"] = dict(request.response_schema)
         if config:
             body["generationConfig"] = config
         return body

@@ -474,7 +474,7 @@ class LocalLlamaModel:
         cfg = self.config
         temperature = cfg.temperature if request.temperature is None else request.temperature
         max_tokens = cfg.max_tokens if request.max_tokens is None else request.max_tokens
-        prompt = frame_segments(cfg.frame, request.prompt, request.system)
+        prompt = frame_segments(cfg.frame, _question(cfg.frame, request.prompt), request.system)
         # The request's seed (the step's, derived per model by the call layer) replaces
         # the variant's; either way the prompt and index are hashed in (sample_seed).
         base = cfg.seed if request.seed is None else request.seed
@@ -699,6 +699,16 @@ class LocalLlamaModel:
             return
         llama.reset()
         llama.eval(preamble)
+
+
+def _question(frame: Frame, prompt: str) -> str:
+    """The prompt as the frame asks it: the few-shot frame's question is one ``Q:`` line
+    (its examples are), so the lines of a longer prompt (the options of an
+    ``answer_format: choice`` step, and its instruction) are joined by spaces there. A
+    one-line prompt is unchanged."""
+    if frame != "few_shot" or "\n" not in prompt:
+        return prompt
+    return " ".join(line.strip() for line in prompt.splitlines() if line.strip())
 
 
 def _tokenize(llama: Any, prompt: Segments) -> list[int]:

@@ -8,7 +8,8 @@ recorded.
 
 Wire format: ``POST {base_url}/chat/completions`` with ``model``, ``messages`` (an
 optional system message and the user prompt), ``max_tokens``, ``temperature`` and
-``seed`` when set, and ``Authorization: Bearer <key>`` when a key is configured. With
+``seed`` when set, ``response_format`` (``json_schema``) when the request carries a
+``response_schema``, and ``Authorization: Bearer <key>`` when a key is configured. With
 ``stream=True`` the answer arrives as Server-Sent Events of ``chat.completion.chunk``
 objects, usage in a last chunk (``stream_options.include_usage``) and ``data: [DONE]`` at the end.
 
@@ -139,6 +140,8 @@ class OpenAICompatibleModel(WireModel):
             body["temperature"] = request.temperature
         if request.seed is not None:
             body["seed"] = request.seed
+        if request.response_schema is not None:
+            body["response_format"] = _response_format(request.response_schema)
         if self._stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
@@ -289,3 +292,36 @@ def _extra(data: Mapping[str, Any], first_token_ms: float | None = None) -> dict
     if isinstance(data.get("id"), str):
         extra["response_id"] = data["id"]
     return extra
+
+
+def _response_format(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """Structured output for ``schema``: ``strict`` when the schema is within OpenAI's
+    strict subset (so the server enforces it rather than rejecting the request), else
+    the schema is sent as guidance."""
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": "answer", "schema": dict(schema), "strict": _strict(schema)},
+    }
+
+
+def _strict(schema: object) -> bool:
+    """True when every object in ``schema`` lists all its properties as required and
+    forbids others, as OpenAI's strict mode demands; the root must be an object."""
+    if not isinstance(schema, Mapping) or schema.get("type") != "object":
+        return False
+    return _strict_node(schema)
+
+
+def _strict_node(node: object) -> bool:
+    if not isinstance(node, Mapping):
+        return True
+    properties = node.get("properties")
+    if node.get("type") == "object" or isinstance(properties, Mapping):
+        props = properties if isinstance(properties, Mapping) else {}
+        if node.get("additionalProperties") is not False:
+            return False
+        if set(node.get("required") or ()) != set(props):
+            return False
+        if not all(_strict_node(sub) for sub in props.values()):
+            return False
+    return _strict_node(node.get("items"))

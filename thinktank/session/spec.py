@@ -17,10 +17,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     JsonValue,
     ValidationError,
+    ValidationInfo,
     ValidatorFunctionWrapHandler,
     field_validator,
     model_validator,
@@ -29,12 +31,16 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 from thinktank._text import repaired
+from thinktank.consensus.formats import AnswerFormat, FormatKind
 from thinktank.errors import InputError
 from thinktank.providers.base import MAX_SEED
 from thinktank.providers.config import DEFAULT_MODEL, ModelConfig
+from thinktank.session.formats import schema_problem
 
 __all__ = [
     "ID_PATTERN",
+    "AnswerFormatField",
+    "AnswerFormatSpec",
     "BudgetSpec",
     "InputSpec",
     "ModelSelection",
@@ -69,6 +75,90 @@ InputType = Literal["string", "integer", "number", "boolean", "list", "object"]
 Mode = Literal["all", "race", "quorum", "cascade"]
 Synthesis = Literal["majority", "medoid", "weighted_merge", "judge", "union"]
 TieBreak = Literal["weight_then_earliest", "earliest", "model_order"]
+
+
+def _schema_key(schema: dict[str, Any]) -> None:
+    # The field is ``json_schema`` in Python (``schema`` would shadow a BaseModel
+    # attribute) and ``schema`` in a file: the file's name is the one documented.
+    properties = schema.get("properties", {})
+    if "json_schema" in properties:
+        properties["schema"] = properties.pop("json_schema")
+
+
+class AnswerFormatSpec(_Spec):
+    """What kind of answer a step asks for (``answer_format``).
+
+    Written as a kind alone (``answer_format: number``) or as a mapping
+    (``{kind: choice, choices: [Paris, Lyon]}``, ``{kind: json, schema: {...}}``). The
+    step's prompt gets a matching instruction appended, providers with structured
+    output are given the ``json`` schema, and answer extraction and equivalence follow
+    the format.
+    """
+
+    # Its fields' docstrings become the schema's descriptions of each kind (only
+    # here: parsing every spec model's source would slow every CLI start).
+    model_config = ConfigDict(json_schema_extra=_schema_key, use_attribute_docstrings=True)
+
+    kind: FormatKind
+    """``short``: a name, word or short phrase ("Answer with the answer only: a name,
+    word or short phrase."); ``number``: one number ("Answer with the number only.");
+    ``choice``: one of ``choices``, listed as ``A) ...`` lines ("Answer with the letter
+    only."); ``yes_no``: yes or no ("Answer yes or no."); ``json``: JSON matching
+    ``schema`` ("Answer with JSON only, matching this schema: ...", and structured
+    output at OpenAI-compatible servers and Gemini); ``free``: free text (no
+    instruction)."""
+    choices: Annotated[list[str], Field(validate_default=True)] = []
+    """``choice`` only: the options in letter order (A is the first); at least two,
+    distinct, at most 26."""
+    json_schema: Annotated[dict[str, JsonValue] | None, Field(alias="schema")] = None
+    """``json`` only: the JSON Schema an answer must match (a mapping; ``type``,
+    ``properties``, ``required``, ``enum`` and ``items`` are checked for shape). Written
+    ``schema`` in a file."""
+
+    @field_validator("choices")
+    @classmethod
+    def _choices_fit_kind(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        kind = info.data.get("kind")
+        if kind is not None and (kind == "choice" or value):
+            # AnswerFormat holds the rules (count, distinct, at most 26, kind).
+            AnswerFormat(kind, choices=value, schema={} if kind == "json" else None)
+        return value
+
+    @field_validator("json_schema", mode="after")
+    @classmethod
+    def _schema_fits_kind(
+        cls, value: dict[str, JsonValue] | None, info: ValidationInfo
+    ) -> dict[str, JsonValue] | None:
+        kind = info.data.get("kind")
+        if kind is not None and kind != "json" and value is not None:
+            raise ValueError(f"a schema is for answer format 'json', not {kind!r}")
+        problem = None if value is None else schema_problem(value)
+        if problem is not None:
+            raise ValueError(f"not a JSON Schema: {problem}")
+        return value
+
+    @model_validator(mode="after")
+    def _json_has_schema(self) -> AnswerFormatSpec:
+        if self.kind == "json" and self.json_schema is None:
+            raise ValueError("answer format 'json' needs a 'schema' (a JSON Schema mapping)")
+        return self
+
+    def to_format(self) -> AnswerFormat:
+        """The :class:`~thinktank.consensus.formats.AnswerFormat` this declares (the one
+        place a file's format becomes the engine's)."""
+        return AnswerFormat(self.kind, choices=tuple(self.choices), schema=self.json_schema)
+
+
+def _short_form(value: object) -> object:
+    """``answer_format: number`` is ``answer_format: {kind: number}``."""
+    return {"kind": value} if isinstance(value, str) else value
+
+
+AnswerFormatField = Annotated[
+    AnswerFormatSpec,
+    BeforeValidator(_short_form, json_schema_input_type=FormatKind | AnswerFormatSpec),
+]
+"""An ``answer_format`` field: a kind alone or an :class:`AnswerFormatSpec` mapping."""
 
 
 class InputSpec(_Spec):
@@ -225,6 +315,10 @@ class ParallelExecutionConfig(_Spec):
     """Base seed of the calls (as a step's ``seed``)."""
     cache: bool = True
     """Reuse a stored consensus for the same prompt and settings."""
+    answer_format: AnswerFormatField | None = None
+    """What kind of answer is asked for (as a step's ``answer_format``): ``short``,
+    ``number``, ``choice`` with ``choices``, ``yes_no``, ``json`` with a ``schema``,
+    ``free``."""
 
     @model_validator(mode="after")
     def _has_models(self) -> ParallelExecutionConfig:
@@ -328,6 +422,15 @@ class StepSpec(_Spec):
     ``NAME#1``, ``NAME#2`` never share one and every run sends the same seeds. None
     leaves sampling to each provider's default. Sent to OpenAI-compatible servers and
     Gemini, used by local and simulated models; Anthropic has no seed parameter."""
+    answer_format: AnswerFormatField | None = None
+    """What kind of answer the step asks for (``prompt`` steps): ``short``, ``number``,
+    ``choice`` (with ``choices``), ``yes_no``, ``json`` (with a ``schema``) or ``free``;
+    a kind alone (``answer_format: number``) or a mapping (``{kind: choice, choices:
+    [Paris, Lyon]}``). The rendered prompt gets the matching instruction appended (the
+    stored prompt is the one sent); ``json`` is also sent as structured output to
+    OpenAI-compatible servers and Gemini (Anthropic, local and simulated models get the
+    instruction alone); answers are extracted and compared by the format. None: no
+    instruction, answers compared as before."""
 
     @model_validator(mode="after")
     def _one_way_to_name_models(self) -> StepSpec:
@@ -340,6 +443,11 @@ class StepSpec(_Spec):
         if self.on_low_consensus == "escalate" and not self.escalate_to:
             raise ValueError("on_low_consensus 'escalate' needs 'escalate_to' models")
         return self
+
+    def declared_format(self) -> AnswerFormat | None:
+        """The :class:`~thinktank.consensus.formats.AnswerFormat` of ``answer_format``
+        (None when the step declares none)."""
+        return None if self.answer_format is None else self.answer_format.to_format()
 
     def extra_models(self) -> list[str]:
         """Models the step may call besides its own: the judge, escalations, and the

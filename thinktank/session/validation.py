@@ -90,6 +90,15 @@ def _check_steps(
             else:
                 edges.append((dep, step.id))
 
+        if step.kind == "decompose" and step.answer_format is not None:
+            errors.append(
+                SpecError(
+                    "answer_format is for prompt steps (a decompose step asks for a plan)",
+                    file=file,
+                    step=step.id,
+                    field="answer_format",
+                )
+            )
         refs, problems = parse_template(step.prompt) if step.template else ([], [])
         for problem in problems:
             errors.append(SpecError(problem, file=file, step=step.id, field="prompt"))
