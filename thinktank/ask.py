@@ -141,6 +141,7 @@ def session_for(prompt_config: ParallelExecutionConfig, *, name: str = "ask") ->
         "temperature": cfg.temperature,
         "seed": cfg.seed,
         "cache": cfg.cache,
+        "answer_format": cfg.answer_format,
     }
     if len(models) == 1:
         step["model"] = models[0]

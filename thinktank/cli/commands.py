@@ -332,6 +332,26 @@ def models_command(session_file: str | None, as_json: bool) -> None:
     help="Base seed of the calls (each model gets its own, derived from it).",
 )
 @click.option("--no-cache", is_flag=True, help="Do not reuse a stored consensus.")
+@click.option(
+    "--answer-format",
+    default=None,
+    metavar="KIND",
+    help="The kind of answer asked for (short, number, choice, yes_no, json, free): "
+    "the prompt gets its instruction and the answers are compared by it.",
+)
+@click.option(
+    "--choice",
+    "choices",
+    multiple=True,
+    metavar="TEXT",
+    help="An option of --answer-format choice, in letter order (repeatable).",
+)
+@click.option(
+    "--answer-schema",
+    default=None,
+    metavar="JSON",
+    help="The JSON Schema of --answer-format json.",
+)
 @_db_option
 @_json_option
 @_no_progress_option
@@ -346,6 +366,9 @@ def ask_command(
     domains: tuple[str, ...],
     seed: int | None,
     no_cache: bool,
+    answer_format: str | None,
+    choices: tuple[str, ...],
+    answer_schema: str | None,
     db: str | None,
     as_json: bool,
     no_progress: bool,
@@ -370,10 +393,11 @@ def ask_command(
                 "domain_hints": list(domains),
                 "seed": seed,
                 "cache": not no_cache,
+                "answer_format": _answer_format(answer_format, choices, answer_schema),
             }
         )
     except ValidationError as exc:
-        _fail([e["msg"].removeprefix("Value error, ") for e in exc.errors(include_url=False)])
+        _fail([_option_error(e) for e in exc.errors(include_url=False)])
 
     progress = Progress(enabled=not no_progress)
     # Drawn from the start: loading the engine and a local model take seconds before
@@ -396,6 +420,33 @@ def ask_command(
     else:
         print_parallel(result)
     sys.exit(EXIT_OK if result.synthesis is not None else EXIT_FAILED)
+
+
+def _answer_format(
+    kind: str | None, choices: Sequence[str], schema: str | None
+) -> dict[str, Any] | None:
+    """The ``answer_format`` that ``ask``'s options give (validated by the config)."""
+    if kind is None:
+        if choices or schema is not None:
+            _fail(["--choice and --answer-schema need --answer-format"])
+        return None
+    declared: dict[str, Any] = {"kind": kind}
+    if choices:
+        declared["choices"] = list(choices)
+    if schema is not None:
+        try:
+            declared["schema"] = json.loads(schema)
+        except json.JSONDecodeError as exc:
+            _fail([f"--answer-schema: not JSON ({exc})"])
+    return declared
+
+
+def _option_error(error: Any) -> str:
+    """A config error of ``ask`` as one line, naming the option of an answer format."""
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["loc"] and error["loc"][0] == "answer_format":
+        return f"--answer-format: {message}"
+    return message
 
 
 @main.command("run-many")

@@ -45,7 +45,7 @@ from thinktank.eval.dataset import load_dataset, shipped
 from thinktank.eval.scoring import ScorerSpec, parse_scorer_spec
 from thinktank.session.loading import load_session, read_spec_file, spec_errors_from_pydantic
 from thinktank.session.schema import render_schema, schema_document
-from thinktank.session.spec import ID_PATTERN, SPEC_CONFIG, Mode, Synthesis
+from thinktank.session.spec import ID_PATTERN, SPEC_CONFIG, AnswerFormatField, Mode, Synthesis
 
 __all__ = [
     "SCHEMA_ID",
@@ -212,6 +212,12 @@ class ExperimentSpec(_Spec):
     """Limits over the whole experiment."""
     baseline: str | None = None
     """The id of the configuration the others are compared with."""
+    answer_format: AnswerFormatField | None = None
+    """The kind of answer the scored step asks for (a session step's ``answer_format``:
+    ``short``, ``number``, ``choice`` with ``choices``, ``yes_no``, ``json`` with a
+    ``schema``, ``free``): the prompt gets its instruction and the consensus compares
+    answers by it. Set on the ``answer`` step of a prompt experiment, and on the final
+    step of a session experiment (replacing the file's)."""
 
     _base_dir: Path = PrivateAttr(default_factory=Path)
 

@@ -57,7 +57,7 @@ from thinktank.providers.config import load_config
 from thinktank.providers.registry import ModelRegistry
 from thinktank.replay import resume
 from thinktank.session.loading import load_session
-from thinktank.session.spec import SessionSpec
+from thinktank.session.spec import AnswerFormatSpec, SessionSpec
 from thinktank.store import Store
 from thinktank.store._arg import DEFAULT_STORE, resolve_store
 
@@ -161,8 +161,11 @@ def _input_type(value: Any) -> str:
     return next((name for kind, name in _INPUT_TYPES if isinstance(value, kind)), "string")
 
 
-def _step_settings(config: Configuration, seed: int) -> dict[str, Any]:
-    """What a configuration sets on the scored step."""
+def _step_settings(
+    config: Configuration, seed: int, answer_format: AnswerFormatSpec | None
+) -> dict[str, Any]:
+    """What a configuration (and the experiment's ``answer_format``) sets on the scored
+    step."""
     panel = _panel(config)
     settings: dict[str, Any] = (
         {"model": panel[0], "models": []}
@@ -176,6 +179,8 @@ def _step_settings(config: Configuration, seed: int) -> dict[str, Any]:
     if config.temperature is not None:
         settings["temperature"] = config.temperature
     settings["seed"] = seed  # each call's own seed derives from it and the model name
+    if answer_format is not None:
+        settings["answer_format"] = answer_format
     return settings
 
 
@@ -195,7 +200,8 @@ def session_for(
     A prompt experiment: one step, ``answer``, whose prompt is the template with every
     ``{{ FIELD }}`` an input of the session (the item's target is never one). A session
     experiment (``base``, the loaded session file): its models replaced by the
-    configuration's and the configuration set on its final step, the scored one.
+    configuration's and the configuration set on its final step, the scored one. The
+    experiment's ``answer_format``, when set, is the scored step's either way.
     """
     key = config_key(config)
     seed = step_seed(config, key, item.id, repeat)
@@ -205,7 +211,8 @@ def session_for(
         used = dict.fromkeys(prompt_fields(spec.prompt)[0])
         inputs = {field: item.inputs[field] for field in used}
         prompt = session_template(spec.prompt)
-        step = {"id": SCORED_STEP, "prompt": prompt, **_step_settings(config, seed)}
+        settings = _step_settings(config, seed, spec.answer_format)
+        step = {"id": SCORED_STEP, "prompt": prompt, **settings}
         session = SessionSpec.model_validate(
             {
                 "name": name,
@@ -218,7 +225,8 @@ def session_for(
     panel = _panel(config)
     session = base.with_model(panel[0] if len(panel) == 1 else panel)
     final = session.steps[-1]
-    steps = [*session.steps[:-1], final.model_copy(update=_step_settings(config, seed))]
+    settings = _step_settings(config, seed, spec.answer_format)
+    steps = [*session.steps[:-1], final.model_copy(update=settings)]
     inputs = {k: v for k, v in item.inputs.items() if k in base.inputs}
     uncached = session.parallel_execution.model_copy(update={"cache": False})
     update = {"name": name, "steps": steps, "parallel_execution": uncached}
