@@ -32,7 +32,7 @@ from thinktank.engine.decompose import Growth
 from thinktank.engine.recorder import Recorder
 from thinktank.engine.restart import Restart
 from thinktank.engine.result import ResultCollector, SessionResult
-from thinktank.engine.scheduler import ScheduleOutcome, Scheduler
+from thinktank.engine.scheduler import Abstained, ScheduleOutcome, Scheduler
 from thinktank.engine.steps import StepExecutor, sum_known
 from thinktank.errors import SpecError, SpecErrors, StoreError, UsageError
 from thinktank.events import (
@@ -174,9 +174,14 @@ def _session_status(outcome: ScheduleOutcome, total: int) -> tuple[Any, str | No
         reason = outcome.failed[outcome.aborted_by]
         return "failed", f"step {outcome.aborted_by!r} failed (fail_fast): {reason}"
     if len(outcome.completed) == total:
+        # Every step ran; one that abstained still completed (its outcome says so).
         return "completed", None
     first = next(iter(outcome.failed.items()), None)
     detail = f"; first: step {first[0]!r}: {first[1]}" if first else ""
+    if outcome.abstained:
+        # Abstaining is an answer ("no consensus"), not a failure: the session is
+        # partial because the steps depending on it could not run.
+        detail += f"; no consensus at {', '.join(map(repr, outcome.abstained))}"
     summary = f"{len(outcome.failed)} step(s) failed, {len(outcome.skipped)} skipped{detail}"
     return ("failed" if not outcome.completed else "partial"), summary
 
@@ -379,6 +384,7 @@ class _Run:
             ),
             done=list(restart.completed()),
             failed=restart.failed(),
+            abstained=restart.abstained(),
         )
         self.started_at = utcnow()
         self.start = time.perf_counter()
@@ -405,7 +411,7 @@ class _Run:
         rewired = self.graph.grow(parent, growth.added, growth.sink)
         self.scheduler.grown([st.id for st in growth.added], rewired)
 
-    async def _execute_with_room(self, step_id: str) -> str | None:
+    async def _execute_with_room(self, step_id: str) -> str | Abstained | None:
         """Run a step once the recorder has room: a store that is behind holds new
         steps back instead of letting its backlog grow."""
         assert self.recorder is not None
