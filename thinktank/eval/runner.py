@@ -171,6 +171,14 @@ def _step_settings(config: Configuration, seed: int) -> dict[str, Any]:
     )
     if len(panel) > 1 and config.synthesis == "judge":
         settings["synthesizer"] = config.models[0]  # as `run --model a,b` picks the judge
+    if len(panel) > 1 and config.abstain:
+        settings["on_low_consensus"] = "abstain"
+    if len(panel) > 1 and config.weights:
+        # Each sample of a model (``m#k``) votes with the model's weight.
+        weights = dict(config.weights)
+        settings["weights"] = {
+            name: weights[base_model(name)] for name in panel if base_model(name) in weights
+        }
     if config.threshold is not None:
         settings["consensus_threshold"] = config.threshold
     if config.temperature is not None:
