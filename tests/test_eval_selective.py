@@ -17,7 +17,7 @@ from thinktank.eval.output import config_rows, render_report
 from thinktank.eval.report import build_report
 from thinktank.eval.runner import run_experiment, session_for
 from thinktank.eval.stats import wilson
-from thinktank.eval.store_read import read_experiment
+from thinktank.eval.store_read import list_experiments, read_experiment
 from thinktank.store import Store
 
 from .eval_records_factory import call, config, experiment, sample
@@ -92,8 +92,8 @@ async def test_abstaining_configuration_end_to_end(
     tmp_path: Path, server: FakeServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Over loopback: a split panel abstains on every item (stored, read back, not
-    covered), an agreeing one answers, and weights that favour one model lift the split
-    panel over the threshold."""
+    covered, not scored), an agreeing one answers, and weights that favour one model
+    lift the split panel over the threshold."""
     monkeypatch.setenv(
         "THINKTANK_CONFIG", str(write_config(tmp_path / "thinktank.toml", server, ["a", "b", "c"]))
     )
@@ -109,6 +109,8 @@ async def test_abstaining_configuration_end_to_end(
     db = str(tmp_path / "t.db")
     async with await Store.open(db) as store:
         summary = await run_experiment(spec, store=store)
+        again = await run_experiment(spec, store=store)
+        listed = await list_experiments(store)
         record, samples = await read_experiment(store, summary.experiment_id)
         shown = await store.get_session(next(s for s in samples if s.abstained).session_id)
     by_config: dict[str, list[bool]] = {}
@@ -116,6 +118,11 @@ async def test_abstaining_configuration_end_to_end(
         by_config.setdefault(s.config_id, []).append(s.abstained)
     assert by_config == {"split": [True] * 3, "agree": [False] * 3, "weighted": [False] * 3}
     assert shown.status == "completed" and shown.steps[0].output is None
+    # The run's own figures agree: abstentions are answered, not scored; a rerun reads
+    # them back from the store.
+    for run in (summary, again):
+        assert (run.answered, run.abstained, run.scored, run.correct) == (9, 3, 6, 2)
+    assert (listed[0]["scored"], listed[0]["correct"]) == (6, 2)
     report = {s.config_id: s for s in build_report(record, samples).configurations}
     assert report["split"].coverage == wilson(0, 3) and report["split"].answered_accuracy is None
     assert report["agree"].answered_accuracy == wilson(1, 3)

@@ -163,6 +163,8 @@ def _summary_line(summary: RunSummary) -> str:
         f"accuracy {accuracy} ({summary.correct:g}/{summary.scored})",
         f"{summary.calls:,} calls, {_money(summary.cost_usd)} this run",
     ]
+    if summary.abstained:
+        parts.append(f"{summary.abstained} abstained (no consensus; not scored)")
     if summary.reused or summary.resumed:
         parts.append(f"{summary.reused} already answered, {summary.resumed} resumed")
     line = "; ".join(parts)
