@@ -109,3 +109,23 @@ def test_run_and_show_render_no_consensus(tmp_path: Path) -> None:
     shown = CliRunner().invoke(main, ["show", json.loads(listed.stdout)[0]["id"], "--db", db])
     assert "[q] no consensus" in shown.stdout
     assert "no_consensus" in shown.stdout
+
+
+async def test_a_cached_abstention_abstains_again(tmp_path: Path) -> None:
+    """The same split vote asked again is served from the consensus cache, no call made,
+    and still abstains and skips its dependant."""
+    spec = parse_session(
+        session(
+            [
+                SPLIT,
+                {"id": "use", "prompt": "{{ steps.q.output }}", "model": "x", "depends_on": ["q"]},
+            ]
+        )
+    )
+    db = str(tmp_path / "t.db")
+    await thinktank.run(spec, store=db)
+    again = await thinktank.run(spec, store=db)
+    q = again.steps["q"]
+    assert q.consensus is not None and q.consensus.cached_from is not None
+    assert (q.calls, q.outcome, q.output) == ([], "no_consensus", None)
+    assert again.steps["use"].status == "skipped"

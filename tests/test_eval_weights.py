@@ -197,11 +197,26 @@ def test_cli_fits_checks_and_writes(
     data = tomllib.loads(out.read_text())
     assert data["models"][-1] in ("b", "c") and data["models"][0] == "a"
     _accepted(tmp_path, data)
+    # Per-domain tables from a dataset file whose items carry a domain.
+    (tmp_path / "domains.jsonl").write_text(
+        "".join(
+            json.dumps({"id": f"q{i}", "domain": "even" if i % 2 == 0 else "odd", "target": "x"})
+            + "\n"
+            for i in range(6)
+        )
+    )
+    by_domain = tmp_path / "d.json"
+    dataset = ["--dataset", str(tmp_path / "domains.jsonl")]
+    result = CliRunner().invoke(main, [*args, "--by-domain", *dataset, "-o", str(by_domain)])
+    assert result.exit_code == 0, result.output
+    domains = json.loads(by_domain.read_text())["domains"]
+    assert set(domains) == {"even", "odd"} and domains["odd"]["models"][0] == "a"
     for bad, message in (
         (["eval", "weights", "ffffffff", "--db", db], "error:"),
         ([*args, "-o", str(tmp_path / "w.txt")], "write weights to a .toml"),
         ([*args, "-o", str(tmp_path / "no" / "w.json")], "cannot write"),
         ([*args, "--config", "nope"], "no configuration 'nope'"),
+        ([*args, "--by-domain"], "for --by-domain"),
     ):
         result = CliRunner().invoke(main, bad)
         assert result.exit_code != 0

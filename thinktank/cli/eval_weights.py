@@ -37,7 +37,9 @@ def _domains(experiment: ExperimentRecord, dataset: Path | None) -> dict[str, st
         else Path(source)
     )
     if not path.is_file():
-        raise UsageError(f"{path}: no such dataset file; give it with --dataset FILE")
+        raise UsageError(
+            f"{path}: no such dataset file for --by-domain; give it with --dataset FILE"
+        )
     items = load_dataset(path)
     domains = {i.id: str(i.inputs[DOMAIN_FIELD]) for i in items if DOMAIN_FIELD in i.inputs}
     if not domains:
