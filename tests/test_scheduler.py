@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from tests.conftest import CallLog, CountingModel
 from thinktank import run
-from thinktank.engine.scheduler import Abstained, Scheduler
+from thinktank.engine.outcome import Abstained
+from thinktank.engine.scheduler import Scheduler
 from thinktank.session.graph import StepGraph
 from thinktank.session.loading import parse_session
 from thinktank.session.spec import SessionSpec, StepSpec

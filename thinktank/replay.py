@@ -37,6 +37,7 @@ from typing import Any, Literal
 import anyio
 from pydantic import BaseModel
 
+from thinktank.engine.outcome import below_threshold
 from thinktank.engine.restart import Restart, SeedStep
 from thinktank.engine.result import SessionResult, step_outcome
 from thinktank.engine.runner import (
@@ -46,7 +47,6 @@ from thinktank.engine.runner import (
     lease_ttl,
     new_worker_id,
 )
-from thinktank.engine.scheduler import below_threshold
 from thinktank.errors import UsageError
 from thinktank.events import CallStarted
 from thinktank.providers.base import NO_RETRY, ModelClient, PooledModel

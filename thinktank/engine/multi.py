@@ -38,8 +38,8 @@ from thinktank.consensus import (
     synthesize,
 )
 from thinktank.engine.calls import Caller, CallResult
+from thinktank.engine.outcome import NO_CONSENSUS, Abstained, below_threshold
 from thinktank.engine.parallel import Gathered, gather
-from thinktank.engine.scheduler import NO_CONSENSUS, Abstained, below_threshold
 from thinktank.events import CachedConsensus, ConsensusComputed
 from thinktank.providers.base import ModelClient, ModelRequest, PooledModel
 from thinktank.session.spec import StepSpec

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import msgspec
 from pydantic import BaseModel, ConfigDict
 
-from thinktank.engine.scheduler import NO_CONSENSUS
+from thinktank.engine.outcome import NO_CONSENSUS
 from thinktank.events import (
     CallFinished,
     CallStarted,

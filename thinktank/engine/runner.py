@@ -29,10 +29,11 @@ from thinktank._ids import new_id
 from thinktank.engine.budget import Budget
 from thinktank.engine.calls import OnDelta
 from thinktank.engine.decompose import Growth
+from thinktank.engine.outcome import StepEnd
 from thinktank.engine.recorder import Recorder
 from thinktank.engine.restart import Restart
 from thinktank.engine.result import ResultCollector, SessionResult
-from thinktank.engine.scheduler import Abstained, ScheduleOutcome, Scheduler
+from thinktank.engine.scheduler import ScheduleOutcome, Scheduler
 from thinktank.engine.steps import StepExecutor, sum_known
 from thinktank.errors import SpecError, SpecErrors, StoreError, UsageError
 from thinktank.events import (
@@ -411,7 +412,7 @@ class _Run:
         rewired = self.graph.grow(parent, growth.added, growth.sink)
         self.scheduler.grown([st.id for st in growth.added], rewired)
 
-    async def _execute_with_room(self, step_id: str) -> str | Abstained | None:
+    async def _execute_with_room(self, step_id: str) -> StepEnd:
         """Run a step once the recorder has room: a store that is behind holds new
         steps back instead of letting its backlog grow."""
         assert self.recorder is not None

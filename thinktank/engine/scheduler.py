@@ -37,29 +37,12 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
+from thinktank.engine.outcome import Abstained, StepEnd
 from thinktank.session.graph import StepGraph
 
-__all__ = ["NO_CONSENSUS", "Abstained", "ScheduleOutcome", "Scheduler", "below_threshold"]
+__all__ = ["ScheduleOutcome", "Scheduler"]
 
-NO_CONSENSUS = "no_consensus"
-"""The outcome of a step that abstained (``on_low_consensus: abstain``), on its
-consensus row and its result."""
-
-
-def below_threshold(score: float, threshold: float) -> str:
-    """Why a step found no consensus, in words."""
-    return f"consensus {score:.2f} is below the threshold {threshold:g}"
-
-
-@dataclass(frozen=True, slots=True)
-class Abstained:
-    """A step completed without an answer: its dependants have nothing to work on."""
-
-    reason: str
-    """Why (the agreement that fell below the threshold)."""
-
-
-Execute = Callable[[str], Awaitable["str | Abstained | None"]]
+Execute = Callable[[str], Awaitable[StepEnd]]
 OnSkip = Callable[[str, str], None]
 
 

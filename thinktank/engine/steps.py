@@ -33,7 +33,7 @@ from thinktank.engine.calls import Caller, CallResult, OnDelta
 from thinktank.engine.decompose import Growth, decompose
 from thinktank.engine.multi import Asking as _Asking  # the attempt loop's name for it
 from thinktank.engine.multi import CacheLookup, MultiModel, Outcome
-from thinktank.engine.scheduler import Abstained
+from thinktank.engine.outcome import Abstained, StepEnd
 from thinktank.events import Event, StepFinished, StepStarted, utcnow
 from thinktank.providers.base import ModelClient, ModelRequest, PooledModel
 from thinktank.session.spec import SessionSpec, StepSpec
@@ -148,7 +148,7 @@ class StepExecutor:
             use_cache=self.settings.cache,
         )
 
-    async def __call__(self, step_id: str) -> str | Abstained | None:
+    async def __call__(self, step_id: str) -> StepEnd:
         """Run ``step_id`` with its retries; None when it completed, else the error
         (:class:`Abstained` when it completed without an answer: no retry asks again).
 
@@ -164,7 +164,7 @@ class StepExecutor:
         started_at = utcnow()
         start = time.perf_counter()
         calls: list[CallResult] = []
-        error: str | Abstained | None = None
+        error: StepEnd = None
         output: str | None = None
         score: float | None = None
         attempt = base
