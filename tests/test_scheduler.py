@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import CallLog, CountingModel
 from thinktank import run
+from thinktank.engine.outcome import Abstained
 from thinktank.engine.scheduler import Scheduler
 from thinktank.session.graph import StepGraph
 from thinktank.session.loading import parse_session
@@ -278,3 +279,40 @@ async def test_an_unlimited_session_file_runs_every_ready_step_at_once() -> None
     result = await run(spec, store=None, models={"m": CountingModel("m", log, delay_s=0.05)})
     assert result.status == "completed"
     assert log.max_in_flight == 40
+
+
+@SETTINGS
+@given(
+    deps=dags(max_steps=80),
+    limit=st.integers(1, 6),
+    strategy=st.sampled_from(["best_effort", "fail_fast"]),
+    seed=st.integers(0, 2**32 - 1),
+)
+async def test_abstaining_steps_complete_and_skip_exactly_their_descendants(
+    deps: list[list[int]], limit: int, strategy: Literal["best_effort", "fail_fast"], seed: int
+) -> None:
+    """An abstaining step completes; its descendants (only) are skipped, each other step
+    runs once after its deps; under either strategy nothing is cancelled or aborted."""
+    probe = _probe(deps, seed)
+    abstaining, probe.failing = probe.failing, set()
+    inner = probe.execute
+
+    async def execute(step: str) -> str | Abstained | None:
+        await inner(step)
+        return Abstained("split vote") if step in abstaining else None
+
+    scheduler = Scheduler(
+        probe.graph, execute, max_concurrent_steps=limit, failure_strategy=strategy
+    )
+    with anyio.fail_after(30):
+        outcome = await scheduler.run()
+    g = probe.graph.graph
+    assert probe.order_violations == []
+    assert all(n == 1 for n in probe.runs.values())
+    ran_abstaining = abstaining & set(probe.runs)
+    assert set(outcome.abstained) == ran_abstaining
+    expected_skipped = set().union(*(nx.descendants(g, a) for a in ran_abstaining))
+    assert set(outcome.skipped) == expected_skipped
+    assert set(outcome.completed) == set(g) - expected_skipped == set(probe.runs)
+    assert (outcome.failed, outcome.cancelled, outcome.aborted_by) == ({}, [], None)
+    assert probe.max_in_flight <= limit

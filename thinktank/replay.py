@@ -37,8 +37,9 @@ from typing import Any, Literal
 import anyio
 from pydantic import BaseModel
 
+from thinktank.engine.outcome import below_threshold
 from thinktank.engine.restart import Restart, SeedStep
-from thinktank.engine.result import SessionResult
+from thinktank.engine.result import SessionResult, step_outcome
 from thinktank.engine.runner import (
     DEFAULT_STORE,
     Listener,
@@ -96,11 +97,20 @@ def _unretried(name: str, pooled: PooledModel) -> PooledModel:
     return PooledModel(client=pooled.client, retry=NO_RETRY)
 
 
+def _abstention(step: StoredStep) -> str | None:
+    """Why a stored completed step abstained (its consensus found none), else None."""
+    c = step.consensus
+    if c is None or step_outcome(step.status, c.outcome) != "no_consensus":
+        return None
+    return below_threshold(c.score, c.threshold)
+
+
 def _seed_of(step: StoredStep) -> SeedStep | None:
     if step.status == "completed":
         return SeedStep(
             status="completed",
             output=step.output,
+            abstained=_abstention(step),
             input_tokens=step.input_tokens,
             output_tokens=step.output_tokens,
             cost_usd=step.cost_usd,
@@ -574,7 +584,7 @@ async def fork(
         extra, sinks = _extra_steps(stored, keep=kept_parents)
         # Reused, not re-run: the fork spends nothing on these steps.
         seed = {
-            s.step_key: SeedStep(status="completed", output=s.output)
+            s.step_key: SeedStep(status="completed", output=s.output, abstained=_abstention(s))
             for s in stored.steps
             if s.step_key not in affected
             and (s.parent is None or s.parent in kept_parents)

@@ -41,6 +41,7 @@ from thinktank.cli.eval_report import (
     report_options,
     write_or_fail,
 )
+from thinktank.cli.eval_weights import weights_command
 from thinktank.errors import SpecErrors
 
 if TYPE_CHECKING:
@@ -69,6 +70,7 @@ def eval_group() -> None:
     thinktank eval experiment.yaml --limit 5  a quick look at the first 5 items
     thinktank eval list                       stored experiments
     thinktank eval report ID --plots DIR      the report again, from the database alone
+    thinktank eval weights ID --holdout 0.5   model weights fitted on stored answers
     """
 
 
@@ -161,6 +163,8 @@ def _summary_line(summary: RunSummary) -> str:
         f"accuracy {accuracy} ({summary.correct:g}/{summary.scored})",
         f"{summary.calls:,} calls, {_money(summary.cost_usd)} this run",
     ]
+    if summary.abstained:
+        parts.append(f"{summary.abstained} abstained (no consensus; not scored)")
     if summary.reused or summary.resumed:
         parts.append(f"{summary.reused} already answered, {summary.resumed} resumed")
     line = "; ".join(parts)
@@ -313,6 +317,7 @@ def _report(
 
 
 eval_group.add_command(report_command)
+eval_group.add_command(weights_command)
 
 
 @eval_group.command("list")

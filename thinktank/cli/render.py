@@ -15,7 +15,7 @@ from rich.text import Text
 from thinktank.ask import ParallelResult
 from thinktank.batch import BatchResult, summary_rows
 from thinktank.dryrun import DryRun
-from thinktank.engine.result import SessionResult, Usage
+from thinktank.engine.result import SessionResult, Usage, step_outcome
 from thinktank.providers.registry import ModelInfo
 from thinktank.replay import ReplayReport
 from thinktank.store import (
@@ -61,6 +61,13 @@ def _status(status: str) -> Text:
     return Text(status, style=_STATUS_STYLE.get(status, ""))
 
 
+def _step_status(status: str, consensus_outcome: str | None) -> Text:
+    """A step's status; a step that abstained says so (it completed with no answer)."""
+    if step_outcome(status, consensus_outcome) == "no_consensus":
+        return Text("no consensus", style="yellow")
+    return _status(status)
+
+
 def _tokens(value: int | None) -> str:
     return "?" if value is None else f"{value:,}"
 
@@ -101,9 +108,11 @@ def print_result(result: SessionResult) -> None:
             mark = "" if step.consensus.reached else " (low)"
             consensus = f"{step.consensus.score:.2f}{mark}"
         detail = step.output if step.status == "completed" else (step.error or step.skip_reason)
+        if step.outcome == "no_consensus":
+            detail = "(abstained: no answer below the consensus threshold)"
         table.add_row(
             step.id,
-            _status(step.status),
+            _step_status(step.status, None if step.consensus is None else step.consensus.outcome),
             ", ".join(step.models),
             consensus,
             _tokens(step.usage.total_tokens),
@@ -419,7 +428,7 @@ def _steps_table(steps: Sequence[StoredStep]) -> Table:
         consensus = "" if step.consensus_score is None else f"{step.consensus_score:.2f}"
         table.add_row(
             step.step_key,
-            _status(step.status),
+            _step_status(step.status, None if step.consensus is None else step.consensus.outcome),
             ", ".join(step.models),
             consensus,
             str(step.attempts),
@@ -437,7 +446,9 @@ def _steps_table(steps: Sequence[StoredStep]) -> Table:
 def _print_stored_step(console: Console, step: StoredStep) -> None:
     """One step in detail: origin, prompt, output or error, consensus, calls."""
     title = Text(f"[{step.step_key}] ", style="bold")
-    title.append_text(_status(step.status))
+    title.append_text(
+        _step_status(step.status, None if step.consensus is None else step.consensus.outcome)
+    )
     console.print(title)
     if step.parent is not None:
         proposed = ", ".join(step.provenance) or "the merge"

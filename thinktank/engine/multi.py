@@ -11,6 +11,10 @@ same question asked again is served from the store without a call.
 When the step's deadline cuts an attempt after some models answered, what arrived is
 merged (outcome ``k_of_n``) and the calls still running are recorded as cancelled;
 with no answer the attempt fails as timed out.
+
+Below the threshold a step with ``on_low_consensus: abstain`` answers nothing: the
+consensus is recorded with the outcome ``no_consensus`` and the attempt returns
+:class:`~thinktank.engine.scheduler.Abstained` in place of an error.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from thinktank.consensus import (
     synthesize,
 )
 from thinktank.engine.calls import Caller, CallResult
+from thinktank.engine.outcome import NO_CONSENSUS, Abstained, below_threshold
 from thinktank.engine.parallel import Gathered, gather
 from thinktank.events import CachedConsensus, ConsensusComputed
 from thinktank.providers.base import ModelClient, ModelRequest, PooledModel
@@ -44,8 +49,8 @@ __all__ = ["Asking", "CacheLookup", "MultiModel", "Outcome", "cache_key"]
 CacheLookup = Callable[[str], Awaitable[CachedConsensus | None]]
 """Finds a stored consensus by cache key (``Store.find_consensus``)."""
 
-Outcome = tuple[str | None, float | None, str | None]
-"""An attempt's output, consensus score and error."""
+Outcome = tuple[str | None, float | None, str | Abstained | None]
+"""An attempt's output, consensus score and error (or abstention)."""
 
 
 @dataclass(slots=True)
@@ -244,6 +249,8 @@ class MultiModel:
             outcomes.append("quorum_not_reached")
         if not merged.reached:
             outcomes.append("low_consensus")
+            if step.on_low_consensus == "abstain":
+                outcomes.append(NO_CONSENSUS)
         self.caller.emit(
             ConsensusComputed(
                 session_id=self.caller.session_id,
@@ -281,13 +288,7 @@ class MultiModel:
                 else None,
             )
         )
-        if not merged.reached and step.on_low_consensus == "fail":
-            return (
-                None,
-                merged.score,
-                f"consensus {merged.score:.2f} is below the threshold {threshold:g}",
-            )
-        return merged.content, merged.score, None
+        return _below(step, merged.content, merged.score, threshold, merged.reached)
 
     def _caching(self, step: StepSpec) -> bool:
         return self.cache is not None and step.cache and self.use_cache
@@ -315,13 +316,7 @@ class MultiModel:
                 cached_from=hit.id,
             )
         )
-        if not hit.reached and step.on_low_consensus == "fail":
-            return (
-                None,
-                hit.score,
-                (f"consensus {hit.score:.2f} is below the threshold {hit.threshold:g} (cached)"),
-            )
-        return hit.content, hit.score, None
+        return _below(step, hit.content, hit.score, hit.threshold, hit.reached, " (cached)")
 
     async def _merge(
         self,
@@ -401,6 +396,25 @@ def cache_key(
         material["answer_format"] = step.answer_format.model_dump(mode="json", by_alias=True)
     canonical = json.dumps(material, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _below(
+    step: StepSpec,
+    content: str,
+    score: float,
+    threshold: float,
+    reached: bool,
+    suffix: str = "",
+) -> Outcome:
+    """The attempt's outcome once merged: the answer, or what ``on_low_consensus``
+    makes of agreement below the threshold (an error for ``fail``, no answer for
+    ``abstain``)."""
+    if reached or step.on_low_consensus not in ("fail", "abstain"):
+        return content, score, None
+    why = below_threshold(score, threshold) + suffix
+    if step.on_low_consensus == "abstain":
+        return None, score, Abstained(why)
+    return None, score, why
 
 
 def _price(model: PooledModel | ModelClient) -> float | None:

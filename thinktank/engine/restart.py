@@ -35,6 +35,9 @@ class SeedStep:
     """Its output, for completed steps."""
     error: str | None = None
     """Why it failed."""
+    abstained: str | None = None
+    """Why a completed step found no consensus (``on_low_consensus: abstain``): its
+    dependants stay skipped."""
     input_tokens: int | None = 0
     output_tokens: int | None = 0
     cost_usd: float | None = 0.0
@@ -82,6 +85,10 @@ class Restart:
     def failed(self) -> dict[str, str]:
         """The seeded failed steps and why they failed."""
         return {k: v.error or "failed" for k, v in self.seed.items() if v.status == "failed"}
+
+    def abstained(self) -> dict[str, str]:
+        """The seeded completed steps that abstained, and why."""
+        return {k: v.abstained for k, v in self.seed.items() if v.abstained is not None}
 
     def growths(self) -> Iterator[tuple[str, list[StepSpec], str]]:
         """(decompose step, the steps it added, its synthesis step), in the order the

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import msgspec
 from pydantic import BaseModel, ConfigDict
 
+from thinktank.engine.outcome import NO_CONSENSUS
 from thinktank.events import (
     CallFinished,
     CallStarted,
@@ -41,6 +42,19 @@ __all__ = [
     "Usage",
     "result_of",
 ]
+
+
+StepOutcome = Literal["answered", "no_consensus"]
+"""What a completed step produced."""
+
+
+def step_outcome(status: str, consensus_outcome: str | None) -> StepOutcome | None:
+    """A step's outcome from its status and its consensus's (comma-joined) outcome."""
+    if status != "completed":
+        return None
+    if consensus_outcome is not None and NO_CONSENSUS in consensus_outcome.split(","):
+        return "no_consensus"
+    return "answered"
 
 
 class _Result(BaseModel):
@@ -99,7 +113,8 @@ class ConsensusSummary(_Result):
     reached: bool
     """score >= threshold."""
     outcome: str
-    """ok, low_consensus or k_of_n."""
+    """ok, or the degraded outcomes joined by commas (low_consensus, k_of_n,
+    quorum_not_reached, no_consensus, ...)."""
     content: str
     """Merged answer."""
     clusters: list[dict[str, Any]]
@@ -137,6 +152,10 @@ class StepResult(_Result):
     """Its output."""
     error: str | None = None
     """Why it failed."""
+    outcome: StepOutcome | None = None
+    """What a completed step produced: ``answered``, or ``no_consensus`` when it
+    abstained (``on_low_consensus: abstain``: its output is None, which is neither a
+    right nor a wrong answer); None for a step that did not complete."""
     skip_reason: str | None = None
     """Why it did not run."""
     attempts: int = 0
@@ -386,6 +405,7 @@ class ResultCollector:
                 "kind": st.kind,
                 "output": st.output,
                 "error": st.error,
+                "outcome": step_outcome(st.status, ev.outcome if ev is not None else None),
                 "skip_reason": st.skip_reason,
                 "attempts": st.attempts,
                 "prompt": st.prompt,
@@ -466,6 +486,9 @@ def result_of(stored: StoredSession) -> SessionResult:
                 "kind": step.kind,
                 "output": step.output,
                 "error": step.error,
+                "outcome": step_outcome(
+                    step.status, step.consensus.outcome if step.consensus is not None else None
+                ),
                 "skip_reason": step.skip_reason,
                 "attempts": step.attempts,
                 "prompt": step.prompt,

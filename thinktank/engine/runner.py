@@ -29,6 +29,7 @@ from thinktank._ids import new_id
 from thinktank.engine.budget import Budget
 from thinktank.engine.calls import OnDelta
 from thinktank.engine.decompose import Growth
+from thinktank.engine.outcome import StepEnd
 from thinktank.engine.recorder import Recorder
 from thinktank.engine.restart import Restart
 from thinktank.engine.result import ResultCollector, SessionResult
@@ -174,9 +175,14 @@ def _session_status(outcome: ScheduleOutcome, total: int) -> tuple[Any, str | No
         reason = outcome.failed[outcome.aborted_by]
         return "failed", f"step {outcome.aborted_by!r} failed (fail_fast): {reason}"
     if len(outcome.completed) == total:
+        # Every step ran; one that abstained still completed (its outcome says so).
         return "completed", None
     first = next(iter(outcome.failed.items()), None)
     detail = f"; first: step {first[0]!r}: {first[1]}" if first else ""
+    if outcome.abstained:
+        # Abstaining is an answer ("no consensus"), not a failure: the session is
+        # partial because the steps depending on it could not run.
+        detail += f"; no consensus at {', '.join(map(repr, outcome.abstained))}"
     summary = f"{len(outcome.failed)} step(s) failed, {len(outcome.skipped)} skipped{detail}"
     return ("failed" if not outcome.completed else "partial"), summary
 
@@ -379,6 +385,7 @@ class _Run:
             ),
             done=list(restart.completed()),
             failed=restart.failed(),
+            abstained=restart.abstained(),
         )
         self.started_at = utcnow()
         self.start = time.perf_counter()
@@ -405,7 +412,7 @@ class _Run:
         rewired = self.graph.grow(parent, growth.added, growth.sink)
         self.scheduler.grown([st.id for st in growth.added], rewired)
 
-    async def _execute_with_room(self, step_id: str) -> str | None:
+    async def _execute_with_room(self, step_id: str) -> StepEnd:
         """Run a step once the recorder has room: a store that is behind holds new
         steps back instead of letting its backlog grow."""
         assert self.recorder is not None

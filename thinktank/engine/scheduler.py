@@ -7,7 +7,11 @@ number with ``"unlimited"``); the ready queue is FIFO in the order steps became 
 ties in file order, which is the greedy list schedule the benchmark compares against.
 
 The scheduler knows nothing about models: it calls ``execute(step_id)``, which returns
-None when the step completed or an error string when it failed. On a failure,
+None when the step completed, an error string when it failed, or :class:`Abstained`
+when it completed without an answer (``on_low_consensus: abstain``): an abstaining
+step counts as completed and its descendants are skipped with the reason, as a
+failure's are under ``best_effort`` (it is not a failure: ``fail_fast`` does not stop
+the session for it). On a failure,
 ``best_effort`` skips exactly the failed step's descendants; ``fail_fast`` cancels the
 steps in flight and skips everything not yet finished. A cancellation from outside
 (Ctrl-C, the caller's cancel scope) is never caught here: it propagates as soon as the
@@ -33,11 +37,12 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
+from thinktank.engine.outcome import Abstained, StepEnd
 from thinktank.session.graph import StepGraph
 
 __all__ = ["ScheduleOutcome", "Scheduler"]
 
-Execute = Callable[[str], Awaitable["str | None"]]
+Execute = Callable[[str], Awaitable[StepEnd]]
 OnSkip = Callable[[str, str], None]
 
 
@@ -51,6 +56,8 @@ class ScheduleOutcome:
     """Failed steps and why."""
     skipped: dict[str, str] = field(default_factory=dict)
     """Steps that never ran and why."""
+    abstained: dict[str, str] = field(default_factory=dict)
+    """Completed steps that abstained (no consensus), and why; also in ``completed``."""
     cancelled: list[str] = field(default_factory=list)
     """Steps that were running when fail_fast stopped the session."""
     stopped: str | None = None
@@ -75,6 +82,7 @@ class Scheduler:
         on_skip: OnSkip | None = None,
         done: Iterable[str] = (),
         failed: Mapping[str, str] | None = None,
+        abstained: Mapping[str, str] | None = None,
     ) -> None:
         if max_concurrent_steps != "unlimited" and max_concurrent_steps < 1:
             raise ValueError('max_concurrent_steps must be >= 1 or "unlimited"')
@@ -88,6 +96,7 @@ class Scheduler:
         self._on_skip = on_skip
         self._done = set(done) | set(failed or {})
         self._failed_before = dict(failed or {})
+        self._abstained_before = dict(abstained or {})
         self.outcome = ScheduleOutcome()
         self.in_flight = 0
         """Steps running right now (observable while the session runs)."""
@@ -170,6 +179,10 @@ class Scheduler:
             for desc in sorted(self.graph.descendants(node), key=position.__getitem__):
                 if desc not in self._finished:
                     self._skip(desc, reason)
+        for node, why in self._abstained_before.items():
+            # Abstained in an earlier run: its descendants that have not run still
+            # have nothing to work on.
+            self._abstained(node, why)
 
     def stop(self, reason: str) -> None:
         """Start no new step; the steps in flight finish; the rest are skipped with
@@ -244,6 +257,10 @@ class Scheduler:
         error = await self._execute(node)
         self.in_flight -= 1
         self._finished.add(node)
+        if isinstance(error, Abstained):
+            outcome.completed.append(node)
+            self._abstained(node, error.reason)
+            return None
         if error is not None:
             self._failed(node, error)
             return None
@@ -280,6 +297,14 @@ class Scheduler:
         reason = f"upstream step {node!r} failed: {error}"
         for desc in self._unfinished_descendants(node):
             self._skip(desc, reason)
+
+    def _abstained(self, node: str, reason: str) -> None:
+        """``node`` completed without an answer: skip its descendants (never a reason to
+        stop the session, whatever the failure strategy)."""
+        self.outcome.abstained[node] = reason
+        why = f"upstream step {node!r} found no consensus: {reason}"
+        for desc in self._unfinished_descendants(node):
+            self._skip(desc, why)
 
     def _unfinished_descendants(self, node: str) -> list[str]:
         """The descendants of ``node`` not finished yet, in file order.

@@ -33,6 +33,7 @@ from thinktank.engine.calls import Caller, CallResult, OnDelta
 from thinktank.engine.decompose import Growth, decompose
 from thinktank.engine.multi import Asking as _Asking  # the attempt loop's name for it
 from thinktank.engine.multi import CacheLookup, MultiModel, Outcome
+from thinktank.engine.outcome import Abstained, StepEnd
 from thinktank.events import Event, StepFinished, StepStarted, utcnow
 from thinktank.providers.base import ModelClient, ModelRequest, PooledModel
 from thinktank.session.formats import response_schema, with_instruction
@@ -148,8 +149,9 @@ class StepExecutor:
             use_cache=self.settings.cache,
         )
 
-    async def __call__(self, step_id: str) -> str | None:
-        """Run ``step_id`` with its retries; None when it completed, else the error.
+    async def __call__(self, step_id: str) -> StepEnd:
+        """Run ``step_id`` with its retries; None when it completed, else the error
+        (:class:`Abstained` when it completed without an answer: no retry asks again).
 
         Each attempt runs in a cancel scope of its own with the step's time-out as its
         deadline, so a time-out ends that attempt only; a cancellation from outside
@@ -163,7 +165,7 @@ class StepExecutor:
         started_at = utcnow()
         start = time.perf_counter()
         calls: list[CallResult] = []
-        error: str | None = None
+        error: StepEnd = None
         output: str | None = None
         score: float | None = None
         attempt = base
@@ -185,7 +187,7 @@ class StepExecutor:
                 output, score, error = await self._attempt(
                     step, models, prompt, attempt, calls, timeout_ms
                 )
-                if error is None:
+                if error is None or isinstance(error, Abstained):
                     break
                 if self.budget is not None and self.budget.exhausted is not None:
                     # No retry can start: stop the session from starting more steps.
@@ -198,13 +200,13 @@ class StepExecutor:
                 step_id, "cancelled", attempt, started_at, start, calls, None, "cancelled", None
             )
             raise
-        if error is None:
+        if error is None or isinstance(error, Abstained):
             self.outputs[step_id] = output
             self._finish(
                 step_id, "completed", attempt, started_at, start, calls, output, None, score
             )
-        else:
-            self._finish(step_id, "failed", attempt, started_at, start, calls, None, error, score)
+            return error
+        self._finish(step_id, "failed", attempt, started_at, start, calls, None, error, score)
         return error
 
     async def _attempt(
@@ -215,7 +217,7 @@ class StepExecutor:
         attempt: int,
         calls: list[CallResult],
         timeout_ms: int,
-    ) -> tuple[str | None, float | None, str | None]:
+    ) -> Outcome:
         """One attempt within the step's time-out: its output, score and error."""
         request = ModelRequest(
             prompt=prompt,

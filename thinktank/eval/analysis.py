@@ -30,14 +30,14 @@ import itertools
 import math
 import random
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from thinktank.consensus.agreement import Answer, quorum_reached
 from thinktank.consensus.items import extract_items
 from thinktank.consensus.normalize import normalize_answer
-from thinktank.consensus.options import SHORT_ANSWER_WORDS
+from thinktank.consensus.options import SHORT_ANSWER_WORDS, MergeOptions
 from thinktank.consensus.synthesis import SYNTHESIS_METHODS, synthesize
 from thinktank.eval.records import CALL_OK, ExperimentRecord, SampleRecord, StoredCall
 from thinktank.eval.scoring import ScorerSpec, make_scorer, parse_scorer_spec
@@ -72,6 +72,7 @@ __all__ = [
     "drop_models",
     "remerge",
     "threshold_sweep",
+    "weighted_remerge",
 ]
 
 Kind = Literal["measured", "derived"]
@@ -583,6 +584,48 @@ def _paired(full: Sequence[bool], other: Sequence[bool]) -> McNemar:
     b = sum(1 for x, y in zip(full, other, strict=True) if x and not y)
     c = sum(1 for x, y in zip(full, other, strict=True) if y and not x)
     return mcnemar(b, c)
+
+
+def weighted_remerge(
+    answers: StoredAnswers,
+    config_id: str,
+    weights_of: Callable[[str], Mapping[str, float]],
+    items: Collection[str] | None = None,
+) -> tuple[list[bool], list[bool]]:
+    """Re-merge a configuration's stored answers with equal weights and with model
+    weights: whether each sample is right, (equal, weighted), paired by sample.
+
+    Args:
+        answers: The prepared records.
+        config_id: The configuration.
+        weights_of: The weights by base model for an item id (a sample of a model votes
+            with the model's weight; a model left out weighs 1).
+        items: Only the samples of these items (default all).
+
+    Both merges go through ``synthesize`` with the configuration's no-call method, so
+    they differ in the weights alone. An unfinished sample is wrong in both.
+    """
+    method = _method(answers.configurations[config_id])
+    equal: list[bool] = []
+    weighted: list[bool] = []
+    for pool in answers.pools[config_id]:
+        sample = pool.sample
+        if items is not None and sample.item_id not in items:
+            continue
+        calls = [pool.calls[i] for i in pool.answered] if pool.finished else []
+        if not calls:
+            equal.append(False)
+            weighted.append(False)
+            continue
+        votes = [Answer(key=c.key, model=c.model, text=c.text, arrival=c.arrival) for c in calls]
+        by_base = weights_of(sample.item_id)
+        options = MergeOptions(weights={c.model: by_base.get(c.base, 1.0) for c in calls})
+        for out, merged in (
+            (equal, synthesize(method, votes, DEFAULT_THRESHOLD)),
+            (weighted, synthesize(method, votes, DEFAULT_THRESHOLD, options)),
+        ):
+            out.append(answers.grader(merged.content, sample.targets))
+    return equal, weighted
 
 
 def drop_model(answers: StoredAnswers, config_id: str, model: str) -> DroppedModel:

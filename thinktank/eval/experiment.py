@@ -81,6 +81,9 @@ Temperature = Annotated[float, Field(ge=0, le=2)]
 Samples = Annotated[int, Field(ge=1)]
 ModelName = Annotated[str, Field(min_length=1)]
 Panel = Annotated[list[ModelName], Field(min_length=1)]
+Weights = dict[ModelName, Annotated[float, Field(gt=0)]]
+"""Model -> weight (> 0), as a session step's ``weights`` (``thinktank eval weights``
+writes them)."""
 
 
 class ConfigurationSpec(_Spec):
@@ -104,6 +107,13 @@ class ConfigurationSpec(_Spec):
     """Sampling temperature per call (default the model's)."""
     seed: int | None = None
     """Base seed the per-sample seeds are drawn from."""
+    abstain: bool = False
+    """Selective answering: below the threshold the panel answers nothing (the step's
+    ``on_low_consensus: abstain``); the report counts the item as not covered, neither
+    right nor wrong. Only for panels of more than one answer."""
+    weights: Weights = {}
+    """Model weights for the merge (the step's ``weights``; a sampled model's weight
+    counts for each of its samples)."""
 
     @model_validator(mode="after")
     def _one_panel(self) -> ConfigurationSpec:
@@ -130,6 +140,8 @@ class GridProduct(_Spec):
     samples: Annotated[list[Samples], Field(min_length=1)] = [1]
     temperature: Annotated[list[Temperature | None], Field(min_length=1)] = [None]
     seed: Annotated[list[int | None], Field(min_length=1)] = [None]
+    abstain: Annotated[list[bool], Field(min_length=1)] = [False]
+    weights: Annotated[list[Weights], Field(min_length=1)] = [{}]
 
     @model_validator(mode="after")
     def _one_panel(self) -> GridProduct:
@@ -155,18 +167,22 @@ class GridProduct(_Spec):
             self.samples,
             self.temperature,
             self.seed,
+            self.abstain,
+            self.weights,
         )
+        keys = [
+            "mode",
+            "synthesis",
+            "threshold",
+            "samples",
+            "temperature",
+            "seed",
+            "abstain",
+            "weights",
+        ]
         return [
-            ConfigurationSpec(
-                **panel,
-                mode=mode,
-                synthesis=synthesis,
-                threshold=threshold,
-                samples=samples,
-                temperature=temperature,
-                seed=seed,
-            )
-            for panel, mode, synthesis, threshold, samples, temperature, seed in rows
+            ConfigurationSpec(**panel, **dict(zip(keys, values, strict=True)))
+            for panel, *values in rows
         ]
 
 
@@ -247,6 +263,8 @@ class Configuration:
         models: The models asked, an ensemble already resolved.
         ensemble: The ensemble's name when the configuration named one.
         mode, synthesis, threshold, samples, temperature, seed: As in the file.
+        abstain: Below the threshold, answer nothing (``on_low_consensus: abstain``).
+        weights: Model weights, sorted by model (empty: 1 each).
     """
 
     id: str
@@ -258,6 +276,8 @@ class Configuration:
     samples: int
     temperature: float | None
     seed: int | None
+    abstain: bool = False
+    weights: tuple[tuple[str, float], ...] = ()
 
 
 def configurations(spec: ExperimentSpec) -> list[Configuration]:
@@ -299,6 +319,8 @@ def configurations(spec: ExperimentSpec) -> list[Configuration]:
                 samples=row.samples,
                 temperature=row.temperature,
                 seed=row.seed,
+                abstain=row.abstain,
+                weights=tuple(sorted(row.weights.items())),
             )
         )
     if problems:

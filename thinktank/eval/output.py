@@ -66,6 +66,11 @@ CONFIG_COLUMNS = (
     "latency_p95_ms",
     "calls",
     "calls_per_item",
+    "abstained",
+    "coverage",
+    "answered_accuracy",
+    "answered_accuracy_low",
+    "answered_accuracy_high",
     "baseline",
     "baseline_pairs",
     "baseline_b",
@@ -111,13 +116,18 @@ def config_rows(report: Report) -> list[dict[str, Any]]:
             calibrated.get(s.config_id),
             independent.get(s.config_id),
         )
-        acc = s.accuracy
+        acc, sel = s.accuracy, s.answered_accuracy
+        intervals = ("accuracy", "coverage", "answered_accuracy")
         row = {
-            **{k: getattr(s, k) for k in CONFIG_COLUMNS if hasattr(s, k) and k != "accuracy"},
+            **{k: getattr(s, k) for k in CONFIG_COLUMNS if hasattr(s, k) and k not in intervals},
             "models": " ".join(s.models),
             "accuracy": acc.estimate if acc else None,
             "accuracy_low": acc.low if acc else None,
             "accuracy_high": acc.high if acc else None,
+            "coverage": s.coverage.estimate if s.coverage else None,
+            "answered_accuracy": sel.estimate if sel else None,
+            "answered_accuracy_low": sel.low if sel else None,
+            "answered_accuracy_high": sel.high if sel else None,
             "baseline": comp.baseline if comp else None,
             "baseline_pairs": comp.pairs if comp else None,
             "baseline_b": comp.b if comp else None,
@@ -231,6 +241,7 @@ def render_report(report: Report, console: Console) -> None:
     )
     renders = (
         _configurations,
+        _abstentions,
         _calibration,
         _independence,
         _remerge,
@@ -270,6 +281,26 @@ def _configurations(report: Report) -> Table:
             c = compared.get(s.config_id)
             row.append("baseline" if c is None else f"{c.b}/{c.c}/p={c.p_value:.3g}")
         table.add_row(*row)
+    return table
+
+
+def _abstentions(report: Report) -> Table | None:
+    """Selective answering, for the configurations that abstained at least once."""
+    rows = [s for s in report.configurations if s.abstained]
+    if not rows:
+        return None
+    table = _table(
+        "Selective answering (measured)",
+        ["config", "abstained", "coverage [95% CI]", "accuracy answered [95% CI]", "accuracy all"],
+    )
+    for s in rows:
+        table.add_row(
+            s.config_id,
+            f"{s.abstained}/{s.samples}",
+            _interval(s.coverage),
+            _interval(s.answered_accuracy),
+            _interval(s.accuracy),
+        )
     return table
 
 

@@ -80,6 +80,9 @@ class SampleRecord:
         input_tokens: The session's prompt tokens.
         output_tokens: The session's completion tokens.
         wall_ms: The session's wall time.
+        abstained: The scored step answered nothing: its configuration abstains below
+            the threshold (``abstain: true``) and found no consensus. Neither right nor
+            wrong: the item is not covered.
     """
 
     config_id: str
@@ -96,6 +99,7 @@ class SampleRecord:
     input_tokens: int | None
     output_tokens: int | None
     wall_ms: float | None
+    abstained: bool = False
 
 
 @dataclass(frozen=True, slots=True)

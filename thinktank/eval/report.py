@@ -12,6 +12,11 @@ terminal tables, JSON, CSV and plots are :mod:`thinktank.eval.output`.
 Every stored answer is re-scored with the experiment's scorer (not the stored
 ``correct``), so a changed scorer re-scores for free. A sample whose session did not
 finish counts as not answered (wrong), and the count is reported.
+
+Selective answering: a sample whose configuration abstained (``abstain: true``, no
+consensus) is neither right nor wrong. It counts against ``accuracy`` (correct over all
+samples, as an unanswered item would) and against ``coverage`` (answered over all), and
+is left out of ``answered_accuracy`` (correct over the answered).
 """
 
 from __future__ import annotations
@@ -72,6 +77,10 @@ class ConfigSummary:
         cost_per_item: cost_usd / samples.
         latency_p50_ms, latency_p95_ms: Percentiles of the sessions' wall time.
         calls: Model calls made (all steps); calls_per_item: calls / samples.
+        abstained: Samples that answered nothing (no consensus, ``abstain: true``).
+        coverage: (samples - abstained) / samples, with its 95% Wilson interval.
+        answered_accuracy: correct / answered samples, with its 95% Wilson interval
+            (None when none answered).
     """
 
     config_id: str
@@ -93,6 +102,9 @@ class ConfigSummary:
     latency_p95_ms: float | None
     calls: int
     calls_per_item: float | None
+    abstained: int = 0
+    coverage: Interval | None = None
+    answered_accuracy: Interval | None = None
     kind: Kind = MEASURED
 
 
@@ -210,6 +222,8 @@ def _summary(
     walls = [s.wall_ms for s in samples if s.wall_ms is not None and s.status in FINISHED]
     cost = math.fsum(s.cost_usd or 0.0 for s in samples)
     calls = sum(s.calls_made for s in samples)
+    abstained = sum(s.abstained for s in samples)
+    answered = n - abstained
     return ConfigSummary(
         config_id=config_id,
         models=config.models,
@@ -230,6 +244,10 @@ def _summary(
         latency_p95_ms=_percentile(walls, 95),
         calls=calls,
         calls_per_item=calls / n if n else None,
+        abstained=abstained,
+        coverage=wilson(answered, n) if n else None,
+        # An abstention is never correct, so every correct sample is an answered one.
+        answered_accuracy=wilson(right, answered) if answered else None,
     )
 
 

@@ -36,7 +36,7 @@ from anyio.abc import TaskGroup
 
 from thinktank.dryrun import dry_run
 from thinktank.engine.restart import Restart
-from thinktank.engine.result import SessionResult
+from thinktank.engine.result import SessionResult, step_outcome
 from thinktank.engine.stream import run
 from thinktank.errors import SpecError, UsageError
 from thinktank.eval.dataset import Item, load_dataset
@@ -174,6 +174,14 @@ def _step_settings(
     )
     if len(panel) > 1 and config.synthesis == "judge":
         settings["synthesizer"] = config.models[0]  # as `run --model a,b` picks the judge
+    if len(panel) > 1 and config.abstain:
+        settings["on_low_consensus"] = "abstain"
+    if len(panel) > 1 and config.weights:
+        # Each sample of a model (``m#k``) votes with the model's weight.
+        weights = dict(config.weights)
+        settings["weights"] = {
+            name: weights[base_model(name)] for name in panel if base_model(name) in weights
+        }
     if config.threshold is not None:
         settings["consensus_threshold"] = config.threshold
     if config.temperature is not None:
@@ -326,7 +334,8 @@ class RunSummary:
         reused: Of them, already finished before this run (no call made).
         resumed: Sessions a kill had left unfinished, resumed.
         correct: Sum of the scores.
-        scored: Samples scored.
+        scored: Samples scored (an abstention is answered but not scored).
+        abstained: Samples that answered nothing (``abstain: true``, no consensus).
         calls: Model calls this run made.
         cost_usd: What this run spent (None when a price is unknown).
         stopped: Why samples were left unanswered (the budget), or None.
@@ -345,10 +354,11 @@ class RunSummary:
     cost_usd: float | None
     stopped: str | None
     errors: tuple[str, ...] = ()
+    abstained: int = 0
 
     @property
     def accuracy(self) -> float | None:
-        """Mean score of the scored samples."""
+        """Mean score of the scored samples (accuracy among the answered)."""
         return self.correct / self.scored if self.scored else None
 
 
@@ -590,6 +600,7 @@ class _Run:
         self.on_progress = on_progress
         self.start = time.perf_counter()
         self.done = self.new_done = self.reused = self.resumed = self.scored = 0
+        self.abstained = 0
         self.correct = 0.0
         self.cost_known = True
         self.errors: list[str] = []
@@ -617,23 +628,33 @@ class _Run:
                 )
             )
 
-    async def score(self, job: Job, row: Any, answer: str | None) -> None:
-        """Score an answer (a session with none is wrong) and store it if it changed."""
-        correct = 0.0 if answer is None else self.scorer(answer, job.item.targets)
+    async def score(self, job: Job, row: Any, answer: str | None, abstained: bool) -> None:
+        """Score an answer (a session with none is wrong) and store it if it changed.
+
+        An abstention is stored with no score (``correct`` None): neither right nor
+        wrong, so ``eval list``'s accuracy is among the answered.
+        """
+        correct: float | None = None
+        if not abstained:
+            correct = 0.0 if answer is None else self.scorer(answer, job.item.targets)
         if answer != row.answer or correct != row.correct:
             await self.store.score_sample(row.id, answer, correct)
         self.done += 1
+        if correct is None:
+            self.abstained += 1
+            return
         self.scored += 1
         self.correct += correct
 
     async def stored_answer(self, job: Job, row: Any) -> None:
         """A finished session: its answer scored again, nothing called."""
-        answer = row.answer
+        answer, abstained = row.answer, False
         if answer is None:
-            # Killed between the session's end and the scoring: read its final step.
+            # Killed between the session's end and the scoring, or no answer (failed,
+            # abstained): read its final step.
             stored = await self.store.get_session(row.session_id)
-            answer = _scored_output(stored.steps, self.plan.base)
-        await self.score(job, row, answer)
+            answer, abstained = _scored_output(stored.steps, self.plan.base)
+        await self.score(job, row, answer, abstained)
         self.reused += 1
 
     async def answer(self, job: Job) -> None:
@@ -656,7 +677,7 @@ class _Run:
             return
         finally:
             self.budget.release(calls, cost)
-        await self.score(job, row, _result_output(result, self.plan.base))
+        await self.score(job, row, *_result_output(result, self.plan.base))
         self.new_done += 1
 
     async def _fresh(self, job: Job, sample_id: int) -> SessionResult:
@@ -707,14 +728,22 @@ def scored_step(base: SessionSpec | None) -> str:
     return SCORED_STEP if base is None else base.steps[-1].id
 
 
-def _result_output(result: SessionResult, base: SessionSpec | None) -> str | None:
+def _result_output(result: SessionResult, base: SessionSpec | None) -> tuple[str | None, bool]:
+    """The scored step's output, and whether it abstained."""
     step = result.steps.get(scored_step(base))
-    return None if step is None else step.output
+    if step is None:
+        return None, False
+    return step.output, step.outcome == "no_consensus"
 
 
-def _scored_output(steps: Sequence[Any], base: SessionSpec | None) -> str | None:
+def _scored_output(steps: Sequence[Any], base: SessionSpec | None) -> tuple[str | None, bool]:
+    """The stored scored step's output, and whether it abstained."""
     key = scored_step(base)
-    return next((step.output for step in steps if step.step_key == key), None)
+    step = next((step for step in steps if step.step_key == key), None)
+    if step is None:
+        return None, False
+    outcome = None if step.consensus is None else step.consensus.outcome
+    return step.output, step_outcome(step.status, outcome) == "no_consensus"
 
 
 async def run_plan(
@@ -811,6 +840,7 @@ async def _run_opened(
         resumed=state.resumed,
         correct=state.correct,
         scored=state.scored,
+        abstained=state.abstained,
         calls=state.budget.calls,
         cost_usd=state.budget.cost_usd if state.cost_known else None,
         stopped=state.budget.stopped,

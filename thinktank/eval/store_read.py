@@ -27,7 +27,7 @@ def config_key(config: Configuration) -> str:
     """Hash of a configuration's content (not its id), the key its samples are stored
     under: a renamed configuration with the same content reuses its stored answers, and
     two configurations of one grid with the same content share them."""
-    content = {
+    content: dict[str, Any] = {
         "models": list(config.models),
         "mode": config.mode,
         "synthesis": config.synthesis,
@@ -36,6 +36,11 @@ def config_key(config: Configuration) -> str:
         "temperature": config.temperature,
         "seed": config.seed,
     }
+    # Added only when set, so the samples stored before these knobs existed still match.
+    if config.abstain:
+        content["abstain"] = True
+    if config.weights:
+        content["weights"] = dict(config.weights)
     return "sha256:" + hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
@@ -80,7 +85,7 @@ def _calls(rows: Sequence[Mapping[str, Any]], attempt: int) -> tuple[StoredCall,
 
 
 def _sample(
-    config_id: str,
+    config: Configuration,
     row: Mapping[str, Any],
     steps: Mapping[str, Mapping[str, Any]],
     calls: Mapping[str, list[Mapping[str, Any]]],
@@ -88,8 +93,10 @@ def _sample(
 ) -> SampleRecord:
     sid = row["session_id"]
     step = steps.get(sid) if sid is not None else None
+    # A step that abstains completes with no output (``on_low_consensus: abstain``).
+    abstained = config.abstain and step is not None and step["status"] == "completed"
     return SampleRecord(
-        config_id=config_id,
+        config_id=config.id,
         item_id=row["item_id"],
         repeat=row["repeat"],
         session_id=sid or "",
@@ -103,6 +110,7 @@ def _sample(
         input_tokens=row["input_tokens"],
         output_tokens=row["output_tokens"],
         wall_ms=row["wall_ms"],
+        abstained=abstained and step is not None and step["output"] is None,
     )
 
 
@@ -133,7 +141,7 @@ async def read_experiment(
     # since removed are left out, and a configuration listed twice is reported twice.
     for config in record.configurations:
         for row in by_key.get(config_key(config), []):
-            result.append(_sample(config.id, row, steps, by_session, paid))
+            result.append(_sample(config, row, steps, by_session, paid))
     return record, result
 
 

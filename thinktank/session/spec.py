@@ -387,9 +387,13 @@ class StepSpec(_Spec):
     ``embeddings`` extra), ``auto`` picks exact for short answers, else lexical."""
     similarity_threshold: Annotated[float, Field(ge=0, le=1)] = 0.6
     """Two long answers agree at or above this similarity."""
-    on_low_consensus: Literal["continue", "escalate", "fail"] = "continue"
+    on_low_consensus: Literal["continue", "escalate", "fail", "abstain"] = "continue"
     """Below the threshold: flag it and go on, ``escalate`` (ask ``escalate_to`` as
-    well and merge again), or fail the step."""
+    well and merge again), fail the step, or ``abstain``: the step completes with the
+    outcome ``no_consensus`` and no output (None, not the low-agreement merge, so
+    nothing downstream mistakes it for an answer); the consensus is still stored, and
+    the steps that depend on it are skipped with the reason. Selective answering: an
+    abstention is neither a right nor a wrong answer."""
     escalate_to: list[str] = []
     """Extra models asked when ``on_low_consensus: escalate``."""
     consensus_threshold: Annotated[float, Field(ge=0, le=1)] | None = None
