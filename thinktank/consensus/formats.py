@@ -104,7 +104,8 @@ def extract_formatted(text: str, fmt: AnswerFormat) -> str | None:
         fmt: The step's declared answer format.
     """
     if fmt.kind == "number":
-        value = stated_number(extract_answer(text))
+        # The whole text: its markers ("the answer is", "=") say which number is meant.
+        value = stated_number(text)
         return None if value is None else format_decimal(value)
     if fmt.kind == "choice":
         return extract_choice(text, tuple(fmt.choices))
