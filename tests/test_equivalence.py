@@ -288,8 +288,7 @@ def test_quorum_stops_when_equivalent_answers_agree(server: FakeServer, tmp_path
     """fa says "The capital of France is Paris.", fb "Paris", slow "Lyon" after 6 s: the
     quorum is reached after fb, the answer is "Paris" and the slow call is cancelled."""
     models = "".join(
-        f'[models.{name}]\nprovider = "openai"\nmodel = "{name}"\n'
-        f'base_url = "{server.url}/v1"\n'
+        f'[models.{name}]\nprovider = "openai"\nmodel = "{name}"\nbase_url = "{server.url}/v1"\n'
         for name in ("fa", "fb", "slow")
     )
     (tmp_path / "thinktank.toml").write_text(models)
