@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -33,6 +33,7 @@ from thinktank.consensus.equivalence import (
     equivalence_reason,
 )
 from thinktank.consensus.formats import AnswerFormat, extract_formatted
+from thinktank.consensus.normalize import normalize_answer
 from thinktank.store import StoredSession
 
 from .fakeserver import FakeServer, Fault, run_fake_server
@@ -87,6 +88,17 @@ SAME = [
     ("Paris", "Paris, France", None, STATES_ANSWER),
     ("Buenos Aires", "Its capital is Buenos Aires.", None, STATES_ANSWER),
     ("Kabul", "The capital of Afghanistan is Kabul.\n\nJust for reference.", None, STATES_ANSWER),
+    ("Tehran", "The capital of Iran is known as Tehran.", None, STATES_ANSWER),
+    ("Tehran", "The capital is Tehran, not Ashgabat.", None, STATES_ANSWER),
+    ("Reykjavik", "Its capital is Reykjavík.", None, STATES_ANSWER),
+    ("The capital of Canada is Ottawa.", "Ottawa, Canada.", None, STATES_ANSWER),
+    (
+        "The capital is Ottawa.",
+        "The capital of Canada is Ottawa, in the east.",
+        None,
+        STATES_ANSWER,
+    ),
+    ("Its capital is Sydney, also known as Sydney Harbour.", "It is Sydney.", None, STATES_ANSWER),
     ("42", "42 km", None, SAME_NUMBER),
     ("759", "119 + 640 = 759", None, SAME_NUMBER),
     ("yes", "Yes, it is.", None, SAME_YES_NO),
@@ -106,6 +118,14 @@ DIFFERENT = [
     ("Paris", "Either Paris or Lyon.", None),
     ("Paris", "The capital of France is Lyon.", None),
     ("Paris", "Parisian", None),
+    ("Paris", "Lyon, not Paris.", None),
+    ("Paris", "It is Paris, not Paris.", None),
+    ("Finland", "Finland, officially the Republic of Finland, is a Nordic country.", None),
+    ("The capital is Paris.", "The capital is Lyon.", None),
+    ("The capital is Paris, also called Lyon.", "The capital is Paris.", None),
+    ("656", "656 and 538 are the same number.", None),
+    ("538", "656 and 538 are the same number.", NUMBER),
+    ("8", "67 is 8 times 67.", NUMBER),
     ("Belgium", "Belgium is a country in Western Europe.", None),
     ("Bangladesh", "The capital of Bangladesh is Dhaka.", None),
     ("42", "420", None),
@@ -321,3 +341,30 @@ def test_quorum_stops_when_equivalent_answers_agree(server: FakeServer, tmp_path
 async def _stored_session(db: str, session_id: str) -> StoredSession:
     async with await thinktank.Store.open(db) as store:
         return await store.get_session(session_id)
+
+
+# --- the shipped labelled set -------------------------------------------------------
+
+SHIPPED = Path(thinktank.__file__).parent / "eval" / "data" / "equivalence.jsonl"
+
+
+def _precision_recall(
+    pairs: list[dict[str, object]], same: Callable[[str, str], bool]
+) -> tuple[float, float]:
+    merged = [bool(pair["same"]) for pair in pairs if same(str(pair["a"]), str(pair["b"]))]
+    positives = sum(bool(pair["same"]) for pair in pairs)
+    return sum(merged) / max(1, len(merged)), sum(merged) / positives
+
+
+def test_shipped_equivalence_set_meets_the_targets() -> None:
+    """Regression guard on the shipped pairs: on short answers, ``equivalent`` keeps
+    precision >= 0.98 and recall >= 0.90 (issue #15), and ``exact`` misses more."""
+    pairs = [json.loads(line) for line in SHIPPED.read_text(encoding="utf-8").splitlines()]
+    assert len(pairs) >= 200 and all(pair["source"] for pair in pairs)
+    short = [pair for pair in pairs if pair["format"] == "short"]
+    precision, recall = _precision_recall(short, lambda a, b: equivalence_reason(a, b) is not None)
+    assert precision >= 0.98 and recall >= 0.90
+    _, exact_recall = _precision_recall(
+        short, lambda a, b: bool(normalize_answer(a)) and normalize_answer(a) == normalize_answer(b)
+    )
+    assert exact_recall < recall

@@ -26,7 +26,7 @@ import unicodedata
 from collections.abc import Collection, Sequence
 
 from thinktank.consensus.formats import AnswerFormat, extract_formatted
-from thinktank.consensus.normalize import extract_answer, normalize_answer
+from thinktank.consensus.normalize import normalize_answer
 from thinktank.consensus.readers import is_number, stated_number
 
 __all__ = [
@@ -91,8 +91,15 @@ _VETO = frozenset(
     }
 )
 """Words that make a sentence deny, hedge or name alternatives: it states no single answer."""
-_STATING = frozenset({"is", "are", "was", "be", "answer", "equals", ":", "=", "it's", "it’s"})
+_STATING = frozenset(
+    {"is", "are", "was", "be", "answer", "equals", "called", "named", ":", "=", "it's", "it’s"}
+)
 """Tokens right before a bare answer where a sentence states it ("... is Paris")."""
+_STATING_PAIRS = frozenset({("known", "as")})
+"""Two-token phrases right before a stated answer ("... is known as Tehran")."""
+_OPENING_WORDS = 6
+"""A bare answer opening a sentence is stated only in a sentence this short ("Paris,
+France"), not in one about it ("Finland, officially ..., is a Nordic country")."""
 _CLAUSE_END = frozenset({".", ",", ";", "!", "?", ")", "(", "\n"})
 """Tokens right after a stated answer: it ends a clause ("Paris." / "Paris, France")."""
 
@@ -147,10 +154,12 @@ def equivalence_reason(
         return None
     if {ca, cb} <= {"yes", "no"}:
         return None
+    panel = frozenset(candidates)
     return (
         _same_yes_no(a, b, ca, cb)
         or _same_number(a, b, ca, cb)
-        or _states_answer(a, b, ca, cb, frozenset(candidates))
+        or _states_answer(a, b, ca, cb, panel)
+        or _state_same_answer(a, b, panel)
     )
 
 
@@ -168,8 +177,7 @@ def _same_number(a: str, b: str, ca: str, cb: str) -> str | None:
     phrase opening with one, and neither negates or hedges."""
     if not (_short_number(ca) or _short_number(cb)) or _vetoed(a) or _vetoed(b):
         return None
-    first = stated_number(extract_answer(a), last_only=True)
-    second = stated_number(extract_answer(b), last_only=True)
+    first, second = stated_number(a), stated_number(b)
     if first is None or second is None or first != second:
         return None
     return SAME_NUMBER
@@ -192,7 +200,7 @@ def _states(bare: str, sentence: str, candidates: frozenset[str]) -> bool:
     """Whether ``sentence`` states the bare canonical answer ``bare`` and nothing else."""
     words = _tokens(sentence)
     run = _tokens(bare)
-    if not run or _VETO.intersection(words):
+    if not run or _denies_or_hedges(words, run):
         return False
     for candidate in candidates:
         other = _tokens(candidate)
@@ -207,10 +215,82 @@ def _states(bare: str, sentence: str, candidates: frozenset[str]) -> bool:
     return any(_at_answer_position(words, start, len(run)) for start in _find(words, run))
 
 
+def _state_same_answer(a: str, b: str, candidates: frozenset[str]) -> str | None:
+    """Two sentences that each state one and the same bare answer ("The capital is
+    Ottawa." and "The capital of Canada is Ottawa, in the east.")."""
+    stated = _stated_phrases(a)
+    if len(stated) != 1 or stated != _stated_phrases(b):
+        return None
+    (phrase,) = stated
+    bare = " ".join(phrase)
+    if _states(bare, a, candidates) and _states(bare, b, candidates):
+        return STATES_ANSWER
+    return None
+
+
+def _stated_phrases(text: str) -> frozenset[tuple[str, ...]]:
+    """The bare phrases ``text`` puts where a sentence states its answer: after a
+    stating token (or opening a short sentence), up to the end of the clause, at most
+    :data:`BARE_WORDS` tokens; only the minimal ones ("known as Tehran" gives
+    "tehran", "Sydney, also known as Sydney Opera House" gives "sydney")."""
+    words = _tokens(text)
+    starts = [start for start in range(1, len(words)) if _follows_stating(words, start)]
+    if _word_count(words) <= _OPENING_WORDS:
+        starts.append(0)
+    phrases = set()
+    for start in starts:
+        for end in range(start + 1, min(start + BARE_WORDS, len(words)) + 1):
+            if end == len(words) or words[end] in _CLAUSE_END:
+                phrases.add(tuple(words[start:end]))
+                break
+    return frozenset(
+        phrase
+        for phrase in phrases
+        if not any(other != phrase and _find(phrase, other) for other in phrases)
+    )
+
+
+def _word_count(words: Sequence[str]) -> int:
+    """How many of ``words`` are words or numbers (not punctuation)."""
+    return sum(1 for word in words if word[0].isalnum())
+
+
+def _denies_or_hedges(words: Sequence[str], run: Sequence[str]) -> bool:
+    """Whether a veto word occurs in ``words``, other than a correction right after the
+    stated ``run`` that denies something else ("Tehran, not Ashgabat")."""
+    width = len(run)
+    for index, word in enumerate(words):
+        if word not in _VETO:
+            continue
+        corrects = (
+            word == "not"
+            and index > width
+            and words[index - 1] == ","
+            and tuple(words[index - 1 - width : index - 1]) == tuple(run)
+            and _clause(words, index + 1) != tuple(run)
+        )
+        if not corrects:
+            return True
+    return False
+
+
+def _clause(words: Sequence[str], start: int) -> tuple[str, ...]:
+    """``words`` from ``start`` up to the next clause end."""
+    end = start
+    while end < len(words) and words[end] not in _CLAUSE_END:
+        end += 1
+    return tuple(words[start:end])
+
+
+def _follows_stating(words: Sequence[str], start: int) -> bool:
+    """Whether ``words[start]`` comes right after a stating token or phrase."""
+    return words[start - 1] in _STATING or tuple(words[max(0, start - 2) : start]) in _STATING_PAIRS
+
+
 def _at_answer_position(words: Sequence[str], start: int, width: int) -> bool:
-    """The run ``words[start:start + width]`` opens the sentence or follows a stating
-    token, and ends it or a clause."""
-    before = start == 0 or words[start - 1] in _STATING
+    """The run ``words[start:start + width]`` follows a stating token (or opens a short
+    sentence), and ends the sentence or a clause."""
+    before = _word_count(words) <= _OPENING_WORDS if start == 0 else _follows_stating(words, start)
     end = start + width
     after = end == len(words) or words[end] in _CLAUSE_END
     return before and after
@@ -235,9 +315,11 @@ def _vetoed(text: str) -> bool:
 
 @functools.lru_cache(maxsize=4096)
 def _tokens(text: str) -> tuple[str, ...]:
-    """NFKC case-folded tokens of ``text`` (see ``_TOKEN_RE``); ``n't`` counts as
-    ``not``."""
-    folded = unicodedata.normalize("NFKC", text).casefold()
+    """Case-folded tokens of ``text`` without diacritics ("Reykjavík" is "reykjavik";
+    see ``_TOKEN_RE``); ``n't`` counts as ``not``."""
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    stripped = "".join(char for char in decomposed if not unicodedata.combining(char))
+    folded = unicodedata.normalize("NFKC", stripped)
     return tuple(
         "not" if token.endswith(("n't", "n’t")) else token for token in _TOKEN_RE.findall(folded)
     )

@@ -133,10 +133,10 @@ def option_letter(text: str, choices: tuple[str, ...]) -> str | None:
     return letters[0] if len(letters) == 1 else None
 
 
-# Where a sentence states its result: "the answer is", "=", "equals", a copula.
+# Where a sentence states its result: "=", "equals", a copula. ("The answer is" is
+# _ANSWER_MARKER_RE, which outranks them.)
 _STATED_MARKER_RE = re.compile(
-    r"(?:\banswer\b(?:[ \t*_]+is\b)?|=|\bequals\b|\bis\b|\bare\b|\bwas\b|\bgives\b)"
-    r"[ \t*_:：$]*",
+    r"(?:=|\bequals\b|\bis\b|\bare\b|\bwas\b|\bgives\b)[ \t*_:：$]*",
     re.IGNORECASE,
 )
 
@@ -147,31 +147,26 @@ def is_number(text: str) -> bool:
     return _NUMBER_RE.fullmatch(text.strip().removesuffix("%")) is not None
 
 
-def stated_number(text: str, *, last_only: bool = False) -> Decimal | None:
-    """The number ``text`` states as its result, or None.
+def stated_number(text: str) -> Decimal | None:
+    """The number ``text`` states as its answer, or None when it states none clearly.
 
-    The number right after the last marker that a number follows (``"the answer is"``,
-    ``"="``, ``"equals"``, ``"is"``: ``"119 + 640 = 759"`` -> 759, ``"The answer is 42
-    (6 x 7)"`` -> 42), else the last number (:func:`extract_number`). Numbers are whole
-    tokens: ``"420"`` never reads as 42.
-
-    Args:
-        text: A response.
-        last_only: Only accept a stated number that is also the last number of the
-            text (``"729 + 783 = 783 + 279"`` states nothing); for comparing answers of
-            undeclared format, where a later number may be the real result.
+    In order: the number right after the last ``"the answer is"`` / ``"Answer:"`` that
+    a number follows (``"The answer is 42 (6 x 7)"`` -> 42); else the last number when
+    it follows ``"="``, ``"equals"`` or a copula (``"119 + 640 = 759"`` -> 759) or is
+    the only number (``"42 km"`` -> 42); else, with no digits at all, a whole answer in
+    words (``"forty-two"``). A text whose last number is not stated
+    (``"729 + 783 = 783 + 279"``, ``"656 and 538 are the same"``) states none.
+    Numbers are whole tokens: ``"420"`` never reads as 42.
     """
-    found = [
-        match for match in _NUMBER_RE.finditer(text) if match.group("int") or match.group("frac")
-    ]
+    found = [m for m in _NUMBER_RE.finditer(text) if m.group("int") or m.group("frac")]
     if not found:
-        return None if last_only else extract_number(text)
-    starts = {match.start(): index for index, match in enumerate(found)}
-    chosen = len(found) - 1
-    for marker in reversed(list(_STATED_MARKER_RE.finditer(text))):
+        return extract_number(text)
+    starts = {match.start(): match for match in found}
+    for marker in reversed(list(_ANSWER_MARKER_RE.finditer(text))):
         if marker.end() in starts:
-            chosen = starts[marker.end()]
-            break
-    if last_only and chosen != len(found) - 1:
-        return None
-    return extract_number(found[chosen].group())
+            return extract_number(starts[marker.end()].group())
+    last = found[-1]
+    stated = any(marker.end() == last.start() for marker in _STATED_MARKER_RE.finditer(text))
+    if stated or len(found) == 1:
+        return extract_number(last.group())
+    return None
