@@ -271,6 +271,48 @@ def test_a_component_with_contradicting_bare_answers_is_split() -> None:
         assert not {"a", "b"} <= set(cluster.keys)
 
 
+PANEL_TEXTS = [
+    "Paris",
+    "Lyon",
+    "not Paris",
+    "It is not Lyon.",
+    "The capital of France is Paris.",
+    "The capital is Lyon.",
+    "Paris, France",
+    "Lyon, not Paris.",
+    "Paris or Lyon",
+    "France",
+    "42",
+    "420",
+    "The answer is 42.",
+    "4.2",
+    "",
+]
+
+
+@given(st.lists(st.sampled_from(PANEL_TEXTS), min_size=1, max_size=8))
+def test_clusters_never_hold_contradicting_answers(texts: list[str]) -> None:
+    """Whatever the panel, no cluster holds two different bare answers that are not
+    equivalent, nor an answer with its negation or a different number; and every member
+    but the representative has a recorded reason."""
+    answers = [Answer(f"k{i}", f"m{i}", text) for i, text in enumerate(texts)]
+    contradictions = [
+        ("Paris", "Lyon"),
+        ("Paris", "not Paris"),
+        ("Lyon", "It is not Lyon."),
+        ("42", "420"),
+        ("42", "4.2"),
+        ("Paris", "Lyon, not Paris."),
+        ("Paris", "Paris or Lyon"),
+    ]
+    for cluster in cluster_answers(answers):
+        members = {answers[int(key[1:])].text for key in cluster.keys}
+        for first, second in contradictions:
+            assert not {first, second} <= members
+        if not cluster.blank:
+            assert len(cluster.reasons) == len(cluster.keys) - 1
+
+
 def test_declared_format_drives_clusters() -> None:
     answers = [
         Answer("a", "m1", "B"),

@@ -141,6 +141,13 @@ def equivalence_reason(
     Returns:
         One of :data:`REASONS`, or None.
     """
+    return _reason(a, b, fmt, frozenset(candidates))
+
+
+# Pure and hot: quorum asks again for every pair on each arrival.
+@functools.lru_cache(maxsize=8192)
+def _reason(a: str, b: str, fmt: AnswerFormat | None, candidates: frozenset[str]) -> str | None:
+    """:func:`equivalence_reason`, cached."""
     ca, cb = canonical_answer(a, fmt), canonical_answer(b, fmt)
     if not ca or not cb:
         return None
@@ -154,12 +161,11 @@ def equivalence_reason(
         return None
     if {ca, cb} <= {"yes", "no"}:
         return None
-    panel = frozenset(candidates)
     return (
         _same_yes_no(a, b, ca, cb)
         or _same_number(a, b, ca, cb)
-        or _states_answer(a, b, ca, cb, panel)
-        or _state_same_answer(a, b, panel)
+        or _states_answer(a, b, ca, cb, candidates)
+        or _state_same_answer(a, b, candidates)
     )
 
 
