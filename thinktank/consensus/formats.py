@@ -87,9 +87,11 @@ def extract_formatted(text: str, fmt: AnswerFormat) -> str | None:
     """The canonical answer ``text`` gives under the declared format ``fmt``, or None
     when it gives none.
 
-    - ``number``: the number stated as the result (after ``"the answer is"``, ``"="``,
-      ``"is"``, else the last one), in canonical decimal form: ``"The answer is 42."``
-      and ``"42 km"`` give ``"42"``; ``"420"`` never gives ``"42"``;
+    - ``number``: the number stated as the answer
+      (:func:`~thinktank.consensus.readers.stated_number`: after ``"the answer is"``,
+      else the last number when ``"="`` or ``"is"`` states it or it is the only one),
+      in canonical decimal form: ``"The answer is 42."`` and ``"42 km"`` give ``"42"``;
+      ``"420"`` never gives ``"42"``; prose whose last number is not stated gives None;
     - ``choice``: the letter (``"B"``, ``"(B) Lyon"``, ``"Answer: B"``, or the text of
       a choice, ``"Lyon"``, gives ``"B"``);
     - ``yes_no``: ``"yes"`` or ``"no"`` from the answer's first clause (``"Yes, it
