@@ -381,6 +381,7 @@ def test_majority_picks_biggest_cluster_representative() -> None:
         included_keys=("c1", "c2"),
         threshold=0.6,
         reached=True,
+        agreement="equivalent",
     )
     assert not majority(answers, 0.7).reached
 

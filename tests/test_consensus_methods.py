@@ -314,14 +314,15 @@ def test_options_weights_are_a_read_only_copy() -> None:
     assert hash(options) == hash(MergeOptions(weights={"m": 2.0}))
 
 
-def test_auto_picks_exact_for_short_answers() -> None:
-    """Auto compares exactly when every extracted answer has at most 8 words."""
-    assert resolve_agreement(ARITHMETIC) == "exact"
+def test_auto_picks_equivalent_for_short_answers() -> None:
+    """Auto compares by equivalence (issue #15; exact before) when every extracted answer
+    has at most 8 words."""
+    assert resolve_agreement(ARITHMETIC) == "equivalent"
     marked = [Answer("a", "m", EXPLAIN_A + "\nAnswer: a lock"), Answer("b", "m", "a lock")]
-    assert resolve_agreement(marked) == "exact"
-    assert resolve_agreement([]) == "exact"
+    assert resolve_agreement(marked) == "equivalent"
+    assert resolve_agreement([]) == "equivalent"
     eight = " ".join(["word"] * SHORT_ANSWER_WORDS)
-    assert resolve_agreement([Answer("a", "m", eight)]) == "exact"
+    assert resolve_agreement([Answer("a", "m", eight)]) == "equivalent"
     assert resolve_agreement([Answer("a", "m", eight + " more")]) == "lexical"
 
 

@@ -487,6 +487,12 @@ def _print_consensus(console: Console, merged: StoredConsensus) -> None:
         models = ", ".join(cluster.get("models", []))
         answer = _short(cluster.get("representative"), 50)
         console.print(f"    {cluster.get('weight', 0):g} x {answer!r}  [{models}]")
+        reasons = cluster.get("reasons") or {}
+        if reasons:
+            # Why answers worded differently were merged (issue #15): "same_number", ...
+            members = zip(cluster.get("call_ids", []), cluster.get("models", []), strict=False)
+            why = ", ".join(f"{m} {reasons[k]}" for k, m in members if k in reasons)
+            console.print(f"      joined: {why}")
 
 
 def _print_stored_call(console: Console, call: StoredCall) -> None:

@@ -1,7 +1,10 @@
 """Consensus over several models' answers: normalisation, agreement and merge methods.
 
 The package owns comparing and merging answers, as pure functions: :mod:`.normalize`
-decides when two short responses give the same answer, :mod:`.similarity` how alike two
+reduces a response to a comparable answer, :mod:`.readers` reads its number or choice
+letter, :mod:`.formats` its answer under a declared format, :mod:`.equivalence`
+decides (and says why) when two short responses give the same answer in other words,
+:mod:`.similarity` how alike two
 long ones are, :mod:`.options` carries a step's choices (measure, threshold, weights,
 embedder), :mod:`.agreement` groups responses into clusters and scores their agreement,
 :mod:`.items` splits list answers into items, :mod:`.synthesis` holds the merge methods

@@ -2,24 +2,35 @@
 
 This module owns which responses count as the same answer, how the resulting clusters
 are ordered, and how much the models agree. The measure comes from
-:class:`~thinktank.consensus.options.MergeOptions`: equal
-:func:`~thinktank.consensus.normalize.normalize_answer` for short answers (``exact``), or
-single-linkage clusters of the graph "similarity >= threshold" for long ones
-(``lexical``, ``semantic``). Results never depend on the order of the input: answers
-are put in key order before anything is computed, similarities are symmetric, and every
-tie breaks by the options' :data:`~thinktank.consensus.options.TieBreak` rule (model
-weight, then arrival, then key), never by the alphabet. Blank clusters (empty answers,
-or answers with nothing left after extraction and normalisation) never come first
-while any other cluster exists.
+:class:`~thinktank.consensus.options.MergeOptions`: equal canonical answers (``exact``:
+:func:`~thinktank.consensus.normalize.normalize_answer`, or the declared format's
+:func:`~thinktank.consensus.formats.extract_formatted`), connected groups of the graph
+"equivalent" for short answers (``equivalent``, the ``auto`` choice:
+:mod:`~thinktank.consensus.equivalence`; a group holding two contradicting bare answers
+falls back to equal canonical answers), or single-linkage clusters of the graph
+"similarity >= threshold" for long ones (``lexical``, ``semantic``). Results never
+depend on the order of the input: answers are put in key order before anything is
+computed, similarities and equivalences are symmetric, and every tie breaks by the
+options' :data:`~thinktank.consensus.options.TieBreak` rule (model weight, then
+arrival, then key), never by the alphabet. Blank clusters (empty answers, or answers
+with nothing left after extraction and normalisation) never come first while any other
+cluster exists.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
+from thinktank.consensus.equivalence import (
+    SAME_NORMALIZED,
+    canonical_answer,
+    equivalence_reason,
+    is_bare,
+)
 from thinktank.consensus.normalize import normalize_answer
 from thinktank.consensus.options import SHORT_ANSWER_WORDS, MergeOptions, ResolvedAgreement
 from thinktank.consensus.similarity import normalize_text, similarity_matrix
@@ -87,6 +98,15 @@ class Cluster:
     """Member models, in the same order as ``keys``."""
     weight: float
     """Sum of the member weights (each ``Answer.weight`` times its model's weight)."""
+    reasons: Mapping[str, str] = field(default_factory=dict, hash=False)
+    """``equivalent`` only: member key -> why it joined (one of
+    :data:`~thinktank.consensus.equivalence.REASONS`, the reason of the link that
+    reached it from the representative), for every member but the representative.
+    Read-only."""
+
+    def __post_init__(self) -> None:
+        """Freeze ``reasons``."""
+        object.__setattr__(self, "reasons", MappingProxyType(dict(self.reasons)))
 
     @property
     def blank(self) -> bool:
@@ -127,7 +147,8 @@ def resolve_agreement(
 ) -> ResolvedAgreement:
     """The agreement measure ``options`` selects for ``answers``.
 
-    ``auto`` is ``exact`` when every answer's normalised extracted answer has at most
+    ``auto`` is ``equivalent`` when the options declare an answer format other than
+    ``free``, or when every answer's normalised extracted answer has at most
     :data:`~thinktank.consensus.options.SHORT_ANSWER_WORDS` words (and when there are no
     answers), else ``lexical``; other modes are returned as they are.
 
@@ -136,14 +157,17 @@ def resolve_agreement(
         options: The merge options.
 
     Returns:
-        ``"exact"``, ``"lexical"`` or ``"semantic"``.
+        ``"exact"``, ``"equivalent"``, ``"lexical"`` or ``"semantic"``.
     """
     if options.agreement != "auto":
         return options.agreement
+    declared = options.answer_format
+    if declared is not None and declared.kind != "free":
+        return "equivalent"
     short = all(
         len(normalize_answer(answer.text).split()) <= SHORT_ANSWER_WORDS for answer in answers
     )
-    return "exact" if short else "lexical"
+    return "equivalent" if short else "lexical"
 
 
 def analyse(answers: Sequence[Answer], options: MergeOptions = _DEFAULT_OPTIONS) -> Analysis:
@@ -167,10 +191,18 @@ def analyse(answers: Sequence[Answer], options: MergeOptions = _DEFAULT_OPTIONS)
             raise ValueError(f"duplicate answer key {current.key!r}")
     _total_weight(weights)
     mode = resolve_agreement(ordered, options)
+    forms = [canonical_answer(answer.text, options.answer_format) for answer in ordered]
+    links: list[list[str | None]] = []
     if mode == "exact":
-        forms = [normalize_answer(answer.text) for answer in ordered]
         similarity = tuple(tuple(1.0 if a == b else 0.0 for b in forms) for a in forms)
         groups = _group_equal(forms)
+    elif mode == "equivalent":
+        links = _equivalence_links(ordered, forms, options)
+        similarity = tuple(
+            tuple(1.0 if i == j or link is not None else 0.0 for j, link in enumerate(row))
+            for i, row in enumerate(links)
+        )
+        groups = _equivalent_groups(forms, links)
     else:
         embedder = options.embedder if mode == "semantic" else None
         texts = [answer.text for answer in ordered]
@@ -182,7 +214,8 @@ def analyse(answers: Sequence[Answer], options: MergeOptions = _DEFAULT_OPTIONS)
         for answer, weight in zip(ordered, weights, strict=True)
     )
     clusters = [
-        _make_cluster(mode, members, ordered, weights, similarity, ranks) for members in groups
+        _make_cluster(mode, members, ordered, weights, similarity, ranks, forms, links)
+        for members in groups
     ]
     order = sorted(
         range(len(clusters)),
@@ -393,12 +426,18 @@ def _make_cluster(
     weights: Sequence[float],
     similarity: Sequence[Sequence[float]],
     ranks: Sequence[tuple[float, int, str]],
+    forms: Sequence[str],
+    links: Sequence[Sequence[str | None]],
 ) -> Cluster:
     """Build the cluster of the answers at indices ``members`` (sorted by key)."""
-    if mode == "exact":
-        best = min(members, key=lambda i: (len(answers[i].text.strip()), ranks[i]))
+    reasons: dict[str, str] = {}
+    if mode in ("exact", "equivalent"):
+        # The bare answer represents: the shortest canonical form, then the shortest text.
+        best = min(members, key=lambda i: (len(forms[i]), len(answers[i].text.strip()), ranks[i]))
         representative = answers[best].text
-        answer = normalize_answer(representative)
+        answer = forms[best]
+        if links and answer:
+            reasons = _join_reasons(best, members, links, answers)
     else:
         best = min(
             members,
@@ -416,7 +455,78 @@ def _make_cluster(
         keys=tuple(answers[i].key for i in members),
         models=tuple(answers[i].model for i in members),
         weight=_total_weight([weights[i] for i in members]),
+        reasons=reasons,
     )
+
+
+def _equivalence_links(
+    answers: Sequence[Answer], forms: Sequence[str], options: MergeOptions
+) -> list[list[str | None]]:
+    """The symmetric matrix of :func:`equivalence_reason` between answers (None: not
+    equivalent; the diagonal is None). Blank answers link to each other only, so they
+    form the one blank cluster."""
+    candidates = frozenset(form for form in forms if is_bare(form))
+    size = len(answers)
+    links: list[list[str | None]] = [[None] * size for _ in range(size)]
+    for i in range(size):
+        for j in range(i + 1, size):
+            if not forms[i] or not forms[j]:
+                link = SAME_NORMALIZED if forms[i] == forms[j] else None
+            else:
+                link = equivalence_reason(
+                    answers[i].text, answers[j].text, options.answer_format, candidates
+                )
+            links[i][j] = links[j][i] = link
+    return links
+
+
+def _equivalent_groups(
+    forms: Sequence[str], links: Sequence[Sequence[str | None]]
+) -> list[list[int]]:
+    """Connected components of the "equivalent" graph, each split by equal canonical
+    answer when it holds two bare answers that are not equivalent to each other (two
+    different cities "stated" by one sentence each joined to a third): a cluster never
+    contains answers that contradict."""
+    groups: list[list[int]] = []
+    for component in connected_components(len(forms), lambda i, j: links[i][j] is not None):
+        bare = [i for i in component if is_bare(forms[i])]
+        contradicts = any(
+            forms[i] != forms[j] and links[i][j] is None for i, j in itertools.combinations(bare, 2)
+        )
+        if contradicts:
+            split = _group_equal([forms[i] for i in component])
+            groups.extend([component[k] for k in members] for members in split)
+        else:
+            groups.append(component)
+    return sorted(groups, key=min)
+
+
+def _join_reasons(
+    root: int,
+    members: Sequence[int],
+    links: Sequence[Sequence[str | None]],
+    answers: Sequence[Answer],
+) -> dict[str, str]:
+    """Member key -> the reason of the link that first reached it from ``root`` (a
+    breadth-first walk of the cluster's links), for every member but ``root``."""
+    inside = set(members)
+    reasons: dict[str, str] = {}
+    frontier = [root]
+    seen = {root}
+    while frontier:
+        following: list[int] = []
+        for node in frontier:
+            for other in sorted(inside - seen):
+                link = links[node][other]
+                if link is not None:
+                    seen.add(other)
+                    reasons[answers[other].key] = link
+                    following.append(other)
+        frontier = following
+    # Members of a split component that no link reaches share the canonical answer.
+    for other in sorted(inside - seen):
+        reasons[answers[other].key] = SAME_NORMALIZED
+    return reasons
 
 
 def _total_weight(weights: Sequence[float]) -> float:

@@ -9,12 +9,20 @@ equivalence all read this value, so they cannot disagree about what was asked.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, get_args
 
-__all__ = ["AnswerFormat", "FormatKind"]
+from thinktank.consensus.normalize import extract_answer, format_decimal, normalize_answer
+from thinktank.consensus.readers import extract_choice, stated_number
+
+__all__ = ["AnswerFormat", "FormatKind", "extract_formatted"]
+
+_JSON_FENCE_RE = re.compile(r"```[ \t]*(?:json)?[ \t]*\n?(.*?)```", re.IGNORECASE | re.DOTALL)
+_FIRST_CLAUSE_RE = re.compile(r"[^,.;:!?\n]*")
 
 FormatKind = Literal["short", "number", "choice", "yes_no", "json", "free"]
 """What kind of answer a step asks for:
@@ -73,3 +81,61 @@ class AnswerFormat:
     def letters(self) -> tuple[str, ...]:
         """The choices' letters, ``A`` for the first (``choice`` only; else empty)."""
         return tuple(chr(ord("A") + i) for i in range(len(self.choices)))
+
+
+def extract_formatted(text: str, fmt: AnswerFormat) -> str | None:
+    """The canonical answer ``text`` gives under the declared format ``fmt``, or None
+    when it gives none.
+
+    - ``number``: the number stated as the answer
+      (:func:`~thinktank.consensus.readers.stated_number`: after ``"the answer is"``,
+      else the last number when ``"="`` or ``"is"`` states it or it is the only one),
+      in canonical decimal form: ``"The answer is 42."`` and ``"42 km"`` give ``"42"``;
+      ``"420"`` never gives ``"42"``; prose whose last number is not stated gives None;
+    - ``choice``: the letter (``"B"``, ``"(B) Lyon"``, ``"Answer: B"``, or the text of
+      a choice, ``"Lyon"``, gives ``"B"``);
+    - ``yes_no``: ``"yes"`` or ``"no"`` from the answer's first clause (``"Yes, it
+      is."`` gives ``"yes"``; ``"I don't know"`` gives None);
+    - ``short``: :func:`~thinktank.consensus.normalize.normalize_answer` of the text;
+    - ``json``: the value (from a fenced block if there is one) as compact JSON with
+      sorted keys; None when it does not parse;
+    - ``free``: the stripped text.
+
+    Args:
+        text: A raw model response.
+        fmt: The step's declared answer format.
+    """
+    if fmt.kind == "number":
+        # The whole text: its markers ("the answer is", "=") say which number is meant.
+        value = stated_number(text)
+        return None if value is None else format_decimal(value)
+    if fmt.kind == "choice":
+        return extract_choice(text, tuple(fmt.choices))
+    if fmt.kind == "yes_no":
+        return _yes_no(text)
+    if fmt.kind == "json":
+        return _canonical_json(text)
+    answer = normalize_answer(text) if fmt.kind == "short" else text.strip()
+    return answer or None
+
+
+def _yes_no(text: str) -> str | None:
+    """``"yes"``/``"no"`` when the extracted answer's first clause is a yes/no word."""
+    answer = extract_answer(text)
+    clause = _FIRST_CLAUSE_RE.match(answer)
+    first = normalize_answer(clause.group() if clause is not None else "")
+    if first in {"yes", "no"}:
+        return first
+    whole = normalize_answer(answer)
+    return whole if whole in {"yes", "no"} else None
+
+
+def _canonical_json(text: str) -> str | None:
+    """Compact, key-sorted JSON of the last fenced block, else of the whole text."""
+    fences = _JSON_FENCE_RE.findall(text)
+    source = fences[-1] if fences else text
+    try:
+        value = json.loads(source)
+    except ValueError:
+        return None
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

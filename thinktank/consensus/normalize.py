@@ -25,7 +25,7 @@ import unicodedata
 from collections.abc import Callable
 from decimal import Context, Decimal, InvalidOperation
 
-__all__ = ["extract_answer", "normalize_answer"]
+__all__ = ["extract_answer", "format_decimal", "normalize_answer"]
 
 _LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 """Every character :meth:`str.splitlines` splits on."""
@@ -308,12 +308,12 @@ def _canonical_number(text: str) -> str | None:
             value = Decimal(f"{sign}{digits}.{frac}")
         except InvalidOperation:
             return None
-        return _format_decimal(value) + match.group("percent")
+        return format_decimal(value) + match.group("percent")
     words = _words_to_int(text)
     return None if words is None else str(words)
 
 
-def _format_decimal(value: Decimal) -> str:
+def format_decimal(value: Decimal) -> str:
     """Plain (non-exponent) form of ``value`` without trailing zeros; zero is ``"0"``."""
     if value.is_zero():
         return "0"

@@ -25,17 +25,21 @@ __all__ = [
     "TieBreak",
 ]
 
-AgreementMode = Literal["auto", "exact", "lexical", "semantic"]
+AgreementMode = Literal["auto", "exact", "equivalent", "lexical", "semantic"]
 """How two answers are judged to agree:
 
 - ``exact``: equal :func:`~thinktank.consensus.normalize.normalize_answer` (short answers);
+- ``equivalent``: :func:`~thinktank.consensus.equivalence.equivalence_reason` finds a
+  reason (short answers worded differently: "Paris" and "The capital of France is
+  Paris."), never joining answers that contradict;
 - ``lexical``: :func:`~thinktank.consensus.similarity.lexical_similarity` at or above
   the threshold (long answers, no model);
 - ``semantic``: embedding cosine at or above the threshold (needs an embedder);
-- ``auto``: ``exact`` when every extracted answer is short, else ``lexical``.
+- ``auto``: ``equivalent`` when every extracted answer is short or the answer format
+  is declared (and not ``free``), else ``lexical``.
 """
 
-ResolvedAgreement = Literal["exact", "lexical", "semantic"]
+ResolvedAgreement = Literal["exact", "equivalent", "lexical", "semantic"]
 """The agreement measure actually used once ``auto`` has been decided."""
 
 TieBreak = Literal["weight_then_earliest", "earliest", "model_order"]
@@ -54,7 +58,7 @@ never win, whatever the rule.
 """
 
 SHORT_ANSWER_WORDS = 8
-"""``auto`` compares exactly when every normalised extracted answer has at most this
+"""``auto`` compares by equivalence when every normalised extracted answer has at most this
 many words (a name, a number, a short phrase), and by lexical similarity otherwise."""
 
 

@@ -156,7 +156,8 @@ def weighted_merge(
     """Merge by model weight: the heaviest cluster for short answers, else the medoid.
 
     Weights are ``Answer.weight`` times the model's weight in ``options.weights``.
-    When the agreement measure is ``exact`` (``auto`` with short answers) this is
+    When the agreement measure is ``exact`` or ``equivalent`` (``auto`` with short
+    answers) this is
     :func:`majority` and ``method`` is ``"weighted_merge:majority"``; with ``lexical``
     or ``semantic`` agreement it is :func:`medoid` and ``method`` is
     ``"weighted_merge:medoid"``. The score is that of the method used.
@@ -173,7 +174,7 @@ def weighted_merge(
         ValueError: As :func:`majority`.
     """
     analysis = _analyse(answers, threshold, options)
-    if analysis.mode == "exact":
+    if analysis.mode in ("exact", "equivalent"):
         return _heaviest_cluster(analysis, threshold, "weighted_merge:majority")
     return _medoid(analysis, threshold, "weighted_merge:medoid")
 

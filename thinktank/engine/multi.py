@@ -268,6 +268,8 @@ class MultiModel:
                         "call_ids": list(c.keys),
                         "models": list(c.models),
                         "weight": c.weight,
+                        # Why each member joined (equivalence layer), for readers.
+                        "reasons": dict(c.reasons),
                     }
                     for c in merged.clusters
                 ),

@@ -56,12 +56,13 @@ import re
 import string
 import unicodedata
 from collections.abc import Callable, Mapping
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from thinktank.consensus.normalize import normalize_answer
+from thinktank.consensus.readers import extract_choice, extract_number, is_number, option_letter
 from thinktank.errors import ScorerError
 
 __all__ = [
@@ -80,25 +81,6 @@ Scorer = Callable[[str, tuple[str, ...]], float]
 
 _LETTERS = string.ascii_uppercase
 
-# A number is a whole token: not glued to a letter, digit or decimal point on its left
-# (so "x2" and "3.14"'s "14" are not numbers) nor to a digit on its right (so "420" is
-# never 42; a unit may follow, "42km" is 42). Thousands
-# separators only in groups of exactly three, so "1,2,3" is three numbers.
-_NUMBER_RE = re.compile(
-    r"(?<![\w.])(?P<sign>[+\-−]?)"
-    r"(?P<int>\d{1,3}(?:,\d{3})+(?!\d)|\d+)?"
-    r"(?:(?<=\d)|(?=\.\d))(?P<frac>\.\d+)?"
-    r"(?P<exp>[eE][+\-]?\d+)?(?!\d|\.\d)"
-)
-_ANSWER_MARKER_RE = re.compile(
-    r"\banswer(?:[ \t*_]*[:：]|[ \t*_]+is\b[ \t*_]*[:：]?)[\s*_]*", re.IGNORECASE
-)
-# A choice letter: bracketed in any case, a capital standing alone, or a lower-case letter
-# that ends the text or is followed by ")", "." or ":" (a bare "a" is usually an article).
-_LETTER_TOKEN = r"(?:\((?P<b>[A-Za-z])\)|(?P<u>[A-Z])(?![\w'’])|(?P<l>[a-z])(?=[).:]|\s*$))"
-_LETTER_AFTER_MARKER_RE = re.compile(_LETTER_TOKEN)
-_LETTER_AT_START_RE = re.compile(r"(?:\((?P<b>[A-Za-z])\)|(?P<u>[A-Za-z])(?:[).:](?!\w)|\s*$))")
-_BRACKETED_LETTER_RE = re.compile(r"\((?P<b>[A-Z])\)")
 _CONTAINS_TOKEN_RE = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w])|\w+")
 _DECIMAL_TOKEN_RE = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
 _ARTICLES = frozenset({"a", "an", "the"})
@@ -221,93 +203,6 @@ def make_scorer(spec: ScorerSpec) -> Scorer:
     return score
 
 
-def extract_number(text: str) -> Decimal | None:
-    """The last number in ``text``, or None.
-
-    Digits first (``"-1,234.5e3"``, ``".5"``; thousands separators in groups of three;
-    a trailing ``%`` ignored); when ``text`` has no number in digits, an English number
-    in words that is the whole extracted answer (``"The answer is forty-two"``).
-    """
-    last: Decimal | None = None
-    for found in _NUMBER_RE.finditer(text):
-        if not (found.group("int") or found.group("frac")):
-            continue
-        sign = "-" if found.group("sign") in {"-", "−"} else ""
-        digits = (found.group("int") or "0").replace(",", "")
-        literal = f"{sign}{digits}{found.group('frac') or ''}{found.group('exp') or ''}"
-        try:
-            last = Decimal(literal)
-        except InvalidOperation:  # pragma: no cover - the pattern only admits decimals
-            continue
-    if last is not None:
-        return last
-    # No digits: the normaliser reads a whole answer written in words ("forty-two").
-    canonical = normalize_answer(text)
-    if canonical and canonical[0].isdigit() and not canonical.endswith("%"):
-        try:
-            return Decimal(canonical)
-        except InvalidOperation:
-            return None
-    return None
-
-
-def extract_choice(text: str, choices: tuple[str, ...] | None = None) -> str | None:
-    """The multiple-choice letter ``text`` answers with (upper case), or None.
-
-    In order: the letter after the last ``Answer:`` / ``The answer is``; a letter opening
-    the text (``"B"``, ``"(b)"``, ``"B) Lyon"``, ``"C. 12"``); with ``choices``, the
-    letter of the option whose text the whole answer is (after normalisation); the last
-    bracketed capital (``"I pick (C) here"``). With ``choices``, a letter beyond the
-    last option is not an answer.
-    """
-    count = len(choices) if choices is not None else len(_LETTERS)
-    stripped = text.strip()
-    readers: list[Callable[[str], str | None]] = [_letter_after_marker, _letter_at_start]
-    if choices is not None:
-        readers.append(functools.partial(_option_letter, choices=choices))
-    readers.append(_last_bracketed_letter)
-    for reader in readers:
-        found = reader(stripped)
-        # A letter past the last option ("I think..." with four options) is prose.
-        if found is not None and _LETTERS.index(found.upper()) < count:
-            return found.upper()
-    return None
-
-
-def _last_bracketed_letter(text: str) -> str | None:
-    """The last bracketed capital (``"I pick (C) here"``)."""
-    bracketed = list(_BRACKETED_LETTER_RE.finditer(text))
-    return bracketed[-1].group("b") if bracketed else None
-
-
-def _letter_after_marker(text: str) -> str | None:
-    """The letter right after the last answer marker that is followed by one."""
-    for marker in reversed(list(_ANSWER_MARKER_RE.finditer(text))):
-        found = _LETTER_AFTER_MARKER_RE.match(text, marker.end())
-        if found is not None:
-            return found.group("b") or found.group("u") or found.group("l")
-    return None
-
-
-def _letter_at_start(text: str) -> str | None:
-    """The letter opening ``text`` as a choice label (``"B"``, ``"B) Lyon"``, ``"(b)"``)."""
-    found = _LETTER_AT_START_RE.match(text)
-    if found is None:
-        return None
-    return found.group("b") or found.group("u")
-
-
-def _option_letter(text: str, choices: tuple[str, ...]) -> str | None:
-    """The letter of the option whose normalised text the whole answer is, if exactly one."""
-    answer = normalize_answer(text)
-    letters = [
-        _LETTERS[index]
-        for index, option in enumerate(choices)
-        if answer and normalize_answer(option) == answer
-    ]
-    return letters[0] if len(letters) == 1 else None
-
-
 def _exact(answer: str, targets: tuple[str, ...]) -> bool:
     stripped = answer.strip()
     return any(stripped == target.strip() for target in targets)
@@ -335,8 +230,7 @@ def _numeric(answer: str, targets: tuple[str, ...], *, spec: ScorerSpec, name: s
 
 def _target_number(target: str, name: str) -> Decimal:
     """A numeric target: the whole target must be one number."""
-    found = _NUMBER_RE.fullmatch(target.strip().removesuffix("%"))
-    value = extract_number(target) if found is not None else None
+    value = extract_number(target) if is_number(target) else None
     if value is None:
         raise ScorerError(f"target {target!r} is not a number", scorer=name)
     return value
@@ -356,7 +250,7 @@ def _target_letter(target: str, choices: tuple[str, ...] | None, name: str) -> s
     count = len(choices) if choices is not None else len(_LETTERS)
     if len(stripped) == 1 and stripped.upper() in _LETTERS[:count]:
         return stripped.upper()
-    letter = _option_letter(target, choices) if choices is not None else None
+    letter = option_letter(target, choices) if choices is not None else None
     if letter is None:
         raise ScorerError(f"target {target!r} is not one of the choice letters", scorer=name)
     return letter

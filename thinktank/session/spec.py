@@ -299,7 +299,7 @@ class ParallelExecutionConfig(_Spec):
     """Model weights (default 1 each) for every merge method and quorum agreement."""
     tie_break: TieBreak = "weight_then_earliest"
     """Which of two equally supported answers wins (as on a step)."""
-    agreement: Literal["auto", "exact", "lexical", "semantic"] = "auto"
+    agreement: Literal["auto", "exact", "equivalent", "lexical", "semantic"] = "auto"
     """How answers are compared."""
     similarity_threshold: Annotated[float, Field(ge=0, le=1)] = 0.6
     """Two long answers agree at or above this similarity."""
@@ -381,10 +381,12 @@ class StepSpec(_Spec):
     unparseable answers never win): ``weight_then_earliest`` the side with the heaviest
     model, then the one that answered first; ``earliest`` the one that answered first;
     ``model_order`` the side with the model listed first in ``models``."""
-    agreement: Literal["auto", "exact", "lexical", "semantic"] = "auto"
+    agreement: Literal["auto", "exact", "equivalent", "lexical", "semantic"] = "auto"
     """How answers are compared: ``exact`` after normalisation (short answers),
-    ``lexical`` or ``semantic`` similarity (long answers; semantic needs the
-    ``embeddings`` extra), ``auto`` picks exact for short answers, else lexical."""
+    ``equivalent`` (short answers worded differently: a sentence stating the answer,
+    the same number or choice; never answers that contradict), ``lexical`` or
+    ``semantic`` similarity (long answers; semantic needs the ``embeddings`` extra),
+    ``auto`` picks equivalent for short answers, else lexical."""
     similarity_threshold: Annotated[float, Field(ge=0, le=1)] = 0.6
     """Two long answers agree at or above this similarity."""
     on_low_consensus: Literal["continue", "escalate", "fail", "abstain"] = "continue"

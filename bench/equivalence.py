@@ -1,0 +1,240 @@
+"""Precision and recall of answer equivalence on the shipped labelled pairs.
+
+Reads ``thinktank/eval/data/equivalence.jsonl`` (pairs of real model answers, and
+hand-written hard cases, labelled same / not same) and prints, per answer format, how
+``exact`` agreement (equal normalised answers) and ``equivalent`` agreement
+(:func:`thinktank.consensus.equivalence.equivalence_reason`, once undeclared as
+``auto`` uses it, once with the pair's declared format) do: precision and recall with
+95% Wilson intervals, and the reasons the merges gave.
+
+    python bench/equivalence.py                 # the figures
+    python bench/equivalence.py build --db results/local.db > pairs.jsonl
+
+``build`` re-derives the pairs drawn from real outputs: answers of one item across the
+two local families and their samples (issue #14's run), labelled by the rules and the
+hand checks in this file (see ``_HAND_LABELS``); the hand-written pairs are appended
+from the shipped file as they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import random
+import re
+import sqlite3
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from thinktank.consensus.equivalence import equivalence_reason  # noqa: E402
+from thinktank.consensus.formats import AnswerFormat  # noqa: E402
+from thinktank.consensus.normalize import normalize_answer  # noqa: E402
+from thinktank.eval.stats import wilson  # noqa: E402
+
+DATA = Path(__file__).resolve().parent.parent / "thinktank" / "eval" / "data"
+PAIRS = DATA / "equivalence.jsonl"
+
+Pair = dict[str, Any]
+
+
+def declared(pair: Pair) -> AnswerFormat:
+    """The pair's declared answer format."""
+    schema = {} if pair["format"] == "json" else None  # any JSON value: equality is what counts
+    return AnswerFormat(pair["format"], tuple(pair.get("choices", ())), schema)
+
+
+def judges() -> dict[str, Callable[[Pair], str | None]]:
+    """Each compared measure: pair -> reason when it merges, else None."""
+
+    def exact(pair: Pair) -> str | None:
+        a, b = normalize_answer(pair["a"]), normalize_answer(pair["b"])
+        return "same_normalized" if a and a == b else None
+
+    return {
+        "exact": exact,
+        "equivalent": lambda pair: equivalence_reason(pair["a"], pair["b"]),
+        "equivalent+format": lambda pair: equivalence_reason(pair["a"], pair["b"], declared(pair)),
+    }
+
+
+def _interval(successes: int, n: int) -> str:
+    if n == 0:
+        return "    -"
+    found = wilson(successes, n)
+    return f"{found.estimate:6.1%} [{found.low:5.1%}, {found.high:5.1%}]"
+
+
+def report(pairs: Sequence[Pair]) -> None:
+    """Print precision and recall per format and measure."""
+    formats = sorted({pair["format"] for pair in pairs})
+    print(f"{len(pairs)} pairs ({sum(p['same'] for p in pairs)} same) from {PAIRS.name}")
+    print(
+        f"{'format':<8} {'measure':<18} {'n':>4} {'precision [95% Wilson]':>26} "
+        f"{'recall [95% Wilson]':>26}  reasons"
+    )
+    for fmt, (name, judge) in itertools.product(["all", *formats], judges().items()):
+        chosen = [pair for pair in pairs if fmt in ("all", pair["format"])]
+        reasons = [judge(pair) for pair in chosen]
+        merged = [pair["same"] for pair, reason in zip(chosen, reasons, strict=True) if reason]
+        positives = sum(pair["same"] for pair in chosen)
+        true = sum(merged)
+        why = Counter(reason for reason in reasons if reason)
+        print(
+            f"{fmt:<8} {name:<18} {len(chosen):>4} {_interval(true, len(merged)):>26} "
+            f"{_interval(true, positives):>26}  {dict(why)}"
+        )
+
+
+# --- build: the pairs drawn from real outputs -------------------------------------
+
+_CAPITAL_RE = re.compile(
+    r"\bcapital(?: city)? of [A-Z][\w ]*? is (?:the city of )?([A-Z][\w'. -]*?)\s*(?:[.,;!\n]|$)"
+)
+_HEDGE_RE = re.compile(r"\b(not|or|no|isn't)\b", re.IGNORECASE)
+_ARITHMETIC_RE = re.compile(r"\s*-?\d+\s*[-+*x×]\s*-?\d+\s*=\s*(-?\d+)\.?\s*")
+_STATED_RE = re.compile(r"(?:The answer is|The result is) (-?\d+)\.?")
+_HAND_LABELS: dict[tuple[str, str], bool | None] = {}
+"""Pairs the rules cannot label (``None`` from the rules) or label wrongly, checked by
+eye: (a, b) -> same, or None to leave the pair out (no confident label). Filled from
+``_HAND`` below."""
+_HAND = [
+    # Capitals: sentences that state the same city, in ways the rules do not parse.
+    ("Answer: Buenos Aires", "Buenos Aires", True),
+    ("its capital city is Dhaka", "Dhaka", True),
+    ("known as Tehran", "Tehran", True),
+    ("which is Reykjavík", "Reykjavik", True),
+    ("Amsterdam, Netherlands", "Amsterdam.", True),
+    ("New Zealand's capital is Wellington", "New Zealand is Wellington", True),
+    ("New Zealand's capital is Auckland", "New Zealand is Auckland", True),
+    ("is Manila", "Manila", True),
+    ("London", "London", True),
+    ("New York", "New York", True),
+    ("Athens", "Athens", True),
+    ("Tokyo", "Tokyo", True),
+    ("also called Brussels", "is Brussels", True),
+    ("Santiago", "Santiago", True),
+    ("Germany is Berlin", "Berlin", True),
+    ("Kyiv", "Kiev", True),
+    # Arithmetic: both state the same result.
+    ("= 64.", "= 64", True),
+    ("15 * 5 = 75", "15 * 5 = 75", True),
+    ("37 * 5 = 175", "37 * 5 = 175", True),
+    ("34 = 34", "indeed 34", True),
+    # No confident label: garbled or self-contradicting answers.
+    ("Paris, France - No.", "", None),
+    ("Mexico City - the capital of the world.", "", None),
+    ("The capital city of Vienna", "", None),
+    ("Reykjavíð", "", None),
+    ("119 = 119 + 640", "", None),
+    ("56 is equal to 17.", "", None),
+    ("To find 13 * 10", "", None),
+    ("613 = 613-662", "", None),
+    ("238 + 901 = 238 + 180", "", None),
+]
+
+
+def _hand_label(a: str, b: str) -> tuple[bool, bool | None]:
+    """(matched, label) from ``_HAND``: a hand rule matches when its two snippets are
+    found in the two answers (either order); the first match wins."""
+    for first, second, label in _HAND:
+        for x, y in ((a, b), (b, a)):
+            if first in x and second in y:
+                return True, label
+    return False, None
+
+
+def _city(text: str) -> str | None:
+    bare = normalize_answer(text)
+    if bare and len(bare.split()) <= 3 and not _HEDGE_RE.search(bare):
+        return bare
+    cities = {found.casefold() for found in _CAPITAL_RE.findall(text)}
+    if len(cities) == 1 and not _HEDGE_RE.search(text):
+        return cities.pop()
+    return None
+
+
+def _number(text: str) -> str | None:
+    bare = normalize_answer(text)
+    if re.fullmatch(r"-?\d+", bare):
+        return bare
+    found = _ARITHMETIC_RE.fullmatch(text) or _STATED_RE.fullmatch(text.strip())
+    return found.group(1) if found else None
+
+
+def build(db: str) -> Iterable[Pair]:
+    """The pairs of real outputs in run ``db`` (see the module docstring)."""
+    connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    rows = connection.execute(
+        "select s.experiment_id, e2.name, s.item_id, e.model_id, e.response"
+        " from thinktank_experiment_samples s"
+        " join thinktank_parallel_executions e on e.session_id = s.session_id"
+        " join thinktank_experiments e2 on e2.id = s.experiment_id"
+        " where e.response is not null and e.status = 'ok'"
+        " order by s.item_id, e.model_id, s.config_id"
+    ).fetchall()
+    items: dict[tuple[str, str, str], dict[str, str]] = {}
+    for experiment, name, item, model, response in rows:
+        answers = items.setdefault((experiment, name, item), {})
+        if response.strip():
+            answers.setdefault(response.strip(), model)
+    rng = random.Random(15)
+    for (experiment, name, item), answers in sorted(items.items()):
+        capitals = item.startswith("capitals")
+        gemma = [(a, m) for a, m in answers.items() if m.startswith("local")]
+        smol = [(a, m) for a, m in answers.items() if m.startswith("smollm2")]
+        pairs = [
+            *itertools.product(gemma, smol),
+            *itertools.combinations(gemma, 2),
+            *itertools.combinations(smol, 2),
+        ]
+        rng.shuffle(pairs)
+        for (a, model_a), (b, model_b) in pairs[: 4 if capitals else 3]:
+            matched, label = _hand_label(a, b)
+            if not matched:
+                read = _city if capitals else _number
+                first, second = read(a), read(b)
+                label = first is not None and first == second
+            if label is None:
+                continue
+            yield {
+                "a": a,
+                "b": b,
+                "same": label,
+                "reason": _reason(label, capitals, matched),
+                "format": "short" if capitals else "number",
+                "source": f"thinktank eval run {experiment} ({name}), item {item},"
+                f" {model_a} vs {model_b}",
+            }
+
+
+def _reason(same: bool, capitals: bool, by_hand: bool) -> str:
+    what = "capital" if capitals else "result"
+    how = "checked by hand" if by_hand else "labelled by rule, checked by eye"
+    if same:
+        return f"both state the same {what} ({how})"
+    return f"different {what}s, or one states none ({how})"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", nargs="?", default="report", choices=["report", "build"])
+    parser.add_argument("--db", help="build: the stored run to draw real outputs from")
+    args = parser.parse_args(argv)
+    shipped = [json.loads(line) for line in PAIRS.read_text(encoding="utf-8").splitlines()]
+    if args.command == "report":
+        report(shipped)
+        return
+    if not args.db:
+        parser.error("build needs --db")
+    for pair in [*build(args.db), *(p for p in shipped if p["source"] == "hand-written")]:
+        print(json.dumps(pair, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,331 @@
+"""Answer equivalence: whether two short answers state the same answer, and why.
+
+This module owns the layered test that merges answers worded differently ("Paris" =
+"The capital of France is Paris." = "Paris, France"; "42" = "The answer is 42.";
+"B" = "(B) Lyon" when the choices are known; "yes" = "Yes, it is.") and the reasons it
+records. Each layer that says "the same" names itself with one of the reason constants
+below; a pair no layer accepts is not equivalent (None).
+
+The layers are built for precision: a merge that joins two contradicting answers
+corrupts a vote, a missed merge only weakens it. So a sentence never agrees with a bare
+answer when it negates or hedges ("not Paris", "Paris or Lyon"), when it names another
+candidate answer of the panel, or when the bare answer does not sit where a sentence
+states its answer (after "is", ":" or "=", or opening it, and ending a clause).
+Numbers are whole tokens ("42" is never "420" nor "4.2"). With a declared
+:class:`~thinktank.consensus.formats.AnswerFormat` other than ``short`` and ``free``, the
+format alone decides: two answers agree when
+:func:`~thinktank.consensus.formats.extract_formatted` gives both the same value.
+Every function here is pure and symmetric in its two answers.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import unicodedata
+from collections.abc import Collection, Sequence
+
+from thinktank.consensus.formats import AnswerFormat, extract_formatted
+from thinktank.consensus.normalize import normalize_answer
+from thinktank.consensus.readers import is_number, stated_number
+
+__all__ = [
+    "BARE_WORDS",
+    "REASONS",
+    "SAME_CHOICE",
+    "SAME_JSON",
+    "SAME_NORMALIZED",
+    "SAME_NUMBER",
+    "SAME_YES_NO",
+    "STATES_ANSWER",
+    "canonical_answer",
+    "equivalence_reason",
+    "is_bare",
+]
+
+SAME_NORMALIZED = "same_normalized"
+"""Equal :func:`~thinktank.consensus.normalize.normalize_answer` (or equal extracted
+answers under a ``short`` format)."""
+STATES_ANSWER = "states_answer"
+"""A sentence states the bare answer ("The capital of France is Paris." and "Paris")."""
+SAME_NUMBER = "same_number"
+"""The same number stated as the result ("42", "42 km", "The answer is 42.")."""
+SAME_CHOICE = "same_choice"
+"""The same choice letter ("B", "(B) Lyon", "Lyon" when Lyon is choice B)."""
+SAME_YES_NO = "same_yes_no"
+"""The same yes/no answer ("yes", "Yes, it is.")."""
+SAME_JSON = "same_json"
+"""The same JSON value (key order and spacing aside)."""
+REASONS = (SAME_NORMALIZED, STATES_ANSWER, SAME_NUMBER, SAME_CHOICE, SAME_YES_NO, SAME_JSON)
+"""Every reason :func:`equivalence_reason` may give."""
+
+BARE_WORDS = 3
+"""A canonical answer of at most this many words is a bare answer (a name, a number, a
+short phrase): a candidate a sentence may state."""
+
+_FORMAT_REASONS = {
+    "number": SAME_NUMBER,
+    "choice": SAME_CHOICE,
+    "yes_no": SAME_YES_NO,
+    "json": SAME_JSON,
+}
+
+_TOKEN_RE = re.compile(r"\n|\d+(?:[.,]\d+)*|\w+(?:['’]\w+)*|[^\w\s]")
+"""Words (with their apostrophes), whole numbers (``4.2`` and ``420`` are one token
+each), single punctuation marks and line breaks, which end a clause."""
+_VETO = frozenset(
+    {
+        "not",
+        "no",
+        "never",
+        "nor",
+        "neither",
+        "either",
+        "or",
+        "except",
+        "instead",
+        "rather",
+        "cannot",
+        "unlike",
+        "formerly",
+    }
+)
+"""Words that make a sentence deny, hedge or name alternatives: it states no single answer."""
+_STATING = frozenset(
+    {"is", "are", "was", "be", "answer", "equals", "called", "named", ":", "=", "it's", "it’s"}
+)
+"""Tokens right before a bare answer where a sentence states it ("... is Paris")."""
+_STATING_PAIRS = frozenset({("known", "as")})
+"""Two-token phrases right before a stated answer ("... is known as Tehran")."""
+_OPENING_WORDS = 6
+"""A bare answer opening a sentence is stated only in a sentence this short ("Paris,
+France"), not in one about it ("Finland, officially ..., is a Nordic country")."""
+_CLAUSE_END = frozenset({".", ",", ";", "!", "?", ")", "(", "\n"})
+"""Tokens right after a stated answer: it ends a clause ("Paris." / "Paris, France")."""
+
+
+def canonical_answer(text: str, fmt: AnswerFormat | None = None) -> str:
+    """The comparable answer of ``text``: :func:`extract_formatted` under a declared
+    format (``""`` when it gives none), else
+    :func:`~thinktank.consensus.normalize.normalize_answer`."""
+    if fmt is None:
+        return normalize_answer(text)
+    return extract_formatted(text, fmt) or ""
+
+
+def is_bare(canonical: str) -> bool:
+    """Whether a canonical answer is bare (non-empty, at most :data:`BARE_WORDS` words)."""
+    return 0 < len(canonical.split()) <= BARE_WORDS
+
+
+def equivalence_reason(
+    a: str, b: str, fmt: AnswerFormat | None = None, candidates: Collection[str] = ()
+) -> str | None:
+    """Why answers ``a`` and ``b`` state the same answer, or None when they do not.
+
+    Layers, in order: a declared format other than ``short``/``free`` decides alone
+    (``same_number``, ``same_choice``, ``same_yes_no``, ``same_json``; a negated
+    ``number`` never agrees); then equal canonical answers (``same_normalized``); then,
+    for short answers, ``same_yes_no`` (a bare yes/no and an answer opening with it),
+    ``same_number`` (the same number stated as the result by two answers, one of them
+    bare, neither negated) and ``states_answer`` (see the module docstring). Blank
+    answers are never equivalent to anything.
+
+    Args:
+        a: One raw response.
+        b: The other.
+        fmt: The step's declared answer format (None: undeclared).
+        candidates: The canonical answers of the whole panel: a sentence that names one
+            of them besides the bare answer states no single answer.
+
+    Returns:
+        One of :data:`REASONS`, or None.
+    """
+    return _reason(a, b, fmt, frozenset(candidates))
+
+
+# Pure and hot: quorum asks again for every pair on each arrival.
+@functools.lru_cache(maxsize=8192)
+def _reason(a: str, b: str, fmt: AnswerFormat | None, candidates: frozenset[str]) -> str | None:
+    """:func:`equivalence_reason`, cached."""
+    ca, cb = canonical_answer(a, fmt), canonical_answer(b, fmt)
+    if not ca or not cb:
+        return None
+    if fmt is not None and fmt.kind in _FORMAT_REASONS:
+        if ca != cb or (fmt.kind == "number" and (_vetoed(a) or _vetoed(b))):
+            return None
+        return _FORMAT_REASONS[fmt.kind]
+    if ca == cb:
+        return SAME_NORMALIZED
+    if fmt is not None and fmt.kind == "free":
+        return None
+    if {ca, cb} <= {"yes", "no"}:
+        return None
+    return (
+        _same_yes_no(a, b, ca, cb)
+        or _same_number(a, b, ca, cb)
+        or _states_answer(a, b, ca, cb, candidates)
+        or _state_same_answer(a, b, candidates)
+    )
+
+
+def _same_yes_no(a: str, b: str, ca: str, cb: str) -> str | None:
+    """One answer is a bare yes/no and the other's first clause is the same word."""
+    for bare, other, other_text in ((ca, cb, b), (cb, ca, a)):
+        if bare in {"yes", "no"} and other not in {"yes", "no"}:
+            stated = extract_formatted(other_text, AnswerFormat("yes_no"))
+            return SAME_YES_NO if stated == bare else None
+    return None
+
+
+def _same_number(a: str, b: str, ca: str, cb: str) -> str | None:
+    """Both state the same number as their result, one is a bare number or a short
+    phrase opening with one, and neither negates or hedges."""
+    if not (_short_number(ca) or _short_number(cb)) or _vetoed(a) or _vetoed(b):
+        return None
+    first, second = stated_number(a), stated_number(b)
+    if first is None or second is None or first != second:
+        return None
+    return SAME_NUMBER
+
+
+def _short_number(canonical: str) -> bool:
+    """A bare answer that opens with a number in digits ("42", "42 km")."""
+    return is_bare(canonical) and is_number(canonical.split()[0])
+
+
+def _states_answer(a: str, b: str, ca: str, cb: str, candidates: frozenset[str]) -> str | None:
+    """Either answer is bare and the other is a sentence stating it (module docstring)."""
+    for bare, sentence in ((ca, b), (cb, a)):
+        if is_bare(bare) and _states(bare, sentence, candidates):
+            return STATES_ANSWER
+    return None
+
+
+def _states(bare: str, sentence: str, candidates: frozenset[str]) -> bool:
+    """Whether ``sentence`` states the bare canonical answer ``bare`` and nothing else."""
+    words = _tokens(sentence)
+    run = _tokens(bare)
+    if not run or _denies_or_hedges(words, run):
+        return False
+    for candidate in candidates:
+        other = _tokens(candidate)
+        if (
+            is_bare(candidate)
+            and other
+            and _find(words, other)
+            and not _find(run, other)
+            and not _find(other, run)
+        ):
+            return False
+    return any(_at_answer_position(words, start, len(run)) for start in _find(words, run))
+
+
+def _state_same_answer(a: str, b: str, candidates: frozenset[str]) -> str | None:
+    """Two sentences that each state one and the same bare answer ("The capital is
+    Ottawa." and "The capital of Canada is Ottawa, in the east.")."""
+    stated = _stated_phrases(a)
+    if len(stated) != 1 or stated != _stated_phrases(b):
+        return None
+    (phrase,) = stated
+    bare = " ".join(phrase)
+    if _states(bare, a, candidates) and _states(bare, b, candidates):
+        return STATES_ANSWER
+    return None
+
+
+def _stated_phrases(text: str) -> frozenset[tuple[str, ...]]:
+    """The bare phrases ``text`` puts where a sentence states its answer: after a
+    stating token (or opening a short sentence), up to the end of the clause, at most
+    :data:`BARE_WORDS` tokens; only the minimal ones ("known as Tehran" gives
+    "tehran", "Sydney, also known as Sydney Opera House" gives "sydney")."""
+    words = _tokens(text)
+    starts = [start for start in range(1, len(words)) if _follows_stating(words, start)]
+    if _word_count(words) <= _OPENING_WORDS:
+        starts.append(0)
+    phrases = set()
+    for start in starts:
+        for end in range(start + 1, min(start + BARE_WORDS, len(words)) + 1):
+            if end == len(words) or words[end] in _CLAUSE_END:
+                phrases.add(tuple(words[start:end]))
+                break
+    return frozenset(
+        phrase
+        for phrase in phrases
+        if not any(other != phrase and _find(phrase, other) for other in phrases)
+    )
+
+
+def _word_count(words: Sequence[str]) -> int:
+    """How many of ``words`` are words or numbers (not punctuation)."""
+    return sum(1 for word in words if word[0].isalnum())
+
+
+def _denies_or_hedges(words: Sequence[str], run: Sequence[str]) -> bool:
+    """Whether a veto word occurs in ``words``, other than a correction right after the
+    stated ``run`` that denies something else ("Tehran, not Ashgabat")."""
+    width = len(run)
+    for index, word in enumerate(words):
+        if word not in _VETO:
+            continue
+        corrects = (
+            word == "not"
+            and index > width
+            and words[index - 1] == ","
+            and tuple(words[index - 1 - width : index - 1]) == tuple(run)
+            and _clause(words, index + 1) != tuple(run)
+        )
+        if not corrects:
+            return True
+    return False
+
+
+def _clause(words: Sequence[str], start: int) -> tuple[str, ...]:
+    """``words`` from ``start`` up to the next clause end."""
+    end = start
+    while end < len(words) and words[end] not in _CLAUSE_END:
+        end += 1
+    return tuple(words[start:end])
+
+
+def _follows_stating(words: Sequence[str], start: int) -> bool:
+    """Whether ``words[start]`` comes right after a stating token or phrase."""
+    return words[start - 1] in _STATING or tuple(words[max(0, start - 2) : start]) in _STATING_PAIRS
+
+
+def _at_answer_position(words: Sequence[str], start: int, width: int) -> bool:
+    """The run ``words[start:start + width]`` follows a stating token (or opens a short
+    sentence), and ends the sentence or a clause."""
+    before = _word_count(words) <= _OPENING_WORDS if start == 0 else _follows_stating(words, start)
+    end = start + width
+    after = end == len(words) or words[end] in _CLAUSE_END
+    return before and after
+
+
+def _find(words: Sequence[str], run: Sequence[str]) -> list[int]:
+    """Every start index where ``run`` occurs as consecutive items of ``words``."""
+    width = len(run)
+    if not width:
+        return []
+    return [
+        start
+        for start in range(len(words) - width + 1)
+        if tuple(words[start : start + width]) == tuple(run)
+    ]
+
+
+def _vetoed(text: str) -> bool:
+    """Whether ``text`` negates, hedges or names alternatives (see ``_VETO``)."""
+    return bool(_VETO.intersection(_tokens(text)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _tokens(text: str) -> tuple[str, ...]:
+    """Case-folded tokens of ``text`` without diacritics ("Reykjavík" is "reykjavik";
+    see ``_TOKEN_RE``); ``n't`` counts as ``not``."""
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    stripped = "".join(char for char in decomposed if not unicodedata.combining(char))
+    folded = unicodedata.normalize("NFKC", stripped)
+    return tuple(
+        "not" if token.endswith(("n't", "n’t")) else token for token in _TOKEN_RE.findall(folded)
+    )
