@@ -293,3 +293,23 @@ def test_properties_on_random_experiments(seed: int, repeats: int, accuracy: flo
         assert c.mean_cost <= sum(sum(x.cost for x in p.calls) for p in pools) / len(pools) + 1e-12
     # Seeded: the same records give the same figures.
     assert analyse(StoredAnswers(exp, samples), rounds=200) == result
+
+
+def test_derived_votes_join_equivalent_wordings_as_the_engine_does() -> None:
+    """A sentence stating the answer and the bare answer are one vote, in the derived
+    re-merge, its agreement score and the k-of-n curve, as in the engine's merge."""
+    texts = ["Lyon", "The capital of France is Paris.", "Paris"]
+    calls = [call(m, t, a) for a, (m, t) in enumerate(zip(["m1", "m2", "m3"], texts, strict=True))]
+    exp = experiment([config("p", ["m1", "m2", "m3"])])
+    answers = StoredAnswers(exp, [sample("p", "i", ["Paris"], calls)])
+    engine = synthesize(
+        "majority", [Answer(key=c.key, model=c.model, text=c.text or "", arrival=c.arrival)
+                     for c in calls], 0.5
+    )  # fmt: skip
+    assert engine.content == "Paris" and engine.score == pytest.approx(2 / 3)
+    (majority,) = [r for r in remerge(answers)[0] if r.method == "majority"]
+    assert (majority.correct, majority.mean_score) == (1, pytest.approx(2 / 3))
+    (curve,) = accuracy_vs_calls(answers, draws=50, rounds=20)
+    # k = 2 subsets: {Lyon, sentence} and {Lyon, Paris} tie to the earlier (Lyon),
+    # {sentence, Paris} agree: 1 of 3 right.
+    assert [round(p.accuracy, 4) for p in curve.points][1] == round(1 / 3, 4)

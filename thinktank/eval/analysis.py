@@ -16,16 +16,21 @@ built-in scorers give 1.0 or 0.0; a partial-credit callable is counted at 0.5).
 
 Re-merges use the default merge options (``auto`` agreement, equal weights, the
 default tie-break), as an experiment's configurations do. When every answer of a pool
-is short (``auto`` resolves to ``exact``) the vote is computed here directly, with the
-same rule as :func:`thinktank.consensus.synthesis.majority` (heaviest cluster of equal
-normalised answers; ties to the earliest arrival; the representative is the shortest
-answer); the tests check it against ``synthesize`` on random pools. Long answers go
-through ``synthesize`` itself. That fast path is what lets a full analysis of 4,000
-samples run in seconds (``bench/eval_analysis.py``).
+is short (``auto`` resolves to answer equivalence) the pool is clustered once, by the
+engine's own agreement (:func:`thinktank.consensus.agreement.analyse`), and every vote
+over it is computed here directly from those clusters, with the same rule as
+:func:`thinktank.consensus.synthesis.majority` (heaviest cluster; ties to the earliest
+arrival; the representative is the shortest answer); the tests check it against
+``synthesize`` on random pools. A vote over part of a pool (k of n calls, a panel
+without a model, a cascade) uses the clusters of the whole pool, which may join two
+answers that only a left-out answer linked. Long answers go through ``synthesize``
+itself. That fast path is what lets a full analysis of 4,000 samples run in seconds
+(``bench/eval_analysis.py``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import random
@@ -35,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from thinktank.consensus.agreement import Answer, quorum_reached
+from thinktank.consensus.agreement import analyse as cluster_answers_of
 from thinktank.consensus.items import extract_items
 from thinktank.consensus.normalize import normalize_answer
 from thinktank.consensus.options import SHORT_ANSWER_WORDS, MergeOptions
@@ -256,6 +262,25 @@ def _prepare_call(call: StoredCall, targets: tuple[str, ...], grader: Grader) ->
     )
 
 
+def _clustered(calls: tuple[_Call, ...], answered: Sequence[int]) -> tuple[_Call, ...]:
+    """The calls with their forms replaced by the cluster the engine's agreement puts
+    them in over the whole stored pool (``auto``: answer equivalence for short answers,
+    so "Paris" and "The capital of France is Paris." share a form). A vote over a subset
+    of the pool counts these forms: the clusters of the whole pool, which can join two
+    answers only a left-out answer linked (documented with the analyses)."""
+    if len(answered) < 2:
+        return calls
+    answers = [Answer(key=calls[i].key, model=calls[i].model, text=calls[i].text) for i in answered]
+    analysis = cluster_answers_of(answers)
+    cluster_of = {
+        a.key: analysis.clusters[c].answer
+        for a, c in zip(analysis.answers, analysis.cluster_index, strict=True)
+    }
+    return tuple(
+        dataclasses.replace(c, form=cluster_of[c.key]) if c.key in cluster_of else c for c in calls
+    )
+
+
 class StoredAnswers:
     """An experiment's samples prepared once for every analysis: grouped by
     configuration, each call normalised and scored.
@@ -283,6 +308,8 @@ class StoredAnswers:
                 )
             calls = tuple(_prepare_call(c, sample.targets, self.grader) for c in sample.calls)
             answered = tuple(i for i, c in enumerate(calls) if c.answered)
+            if all(calls[i].short for i in answered):
+                calls = _clustered(calls, answered)
             self.pools[sample.config_id].append(
                 _Pool(
                     sample=sample,
