@@ -313,3 +313,29 @@ def test_derived_votes_join_equivalent_wordings_as_the_engine_does() -> None:
     # k = 2 subsets: {Lyon, sentence} and {Lyon, Paris} tie to the earlier (Lyon),
     # {sentence, Paris} agree: 1 of 3 right.
     assert [round(p.accuracy, 4) for p in curve.points][1] == round(1 / 3, 4)
+
+
+def test_derived_votes_follow_the_experiments_declared_answer_format() -> None:
+    """With ``answer_format: short`` the engine compares every answer for equivalence,
+    long ones too; the derived merge does the same, and without the format it does not."""
+    import dataclasses
+
+    from thinktank.consensus.formats import AnswerFormat
+    from thinktank.consensus.options import MergeOptions
+
+    texts = [
+        "Lyon",
+        "After thinking about it for quite a while, I am sure the capital is Paris.",
+        "Paris",
+    ]
+    calls = [call(m, t, a) for a, (m, t) in enumerate(zip(["m1", "m2", "m3"], texts, strict=True))]
+    votes = [Answer(key=c.key, model=c.model, text=c.text or "", arrival=c.arrival) for c in calls]
+    declared = MergeOptions(answer_format=AnswerFormat("short"))
+    engine = synthesize("majority", votes, 0.5, declared)
+    assert engine.content == "Paris" and engine.score == pytest.approx(2 / 3)
+    plain = experiment([config("p", ["m1", "m2", "m3"])])
+    with_format = dataclasses.replace(plain, spec={**plain.spec, "answer_format": "short"})
+    for exp, right, score in ((with_format, 1, 2 / 3), (plain, 0, 1 / 3)):
+        answers = StoredAnswers(exp, [sample("p", "i", ["Paris"], calls)])
+        (majority,) = [r for r in remerge(answers)[0] if r.method == "majority"]
+        assert (majority.correct, majority.mean_score) == (right, pytest.approx(score))

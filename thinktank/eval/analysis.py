@@ -167,6 +167,7 @@ class _Pool:
     answered: tuple[int, ...]
     exact: bool
     grader: Grader
+    options: MergeOptions
     cache: dict[tuple[str, tuple[int, ...], bool], _Merged] = field(default_factory=dict)
 
     def merge(
@@ -197,7 +198,7 @@ class _Pool:
             Answer(key=c.key, model=c.model, text=c.text, arrival=arrival[i])
             for i, c in ((i, self.calls[i]) for i in members)
         ]
-        merged = synthesize(method, answers, DEFAULT_THRESHOLD)
+        merged = synthesize(method, answers, DEFAULT_THRESHOLD, self.options)
         return _Merged(self.grader(merged.content, self.sample.targets), merged.score)
 
     def _vote(self, members: Sequence[int], arrival: dict[int, int]) -> _Merged:
@@ -232,7 +233,9 @@ class _Pool:
                 Answer(key=c.key, model=c.model, text=c.text, arrival=c.arrival)
                 for c in (self.calls[i] for i in members)
             ]
-            return quorum_reached(answers, min_models=2, threshold=threshold)
+            return quorum_reached(
+                answers, min_models=2, threshold=threshold, options=self.options
+            )
         counts: dict[str, int] = defaultdict(int)
         for i in members:
             counts[self.calls[i].form] += 1
@@ -262,7 +265,24 @@ def _prepare_call(call: StoredCall, targets: tuple[str, ...], grader: Grader) ->
     )
 
 
-def _clustered(calls: tuple[_Call, ...], answered: Sequence[int]) -> tuple[_Call, ...]:
+def merge_options(experiment: ExperimentRecord) -> MergeOptions:
+    """The merge options a derived merge of this experiment uses: the defaults, with the
+    experiment's ``answer_format`` when it declares one (as its scored steps had)."""
+    declared = experiment.spec.get("answer_format")
+    if declared is None:
+        return MergeOptions()
+    from thinktank.session.spec import AnswerFormatSpec
+
+    spec = declared if isinstance(declared, AnswerFormatSpec) else None
+    if spec is None:
+        raw = {"kind": declared} if isinstance(declared, str) else declared
+        spec = AnswerFormatSpec.model_validate(raw)
+    return MergeOptions(answer_format=spec.to_format())
+
+
+def _clustered(
+    calls: tuple[_Call, ...], answered: Sequence[int], options: MergeOptions
+) -> tuple[_Call, ...]:
     """The calls with their forms replaced by the cluster the engine's agreement puts
     them in over the whole stored pool (``auto``: answer equivalence for short answers,
     so "Paris" and "The capital of France is Paris." share a form). A vote over a subset
@@ -271,7 +291,7 @@ def _clustered(calls: tuple[_Call, ...], answered: Sequence[int]) -> tuple[_Call
     if len(answered) < 2:
         return calls
     answers = [Answer(key=calls[i].key, model=calls[i].model, text=calls[i].text) for i in answered]
-    analysis = cluster_answers_of(answers)
+    analysis = cluster_answers_of(answers, options)
     cluster_of = {
         a.key: analysis.clusters[c].answer
         for a, c in zip(analysis.answers, analysis.cluster_index, strict=True)
@@ -298,6 +318,7 @@ class StoredAnswers:
         self.experiment = experiment
         self.grader = grader or Grader.of(experiment)
         self.configurations = {c.id: c for c in experiment.configurations}
+        self.options = merge_options(experiment)
         self.pools: dict[str, list[_Pool]] = {c: [] for c in self.configurations}
         for sample in samples:
             if sample.config_id not in self.pools:
@@ -308,16 +329,23 @@ class StoredAnswers:
                 )
             calls = tuple(_prepare_call(c, sample.targets, self.grader) for c in sample.calls)
             answered = tuple(i for i, c in enumerate(calls) if c.answered)
-            if all(calls[i].short for i in answered):
-                calls = _clustered(calls, answered)
+            # The engine's agreement: equivalence for short answers, and for every
+            # answer when the step declared a format (other than free text).
+            fmt = self.options.answer_format
+            short = (fmt is not None and fmt.kind != "free") or all(
+                calls[i].short for i in answered
+            )
+            if short:
+                calls = _clustered(calls, answered, self.options)
             self.pools[sample.config_id].append(
                 _Pool(
                     sample=sample,
                     finished=sample.status in FINISHED,
                     calls=calls,
                     answered=answered,
-                    exact=all(calls[i].short for i in answered),
+                    exact=short,
                     grader=self.grader,
+                    options=self.options,
                 )
             )
 
@@ -646,9 +674,11 @@ def weighted_remerge(
             continue
         votes = [Answer(key=c.key, model=c.model, text=c.text, arrival=c.arrival) for c in calls]
         by_base = weights_of(sample.item_id)
-        options = MergeOptions(weights={c.model: by_base.get(c.base, 1.0) for c in calls})
+        options = dataclasses.replace(
+            answers.options, weights={c.model: by_base.get(c.base, 1.0) for c in calls}
+        )
         for out, merged in (
-            (equal, synthesize(method, votes, DEFAULT_THRESHOLD)),
+            (equal, synthesize(method, votes, DEFAULT_THRESHOLD, answers.options)),
             (weighted, synthesize(method, votes, DEFAULT_THRESHOLD, options)),
         ):
             out.append(answers.grader(merged.content, sample.targets))
