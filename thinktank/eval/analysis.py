@@ -233,9 +233,7 @@ class _Pool:
                 Answer(key=c.key, model=c.model, text=c.text, arrival=c.arrival)
                 for c in (self.calls[i] for i in members)
             ]
-            return quorum_reached(
-                answers, min_models=2, threshold=threshold, options=self.options
-            )
+            return quorum_reached(answers, min_models=2, threshold=threshold, options=self.options)
         counts: dict[str, int] = defaultdict(int)
         for i in members:
             counts[self.calls[i].form] += 1
