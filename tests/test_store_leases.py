@@ -81,16 +81,20 @@ async def test_expired_lease_is_taken_over(stores: tuple[Store, Store, str]) -> 
 async def test_heartbeat_keeps_the_lease(stores: tuple[Store, Store, str]) -> None:
     """Heartbeats keep a short lease alive well past its first expiry."""
     first, second, sid = stores
-    assert await first.claim_session(sid, worker_id="w1", ttl_s=0.8)
+    # A time to live of 3 s renewed every 0.5 s: a loaded machine (CI runs PostgreSQL on
+    # 2 cores) may stall a round trip for a second without the lease lapsing, which a
+    # 0.8 s lease renewed every 0.25 s did not survive.
+    ttl = 3.0
+    assert await first.claim_session(sid, worker_id="w1", ttl_s=ttl)
     claimed = await first.lease_of(sid)
     assert claimed is not None
-    for _ in range(5):  # 1.25 s in all, half as long again as the time to live
-        await anyio.sleep(0.25)
-        assert await first.heartbeat(sid, worker_id="w1", ttl_s=0.8)
-        assert not await second.claim_session(sid, worker_id="w2", ttl_s=0.8)
+    for _ in range(8):  # 4 s in all, past the first expiry
+        await anyio.sleep(0.5)
+        assert await first.heartbeat(sid, worker_id="w1", ttl_s=ttl)
+        assert not await second.claim_session(sid, worker_id="w2", ttl_s=ttl)
     lease = await second.lease_of(sid)
     assert lease is not None and lease[0] == "w1" and lease[1] > claimed[1]
-    assert not await second.heartbeat(sid, worker_id="w2", ttl_s=0.8)  # not its lease
+    assert not await second.heartbeat(sid, worker_id="w2", ttl_s=ttl)  # not its lease
 
 
 async def test_release_frees_the_session(stores: tuple[Store, Store, str]) -> None:
