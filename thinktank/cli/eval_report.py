@@ -131,14 +131,9 @@ def write_or_fail(write: Callable[[], Report]) -> Report:
 
 def read_records(db: str | None, experiment_id: str) -> tuple[ExperimentRecord, list[SampleRecord]]:
     """An experiment's records from the database, opened read-only (errors: one line)."""
-    from thinktank.eval.store_read import read_experiment
-    from thinktank.store import Store
+    from thinktank.eval import read_records as read
 
-    async def go() -> tuple[ExperimentRecord, list[SampleRecord]]:
-        async with await Store.open(db, read_only=True) as store:
-            return await read_experiment(store, experiment_id)
-
-    return _run_async(go)
+    return _run_async(lambda: read(experiment_id, store=db))
 
 
 @click.command("report")

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     import pandas as pd  # type: ignore[import-untyped]  # no stubs in the research extra
 
     from thinktank.eval.experiment import load_experiment
+    from thinktank.eval.records import ExperimentRecord, SampleRecord
     from thinktank.eval.report import build_report
     from thinktank.eval.runner import run_experiment
     from thinktank.eval.store_read import list_experiments, read_experiment
@@ -37,6 +38,7 @@ __all__ = [
     "load_async",
     "load_experiment",
     "read_experiment",
+    "read_records",
     "run_experiment",
 ]
 
@@ -56,12 +58,10 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-async def load_async(
+async def read_records(
     experiment_id: str, *, store: Store | str | Path | None = None
-) -> pd.DataFrame:
-    """The samples of a stored experiment as a DataFrame: one row per item x
-    configuration x repeat (columns :data:`thinktank.eval.output.SAMPLE_COLUMNS`), every
-    answer scored again with the experiment's scorer.
+) -> tuple[ExperimentRecord, list[SampleRecord]]:
+    """A stored experiment and its samples as records (:mod:`thinktank.eval.records`).
 
     Args:
         experiment_id: The id, or a unique prefix of it (``thinktank eval list``).
@@ -72,18 +72,26 @@ async def load_async(
         UnknownExperimentError: no experiment has that id.
         NoDatabaseError: the database does not exist.
     """
-    from thinktank.eval.output import samples_frame
     from thinktank.eval.store_read import read_experiment
     from thinktank.store import Store
 
     if isinstance(store, Store):
-        experiment, samples = await read_experiment(store, experiment_id)
-    else:
-        async with await Store.open(
-            None if store is None else str(store), read_only=True
-        ) as opened:
-            experiment, samples = await read_experiment(opened, experiment_id)
-    return samples_frame(experiment, samples)
+        return await read_experiment(store, experiment_id)
+    async with await Store.open(None if store is None else str(store), read_only=True) as opened:
+        return await read_experiment(opened, experiment_id)
+
+
+async def load_async(
+    experiment_id: str, *, store: Store | str | Path | None = None
+) -> pd.DataFrame:
+    """The samples of a stored experiment as a DataFrame: one row per item x
+    configuration x repeat (columns :data:`thinktank.eval.output.SAMPLE_COLUMNS`), every
+    answer scored again with the experiment's scorer. Arguments and errors as
+    :func:`read_records`.
+    """
+    from thinktank.eval.output import samples_frame
+
+    return samples_frame(*await read_records(experiment_id, store=store))
 
 
 def load(experiment_id: str, *, store: str | Path | None = None) -> pd.DataFrame:
