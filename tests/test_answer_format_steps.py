@@ -202,6 +202,15 @@ INSTRUCTED = [
     ),
     ("free", QUESTION),
     (None, QUESTION),
+    ({"kind": "number", "instruction": False}, QUESTION),
+    (
+        {"kind": "number", "instruction": "Think step by step, then end with: The answer is N."},
+        f"{QUESTION} Think step by step, then end with: The answer is N.",
+    ),
+    (
+        {"kind": "choice", "choices": ["Lyon", "Paris"], "instruction": "Reply with A or B."},
+        f"{QUESTION}\nA) Lyon\nB) Paris\nReply with A or B.",
+    ),
 ]
 
 
@@ -229,6 +238,20 @@ async def test_the_prompt_sent_and_stored_carries_the_instruction(
     (stored_step,) = stored.steps
     assert stored_step.prompt == sent
     assert stored_step.prompt_template == QUESTION
+
+
+def test_a_format_without_instruction_still_merges_by_the_format() -> None:
+    """``instruction: false`` leaves the prompt alone, but the merge still reads the
+    answers by the declared format."""
+    step = _multi_step({"kind": "number", "instruction": False})
+    assert with_instruction(QUESTION, step.declared_format(), step.format_asking()) == QUESTION
+    multi = MultiModel(cast(Caller, None), threshold=0.7)
+    assert multi.asking(step, ["a", "b"]).options.answer_format == AnswerFormat("number")
+
+
+def test_an_empty_instruction_is_refused_by_name() -> None:
+    errors = _step_errors({"kind": "number", "instruction": ""})
+    assert any("answer_format.instruction" in error for error in errors), errors
 
 
 def test_with_instruction_keeps_a_one_line_question_on_one_line() -> None:

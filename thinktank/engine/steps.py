@@ -260,7 +260,7 @@ class StepExecutor:
         if step.template:
             outputs = _Aliased(self.outputs, self.aliases) if self.aliases else self.outputs
             rendered = render_template(step.prompt, self.inputs, outputs)
-            return with_instruction(rendered, step.declared_format())
+            return with_instruction(rendered, step.declared_format(), step.format_asking())
         parts = [step.prompt]
         for dep in step.depends_on:
             out = self.outputs.get(self.aliases.get(dep, dep))

@@ -23,39 +23,45 @@ _INSTRUCTIONS: Mapping[str, str] = {
     "short": "Answer with the answer only: a name, word or short phrase.",
     "number": "Answer with the number only.",
     "yes_no": "Answer yes or no.",
+    "choice": "Answer with the letter only.",
 }
 
 _JSON_TYPES = frozenset({"object", "array", "string", "number", "integer", "boolean", "null"})
 
 
-def instruction(fmt: AnswerFormat | None) -> str:
+def instruction(fmt: AnswerFormat | None, asking: str | None = None) -> str:
     """The instruction that asks for ``fmt`` (empty for ``free`` or no format).
 
     ``choice`` lists its options one per line (``A) Paris``) before asking for the
-    letter; ``json`` quotes its schema.
+    letter; ``json`` quotes its schema. ``asking`` replaces the sentence that asks
+    (a ``choice`` still lists its options); the empty string asks nothing at all.
     """
-    if fmt is None or fmt.kind == "free":
+    if fmt is None or fmt.kind == "free" or asking == "":
         return ""
+    if fmt.kind == "json":
+        schema = json.dumps(dict(fmt.schema or {}), ensure_ascii=False, sort_keys=True)
+        default = f"Answer with JSON only, matching this schema: {schema}"
+    else:
+        default = _INSTRUCTIONS[fmt.kind]
+    sentence = default if asking is None else asking
     if fmt.kind == "choice":
         options = "\n".join(
             f"{letter}) {text}" for letter, text in zip(fmt.letters, fmt.choices, strict=True)
         )
-        return f"{options}\nAnswer with the letter only."
-    if fmt.kind == "json":
-        schema = json.dumps(dict(fmt.schema or {}), ensure_ascii=False, sort_keys=True)
-        return f"Answer with JSON only, matching this schema: {schema}"
-    return _INSTRUCTIONS[fmt.kind]
+        return f"{options}\n{sentence}"
+    return sentence
 
 
-def with_instruction(prompt: str, fmt: AnswerFormat | None) -> str:
+def with_instruction(prompt: str, fmt: AnswerFormat | None, asking: str | None = None) -> str:
     """``prompt`` with the instruction for ``fmt`` appended: the prompt that is sent
-    (and stored).
+    (and stored). ``asking`` is the step's own asking sentence (see
+    :func:`instruction`).
 
     A one-sentence instruction follows the question on its line, so a base model's
     few-shot ``Q:`` line stays one line; the options of ``choice`` start on the next
     line.
     """
-    text = instruction(fmt)
+    text = instruction(fmt, asking)
     if not text:
         return prompt
     separator = "\n" if fmt is not None and fmt.kind == "choice" else " "

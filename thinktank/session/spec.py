@@ -114,6 +114,12 @@ class AnswerFormatSpec(_Spec):
     """``json`` only: the JSON Schema an answer must match (a mapping; ``type``,
     ``properties``, ``required``, ``enum`` and ``items`` are checked for shape). Written
     ``schema`` in a file."""
+    instruction: bool | Annotated[str, Field(min_length=1)] = True
+    """What the prompt is told about the format: ``true`` appends the kind's instruction
+    (above); a sentence replaces the kind's asking sentence (``"Think step by step, then
+    end with: The answer is N."``; a ``choice`` keeps its listed options); ``false``
+    appends nothing, for a prompt that already says how to answer (extraction and
+    equivalence still follow the format)."""
 
     @field_validator("choices")
     @classmethod
@@ -142,6 +148,13 @@ class AnswerFormatSpec(_Spec):
         if self.kind == "json" and self.json_schema is None:
             raise ValueError("answer format 'json' needs a 'schema' (a JSON Schema mapping)")
         return self
+
+    def asking(self) -> str | None:
+        """The sentence that asks for the format in place of the kind's own (None: the
+        kind's own; the empty string: no instruction at all)."""
+        if self.instruction is True:
+            return None
+        return "" if self.instruction is False else self.instruction
 
     def to_format(self) -> AnswerFormat:
         """The :class:`~thinktank.consensus.formats.AnswerFormat` this declares (the one
@@ -454,6 +467,11 @@ class StepSpec(_Spec):
         """The :class:`~thinktank.consensus.formats.AnswerFormat` of ``answer_format``
         (None when the step declares none)."""
         return None if self.answer_format is None else self.answer_format.to_format()
+
+    def format_asking(self) -> str | None:
+        """The step's own sentence asking for its format (see
+        :meth:`AnswerFormatSpec.asking`); None for the kind's own or no format."""
+        return None if self.answer_format is None else self.answer_format.asking()
 
     def extra_models(self) -> list[str]:
         """Models the step may call besides its own: the judge, escalations, and the
