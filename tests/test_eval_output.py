@@ -55,6 +55,9 @@ def test_the_terminal_tables_label_derived_figures(report: Report) -> None:
     comp = report.comparisons[0]
     assert f"{comp.b}/{comp.c}/p=" in text
     assert "not derived: single remerge" in text
+    at = report.calibration[0].at_coverage[-1]
+    assert "at >= 80.0% coverage" in text
+    assert f"@ {100 * at.coverage:.1f}% (>= {at.threshold:.2f})" in text
 
 
 def test_json_has_stable_keys(report: Report) -> None:

@@ -97,6 +97,13 @@ def test_calibration_uses_the_stored_consensus_score() -> None:
     assert cal.auroc == auroc([1.0, 1.0, 0.5, 1.0], [True, False, True, True])
     assert sum(b.count for b in cal.bins) == 4
     assert cal.selective[-1].coverage == 1.0 and cal.selective[-1].accuracy == 0.75
+    # Scores 1.0 (3 items: T, F, T) then 0.5 (1 item: T). 50% coverage needs the cut at
+    # 1.0 (3 of 4 answered, 2 right); 80% needs 0.5 (all 4, 3 right).
+    half, most = cal.at_coverage
+    assert (half.target, half.threshold, half.answered, half.coverage) == (0.5, 1.0, 3, 0.75)
+    assert half.accuracy == wilson(2, 3)
+    assert (most.target, most.threshold, most.answered, most.coverage) == (0.8, 0.5, 4, 1.0)
+    assert most.accuracy == wilson(3, 4)
 
 
 def test_error_correlation_between_samples_and_the_independent_vote() -> None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from thinktank.eval.analysis import FINISHED, Grader
 from thinktank.eval.records import ExperimentRecord, SampleRecord
-from thinktank.eval.report import Report
+from thinktank.eval.report import COVERAGE_TARGETS, Report
 from thinktank.eval.stats import Interval
 
 if TYPE_CHECKING:
@@ -219,6 +219,11 @@ def _num(value: float | None, fmt: str = "{:.0f}") -> str:
     return "-" if value is None else fmt.format(value)
 
 
+def _delta(value: float) -> str:
+    """A difference of two proportions in percentage points."""
+    return f"{100 * value:+.1f} pts"
+
+
 def _interval(a: Interval | None) -> str:
     return "-" if a is None else f"{_pct(a.estimate)} [{_pct(a.low)}, {_pct(a.high)}]"
 
@@ -307,21 +312,28 @@ def _abstentions(report: Report) -> Table | None:
 def _calibration(report: Report) -> Table | None:
     if not report.calibration:
         return None
+    baseline = next((c for c in report.configurations if c.config_id == report.baseline), None)
+    base = baseline.accuracy if baseline is not None else None
+    versus = f"; {report.baseline} answers all at {_pct(base.estimate)}" if base else ""
     table = _table(
-        "Consensus score as confidence (measured)",
-        ["config", "scored", "AUROC", "accuracy@coverage: all / half / top"],
+        f"Consensus score as confidence (measured{versus})",
+        ["config", "scored", "AUROC"]
+        + [f"accuracy at >= {_pct(t)} coverage (score cut)" for t in COVERAGE_TARGETS]
+        + ["all answered"],
     )
     for cal in report.calibration:
-        levels = cal.selective
-        half = next((c for c in levels if c.coverage >= 0.5), None)
-        picks = [levels[-1] if levels else None, half, levels[0] if levels else None]
+        cells = [
+            f"{_interval(at.accuracy)} @ {_pct(at.coverage)} (>= {at.threshold:.2f})"
+            + ("" if base is None else f" {_delta(at.accuracy.estimate - base.estimate)}")
+            for at in cal.at_coverage
+        ]
+        every = cal.selective[-1] if cal.selective else None
         table.add_row(
             cal.config_id,
             str(cal.scored),
             _num(cal.auroc, "{:.3f}"),
-            " / ".join(
-                "-" if c is None else f"{_pct(c.accuracy)}@{_pct(c.coverage)}" for c in picks
-            ),
+            *cells,
+            "-" if every is None else _pct(every.accuracy),
         )
     return table
 
@@ -395,7 +407,7 @@ def _dropped(report: Report) -> Table | None:
             d.dropped,
             _pct(d.accuracy.estimate),
             _pct(d.full.estimate),
-            f"{100 * d.delta:+.1f} pts",
+            _delta(d.delta),
             f"{m.b}/{m.c}/p={m.p_value:.3g}",
         )
     return table

@@ -52,6 +52,8 @@ from thinktank.eval.stats import (
 )
 
 __all__ = [
+    "COVERAGE_TARGETS",
+    "AtCoverage",
     "Calibration",
     "Comparison",
     "ConfigSummary",
@@ -127,6 +129,26 @@ class Comparison:
     kind: Kind = MEASURED
 
 
+COVERAGE_TARGETS = (0.5, 0.8)
+"""The coverage levels the report states selective accuracy at (issue #15 asks for 50%
+and 80%)."""
+
+
+@dataclass(frozen=True)
+class AtCoverage:
+    """Selective answering by the consensus score at a coverage level: the highest score
+    cut that answers at least ``target`` of the items (items of equal score are answered
+    together, so ``coverage`` may exceed ``target``)."""
+
+    target: float
+    threshold: float
+    """The score cut: items scoring at least this are answered."""
+    answered: int
+    coverage: float
+    accuracy: Interval
+    """Accuracy among the answered items, with its 95% Wilson interval."""
+
+
 @dataclass(frozen=True)
 class Calibration:
     """How well the stored consensus score separates right from wrong answers."""
@@ -137,6 +159,8 @@ class Calibration:
     auroc: float | None
     bins: tuple[Bin, ...]
     selective: tuple[Coverage, ...]
+    at_coverage: tuple[AtCoverage, ...] = ()
+    """Accuracy at each of :data:`COVERAGE_TARGETS` (derived from ``selective``)."""
     kind: Kind = MEASURED
 
 
@@ -284,12 +308,27 @@ def _calibration(
         return None
     scores = [min(1.0, max(0.0, s)) for s, _ in scored]
     right = [ok for _, ok in scored]
+    levels = tuple(selective(scores, right))
     return Calibration(
         config_id=config_id,
         scored=len(scored),
         auroc=auroc(scores, right),
         bins=tuple(calibration(scores, right)),
-        selective=tuple(selective(scores, right)),
+        selective=levels,
+        at_coverage=tuple(_at_coverage(levels, target, len(scored)) for target in COVERAGE_TARGETS),
+    )
+
+
+def _at_coverage(levels: Sequence[Coverage], target: float, n: int) -> AtCoverage:
+    """The first score cut (from the highest down) that covers ``target`` of ``n``."""
+    level = next(c for c in levels if c.coverage >= target)  # the last covers all
+    right = round(level.accuracy * level.answered)
+    return AtCoverage(
+        target=target,
+        threshold=level.threshold,
+        answered=level.answered,
+        coverage=level.coverage,
+        accuracy=wilson(right, level.answered),
     )
 
 
