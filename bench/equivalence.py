@@ -243,8 +243,7 @@ def _both_name(a: str, b: str, names: Sequence[str]) -> bool:
     """Whether both answers name one of ``names`` (whole words, folded): a candidate
     for a positive the rules cannot read, so it is drawn and checked by eye."""
     return any(
-        all(re.search(rf"\b{re.escape(name)}\b", _fold(text)) for text in (a, b))
-        for name in names
+        all(re.search(rf"\b{re.escape(name)}\b", _fold(text)) for text in (a, b)) for name in names
     )
 
 
