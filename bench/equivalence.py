@@ -8,12 +8,14 @@ hand-written hard cases, labelled same / not same) and prints, per answer format
 95% Wilson intervals, and the reasons the merges gave.
 
     python bench/equivalence.py                 # the figures
-    python bench/equivalence.py build --db results/local.db > pairs.jsonl
+    python bench/equivalence.py build --db results/local.db [--db ...] > pairs.jsonl
 
-``build`` re-derives the pairs drawn from real outputs: answers of one item across the
-two local families and their samples (issue #14's run), labelled by the rules and the
-hand checks in this file (see ``_HAND_LABELS``); the hand-written pairs are appended
-from the shipped file as they are.
+``build`` re-derives the pairs drawn from real outputs: pairs of distinct answers to one
+item across the two local families and their samples, from every stored run in the
+databases given (issue #14's runs and #15's ``equivalence-capitals``): a few random pairs
+per item and, for capitals, every pair labelled the same or naming the item's capital;
+labelled by the rules and the hand checks in this file (see ``_HAND_LABELS``). The
+hand-written pairs are appended from the shipped file as they are.
 """
 
 from __future__ import annotations
