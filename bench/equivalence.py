@@ -8,12 +8,14 @@ hand-written hard cases, labelled same / not same) and prints, per answer format
 95% Wilson intervals, and the reasons the merges gave.
 
     python bench/equivalence.py                 # the figures
-    python bench/equivalence.py build --db results/local.db > pairs.jsonl
+    python bench/equivalence.py build --db results/local.db [--db ...] > pairs.jsonl
 
-``build`` re-derives the pairs drawn from real outputs: answers of one item across the
-two local families and their samples (issue #14's run), labelled by the rules and the
-hand checks in this file (see ``_HAND_LABELS``); the hand-written pairs are appended
-from the shipped file as they are.
+``build`` re-derives the pairs drawn from real outputs: pairs of distinct answers to one
+item across the two local families and their samples, from every stored run in the
+databases given (issue #14's runs and #15's ``equivalence-capitals``): a few random pairs
+per item and, for capitals, every pair labelled the same or naming the item's capital;
+labelled by the rules and the hand checks in this file (see ``_HAND_LABELS``). The
+hand-written pairs are appended from the shipped file as they are.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import random
 import re
 import sqlite3
 import sys
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -93,8 +96,16 @@ def report(pairs: Sequence[Pair]) -> None:
 
 # --- build: the pairs drawn from real outputs -------------------------------------
 
-_CAPITAL_RE = re.compile(
-    r"\bcapital(?: city)? of [A-Z][\w ]*? is (?:the city of )?([A-Z][\w'. -]*?)\s*(?:[.,;!\n]|$)"
+_CITY = r"([A-Z][\w'. -]*?)"
+_END = r"\s*(?:[.,;!\n]|$)"
+_CAPITAL_RES = (
+    # "The capital of France is Paris.", "France's capital city is: Paris"
+    re.compile(
+        r"\b(?:capital(?: city)? of [A-Z][\w ]*?|[A-Z][\w ]*?['’]s capital(?: city)?)"
+        rf" is:? (?:the city of )?{_CITY}{_END}"
+    ),
+    # "Paris is the capital of France.", "Paris, the capital of France"
+    re.compile(rf"^{_CITY}(?: is|,) the capital(?: city)? of "),
 )
 _HEDGE_RE = re.compile(r"\b(not|or|no|isn't)\b", re.IGNORECASE)
 _ARITHMETIC_RE = re.compile(r"\s*-?\d+\s*[-+*x×]\s*-?\d+\s*=\s*(-?\d+)\.?\s*")
@@ -104,6 +115,33 @@ _HAND_LABELS: dict[tuple[str, str], bool | None] = {}
 eye: (a, b) -> same, or None to leave the pair out (no confident label). Filled from
 ``_HAND`` below."""
 _HAND = [
+    # No confident label (issue #15's second round of checks): the sentence names the
+    # city as the capital of something else, or contradicts itself.
+    ("Bochum, also known as Berlin", "", None),
+    ("Malaysia is the capital of the Malay archipelago", "", None),
+    ("El Salvador is the capital of the 22nd", "", None),
+    ("London, not London itself", "", None),
+    ("Capital of Colombia is the capital of the country", "", None),
+    ("Capital of Ghana is the capital of Ghana", "", None),
+    ("Egypt is the capital of the ancient Egyptian empire", "", None),
+    ("Myanmar also has a capital called", "", None),
+    ("Nepal is the capital of the 12th kingdom", "", None),
+    ("Poland is the capital of the Baltic states", "", None),
+    ("the capital of the state of New York", "", None),
+    ('The answer is: "MEX"', "", None),
+    ("Portspring", "", None),
+    ("Portugal is home to the city of Lisbon, not just one capital", "", None),
+    ("The capital of Denmark is the capital of the city of Copenhagen", "", None),
+    ('of Hungary is "Buda"', "", None),
+    ("Hanoi, Ho Chi Minh, Saigon", "", None),
+    ("two main capitals, Hanoi and Saigon", "", None),
+    ("Spain also has its own capital, Madrid", "", None),
+    # Rules wrong: these name the capital but state another city (or none) as it.
+    ("Manchester is the capital of the United Kingdom", "Manchester is the capital of", False),
+    ("Nairobi, 800 km (430 mi) from the capital of Kenya", "", False),
+    ("The capital is the capital city of Kerman", "", False),
+    # Rules wrong: both state the same (wrong) capital.
+    ("Ciudad Bolío", "Ciudad Bolío", True),
     # Capitals: sentences that state the same city, in ways the rules do not parse.
     ("Answer: Buenos Aires", "Buenos Aires", True),
     ("its capital city is Dhaka", "Dhaka", True),
@@ -153,7 +191,7 @@ def _city(text: str) -> str | None:
     bare = normalize_answer(text)
     if bare and len(bare.split()) <= 3 and not _HEDGE_RE.search(bare):
         return bare
-    cities = {found.casefold() for found in _CAPITAL_RE.findall(text)}
+    cities = {found.casefold() for pattern in _CAPITAL_RES for found in pattern.findall(text)}
     if len(cities) == 1 and not _HEDGE_RE.search(text):
         return cities.pop()
     return None
@@ -167,8 +205,9 @@ def _number(text: str) -> str | None:
     return found.group(1) if found else None
 
 
-def build(db: str) -> Iterable[Pair]:
-    """The pairs of real outputs in run ``db`` (see the module docstring)."""
+def _answers(db: str) -> dict[tuple[str, str, str], dict[str, str]]:
+    """Run ``db``'s distinct non-empty answers per (experiment, name, item): answer ->
+    the first model that gave it."""
     connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     rows = connection.execute(
         "select s.experiment_id, e2.name, s.item_id, e.model_id, e.response"
@@ -178,11 +217,57 @@ def build(db: str) -> Iterable[Pair]:
         " where e.response is not null and e.status = 'ok'"
         " order by s.item_id, e.model_id, s.config_id"
     ).fetchall()
+    connection.close()
     items: dict[tuple[str, str, str], dict[str, str]] = {}
     for experiment, name, item, model, response in rows:
         answers = items.setdefault((experiment, name, item), {})
         if response.strip():
             answers.setdefault(response.strip(), model)
+    return items
+
+
+def _fold(text: str) -> str:
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    return "".join(char for char in decomposed if not unicodedata.combining(char))
+
+
+def _targets() -> dict[str, list[str]]:
+    """Each capitals item's accepted capitals, folded (case and diacritics)."""
+    found = {}
+    for line in (DATA / "capitals.jsonl").read_text(encoding="utf-8").splitlines():
+        item = json.loads(line)
+        target = item["target"] if isinstance(item["target"], list) else [item["target"]]
+        found[item["id"]] = [_fold(name) for name in target]
+    return found
+
+
+def _both_name(a: str, b: str, names: Sequence[str]) -> bool:
+    """Whether both answers name one of ``names`` (whole words, folded): a candidate
+    for a positive the rules cannot read, so it is drawn and checked by eye."""
+    return any(
+        all(re.search(rf"\b{re.escape(name)}\b", _fold(text)) for text in (a, b)) for name in names
+    )
+
+
+def _label(a: str, b: str, names: Sequence[str] | None) -> tuple[bool, bool | None]:
+    """(by hand, label): the hand label when one matches, else the rules': the same
+    city (capitals, ``names`` the item's accepted capitals) or result stated, or, for
+    capitals, both answers naming an accepted capital (every such pair was checked by
+    eye, and the few that name it without stating it as the answer are in ``_HAND``)."""
+    matched, label = _hand_label(a, b)
+    if not matched:
+        read = _number if names is None else _city
+        first, second = read(a), read(b)
+        label = (first is not None and first == second) or (
+            names is not None and _both_name(a, b, names)
+        )
+    return matched, label
+
+
+def build(dbs: Sequence[str]) -> Iterable[Pair]:
+    """The pairs of real outputs in the runs of ``dbs`` (see the module docstring)."""
+    items = {key: answers for db in dbs for key, answers in _answers(db).items()}
+    targets = _targets()
     rng = random.Random(15)
     for (experiment, name, item), answers in sorted(items.items()):
         capitals = item.startswith("capitals")
@@ -194,13 +279,15 @@ def build(db: str) -> Iterable[Pair]:
             *itertools.combinations(smol, 2),
         ]
         rng.shuffle(pairs)
-        for (a, model_a), (b, model_b) in pairs[: 4 if capitals else 3]:
-            matched, label = _hand_label(a, b)
-            if not matched:
-                read = _city if capitals else _number
-                first, second = read(a), read(b)
-                label = first is not None and first == second
-            if label is None:
+        for index, ((a, model_a), (b, model_b)) in enumerate(pairs):
+            names = targets[item] if capitals else None
+            matched, label = _label(a, b, names)
+            # A few random pairs per item, and every other pair of capitals labelled
+            # same or naming the capital (the hard positives, and negatives like them).
+            drawn = index < (4 if capitals else 3) or (
+                capitals and (label is not False or _both_name(a, b, targets[item]))
+            )
+            if label is None or not drawn:
                 continue
             yield {
                 "a": a,
@@ -224,7 +311,12 @@ def _reason(same: bool, capitals: bool, by_hand: bool) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", nargs="?", default="report", choices=["report", "build"])
-    parser.add_argument("--db", help="build: the stored run to draw real outputs from")
+    parser.add_argument(
+        "--db",
+        action="append",
+        default=[],
+        help="build: a database of stored runs to draw real outputs from (repeatable)",
+    )
     args = parser.parse_args(argv)
     shipped = [json.loads(line) for line in PAIRS.read_text(encoding="utf-8").splitlines()]
     if args.command == "report":
