@@ -306,8 +306,20 @@ def test_shipped_arithmetic_targets_are_the_answers() -> None:
     )
 
 
+def test_shipped_times_tables_are_every_product_once() -> None:
+    items = load_dataset(shipped("times-tables"))
+    pairs = []
+    for item in items:
+        match = re.fullmatch(r"What is (\d+) x (\d+)\?", item.inputs["question"])
+        assert match, item
+        a, b = int(match[1]), int(match[2])
+        assert item.id == f"times-tables-{a}x{b}" and item.targets == (str(a * b),)
+        pairs.append((a, b))
+    assert sorted(pairs) == [(a, b) for a in range(2, 13) for b in range(a, 13)]
+
+
 def test_unknown_shipped_name() -> None:
     with pytest.raises(
-        DatasetError, match=r"no shipped dataset 'nope' \(shipped: arithmetic, capitals\)"
+        DatasetError, match=r"no shipped dataset 'nope' \(shipped: arithmetic, capitals, times-tables\)"
     ):
         shipped("nope")

@@ -322,7 +322,7 @@ ERRORS = [
     (
         "unknown shipped dataset",
         BASE.replace("data.jsonl", "shipped:nope"),
-        ":2: dataset: no shipped dataset 'nope' (shipped: arithmetic, capitals)",
+        ":2: dataset: no shipped dataset 'nope' (shipped: arithmetic, capitals, times-tables)",
     ),
     ("duplicate key", BASE + "name: again\n", ":7: duplicate key 'name'"),
     (

@@ -30,7 +30,7 @@ MAX_BYTES = 64 * 1024 * 1024
 """Largest dataset file read (64 MiB): datasets are thousands of short items, so a larger
 file is a mistake (a log, a model file) and is refused before it is read into memory."""
 
-SHIPPED = ("arithmetic", "capitals")
+SHIPPED = ("arithmetic", "capitals", "times-tables")
 """Names of the datasets shipped in ``thinktank/eval/data/`` (see its README.md)."""
 
 ID = "id"
