@@ -141,6 +141,16 @@ def test_auto_joins_long_paraphrases_with_the_similar_wording_reason() -> None:
     assert reason == f"{SIMILAR_WORDING} {lexical_similarity(SCATTER, SCATTER_NEAR):.2f}"
 
 
+def test_explicit_equivalent_mode_has_the_long_layer() -> None:
+    """``equivalent`` joins two long answers at the lexical cut (``similar_wording``),
+    never a long answer and its negation."""
+    options = MergeOptions(agreement="equivalent")
+    clusters = cluster_answers(_answers(SCATTER, SCATTER_NEAR, NOT_SCATTER), options=options)
+    assert clusters[0].keys == ("k0", "k1")
+    assert next(iter(clusters[0].reasons.values())).startswith(f"{SIMILAR_WORDING} ")
+    assert len(clusters) == 2
+
+
 def test_a_negation_never_joins_whatever_the_threshold() -> None:
     """Even at threshold 0, an answer and its negation stay apart."""
     clusters = cluster_answers(

@@ -6,8 +6,9 @@ are ordered, and how much the models agree. The measure comes from
 :func:`~thinktank.consensus.normalize.normalize_answer`, or the declared format's
 :func:`~thinktank.consensus.formats.extract_formatted`), connected groups of the graph
 "equivalent" for short answers (``equivalent``, the ``auto`` choice:
-:mod:`~thinktank.consensus.equivalence`; a group holding two contradicting bare answers
-falls back to equal canonical answers), or clusters of the graph "similarity >= cut"
+:mod:`~thinktank.consensus.equivalence`, plus the lexical long-answer layer for two
+long answers; a group holding two contradicting bare answers falls back to equal
+canonical answers), or clusters of the graph "similarity >= cut"
 for long ones (``lexical``, ``semantic``: the long-answer layer of
 :mod:`~thinktank.consensus.long_equivalence`, joined most similar first and never
 holding two contradicting answers; ``auto`` uses the calibrated cuts). Results never
@@ -506,9 +507,23 @@ def _equivalence_links(
             else:
                 link = equivalence_reason(
                     answers[i].text, answers[j].text, options.answer_format, candidates
-                )
+                ) or _long_link(answers[i].text, answers[j].text, options)
             links[i][j] = links[j][i] = link
     return links
+
+
+def _long_link(a: str, b: str, options: MergeOptions) -> str | None:
+    """The long-answer layer of ``equivalent``: two answers of more than
+    :data:`~thinktank.consensus.options.SHORT_ANSWER_WORDS` words each, with no declared
+    format (or ``free``), agree at lexical similarity >= the cut unless they contradict
+    (``similar_wording <score>``)."""
+    fmt = options.answer_format
+    if fmt is not None and fmt.kind != "free":
+        return None
+    if any(len(normalize_answer(text).split()) <= SHORT_ANSWER_WORDS for text in (a, b)):
+        return None
+    cut = long_cut("lexical", options)
+    return long_links((a, b), similarity_matrix([a, b]), cut, SIMILAR_WORDING)[0][1]
 
 
 def _equivalent_groups(
