@@ -41,6 +41,8 @@ from thinktank.consensus import (
     union,
     weighted_merge,
 )
+from thinktank.consensus.agreement import analyse, long_cut
+from thinktank.consensus.long_equivalence import contradicts
 from thinktank.consensus.similarity import similarity_matrix
 
 # --- recorded fixtures ----------------------------------------------------------------
@@ -110,6 +112,9 @@ ARITHMETIC = [
 ]
 """Two small models agree on a wrong product; the strong model is alone and right."""
 TRUST_STRONG = MergeOptions(weights={"gpt-4o": 3.0})
+AT_0_6 = MergeOptions(similarity_threshold=0.6)
+"""The former default lexical cut: EXPLAIN_A and EXPLAIN_B join at it, not at the
+calibrated LEXICAL_CUT (test_long_equivalence.py)."""
 
 
 class HashingEmbedder:
@@ -334,8 +339,10 @@ def test_auto_picks_lexical_for_long_answers() -> None:
 
 
 def test_lexical_clusters_paraphrases_together() -> None:
-    """Two paraphrased explanations form one cluster; the unrelated one stays alone."""
-    clusters = cluster_answers(EXPLANATIONS)
+    """Two paraphrased explanations form one cluster at 0.6; the unrelated one stays
+    alone. The calibrated default cut keeps all three apart."""
+    assert len(cluster_answers(EXPLANATIONS)) == 3
+    clusters = cluster_answers(EXPLANATIONS, options=AT_0_6)
     assert [c.keys for c in clusters] == [("e-1", "e-2"), ("e-3",)]
     assert clusters[0].representative in {EXPLAIN_A, EXPLAIN_B}
     assert clusters[0].answer == normalize_text(clusters[0].representative)
@@ -394,7 +401,10 @@ def test_similarity_clusters_are_threshold_components(answers: list[Answer], mod
 
     for left, right in itertools.combinations(clusters, 2):
         for x, y in itertools.product(left.keys, right.keys):
-            assert similar(by_key[x].text, by_key[y].text) < options.similarity_threshold
+            # Apart: below the cut, or vetoed as contradicting (long_equivalence).
+            assert similar(by_key[x].text, by_key[y].text) < long_cut(
+                analyse(answers, options).mode, options
+            ) or contradicts(by_key[x].text, by_key[y].text)
     order = [(c.blank, -c.weight) for c in clusters]
     assert order == sorted(order)
     assert len({c.answer for c in clusters}) == len(clusters)
@@ -443,7 +453,7 @@ def test_registry_holds_every_method() -> None:
 
 def test_majority_on_explanations() -> None:
     """Majority over long answers returns a member of the paraphrase pair."""
-    result = majority(EXPLANATIONS, 0.6)
+    result = majority(EXPLANATIONS, 0.6, AT_0_6)
     assert result.content in {EXPLAIN_A, EXPLAIN_B}
     assert result.included_keys == ("e-1", "e-2")
     assert result.score == pytest.approx(2 / 3)
@@ -452,7 +462,7 @@ def test_majority_on_explanations() -> None:
 
 def test_medoid_on_explanations() -> None:
     """The medoid is the paraphrase closest to all three answers, scored by its cluster."""
-    result = medoid(EXPLANATIONS, 0.7)
+    result = medoid(EXPLANATIONS, 0.7, AT_0_6)
     a_centrality = lexical_similarity(EXPLAIN_A, EXPLAIN_B) + lexical_similarity(
         EXPLAIN_A, EXPLAIN_C
     )

@@ -38,6 +38,7 @@ __all__ = [
     "SAME_NUMBER",
     "SAME_YES_NO",
     "STATES_ANSWER",
+    "answer_tokens",
     "canonical_answer",
     "equivalence_reason",
     "is_bare",
@@ -111,6 +112,12 @@ def canonical_answer(text: str, fmt: AnswerFormat | None = None) -> str:
     if fmt is None:
         return normalize_answer(text)
     return extract_formatted(text, fmt) or ""
+
+
+def answer_tokens(text: str) -> tuple[str, ...]:
+    """The tokens the equivalence rules read: case-folded words without diacritics,
+    whole numbers, single punctuation marks and line breaks; ``n't`` reads as ``not``."""
+    return _tokens(text)
 
 
 def is_bare(canonical: str) -> bool:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from thinktank.consensus.agreement import Answer, connected_components
-from thinktank.consensus.options import MergeOptions, ResolvedAgreement
+from thinktank.consensus.options import ITEM_THRESHOLD, MergeOptions, ResolvedAgreement
 from thinktank.consensus.similarity import normalize_text, similarity_matrix
 
 __all__ = ["MergedItem", "extract_items", "merge_items"]
@@ -137,7 +137,9 @@ def merge_items(
     else:
         embedder = options.embedder if mode == "semantic" else None
         similarity = similarity_matrix([item.text for item in items], embedder=embedder)
-        threshold = options.similarity_threshold
+        threshold = (
+            ITEM_THRESHOLD if options.similarity_threshold is None else options.similarity_threshold
+        )
     groups = connected_components(
         len(items),
         lambda i, j: items[i].answer.key != items[j].answer.key and similarity[i][j] >= threshold,

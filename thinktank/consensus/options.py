@@ -18,6 +18,7 @@ from thinktank.consensus.formats import AnswerFormat
 from thinktank.consensus.similarity import Embedder
 
 __all__ = [
+    "ITEM_THRESHOLD",
     "SHORT_ANSWER_WORDS",
     "AgreementMode",
     "MergeOptions",
@@ -57,6 +58,11 @@ responses that arrived together fall to the smaller key. Empty or unparseable an
 never win, whatever the rule.
 """
 
+ITEM_THRESHOLD = 0.6
+"""``union`` merges two list items at or above this similarity when the options set no
+``similarity_threshold`` (not calibrated: list items are phrases, not the answers the
+long-answer cuts were measured on)."""
+
 SHORT_ANSWER_WORDS = 8
 """``auto`` compares by equivalence when every normalised extracted answer has at most this
 many words (a name, a number, a short phrase), and by lexical similarity otherwise."""
@@ -74,9 +80,13 @@ class MergeOptions:
 
     agreement: AgreementMode = "auto"
     """The agreement measure (see :data:`AgreementMode`)."""
-    similarity_threshold: float = 0.6
+    similarity_threshold: float | None = None
     """Two long answers (``lexical``/``semantic``) agree at or above this similarity;
-    ``union`` also merges list items at or above it."""
+    ``union`` also merges list items at or above it. None (the default): the calibrated
+    cut of the measure for whole answers
+    (:data:`~thinktank.consensus.long_equivalence.LEXICAL_CUT`,
+    :data:`~thinktank.consensus.long_equivalence.SEMANTIC_CUT`) and
+    :data:`ITEM_THRESHOLD` for list items."""
     weights: Mapping[str, float] = field(default_factory=dict, hash=False)
     """Model name -> weight (models not listed weigh 1.0); multiplies ``Answer.weight``.
     Stored as a read-only copy (left out of the hash, which stays usable)."""
@@ -97,7 +107,9 @@ class MergeOptions:
             known = ", ".join(get_args(AgreementMode))
             raise ValueError(f"unknown agreement mode {self.agreement!r}; known: {known}")
         threshold = self.similarity_threshold
-        if not (isinstance(threshold, int | float) and 0.0 <= threshold <= 1.0):
+        if threshold is not None and not (
+            isinstance(threshold, int | float) and 0.0 <= threshold <= 1.0
+        ):
             raise ValueError(f"similarity_threshold must be in [0, 1], got {threshold!r}")
         for model, weight in self.weights.items():
             if not (isinstance(weight, int | float) and math.isfinite(weight) and weight > 0):

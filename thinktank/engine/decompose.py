@@ -39,6 +39,7 @@ import anyio
 import networkx as nx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from thinktank.consensus.options import ITEM_THRESHOLD
 from thinktank.consensus.similarity import lexical_similarity
 from thinktank.engine.calls import Caller, CallResult
 from thinktank.providers.base import ModelRequest
@@ -274,7 +275,9 @@ async def decompose(
         return None, f"no usable decomposition ({reasons})", None
     plan = merge_proposals(
         [(m, plans[m]) for m in models if m in plans],
-        threshold=step.similarity_threshold,
+        threshold=(
+            ITEM_THRESHOLD if step.similarity_threshold is None else step.similarity_threshold
+        ),
         max_items=step.max_subproblems,
     )
     return plan.describe(), None, plan_steps(step, plan, request.prompt, taken, models[0])

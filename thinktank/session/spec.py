@@ -314,8 +314,8 @@ class ParallelExecutionConfig(_Spec):
     """Which of two equally supported answers wins (as on a step)."""
     agreement: Literal["auto", "exact", "equivalent", "lexical", "semantic"] = "auto"
     """How answers are compared."""
-    similarity_threshold: Annotated[float, Field(ge=0, le=1)] = 0.6
-    """Two long answers agree at or above this similarity."""
+    similarity_threshold: Annotated[float, Field(ge=0, le=1)] | None = None
+    """Two long answers agree at or above this similarity (as on a step)."""
     max_concurrent_models: Annotated[int, Field(ge=1)] = 3
     """Calls in flight at once."""
     system: str | None = None
@@ -399,9 +399,16 @@ class StepSpec(_Spec):
     ``equivalent`` (short answers worded differently: a sentence stating the answer,
     the same number or choice; never answers that contradict), ``lexical`` or
     ``semantic`` similarity (long answers; semantic needs the ``embeddings`` extra),
-    ``auto`` picks equivalent for short answers, else lexical."""
-    similarity_threshold: Annotated[float, Field(ge=0, le=1)] = 0.6
-    """Two long answers agree at or above this similarity."""
+    ``auto`` picks equivalent for short answers, else lexical. Long answers that
+    contradict (one negates the other's main clause, or they state different numbers)
+    never agree, whatever their similarity. Embeddings are used only when asked for
+    (``semantic``), since loading the model takes seconds."""
+    similarity_threshold: Annotated[float, Field(ge=0, le=1)] | None = None
+    """Two long answers agree at or above this similarity; list items (``union``) and
+    sub-problems (``decompose``) merge at or above it too. Unset: the calibrated cut of
+    the measure for whole answers (lexical 0.90; MiniLM cosine 1.0, since no lower cut
+    reached precision 0.95 on the labelled long answers: see
+    ``thinktank.consensus.long_equivalence``) and 0.6 for items and sub-problems."""
     on_low_consensus: Literal["continue", "escalate", "fail", "abstain"] = "continue"
     """Below the threshold: flag it and go on, ``escalate`` (ask ``escalate_to`` as
     well and merge again), fail the step, or ``abstain``: the step completes with the
