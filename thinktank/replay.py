@@ -48,7 +48,7 @@ from thinktank.engine.runner import (
     new_worker_id,
 )
 from thinktank.errors import UsageError
-from thinktank.events import CallStarted
+from thinktank.events import CallStarted, ConsensusComputed
 from thinktank.providers.base import NO_RETRY, ModelClient, PooledModel
 from thinktank.providers.recorded import RecordedCall, ReplayClient, ResumeClient, sequences
 from thinktank.session.graph import StepGraph
@@ -105,12 +105,41 @@ def _abstention(step: StoredStep) -> str | None:
     return below_threshold(c.score, c.threshold)
 
 
+def _kept_consensus(step: StoredStep) -> ConsensusComputed | None:
+    """An abstained step's stored merge, to be the reused step's again (its outcome
+    ``no_consensus`` lives on it): served as the consensus cache serves one, with no
+    call and ``cached_from`` the stored merge."""
+    c = step.consensus
+    if c is None or _abstention(step) is None:
+        return None
+    return ConsensusComputed(
+        session_id=c.session_id,  # the new session's, set when it is emitted
+        step_id=step.step_key,
+        method=c.method,
+        score=c.score,
+        content=c.content,
+        threshold=c.threshold,
+        reached=c.reached,
+        included_call_ids=(),
+        clusters=tuple(c.clusters),
+        outcome=c.outcome,
+        attempt=c.attempt or 1,
+        mode=c.mode,
+        early_termination=c.early_termination,
+        escalation=tuple(tuple(r) for r in c.escalation),
+        items=tuple(c.items),
+        note=f"reused: consensus {c.id} of session {c.session_id}",
+        cached_from=c.id,
+    )
+
+
 def _seed_of(step: StoredStep) -> SeedStep | None:
     if step.status == "completed":
         return SeedStep(
             status="completed",
             output=step.output,
             abstained=_abstention(step),
+            consensus=_kept_consensus(step),
             input_tokens=step.input_tokens,
             output_tokens=step.output_tokens,
             cost_usd=step.cost_usd,
@@ -584,7 +613,12 @@ async def fork(
         extra, sinks = _extra_steps(stored, keep=kept_parents)
         # Reused, not re-run: the fork spends nothing on these steps.
         seed = {
-            s.step_key: SeedStep(status="completed", output=s.output, abstained=_abstention(s))
+            s.step_key: SeedStep(
+                status="completed",
+                output=s.output,
+                abstained=_abstention(s),
+                consensus=_kept_consensus(s),
+            )
             for s in stored.steps
             if s.step_key not in affected
             and (s.parent is None or s.parent in kept_parents)

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from thinktank.events import CallFinished, CallStarted, Event, StepFinished
+import msgspec
+
+from thinktank.events import CallFinished, CallStarted, ConsensusComputed, Event, StepFinished
 from thinktank.providers.base import PooledModel
 from thinktank.session.spec import StepSpec
 
@@ -38,6 +40,9 @@ class SeedStep:
     abstained: str | None = None
     """Why a completed step found no consensus (``on_low_consensus: abstain``): its
     dependants stay skipped."""
+    consensus: ConsensusComputed | None = None
+    """The stored merge a completed step keeps (an abstained step's: its outcome
+    ``no_consensus`` is the merge's), emitted again for the new session."""
     input_tokens: int | None = 0
     output_tokens: int | None = 0
     cost_usd: float | None = 0.0
@@ -123,7 +128,12 @@ class Restart:
             )
             for lost in self.lost_calls
         ]
-        seeded: list[Event] = [
+        kept: list[Event] = [
+            msgspec.structs.replace(step.consensus, session_id=session_id)
+            for step in self.seed.values()
+            if step.consensus is not None
+        ]
+        seeded: list[Event] = kept + [
             StepFinished(
                 session_id=session_id,
                 step_id=key,
