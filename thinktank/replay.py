@@ -35,6 +35,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 import anyio
+import msgspec
 from pydantic import BaseModel
 
 from thinktank.engine.outcome import below_threshold
@@ -48,7 +49,7 @@ from thinktank.engine.runner import (
     new_worker_id,
 )
 from thinktank.errors import UsageError
-from thinktank.events import CallStarted, ConsensusComputed
+from thinktank.events import CachedConsensus, CallStarted
 from thinktank.providers.base import NO_RETRY, ModelClient, PooledModel
 from thinktank.providers.recorded import RecordedCall, ReplayClient, ResumeClient, sequences
 from thinktank.session.graph import StepGraph
@@ -105,32 +106,12 @@ def _abstention(step: StoredStep) -> str | None:
     return below_threshold(c.score, c.threshold)
 
 
-def _kept_consensus(step: StoredStep) -> ConsensusComputed | None:
-    """An abstained step's stored merge, to be the reused step's again (its outcome
-    ``no_consensus`` lives on it): served as the consensus cache serves one, with no
-    call and ``cached_from`` the stored merge."""
-    c = step.consensus
-    if c is None or _abstention(step) is None:
+def _kept_consensus(step: StoredStep) -> CachedConsensus | None:
+    """An abstained step's stored merge, for the reused step to keep (its outcome
+    ``no_consensus`` lives on it)."""
+    if step.consensus is None or _abstention(step) is None:
         return None
-    return ConsensusComputed(
-        session_id=c.session_id,  # the new session's, set when it is emitted
-        step_id=step.step_key,
-        method=c.method,
-        score=c.score,
-        content=c.content,
-        threshold=c.threshold,
-        reached=c.reached,
-        included_call_ids=(),
-        clusters=tuple(c.clusters),
-        outcome=c.outcome,
-        attempt=c.attempt or 1,
-        mode=c.mode,
-        early_termination=c.early_termination,
-        escalation=tuple(tuple(r) for r in c.escalation),
-        items=tuple(c.items),
-        note=f"reused: consensus {c.id} of session {c.session_id}",
-        cached_from=c.id,
-    )
+    return msgspec.convert(step.consensus.model_dump(), CachedConsensus)
 
 
 def _seed_of(step: StoredStep) -> SeedStep | None:
