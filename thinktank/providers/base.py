@@ -121,8 +121,9 @@ class ModelRequest:
     gives its letters, ``yes_no`` gives ``yes`` and ``no``), or empty. OpenAI-compatible
     servers get a strict ``json_schema`` of an object ``{"answer": <one of them>}`` (strict
     mode needs an object at the root); Gemini ``responseMimeType: text/x.enum`` with a
-    ``STRING`` enum schema, so it answers with the bare string. The consensus readers
-    read both (:func:`~thinktank.consensus.readers.structured_answer`)."""
+    ``STRING`` enum schema, so it answers with the bare string; local models sample under
+    a GBNF grammar of the strings (llama.cpp's grammar sampler). The consensus readers
+    read all of them (:func:`~thinktank.consensus.readers.structured_answer`)."""
     on_delta: Callable[[str], None] | None = field(default=None, compare=False)
     """Streaming clients call it with each piece of text as it arrives (live progress)."""
 
