@@ -80,9 +80,8 @@ class InferenceMeter:
             this: LocalLlamaModel,
             slot: Any,
             text: str,
-            temperature: float,
+            sampling: Any,
             max_tokens: int,
-            seed: int,
             cancelled: threading.Event,
         ) -> dict[str, Any]:
             with self._lock:
@@ -90,7 +89,7 @@ class InferenceMeter:
                 self.max_in_flight = max(self.max_in_flight, self.in_flight)
             self.started.set()
             try:
-                raw = original(this, slot, text, temperature, max_tokens, seed, cancelled)
+                raw = original(this, slot, text, sampling, max_tokens, cancelled)
                 with self._lock:
                     self.finished.append((cancelled.is_set(), raw))
                 return raw

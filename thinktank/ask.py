@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from thinktank.engine.result import SessionResult, Usage
+from thinktank.engine.result import SessionResult, StepOutcome, Usage
 from thinktank.engine.runner import Listener
 from thinktank.engine.stream import run
 from thinktank.providers.base import ModelClient
@@ -113,10 +113,17 @@ class ParallelResult(BaseModel):
     """The stored consensus it reused."""
     error: str | None = None
     """Why no merged answer came out, when none did."""
+    outcome: StepOutcome | None = None
+    """``answered``, or ``no_consensus`` when asked to abstain and the answers agreed
+    below the threshold (the synthesis is then the low-agreement merge, not an
+    answer); None when no step completed."""
 
 
-def session_for(prompt_config: ParallelExecutionConfig, *, name: str = "ask") -> SessionSpec:
-    """The one-step session that runs a parallel execution."""
+def session_for(
+    prompt_config: ParallelExecutionConfig, *, name: str = "ask", abstain: bool = False
+) -> SessionSpec:
+    """The one-step session that runs a parallel execution; with ``abstain``, its step
+    answers nothing below the threshold (``on_low_consensus: abstain``)."""
     cfg = prompt_config
     models = cfg.models if cfg.enabled else cfg.models[:1]
     step: dict[str, Any] = {
@@ -142,6 +149,7 @@ def session_for(prompt_config: ParallelExecutionConfig, *, name: str = "ask") ->
         "seed": cfg.seed,
         "cache": cfg.cache,
         "answer_format": cfg.answer_format,
+        "on_low_consensus": "abstain" if abstain else None,
     }
     if len(models) == 1:
         step["model"] = models[0]
@@ -224,6 +232,7 @@ def to_parallel_result(result: SessionResult, mode: str) -> ParallelResult:
         cached=bool(consensus and consensus.cached_from),
         cached_from=consensus.cached_from if consensus else None,
         error=step.error or step.skip_reason,
+        outcome=step.outcome,
     )
 
 
@@ -234,6 +243,7 @@ async def execute_parallel(
     store: Store | str | None = DEFAULT_STORE,
     models: Mapping[str, ModelClient] | None = None,
     on_event: Listener | None = None,
+    abstain: bool = False,
 ) -> ParallelResult:
     """Ask several models ``prompt`` at once and merge their answers.
 
@@ -244,6 +254,8 @@ async def execute_parallel(
             Python API section (None records nothing).
         models: Model clients by name, besides the registry's.
         on_event: Receives every event.
+        abstain: Below the consensus threshold answer nothing: the result's
+            ``outcome`` is ``no_consensus`` (selective answering).
 
     Raises:
         SpecErrors: unknown models, missing keys, or an invalid config.
@@ -255,7 +267,7 @@ async def execute_parallel(
     )
     # Validated as it is built; ``run`` checks its models against the registry and
     # ``models``, as for a session file.
-    spec = session_for(cfg)
+    spec = session_for(cfg, abstain=abstain)
     result = await run(
         spec, inputs={"prompt": prompt}, store=store, models=models, on_event=on_event
     )

@@ -303,6 +303,32 @@ class CachedConsensus(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     escalation: tuple[tuple[str, ...], ...]
     items: tuple[dict[str, Any], ...]
 
+    def served(
+        self, *, session_id: str, step_id: str, attempt: int, note: str
+    ) -> ConsensusComputed:
+        """This merge served again to a step (no call made): the event links to it
+        (``cached_from``). The consensus cache serves one so, and a fork reuses an
+        abstained step's so."""
+        return ConsensusComputed(
+            session_id=session_id,
+            step_id=step_id,
+            method=self.method,
+            score=self.score,
+            content=self.content,
+            threshold=self.threshold,
+            reached=self.reached,
+            included_call_ids=(),
+            clusters=self.clusters,
+            outcome=self.outcome,
+            attempt=attempt,
+            mode=self.mode,
+            early_termination=self.early_termination,
+            escalation=self.escalation,
+            items=self.items,
+            note=note,
+            cached_from=self.id,
+        )
+
 
 class StepFinished(Event, tag="step_finished", frozen=True, kw_only=True):
     """A step ended (after its last attempt)."""

@@ -35,6 +35,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 import anyio
+import msgspec
 from pydantic import BaseModel
 
 from thinktank.engine.outcome import below_threshold
@@ -48,7 +49,7 @@ from thinktank.engine.runner import (
     new_worker_id,
 )
 from thinktank.errors import UsageError
-from thinktank.events import CallStarted
+from thinktank.events import CachedConsensus, CallStarted
 from thinktank.providers.base import NO_RETRY, ModelClient, PooledModel
 from thinktank.providers.recorded import RecordedCall, ReplayClient, ResumeClient, sequences
 from thinktank.session.graph import StepGraph
@@ -105,12 +106,21 @@ def _abstention(step: StoredStep) -> str | None:
     return below_threshold(c.score, c.threshold)
 
 
+def _kept_consensus(step: StoredStep) -> CachedConsensus | None:
+    """An abstained step's stored merge, for the reused step to keep (its outcome
+    ``no_consensus`` lives on it)."""
+    if step.consensus is None or _abstention(step) is None:
+        return None
+    return msgspec.convert(step.consensus.model_dump(), CachedConsensus)
+
+
 def _seed_of(step: StoredStep) -> SeedStep | None:
     if step.status == "completed":
         return SeedStep(
             status="completed",
             output=step.output,
             abstained=_abstention(step),
+            consensus=_kept_consensus(step),
             input_tokens=step.input_tokens,
             output_tokens=step.output_tokens,
             cost_usd=step.cost_usd,
@@ -584,7 +594,12 @@ async def fork(
         extra, sinks = _extra_steps(stored, keep=kept_parents)
         # Reused, not re-run: the fork spends nothing on these steps.
         seed = {
-            s.step_key: SeedStep(status="completed", output=s.output, abstained=_abstention(s))
+            s.step_key: SeedStep(
+                status="completed",
+                output=s.output,
+                abstained=_abstention(s),
+                consensus=_kept_consensus(s),
+            )
             for s in stored.steps
             if s.step_key not in affected
             and (s.parent is None or s.parent in kept_parents)

@@ -1,7 +1,9 @@
 """What every ``thinktank`` command shares: exit codes, common options, one-line errors.
 
 Exit codes: 0 success; 1 the run failed, ended partial or the database failed; 2 bad
-input (a one-line error per problem, no traceback); 130 interrupted. Kept apart from
+input (a one-line error per problem, no traceback); 3 ``ask --abstain`` found no
+consensus (the answers agreed below the threshold; stored, not a failure); 130
+interrupted. Kept apart from
 ``cli.commands`` so that command modules (``cli.evaluate``) build on it without an
 import cycle.
 """
@@ -20,6 +22,7 @@ __all__ = [
     "EXIT_BAD_INPUT",
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
+    "EXIT_NO_CONSENSUS",
     "EXIT_OK",
     "T",
 ]
@@ -29,6 +32,9 @@ T = TypeVar("T")
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_NO_CONSENSUS = 3
+"""``ask --abstain``: the answers agreed below the threshold, so no answer is given
+(the session is stored; a script can tell abstaining from failing)."""
 EXIT_INTERRUPTED = 130
 
 _Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]

@@ -22,6 +22,7 @@ from thinktank._text import clean_text, read_utf8
 from thinktank.cli._shared import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
+    EXIT_NO_CONSENSUS,
     EXIT_OK,
     T,
     _concurrency_option,
@@ -333,6 +334,12 @@ def models_command(session_file: str | None, as_json: bool) -> None:
 )
 @click.option("--no-cache", is_flag=True, help="Do not reuse a stored consensus.")
 @click.option(
+    "--abstain",
+    is_flag=True,
+    help="Below --threshold answer nothing: print 'no consensus' and the answers' "
+    f"clusters, exit {EXIT_NO_CONSENSUS}.",
+)
+@click.option(
     "--answer-format",
     default=None,
     metavar="KIND",
@@ -366,6 +373,7 @@ def ask_command(
     domains: tuple[str, ...],
     seed: int | None,
     no_cache: bool,
+    abstain: bool,
     answer_format: str | None,
     choices: tuple[str, ...],
     answer_schema: str | None,
@@ -412,6 +420,7 @@ def ask_command(
                 config,
                 store=db if db is not None else DEFAULT_STORE,
                 on_event=progress,
+                abstain=abstain,
             )
 
         result = _run_interruptible(go, progress)
@@ -419,6 +428,8 @@ def ask_command(
         click.echo(json.dumps(result.model_dump(mode="json"), indent=2, ensure_ascii=False))
     else:
         print_parallel(result)
+    if result.outcome == "no_consensus":
+        sys.exit(EXIT_NO_CONSENSUS)
     sys.exit(EXIT_OK if result.synthesis is not None else EXIT_FAILED)
 
 

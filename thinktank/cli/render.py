@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from thinktank.ask import ParallelResult
+from thinktank.ask import ParallelResult, SynthesisResult
 from thinktank.batch import BatchResult, summary_rows
 from thinktank.dryrun import DryRun
 from thinktank.engine.result import SessionResult, Usage, step_outcome
@@ -246,6 +246,8 @@ def print_parallel(result: ParallelResult) -> None:
     syn = result.synthesis
     if syn is None:
         console.print(Text(f"no merged answer: {result.error}", style="red"))
+    elif result.outcome == "no_consensus":
+        _print_no_consensus(console, syn)
     else:
         verdict = "reached" if syn.reached else "NOT reached"
         console.print(
@@ -266,6 +268,20 @@ def print_parallel(result: ParallelResult) -> None:
     extras.append(_usage_line(result.usage))
     extras.append(f"wall {_ms(result.total_latency_ms)}")
     console.print("; ".join(extras))
+
+
+def _print_no_consensus(console: Console, syn: SynthesisResult) -> None:
+    """An abstained ``ask``: why in one line, then each group of agreeing answers."""
+    console.print(
+        Text(
+            f"no consensus (score {syn.consensus_score:.2f} < threshold {syn.threshold:g})",
+            style="yellow",
+        )
+    )
+    for cluster in syn.clusters:
+        models = ", ".join(cluster.get("models", []))
+        answer = _short(cluster.get("representative"), 50)
+        console.print(f"  {cluster.get('weight', 0):g} x {answer!r}  [{models}]")
 
 
 def print_sessions(rows: Sequence[SessionSummary]) -> None:

@@ -17,7 +17,7 @@ from types import MappingProxyType
 from typing import Any, Literal, get_args
 
 from thinktank.consensus.normalize import extract_answer, format_decimal, normalize_answer
-from thinktank.consensus.readers import extract_choice, stated_number
+from thinktank.consensus.readers import extract_choice, stated_number, structured_answer
 
 __all__ = ["AnswerFormat", "FormatKind", "extract_formatted"]
 
@@ -96,6 +96,8 @@ def extract_formatted(text: str, fmt: AnswerFormat) -> str | None:
       a choice, ``"Lyon"``, gives ``"B"``);
     - ``yes_no``: ``"yes"`` or ``"no"`` from the answer's first clause (``"Yes, it
       is."`` gives ``"yes"``; ``"I don't know"`` gives None);
+    - ``choice`` and ``yes_no`` also read a structured reply, ``{"answer": "B"}``
+      (:func:`~thinktank.consensus.readers.structured_answer`);
     - ``short``: :func:`~thinktank.consensus.normalize.normalize_answer` of the text;
     - ``json``: the value (from a fenced block if there is one) as compact JSON with
       sorted keys; None when it does not parse;
@@ -121,7 +123,7 @@ def extract_formatted(text: str, fmt: AnswerFormat) -> str | None:
 
 def _yes_no(text: str) -> str | None:
     """``"yes"``/``"no"`` when the extracted answer's first clause is a yes/no word."""
-    answer = extract_answer(text)
+    answer = extract_answer(structured_answer(text))
     clause = _FIRST_CLAUSE_RE.match(answer)
     first = normalize_answer(clause.group() if clause is not None else "")
     if first in {"yes", "no"}:

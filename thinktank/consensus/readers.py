@@ -10,6 +10,7 @@ answer is scored and voted on as the same value. Pure functions, no I/O.
 from __future__ import annotations
 
 import functools
+import json
 import re
 import string
 from collections.abc import Callable
@@ -23,6 +24,7 @@ __all__ = [
     "is_number",
     "option_letter",
     "stated_number",
+    "structured_answer",
 ]
 
 _LETTERS = string.ascii_uppercase
@@ -86,7 +88,7 @@ def extract_choice(text: str, choices: tuple[str, ...] | None = None) -> str | N
     last option is not an answer.
     """
     count = len(choices) if choices is not None else len(_LETTERS)
-    stripped = text.strip()
+    stripped = structured_answer(text).strip()
     readers: list[Callable[[str], str | None]] = [_letter_after_marker, _letter_at_start]
     if choices is not None:
         readers.append(functools.partial(option_letter, choices=choices))
@@ -97,6 +99,26 @@ def extract_choice(text: str, choices: tuple[str, ...] | None = None) -> str | N
         if found is not None and _LETTERS.index(found.upper()) < count:
             return found.upper()
     return None
+
+
+def structured_answer(text: str) -> str:
+    """The ``answer`` of a structured reply (``{"answer": "B"}`` gives ``"B"``), else
+    ``text`` unchanged.
+
+    A provider with structured output answers a ``choice`` or ``yes_no`` step with
+    that object (OpenAI's strict mode needs an object at the root), so the value is
+    read out before any letter or yes/no is looked for.
+    """
+    stripped = text.strip()
+    if not stripped.startswith("{"):
+        return text
+    try:
+        value = json.loads(stripped)
+    except ValueError:
+        return text
+    if isinstance(value, dict) and isinstance(value.get("answer"), str) and len(value) == 1:
+        return str(value["answer"])
+    return text
 
 
 def _last_bracketed_letter(text: str) -> str | None:

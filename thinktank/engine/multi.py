@@ -298,24 +298,11 @@ class MultiModel:
     def _cached(self, step: StepSpec, request: ModelRequest, hit: CachedConsensus) -> Outcome:
         """Serve a stored consensus: no call is made; the event links to the original."""
         self.caller.emit(
-            ConsensusComputed(
+            hit.served(
                 session_id=self.caller.session_id,
                 step_id=step.id,
-                method=hit.method,
-                score=hit.score,
-                content=hit.content,
-                threshold=hit.threshold,
-                reached=hit.reached,
-                included_call_ids=(),
-                clusters=tuple(hit.clusters),
-                outcome=hit.outcome,
                 attempt=request.attempt,
-                mode=hit.mode,
-                early_termination=hit.early_termination,
-                escalation=tuple(tuple(r) for r in hit.escalation),
-                items=tuple(hit.items),
                 note=f"cached: consensus {hit.id} of session {hit.session_id}",
-                cached_from=hit.id,
             )
         )
         return _below(step, hit.content, hit.score, hit.threshold, hit.reached, " (cached)")

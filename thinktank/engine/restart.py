@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from thinktank.events import CallFinished, CallStarted, Event, StepFinished
+from thinktank.events import CachedConsensus, CallFinished, CallStarted, Event, StepFinished
 from thinktank.providers.base import PooledModel
 from thinktank.session.spec import StepSpec
 
@@ -38,6 +38,9 @@ class SeedStep:
     abstained: str | None = None
     """Why a completed step found no consensus (``on_low_consensus: abstain``): its
     dependants stay skipped."""
+    consensus: CachedConsensus | None = None
+    """The stored merge a completed step keeps (an abstained step's: its outcome
+    ``no_consensus`` is the merge's), served again to the new session's step."""
     input_tokens: int | None = 0
     output_tokens: int | None = 0
     cost_usd: float | None = 0.0
@@ -123,7 +126,18 @@ class Restart:
             )
             for lost in self.lost_calls
         ]
-        seeded: list[Event] = [
+        kept: list[Event] = [
+            step.consensus.served(
+                session_id=session_id,
+                step_id=key,
+                attempt=max(self.attempt_base.get(key, 0), 1),
+                note=f"reused: consensus {step.consensus.id} of session "
+                f"{step.consensus.session_id}",
+            )
+            for key, step in self.seed.items()
+            if step.consensus is not None
+        ]
+        seeded: list[Event] = kept + [
             StepFinished(
                 session_id=session_id,
                 step_id=key,

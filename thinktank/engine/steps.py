@@ -36,7 +36,7 @@ from thinktank.engine.multi import CacheLookup, MultiModel, Outcome
 from thinktank.engine.outcome import Abstained, StepEnd
 from thinktank.events import Event, StepFinished, StepStarted, utcnow
 from thinktank.providers.base import ModelClient, ModelRequest, PooledModel
-from thinktank.session.formats import response_schema, with_instruction
+from thinktank.session.formats import response_enum, response_schema, with_instruction
 from thinktank.session.spec import SessionSpec, StepSpec
 from thinktank.session.templates import render_template
 
@@ -228,6 +228,7 @@ class StepExecutor:
             step_id=step.id,
             attempt=attempt,
             response_schema=response_schema(step.declared_format()),
+            response_enum=response_enum(step.declared_format()),
         )
         asking: _Asking | None = None
         # The attempt's own scope: its deadline cancels this attempt only, and

@@ -269,12 +269,17 @@ def merge_options(experiment: ExperimentRecord) -> MergeOptions:
     declared = experiment.spec.get("answer_format")
     if declared is None:
         return MergeOptions()
+    from thinktank.eval.experiment import ExperimentAnswerFormat
     from thinktank.session.spec import AnswerFormatSpec
 
     spec = declared if isinstance(declared, AnswerFormatSpec) else None
     if spec is None:
         raw = {"kind": declared} if isinstance(declared, str) else declared
-        spec = AnswerFormatSpec.model_validate(raw)
+        spec = ExperimentAnswerFormat.model_validate(raw)
+    if isinstance(spec, ExperimentAnswerFormat) and spec.per_item_field() is not None:
+        # Each item's choices are in the dataset, not in the stored samples: the
+        # derived merges compare answers without a declared format.
+        return MergeOptions()
     return MergeOptions(answer_format=spec.to_format())
 
 

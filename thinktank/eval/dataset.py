@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from thinktank._safeload import LoadError, load_json
+from thinktank.consensus.formats import AnswerFormat
 from thinktank.errors import DatasetError
 
 __all__ = ["MAX_BYTES", "SHIPPED", "Item", "load_dataset", "shipped"]
@@ -67,7 +68,9 @@ def shipped(name: str) -> Path:
     return Path(str(resources.files("thinktank.eval").joinpath("data", f"{stem}.jsonl")))
 
 
-def load_dataset(path: str | Path, *, max_bytes: int = MAX_BYTES) -> list[Item]:
+def load_dataset(
+    path: str | Path, *, max_bytes: int = MAX_BYTES, choices_field: str | None = None
+) -> list[Item]:
     """Read a dataset file, checking every item; the format is chosen by the suffix.
 
     ``.jsonl``: one JSON object a line; blank lines are skipped. ``id`` (a string or an
@@ -84,10 +87,15 @@ def load_dataset(path: str | Path, *, max_bytes: int = MAX_BYTES) -> list[Item]:
     Items without an id get ``<file stem>-<line>``, the line the item starts on: the same
     on every run of the same file, and it says where to find the item.
 
+    With ``choices_field`` (an experiment asking ``choice`` with each item's own
+    choices), every item's field of that name must be a list of two to 26 distinct
+    strings (so such a dataset is JSONL: a CSV cell is text).
+
     Raises:
         DatasetError: the first problem found (unreadable, too large, not UTF-8, invalid
             JSON or CSV, a line that is not an object, a missing or empty target, a
-            duplicate id, no items), naming the file, the line and the field.
+            duplicate id, missing or bad choices, no items), naming the file, the line
+            and the field.
     """
     path = Path(path)
     file = str(path)
@@ -103,6 +111,8 @@ def load_dataset(path: str | Path, *, max_bytes: int = MAX_BYTES) -> list[Item]:
     seen: dict[str, int] = {}
     for line, row in rows:
         item = _item(row, file, line, path.stem)
+        if choices_field is not None:
+            _check_choices(item.inputs, choices_field, file, line)
         if item.id in seen:
             raise DatasetError(
                 f"duplicate id {item.id!r} (first on line {seen[item.id]})",
@@ -240,6 +250,25 @@ def _item(row: dict[str, Any], file: str, line: int, stem: str) -> Item:
     if not raw.strip():
         raise DatasetError("empty", file=file, line=line, field=ID)
     return Item(id=raw, inputs=inputs, targets=targets)
+
+
+def _check_choices(inputs: dict[str, Any], field: str, file: str, line: int) -> None:
+    """An item's own choices: a list of strings :class:`AnswerFormat` accepts."""
+    if field not in inputs:
+        raise DatasetError("missing (the item's choices)", file=file, line=line, field=field)
+    value = inputs[field]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        found = "a list holding a non-string" if isinstance(value, list) else _json_type(value)
+        raise DatasetError(
+            f"expected a list of strings (the item's choices), found {found}",
+            file=file,
+            line=line,
+            field=field,
+        )
+    try:
+        AnswerFormat("choice", choices=value)  # it holds the rules: 2 to 26, distinct
+    except ValueError as exc:
+        raise DatasetError(str(exc), file=file, line=line, field=field) from None
 
 
 def _targets(value: Any, file: str, line: int) -> tuple[str, ...]:

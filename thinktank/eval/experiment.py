@@ -31,27 +31,39 @@ from typing import Annotated, Any
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     Discriminator,
     Field,
     PrivateAttr,
     Tag,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
 
+from thinktank.consensus.formats import FormatKind
 from thinktank.errors import DatasetError, ScorerError, SpecError, SpecErrors
-from thinktank.eval.dataset import load_dataset, shipped
+from thinktank.eval.dataset import Item, load_dataset, shipped
 from thinktank.eval.scoring import ScorerSpec, parse_scorer_spec
 from thinktank.session.loading import load_session, read_spec_file, spec_errors_from_pydantic
 from thinktank.session.schema import render_schema, schema_document
-from thinktank.session.spec import ID_PATTERN, SPEC_CONFIG, AnswerFormatField, Mode, Synthesis
+from thinktank.session.spec import (
+    ID_PATTERN,
+    SPEC_CONFIG,
+    AnswerFormatSpec,
+    Mode,
+    Synthesis,
+    short_form,
+)
 
 __all__ = [
     "SCHEMA_ID",
     "BudgetLimits",
     "Configuration",
     "ConfigurationSpec",
+    "ExperimentAnswerFormat",
     "ExperimentSpec",
     "GridProduct",
     "configurations",
@@ -195,6 +207,50 @@ class BudgetLimits(_Spec):
     """Model calls, over every item, configuration and repeat."""
 
 
+class ExperimentAnswerFormat(AnswerFormatSpec):
+    """An experiment's ``answer_format``: a session step's, except that ``choice`` may
+    leave out ``choices`` to take each item's own (a multiple-choice dataset's options
+    differ per item)."""
+
+    choices_field: Annotated[str, Field(min_length=1)] | None = None
+    """``choice`` without ``choices`` only: the dataset field holding each item's
+    choices, a list of strings (default ``choices``)."""
+
+    @field_validator("choices")
+    @classmethod
+    def _choices_fit_kind(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if info.data.get("kind") == "choice" and not value:
+            return value  # each item's: checked with the dataset
+        return super()._choices_fit_kind(value, info)
+
+    @model_validator(mode="after")
+    def _field_for_per_item_choices(self) -> ExperimentAnswerFormat:
+        if self.choices_field is not None and self.per_item_field() is None:
+            raise ValueError("'choices_field' is for answer format 'choice' without 'choices'")
+        return self
+
+    def per_item_field(self) -> str | None:
+        """The dataset field holding each item's choices, or None when the format is
+        the same for every item."""
+        if self.kind != "choice" or self.choices:
+            return None
+        return self.choices_field or "choices"
+
+    def for_item(self, item: Item) -> AnswerFormatSpec:
+        """The scored step's format for ``item``: its own choices filled in (the plain
+        session-step model, which a stored session reads back)."""
+        field = self.per_item_field()
+        choices = self.choices if field is None else list(item.inputs[field])
+        return AnswerFormatSpec(kind=self.kind, choices=choices, schema=self.json_schema)
+
+
+ExperimentFormatField = Annotated[
+    ExperimentAnswerFormat,
+    BeforeValidator(short_form, json_schema_input_type=FormatKind | ExperimentAnswerFormat),
+]
+"""An experiment's ``answer_format``: a kind alone or an :class:`ExperimentAnswerFormat`."""
+
+
 class ExperimentSpec(_Spec):
     """A whole experiment file."""
 
@@ -228,12 +284,13 @@ class ExperimentSpec(_Spec):
     """Limits over the whole experiment."""
     baseline: str | None = None
     """The id of the configuration the others are compared with."""
-    answer_format: AnswerFormatField | None = None
+    answer_format: ExperimentFormatField | None = None
     """The kind of answer the scored step asks for (a session step's ``answer_format``:
     ``short``, ``number``, ``choice`` with ``choices``, ``yes_no``, ``json`` with a
     ``schema``, ``free``): the prompt gets its instruction and the consensus compares
     answers by it. Set on the ``answer`` step of a prompt experiment, and on the final
-    step of a session experiment (replacing the file's)."""
+    step of a session experiment (replacing the file's). ``choice`` without ``choices``
+    takes each item's from its field ``choices_field`` (default ``choices``)."""
 
     _base_dir: Path = PrivateAttr(default_factory=Path)
 
@@ -242,6 +299,11 @@ class ExperimentSpec(_Spec):
         if (self.prompt is None) == (self.session is None):
             raise ValueError("give exactly one of 'prompt' or 'session'")
         return self
+
+    def choices_field(self) -> str | None:
+        """The dataset field holding each item's choices, when ``answer_format`` asks
+        for ``choice`` without its own."""
+        return None if self.answer_format is None else self.answer_format.per_item_field()
 
     def dataset_path(self) -> Path:
         """The dataset file: a shipped one, or ``dataset`` relative to the experiment file."""
@@ -427,7 +489,7 @@ def _cross_checks(spec: ExperimentSpec) -> list[SpecError]:
     except DatasetError as exc:  # an unknown shipped name: the message says it all
         return [*problems, SpecError(exc.message, field="dataset")]
     try:
-        first = load_dataset(dataset)[0]
+        first = load_dataset(dataset, choices_field=spec.choices_field())[0]
     except DatasetError as exc:
         # The dataset's own file:line: field, after the experiment's.
         return [*problems, SpecError(exc.one_line(), field="dataset")]

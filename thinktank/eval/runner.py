@@ -209,17 +209,19 @@ def session_for(
     ``{{ FIELD }}`` an input of the session (the item's target is never one). A session
     experiment (``base``, the loaded session file): its models replaced by the
     configuration's and the configuration set on its final step, the scored one. The
-    experiment's ``answer_format``, when set, is the scored step's either way.
+    experiment's ``answer_format``, when set, is the scored step's either way (with the
+    item's own choices when it takes them per item).
     """
     key = config_key(config)
     seed = step_seed(config, key, item.id, repeat)
+    answer_format = None if spec.answer_format is None else spec.answer_format.for_item(item)
     name = f"{spec.name} / {config.id} / {item.id} #{repeat}"
     if base is None:
         assert spec.prompt is not None
         used = dict.fromkeys(prompt_fields(spec.prompt)[0])
         inputs = {field: item.inputs[field] for field in used}
         prompt = session_template(spec.prompt)
-        settings = _step_settings(config, seed, spec.answer_format)
+        settings = _step_settings(config, seed, answer_format)
         step = {"id": SCORED_STEP, "prompt": prompt, **settings}
         session = SessionSpec.model_validate(
             {
@@ -233,7 +235,7 @@ def session_for(
     panel = _panel(config)
     session = base.with_model(panel[0] if len(panel) == 1 else panel)
     final = session.steps[-1]
-    settings = _step_settings(config, seed, spec.answer_format)
+    settings = _step_settings(config, seed, answer_format)
     steps = [*session.steps[:-1], final.model_copy(update=settings)]
     inputs = {k: v for k, v in item.inputs.items() if k in base.inputs}
     uncached = session.parallel_execution.model_copy(update={"cache": False})
@@ -428,7 +430,7 @@ async def plan_experiment(
     if store is None:
         raise UsageError("store=None: an experiment is stored to be continued and reported")
     where = None if source is None else str(source)
-    items = load_dataset(spec.dataset_path())
+    items = load_dataset(spec.dataset_path(), choices_field=spec.choices_field())
     chosen = select_items(items, limit=limit, sample=sample, seed=seed or 0)
     configs = configurations(spec)
     base_path = spec.session_path()
@@ -595,6 +597,7 @@ class _Run:
         self.experiment_id = experiment_id
         self.rows = rows
         self.scorer: Scorer = make_scorer(plan.spec.scorer)
+        self._item_scorers: dict[tuple[str, ...], Scorer] = {}
         limits = plan.spec.budget
         self.budget = _Budget(limits.max_calls, limits.max_cost_usd)
         self.on_progress = on_progress
@@ -628,6 +631,21 @@ class _Run:
                 )
             )
 
+    def scorer_for(self, item: Item) -> Scorer:
+        """The scorer of ``item``: a ``choice`` scorer without choices of its own reads
+        the item's, when the experiment takes choices per item (so a target or an answer
+        may be an option's text)."""
+        field = self.plan.spec.choices_field()
+        spec = self.plan.spec.scorer
+        if field is None or spec.kind != "choice" or spec.choices is not None:
+            return self.scorer
+        choices = tuple(item.inputs[field])
+        scorer = self._item_scorers.get(choices)
+        if scorer is None:
+            scorer = make_scorer(spec.model_copy(update={"choices": choices}))
+            self._item_scorers[choices] = scorer
+        return scorer
+
     async def score(self, job: Job, row: Any, answer: str | None, abstained: bool) -> None:
         """Score an answer (a session with none is wrong) and store it if it changed.
 
@@ -636,7 +654,8 @@ class _Run:
         """
         correct: float | None = None
         if not abstained:
-            correct = 0.0 if answer is None else self.scorer(answer, job.item.targets)
+            score = self.scorer_for(job.item)
+            correct = 0.0 if answer is None else score(answer, job.item.targets)
         if answer != row.answer or correct != row.correct:
             await self.store.score_sample(row.id, answer, correct)
         self.done += 1

@@ -9,8 +9,9 @@ Wire format: ``POST {base_url}/v1/messages`` with headers ``x-api-key``,
 top-level field, ``messages`` with the user prompt, and ``temperature`` when set. The
 Messages API has no seed parameter: a request's ``seed`` is not sent, so an Anthropic
 model's samples (``NAME#K``) differ only by the provider's own randomness. Nor does
-it take a response schema: a ``json`` answer format reaches Claude as the prompt's
-instruction alone (``response_schema`` is not sent). The
+it take a response schema: a ``json``, ``choice`` or ``yes_no`` answer format reaches
+Claude as the prompt's instruction alone (``response_schema`` and ``response_enum`` are
+not sent). The
 answer's text blocks are concatenated; ``stop_reason`` is the finish reason. With
 ``stream=True`` the answer arrives as the Messages event stream: ``message_start``
 (input tokens), ``content_block_delta`` (``text_delta``), ``message_delta``

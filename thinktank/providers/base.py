@@ -116,6 +116,14 @@ class ModelRequest:
     ``response_format`` of type ``json_schema``, Gemini ``generationConfig``'s
     ``responseMimeType`` and ``responseSchema``; Anthropic, local and simulated models
     have the prompt's instruction alone."""
+    response_enum: tuple[str, ...] = field(default=(), compare=False)
+    """The strings the answer must be one of (a step with ``answer_format: choice``
+    gives its letters, ``yes_no`` gives ``yes`` and ``no``), or empty. OpenAI-compatible
+    servers get a strict ``json_schema`` of an object ``{"answer": <one of them>}`` (strict
+    mode needs an object at the root); Gemini ``responseMimeType: text/x.enum`` with a
+    ``STRING`` enum schema, so it answers with the bare string; local models sample under
+    a GBNF grammar of the strings (llama.cpp's grammar sampler). The consensus readers
+    read all of them (:func:`~thinktank.consensus.readers.structured_answer`)."""
     on_delta: Callable[[str], None] | None = field(default=None, compare=False)
     """Streaming clients call it with each piece of text as it arrives (live progress)."""
 

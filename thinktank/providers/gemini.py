@@ -8,7 +8,9 @@ the ``x-goog-api-key`` header (never in the URL, where it would end up in logs a
 error messages); the body carries ``contents`` (the user prompt),
 ``systemInstruction`` and ``generationConfig`` (``maxOutputTokens``, ``temperature``,
 ``seed``, and for a request with a ``response_schema`` ``responseMimeType:
-application/json`` with the schema as ``responseSchema``).
+application/json`` with the schema as ``responseSchema``; for a ``response_enum``
+``responseMimeType: text/x.enum`` with a ``STRING`` enum ``responseSchema``, so the
+answer is the bare string).
 The answer is the text of ``candidates[0].content.parts`` (thought summaries skipped),
 ``finishReason`` the finish reason, and ``usageMetadata`` the tokens: output tokens
 include ``thoughtsTokenCount``, which is billed as output. A 429 without a
@@ -132,6 +134,9 @@ class GeminiModel(WireModel):
         if request.response_schema is not None:
             config["responseMimeType"] = "application/json"
             config["responseSchema"] = dict(request.response_schema)
+        elif request.response_enum:
+            config["responseMimeType"] = "text/x.enum"
+            config["responseSchema"] = {"type": "STRING", "enum": list(request.response_enum)}
         if config:
             body["generationConfig"] = config
         return body

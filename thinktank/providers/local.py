@@ -66,6 +66,11 @@ Quiet and bounded
     loads run one at a time in the process (:func:`_construct` says why). Tokens are
     sampled here with a sampler chain freed after each call, so native memory stays
     flat over thousands of calls (``bench/local_memory.py``).
+
+Structured output
+    A request with a ``response_enum`` (a ``choice`` or ``yes_no`` step) is sampled
+    under a GBNF grammar of its strings (:func:`enum_grammar`, llama.cpp's grammar
+    sampler first in the chain): the answer is one of them exactly.
 """
 
 from __future__ import annotations
@@ -74,6 +79,7 @@ import atexit
 import ctypes
 import hashlib
 import importlib
+import json
 import logging
 import sys
 import threading
@@ -291,6 +297,16 @@ class _Slot:
 
 
 @dataclass(frozen=True, slots=True)
+class _Sampling:
+    """How one call samples: temperature (0: greedy), the sampler seed, and the GBNF
+    grammar its answer must match (None: any text)."""
+
+    temperature: float
+    seed: int
+    grammar: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class _Outcome:
     raw: dict[str, Any]
     load_ms: float
@@ -336,10 +352,24 @@ def _at_exit() -> None:
             handle.close()
 
 
-def _sampler(lib: Any, temperature: float, seed: int) -> Any:
+def enum_grammar(values: tuple[str, ...]) -> bytes:
+    """The GBNF grammar whose only sentences are ``values`` (a request's
+    ``response_enum``): ``root ::= "A" | "B"``. JSON string escapes are GBNF's for
+    quotes, backslashes and control characters."""
+    return ("root ::= " + " | ".join(json.dumps(v) for v in values)).encode()
+
+
+def _sampler(
+    lib: Any, temperature: float, seed: int, grammar: tuple[Any, bytes] | None = None
+) -> Any:
     """A new sampler chain (free it with ``llama_sampler_free``): greedy at temperature
-    0, else llama-cpp-python's default chain seeded with ``seed``."""
+    0, else llama-cpp-python's default chain seeded with ``seed``. With ``grammar``
+    (the vocabulary and a GBNF grammar), llama.cpp's grammar sampler comes first, so
+    only tokens the grammar allows are candidates."""
     chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+    if grammar is not None:
+        vocab, text = grammar
+        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_grammar(vocab, text, b"root"))
     if temperature == 0:
         stages = [lib.llama_sampler_init_greedy()]
     else:
@@ -485,8 +515,15 @@ class LocalLlamaModel:
         except ProviderError as exc:
             raise self._error(str(exc)) from exc
         cancelled = threading.Event()
+        # choice / yes_no: the answer is constrained to the enum's strings.
+        grammar = enum_grammar(request.response_enum) if request.response_enum else None
         job = partial(
-            self._run, key, prompt, max(0.0, temperature), max(1, max_tokens), seed, cancelled
+            self._run,
+            key,
+            prompt,
+            _Sampling(max(0.0, temperature), seed, grammar),
+            max(1, max_tokens),
+            cancelled,
         )
         async with _queue(key):
             try:
@@ -527,9 +564,8 @@ class LocalLlamaModel:
         self,
         key: _Key,
         prompt: Segments,
-        temperature: float,
+        sampling: _Sampling,
         max_tokens: int,
-        seed: int,
         cancelled: threading.Event,
     ) -> _Outcome | None:
         start = time.perf_counter()
@@ -542,7 +578,7 @@ class LocalLlamaModel:
                 began = time.perf_counter()
                 if cancelled.is_set():
                     return None  # the caller is gone; nobody reads the result
-                raw = self._infer(slot, prompt, temperature, max_tokens, seed, cancelled)
+                raw = self._infer(slot, prompt, sampling, max_tokens, cancelled)
                 done = time.perf_counter()
             return _Outcome(
                 raw=raw,
@@ -606,9 +642,8 @@ class LocalLlamaModel:
         self,
         slot: _Slot,
         prompt: Segments,
-        temperature: float,
+        sampling: _Sampling,
         max_tokens: int,
-        seed: int,
         cancelled: threading.Event,
     ) -> dict[str, Any]:
         llama = slot.llama
@@ -625,7 +660,7 @@ class LocalLlamaModel:
                 preamble = slot.preambles[frame] = _tokenize(llama, frame_prefix(frame))
             self._rewind(slot, tokens, preamble)
             llama.eval(tokens[llama.n_tokens :])
-            return self._generate(slot, len(tokens), temperature, max_tokens, seed, cancelled)
+            return self._generate(slot, len(tokens), sampling, max_tokens, cancelled)
         except ProviderError:
             raise
         except Exception as exc:
@@ -637,9 +672,8 @@ class LocalLlamaModel:
         self,
         slot: _Slot,
         prompt_tokens: int,
-        temperature: float,
+        sampling: _Sampling,
         max_tokens: int,
-        seed: int,
         cancelled: threading.Event,
     ) -> dict[str, Any]:
         """Sample the answer after the evaluated prompt, in the shape of a completion.
@@ -651,7 +685,8 @@ class LocalLlamaModel:
         collection, which a busy process rarely runs (7.6 GB after ~3,200 calls).
         """
         llama, lib = slot.llama, slot.lib
-        sampler = _sampler(lib, temperature, seed)
+        grammar = None if sampling.grammar is None else (slot.vocab, sampling.grammar)
+        sampler = _sampler(lib, sampling.temperature, sampling.seed, grammar)
         one_line = self.config.frame == "few_shot"
         answer: list[int] = []
         text = b""

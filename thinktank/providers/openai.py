@@ -9,9 +9,11 @@ recorded.
 Wire format: ``POST {base_url}/chat/completions`` with ``model``, ``messages`` (an
 optional system message and the user prompt), ``max_tokens``, ``temperature`` and
 ``seed`` when set, ``response_format`` (``json_schema``) when the request carries a
-``response_schema``, and ``Authorization: Bearer <key>`` when a key is configured. With
-``stream=True`` the answer arrives as Server-Sent Events of ``chat.completion.chunk``
-objects, usage in a last chunk (``stream_options.include_usage``) and ``data: [DONE]`` at the end.
+``response_schema`` (or a ``response_enum``: a strict object ``{"answer": ...}`` whose
+``answer`` is one of its strings), and ``Authorization: Bearer <key>`` when a key is
+configured. With ``stream=True`` the answer arrives as Server-Sent Events of
+``chat.completion.chunk`` objects, usage in a last chunk (``stream_options.include_usage``)
+and ``data: [DONE]`` at the end.
 
 ``ModelResponse.extra`` keeps the server's ``served_model`` and ``response_id`` and, for
 a stream, ``first_token_ms`` (time to the first text).
@@ -142,6 +144,8 @@ class OpenAICompatibleModel(WireModel):
             body["seed"] = request.seed
         if request.response_schema is not None:
             body["response_format"] = _response_format(request.response_schema)
+        elif request.response_enum:
+            body["response_format"] = _response_format(_enum_schema(request.response_enum))
         if self._stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
@@ -301,6 +305,17 @@ def _response_format(schema: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "type": "json_schema",
         "json_schema": {"name": "answer", "schema": dict(schema), "strict": _strict(schema)},
+    }
+
+
+def _enum_schema(values: tuple[str, ...]) -> dict[str, Any]:
+    """An object whose one ``answer`` is one of ``values``: strict mode needs an object
+    root, so the bare enum is wrapped (the readers unwrap ``{"answer": "B"}``)."""
+    return {
+        "type": "object",
+        "properties": {"answer": {"type": "string", "enum": list(values)}},
+        "required": ["answer"],
+        "additionalProperties": False,
     }
 
 

@@ -17,7 +17,13 @@ from typing import Any
 
 from thinktank.consensus.formats import AnswerFormat
 
-__all__ = ["instruction", "response_schema", "schema_problem", "with_instruction"]
+__all__ = [
+    "instruction",
+    "response_enum",
+    "response_schema",
+    "schema_problem",
+    "with_instruction",
+]
 
 _INSTRUCTIONS: Mapping[str, str] = {
     "short": "Answer with the answer only: a name, word or short phrase.",
@@ -70,10 +76,23 @@ def with_instruction(prompt: str, fmt: AnswerFormat | None, asking: str | None =
 
 def response_schema(fmt: AnswerFormat | None) -> Mapping[str, Any] | None:
     """The JSON Schema a provider with structured output is given: a ``json`` format's
-    schema, else None (the other kinds are asked for by the instruction alone)."""
+    schema, else None (``choice`` and ``yes_no`` are constrained by
+    :func:`response_enum`, the other kinds asked for by the instruction alone)."""
     if fmt is None or fmt.kind != "json":
         return None
     return fmt.schema
+
+
+def response_enum(fmt: AnswerFormat | None) -> tuple[str, ...]:
+    """The strings a provider with structured output may constrain the answer to: a
+    ``choice`` format's letters, ``yes``/``no`` for ``yes_no``, else none."""
+    if fmt is None:
+        return ()
+    if fmt.kind == "choice":
+        return fmt.letters
+    if fmt.kind == "yes_no":
+        return ("yes", "no")
+    return ()
 
 
 def schema_problem(schema: object, path: str = "") -> str | None:

@@ -91,8 +91,8 @@ class AnswerFormatSpec(_Spec):
     Written as a kind alone (``answer_format: number``) or as a mapping
     (``{kind: choice, choices: [Paris, Lyon]}``, ``{kind: json, schema: {...}}``). The
     step's prompt gets a matching instruction appended, providers with structured
-    output are given the ``json`` schema, and answer extraction and equivalence follow
-    the format.
+    output are given the ``json`` schema (or the letters of ``choice``, ``yes``/``no``
+    of ``yes_no``, as an enum), and answer extraction and equivalence follow the format.
     """
 
     # Its fields' docstrings become the schema's descriptions of each kind (only
@@ -162,14 +162,14 @@ class AnswerFormatSpec(_Spec):
         return AnswerFormat(self.kind, choices=tuple(self.choices), schema=self.json_schema)
 
 
-def _short_form(value: object) -> object:
+def short_form(value: object) -> object:
     """``answer_format: number`` is ``answer_format: {kind: number}``."""
     return {"kind": value} if isinstance(value, str) else value
 
 
 AnswerFormatField = Annotated[
     AnswerFormatSpec,
-    BeforeValidator(_short_form, json_schema_input_type=FormatKind | AnswerFormatSpec),
+    BeforeValidator(short_form, json_schema_input_type=FormatKind | AnswerFormatSpec),
 ]
 """An ``answer_format`` field: a kind alone or an :class:`AnswerFormatSpec` mapping."""
 
