@@ -205,22 +205,23 @@ def _number(text: str) -> str | None:
     return found.group(1) if found else None
 
 
-def _answers(db: str) -> dict[tuple[str, str, str], dict[str, str]]:
-    """Run ``db``'s distinct non-empty answers per (experiment, name, item): answer ->
-    the first model that gave it."""
+def _stored(db: str) -> dict[tuple[str, str, str], tuple[dict[str, str], str]]:
+    """Per (experiment, name, item): answer -> the first model that gave it, and the
+    question the models were asked (the scored step's rendered prompt)."""
     connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     rows = connection.execute(
-        "select s.experiment_id, e2.name, s.item_id, e.model_id, e.response"
+        "select s.experiment_id, e2.name, s.item_id, e.model_id, e.response, st.prompt"
         " from thinktank_experiment_samples s"
         " join thinktank_parallel_executions e on e.session_id = s.session_id"
+        " join thinktank_steps st on st.id = e.step_id"
         " join thinktank_experiments e2 on e2.id = s.experiment_id"
         " where e.response is not null and e.status = 'ok'"
         " order by s.item_id, e.model_id, s.config_id"
     ).fetchall()
     connection.close()
-    items: dict[tuple[str, str, str], dict[str, str]] = {}
-    for experiment, name, item, model, response in rows:
-        answers = items.setdefault((experiment, name, item), {})
+    items: dict[tuple[str, str, str], tuple[dict[str, str], str]] = {}
+    for experiment, name, item, model, response, prompt in rows:
+        answers, _ = items.setdefault((experiment, name, item), ({}, prompt or ""))
         if response.strip():
             answers.setdefault(response.strip(), model)
     return items
@@ -266,10 +267,10 @@ def _label(a: str, b: str, names: Sequence[str] | None) -> tuple[bool, bool | No
 
 def build(dbs: Sequence[str]) -> Iterable[Pair]:
     """The pairs of real outputs in the runs of ``dbs`` (see the module docstring)."""
-    items = {key: answers for db in dbs for key, answers in _answers(db).items()}
+    items = {key: stored for db in dbs for key, stored in _stored(db).items()}
     targets = _targets()
     rng = random.Random(15)
-    for (experiment, name, item), answers in sorted(items.items()):
+    for (experiment, name, item), (answers, question) in sorted(items.items()):
         capitals = item.startswith("capitals")
         gemma = [(a, m) for a, m in answers.items() if m.startswith("local")]
         smol = [(a, m) for a, m in answers.items() if m.startswith("smollm2")]
@@ -295,6 +296,7 @@ def build(dbs: Sequence[str]) -> Iterable[Pair]:
                 "same": label,
                 "reason": _reason(label, capitals, matched),
                 "format": "short" if capitals else "number",
+                "question": question,
                 "source": f"thinktank eval run {experiment} ({name}), item {item},"
                 f" {model_a} vs {model_b}",
             }
