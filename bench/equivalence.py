@@ -61,8 +61,12 @@ def judges() -> dict[str, Callable[[Pair], str | None]]:
 
     return {
         "exact": exact,
-        "equivalent": lambda pair: equivalence_reason(pair["a"], pair["b"]),
-        "equivalent+format": lambda pair: equivalence_reason(pair["a"], pair["b"], declared(pair)),
+        "equivalent": lambda pair: equivalence_reason(
+            pair["a"], pair["b"], question=pair.get("question", "")
+        ),
+        "equivalent+format": lambda pair: equivalence_reason(
+            pair["a"], pair["b"], declared(pair), question=pair.get("question", "")
+        ),
     }
 
 
@@ -110,6 +114,12 @@ _CAPITAL_RES = (
 _HEDGE_RE = re.compile(r"\b(not|or|no|isn't)\b", re.IGNORECASE)
 _ARITHMETIC_RE = re.compile(r"\s*-?\d+\s*[-+*x×]\s*-?\d+\s*=\s*(-?\d+)\.?\s*")
 _STATED_RE = re.compile(r"(?:The answer is|The result is) (-?\d+)\.?")
+
+
+class _Whole(str):
+    """A hand snippet that matches only the whole answer (its words occur in others)."""
+
+
 _HAND_LABELS: dict[tuple[str, str], bool | None] = {}
 """Pairs the rules cannot label (``None`` from the rules) or label wrongly, checked by
 eye: (a, b) -> same, or None to leave the pair out (no confident label). Filled from
@@ -142,6 +152,9 @@ _HAND = [
     ("The capital is the capital city of Kerman", "", False),
     # Rules wrong: both state the same (wrong) capital.
     ("Ciudad Bolío", "Ciudad Bolío", True),
+    # Rules wrong (found in #15's second round): a list marker before the one answer
+    # stated ("1. Colombia" states Colombia, as "Colombia" does).
+    (_Whole("1. Colombia"), _Whole("Colombia"), True),
     # Capitals: sentences that state the same city, in ways the rules do not parse.
     ("Answer: Buenos Aires", "Buenos Aires", True),
     ("its capital city is Dhaka", "Dhaka", True),
@@ -179,12 +192,17 @@ _HAND = [
 
 def _hand_label(a: str, b: str) -> tuple[bool, bool | None]:
     """(matched, label) from ``_HAND``: a hand rule matches when its two snippets are
-    found in the two answers (either order); the first match wins."""
+    found in the two answers (either order; see :func:`_matches`); the first match wins."""
     for first, second, label in _HAND:
         for x, y in ((a, b), (b, a)):
-            if first in x and second in y:
+            if _matches(first, x) and _matches(second, y):
                 return True, label
     return False, None
+
+
+def _matches(snippet: str, answer: str) -> bool:
+    """A hand snippet is found in the answer (a :class:`_Whole` one is the answer)."""
+    return answer == snippet if isinstance(snippet, _Whole) else snippet in answer
 
 
 def _city(text: str) -> str | None:
