@@ -146,9 +146,55 @@ _NAMING = frozenset({"is", "was", ","})
 _PREDICATE_END = frozenset({"and", "but", "which", "that", "while", "whose", *_STATING})
 """Words that end the predicate of "X is the P" (what follows says something else)."""
 _QUESTION_STOPWORDS = frozenset(
-    "what which who whom whose where when why how is are was were be been do does did the a"
-    " an of in on at to for from by with and or as it its this that these those there your"
-    " you please answer only name give".split()
+    [
+        "what",
+        "which",
+        "who",
+        "whom",
+        "whose",
+        "where",
+        "when",
+        "why",
+        "how",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "do",
+        "does",
+        "did",
+        "the",
+        "a",
+        "an",
+        "of",
+        "in",
+        "on",
+        "at",
+        "to",
+        "for",
+        "from",
+        "by",
+        "with",
+        "and",
+        "or",
+        "as",
+        "it",
+        "its",
+        "this",
+        "that",
+        "these",
+        "those",
+        "there",
+        "your",
+        "you",
+        "please",
+        "answer",
+        "only",
+        "name",
+        "give",
+    ]
 )
 """Words of a question that carry no content an answer would restate."""
 _MARKER_RE = re.compile(r"\s*(?:\d{1,2}[.)]|\(?[A-Za-z]\))\s+(?=[^\W\d])")
@@ -317,15 +363,19 @@ def _states(
     # Another phrase stated as an answer ("Tehran is the capital. The answer is
     # Ashgabat."): the words state two answers. A phrase restating the question
     # ("..., which is Canada's capital city") is no answer.
-    return all(
-        _find(phrase, run) or _find(run, phrase) or _restates(phrase, question)
+    return not _states_another(words, run, question)
+
+
+def _states_another(words: Sequence[str], run: Sequence[str], question: frozenset[str]) -> bool:
+    """Whether ``words`` state a phrase other than ``run`` as an answer: one that neither
+    holds nor is part of it, is no description ("a large city") and does not restate
+    the question ("..., which is Canada's capital city")."""
+    return any(
+        not (_find(phrase, run) or _find(run, phrase))
+        and phrase[0] not in {"a", "an"}
+        and not any(w.removesuffix("'s").removesuffix("’s") in question for w in phrase)
         for phrase in _stated_phrases(words, question)
     )
-
-
-def _restates(phrase: Sequence[str], question: frozenset[str]) -> bool:
-    """Whether ``phrase`` holds a content word of the question ("Canada's" too)."""
-    return any(word.removesuffix("'s").removesuffix("’s") in question for word in phrase)
 
 
 def _names_another(words: Sequence[str], run: Sequence[str], candidates: frozenset[str]) -> bool:
@@ -366,8 +416,12 @@ def _first_statements_agree(
     """Both answers state the same answer in their first sentence that states one, and
     nothing later takes it back ("The capital of Thailand is Bangkok. The answer is a
     name, word or short phrase." and "Bangkok"); a bare answer states itself."""
-    first_a = _tokens(ca) if is_bare(ca) else _first_statement(_tokens(a), candidates, question)
-    first_b = _tokens(cb) if is_bare(cb) else _first_statement(_tokens(b), candidates, question)
+    first_a = _first_statement(_tokens(a), candidates, question) or (
+        _tokens(ca) if is_bare(ca) else None
+    )
+    first_b = _first_statement(_tokens(b), candidates, question) or (
+        _tokens(cb) if is_bare(cb) else None
+    )
     if first_a and first_a == first_b:
         return FIRST_STATEMENT
     return None
@@ -390,13 +444,30 @@ def _first_statement(
         if not _states(run, sentence, candidates, question):
             return None
         for later in sentences[index + 1 :]:
-            if _names_another(later, run, candidates) or (
-                _VETO.intersection(later)
-                and (_find(later, run) or _word_count(later) <= _OPENING_WORDS)
+            if (
+                _names_another(later, run, candidates)
+                or _answers_another(later, run)
+                or (
+                    _VETO.intersection(later)
+                    and (_find(later, run) or _word_count(later) <= _OPENING_WORDS)
+                )
             ):
                 return None
         return run
     return None
+
+
+def _answers_another(words: Sequence[str], run: Sequence[str]) -> bool:
+    """Whether ``words`` say the answer is something other than ``run`` ("The answer is
+    Lyon."), a description aside ("The answer is a name, word or short phrase.")."""
+    for start in range(2, len(words)):
+        if words[start - 1] not in {"is", ":"} or words[start - 2] != "answer":
+            continue
+        clause = _clause(words, start)
+        bare = 0 < _word_count(clause) <= BARE_WORDS
+        if bare and clause[0] not in {"a", "an"} and clause != tuple(run):
+            return True
+    return False
 
 
 def _sentences(words: Sequence[str]) -> list[tuple[str, ...]]:
