@@ -498,6 +498,30 @@ def test_quorum_stops_when_equivalent_answers_agree(server: FakeServer, tmp_path
     assert shown.exit_code == 0 and "states_answer" in shown.stdout
 
 
+def test_the_engine_merges_with_the_step_question(server: FakeServer, tmp_path: Path) -> None:
+    """The step's prompt reaches answer equivalence: "Paris is the capital of France."
+    (which states Paris only given the question) joins "Paris" against "Lyon"."""
+    models = "".join(
+        f'[models.{name}]\nprovider = "openai"\nmodel = "{name}"\nbase_url = "{server.url}/v1"\n'
+        for name in ("fa", "fb", "fc")
+    )
+    (tmp_path / "thinktank.toml").write_text(models)
+    server.set_reply("fa", "Paris is the capital of France.")
+    server.set_reply("fb", "Lyon")
+    server.set_reply("fc", "Paris")
+    db = str(tmp_path / "t.db")
+    args = ["ask", "What is the capital of France?", "-m", "fa", "-m", "fb", "-m", "fc"]
+    out = CliRunner().invoke(main, [*args, "--mode", "all", "--json", "--db", db])
+    assert out.exit_code == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["synthesis"]["content"] == "Paris"
+    (step,) = asyncio.run(_stored_session(db, data["id"])).steps
+    assert step.consensus is not None
+    (winner, *_) = step.consensus.clusters
+    assert sorted(winner["models"]) == ["fa", "fc"]
+    assert set(winner["reasons"].values()) == {STATES_ANSWER}
+
+
 async def _stored_session(db: str, session_id: str) -> StoredSession:
     async with await thinktank.Store.open(db) as store:
         return await store.get_session(session_id)
