@@ -464,14 +464,19 @@ def server() -> Iterator[FakeServer]:
         yield srv
 
 
+def _configure(tmp_path: Path, server: FakeServer, *names: str) -> None:
+    """A thinktank.toml in ``tmp_path`` with the fake server's models ``names``."""
+    models = "".join(
+        f'[models.{name}]\nprovider = "openai"\nmodel = "{name}"\nbase_url = "{server.url}/v1"\n'
+        for name in names
+    )
+    (tmp_path / "thinktank.toml").write_text(models)
+
+
 def test_quorum_stops_when_equivalent_answers_agree(server: FakeServer, tmp_path: Path) -> None:
     """fa says "The capital of France is Paris.", fb "Paris", slow "Lyon" after 6 s: the
     quorum is reached after fb, the answer is "Paris" and the slow call is cancelled."""
-    models = "".join(
-        f'[models.{name}]\nprovider = "openai"\nmodel = "{name}"\nbase_url = "{server.url}/v1"\n'
-        for name in ("fa", "fb", "slow")
-    )
-    (tmp_path / "thinktank.toml").write_text(models)
+    _configure(tmp_path, server, "fa", "fb", "slow")
     server.set_reply("fa", "The capital of France is Paris.")
     server.set_reply("fb", "Paris")
     server.set_reply("slow", "Lyon")
@@ -501,11 +506,7 @@ def test_quorum_stops_when_equivalent_answers_agree(server: FakeServer, tmp_path
 def test_the_engine_merges_with_the_step_question(server: FakeServer, tmp_path: Path) -> None:
     """The step's prompt reaches answer equivalence: "Paris is the capital of France."
     (which states Paris only given the question) joins "Paris" against "Lyon"."""
-    models = "".join(
-        f'[models.{name}]\nprovider = "openai"\nmodel = "{name}"\nbase_url = "{server.url}/v1"\n'
-        for name in ("fa", "fb", "fc")
-    )
-    (tmp_path / "thinktank.toml").write_text(models)
+    _configure(tmp_path, server, "fa", "fb", "fc")
     server.set_reply("fa", "Paris is the capital of France.")
     server.set_reply("fb", "Lyon")
     server.set_reply("fc", "Paris")
