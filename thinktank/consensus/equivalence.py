@@ -11,7 +11,12 @@ corrupts a vote, a missed merge only weakens it. So a sentence never agrees with
 answer when it negates or hedges ("not Paris", "Paris or Lyon"), when it names another
 candidate answer of the panel, or when the bare answer does not sit where a sentence
 states its answer (after "is", ":" or "=", or opening it, and ending a clause).
-Numbers are whole tokens ("42" is never "420" nor "4.2"). With a declared
+Given the question (the step's prompt), a sentence opening
+"X is the P" states X when P restates the question ("Paris is the capital of France."),
+never otherwise ("Venezuela is the 18th largest country" is about Venezuela). A list
+marker ("1. Oslo") and a repeated bare answer ("Oslo, Oslo") are read as the answer; a
+text of several sentences states what its first stating sentence states, unless a later
+one takes it back. Numbers are whole tokens ("42" is never "420" nor "4.2"). With a declared
 :class:`~thinktank.consensus.formats.AnswerFormat` other than ``short`` and ``free``, the
 format alone decides: two answers agree when
 :func:`~thinktank.consensus.formats.extract_formatted` gives both the same value.
