@@ -61,8 +61,12 @@ def judges() -> dict[str, Callable[[Pair], str | None]]:
 
     return {
         "exact": exact,
-        "equivalent": lambda pair: equivalence_reason(pair["a"], pair["b"]),
-        "equivalent+format": lambda pair: equivalence_reason(pair["a"], pair["b"], declared(pair)),
+        "equivalent": lambda pair: equivalence_reason(
+            pair["a"], pair["b"], question=pair.get("question", "")
+        ),
+        "equivalent+format": lambda pair: equivalence_reason(
+            pair["a"], pair["b"], declared(pair), question=pair.get("question", "")
+        ),
     }
 
 
@@ -110,6 +114,12 @@ _CAPITAL_RES = (
 _HEDGE_RE = re.compile(r"\b(not|or|no|isn't)\b", re.IGNORECASE)
 _ARITHMETIC_RE = re.compile(r"\s*-?\d+\s*[-+*x×]\s*-?\d+\s*=\s*(-?\d+)\.?\s*")
 _STATED_RE = re.compile(r"(?:The answer is|The result is) (-?\d+)\.?")
+
+
+class _Whole(str):
+    """A hand snippet that matches only the whole answer (its words occur in others)."""
+
+
 _HAND_LABELS: dict[tuple[str, str], bool | None] = {}
 """Pairs the rules cannot label (``None`` from the rules) or label wrongly, checked by
 eye: (a, b) -> same, or None to leave the pair out (no confident label). Filled from
@@ -142,6 +152,9 @@ _HAND = [
     ("The capital is the capital city of Kerman", "", False),
     # Rules wrong: both state the same (wrong) capital.
     ("Ciudad Bolío", "Ciudad Bolío", True),
+    # Rules wrong (found in #15's second round): a list marker before the one answer
+    # stated ("1. Colombia" states Colombia, as "Colombia" does).
+    (_Whole("1. Colombia"), _Whole("Colombia"), True),
     # Capitals: sentences that state the same city, in ways the rules do not parse.
     ("Answer: Buenos Aires", "Buenos Aires", True),
     ("its capital city is Dhaka", "Dhaka", True),
@@ -179,12 +192,17 @@ _HAND = [
 
 def _hand_label(a: str, b: str) -> tuple[bool, bool | None]:
     """(matched, label) from ``_HAND``: a hand rule matches when its two snippets are
-    found in the two answers (either order); the first match wins."""
+    found in the two answers (either order; see :func:`_matches`); the first match wins."""
     for first, second, label in _HAND:
         for x, y in ((a, b), (b, a)):
-            if first in x and second in y:
+            if _matches(first, x) and _matches(second, y):
                 return True, label
     return False, None
+
+
+def _matches(snippet: str, answer: str) -> bool:
+    """A hand snippet is found in the answer (a :class:`_Whole` one is the answer)."""
+    return answer == snippet if isinstance(snippet, _Whole) else snippet in answer
 
 
 def _city(text: str) -> str | None:
@@ -205,22 +223,23 @@ def _number(text: str) -> str | None:
     return found.group(1) if found else None
 
 
-def _answers(db: str) -> dict[tuple[str, str, str], dict[str, str]]:
-    """Run ``db``'s distinct non-empty answers per (experiment, name, item): answer ->
-    the first model that gave it."""
+def _stored(db: str) -> dict[tuple[str, str, str], tuple[dict[str, str], str]]:
+    """Per (experiment, name, item): answer -> the first model that gave it, and the
+    question the models were asked (the scored step's rendered prompt)."""
     connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     rows = connection.execute(
-        "select s.experiment_id, e2.name, s.item_id, e.model_id, e.response"
+        "select s.experiment_id, e2.name, s.item_id, e.model_id, e.response, st.prompt"
         " from thinktank_experiment_samples s"
         " join thinktank_parallel_executions e on e.session_id = s.session_id"
+        " join thinktank_steps st on st.id = e.step_id"
         " join thinktank_experiments e2 on e2.id = s.experiment_id"
         " where e.response is not null and e.status = 'ok'"
         " order by s.item_id, e.model_id, s.config_id"
     ).fetchall()
     connection.close()
-    items: dict[tuple[str, str, str], dict[str, str]] = {}
-    for experiment, name, item, model, response in rows:
-        answers = items.setdefault((experiment, name, item), {})
+    items: dict[tuple[str, str, str], tuple[dict[str, str], str]] = {}
+    for experiment, name, item, model, response, prompt in rows:
+        answers, _ = items.setdefault((experiment, name, item), ({}, prompt or ""))
         if response.strip():
             answers.setdefault(response.strip(), model)
     return items
@@ -266,10 +285,10 @@ def _label(a: str, b: str, names: Sequence[str] | None) -> tuple[bool, bool | No
 
 def build(dbs: Sequence[str]) -> Iterable[Pair]:
     """The pairs of real outputs in the runs of ``dbs`` (see the module docstring)."""
-    items = {key: answers for db in dbs for key, answers in _answers(db).items()}
+    items = {key: stored for db in dbs for key, stored in _stored(db).items()}
     targets = _targets()
     rng = random.Random(15)
-    for (experiment, name, item), answers in sorted(items.items()):
+    for (experiment, name, item), (answers, question) in sorted(items.items()):
         capitals = item.startswith("capitals")
         gemma = [(a, m) for a, m in answers.items() if m.startswith("local")]
         smol = [(a, m) for a, m in answers.items() if m.startswith("smollm2")]
@@ -295,6 +314,7 @@ def build(dbs: Sequence[str]) -> Iterable[Pair]:
                 "same": label,
                 "reason": _reason(label, capitals, matched),
                 "format": "short" if capitals else "number",
+                "question": question,
                 "source": f"thinktank eval run {experiment} ({name}), item {item},"
                 f" {model_a} vs {model_b}",
             }

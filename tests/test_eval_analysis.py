@@ -339,3 +339,24 @@ def test_derived_votes_follow_the_experiments_declared_answer_format() -> None:
         answers = StoredAnswers(exp, [sample("p", "i", ["Paris"], calls)])
         (majority,) = [r for r in remerge(answers)[0] if r.method == "majority"]
         assert (majority.correct, majority.mean_score) == (right, pytest.approx(score))
+
+
+def test_derived_votes_read_the_stored_question_as_the_engine_does() -> None:
+    """The scored step's stored prompt is the question answer equivalence reads: with it
+    "Paris is the capital of France." states Paris and joins "Paris" (as the engine's
+    merge of that step did); without a stored prompt it is a sentence about Paris."""
+    import dataclasses
+
+    texts = ["Lyon", "Paris is the capital of France.", "Paris"]
+    calls = [call(m, t, a) for a, (m, t) in enumerate(zip(["m1", "m2", "m3"], texts, strict=True))]
+    exp = experiment([config("p", ["m1", "m2", "m3"])])
+    asked = dataclasses.replace(
+        sample("p", "i", ["Paris"], calls), prompt="What is the capital of France?"
+    )
+    for record, right, score in (
+        (asked, 1, 2 / 3),
+        (dataclasses.replace(asked, prompt=""), 0, 1 / 3),
+    ):
+        answers = StoredAnswers(exp, [record])
+        (majority,) = [r for r in remerge(answers)[0] if r.method == "majority"]
+        assert (majority.correct, majority.mean_score) == (right, pytest.approx(score))

@@ -320,6 +320,7 @@ def test_shipped_times_tables_are_every_product_once() -> None:
 
 def test_unknown_shipped_name() -> None:
     with pytest.raises(
-        DatasetError, match=r"no shipped dataset 'nope' \(shipped: arithmetic, capitals, times-tables\)"
+        DatasetError,
+        match=r"no shipped dataset 'nope' \(shipped: arithmetic, capitals, times-tables\)",
     ):
         shipped("nope")

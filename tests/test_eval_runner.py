@@ -130,6 +130,10 @@ async def test_every_sample_is_one_tagged_session(
         ) == sorted(by_config[s.config_id])
         assert s.calls_made == len(by_config[s.config_id])
         assert [c.arrival for c in s.calls] == list(range(len(s.calls)))
+        # The scored step's rendered prompt: the question a derived re-merge reads.
+        assert s.prompt and s.prompt in {
+            json.loads(p)["messages"][-1]["content"] for p in prompts(configured)
+        }
     # Only item q1 under the one-model configuration answers its target.
     right = {(s.config_id, s.item_id) for s in samples if s.answer and f"{TARGET}-1" in s.answer}
     assert ("c1", "q1") in right

@@ -506,7 +506,11 @@ def _equivalence_links(
                 link = SAME_NORMALIZED if forms[i] == forms[j] else None
             else:
                 link = equivalence_reason(
-                    answers[i].text, answers[j].text, options.answer_format, candidates
+                    answers[i].text,
+                    answers[j].text,
+                    options.answer_format,
+                    candidates,
+                    options.question,
                 ) or _long_link(answers[i].text, answers[j].text, options)
             links[i][j] = links[j][i] = link
     return links

@@ -100,6 +100,11 @@ class MergeOptions:
     answer_format: AnswerFormat | None = None
     """The step's declared answer format (None: undeclared); extraction and answer
     equivalence follow it."""
+    question: str = ""
+    """The prompt the answers reply to (the step's rendered prompt; "" when unknown).
+    Answer equivalence reads it to tell an answer ("Paris is the capital of France.")
+    from a sentence about one. It is the prompt the consensus cache key already holds,
+    so stored consensuses keep their keys."""
 
     def __post_init__(self) -> None:
         """Validate the fields and freeze ``weights`` and ``model_order``."""

@@ -93,9 +93,9 @@ class MultiModel:
             self._embedder = SentenceTransformerEmbedder()
         return self._embedder
 
-    def asking(self, step: StepSpec, models: Sequence[str]) -> Asking:
-        """The threshold and merge options of a multi-model attempt, and room for what
-        it gathers."""
+    def asking(self, step: StepSpec, models: Sequence[str], question: str = "") -> Asking:
+        """The threshold and merge options of a multi-model attempt (``question``: the
+        prompt as sent, which answer equivalence reads), and room for what it gathers."""
         threshold = (
             step.consensus_threshold if step.consensus_threshold is not None else self.threshold
         )
@@ -107,6 +107,7 @@ class MultiModel:
             tie_break=step.tie_break,
             model_order=(*models, *step.escalate_to),
             answer_format=step.declared_format(),
+            question=question,
         )
         return Asking(threshold, options)
 

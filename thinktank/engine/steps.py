@@ -244,7 +244,7 @@ class StepExecutor:
                 return None, None, f"model {models[0]!r}: {result.error}"
             if step.kind == "decompose":
                 return await self._decompose(step, models, request, calls)
-            asking = self._asking(step)
+            asking = self._asking(step, request.prompt)
             return await self._many(step, models, request, calls, asking)
         assert scope.cancelled_caught
         if asking is not None:
@@ -301,9 +301,9 @@ class StepExecutor:
         session's."""
         return self._caller.start(model, request, step_limiters, step.call_timeout_ms)
 
-    def _asking(self, step: StepSpec) -> _Asking:
+    def _asking(self, step: StepSpec, question: str) -> _Asking:
         """A multi-model attempt's settings, and room for what it gathers."""
-        return self._multi.asking(step, self._models[step.id])
+        return self._multi.asking(step, self._models[step.id], question)
 
     async def _many(
         self,

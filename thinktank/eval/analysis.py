@@ -331,6 +331,8 @@ class StoredAnswers:
                     f" {sample.config_id!r}, which the experiment does not have ({known})"
                 )
             calls = tuple(_prepare_call(c, sample.targets, self.grader) for c in sample.calls)
+            # The question the engine's merge read (its step's rendered prompt).
+            options = dataclasses.replace(self.options, question=sample.prompt)
             answered = tuple(i for i, c in enumerate(calls) if c.answered)
             # The engine's agreement: equivalence for short answers, and for every
             # answer when the step declared a format (other than free text).
@@ -339,7 +341,7 @@ class StoredAnswers:
                 calls[i].short for i in answered
             )
             if short:
-                calls = _clustered(calls, answered, self.options)
+                calls = _clustered(calls, answered, options)
             self.pools[sample.config_id].append(
                 _Pool(
                     sample=sample,
@@ -348,7 +350,7 @@ class StoredAnswers:
                     answered=answered,
                     exact=short,
                     grader=self.grader,
-                    options=self.options,
+                    options=options,
                 )
             )
 

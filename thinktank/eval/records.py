@@ -83,6 +83,8 @@ class SampleRecord:
         abstained: The scored step answered nothing: its configuration abstains below
             the threshold (``abstain: true``) and found no consensus. Neither right nor
             wrong: the item is not covered.
+        prompt: The scored step's rendered prompt ("" when it has none): the question
+            a derived re-merge gives answer equivalence, as the engine did.
     """
 
     config_id: str
@@ -100,6 +102,7 @@ class SampleRecord:
     output_tokens: int | None
     wall_ms: float | None
     abstained: bool = False
+    prompt: str = ""
 
 
 @dataclass(frozen=True, slots=True)

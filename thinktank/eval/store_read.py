@@ -111,6 +111,7 @@ def _sample(
         output_tokens=row["output_tokens"],
         wall_ms=row["wall_ms"],
         abstained=abstained and step is not None and step["output"] is None,
+        prompt=(step or {}).get("prompt") or "",
     )
 
 

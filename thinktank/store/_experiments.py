@@ -236,7 +236,8 @@ async def experiment_calls(
     """The scored step of every session of an experiment, in three queries.
 
     Returns:
-        session id -> the step row (id, status, output, consensus_score, attempts);
+        session id -> the step row (id, status, output, consensus_score, attempts,
+        prompt);
         the calls of those steps, ordered by session, attempt and completion time;
         session id -> calls the session paid for (all steps; served ones excluded).
     """
@@ -249,6 +250,7 @@ async def experiment_calls(
             STEPS.c.output,
             STEPS.c.consensus_score,
             STEPS.c.attempts,
+            STEPS.c.prompt,
         ).where(STEPS.c.session_id.in_(sessions), STEPS.c.step_key == step_key)
     )
     by_session = {row.session_id: dict(row._mapping) for row in steps}
