@@ -24,6 +24,7 @@ from thinktank.eval.runner import run_experiment
 from thinktank.eval.stats import wilson
 from thinktank.eval.weights import (
     WEIGHT_FLOOR,
+    estimate_alternatives,
     fit_weights,
     held_out,
     split_items,
@@ -72,6 +73,34 @@ def test_weights_match_a_hand_computation() -> None:
     assert got["c"][2] == 3 / 12 and got["c"][3] == WEIGHT_FLOOR
     assert [r.model for r in fitted.models] == ["a", "b", "c"]
     assert fitted.items == tuple(sorted(f"i{n}" for n in range(10)))
+
+
+def test_weights_with_many_alternatives_by_hand() -> None:
+    """With K answers, weight = log((K-1) p / (1-p)): among 10 alternatives a model right
+    half the time (b) and one right a quarter of the time (c) are better than chance."""
+    answers, _ = records(RIGHT)
+    fitted = fit_weights(answers, alternatives=10)
+    got = {r.model: r.weight for r in fitted.models}
+    assert got == {
+        "a": pytest.approx(math.log(27)),
+        "b": pytest.approx(math.log(9)),
+        "c": pytest.approx(math.log(3)),
+    }
+    assert fitted.alternatives == 10
+    assert weights_document(fitted, "exp")["fitted"]["alternatives"] == 10
+    with pytest.raises(ValueError, match="at least 2 alternatives"):
+        fit_weights(answers, alternatives=1.5)
+
+
+def test_alternatives_estimated_from_coinciding_wrong_answers() -> None:
+    """1/(K-1) = (coinciding + 1)/(pairs + 2) over pairs of wrong answers to one item."""
+    # Three wrong answers x, y, x: 3 pairs, 1 coinciding -> K - 1 = 5/2.
+    assert estimate_alternatives([["x", "y", "x"], ["z"], []]) == 3.5
+    # No pair at all: K = 3 (the smoothing's prior, 1/(K-1) = 1/2).
+    assert estimate_alternatives([["x"], []]) == 3
+    # In records(RIGHT) every wrong model answers Lyon: 9 pairs, all coinciding.
+    answers, _ = records(RIGHT)
+    assert fit_weights(answers, alternatives="auto").alternatives == pytest.approx(1 + 11 / 10)
 
 
 def test_fit_on_some_items_only() -> None:
@@ -196,7 +225,14 @@ def test_cli_fits_checks_and_writes(
     assert "Model reliability" in ok.stdout and "Held-out check" in ok.stdout
     data = tomllib.loads(out.read_text())
     assert data["models"][-1] in ("b", "c") and data["models"][0] == "a"
+    assert data["fitted"]["alternatives"] == 2
     _accepted(tmp_path, data)
+    auto = tmp_path / "auto.json"
+    ok = CliRunner().invoke(main, [*args, "--alternatives", "auto", "-o", str(auto)])
+    assert ok.exit_code == 0, ok.output
+    # b and c answer Lyon on every item, so their wrong answers coincide and K stays
+    # small (some pairs with a's wrong answers do not coincide).
+    assert 2 < json.loads(auto.read_text())["fitted"]["alternatives"] < 4
     # Per-domain tables from a dataset file whose items carry a domain.
     (tmp_path / "domains.jsonl").write_text(
         "".join(
@@ -217,6 +253,8 @@ def test_cli_fits_checks_and_writes(
         ([*args, "-o", str(tmp_path / "no" / "w.json")], "cannot write"),
         ([*args, "--config", "nope"], "no configuration 'nope'"),
         ([*args, "--by-domain"], "for --by-domain"),
+        ([*args, "--alternatives", "1"], "--alternatives must be 'auto' or a number >= 2"),
+        ([*args, "--alternatives", "many"], "--alternatives must be 'auto' or a number >= 2"),
     ):
         result = CliRunner().invoke(main, bad)
         assert result.exit_code != 0

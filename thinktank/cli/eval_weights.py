@@ -8,8 +8,9 @@ This module owns the command: it reads the experiment's records
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import click
 
@@ -56,7 +57,8 @@ def _print(fitted: FittedWeights, checks: list[HeldOut] | None, fit_on: int) -> 
     tables = [(None, fitted.models), *fitted.domains.items()]
     for domain, models in tables:
         where = "" if domain is None else f", domain {domain}"
-        table = Table(title=f"Model reliability ({fit_on} items{where})", title_justify="left")
+        title = f"Model reliability ({fit_on} items{where}, K = {fitted.alternatives:.3g})"
+        table = Table(title=title, title_justify="left")
         for column in ("model", "answered", "correct", "p (smoothed)", "weight"):
             table.add_column(column)
         for r in models:
@@ -79,6 +81,23 @@ def _print(fitted: FittedWeights, checks: list[HeldOut] | None, fit_on: int) -> 
     console.print(table)
     if not checks:
         console.print("no configuration of two or more models to check")
+
+
+def _alternatives(value: str) -> float | Literal["auto"]:
+    """``--alternatives``: ``auto`` or a number of answers >= 2.
+
+    Raises:
+        UsageError: anything else.
+    """
+    if value == "auto":
+        return "auto"
+    try:
+        k = float(value)
+    except ValueError:
+        k = math.nan
+    if not k >= 2 or math.isinf(k):
+        raise UsageError(f"--alternatives must be 'auto' or a number >= 2, not {value!r}")
+    return k
 
 
 @click.command("weights")
@@ -105,6 +124,13 @@ def _print(fitted: FittedWeights, checks: list[HeldOut] | None, fit_on: int) -> 
     help="The dataset file, for --by-domain (default the experiment's).",
 )
 @click.option(
+    "--alternatives",
+    default="2",
+    metavar="K|auto",
+    help="Possible answers per item, K >= 2 (default 2: the log-odds rule); 'auto'"
+    " estimates K from how often two wrong answers to one item coincide.",
+)
+@click.option(
     "--output",
     "-o",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -119,15 +145,17 @@ def weights_command(
     seed: int,
     by_domain: bool,
     dataset: Path | None,
+    alternatives: str,
     output: Path | None,
 ) -> None:
     """Fit per-model weights on a stored experiment's answers: no model is called.
 
     \b
     p = (correct + 1) / (answered + 2) of each model's answered calls, scored with the
-    experiment's scorer; weight = log(p / (1 - p)), at least 0.01 (a model no better
-    than chance). The file's `weights` go into a step's or a configuration's
-    `weights:`; its `models` (most reliable first) into a cascade step's `models:`.
+    experiment's scorer; weight = log((K - 1) p / (1 - p)) for K possible answers
+    (--alternatives), at least 0.01 (a model no better than chance). The file's
+    `weights` go into a step's or a configuration's `weights:`; its `models` (most
+    reliable first) into a cascade step's `models:`.
     With --holdout the weights are fitted on the other items only, and the held-out
     items re-merged with equal and with fitted weights (Wilson 95%, exact McNemar).
     """
@@ -142,6 +170,7 @@ def weights_command(
     )
 
     try:
+        k = _alternatives(alternatives)
         if output is not None:
             check_weights_path(output)
         experiment, samples = read_records(db, experiment_id)
@@ -159,7 +188,9 @@ def weights_command(
         fit_items, test_items = (
             split_items(items, holdout, seed) if holdout is not None else (sorted(items), [])
         )
-        fitted = fit_weights(answers, set(fit_items), configs=configs, domains=domains)
+        fitted = fit_weights(
+            answers, set(fit_items), configs=configs, domains=domains, alternatives=k
+        )
         checks = (
             held_out(answers, fitted, set(test_items), configs=configs, domains=domains)
             if holdout is not None

@@ -13,8 +13,12 @@ experiment configuration's ``weights:`` take.
 * A weight must be > 0 (``MergeOptions``): a model no better than chance (p <= 0.5,
   log-odds <= 0) gets :data:`WEIGHT_FLOOR`, a near-mute vote. The optimal rule would
   give a worse-than-chance model a negative weight (vote against it); a merge cannot.
-* The log-odds rule is derived for two alternatives; with many possible answers a
-  wrong model's votes scatter, so it is conservative there.
+* The log-odds rule is derived for two alternatives. With K possible answers and a
+  wrong voter's answer spread evenly over the K - 1 wrong ones, the optimal weight is
+  log((K - 1) p / (1 - p)) (Ben-Yashar & Paroush 2001): a voter right 49% of the time
+  among ten answers is far better than chance. ``alternatives`` is K; ``"auto"``
+  estimates K - 1 from the stored answers as the inverse of how often two wrong answers
+  to one item coincide (Laplace-smoothed), which is 1 / (K - 1) under that model.
 * Per-domain weights, when the dataset's items have a ``domain`` input field: the same
   fit within each domain (a step that knows its domain takes that table).
 * The file also lists the models in descending reliability (``models``): a cascade asks
@@ -37,7 +41,7 @@ from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from thinktank.errors import UsageError
 from thinktank.eval.analysis import DERIVED, Kind, StoredAnswers, weighted_remerge
@@ -50,6 +54,7 @@ __all__ = [
     "HeldOut",
     "Reliability",
     "check_weights_path",
+    "estimate_alternatives",
     "fit_weights",
     "held_out",
     "reliability",
@@ -75,7 +80,7 @@ class Reliability:
         answered: Its answered calls fitted on.
         correct: Of them, the ones the scorer accepts.
         p: (correct + 1) / (answered + 2), the Laplace-smoothed accuracy.
-        weight: max(:data:`WEIGHT_FLOOR`, log(p / (1 - p))).
+        weight: max(:data:`WEIGHT_FLOOR`, log((K - 1) p / (1 - p))) for K alternatives.
     """
 
     model: str
@@ -85,15 +90,23 @@ class Reliability:
     weight: float
 
 
-def reliability(model: str, correct: int, answered: int) -> Reliability:
-    """The smoothed accuracy and log-odds weight of ``correct`` of ``answered`` calls."""
+def reliability(model: str, correct: int, answered: int, alternatives: float = 2) -> Reliability:
+    """The smoothed accuracy and weight of ``correct`` of ``answered`` calls among
+    ``alternatives`` possible answers (2: the log-odds rule).
+
+    Raises:
+        ValueError: fewer than 2 alternatives.
+    """
+    if not alternatives >= 2:
+        raise ValueError(f"a vote needs at least 2 alternatives, not {alternatives}")
     p = (correct + 1) / (answered + 2)
-    return Reliability(model, answered, correct, p, max(WEIGHT_FLOOR, math.log(p / (1 - p))))
+    weight = math.log((alternatives - 1) * p / (1 - p))
+    return Reliability(model, answered, correct, p, max(WEIGHT_FLOOR, weight))
 
 
-def _ranked(counts: Mapping[str, list[int]]) -> tuple[Reliability, ...]:
+def _ranked(counts: Mapping[str, list[int]], alternatives: float) -> tuple[Reliability, ...]:
     """Reliabilities, most reliable first (ties by name)."""
-    fitted = [reliability(m, right, n) for m, (right, n) in counts.items()]
+    fitted = [reliability(m, right, n, alternatives) for m, (right, n) in counts.items()]
     return tuple(sorted(fitted, key=lambda r: (-r.weight, -r.p, r.model)))
 
 
@@ -110,6 +123,8 @@ class FittedWeights:
     models: tuple[Reliability, ...]
     domains: Mapping[str, tuple[Reliability, ...]] = field(default_factory=dict)
     items: tuple[str, ...] = ()
+    alternatives: float = 2
+    """K, the number of possible answers the weights assume (given or estimated)."""
 
     def weights(self, domain: str | None = None) -> dict[str, float]:
         """Base model -> weight, overall or for ``domain`` (overall when it has none)."""
@@ -123,6 +138,7 @@ def fit_weights(
     *,
     configs: Collection[str] | None = None,
     domains: Mapping[str, str] | None = None,
+    alternatives: float | Literal["auto"] = 2,
 ) -> FittedWeights:
     """Fit each base model's reliability on the answered calls of finished samples.
 
@@ -131,13 +147,19 @@ def fit_weights(
         items: Fit on these items only (default all).
         configs: Fit on these configurations' calls only (default all).
         domains: Item id -> domain, for per-domain weights.
+        alternatives: K, the number of possible answers (2: the log-odds rule), or
+            ``"auto"`` to estimate it from the fitted calls (:func:`estimate_alternatives`).
 
     A call stored under two configurations of the same content is counted once.
+
+    Raises:
+        ValueError: fewer than 2 alternatives.
     """
     overall: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     by_domain: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     seen: set[str] = set()
     fitted: set[str] = set()
+    wrong: dict[str, list[str]] = defaultdict(list)
     for cid, pools in answers.pools.items():
         if configs is not None and cid not in configs:
             continue
@@ -146,6 +168,7 @@ def fit_weights(
             if not pool.finished or (items is not None and item not in items):
                 continue
             fitted.add(item)
+            wrong[item] += [pool.calls[i].form for i in pool.answered if not pool.calls[i].correct]
             domain = domains.get(item) if domains is not None else None
             for call in (pool.calls[i] for i in pool.answered):
                 if call.key in seen:
@@ -155,11 +178,30 @@ def fit_weights(
                 for table in tables:
                     table[call.base][0] += call.correct
                     table[call.base][1] += 1
+    k = estimate_alternatives(wrong.values()) if alternatives == "auto" else alternatives
     return FittedWeights(
-        models=_ranked(overall),
-        domains={d: _ranked(t) for d, t in sorted(by_domain.items())},
+        models=_ranked(overall, k),
+        domains={d: _ranked(t, k) for d, t in sorted(by_domain.items())},
         items=tuple(sorted(fitted)),
+        alternatives=k,
     )
+
+
+def estimate_alternatives(wrong_answers: Iterable[Sequence[str]]) -> float:
+    """K estimated from the wrong answers of each item (their cluster forms): if a wrong
+    answer falls evenly on K - 1 alternatives, two wrong answers to one item coincide
+    with probability 1 / (K - 1). Over every pair of wrong answers to one item,
+    1 / (K - 1) = (coinciding + 1) / (pairs + 2) (Laplace-smoothed, so no pair gives
+    K = 3 and every pair coinciding stays above 2)."""
+    pairs = same = 0
+    for forms in wrong_answers:
+        counts: dict[str, int] = defaultdict(int)
+        for form in forms:
+            counts[form] += 1
+        n = len(forms)
+        pairs += n * (n - 1) // 2
+        same += sum(c * (c - 1) // 2 for c in counts.values())
+    return 1 + (pairs + 2) / (same + 1)
 
 
 def split_items(item_ids: Iterable[str], holdout: float, seed: int) -> tuple[list[str], list[str]]:
@@ -242,7 +284,8 @@ def weights_document(fitted: FittedWeights, experiment_id: str) -> dict[str, Any
     doc["fitted"] = {
         "experiment": experiment_id,
         "items": len(fitted.items),
-        "rule": "log(p/(1-p)), p = (correct+1)/(answered+2), floor 0.01",
+        "rule": "log((K-1)p/(1-p)), p = (correct+1)/(answered+2), floor 0.01",
+        "alternatives": round(fitted.alternatives, 6),
         "reliability": {
             r.model: {"answered": r.answered, "correct": r.correct, "p": round(r.p, 6)}
             for r in fitted.models
