@@ -39,6 +39,7 @@ LAYERS: Sequence[tuple[str, Sequence[str]]] = (
             "thinktank.eval.*",
         ),
     ),
+    ("server", ("thinktank.server", "thinktank.server.*")),
     ("cli", ("thinktank.cli", "thinktank.cli.*", "thinktank.__main__")),
     ("library API", ("thinktank",)),
 )

@@ -1,0 +1,70 @@
+"""``thinktank serve``: run the HTTP server with uvicorn.
+
+This module owns the command: it checks where the server may listen (a non-loopback
+host needs API keys; ``--no-auth`` is for loopback only), passes the settings to each
+uvicorn worker through the environment (:func:`thinktank.server.app.app_from_env`)
+and runs uvicorn. The server itself is :mod:`thinktank.server`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+
+import click
+
+from thinktank.cli._shared import _db_option, _fail
+
+__all__ = ["is_loopback", "serve_command"]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@click.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@_db_option
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Processes."
+)
+@click.option(
+    "--no-auth",
+    is_flag=True,
+    help="Serve every request without an API key (only on a loopback host).",
+)
+def serve_command(host: str, port: int, db: str | None, workers: int, no_auth: bool) -> None:
+    """Serve thinktank over HTTP, with uvicorn.
+
+    \b
+    Without --no-auth every request needs an API key; a server on a non-loopback
+    host must have keys and refuses --no-auth.
+    """
+    try:
+        import uvicorn
+
+        from thinktank.server.app import ENV_DB, ENV_NO_AUTH
+    except ImportError as exc:
+        _fail([f'the server needs its extra: pip install "thinktank[server]" ({exc.name})'])
+    if not is_loopback(host):
+        if no_auth:
+            _fail([f"--no-auth serves anyone: only on a loopback host, not {host!r}"])
+        _fail([f"serving on {host!r} (not loopback) needs API keys, which this version lacks"])
+    if db is not None:
+        os.environ[ENV_DB] = db
+    os.environ[ENV_NO_AUTH] = "1" if no_auth else "0"
+    uvicorn.run(
+        "thinktank.server.app:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+    )

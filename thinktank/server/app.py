@@ -1,0 +1,165 @@
+"""The ASGI app: :func:`create_app` builds it from a :class:`ServerConfig`.
+
+This module owns the app's assembly and its process-wide state (``app.state``: the
+open :class:`~thinktank.store.Store`, the model registry, the config): the lifespan
+opens the store once per process and closes it on shutdown; the pure ASGI middleware
+of :mod:`thinktank.server.middleware` wraps the app; every error is answered in
+OpenAI's shape (:mod:`thinktank.server.errors`). Its own routes are the probes
+(``GET /healthz``: the process is up; ``GET /readyz``: the store answers) and
+``GET /v1/models``. :func:`app_from_env` is the factory ``thinktank serve`` hands to
+uvicorn, so that each worker process builds its own app from the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+
+from thinktank.server.auth import Caller, KeyChecker, authenticate
+from thinktank.server.errors import ApiError, install_error_handlers
+from thinktank.server.middleware import BodyLimit, ConcurrencyCap, RequestId
+
+if TYPE_CHECKING:
+    from thinktank.providers.registry import ModelRegistry
+    from thinktank.store import Store
+
+__all__ = [
+    "ENV_DB",
+    "ENV_NO_AUTH",
+    "CallerDep",
+    "ServerConfig",
+    "app_from_env",
+    "caller_of",
+    "create_app",
+    "store_of",
+]
+
+ENV_DB = "THINKTANK_DB"
+"""The database the server opens (``--db``), as for every command."""
+ENV_NO_AUTH = "THINKTANK_SERVER_NO_AUTH"
+"""Set to ``1`` by ``thinktank serve --no-auth`` (loopback only) for its workers."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How a server runs.
+
+    Attributes:
+        db: Database URL or SQLite path (None: ``$THINKTANK_DB``, else ./thinktank.db).
+        no_auth: Serve every request without a key (``thinktank serve`` allows it only
+            on a loopback host).
+        max_body_bytes: Request bodies above this are refused with 413.
+        max_concurrent: Requests in flight beyond this are refused with 503.
+    """
+
+    db: str | None = None
+    no_auth: bool = False
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_concurrent: int = 1024
+
+
+def _registry() -> ModelRegistry:
+    from thinktank.providers.config import load_config
+    from thinktank.providers.registry import ModelRegistry
+
+    return ModelRegistry(config=load_config())
+
+
+def create_app(config: ServerConfig | None = None, *, keys: KeyChecker | None = None) -> FastAPI:
+    """The ASGI app serving thinktank.
+
+    Args:
+        config: How it runs (defaults: ``$THINKTANK_DB``, keys required).
+        keys: Checks bearer keys; None denies every request unless ``no_auth``.
+    """
+    cfg = config or ServerConfig()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from thinktank.store import Store
+
+        app.state.store = await Store.open(cfg.db)
+        try:
+            yield
+        finally:
+            await app.state.store.close()
+
+    app = FastAPI(title="thinktank", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.state.config = cfg
+    app.state.keys = keys
+    app.state.registry = _registry()
+    app.state.started = time.time()
+    install_error_handlers(app)
+    _probes(app)
+    _models(app)
+    app.add_middleware(ConcurrencyCap, limit=cfg.max_concurrent)
+    app.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes)
+    app.add_middleware(RequestId)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """The app of one ``thinktank serve`` worker, configured from the environment."""
+    return create_app(
+        ServerConfig(db=os.environ.get(ENV_DB) or None, no_auth=os.environ.get(ENV_NO_AUTH) == "1")
+    )
+
+
+async def caller_of(request: Request) -> Caller:
+    """The FastAPI dependency every ``/v1`` route takes: who is calling.
+
+    Raises:
+        ApiError: 401 without a valid key (see :func:`~thinktank.server.auth.authenticate`).
+    """
+    state = request.app.state
+    return await authenticate(
+        request.headers.get("authorization"), no_auth=state.config.no_auth, keys=state.keys
+    )
+
+
+CallerDep = Annotated[Caller, Depends(caller_of)]
+"""A route parameter ``caller: CallerDep`` authenticates the request (401 otherwise)."""
+
+
+def store_of(request: Request) -> Store:
+    """The process's open store."""
+    store: Store = request.app.state.store
+    return store
+
+
+def _probes(app: FastAPI) -> None:
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "uptime_s": round(time.time() - app.state.started, 3)}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> dict[str, Any]:
+        try:
+            await store_of(request).list_sessions(limit=1)
+        except Exception as exc:  # any failure to read means not ready
+            raise ApiError(503, f"store not reachable: {type(exc).__name__}") from exc
+        return {"status": "ready"}
+
+
+def _models(app: FastAPI) -> None:
+    @app.get("/v1/models")
+    async def models(request: Request, caller: CallerDep) -> dict[str, Any]:
+        registry: ModelRegistry = request.app.state.registry
+        created = int(app.state.started)
+        data = [
+            {
+                "id": info.name,
+                "object": "model",
+                "created": created,
+                "owned_by": info.provider,
+                "thinktank": info.to_dict(),
+            }
+            for info in registry.describe()
+        ]
+        return {"object": "list", "data": data}
