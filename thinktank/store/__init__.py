@@ -53,9 +53,10 @@ from thinktank.errors import (
     UnknownSessionError,
 )
 from thinktank.events import CachedConsensus, Event
-from thinktank.store import _experiments, _lease
+from thinktank.store import _experiments, _keys, _lease
 from thinktank.store._fold import StepRowCache, apply_batch
 from thinktank.store._json import dumps, loads
+from thinktank.store._keys import ApiKey
 from thinktank.store._migrations import MIGRATIONS_TABLE, upgrade
 from thinktank.store._read import (
     CONSENSUS_BY_KEY,
@@ -77,6 +78,7 @@ from thinktank.store._write import EventLog
 
 __all__ = [
     "DEFAULT_DB_ENV",
+    "ApiKey",
     "SessionSummary",
     "Store",
     "StoredCall",
@@ -768,6 +770,63 @@ class Store:
             StoreError: the database could not be read.
         """
         return await self._read(_lease.lease_of, session_id, postgres=self._postgres)
+
+    # -- API keys (thinktank serve): limits shared by every server on the database -----
+
+    async def create_api_key(
+        self,
+        *,
+        name: str,
+        prefix: str,
+        key_hash: str,
+        budget_micro_usd: int | None = None,
+        rpm: int | None = None,
+    ) -> str:
+        """Store a new API key by its hash (the key itself is never stored); its id."""
+        return await self._leasing(
+            "create an API key",
+            _keys.create_key,
+            name=name,
+            prefix=prefix,
+            key_hash=key_hash,
+            created_at=datetime.now(UTC),
+            budget_micro_usd=budget_micro_usd,
+            rpm=rpm,
+        )
+
+    async def api_keys(self) -> list[ApiKey]:
+        """Every API key, oldest first, revoked ones too."""
+        return await self._read(_keys.list_keys)
+
+    async def revoke_api_key(self, id_or_prefix: str) -> ApiKey:
+        """Revoke an API key by id or unique id prefix (at least 4 characters).
+
+        Raises:
+            UsageError: no key, or several, match.
+        """
+        return await self._leasing(
+            "revoke an API key", _keys.revoke_key, id_or_prefix, datetime.now(UTC)
+        )
+
+    async def api_key_by_hash(self, key_hash: str) -> ApiKey | None:
+        """The API key with this hash (revoked or not), or None."""
+        return await self._read(_keys.key_by_hash, key_hash)
+
+    async def count_api_request(self, key_id: str) -> float | None:
+        """Count a request against the key's per-minute limit, atomically across every
+        process on the database: None if admitted, else seconds until it would be."""
+        return await self._leasing(
+            "count a request", _keys.count_request, key_id, postgres=self._postgres
+        )
+
+    async def reserve_budget(self, key_id: str, micro_usd: int) -> ApiKey | None:
+        """Reserve ``micro_usd`` of the key's budget, atomically across every process:
+        None if reserved, else the key (revoked, or its budget too small)."""
+        return await self._leasing("reserve budget", _keys.reserve, key_id, micro_usd)
+
+    async def settle_budget(self, key_id: str, reserved_micro_usd: int, micro_usd: int) -> None:
+        """End a reservation of ``reserved_micro_usd``: the key is charged ``micro_usd``."""
+        await self._leasing("settle budget", _keys.settle, key_id, reserved_micro_usd, micro_usd)
 
 
 def _aware(value: datetime) -> datetime:

@@ -34,6 +34,8 @@ The migrations:
 - ``0007_experiments``: ``thinktank_experiments`` and ``thinktank_experiment_samples``
   (``thinktank eval``: an experiment, and the session answering each item x
   configuration x repeat).
+- ``0008_api_keys``: ``thinktank_api_keys`` (``thinktank serve``'s keys, stored hashed,
+  with their budgets and per-minute request windows).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Float,
@@ -73,6 +76,7 @@ __all__ = [
     "MIGRATIONS_TABLE",
     "Migration",
     "add_columns",
+    "api_key_tables",
     "applied_migrations",
     "column_names",
     "experiment_tables",
@@ -459,6 +463,36 @@ def _experiments(conn: Connection) -> None:
             md.tables[name].create(conn)
 
 
+# -- 0008_api_keys ------------------------------------------------------------------------
+
+
+def api_key_tables() -> MetaData:
+    """The table as ``0008_api_keys`` creates it (a fresh MetaData each call)."""
+    md = MetaData()
+    Table(
+        "thinktank_api_keys",
+        md,
+        Column("id", String(36), primary_key=True),
+        Column("name", Text, nullable=False),
+        Column("prefix", String(16), nullable=False),
+        Column("key_hash", String(64), nullable=False, unique=True, index=True),
+        Column("created_at", UTC_DATETIME, nullable=False),
+        Column("revoked_at", UTC_DATETIME),
+        Column("budget_micro_usd", BigInteger),
+        Column("spent_micro_usd", BigInteger, nullable=False),
+        Column("reserved_micro_usd", BigInteger, nullable=False),
+        Column("rpm", Integer),
+        Column("window_start", Float),
+        Column("window_count", Integer, nullable=False),
+    )
+    return md
+
+
+def _api_keys(conn: Connection) -> None:
+    if "thinktank_api_keys" not in set(inspect(conn).get_table_names()):
+        api_key_tables().tables["thinktank_api_keys"].create(conn)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_initial", _initial),
     Migration("0002_dynamic_steps_and_leases", _dynamic_steps_and_leases),
@@ -467,6 +501,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0005_call_reused_from", _call_reused_from),
     Migration("0006_text_repairs", _text_repairs),
     Migration("0007_experiments", _experiments),
+    Migration("0008_api_keys", _api_keys),
 )
 """Every migration this code knows, in the order they apply."""
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Float,
     Integer,
@@ -40,6 +41,7 @@ from sqlalchemy.types import TypeEngine
 from sqlmodel import Field, SQLModel
 
 __all__ = [
+    "API_KEYS",
     "ATTEMPTS",
     "CALLS",
     "CONSENSUS",
@@ -50,6 +52,7 @@ __all__ = [
     "SESSIONS",
     "STEPS",
     "UTC_DATETIME",
+    "ApiKeyRow",
     "CallAttemptRow",
     "CallRow",
     "ConsensusRow",
@@ -434,6 +437,43 @@ class ExperimentSampleRow(SQLModel, table=True):
     """When the sample was first planned."""
 
 
+class ApiKeyRow(SQLModel, table=True):
+    """One API key of ``thinktank serve`` (``thinktank keys create``), with its limits.
+
+    The key itself is never stored: only its SHA-256 (a key is 32 random bytes, so a
+    fast hash is safe) and its first characters, to tell keys apart in a listing.
+    Money is in micro-dollars (integers), so that sums and the budget check are exact.
+    """
+
+    __tablename__ = "thinktank_api_keys"
+
+    id: str = Field(primary_key=True, max_length=36)
+    """UUID (v7) of the key: what a request's caller, ``keys list`` and ``keys revoke`` name."""
+    name: str = Field(sa_type=Text)
+    """Who or what the key is for."""
+    prefix: str = Field(max_length=16)
+    """The key's first characters (``tt_`` and a few more), shown by ``keys list``."""
+    key_hash: str = Field(max_length=64, unique=True, index=True)
+    """Hex SHA-256 of the key; a presented key is looked up by it."""
+    created_at: datetime = Field(sa_type=UTC_DATETIME)
+    """When the key was made."""
+    revoked_at: datetime | None = Field(default=None, sa_type=UTC_DATETIME)
+    """When it was revoked (a revoked key is refused); None while it is valid."""
+    budget_micro_usd: int | None = Field(default=None, sa_type=BigInteger)
+    """What the key may spend in all, in millionths of a dollar; None: no budget."""
+    spent_micro_usd: int = Field(default=0, sa_type=BigInteger)
+    """What its settled requests cost."""
+    reserved_micro_usd: int = Field(default=0, sa_type=BigInteger)
+    """What its requests in flight have reserved and not settled yet."""
+    rpm: int | None = Field(default=None, sa_type=Integer)
+    """Requests per minute it may make; None: no limit."""
+    window_start: float | None = Field(default=None, sa_type=Float)
+    """Start (epoch seconds, the database's clock on PostgreSQL) of its current
+    one-minute window; None before its first limited request."""
+    window_count: int = Field(default=0, sa_type=Integer)
+    """Requests admitted in that window."""
+
+
 # The Core tables of the classes above, for the statements of the write and read paths.
 SESSIONS: Table = SQLModel.metadata.tables[SessionRow.__tablename__]
 STEPS: Table = SQLModel.metadata.tables[StepRow.__tablename__]
@@ -443,3 +483,4 @@ CONSENSUS: Table = SQLModel.metadata.tables[ConsensusRow.__tablename__]
 EVENTS: Table = SQLModel.metadata.tables[EventRow.__tablename__]
 EXPERIMENTS: Table = SQLModel.metadata.tables[ExperimentRow.__tablename__]
 SAMPLES: Table = SQLModel.metadata.tables[ExperimentSampleRow.__tablename__]
+API_KEYS: Table = SQLModel.metadata.tables[ApiKeyRow.__tablename__]

@@ -1,0 +1,188 @@
+"""API key rows: the keys of ``thinktank serve``, their request windows and budgets.
+
+Every change that enforces a limit is ONE conditional ``UPDATE`` of the key's row, so
+that servers in several processes (or on several machines, over PostgreSQL) sharing
+the database never admit more than the limit between them:
+
+- a request: ``UPDATE ... SET window_count = window_count + 1 (or 1 in a new window)
+  WHERE id = ? AND (the window is over OR window_count < rpm)``;
+- a budget reservation: ``UPDATE ... SET reserved = reserved + ? WHERE id = ? AND
+  spent + reserved + ? <= budget``.
+
+SQLite runs each in a ``BEGIN IMMEDIATE`` transaction (the store's write transactions),
+so writers take turns. PostgreSQL's ``UPDATE`` locks the row, and under READ COMMITTED
+an update that waited for another re-evaluates its ``WHERE`` and ``SET`` on the row
+that one committed: the condition always sees every admission before it. The window
+is fixed, one minute from its first request, on the database server's clock on
+PostgreSQL (servers whose clocks disagree still share one window) and this machine's
+on SQLite. Money is in integer micro-dollars, so the budget check is exact.
+
+These functions run on a connection the :class:`~thinktank.store.Store` opened, inside
+its read or write transaction.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Float, case, cast, func, insert, literal, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from thinktank._ids import new_id
+from thinktank.errors import UsageError
+from thinktank.store._lease import _as_utc
+from thinktank.store._read import resolve_id
+from thinktank.store.tables import API_KEYS
+
+__all__ = [
+    "WINDOW_S",
+    "ApiKey",
+    "count_request",
+    "create_key",
+    "key_by_hash",
+    "list_keys",
+    "reserve",
+    "revoke_key",
+    "settle",
+]
+
+WINDOW_S = 60.0
+"""The length of a key's request window (its ``rpm`` counts requests in one)."""
+
+_c = API_KEYS.c
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A stored key, as ``thinktank keys list`` shows it (never the key itself)."""
+
+    id: str
+    name: str
+    prefix: str
+    key_hash: str
+    created_at: datetime
+    revoked_at: datetime | None
+    budget_micro_usd: int | None
+    spent_micro_usd: int
+    reserved_micro_usd: int
+    rpm: int | None
+
+    @classmethod
+    def of(cls, row: Any) -> ApiKey:
+        """The key of a ``thinktank_api_keys`` row."""
+        values = {field.name: row._mapping[field.name] for field in fields(cls)}
+        # SQLite hands datetimes back naive: they are UTC.
+        for name in ("created_at", "revoked_at"):
+            if values[name] is not None:
+                values[name] = _as_utc(values[name])
+        return cls(**values)
+
+
+def _now(postgres: bool) -> ColumnElement[Any]:
+    """Now in epoch seconds: the server's clock on PostgreSQL, this machine's on SQLite."""
+    if postgres:
+        return cast(func.extract("epoch", func.now()), Float)
+    return literal(time.time(), Float)
+
+
+async def create_key(conn: AsyncConnection, **values: Any) -> str:
+    """Store a new key (``name``, ``prefix``, ``key_hash``, ``created_at``,
+    ``budget_micro_usd``, ``rpm``); return its id."""
+    kid = new_id()
+    await conn.execute(
+        insert(API_KEYS).values(
+            id=kid, spent_micro_usd=0, reserved_micro_usd=0, window_count=0, **values
+        )
+    )
+    return kid
+
+
+async def list_keys(conn: AsyncConnection) -> list[ApiKey]:
+    """Every key, oldest first."""
+    rows = await conn.execute(select(API_KEYS).order_by(_c.created_at, _c.id))
+    return [ApiKey.of(row) for row in rows]
+
+
+async def revoke_key(conn: AsyncConnection, id_or_prefix: str, at: datetime) -> ApiKey:
+    """Revoke the key with this id (or unique id prefix); a revoked key stays revoked.
+
+    Raises:
+        UsageError: no key, or several, match.
+    """
+    row = await resolve_id(conn, API_KEYS, id_or_prefix, what="API key", error=UsageError)
+    await conn.execute(
+        update(API_KEYS).where(_c.id == row.id, _c.revoked_at.is_(None)).values(revoked_at=at)
+    )
+    found = (await conn.execute(select(API_KEYS).where(_c.id == row.id))).one()
+    return ApiKey.of(found)
+
+
+async def key_by_hash(conn: AsyncConnection, key_hash: str) -> ApiKey | None:
+    """The key whose hash is ``key_hash``, revoked or not; None if there is none."""
+    row = (await conn.execute(select(API_KEYS).where(_c.key_hash == key_hash))).first()
+    return None if row is None else ApiKey.of(row)
+
+
+async def count_request(conn: AsyncConnection, key_id: str, *, postgres: bool) -> float | None:
+    """Count one request against the key's per-minute limit, if it is under it.
+
+    Returns:
+        None when the request is admitted (or the key has no limit); else the seconds
+        until its window ends and requests are admitted again.
+    """
+    now = _now(postgres)
+    new_window = or_(_c.window_start.is_(None), _c.window_start <= now - WINDOW_S)
+    admitted = await conn.execute(
+        update(API_KEYS)
+        .where(_c.id == key_id, or_(_c.rpm.is_(None), new_window, _c.window_count < _c.rpm))
+        .values(
+            window_start=case((new_window, now), else_=_c.window_start),
+            window_count=case((new_window, 1), else_=_c.window_count + 1),
+        )
+    )
+    if admitted.rowcount:
+        return None
+    row = (await conn.execute(select(_c.window_start, now).where(_c.id == key_id))).first()
+    if row is None or row[0] is None:
+        return None  # the key was deleted under us: authentication refuses it next time
+    return max(1.0, float(math.ceil(row[0] + WINDOW_S - row[1])))
+
+
+async def reserve(conn: AsyncConnection, key_id: str, micro_usd: int) -> ApiKey | None:
+    """Reserve ``micro_usd`` of the key's budget if spent + reserved + it fits.
+
+    Returns:
+        None when reserved; else the key as it is (to say why it did not fit).
+    """
+    fits = or_(
+        _c.budget_micro_usd.is_(None),
+        _c.spent_micro_usd + _c.reserved_micro_usd + micro_usd <= _c.budget_micro_usd,
+    )
+    done = await conn.execute(
+        update(API_KEYS)
+        .where(_c.id == key_id, _c.revoked_at.is_(None), fits)
+        .values(reserved_micro_usd=_c.reserved_micro_usd + micro_usd)
+    )
+    if done.rowcount:
+        return None
+    row = (await conn.execute(select(API_KEYS).where(_c.id == key_id))).first()
+    if row is None:
+        raise UsageError(f"no API key has the id {key_id!r}")
+    return ApiKey.of(row)
+
+
+async def settle(conn: AsyncConnection, key_id: str, reserved: int, actual: int) -> None:
+    """Release a reservation of ``reserved`` and charge what the request cost."""
+    left = _c.reserved_micro_usd - reserved
+    await conn.execute(
+        update(API_KEYS)
+        .where(_c.id == key_id)
+        .values(
+            reserved_micro_usd=case((left < 0, 0), else_=left),
+            spent_micro_usd=_c.spent_micro_usd + actual,
+        )
+    )
