@@ -50,7 +50,9 @@ def serve(
         str(port),
         *args,
     ]
-    log = Path(str(db) + f".serve-{port}.log")
+    # Beside a SQLite file; in the working directory for a database URL.
+    where = str(db) if "://" not in str(db) else str(Path(cwd or ".") / "db")
+    log = Path(where + f".serve-{port}.log")
     with log.open("wb") as out:
         proc = subprocess.Popen(
             command, env={**os.environ, **(env or {})}, cwd=cwd, stdout=out, stderr=out

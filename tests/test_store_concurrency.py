@@ -99,11 +99,11 @@ async def _line(stream: BufferedByteReceiveStream) -> str:
     return (await stream.receive_until(b"\n", 1 << 20)).decode().strip()
 
 
-async def _spawn(command: list[str], err_path: Path) -> Process:
+async def _spawn(command: list[str], err_path: Path, child: str = _CHILD) -> Process:
     """One worker subprocess running ``command``, its stderr into ``err_path``."""
     with err_path.open("wb") as err:
         return await anyio.open_process(
-            [sys.executable, "-c", _CHILD, *command],
+            [sys.executable, "-c", child, *command],
             cwd=REPO,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -127,11 +127,17 @@ async def _lines(
 
 
 async def run_workers(
-    commands: list[list[str]], logs: Path, *, released: anyio.Event | None = None
+    commands: list[list[str]],
+    logs: Path,
+    *,
+    released: anyio.Event | None = None,
+    child: str = _CHILD,
 ) -> list[Any]:
     """Start one subprocess per command, release them together, return their results.
 
     ``released`` is set once they are released, so that the caller can race them.
+    ``child`` is the ``python -c`` code of a worker (default: :func:`worker`); it must
+    print ``ready``, wait for ``go`` on stdin and print one JSON line.
 
     Raises:
         AssertionError: a worker failed (with its stderr).
@@ -146,7 +152,7 @@ async def run_workers(
         with anyio.fail_after(120):
             for i, command in enumerate(commands):
                 errors.append(logs / f"worker-{i}.err")
-                procs.append(await _spawn(command, errors[i]))
+                procs.append(await _spawn(command, errors[i], child))
             readers = []
             for proc in procs:
                 assert proc.stdout is not None

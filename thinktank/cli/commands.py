@@ -33,6 +33,7 @@ from thinktank.cli._shared import (
     _run_async,
 )
 from thinktank.cli.evaluate import eval_group
+from thinktank.cli.keys import keys_group
 from thinktank.cli.serve import serve_command
 from thinktank.errors import (
     InputError,
@@ -846,3 +847,4 @@ def schema_command(output: str | None, check: bool, kind: str) -> None:
 
 main.add_command(eval_group)
 main.add_command(serve_command)
+main.add_command(keys_group)

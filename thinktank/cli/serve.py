@@ -1,9 +1,10 @@
 """``thinktank serve``: run the HTTP server with uvicorn.
 
 This module owns the command: it checks where the server may listen (a non-loopback
-host needs API keys; ``--no-auth`` is for loopback only), passes the settings to each
-uvicorn worker through the environment (:func:`thinktank.server.app.app_from_env`)
-and runs uvicorn. The server itself is :mod:`thinktank.server`.
+host needs a live API key in the database; ``--no-auth`` is for loopback only), passes
+the settings to each uvicorn worker through the environment
+(:func:`thinktank.server.app.app_from_env`) and runs uvicorn. The server itself is
+:mod:`thinktank.server`.
 """
 
 from __future__ import annotations
@@ -13,9 +14,25 @@ import os
 
 import click
 
-from thinktank.cli._shared import _db_option, _fail
+from thinktank.cli._shared import _db_option, _fail, _run_async
 
 __all__ = ["is_loopback", "serve_command"]
+
+
+def _has_keys(db: str | None) -> bool:
+    """Whether the database has a key that is not revoked (no database: none)."""
+    from thinktank.errors import NoDatabaseError
+    from thinktank.store import Store
+
+    async def go() -> bool:
+        try:
+            store = await Store.open(db, read_only=True)
+        except NoDatabaseError:
+            return False
+        async with store:
+            return any(key.revoked_at is None for key in await store.api_keys())
+
+    return _run_async(go)
 
 
 def is_loopback(host: str) -> bool:
@@ -56,7 +73,13 @@ def serve_command(host: str, port: int, db: str | None, workers: int, no_auth: b
     if not is_loopback(host):
         if no_auth:
             _fail([f"--no-auth serves anyone: only on a loopback host, not {host!r}"])
-        _fail([f"serving on {host!r} (not loopback) needs API keys, which this version lacks"])
+        if not _has_keys(db):
+            _fail(
+                [
+                    f"serving on {host!r} (not loopback) needs API keys: "
+                    "create one with 'thinktank keys create --name NAME'"
+                ]
+            )
     if db is not None:
         os.environ[ENV_DB] = db
     os.environ[ENV_NO_AUTH] = "1" if no_auth else "0"

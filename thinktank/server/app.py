@@ -105,10 +105,15 @@ def create_app(config: ServerConfig | None = None, *, keys: KeyChecker | None = 
 
 
 def app_from_env() -> FastAPI:
-    """The app of one ``thinktank serve`` worker, configured from the environment."""
-    return create_app(
-        ServerConfig(db=os.environ.get(ENV_DB) or None, no_auth=os.environ.get(ENV_NO_AUTH) == "1")
+    """The app of one ``thinktank serve`` worker, configured from the environment; its
+    keys are those of its store (:class:`~thinktank.server.keys.StoreKeys`)."""
+    from thinktank.server.keys import StoreKeys
+
+    config = ServerConfig(
+        db=os.environ.get(ENV_DB) or None, no_auth=os.environ.get(ENV_NO_AUTH) == "1"
     )
+    app = create_app(config, keys=StoreKeys(lambda: app.state.store))
+    return app
 
 
 async def caller_of(request: Request) -> Caller:

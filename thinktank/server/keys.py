@@ -1,0 +1,157 @@
+"""API keys: making them, checking them, and the limits each key carries.
+
+This module owns what a key is (``tt_`` and 32 random bytes, URL-safe base64; stored
+as its SHA-256 only, which is safe for a high-entropy token) and the limits enforced
+through the store, so that every server process on one database shares them:
+
+- :class:`StoreKeys` is the server's :class:`~thinktank.server.auth.KeyChecker`: it
+  looks a presented key up by its hash, compares the hashes in constant time, refuses
+  revoked keys and counts the request against the key's requests per minute (over it:
+  429 with ``Retry-After``). The caller dependency calls it, so every ``/v1`` route is
+  authenticated and limited.
+- :func:`reserve` and :func:`settle` are the budget API of the routes that spend
+  money: reserve the most a request can cost before calling any model (402
+  ``insufficient_quota`` when the key's spent + reserved + it is over its budget),
+  then settle with what it cost.
+
+Keys are never logged nor stored; this module imports no web framework (``thinktank
+keys`` uses it without the server's extra).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from thinktank.server.auth import ANONYMOUS, Caller
+from thinktank.server.errors import ApiError
+
+if TYPE_CHECKING:
+    from thinktank.store import Store
+
+__all__ = [
+    "KEY_PREFIX",
+    "Reservation",
+    "StoreKeys",
+    "hash_key",
+    "micro_usd",
+    "new_key",
+    "reserve",
+    "settle",
+    "shown_prefix",
+]
+
+KEY_PREFIX = "tt_"
+"""How every key starts (so a leaked one is recognisable by secret scanners)."""
+_SHOWN = 10
+"""Characters of a key kept to tell keys apart in ``keys list`` (the prefix and 7 more)."""
+
+
+def new_key() -> str:
+    """A new key: ``tt_`` and 32 random bytes, URL-safe base64."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> str:
+    """The hex SHA-256 of a key, the only form the store keeps."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def shown_prefix(key: str) -> str:
+    """The start of a key that ``keys list`` shows."""
+    return key[:_SHOWN]
+
+
+def micro_usd(usd: float) -> int:
+    """Dollars as the store's integer micro-dollars."""
+    return round(usd * 1_000_000)
+
+
+class StoreKeys:
+    """The keys of the store a server has open (a :class:`KeyChecker`).
+
+    Args:
+        store: Returns the process's open store (it is opened in the app's lifespan,
+            after the checker is made).
+    """
+
+    def __init__(self, store: Callable[[], Store]) -> None:
+        self._store = store
+
+    async def check(self, token: str) -> Caller | None:
+        """The key's caller; None when the key is unknown or revoked.
+
+        Raises:
+            ApiError: 429 with ``Retry-After`` when the key is over its requests per
+                minute.
+        """
+        presented = hash_key(token)
+        store = self._store()
+        key = await store.api_key_by_hash(presented)
+        if key is None or not hmac.compare_digest(key.key_hash, presented):
+            return None
+        if key.revoked_at is not None:
+            return None
+        if key.rpm is not None:
+            wait = await store.count_api_request(key.id)
+            if wait is not None:
+                raise ApiError(
+                    429,
+                    f"rate limit: this key may make {key.rpm} requests per minute; "
+                    f"retry in {wait:.0f} s",
+                    code="rate_limit_exceeded",
+                    headers={"Retry-After": f"{wait:.0f}"},
+                )
+        return Caller(key_id=key.id)
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """Budget set aside for one request until :func:`settle` (none for the anonymous
+    caller of a ``--no-auth`` server)."""
+
+    key_id: str | None
+    micro_usd: int
+
+
+async def reserve(store: Store, caller: Caller, usd: float) -> Reservation:
+    """Set ``usd`` of the caller's budget aside, atomically across every server process.
+
+    Reserve the most the request can cost; :func:`settle` it when it ends, whatever
+    the outcome (a ``finally``). A key without a budget reserves without limit.
+
+    Raises:
+        ApiError: 402 ``insufficient_quota`` when the key's spent + reserved + ``usd``
+            is over its budget (or the key was revoked meanwhile).
+    """
+    if caller is ANONYMOUS or caller.key_id is None:
+        return Reservation(key_id=None, micro_usd=0)
+    amount = max(0, micro_usd(usd))
+    refused = await store.reserve_budget(caller.key_id, amount)
+    if refused is None:
+        return Reservation(key_id=caller.key_id, micro_usd=amount)
+    if refused.revoked_at is not None:
+        raise ApiError(401, "this API key was revoked", code="invalid_api_key")
+    budget = (refused.budget_micro_usd or 0) / 1e6
+    used = (refused.spent_micro_usd + refused.reserved_micro_usd) / 1e6
+    raise ApiError(
+        402,
+        f"insufficient quota: this request may cost up to ${usd:.6f}, and the key has "
+        f"${max(0.0, budget - used):.6f} of its ${budget:.2f} budget left "
+        f"(${refused.spent_micro_usd / 1e6:.6f} spent, "
+        f"${refused.reserved_micro_usd / 1e6:.6f} reserved by requests in flight)",
+        code="insufficient_quota",
+    )
+
+
+async def settle(store: Store, reservation: Reservation, actual_usd: float) -> None:
+    """End a reservation: release it and charge what the request cost."""
+    if reservation.key_id is None:
+        return
+    await store.settle_budget(
+        reservation.key_id, reservation.micro_usd, max(0, micro_usd(actual_usd))
+    )
