@@ -98,6 +98,9 @@ def create_app(config: ServerConfig | None = None, *, keys: KeyChecker | None = 
     install_error_handlers(app)
     _probes(app)
     _models(app)
+    from thinktank.server.chat import router as chat_router  # imports this module
+
+    app.include_router(chat_router)
     app.add_middleware(ConcurrencyCap, limit=cfg.max_concurrent)
     app.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes)
     app.add_middleware(RequestId)

@@ -1,0 +1,215 @@
+"""``POST /v1/chat/completions`` over real HTTP to a real ``thinktank serve`` process,
+its models answered by the loopback fake provider: the official openai SDK (sync and
+async, ``extra_body={"parallel": ...}``), the stored session, the spec's shape, errors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import openai
+import pytest
+
+from thinktank.store import Store
+
+from .fakeserver import FakeServer, Fault, run_fake_server
+from .serverproc import serve
+from .test_eval_runner import write_config
+
+MODELS = ["a", "b", "c"]
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeServer]:
+    with run_fake_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("chat") / "tt.db"
+
+
+@pytest.fixture(scope="module")
+def url(fake: FakeServer, db: Path) -> Iterator[str]:
+    config = write_config(db.parent / "thinktank.toml", fake, MODELS)
+    with serve(db, "--no-auth", env={"THINKTANK_CONFIG": str(config)}) as base:
+        yield base
+
+
+@pytest.fixture(autouse=True)
+def _fresh(fake: FakeServer) -> None:
+    fake.reset()
+
+
+def _client(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+
+
+def _stored(db: Path, session_id: str) -> Any:
+    async def read() -> Any:
+        async with await Store.open(str(db)) as store:
+            return await store.get_session(session_id)
+
+    return anyio.run(read, backend="asyncio")
+
+
+def test_one_model_without_parallel(url: str, fake: FakeServer) -> None:
+    """Without ``parallel`` the model named answers; system and user messages reach it."""
+    fake.set_reply("a", "Paris")
+    reply = _client(url).chat.completions.create(
+        model="a",
+        messages=[
+            {"role": "system", "content": "Answer in one word."},
+            {"role": "user", "content": "Capital of France?"},
+        ],
+        max_tokens=5,
+    )
+    assert reply.object == "chat.completion" and reply.model == "a"
+    assert reply.choices[0].message.content == "Paris"
+    assert reply.choices[0].finish_reason == "stop"
+    sent = fake.requests[-1].json
+    assert sent["messages"] == [
+        {"role": "system", "content": "Answer in one word."},
+        {"role": "user", "content": "Capital of France?"},
+    ]
+    assert sent["max_tokens"] == 5
+    assert reply.usage is not None and reply.usage.completion_tokens == 1
+    parallel = (reply.model_extra or {})["parallel"]
+    assert [r["model"] for r in parallel["responses"]] == ["a"]
+
+
+def test_parallel_merges_and_is_a_stored_session(url: str, fake: FakeServer, db: Path) -> None:
+    """``extra_body`` parallel: three models asked, the majority is the message, the
+    block has every answer, usage sums every call, and the session is stored with the
+    request id."""
+    fake.set_reply("a", "Paris")
+    fake.set_reply("b", "Paris")
+    fake.set_reply("c", "Lyon")
+    raw = _client(url).chat.completions.with_raw_response.create(
+        model="a",
+        messages=[{"role": "user", "content": "Capital of France?"}],
+        extra_body={"parallel": {"models": MODELS, "mode": "all", "threshold": 0.6}},
+        extra_headers={"X-Request-Id": "req-chat-1"},
+    )
+    reply = raw.parse()
+    assert reply.choices[0].message.content == "Paris"
+    block = (reply.model_extra or {})["parallel"]
+    by_model = {r["model"]: r for r in block["responses"]}
+    assert set(by_model) == set(MODELS)
+    assert by_model["c"]["content"] == "Lyon" and not by_model["c"]["included_in_consensus"]
+    assert by_model["a"]["included_in_consensus"] and by_model["a"]["status"] == "ok"
+    assert by_model["a"]["tokens"] == by_model["a"]["input_tokens"] + 1
+    synthesis = block["synthesis"]
+    assert synthesis["method"] == "majority" and synthesis["reached"]
+    assert synthesis["consensus_score"] == pytest.approx(2 / 3)
+    assert reply.usage is not None
+    assert reply.usage.total_tokens == sum(r["tokens"] for r in block["responses"])
+    assert reply.id == f"chatcmpl-{block['session_id']}"
+    stored = _stored(db, block["session_id"])
+    assert stored.status == "completed"
+    assert stored.source == "http-request:req-chat-1"
+    assert len(fake.requests) == 3
+
+
+def test_conversation_renders_as_a_transcript(url: str, fake: FakeServer) -> None:
+    """Several turns reach the model as one transcript ending with the user's turn."""
+    _client(url).chat.completions.create(
+        model="a",
+        messages=[
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello"},
+            {"role": "user", "content": [{"type": "text", "text": "Capital of France?"}]},
+        ],
+    )
+    sent = fake.requests[-1].json["messages"]
+    assert sent == [
+        {"role": "user", "content": "User: Hi\n\nAssistant: Hello\n\nUser: Capital of France?"}
+    ]
+
+
+async def test_async_sdk_and_the_spec_shape(url: str, fake: FakeServer) -> None:
+    """The async SDK gets the same completion; ``response_shape: spec`` answers the
+    spec's ``parallel.completion`` object."""
+    fake.set_reply("a", "4")
+    fake.set_reply("b", "4")
+    async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0) as client:
+        reply = await client.chat.completions.create(
+            model="thinktank",
+            messages=[{"role": "user", "content": "2+2?"}],
+            extra_body={"parallel": {"models": ["a", "b"]}},
+        )
+    assert reply.choices[0].message.content == "4"
+    assert (reply.model_extra or {})["parallel"]["synthesis"]["consensus_score"] == 1.0
+    async with httpx.AsyncClient(base_url=url) as http:
+        spec = await http.post(
+            "/api/v1/chat/completions",
+            json={
+                "messages": [{"role": "user", "content": "2+2, again?"}],
+                "parallel": {"enabled": True, "models": ["a", "b"], "responseShape": "spec"},
+            },
+        )
+    body = spec.json()
+    assert spec.status_code == 200 and body["object"] == "parallel.completion"
+    assert [r["content"] for r in body["responses"]] == ["4", "4"]
+    assert body["synthesis"]["content"] == "4" and "total_cost_usd" in body["usage"]
+
+
+def _error(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    error: dict[str, Any] = response.json()["error"]
+    return error
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ({"model": "nope", "messages": [{"role": "user", "content": "x"}]}, 404, "model"),
+        (
+            {"messages": [{"role": "user", "content": "x"}], "parallel": {"models": ["a", "z"]}},
+            400,
+            "parallel.models",
+        ),
+        ({"model": "a", "messages": []}, 400, "messages"),
+        ({"model": "a", "messages": [{"role": "assistant", "content": "x"}]}, 400, "messages"),
+        ({"messages": [{"role": "user", "content": "x"}]}, 400, "model"),
+        (
+            {"model": "a", "messages": [{"role": "user", "content": "x"}], "temperature": 9},
+            400,
+            "temperature",
+        ),
+        (
+            {
+                "model": "a",
+                "messages": [{"role": "user", "content": "x"}],
+                "parallel": {"mode": "sometimes"},
+            },
+            400,
+            "parallel.mode",
+        ),
+    ],
+)
+def test_bad_requests_name_the_field(
+    url: str, body: dict[str, Any], status: int, param: str
+) -> None:
+    """A bad field is answered in OpenAI's error shape with ``param`` naming it."""
+    error = _error(httpx.post(url + "/v1/chat/completions", json=body), status)
+    assert error["param"] == param, error
+
+
+def test_every_model_failing_is_502_and_timing_out_504(url: str, fake: FakeServer) -> None:
+    """No answer: 502 when the providers failed, 504 when they timed out."""
+    fake.add_faults(Fault.http_error(500), Fault.http_error(500))
+    body = {
+        "messages": [{"role": "user", "content": "x"}],
+        "parallel": {"models": ["a", "b"]},
+    }
+    error = _error(httpx.post(url + "/v1/chat/completions", json=body), 502)
+    assert error["type"] == "upstream_error" and "no model answered" in error["message"]
+    fake.add_faults(Fault.slow(3), Fault.slow(3))
+    slow = {**body, "parallel": {"models": ["a", "b"], "timeout_ms": 300}}
+    error = _error(httpx.post(url + "/v1/chat/completions", json=slow, timeout=20), 504)
+    assert error["type"] == "timeout_error"
