@@ -4,6 +4,7 @@ async, ``extra_body={"parallel": ...}``), the stored session, the spec's shape, 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -213,3 +214,95 @@ def test_every_model_failing_is_502_and_timing_out_504(url: str, fake: FakeServe
     slow = {**body, "parallel": {"models": ["a", "b"], "timeout_ms": 300}}
     error = _error(httpx.post(url + "/v1/chat/completions", json=slow, timeout=20), 504)
     assert error["type"] == "timeout_error"
+
+
+def test_sync_sdk_streams_the_synthesis(url: str, fake: FakeServer) -> None:
+    """``stream``: chunks with one id and index 0, the synthesis word by word, the
+    ``parallel`` block on the finish chunk, a usage chunk when asked, then the end."""
+    for model in MODELS:
+        fake.set_reply(model, "It is Paris." if model != "c" else "Lyon")
+    stream = _client(url).chat.completions.create(
+        model="panel",
+        messages=[{"role": "user", "content": "Capital of France, streamed?"}],
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"parallel": {"models": MODELS}},
+    )
+    chunks = list(stream)
+    assert {c.id for c in chunks} == {chunks[0].id} and chunks[0].id.startswith("chatcmpl-")
+    assert all(c.object == "chat.completion.chunk" and c.model == "panel" for c in chunks)
+    with_choices = [c for c in chunks if c.choices]
+    assert all(c.choices[0].index == 0 for c in with_choices)
+    assert with_choices[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in with_choices)
+    assert text == "It is Paris."
+    assert sum(1 for c in with_choices if c.choices[0].delta.content) == 3
+    finish = with_choices[-1]
+    assert finish.choices[0].finish_reason == "stop"
+    block = (finish.model_extra or {})["parallel"]
+    assert chunks[0].id == f"chatcmpl-{block['session_id']}"
+    assert {r["model"] for r in block["responses"]} == set(MODELS)
+    usage = chunks[-1]
+    assert usage.choices == [] and usage.usage is not None
+    assert usage.usage.total_tokens == sum(r["tokens"] for r in block["responses"])
+
+
+async def test_async_sdk_streams(url: str, fake: FakeServer) -> None:
+    """The async SDK reads the same stream; without ``include_usage`` no usage chunk."""
+    fake.set_reply("a", "four")
+    async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0) as client:
+        stream = await client.chat.completions.create(
+            model="a", messages=[{"role": "user", "content": "2+2 streamed?"}], stream=True
+        )
+        chunks = [chunk async for chunk in stream]
+    assert all(c.choices for c in chunks)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "four"
+
+
+def _sse_events(text: str) -> list[tuple[str | None, str]]:
+    events = []
+    for block in text.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines())
+        events.append((lines.get("event"), lines["data"]))
+    return events
+
+
+def test_progress_events_are_named_and_opt_in(url: str, fake: FakeServer) -> None:
+    """``progress_events``: each model's answer as a named ``thinktank.model`` event
+    before the synthesis; a stream whose models all fail ends with an error object."""
+    fake.set_reply("a", "yes")
+    fake.set_reply("b", "yes")
+    body = {
+        "messages": [{"role": "user", "content": "Progress?"}],
+        "stream": True,
+        "parallel": {"models": ["a", "b"], "progress_events": True},
+    }
+    events = _sse_events(httpx.post(url + "/v1/chat/completions", json=body).text)
+    named = [json.loads(data) for name, data in events if name == "thinktank.model"]
+    assert sorted(e["model"] for e in named) == ["a", "b"]
+    assert all(e["content"] == "yes" and e["status"] == "ok" for e in named)
+    first_content = next(
+        i for i, (name, data) in enumerate(events) if name is None and '"content":"yes"' in data
+    )
+    assert all(i < first_content for i, (name, _) in enumerate(events) if name)
+    assert events[-1] == (None, "[DONE]")
+    quiet = {
+        **body,
+        "parallel": {"models": ["a", "b"]},
+        "messages": [{"role": "user", "content": "q"}],
+    }
+    assert all(
+        name is None
+        for name, _ in _sse_events(httpx.post(url + "/v1/chat/completions", json=quiet).text)
+    )
+    fake.add_faults(Fault.http_error(500), Fault.http_error(500))
+    failed = {**quiet, "messages": [{"role": "user", "content": "fails"}]}
+    with pytest.raises(openai.APIError, match="no model answered"):
+        list(
+            _client(url).chat.completions.create(
+                model="a",
+                stream=True,
+                messages=failed["messages"],
+                extra_body={"parallel": failed["parallel"]},
+            )
+        )

@@ -21,21 +21,25 @@ The request id (``X-Request-Id``) is stored as the session's ``source``
 
 from __future__ import annotations
 
+import json
+import re
 import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import anyio
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from thinktank.server.app import CallerDep, store_of
-from thinktank.server.errors import ApiError
+from thinktank.server.errors import ApiError, error_body
 from thinktank.server.middleware import request_id
 from thinktank.server.schemas import ChatMessage, ChatRequest
 from thinktank.session.spec import ParallelExecutionConfig
 
 if TYPE_CHECKING:
     from thinktank.ask import ParallelResult
+    from thinktank.engine.result import SessionResult
     from thinktank.providers.registry import ModelRegistry
     from thinktank.session.spec import SessionSpec
 
@@ -88,7 +92,9 @@ def _config(body: ChatRequest) -> tuple[ParallelExecutionConfig, Conversation]:
             raise ApiError(400, "give 'model', or 'parallel' with 'models'", param="model")
         base: dict[str, Any] = {"models": [body.model]}
     else:
-        base = body.parallel.model_dump(exclude={"response_shape"}, exclude_unset=True)
+        base = body.parallel.model_dump(
+            exclude={"response_shape", "progress_events"}, exclude_unset=True
+        )
     conversation = render_conversation(body.messages, system=base.pop("system", None))
     overrides = {
         "system": conversation.system,
@@ -219,17 +225,13 @@ def completion_body(result: ParallelResult, *, model: str, created: int) -> dict
     }
 
 
-async def _complete(request: Request, body: ChatRequest) -> JSONResponse:
-    cfg, conversation = _config(body)
-    _check_models(request.app.state.registry, body, cfg)
-    from thinktank.ask import to_parallel_result
+async def _complete(
+    request: Request, body: ChatRequest, cfg: ParallelExecutionConfig, prompt: str
+) -> JSONResponse:
     from thinktank.engine.stream import run
 
     created = int(time.time())
-    spec = _spec(cfg)
-    source = SOURCE_PREFIX + request_id(request.scope)
-    store = store_of(request)
-    finished = None
+    finished: SessionResult | None = None
     async with anyio.create_task_group() as tg:
 
         async def watch() -> None:
@@ -237,21 +239,128 @@ async def _complete(request: Request, body: ChatRequest) -> JSONResponse:
             tg.cancel_scope.cancel()
 
         tg.start_soon(watch)
-        finished = await run(
-            spec, inputs={"prompt": conversation.prompt}, store=store, source=source
-        )
+        finished = await run(_spec(cfg), **_run_options(request, prompt))
         tg.cancel_scope.cancel()
     if finished is None:  # the client left: nobody to answer
         return JSONResponse({}, status_code=499)
-    result = to_parallel_result(finished, cfg.mode)
+    result = _parallel_result(finished, cfg)
     _raise_for_failure(result)
     if body.parallel is not None and body.parallel.response_shape == "spec":
         return JSONResponse(result.model_dump(mode="json"))
     return JSONResponse(completion_body(result, model=response_model(body, cfg), created=created))
 
 
+def _run_options(request: Request, prompt: str) -> dict[str, Any]:
+    """``run``'s arguments for the session of ``request``: the process's store, the
+    prompt, and the request id as the session's source."""
+    return {
+        "inputs": {"prompt": prompt},
+        "store": store_of(request),
+        "source": SOURCE_PREFIX + request_id(request.scope),
+    }
+
+
+def _parallel_result(finished: SessionResult, cfg: ParallelExecutionConfig) -> ParallelResult:
+    from thinktank.ask import to_parallel_result
+
+    return to_parallel_result(finished, cfg.mode)
+
+
+_PIECES = re.compile(r"\s*\S+\s*|\s+")
+"""The synthesis is streamed a word at a time (with its whitespace)."""
+
+
+def _sse(data: Any, *, event: str | None = None) -> bytes:
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+class _Chunks:
+    """The ``chat.completion.chunk`` objects of one streamed completion (one id)."""
+
+    def __init__(self, *, session_id: str, model: str, created: int) -> None:
+        self.base = {
+            "id": completion_id(session_id),
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+        }
+
+    def delta(self, delta: dict[str, Any], *, finish: str | None = None, **extra: Any) -> bytes:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        return _sse({**self.base, "choices": [choice], **extra})
+
+    def usage(self, result: ParallelResult) -> bytes:
+        return _sse({**self.base, "choices": [], "usage": _usage(result)})
+
+
+def _model_event(event: Any) -> bytes:
+    """One model's answer, as the named SSE event ``thinktank.model``."""
+    return _sse(
+        {
+            "model": event.model,
+            "status": event.status,
+            "content": event.content,
+            "error": event.error,
+            "latency_ms": event.latency_ms,
+            "input_tokens": event.input_tokens,
+            "output_tokens": event.output_tokens,
+            "cost_usd": event.cost_usd,
+        },
+        event="thinktank.model",
+    )
+
+
+async def _stream_events(
+    request: Request, body: ChatRequest, cfg: ParallelExecutionConfig, prompt: str
+) -> AsyncIterator[bytes]:
+    """The SSE body: a role chunk once the session starts, each model's answer as it
+    arrives (opt-in), the synthesis a word at a time, the finish chunk carrying the
+    ``parallel`` block, the usage chunk (``include_usage``), ``[DONE]``. Failures after
+    the headers are sent are an ``error`` object (which the openai SDK raises)."""
+    from thinktank.engine.stream import iter as iter_session
+    from thinktank.events import CallFinished, SessionStarted
+
+    created = int(time.time())
+    progress = body.parallel is not None and body.parallel.progress_events
+    chunks: _Chunks | None = None
+    async with iter_session(_spec(cfg), **_run_options(request, prompt)) as session:
+        async for event in session:
+            if isinstance(event, SessionStarted):
+                chunks = _Chunks(
+                    session_id=event.session_id, model=response_model(body, cfg), created=created
+                )
+                yield chunks.delta({"role": "assistant", "content": ""})
+            elif progress and isinstance(event, CallFinished):
+                yield _model_event(event)
+        result = _parallel_result(session.result, cfg)
+    assert chunks is not None
+    try:
+        _raise_for_failure(result)
+    except ApiError as exc:
+        yield _sse(error_body(exc.status, exc.message, param=exc.param, code=exc.code))
+        yield b"data: [DONE]\n\n"
+        return
+    assert result.synthesis is not None
+    for piece in _PIECES.findall(result.synthesis.content):
+        yield chunks.delta({"content": piece})
+    yield chunks.delta({}, finish="stop", parallel=parallel_block(result))
+    if body.stream_options is not None and body.stream_options.include_usage:
+        yield chunks.usage(result)
+    yield b"data: [DONE]\n\n"
+
+
 @router.post("/v1/chat/completions")
 @router.post("/api/v1/chat/completions", include_in_schema=False)
 async def chat_completions(request: Request, body: ChatRequest, caller: CallerDep) -> Any:
-    """OpenAI's chat completion; ``parallel`` asks several models and merges them."""
-    return await _complete(request, body)
+    """OpenAI's chat completion; ``parallel`` asks several models and merges them;
+    ``stream`` answers with server-sent ``chat.completion.chunk`` events."""
+    cfg, conversation = _config(body)
+    _check_models(request.app.state.registry, body, cfg)
+    if body.stream:
+        return StreamingResponse(
+            _stream_events(request, body, cfg, conversation.prompt),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    return await _complete(request, body, cfg, conversation.prompt)

@@ -68,6 +68,10 @@ class ChatParallel(ParallelExecutionConfig):
     typed OpenAI clients accept; ``spec``: the spec's ``parallel.completion`` object
     (``responses``, ``synthesis``, ``usage.total_cost_usd``), for clients written
     against the spec. Streaming always sends OpenAI chunks."""
+    progress_events: bool = False
+    """With ``stream``: also send each model's answer as it arrives, as a named SSE
+    event ``thinktank.model``. Off by default: the openai SDK (3.x) does not skip
+    named events but yields their data as if it were a chunk."""
 
 
 class ChatRequest(BaseModel):
