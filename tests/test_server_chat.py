@@ -306,3 +306,55 @@ def test_progress_events_are_named_and_opt_in(url: str, fake: FakeServer) -> Non
                 extra_body={"parallel": failed["parallel"]},
             )
         )
+
+
+async def _session_of(db: Path, request_id: str) -> Any:
+    """The stored session of ``request_id`` once it has ended."""
+    with anyio.fail_after(20):
+        while True:
+            async with await Store.open(str(db)) as store:
+                for summary in await store.list_sessions(limit=20):
+                    if summary.source == f"http-request:{request_id}" and (
+                        summary.status != "running"
+                    ):
+                        return await store.get_session(summary.id)
+            await anyio.sleep(0.1)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_client_that_hangs_up_cancels_every_call(
+    url: str, fake: FakeServer, db: Path, stream: bool
+) -> None:
+    """The client leaves while both models are still thinking (60 s): both upstream
+    connections are closed long before they would have answered, and the session is
+    stored interrupted with its calls cancelled."""
+    fake.add_faults(Fault.slow(60), model="a")
+    fake.add_faults(Fault.slow(60), model="b")
+    request_id = f"req-hangup-{stream}"
+    body = {
+        "messages": [{"role": "user", "content": f"Take your time ({stream})"}],
+        "stream": stream,
+        "parallel": {"models": ["a", "b"]},
+    }
+    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+
+                async def ask() -> None:
+                    headers = {"X-Request-Id": request_id}
+                    async with http.stream(
+                        "POST", "/v1/chat/completions", json=body, headers=headers
+                    ) as response:
+                        async for _ in response.aiter_bytes():
+                            pass
+
+                tg.start_soon(ask)
+                while len(fake.requests) < 2:  # noqa: ASYNC110 - another thread fills it
+                    await anyio.sleep(0.02)
+                tg.cancel_scope.cancel()  # closes the connection: the client hangs up
+            while len(fake.hangups) < 2:  # noqa: ASYNC110 - another thread fills it
+                await anyio.sleep(0.02)
+    assert sorted(model for model, _ in fake.hangups) == ["a", "b"]
+    stored = await _session_of(db, request_id)
+    assert stored.status == "interrupted"
+    assert {call.status for call in stored.step("ask").calls} == {"cancelled"}
