@@ -358,3 +358,19 @@ async def test_a_client_that_hangs_up_cancels_every_call(
     stored = await _session_of(db, request_id)
     assert stored.status == "interrupted"
     assert {call.status for call in stored.step("ask").calls} == {"cancelled"}
+
+
+def test_system_prompts_join_in_order() -> None:
+    """``parallel.system`` comes first, then system and developer messages in order; a
+    single user turn is the prompt as it is."""
+    from thinktank.server.chat import render_conversation
+    from thinktank.server.schemas import ChatMessage
+
+    messages = [
+        ChatMessage(role="system", content="Be brief."),
+        ChatMessage(role="developer", content=[{"type": "text", "text": "Answer in French."}]),
+        ChatMessage(role="user", content="Capital of Italy?"),
+    ]
+    rendered = render_conversation(messages, system="You are a panel.")
+    assert rendered.system == "You are a panel.\n\nBe brief.\n\nAnswer in French."
+    assert rendered.prompt == "Capital of Italy?"

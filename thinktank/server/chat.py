@@ -25,6 +25,7 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -43,7 +44,14 @@ if TYPE_CHECKING:
     from thinktank.providers.registry import ModelRegistry
     from thinktank.session.spec import SessionSpec
 
-__all__ = ["Conversation", "completion_body", "render_conversation", "router"]
+__all__ = [
+    "SOURCE_PREFIX",
+    "Conversation",
+    "completion_body",
+    "parallel_block",
+    "render_conversation",
+    "router",
+]
 
 router = APIRouter()
 
@@ -53,12 +61,14 @@ SOURCE_PREFIX = "http-request:"
 _ROLES = {"user": "User", "assistant": "Assistant"}
 
 
+@dataclass(frozen=True, kw_only=True)
 class Conversation:
     """The prompt and system prompt a conversation renders to."""
 
-    def __init__(self, *, prompt: str, system: str | None) -> None:
-        self.prompt = prompt
-        self.system = system
+    prompt: str
+    """The user's turn, or the whole conversation as a transcript."""
+    system: str | None
+    """The system prompt, None without one."""
 
 
 def render_conversation(messages: list[ChatMessage], *, system: str | None = None) -> Conversation:
