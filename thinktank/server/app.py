@@ -17,17 +17,17 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 
-from thinktank.server.auth import Caller, KeyChecker, authenticate
+from thinktank.server.auth import KeyChecker
+from thinktank.server.deps import CallerDep, caller_of, store_of
 from thinktank.server.errors import ApiError, install_error_handlers
 from thinktank.server.middleware import BodyLimit, ConcurrencyCap, RequestId
 
 if TYPE_CHECKING:
     from thinktank.providers.registry import ModelRegistry
-    from thinktank.store import Store
 
 __all__ = [
     "ENV_DB",
@@ -112,28 +112,6 @@ def app_from_env() -> FastAPI:
     return create_app(
         ServerConfig(db=os.environ.get(ENV_DB) or None, no_auth=os.environ.get(ENV_NO_AUTH) == "1")
     )
-
-
-async def caller_of(request: Request) -> Caller:
-    """The FastAPI dependency every ``/v1`` route takes: who is calling.
-
-    Raises:
-        ApiError: 401 without a valid key (see :func:`~thinktank.server.auth.authenticate`).
-    """
-    state = request.app.state
-    return await authenticate(
-        request.headers.get("authorization"), no_auth=state.config.no_auth, keys=state.keys
-    )
-
-
-CallerDep = Annotated[Caller, Depends(caller_of)]
-"""A route parameter ``caller: CallerDep`` authenticates the request (401 otherwise)."""
-
-
-def store_of(request: Request) -> Store:
-    """The process's open store."""
-    store: Store = request.app.state.store
-    return store
 
 
 def _probes(app: FastAPI) -> None:

@@ -32,7 +32,7 @@ import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from thinktank.server.app import CallerDep, store_of
+from thinktank.server.deps import CallerDep, store_of
 from thinktank.server.errors import ApiError, error_body
 from thinktank.server.middleware import request_id
 from thinktank.server.schemas import ChatMessage, ChatRequest
