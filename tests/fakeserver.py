@@ -34,6 +34,7 @@ import json
 import re
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -221,6 +222,8 @@ class FakeServer:
     """Every request received, in order."""
     errors: list[BaseException] = field(default_factory=list)
     """Bugs in the server itself (a test should find this empty)."""
+    hangups: list[tuple[str, float]] = field(default_factory=list)
+    """(model, ``time.monotonic()``) of each slow answer whose client hung up first."""
     port: int = 0
     """The port, once serving."""
     _faults: dict[str | None, deque[Fault]] = field(default_factory=dict)
@@ -249,6 +252,7 @@ class FakeServer:
         with self._lock:
             self.requests.clear()
             self.errors.clear()
+            self.hangups.clear()
             self._faults.clear()
             self._replies.clear()
 
@@ -264,6 +268,26 @@ class FakeServer:
                 if queue:
                     return queue.popleft()
             return None
+
+    async def _wait_unless_hung_up(
+        self, conn: h11.Connection, stream: anyio.abc.SocketStream, model: str, delay_s: float
+    ) -> bool:
+        """Wait ``delay_s`` before answering; False (recorded in :attr:`hangups`) when the
+        client closes the connection meanwhile, as a cancelled call does."""
+        deadline = anyio.current_time() + delay_s
+        while True:
+            with anyio.move_on_after(deadline - anyio.current_time()):
+                try:
+                    data = await stream.receive(65536)
+                except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    data = b""
+                if not data:
+                    with self._lock:
+                        self.hangups.append((model, time.monotonic()))
+                    return False
+                conn.receive_data(data)  # a pipelined request: h11 keeps it for later
+                continue
+            return True
 
     async def serve(
         self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED
@@ -337,7 +361,8 @@ class FakeServer:
         parsed = _parse(wire, model or "", data)
         fault = self._take_fault(parsed.model)
         if fault is not None and fault.kind == "slow":
-            await anyio.sleep(fault.delay_s)
+            if not await self._wait_unless_hung_up(conn, stream, parsed.model, fault.delay_s):
+                return False
             fault = None
         if fault is not None and fault.kind in _INSTEAD_OF_AN_ANSWER:
             return await _misbehave(conn, stream, parsed, fault, headers)

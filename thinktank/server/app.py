@@ -17,17 +17,17 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 
-from thinktank.server.auth import Caller, KeyChecker, authenticate
+from thinktank.server.auth import KeyChecker
+from thinktank.server.deps import CallerDep, caller_of, store_of
 from thinktank.server.errors import ApiError, install_error_handlers
 from thinktank.server.middleware import BodyLimit, ConcurrencyCap, RequestId
 
 if TYPE_CHECKING:
     from thinktank.providers.registry import ModelRegistry
-    from thinktank.store import Store
 
 __all__ = [
     "ENV_DB",
@@ -98,6 +98,9 @@ def create_app(config: ServerConfig | None = None, *, keys: KeyChecker | None = 
     install_error_handlers(app)
     _probes(app)
     _models(app)
+    from thinktank.server.chat import router as chat_router  # imports this module
+
+    app.include_router(chat_router)
     app.add_middleware(ConcurrencyCap, limit=cfg.max_concurrent)
     app.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes)
     app.add_middleware(RequestId)
@@ -114,28 +117,6 @@ def app_from_env() -> FastAPI:
     )
     app = create_app(config, keys=StoreKeys(lambda: app.state.store))
     return app
-
-
-async def caller_of(request: Request) -> Caller:
-    """The FastAPI dependency every ``/v1`` route takes: who is calling.
-
-    Raises:
-        ApiError: 401 without a valid key (see :func:`~thinktank.server.auth.authenticate`).
-    """
-    state = request.app.state
-    return await authenticate(
-        request.headers.get("authorization"), no_auth=state.config.no_auth, keys=state.keys
-    )
-
-
-CallerDep = Annotated[Caller, Depends(caller_of)]
-"""A route parameter ``caller: CallerDep`` authenticates the request (401 otherwise)."""
-
-
-def store_of(request: Request) -> Store:
-    """The process's open store."""
-    store: Store = request.app.state.store
-    return store
 
 
 def _probes(app: FastAPI) -> None:
