@@ -78,6 +78,8 @@ def create_app(config: ServerConfig | None = None, *, keys: KeyChecker | None = 
         config: How it runs (defaults: ``$THINKTANK_DB``, keys required).
         keys: Checks bearer keys; None denies every request unless ``no_auth``.
     """
+    from thinktank.server import sessions  # its routes import this module's dependencies
+
     cfg = config or ServerConfig()
 
     @asynccontextmanager
@@ -86,7 +88,8 @@ def create_app(config: ServerConfig | None = None, *, keys: KeyChecker | None = 
 
         app.state.store = await Store.open(cfg.db)
         try:
-            yield
+            async with sessions.running_sessions(app.state.store) as app.state.sessions:
+                yield
         finally:
             await app.state.store.close()
 
@@ -98,6 +101,7 @@ def create_app(config: ServerConfig | None = None, *, keys: KeyChecker | None = 
     install_error_handlers(app)
     _probes(app)
     _models(app)
+    app.include_router(sessions.router)
     app.add_middleware(ConcurrencyCap, limit=cfg.max_concurrent)
     app.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes)
     app.add_middleware(RequestId)

@@ -1,0 +1,214 @@
+"""The sessions API over real HTTP to a real ``thinktank serve`` process whose models
+are the fake provider server over loopback: start, list, read, export, the live event
+stream (and its resumption with Last-Event-ID), cancel, resume and replay."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from .fakeserver import FakeServer, Fault, run_fake_server
+from .serverproc import serve
+
+MODELS = ["m1", "m2", "m3"]
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeServer]:
+    with run_fake_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def url(fake: FakeServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("sessions")
+    lines = []
+    for name in MODELS:
+        lines += [
+            f"[models.{name}]",
+            'provider = "openai"',
+            f'model = "{name}"',
+            f'base_url = "{fake.url}/v1"',
+            "max_retries = 0",
+            "timeout_s = 60",
+            "",
+        ]
+    (root / "thinktank.toml").write_text("\n".join(lines))
+    env = {"THINKTANK_CONFIG": str(root / "thinktank.toml"), "OPENAI_API_KEY": "sk-test"}
+    with serve(root / "tt.db", "--no-auth", env=env, cwd=root) as base:
+        yield base
+
+
+@pytest.fixture(autouse=True)
+def _clean(fake: FakeServer) -> None:
+    fake.reset()
+
+
+def session_file(**extra: Any) -> dict[str, Any]:
+    return {
+        "name": "srv",
+        "inputs": {"topic": {"type": "string"}},
+        "steps": [
+            {"id": "ask", "prompt": "say {{ inputs.topic }}", "models": MODELS},
+            {
+                "id": "sum",
+                "prompt": "sum up {{ steps.ask.output }}",
+                "model": "m1",
+                "depends_on": ["ask"],
+            },
+        ],
+        **extra,
+    }
+
+
+def start(url: str, inputs: dict[str, Any] | None = None) -> str:
+    # A fresh topic each time: the store would serve a repeated step from its cache.
+    body = {"session": session_file(), "inputs": inputs or {"topic": uuid.uuid4().hex}}
+    response = httpx.post(url + "/v1/sessions", json=body, timeout=30)
+    assert response.status_code == 202, response.text
+    answer = response.json()
+    assert answer["status"] == "running"
+    assert answer["links"]["events"] == f"/v1/sessions/{answer['id']}/events"
+    return str(answer["id"])
+
+
+def wait_status(
+    url: str, sid: str, *, not_: str = "running", within_s: float = 60
+) -> dict[str, Any]:
+    deadline = time.monotonic() + within_s
+    while True:
+        body = httpx.get(f"{url}/v1/sessions/{sid}", timeout=10).json()
+        if body["status"] != "running" or time.monotonic() > deadline:
+            return dict(body)
+        time.sleep(0.05)
+
+
+def read_sse(
+    url: str, sid: str, *, last: int | None = None, stop_after: int | None = None
+) -> list[tuple[int, str, dict[str, Any]]]:
+    """The events of the stream as (id, event, data), parsed from its lines; closes the
+    connection after ``stop_after`` events."""
+    headers = {"Last-Event-ID": str(last)} if last is not None else {}
+    got: list[tuple[int, str, dict[str, Any]]] = []
+    fields: dict[str, str] = {}
+    with httpx.stream(
+        "GET", f"{url}/v1/sessions/{sid}/events", headers=headers, timeout=60
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line:
+                name, _, value = line.partition(": ")
+                fields[name] = value
+                continue
+            got.append((int(fields["id"]), fields["event"], json.loads(fields["data"])))
+            fields = {}
+            if stop_after is not None and len(got) >= stop_after:
+                break
+    return got
+
+
+def test_a_posted_session_runs_in_the_background(url: str, fake: FakeServer) -> None:
+    fake.add_faults(Fault.slow(1.0), model="m3")
+    sid = start(url)
+    running = httpx.get(f"{url}/v1/sessions/{sid}").json()
+    assert running["status"] == "running"  # m3 is still answering
+    done = wait_status(url, sid)
+    assert done["status"] == "completed", done
+    assert [s["step_key"] for s in done["steps"]] == ["ask", "sum"]
+    assert {c["model_id"] for c in done["steps"][0]["calls"]} == set(MODELS)
+    assert done["steps"][0]["consensus"] is not None
+    listed = httpx.get(f"{url}/v1/sessions", params={"limit": 1}).json()["data"]
+    assert [row["id"] for row in listed] == [sid]  # newest first
+    export = httpx.get(f"{url}/v1/sessions/{sid[:8]}/export").json()
+    assert export["format"] == "thinktank.session/1" and export["session"]["id"] == sid
+    assert export["events"][0]["type"] == "session_started"
+
+
+def test_yaml_bodies_and_invalid_sessions(url: str) -> None:
+    text = yaml.safe_dump({**session_file(), "inputs": {"topic": {"default": "y"}}})
+    response = httpx.post(
+        url + "/v1/sessions", content=text, headers={"Content-Type": "application/yaml"}
+    )
+    assert response.status_code == 202, response.text
+    assert wait_status(url, response.json()["id"])["status"] == "completed"
+    bad = session_file()
+    bad["steps"][1]["depends_on"] = ["nope"]
+    bad["steps"][0]["temperature"] = "hot"
+    error = httpx.post(url + "/v1/sessions", json={"session": bad}).json()["error"]
+    assert error["type"] == "invalid_request_error" and error["code"] == "invalid_session"
+    assert "ask" in error["message"] and "temperature" in error["message"]
+    missing = httpx.post(url + "/v1/sessions", json={"session": session_file()})
+    assert missing.status_code == 400 and "topic" in missing.json()["error"]["message"]
+
+
+def test_unknown_ids_are_404(url: str) -> None:
+    for path in ("", "/export", "/events"):
+        response = httpx.get(f"{url}/v1/sessions/ffffffff-0000{path}")
+        assert response.status_code == 404
+        assert response.json()["error"]["type"] == "not_found_error"
+
+
+def test_events_stream_live_and_resume_without_gap_or_duplicate(url: str, fake: FakeServer) -> None:
+    fake.add_faults(Fault.slow(1.5), model="m2")
+    sid = start(url)
+    first = read_sse(url, sid, stop_after=3)  # while the session runs
+    assert [seq for seq, _, _ in first] == [1, 2, 3]
+    assert first[0][1] == "session_started" and first[0][2]["session_id"] == sid
+    rest = read_sse(url, sid, last=first[-1][0])
+    ids = [seq for seq, _, _ in first + rest]
+    assert ids == list(range(1, len(ids) + 1))
+    assert rest[-1][1] == "session_finished"
+    assert wait_status(url, sid)["status"] == "completed"
+    # Replayed from the store once finished: the same events under the same ids.
+    stored = read_sse(url, sid)
+    assert [(s, e) for s, e, _ in stored] == [(s, e) for s, e, _ in first + rest]
+    assert read_sse(url, sid, last=len(stored) - 1) == stored[-1:]
+
+
+def test_cancel_stops_the_in_flight_call_and_resume_finishes(url: str, fake: FakeServer) -> None:
+    fake.add_faults(Fault.slow(30.0), model="m3")
+    sid = start(url)
+    seen = read_sse(url, sid, stop_after=1)
+    assert seen[0][1] == "session_started"
+    while not any(r.model == "m3" for r in fake.requests):
+        time.sleep(0.02)
+    cancelled = httpx.post(f"{url}/v1/sessions/{sid}/cancel", timeout=20).json()
+    assert cancelled["status"] == "interrupted"
+    m3 = [c for c in cancelled["steps"][0]["calls"] if c["model_id"] == "m3"]
+    assert [c["status"] for c in m3] == ["cancelled"]
+    again = httpx.post(f"{url}/v1/sessions/{sid}/cancel")
+    assert again.status_code == 409 and again.json()["error"]["type"] == "conflict_error"
+
+    resumed = httpx.post(f"{url}/v1/sessions/{sid}/resume", timeout=30)
+    assert resumed.status_code == 202 and resumed.json()["id"] == sid
+    assert wait_status(url, sid)["status"] == "completed"
+    events = read_sse(url, sid)
+    assert [s for s, _, _ in events] == list(range(1, len(events) + 1))
+    assert events[-1][1] == "session_finished"
+    done_again = httpx.post(f"{url}/v1/sessions/{sid}/resume")
+    assert done_again.status_code == 409 and "completed" in done_again.json()["error"]["message"]
+
+
+def test_replay_remerges_at_zero_cost(url: str, fake: FakeServer) -> None:
+    for name, reply in zip(MODELS, ["Paris", "Paris", "Lyon"], strict=True):
+        fake.set_reply(name, reply)
+    sid = start(url)
+    assert wait_status(url, sid)["status"] == "completed"
+    asked = len(fake.requests)
+    report = httpx.post(
+        f"{url}/v1/sessions/{sid}/replay", json={"synthesis": "majority", "threshold": 0.9}
+    ).json()
+    assert report["original_id"] == sid and report["kind"] == "remerge"
+    assert report["replay_cost_usd"] == 0.0
+    assert report["replay_id"] and report["replay_id"] != sid
+    assert len(fake.requests) == asked  # no model was called
+    replayed = httpx.get(f"{url}/v1/sessions/{report['replay_id']}").json()
+    assert replayed["steps"][0]["consensus"]["threshold"] == 0.9
