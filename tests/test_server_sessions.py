@@ -8,11 +8,20 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from thinktank.events import Event, StepSkipped
+from thinktank.server.sessions import _Live
+from thinktank.store import Store
 
 from .fakeserver import FakeServer, Fault, run_fake_server
 from .serverproc import serve
@@ -187,12 +196,17 @@ def test_cancel_stops_the_in_flight_call_and_resume_finishes(url: str, fake: Fak
     again = httpx.post(f"{url}/v1/sessions/{sid}/cancel")
     assert again.status_code == 409 and again.json()["error"]["type"] == "conflict_error"
 
+    fake.add_faults(Fault.slow(1.0), model="m3")  # the resumed run is still going ...
     resumed = httpx.post(f"{url}/v1/sessions/{sid}/resume", timeout=30)
     assert resumed.status_code == 202 and resumed.json()["id"] == sid
+    # ... when a client reconnects from before the resume: the stored history, then
+    # the resumed run live, numbered as one history.
+    tail = read_sse(url, sid, last=2)
     assert wait_status(url, sid)["status"] == "completed"
     events = read_sse(url, sid)
     assert [s for s, _, _ in events] == list(range(1, len(events) + 1))
     assert events[-1][1] == "session_finished"
+    assert [(s, e) for s, e, _ in tail] == [(s, e) for s, e, _ in events[2:]]
     done_again = httpx.post(f"{url}/v1/sessions/{sid}/resume")
     assert done_again.status_code == 409 and "completed" in done_again.json()["error"]["message"]
 
@@ -212,3 +226,76 @@ def test_replay_remerges_at_zero_cost(url: str, fake: FakeServer) -> None:
     assert len(fake.requests) == asked  # no model was called
     replayed = httpx.get(f"{url}/v1/sessions/{report['replay_id']}").json()
     assert replayed["steps"][0]["consensus"]["threshold"] == 0.9
+
+
+def test_shutdown_stores_running_sessions_as_interrupted(fake: FakeServer, tmp_path: Path) -> None:
+    """Stopping the server cancels the sessions it runs; the store keeps them resumable."""
+    config = tmp_path / "thinktank.toml"
+    config.write_text(
+        "\n".join(
+            f'[models.{n}]\nprovider = "openai"\nmodel = "{n}"\nbase_url = "{fake.url}/v1"\n'
+            for n in MODELS
+        )
+    )
+    env = {"THINKTANK_CONFIG": str(config), "OPENAI_API_KEY": "sk-test"}
+    fake.add_faults(Fault.slow(30.0), model="m3")
+    with serve(tmp_path / "tt.db", "--no-auth", env=env, cwd=tmp_path) as base:
+        sid = start(base)
+        while not any(r.model == "m3" for r in fake.requests):
+            time.sleep(0.02)
+
+    async def stored() -> Any:
+        async with await Store.open(str(tmp_path / "tt.db")) as store:
+            return await store.get_session(sid)
+
+    session = anyio.run(stored)
+    assert session.status == "interrupted"
+    assert [c.status for c in session.steps[0].calls if c.model_id == "m3"] == ["cancelled"]
+
+
+def _event(i: int) -> Event:
+    return StepSkipped(session_id="s", step_id=f"e{i}", reason="r")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    history=st.integers(0, 3),
+    script=st.lists(st.sampled_from(["add", "add", "pause"]), max_size=30),
+    followers=st.lists(st.tuples(st.integers(0, 30), st.integers(0, 40)), max_size=5),
+    fail=st.booleans(),
+)
+def test_followers_get_every_event_after_theirs_once_in_order(
+    history: int, script: list[str], followers: list[tuple[int, int]], fail: bool
+) -> None:
+    """Followers joining at random moments from random positions of a run that adds
+    events at random paces each get exactly the events after their position, in
+    sequence, and all return when the run ends (ended by success or failure)."""
+    added = script.count("add")
+
+    async def main() -> None:
+        live = _Live(history)
+        got: dict[int, list[int]] = {}
+
+        async def follow(index: int, after: int) -> None:
+            got[index] = [seq async for seq, _ in live.follow(after)]
+
+        with anyio.fail_after(10):  # a hang guard, not a timing assertion
+            async with anyio.create_task_group() as tg:
+                for step, action in enumerate([*script, "end"]):
+                    for index, (moment, after) in enumerate(followers):
+                        if moment == step:
+                            tg.start_soon(follow, index, after)
+                    if action == "add":
+                        live.add(_event(len(live.events)))
+                    elif action == "pause":
+                        await anyio.lowlevel.checkpoint()
+                    else:
+                        live.end(RuntimeError("x") if fail else None)
+                for index, (moment, after) in enumerate(followers):
+                    if moment > len(script):  # joins after the end
+                        tg.start_soon(follow, index, after)
+        for index, (_, after) in enumerate(followers):
+            last = history + added
+            assert got[index] == list(range(max(after, history) + 1, last + 1))
+
+    anyio.run(main)

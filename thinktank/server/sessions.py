@@ -72,8 +72,8 @@ Listener = Callable[[Event], None]
 class _Live:
     """One session this process runs: its events so far, in order, and how it ended.
 
-    ``events`` starts with the events already stored (a resumed session's history) so
-    that a position in it is the event's sequence in the whole stored history.
+    ``history`` is how many events the session had stored before this run (a resumed
+    session's), so the run's n-th event is event ``history + n`` of the session.
     """
 
     def __init__(self, history: int = 0) -> None:
@@ -107,13 +107,14 @@ class _Live:
         changed.set()
 
     async def follow(self, after: int) -> AsyncIterator[tuple[int, bytes]]:
-        """Every event after sequence ``after`` as (sequence, JSON), live, to the end."""
+        """Every event of this run after sequence ``after`` as (sequence, JSON), live,
+        to the end (the stored history before the run is not here)."""
+        index = max(after - self.history, 0)
         while True:
             changed = self._changed
-            while after - self.history < len(self.events):
-                index = max(after - self.history, 0)
-                after = self.history + index + 1
-                yield after, encode_event(self.events[index])
+            while index < len(self.events):
+                index += 1
+                yield self.history + index, encode_event(self.events[index - 1])
             if self.done:
                 return
             await changed.wait()
@@ -309,13 +310,19 @@ def _sse(sequence: int, kind: str, data: bytes) -> bytes:
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (sequence, kind.encode(), data)
 
 
-async def _stored_events(store: Store, session_id: str, after: int) -> AsyncIterator[bytes]:
+async def _stored_events(
+    store: Store, session_id: str, after: int, upto: int | None = None
+) -> AsyncIterator[bytes]:
     events = await store.events_of(session_id)
-    for sequence, event in enumerate(events[after:], start=after + 1):
+    for sequence, event in enumerate(events[after:upto], start=after + 1):
         yield _sse(sequence, str(event["type"]), json.dumps(event).encode())
 
 
-async def _live_events(live: _Live, after: int) -> AsyncIterator[bytes]:
+async def _live_events(store: Store, live: _Live, after: int) -> AsyncIterator[bytes]:
+    if after < live.history:  # a resumed session: its earlier history is stored
+        assert live.session_id is not None
+        async for chunk in _stored_events(store, live.session_id, after, live.history):
+            yield chunk
     async for sequence, data in live.follow(after):
         yield _sse(sequence, live.events[sequence - live.history - 1].type, data)
 
@@ -336,7 +343,7 @@ async def events(
             raise ApiError(400, "Last-Event-ID must be an event sequence number") from None
     live = _runner(request).get(stored.id)
     stream = (
-        _live_events(live, after)
+        _live_events(store_of(request), live, after)
         if live is not None
         else _stored_events(store_of(request), stored.id, after)
     )
