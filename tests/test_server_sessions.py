@@ -5,6 +5,9 @@ stream (and its resumption with Last-Event-ID), cancel, resume and replay."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -36,8 +39,17 @@ def fake() -> Iterator[FakeServer]:
 
 
 @pytest.fixture(scope="module")
-def url(fake: FakeServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("sessions")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("sessions")
+
+
+@pytest.fixture(scope="module")
+def env(root: Path) -> dict[str, str]:
+    return {"THINKTANK_CONFIG": str(root / "thinktank.toml"), "OPENAI_API_KEY": "sk-test"}
+
+
+@pytest.fixture(scope="module")
+def url(fake: FakeServer, root: Path, env: dict[str, str]) -> Iterator[str]:
     lines = []
     for name in MODELS:
         lines += [
@@ -50,7 +62,6 @@ def url(fake: FakeServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             "",
         ]
     (root / "thinktank.toml").write_text("\n".join(lines))
-    env = {"THINKTANK_CONFIG": str(root / "thinktank.toml"), "OPENAI_API_KEY": "sk-test"}
     with serve(root / "tt.db", "--no-auth", env=env, cwd=root) as base:
         yield base
 
@@ -299,3 +310,26 @@ def test_followers_get_every_event_after_theirs_once_in_order(
             assert got[index] == list(range(max(after, history) + 1, last + 1))
 
     anyio.run(main)
+
+
+def test_events_of_a_session_another_process_runs_are_followed(
+    url: str, fake: FakeServer, root: Path, env: dict[str, str]
+) -> None:
+    """A session ``thinktank run`` runs on the server's database: the server follows
+    its events in the store until it ends."""
+    fake.add_faults(Fault.slow(1.5), model="m3")
+    (root / "s.yaml").write_text(yaml.safe_dump(session_file()))
+    command = [sys.executable, "-m", "thinktank", "run", "s.yaml", "--db", "tt.db"]
+    command += ["-i", f"topic={uuid.uuid4().hex}", "--no-progress"]
+    proc = subprocess.Popen(command, cwd=root, env={**os.environ, **env})
+    try:
+        while not any(r.model == "m3" for r in fake.requests):
+            assert proc.poll() is None
+            time.sleep(0.02)
+        sid = httpx.get(url + "/v1/sessions", params={"limit": 1}).json()["data"][0]["id"]
+        assert httpx.get(f"{url}/v1/sessions/{sid}").json()["status"] == "running"
+        events = read_sse(url, sid)
+    finally:
+        assert proc.wait(timeout=60) == 0
+    assert [s for s, _, _ in events] == list(range(1, len(events) + 1))
+    assert events[-1][1] == "session_finished" and events[-1][2]["status"] == "completed"

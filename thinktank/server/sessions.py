@@ -22,8 +22,10 @@ Routes (every one authenticates like every ``/v1`` route):
 - ``GET /v1/sessions/{id}/events``: the session's typed events (:mod:`thinktank.events`)
   as server-sent events: ``id:`` is the event's 1-based sequence in the session's
   history, ``event:`` its type, ``data:`` its JSON. Live while this process runs the
-  session, else replayed from the store; a ``Last-Event-ID`` header (or
-  ``?after=N``) resumes after that event. The stream ends with the session.
+  session; read from the store otherwise, and followed there (polled every
+  :data:`TAIL_POLL_S`) while another process holds its lease (another worker,
+  ``thinktank run``). A ``Last-Event-ID`` header (or ``?after=N``) resumes after that
+  event. The stream ends with the session.
 - ``POST /v1/sessions/{id}/cancel``: cancel a session this process runs and answer
   its stored state once it has wound down (409 if it is not running here).
 - ``POST /v1/sessions/{id}/resume``: finish an interrupted session in the background
@@ -67,6 +69,9 @@ router = APIRouter(prefix="/v1/sessions")
 _YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
 
 Listener = Callable[[Event], None]
+
+TAIL_POLL_S = 0.25
+"""How often the event stream of a session another process runs reads the store."""
 
 
 class _Live:
@@ -318,6 +323,24 @@ async def _stored_events(
         yield _sse(sequence, str(event["type"]), json.dumps(event).encode())
 
 
+async def _tailed_events(store: Store, session_id: str, after: int) -> AsyncIterator[bytes]:
+    """A session this process does not run: its stored events, then, while another
+    process holds its lease (another worker, ``thinktank run``), the ones it writes."""
+    while True:
+        events = await store.events_of(session_id)
+        for sequence, event in enumerate(events[after:], start=after + 1):
+            yield _sse(sequence, str(event["type"]), json.dumps(event).encode())
+        after = max(after, len(events))
+        if events and events[-1]["type"] == "session_finished":
+            return
+        if await store.lease_of(session_id) is None:
+            # Nobody runs it (it died, or ended between the two reads): what it wrote last.
+            async for chunk in _stored_events(store, session_id, after):
+                yield chunk
+            return
+        await anyio.sleep(TAIL_POLL_S)
+
+
 async def _live_events(store: Store, live: _Live, after: int) -> AsyncIterator[bytes]:
     if after < live.history:  # a resumed session: its earlier history is stored
         assert live.session_id is not None
@@ -345,7 +368,7 @@ async def events(
     stream = (
         _live_events(store_of(request), live, after)
         if live is not None
-        else _stored_events(store_of(request), stored.id, after)
+        else _tailed_events(store_of(request), stored.id, after)
     )
     return StreamingResponse(
         stream,
