@@ -26,10 +26,14 @@ from thinktank.events import Event, StepSkipped
 from thinktank.server.sessions import _Live
 from thinktank.store import Store
 
+from . import pg
 from .fakeserver import FakeServer, Fault, run_fake_server
 from .serverproc import serve
 
 MODELS = ["m1", "m2", "m3"]
+
+# The PostgreSQL server fixture (see tests/pg.py), by assignment so that pytest finds it.
+pg_server = pg.pg_server
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +52,21 @@ def env(root: Path) -> dict[str, str]:
     return {"THINKTANK_CONFIG": str(root / "thinktank.toml"), "OPENAI_API_KEY": "sk-test"}
 
 
+@pytest.fixture(scope="module", params=pg.BACKENDS)
+def db(request: pytest.FixtureRequest, root: Path) -> Iterator[str]:
+    """The server's database: a SQLite file, then a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield str(root / "tt.db")
+        return
+    url = pg.create_database(request.getfixturevalue("pg_server"))
+    try:
+        yield url
+    finally:
+        pg.drop_database(url)
+
+
 @pytest.fixture(scope="module")
-def url(fake: FakeServer, root: Path, env: dict[str, str]) -> Iterator[str]:
+def url(fake: FakeServer, root: Path, env: dict[str, str], db: str) -> Iterator[str]:
     lines = []
     for name in MODELS:
         lines += [
@@ -62,7 +79,7 @@ def url(fake: FakeServer, root: Path, env: dict[str, str]) -> Iterator[str]:
             "",
         ]
     (root / "thinktank.toml").write_text("\n".join(lines))
-    with serve(root / "tt.db", "--no-auth", env=env, cwd=root) as base:
+    with serve(db, "--no-auth", env=env, cwd=root, log=root / "serve.log") as base:
         yield base
 
 
@@ -313,13 +330,13 @@ def test_followers_get_every_event_after_theirs_once_in_order(
 
 
 def test_events_of_a_session_another_process_runs_are_followed(
-    url: str, fake: FakeServer, root: Path, env: dict[str, str]
+    url: str, fake: FakeServer, root: Path, env: dict[str, str], db: str
 ) -> None:
     """A session ``thinktank run`` runs on the server's database: the server follows
     its events in the store until it ends."""
     fake.add_faults(Fault.slow(1.5), model="m3")
     (root / "s.yaml").write_text(yaml.safe_dump(session_file()))
-    command = [sys.executable, "-m", "thinktank", "run", "s.yaml", "--db", "tt.db"]
+    command = [sys.executable, "-m", "thinktank", "run", "s.yaml", "--db", db]
     command += ["-i", f"topic={uuid.uuid4().hex}", "--no-progress"]
     proc = subprocess.Popen(command, cwd=root, env={**os.environ, **env})
     try:
