@@ -1,12 +1,14 @@
 """The ASGI app: :func:`create_app` builds it from a :class:`ServerConfig`.
 
 This module owns the app's assembly and its process-wide state (``app.state``: the
-open :class:`~thinktank.store.Store`, the model registry, the config): the lifespan
-opens the store once per process and closes it on shutdown; the pure ASGI middleware
+open :class:`~thinktank.store.Store`, the model registry, the config, the sessions it
+runs in the background): the lifespan opens the store once per process and closes it
+on shutdown, after cancelling those sessions; the pure ASGI middleware
 of :mod:`thinktank.server.middleware` wraps the app; every error is answered in
 OpenAI's shape (:mod:`thinktank.server.errors`). Its own routes are the probes
 (``GET /healthz``: the process is up; ``GET /readyz``: the store answers) and
-``GET /v1/models``. :func:`app_from_env` is the factory ``thinktank serve`` hands to
+``GET /v1/models``; the route dependencies are in :mod:`thinktank.server.deps` (re-exported
+here). :func:`app_from_env` is the factory ``thinktank serve`` hands to
 uvicorn, so that each worker process builds its own app from the environment.
 """
 
@@ -17,17 +19,17 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 
-from thinktank.server.auth import Caller, KeyChecker, authenticate
+from thinktank.server.auth import KeyChecker
+from thinktank.server.deps import CallerDep, caller_of, store_of
 from thinktank.server.errors import ApiError, install_error_handlers
 from thinktank.server.middleware import BodyLimit, ConcurrencyCap, RequestId
 
 if TYPE_CHECKING:
     from thinktank.providers.registry import ModelRegistry
-    from thinktank.store import Store
 
 __all__ = [
     "ENV_DB",
@@ -113,28 +115,6 @@ def app_from_env() -> FastAPI:
     return create_app(
         ServerConfig(db=os.environ.get(ENV_DB) or None, no_auth=os.environ.get(ENV_NO_AUTH) == "1")
     )
-
-
-async def caller_of(request: Request) -> Caller:
-    """The FastAPI dependency every ``/v1`` route takes: who is calling.
-
-    Raises:
-        ApiError: 401 without a valid key (see :func:`~thinktank.server.auth.authenticate`).
-    """
-    state = request.app.state
-    return await authenticate(
-        request.headers.get("authorization"), no_auth=state.config.no_auth, keys=state.keys
-    )
-
-
-CallerDep = Annotated[Caller, Depends(caller_of)]
-"""A route parameter ``caller: CallerDep`` authenticates the request (401 otherwise)."""
-
-
-def store_of(request: Request) -> Store:
-    """The process's open store."""
-    store: Store = request.app.state.store
-    return store
 
 
 def _probes(app: FastAPI) -> None:

@@ -51,7 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from thinktank._safeload import LoadError, load_json, load_yaml
 from thinktank.errors import SpecErrors, ThinkTankError, UnknownSessionError, UsageError
 from thinktank.events import Event, encode_event
-from thinktank.server.app import CallerDep, store_of
+from thinktank.server.deps import CallerDep, store_of
 from thinktank.server.errors import ApiError
 
 if TYPE_CHECKING:
