@@ -350,3 +350,19 @@ def test_events_of_a_session_another_process_runs_are_followed(
         assert proc.wait(timeout=60) == 0
     assert [s for s, _, _ in events] == list(range(1, len(events) + 1))
     assert events[-1][1] == "session_finished" and events[-1][2]["status"] == "completed"
+
+
+def test_every_sessions_route_needs_a_key(tmp_path: Path) -> None:
+    with serve(tmp_path / "k.db") as base:
+        for method, path in [
+            ("POST", "/v1/sessions"),
+            ("GET", "/v1/sessions"),
+            ("GET", "/v1/sessions/x"),
+            ("GET", "/v1/sessions/x/events"),
+            ("GET", "/v1/sessions/x/export"),
+            ("POST", "/v1/sessions/x/cancel"),
+            ("POST", "/v1/sessions/x/resume"),
+            ("POST", "/v1/sessions/x/replay"),
+        ]:
+            response = httpx.request(method, base + path, json={})
+            assert response.status_code == 401, (method, path)
