@@ -36,8 +36,10 @@ def serve(
     env: Mapping[str, str] | None = None,
     cwd: str | Path | None = None,
     ready_s: float = 30.0,
+    log: Path | None = None,
 ) -> Iterator[str]:
-    """Run ``thinktank serve --db DB --port P ARGS...`` and yield ``http://127.0.0.1:P``."""
+    """Run ``thinktank serve --db DB --port P ARGS...`` and yield ``http://127.0.0.1:P``;
+    its output goes to ``log`` (default: beside a SQLite DB)."""
     port = free_port()
     command: Sequence[str] = [
         sys.executable,
@@ -52,7 +54,7 @@ def serve(
     ]
     # Beside a SQLite file; in the working directory for a database URL.
     where = str(db) if "://" not in str(db) else str(Path(cwd or ".") / "db")
-    log = Path(where + f".serve-{port}.log")
+    log = log or Path(where + f".serve-{port}.log")
     with log.open("wb") as out:
         proc = subprocess.Popen(
             command, env={**os.environ, **(env or {})}, cwd=cwd, stdout=out, stderr=out

@@ -1,12 +1,14 @@
 """The ASGI app: :func:`create_app` builds it from a :class:`ServerConfig`.
 
 This module owns the app's assembly and its process-wide state (``app.state``: the
-open :class:`~thinktank.store.Store`, the model registry, the config): the lifespan
-opens the store once per process and closes it on shutdown; the pure ASGI middleware
+open :class:`~thinktank.store.Store`, the model registry, the config, the sessions it
+runs in the background): the lifespan opens the store once per process and closes it
+on shutdown, after cancelling those sessions; the pure ASGI middleware
 of :mod:`thinktank.server.middleware` wraps the app; every error is answered in
 OpenAI's shape (:mod:`thinktank.server.errors`). Its own routes are the probes
 (``GET /healthz``: the process is up; ``GET /readyz``: the store answers) and
-``GET /v1/models``. :func:`app_from_env` is the factory ``thinktank serve`` hands to
+``GET /v1/models``; the route dependencies are in :mod:`thinktank.server.deps` (re-exported
+here). :func:`app_from_env` is the factory ``thinktank serve`` hands to
 uvicorn, so that each worker process builds its own app from the environment.
 """
 
@@ -78,6 +80,8 @@ def create_app(config: ServerConfig | None = None, *, keys: KeyChecker | None = 
         config: How it runs (defaults: ``$THINKTANK_DB``, keys required).
         keys: Checks bearer keys; None denies every request unless ``no_auth``.
     """
+    from thinktank.server import chat, sessions
+
     cfg = config or ServerConfig()
 
     @asynccontextmanager
@@ -86,7 +90,8 @@ def create_app(config: ServerConfig | None = None, *, keys: KeyChecker | None = 
 
         app.state.store = await Store.open(cfg.db)
         try:
-            yield
+            async with sessions.running_sessions(app.state.store) as app.state.sessions:
+                yield
         finally:
             await app.state.store.close()
 
@@ -98,9 +103,8 @@ def create_app(config: ServerConfig | None = None, *, keys: KeyChecker | None = 
     install_error_handlers(app)
     _probes(app)
     _models(app)
-    from thinktank.server.chat import router as chat_router  # imports this module
-
-    app.include_router(chat_router)
+    app.include_router(chat.router)
+    app.include_router(sessions.router)
     app.add_middleware(ConcurrencyCap, limit=cfg.max_concurrent)
     app.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes)
     app.add_middleware(RequestId)
