@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
-import httpx
+import httpx2 as httpx
 import pytest
 from click.testing import CliRunner
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import anyio
-import httpx
+import httpx2 as httpx
 import pytest
 from click.testing import CliRunner
 

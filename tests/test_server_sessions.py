@@ -16,7 +16,7 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
-import httpx
+import httpx2 as httpx
 import pytest
 import yaml
 from hypothesis import given, settings
