@@ -6,6 +6,8 @@ from built responses, as the chat endpoint does not reserve budgets yet)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -250,3 +252,15 @@ def test_error_bodies_become_their_class(status: int, kind: type[APIError]) -> N
     assert (error.message, error.type, error.param, error.code) == ("no", "t", "p", "c")
     plain = _error_of(httpx.Response(status, text="Bad Gateway"))
     assert type(plain) is kind and plain.message == "Bad Gateway" and plain.retry_after is None
+
+
+def test_the_client_loads_neither_engine_nor_store() -> None:
+    """A client process imports httpx and pydantic, not the engine, SQLAlchemy or the
+    server's FastAPI."""
+    code = (
+        "import sys, thinktank; thinktank.Client; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('sqlalchemy', 'sqlmodel', 'fastapi', 'openai') or m.startswith('thinktank.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['thinktank.client', 'thinktank.errors']"
