@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, Generic, Literal, Self, TypeVar, overload
@@ -411,6 +411,7 @@ class AsyncStream:
 _PATH = "/v1/chat/completions"
 
 _C = TypeVar("_C")
+_H = TypeVar("_H", httpx.Client, httpx.AsyncClient)
 
 
 def _body(
@@ -551,8 +552,11 @@ class _Chat(Generic[_C]):
         self.completions = completions
 
 
-class Client:
-    """A synchronous client of a thinktank server (``with`` closes its connections)."""
+class _Base(Generic[_H, _C]):
+    """What both clients share: the settings, the httpx client, ``chat``."""
+
+    _http_type: type[_H]
+    _completions_type: Callable[[_H], _C]
 
     def __init__(
         self,
@@ -561,8 +565,17 @@ class Client:
         *,
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT_S,
     ) -> None:
-        self.http = httpx.Client(**_settings(base_url, api_key, timeout))
-        self.chat = _Chat(_Completions(self.http))
+        """``base_url`` is the server's root (a trailing ``/v1`` is accepted);
+        ``api_key`` defaults to ``$THINKTANK_API_KEY``; ``timeout`` is per request."""
+        self.http: _H = self._http_type(**_settings(base_url, api_key, timeout))
+        self.chat = _Chat(type(self)._completions_type(self.http))
+
+
+class Client(_Base[httpx.Client, _Completions]):
+    """A synchronous client of a thinktank server (``with`` closes its connections)."""
+
+    _http_type = httpx.Client
+    _completions_type = _Completions
 
     def close(self) -> None:
         self.http.close()
@@ -576,18 +589,11 @@ class Client:
         self.close()
 
 
-class AsyncClient:
+class AsyncClient(_Base[httpx.AsyncClient, _AsyncCompletions]):
     """An asyncio/trio client of a thinktank server (``async with`` closes it)."""
 
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str | None = None,
-        *,
-        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT_S,
-    ) -> None:
-        self.http = httpx.AsyncClient(**_settings(base_url, api_key, timeout))
-        self.chat = _Chat(_AsyncCompletions(self.http))
+    _http_type = httpx.AsyncClient
+    _completions_type = _AsyncCompletions
 
     async def close(self) -> None:
         await self.http.aclose()
