@@ -32,6 +32,7 @@ from thinktank.client import (
     TextDelta,
     _error_of,
 )
+from thinktank.errors import UsageError
 
 from .fakeserver import FakeServer, Fault, run_fake_server
 from .serverproc import free_port, serve
@@ -231,7 +232,7 @@ def test_keys_and_rate_limits_are_typed(
 
 def test_spec_shape_is_refused_before_sending(url: str, fake: FakeServer) -> None:
     """The client parses OpenAI's shape; asking for the spec's is a local error."""
-    with thinktank.Client(url) as client, pytest.raises(ValueError, match="response_shape"):
+    with thinktank.Client(url) as client, pytest.raises(UsageError, match="response_shape"):
         client.chat.completions.create(
             messages=QUESTION, parallel={**PANEL, "response_shape": "spec"}
         )

@@ -35,7 +35,7 @@ from typing import Any, Generic, Literal, Self, TypeVar, overload
 import httpx
 from pydantic import BaseModel, ConfigDict
 
-from thinktank.errors import ThinkTankError
+from thinktank.errors import ThinkTankError, UsageError
 
 __all__ = [
     "APIConnectionError",
@@ -278,7 +278,7 @@ def _completion(body: Mapping[str, Any]) -> Completion:
     choice = body["choices"][0]
     return Completion.model_validate(
         {
-            **{k: block[k] for k in block if k not in ("total_cost_usd",)},
+            **{k: v for k, v in block.items() if k != "total_cost_usd"},
             "id": body["id"],
             "model": body["model"],
             "created": body["created"],
@@ -421,13 +421,17 @@ def _body(
     stream: bool,
     fields: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """The request body; a stream always asks for the usage chunk (the result's)."""
+    """The request body; a stream always asks for the usage chunk (the result's).
+
+    Raises:
+        UsageError: ``parallel.response_shape`` other than ``openai``.
+    """
     body: dict[str, Any] = {**fields, "messages": list(messages), "stream": stream}
     if model is not None:
         body["model"] = model
     if parallel is not None:
         if parallel.get("response_shape", "openai") != "openai":
-            raise ValueError("the client reads the OpenAI shape: leave out response_shape")
+            raise UsageError("the client reads the OpenAI shape: leave out response_shape")
         body["parallel"] = dict(parallel)
     if stream:
         body["stream_options"] = {**body.get("stream_options", {}), "include_usage": True}
