@@ -32,6 +32,7 @@ LAYERS: Sequence[tuple[str, Sequence[str]]] = (
         (
             "thinktank.replay",
             "thinktank.ask",
+            "thinktank.client",
             "thinktank.batch",
             "thinktank.dryrun",
             "thinktank.transfer",

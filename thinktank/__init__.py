@@ -19,6 +19,7 @@ import typing
 if typing.TYPE_CHECKING:
     from thinktank.ask import ParallelResult, execute_parallel
     from thinktank.batch import BatchResult, run_many
+    from thinktank.client import AsyncClient, Client
     from thinktank.dryrun import DryRun, dry_run
     from thinktank.engine.result import SessionResult, StepResult, Usage
     from thinktank.engine.stream import SessionRun, iter, run, run_sync
@@ -55,8 +56,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_STORE",
+    "AsyncClient",
     "BatchResult",
     "CallTimeoutError",
+    "Client",
     "DryRun",
     "InputError",
     "InputSpec",
@@ -103,8 +106,10 @@ __all__ = [
 ]
 
 _LAZY: dict[str, str] = {
+    "AsyncClient": "thinktank.client",
     "BatchResult": "thinktank.batch",
     "CallTimeoutError": "thinktank.errors",
+    "Client": "thinktank.client",
     "DEFAULT_STORE": "thinktank.store._arg",
     "DryRun": "thinktank.dryrun",
     "InputError": "thinktank.errors",
