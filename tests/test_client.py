@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
-import httpx
+import httpx2 as httpx
 import pytest
 
 import thinktank

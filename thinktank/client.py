@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, Generic, Literal, Self, TypeVar, overload
 
-import httpx
+import httpx2 as httpx
 from pydantic import BaseModel, ConfigDict
 
 from thinktank.errors import ThinkTankError, UsageError
