@@ -188,3 +188,36 @@ def test_streams_defaults_and_hangups_settle(tmp_path: Path, fake: FakeServer) -
             _post(url, key, _chat(max_tokens=MAX_TOKENS), timeout=2.0)
         assert _settled(db).spent_micro_usd == 30_000_000
         assert len(fake.hangups) == 1
+
+
+def _stored_key_ids(db: str) -> dict[str, str | None]:
+    async def read() -> dict[str, str | None]:
+        async with await Store.open(db) as store:
+            return {s.id: s.key_id for s in await store.list_sessions()}
+
+    return anyio.run(read, backend="asyncio")
+
+
+def test_sessions_record_the_key_id_never_the_key(tmp_path: Path, fake: FakeServer) -> None:
+    """Chat completions (plain and streamed) and POST /v1/sessions store the id of the
+    key that asked; sessions made otherwise have none."""
+    fake.set_reply("a", REPLY)
+    db = str(tmp_path / "b.db")
+    config = priced_config(tmp_path / "thinktank.toml", fake, ["a"])
+    key, kid = create_key(db)
+    other, other_id = create_key(db)
+    session = {"name": "s", "steps": [{"id": "ask", "prompt": "say hi", "model": "a"}]}
+    headers = {"Authorization": f"Bearer {other}"}
+    with serve(db, env={"THINKTANK_CONFIG": str(config)}) as url:
+        plain = _post(url, key, _chat(max_tokens=MAX_TOKENS)).json()["parallel"]["session_id"]
+        streamed = _post(url, key, _chat(max_tokens=MAX_TOKENS, stream=True))
+        assert streamed.status_code == 200
+        made = httpx.post(url + "/v1/sessions", json={"session": session}, headers=headers)
+        assert made.status_code == 202, made.text
+        started = made.json()["id"]
+        shown = httpx.get(f"{url}/v1/sessions/{started}", headers=headers).json()
+        assert shown["key_id"] == other_id
+    stored = _stored_key_ids(db)
+    assert stored.pop(plain) == kid and stored.pop(started) == other_id
+    assert list(stored.values()) == [kid]  # the streamed one
+    assert key.encode() not in Path(db).read_bytes()

@@ -23,7 +23,7 @@ Budgets: before any call, the most the request can cost
 capped at :data:`~thinktank.server.keys.DEFAULT_MAX_TOKENS` per call) is reserved
 from the caller's key (402 ``insufficient_quota`` when it does not fit); when the
 request ends, however it ends (answered, failed, the client gone), the reservation is
-settled with what its calls cost.
+settled with what its calls cost, and the session records the key's id.
 """
 
 from __future__ import annotations
@@ -418,6 +418,8 @@ async def chat_completions(request: Request, body: ChatRequest, caller: CallerDe
 
     async def settled() -> None:
         await settle(store, reservation, meter.usd)
+        if caller.key_id is not None and meter.session_id is not None:
+            await store.set_session_key(meter.session_id, caller.key_id)
 
     if body.stream:
         events = _stream_events(request, body, cfg, conversation.prompt, meter)

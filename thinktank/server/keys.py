@@ -15,7 +15,7 @@ through the store, so that every server process on one database shares them:
   then settle with what it cost.
 - :func:`cost_bound` is that most for a chat completion, and :class:`Meter` adds up
   what its calls cost as their events arrive (what :func:`settle` charges, also when
-  the client hangs up and the session is cancelled).
+  the client hangs up and the session is cancelled) and which session they made.
 
 Keys are never logged nor stored; this module imports no web framework (``thinktank
 keys`` uses it without the server's extra).
@@ -239,8 +239,13 @@ class Meter:
         self._bound = bound
         self.usd = 0.0
         """USD spent so far."""
+        self.session_id: str | None = None
+        """The session the request made, once its first event is out (its row is
+        written by then)."""
 
     def __call__(self, event: Event) -> None:
+        if self.session_id is None:
+            self.session_id = event.session_id
         if not isinstance(event, self._finished) or event.reused_from is not None:
             return
         if event.cost_usd is not None:
