@@ -221,3 +221,57 @@ def test_sessions_record_the_key_id_never_the_key(tmp_path: Path, fake: FakeServ
     assert stored.pop(plain) == kid and stored.pop(started) == other_id
     assert list(stored.values()) == [kid]  # the streamed one
     assert key.encode() not in Path(db).read_bytes()
+
+
+ENSEMBLE = """
+[ensembles.quorum-3]
+models = ["a", "b", "c"]
+mode = "quorum"
+min_models = 2
+consensus_threshold = 0.6
+"""
+
+
+def test_named_ensembles_serve_as_models(tmp_path: Path, fake: FakeServer) -> None:
+    """An ensemble of thinktank.toml is listed by GET /v1/models and answers as a
+    model: its panel is asked, merged by its mode, and the budget bounds all three."""
+    for name in ("a", "b", "c"):
+        fake.set_reply(name, REPLY)
+    db = str(tmp_path / "b.db")
+    config = priced_config(tmp_path / "thinktank.toml", fake, ["a", "b", "c"])
+    config.write_text(config.read_text() + ENSEMBLE)
+    key, _ = create_key(db, "--budget-usd", "30")
+    headers = {"Authorization": f"Bearer {key}"}
+    with serve(db, env={"THINKTANK_CONFIG": str(config)}) as url:
+        listed = httpx.get(url + "/v1/models", headers=headers).json()["data"]
+        (ensemble,) = [m for m in listed if m["owned_by"] == "thinktank-ensemble"]
+        assert ensemble["id"] == "quorum-3" and ensemble["thinktank"]["mode"] == "quorum"
+        assert {"a", "b", "c", "quorum-3"} <= {m["id"] for m in listed}
+
+        body = _chat(max_tokens=MAX_TOKENS) | {"model": "quorum-3"}
+        answer = _post(url, key, body)
+        assert answer.status_code == 200, answer.text
+        reply = answer.json()
+        assert reply["model"] == "quorum-3" and reply["choices"][0]["message"]["content"] == REPLY
+        assert reply["parallel"]["mode"] == "quorum"
+        assert {r.json["model"] for r in fake.requests} <= {"a", "b", "c"}
+        assert len(fake.requests) >= 2
+        # $30 covers exactly one request of three models: what it spent is gone.
+        assert _post(url, key, body).status_code == 402
+
+
+def test_bad_ensembles_are_named(tmp_path: Path, fake: FakeServer) -> None:
+    from thinktank.errors import SpecErrors
+    from thinktank.server.app import ensembles_of
+
+    config = priced_config(tmp_path / "thinktank.toml", fake, ["a"])
+    base = config.read_text()
+    config.write_text(base + "[ensembles.a]\nmodels = ['a']\n")
+    with pytest.raises(SpecErrors, match=r"ensembles\.a.*also the name of a model"):
+        load_config(config)
+    config.write_text(base + "[ensembles.e]\nmodels = ['a']\nmode = 'vote'\n")
+    with pytest.raises(SpecErrors, match=r"ensembles\.e\.mode"):
+        ensembles_of(ModelRegistry(config=load_config(config)))
+    config.write_text(base + "[ensembles.e]\nmodels = []\n")
+    with pytest.raises(SpecErrors, match=r"ensembles\.e.*give 'models'"):
+        ensembles_of(ModelRegistry(config=load_config(config)))

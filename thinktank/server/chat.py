@@ -105,15 +105,23 @@ def render_conversation(messages: list[ChatMessage], *, system: str | None = Non
     return Conversation(prompt=prompt, system="\n\n".join(systems) or None)
 
 
-def _config(body: ChatRequest) -> tuple[ParallelExecutionConfig, Conversation]:
-    """The execution config of ``body`` (OpenAI's top-level fields win) and its prompt."""
+def _config(
+    body: ChatRequest, ensembles: dict[str, ParallelExecutionConfig]
+) -> tuple[ParallelExecutionConfig, Conversation]:
+    """The execution config of ``body`` (OpenAI's top-level fields win, then
+    ``parallel``'s, then those of the named ensemble ``model`` is) and its prompt."""
+    ensemble = ensembles.get(body.model) if body.model is not None else None
+    base: dict[str, Any] = {} if ensemble is None else ensemble.model_dump(exclude_unset=True)
     if body.parallel is None:
         if body.model is None:
             raise ApiError(400, "give 'model', or 'parallel' with 'models'", param="model")
-        base: dict[str, Any] = {"models": [body.model]}
+        if ensemble is None:
+            base = {"models": [body.model]}
     else:
-        base = body.parallel.model_dump(
-            exclude={"response_shape", "progress_events"}, exclude_unset=True
+        base.update(
+            body.parallel.model_dump(
+                exclude={"response_shape", "progress_events"}, exclude_unset=True
+            )
         )
     conversation = render_conversation(body.messages, system=base.pop("system", None))
     overrides = {
@@ -405,7 +413,7 @@ class _SettledStream(StreamingResponse):
 async def chat_completions(request: Request, body: ChatRequest, caller: CallerDep) -> Any:
     """OpenAI's chat completion; ``parallel`` asks several models and merges them;
     ``stream`` answers with server-sent ``chat.completion.chunk`` events."""
-    cfg, conversation = _config(body)
+    cfg, conversation = _config(body, request.app.state.ensembles)
     registry = request.app.state.registry
     _check_models(registry, body, cfg)
     if cfg.max_tokens is None:
