@@ -1,5 +1,9 @@
 """Model configuration: one entry per model, in ``thinktank.toml`` or a session file.
 
+It may also name ensembles (``[ensembles.NAME]``: a panel of models and how they
+merge, the fields of ``ParallelExecutionConfig``), which ``thinktank serve`` offers
+as models of their own.
+
 An entry is a tagged union on ``provider``: ``simulated`` (seeded fake), ``openai``
 (any chat-completions server), ``anthropic``, ``gemini``, or ``local`` (llama.cpp
 in-process). The fields shared by every provider — prices, tags, ``max_concurrency``,
@@ -140,6 +144,9 @@ class ThinkTankConfig(BaseModel):
     """The file it was read from (None when there is none)."""
     models: dict[str, Any] = {}
     """Model entries by name (validated ``ModelConfig`` values)."""
+    ensembles: dict[str, dict[str, Any]] = {}
+    """Named ensembles: ``ParallelExecutionConfig`` fields by ensemble name, as the
+    file gives them (the session layer validates them: this layer is below it)."""
 
 
 def find_config(cwd: Path | None = None) -> Path | None:
@@ -183,7 +190,7 @@ def load_config(path: Path | str | None = None) -> ThinkTankConfig:
         raise SpecErrors([SpecError(f"cannot read config: {exc.strerror}", file=file)]) from None
     except tomllib.TOMLDecodeError as exc:
         raise SpecErrors([SpecError(f"not valid TOML: {exc}", file=file)]) from None
-    unknown = sorted(set(data) - {"models"})
+    unknown = sorted(set(data) - {"models", "ensembles"})
     errors = [SpecError("unknown section", file=file, field=key) for key in unknown]
     raw_models = data.get("models", {})
     models: dict[str, Any] = {}
@@ -200,8 +207,31 @@ def load_config(path: Path | str | None = None) -> ThinkTankConfig:
                     loc = loc[1:]  # the union's tag, not a field
                 field = ".".join(["models", name, *loc])
                 errors.append(SpecError(err["msg"], file=file, field=field))
+    ensembles = _ensembles(data.get("ensembles", {}), set(models), file, errors)
     if errors:
         raise SpecErrors(errors)
-    config = ThinkTankConfig(path=file, models=models)
+    config = ThinkTankConfig(path=file, models=models, ensembles=ensembles)
     _parsed[file] = (text, config)
     return config
+
+
+def _ensembles(
+    raw: Any, models: set[str], file: str, errors: list[SpecError]
+) -> dict[str, dict[str, Any]]:
+    """The ``[ensembles.NAME]`` tables; a name that is also a model's is an error (a
+    request naming it would be ambiguous)."""
+    if not isinstance(raw, dict):
+        errors.append(
+            SpecError("must be a table of [ensembles.NAME]", file=file, field="ensembles")
+        )
+        return {}
+    ensembles: dict[str, dict[str, Any]] = {}
+    for name, entry in raw.items():
+        field = f"ensembles.{name}"
+        if not isinstance(entry, dict):
+            errors.append(SpecError("must be a table", file=file, field=field))
+        elif name in models:
+            errors.append(SpecError("is also the name of a model", file=file, field=field))
+        else:
+            ensembles[name] = entry
+    return ensembles

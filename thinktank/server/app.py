@@ -7,9 +7,11 @@ on shutdown, after cancelling those sessions; the pure ASGI middleware
 of :mod:`thinktank.server.middleware` wraps the app; every error is answered in
 OpenAI's shape (:mod:`thinktank.server.errors`). Its own routes are the probes
 (``GET /healthz``: the process is up; ``GET /readyz``: the store answers) and
-``GET /v1/models``; the route dependencies are in :mod:`thinktank.server.deps` (re-exported
-here). :func:`app_from_env` is the factory ``thinktank serve`` hands to
-uvicorn, so that each worker process builds its own app from the environment.
+``GET /v1/models`` (every model, and the named ensembles of ``thinktank.toml``, which
+``model`` may name like a model: ``owned_by: "thinktank-ensemble"``); the route
+dependencies are in :mod:`thinktank.server.deps` (re-exported here).
+:func:`app_from_env` is the factory ``thinktank serve`` hands to uvicorn, so that
+each worker process builds its own app from the environment.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from thinktank.server.middleware import BodyLimit, ConcurrencyCap, RequestId
 
 if TYPE_CHECKING:
     from thinktank.providers.registry import ModelRegistry
+    from thinktank.session.spec import ParallelExecutionConfig
 
 __all__ = [
     "ENV_DB",
@@ -39,6 +42,7 @@ __all__ = [
     "app_from_env",
     "caller_of",
     "create_app",
+    "ensembles_of",
     "store_of",
 ]
 
@@ -73,6 +77,33 @@ def _registry() -> ModelRegistry:
     return ModelRegistry(config=load_config())
 
 
+def ensembles_of(registry: ModelRegistry) -> dict[str, ParallelExecutionConfig]:
+    """The named ensembles of the registry's config, validated.
+
+    Raises:
+        SpecErrors: an ensemble is not a valid ``ParallelExecutionConfig``; every
+            problem is listed, naming the file and the field.
+    """
+    from pydantic import ValidationError
+
+    from thinktank.errors import SpecError, SpecErrors
+    from thinktank.session.spec import ParallelExecutionConfig
+
+    config = registry.config
+    ensembles: dict[str, ParallelExecutionConfig] = {}
+    errors: list[SpecError] = []
+    for name, raw in config.ensembles.items():
+        try:
+            ensembles[name] = ParallelExecutionConfig.model_validate(raw)
+        except ValidationError as exc:
+            for err in exc.errors(include_url=False):
+                field = ".".join(["ensembles", name, *(str(p) for p in err["loc"])])
+                errors.append(SpecError(err["msg"], file=config.path, field=field))
+    if errors:
+        raise SpecErrors(errors)
+    return ensembles
+
+
 def create_app(config: ServerConfig | None = None, *, keys: KeyChecker | None = None) -> FastAPI:
     """The ASGI app serving thinktank.
 
@@ -99,6 +130,7 @@ def create_app(config: ServerConfig | None = None, *, keys: KeyChecker | None = 
     app.state.config = cfg
     app.state.keys = keys
     app.state.registry = _registry()
+    app.state.ensembles = ensembles_of(app.state.registry)
     app.state.started = time.time()
     install_error_handlers(app)
     _probes(app)
@@ -151,5 +183,16 @@ def _models(app: FastAPI) -> None:
                 "thinktank": info.to_dict(),
             }
             for info in registry.describe()
+        ]
+        ensembles: dict[str, ParallelExecutionConfig] = request.app.state.ensembles
+        data += [
+            {
+                "id": name,
+                "object": "model",
+                "created": created,
+                "owned_by": "thinktank-ensemble",
+                "thinktank": ensemble.model_dump(mode="json", exclude_unset=True),
+            }
+            for name, ensemble in ensembles.items()
         ]
         return {"object": "list", "data": data}

@@ -17,6 +17,13 @@ Errors: a bad field is 400 naming it; an unknown model 404 (``model``) or 400
 that disconnects cancels the session (stored ``interrupted``, its calls cancelled).
 The request id (``X-Request-Id``) is stored as the session's ``source``
 (``http-request:<id>``): the sessions table has no metadata column.
+
+Budgets: before any call, the most the request can cost
+(:func:`~thinktank.server.keys.cost_bound`; a request without ``max_tokens`` is
+capped at :data:`~thinktank.server.keys.DEFAULT_MAX_TOKENS` per call) is reserved
+from the caller's key (402 ``insufficient_quota`` when it does not fit); when the
+request ends, however it ends (answered, failed, the client gone), the reservation is
+settled with what its calls cost, and the session records the key's id.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -34,11 +41,14 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from thinktank.server.deps import CallerDep, store_of
 from thinktank.server.errors import ApiError, error_body
+from thinktank.server.keys import DEFAULT_MAX_TOKENS, Meter, cost_bound, reserve, settle
 from thinktank.server.middleware import request_id
 from thinktank.server.schemas import ChatMessage, ChatRequest
 from thinktank.session.spec import ParallelExecutionConfig
 
 if TYPE_CHECKING:
+    from starlette.types import Receive, Scope, Send
+
     from thinktank.ask import ParallelResult
     from thinktank.engine.result import SessionResult
     from thinktank.providers.registry import ModelRegistry
@@ -95,15 +105,23 @@ def render_conversation(messages: list[ChatMessage], *, system: str | None = Non
     return Conversation(prompt=prompt, system="\n\n".join(systems) or None)
 
 
-def _config(body: ChatRequest) -> tuple[ParallelExecutionConfig, Conversation]:
-    """The execution config of ``body`` (OpenAI's top-level fields win) and its prompt."""
+def _config(
+    body: ChatRequest, ensembles: dict[str, ParallelExecutionConfig]
+) -> tuple[ParallelExecutionConfig, Conversation]:
+    """The execution config of ``body`` (OpenAI's top-level fields win, then
+    ``parallel``'s, then those of the named ensemble ``model`` is) and its prompt."""
+    ensemble = ensembles.get(body.model) if body.model is not None else None
+    base: dict[str, Any] = {} if ensemble is None else ensemble.model_dump(exclude_unset=True)
     if body.parallel is None:
         if body.model is None:
             raise ApiError(400, "give 'model', or 'parallel' with 'models'", param="model")
-        base: dict[str, Any] = {"models": [body.model]}
+        if ensemble is None:
+            base = {"models": [body.model]}
     else:
-        base = body.parallel.model_dump(
-            exclude={"response_shape", "progress_events"}, exclude_unset=True
+        base.update(
+            body.parallel.model_dump(
+                exclude={"response_shape", "progress_events"}, exclude_unset=True
+            )
         )
     conversation = render_conversation(body.messages, system=base.pop("system", None))
     overrides = {
@@ -236,7 +254,7 @@ def completion_body(result: ParallelResult, *, model: str, created: int) -> dict
 
 
 async def _complete(
-    request: Request, body: ChatRequest, cfg: ParallelExecutionConfig, prompt: str
+    request: Request, body: ChatRequest, cfg: ParallelExecutionConfig, prompt: str, meter: Meter
 ) -> JSONResponse:
     from thinktank.engine.stream import run
 
@@ -249,7 +267,7 @@ async def _complete(
             tg.cancel_scope.cancel()
 
         tg.start_soon(watch)
-        finished = await run(_spec(cfg), **_run_options(request, prompt))
+        finished = await run(_spec(cfg), **_run_options(request, prompt, meter))
         tg.cancel_scope.cancel()
     if finished is None:  # the client left: nobody to answer
         return JSONResponse({}, status_code=499)
@@ -260,13 +278,14 @@ async def _complete(
     return JSONResponse(completion_body(result, model=response_model(body, cfg), created=created))
 
 
-def _run_options(request: Request, prompt: str) -> dict[str, Any]:
+def _run_options(request: Request, prompt: str, meter: Meter) -> dict[str, Any]:
     """``run``'s arguments for the session of ``request``: the process's store, the
-    prompt, and the request id as the session's source."""
+    prompt, the request id as the session's source, and the meter of its cost."""
     return {
         "inputs": {"prompt": prompt},
         "store": store_of(request),
         "source": SOURCE_PREFIX + request_id(request.scope),
+        "on_event": meter,
     }
 
 
@@ -322,7 +341,7 @@ def _model_event(event: Any) -> bytes:
 
 
 async def _stream_events(
-    request: Request, body: ChatRequest, cfg: ParallelExecutionConfig, prompt: str
+    request: Request, body: ChatRequest, cfg: ParallelExecutionConfig, prompt: str, meter: Meter
 ) -> AsyncIterator[bytes]:
     """The SSE body: a role chunk once the session starts, each model's answer as it
     arrives (opt-in), the synthesis a word at a time, the finish chunk carrying the
@@ -334,7 +353,7 @@ async def _stream_events(
     created = int(time.time())
     progress = body.parallel is not None and body.parallel.progress_events
     chunks: _Chunks | None = None
-    async with iter_session(_spec(cfg), **_run_options(request, prompt)) as session:
+    async with iter_session(_spec(cfg), **_run_options(request, prompt, meter)) as session:
         async for event in session:
             if isinstance(event, SessionStarted):
                 chunks = _Chunks(
@@ -360,17 +379,61 @@ async def _stream_events(
     yield b"data: [DONE]\n\n"
 
 
+class _SettledStream(StreamingResponse):
+    """A streamed completion that settles its reservation when it ends, however it
+    ends: after the whole body, or when the client hung up (the stream is closed
+    first, so the session is cancelled and its calls metered), or when the body never
+    started."""
+
+    def __init__(
+        self, body: AsyncIterator[bytes], *, settle: Callable[[], Awaitable[None]]
+    ) -> None:
+        super().__init__(
+            body,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        self._body = body
+        self._settle = settle
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # Shielded: the request may be ending by cancellation; the money must not.
+            with anyio.CancelScope(shield=True):
+                aclose = getattr(self._body, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+                await self._settle()
+
+
 @router.post("/v1/chat/completions")
 @router.post("/api/v1/chat/completions", include_in_schema=False)
 async def chat_completions(request: Request, body: ChatRequest, caller: CallerDep) -> Any:
     """OpenAI's chat completion; ``parallel`` asks several models and merges them;
     ``stream`` answers with server-sent ``chat.completion.chunk`` events."""
-    cfg, conversation = _config(body)
-    _check_models(request.app.state.registry, body, cfg)
+    cfg, conversation = _config(body, request.app.state.ensembles)
+    registry = request.app.state.registry
+    _check_models(registry, body, cfg)
+    if cfg.max_tokens is None:
+        # Sent to the models, so that the bound reserved below holds.
+        cfg = cfg.model_copy(update={"max_tokens": DEFAULT_MAX_TOKENS})
+    store = store_of(request)
+    bound = cost_bound(registry, cfg, conversation.prompt)
+    reservation = await reserve(store, caller, bound.usd)
+    meter = Meter(bound)
+
+    async def settled() -> None:
+        await settle(store, reservation, meter.usd)
+        if caller.key_id is not None and meter.session_id is not None:
+            await store.set_session_key(meter.session_id, caller.key_id)
+
     if body.stream:
-        return StreamingResponse(
-            _stream_events(request, body, cfg, conversation.prompt),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
-    return await _complete(request, body, cfg, conversation.prompt)
+        events = _stream_events(request, body, cfg, conversation.prompt, meter)
+        return _SettledStream(events, settle=settled)
+    try:
+        return await _complete(request, body, cfg, conversation.prompt, meter)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await settled()

@@ -13,6 +13,9 @@ through the store, so that every server process on one database shares them:
   money: reserve the most a request can cost before calling any model (402
   ``insufficient_quota`` when the key's spent + reserved + it is over its budget),
   then settle with what it cost.
+- :func:`cost_bound` is that most for a chat completion, and :class:`Meter` adds up
+  what its calls cost as their events arrive (what :func:`settle` charges, also when
+  the client hangs up and the session is cancelled) and which session they made.
 
 Keys are never logged nor stored; this module imports no web framework (``thinktank
 keys`` uses it without the server's extra).
@@ -31,12 +34,19 @@ from thinktank.server.auth import ANONYMOUS, Caller
 from thinktank.server.errors import ApiError
 
 if TYPE_CHECKING:
+    from thinktank.events import Event
+    from thinktank.providers.registry import ModelRegistry
+    from thinktank.session.spec import ParallelExecutionConfig
     from thinktank.store import Store
 
 __all__ = [
+    "DEFAULT_MAX_TOKENS",
     "KEY_PREFIX",
+    "CostBound",
+    "Meter",
     "Reservation",
     "StoreKeys",
+    "cost_bound",
     "hash_key",
     "micro_usd",
     "new_key",
@@ -155,3 +165,90 @@ async def settle(store: Store, reservation: Reservation, actual_usd: float) -> N
     await store.settle_budget(
         reservation.key_id, reservation.micro_usd, max(0, micro_usd(actual_usd))
     )
+
+
+DEFAULT_MAX_TOKENS = 1024
+"""Output tokens of one call when a chat completion sets no ``max_tokens``: the server
+sends it to the models as their ``max_tokens``, so that the reserved bound holds."""
+
+
+@dataclass(frozen=True, slots=True)
+class CostBound:
+    """The most a chat completion can cost, and each model's most for one call."""
+
+    per_call: dict[str, float]
+    """USD of one call of each priced model at most (unpriced models cost 0)."""
+    usd: float
+    """The whole request's most: every model asked once, and the judge once."""
+
+
+def _judge_input_tokens(prompt_tokens: int, answers: int, max_tokens: int) -> int:
+    """A judge's prompt: the template, the question and every answer (each at most
+    ``max_tokens`` in its own wrapper)."""
+    from thinktank.consensus.judge import JUDGE_PROMPT, RESPONSE_TEMPLATE
+    from thinktank.engine.budget import estimate_tokens
+
+    wrapper = estimate_tokens(RESPONSE_TEMPLATE) + 2  # the label
+    return estimate_tokens(JUDGE_PROMPT) + prompt_tokens + answers * (max_tokens + wrapper)
+
+
+def cost_bound(registry: ModelRegistry, cfg: ParallelExecutionConfig, prompt: str) -> CostBound:
+    """The most the one-step session of ``cfg`` asking ``prompt`` can cost.
+
+    Per model asked (every model of the registry under ``agi_model_selection``, which
+    may choose any): its input and output price x (the prompt's token estimate, about
+    four characters a token as for session budgets, + ``max_tokens``, which must be
+    set: :data:`DEFAULT_MAX_TOKENS` when the request sets none); with ``synthesis:
+    judge``, the judge once more on a prompt holding every answer. A retried attempt
+    is not counted twice: a failed attempt reports no usage and is charged nothing.
+    """
+    from thinktank.engine.budget import estimate_tokens
+
+    assert cfg.max_tokens is not None, "set max_tokens before bounding the cost"
+    out = cfg.max_tokens
+    prompt_tokens = estimate_tokens(prompt + (cfg.system or ""))
+    asked = list(cfg.models) if not cfg.agi_model_selection else registry.names()
+    per_call: dict[str, float] = {}
+    total = 0.0
+    for name in asked:
+        prices = registry.prices_of(name)
+        usd = 0.0 if prices is None else (prices[0] * prompt_tokens + prices[1] * out) / 1e6
+        per_call[name] = usd
+        total += usd
+    judge = cfg.synthesizer if cfg.synthesis == "judge" else None
+    if judge is not None:
+        prices = registry.prices_of(judge)
+        inp = _judge_input_tokens(prompt_tokens, len(asked), out)
+        usd = 0.0 if prices is None else (prices[0] * inp + prices[1] * out) / 1e6
+        # A model that is also the judge: one call of it may be either.
+        per_call[judge] = max(usd, per_call.get(judge, 0.0))
+        total += usd
+    return CostBound(per_call=per_call, usd=total)
+
+
+class Meter:
+    """What a request's calls cost, added up from their ``CallFinished`` events (an
+    ``on_event`` listener). A call whose cost is unknown but whose model has a price
+    (it answered, or was cut off, without a usage report) is charged its bound; a
+    failed call reported no usage and is charged nothing."""
+
+    def __init__(self, bound: CostBound) -> None:
+        from thinktank.events import CallFinished
+
+        self._finished = CallFinished
+        self._bound = bound
+        self.usd = 0.0
+        """USD spent so far."""
+        self.session_id: str | None = None
+        """The session the request made, once its first event is out (its row is
+        written by then)."""
+
+    def __call__(self, event: Event) -> None:
+        if self.session_id is None:
+            self.session_id = event.session_id
+        if not isinstance(event, self._finished) or event.reused_from is not None:
+            return
+        if event.cost_usd is not None:
+            self.usd += event.cost_usd
+        elif event.status != "failed":
+            self.usd += self._bound.per_call.get(event.model, 0.0)

@@ -273,6 +273,8 @@ async def create_session(request: Request, caller: CallerDep) -> JSONResponse:
         sid = await _runner(request).start(work)
     except ThinkTankError as exc:
         raise ApiError(400, str(exc), param="inputs") from None
+    if caller.key_id is not None:  # its row is written before its first event is out
+        await store_of(request).set_session_key(sid, caller.key_id)
     return _accepted(sid)
 
 

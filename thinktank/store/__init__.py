@@ -828,6 +828,10 @@ class Store:
         """End a reservation of ``reserved_micro_usd``: the key is charged ``micro_usd``."""
         await self._leasing("settle budget", _keys.settle, key_id, reserved_micro_usd, micro_usd)
 
+    async def set_session_key(self, session_id: str, key_id: str) -> None:
+        """Record the id of the API key whose request made a stored session."""
+        await self._leasing("record a session's key", _keys.set_session_key, session_id, key_id)
+
 
 def _aware(value: datetime) -> datetime:
     """``value`` in UTC; naive values (SQLite) are UTC."""

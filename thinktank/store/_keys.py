@@ -36,7 +36,7 @@ from thinktank._ids import new_id
 from thinktank.errors import UsageError
 from thinktank.store._lease import _as_utc
 from thinktank.store._read import resolve_id
-from thinktank.store.tables import API_KEYS
+from thinktank.store.tables import API_KEYS, SESSIONS
 
 __all__ = [
     "WINDOW_S",
@@ -47,6 +47,7 @@ __all__ = [
     "list_keys",
     "reserve",
     "revoke_key",
+    "set_session_key",
     "settle",
 ]
 
@@ -186,3 +187,8 @@ async def settle(conn: AsyncConnection, key_id: str, reserved: int, actual: int)
             spent_micro_usd=_c.spent_micro_usd + actual,
         )
     )
+
+
+async def set_session_key(conn: AsyncConnection, session_id: str, key_id: str) -> None:
+    """Record that the key ``key_id`` made the session ``session_id``."""
+    await conn.execute(update(SESSIONS).where(SESSIONS.c.id == session_id).values(key_id=key_id))

@@ -36,6 +36,8 @@ The migrations:
   configuration x repeat).
 - ``0008_api_keys``: ``thinktank_api_keys`` (``thinktank serve``'s keys, stored hashed,
   with their budgets and per-minute request windows).
+- ``0009_session_key_id``: ``thinktank_sessions.key_id``, the id of the API key whose
+  request made the session.
 """
 
 from __future__ import annotations
@@ -493,6 +495,13 @@ def _api_keys(conn: Connection) -> None:
         api_key_tables().tables["thinktank_api_keys"].create(conn)
 
 
+# -- 0009_session_key_id -----------------------------------------------------------------
+
+
+def _session_key_id(conn: Connection) -> None:
+    add_columns(conn, "thinktank_sessions", Column("key_id", String(36)))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_initial", _initial),
     Migration("0002_dynamic_steps_and_leases", _dynamic_steps_and_leases),
@@ -502,6 +511,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0006_text_repairs", _text_repairs),
     Migration("0007_experiments", _experiments),
     Migration("0008_api_keys", _api_keys),
+    Migration("0009_session_key_id", _session_key_id),
 )
 """Every migration this code knows, in the order they apply."""
 

@@ -262,6 +262,9 @@ class SessionSummary(_Model):
     text_repairs: list[str] = []
     """Where text no database can store (lone surrogates, invalid UTF-8, NUL) was
     written with U+FFFD instead."""
+    key_id: str | None = None
+    """The id of the API key whose request made it (``thinktank serve``); None for a
+    session made otherwise."""
 
 
 class StoredSession(SessionSummary):

@@ -130,6 +130,9 @@ class SessionRow(SQLModel, table=True):
     """The worker that holds the session's lease (``Store.claim_session``), if any."""
     lease_expires_at: datetime | None = Field(default=None, sa_type=UTC_DATETIME)
     """When that lease ends unless its owner renews it."""
+    key_id: str | None = Field(default=None, max_length=36)
+    """The id of the API key whose request made the session (``thinktank serve``),
+    never the key itself; None for sessions made otherwise."""
 
 
 class StepRow(SQLModel, table=True):
