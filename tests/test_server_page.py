@@ -296,6 +296,10 @@ def test_the_page_follows_a_running_session_live(
             ".includes(document.getElementById('session-status').textContent)"
         )
         dom = parse(browser.evaluate("document.documentElement.outerHTML"))
+        # A click on a step shows its answers and its consensus.
+        browser.evaluate("document.querySelector('[data-step=ask]').click()")
+        browser.wait_for("!!document.querySelector('#detail .consensus')")
+        detail = parse(browser.evaluate("document.getElementById('detail').outerHTML"))
 
     # The page loaded the session while it ran; everything after came from the stream.
     (view,) = dom.where(id="view")
@@ -316,6 +320,11 @@ def test_the_page_follows_a_running_session_live(
     assert transitions[-1] == "session: running -> completed"
     order = transitions.index
     assert order("ask: running -> completed") < order("sum: pending -> running")
+    (consensus,) = detail.text(**{"class": "consensus"})
+    assert consensus.startswith("consensus majority: agreement 1.00") and "reached" in consensus
+    cells = ["".join(e[2]) for e in detail.elements if e[0] in ("td", "pre")]
+    assert [cell for cell in cells if cell in MODELS] == MODELS
+    assert cells.count("Paris") == 3  # the merged answer, then each model's
     # The list: this session, newest first, with its final status.
     rows = dom.where(**{"class": "session selected"})
     assert [row[1]["data-id"] for row in rows] == [sid]
