@@ -27,8 +27,7 @@ import pytest
 
 from .fakeserver import FakeServer, Fault, run_fake_server
 from .serverproc import serve
-
-pytestmark = pytest.mark.slow
+from .test_server_keys import create_key
 
 REQUIRE_ENV = "THINKTANK_REQUIRE_CHROMIUM"
 MODELS = ["m1", "m2"]
@@ -242,7 +241,7 @@ def parse(dom: str) -> _Dom:
     return parser
 
 
-def start(url: str) -> str:
+def start(url: str, key: str | None = None) -> str:
     session: dict[str, Any] = {
         "name": "page-demo",
         "steps": [
@@ -261,7 +260,10 @@ def start(url: str) -> str:
             },
         ],
     }
-    response = httpx.post(url + "/v1/sessions", json={"session": session}, timeout=30)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    response = httpx.post(
+        url + "/v1/sessions", json={"session": session}, headers=headers, timeout=30
+    )
     assert response.status_code == 202, response.text
     return str(response.json()["id"])
 
@@ -276,6 +278,7 @@ def test_the_page_is_public_and_locked_down(url: str) -> None:
     assert not re.search(r"(src|href)\s*=", response.text), "the page loads another file"
 
 
+@pytest.mark.slow
 def test_the_page_follows_a_running_session_live(
     chromium: str, url: str, fake: FakeServer, tmp_path: Path
 ) -> None:
@@ -330,6 +333,7 @@ def test_the_page_follows_a_running_session_live(
     assert [row[1]["data-id"] for row in rows] == [sid]
 
 
+@pytest.mark.slow
 def test_the_page_renders_to_a_non_blank_png(chromium: str, url: str, tmp_path: Path) -> None:
     from PIL import Image
 
@@ -343,13 +347,33 @@ def test_the_page_renders_to_a_non_blank_png(chromium: str, url: str, tmp_path: 
     assert colours is None or len(colours) > 50
 
 
+@pytest.mark.slow
 def test_a_keyed_server_serves_the_page_and_asks_for_a_key(
     chromium: str, root: Path, env: dict[str, str], tmp_path: Path
 ) -> None:
-    with serve(tmp_path / "keyed.db", env=env, cwd=root, log=tmp_path / "keyed.log") as keyed:
+    db = str(tmp_path / "keyed.db")
+    key, _ = create_key(db)
+    with serve(db, env=env, cwd=root, log=tmp_path / "keyed.log") as keyed:
         assert httpx.get(keyed + "/").status_code == 200
         assert httpx.get(keyed + "/v1/sessions").status_code == 401
         dom = parse(browse(chromium, tmp_path, keyed + "/", "--dump-dom").stdout)
-    (form,) = dom.where(id="auth")
-    assert "hidden" not in form[1]
-    assert dom.text(id="error") == ["this server needs an API key"]
+        (form,) = dom.where(id="auth")
+        assert "hidden" not in form[1]
+        assert dom.text(id="error") == ["this server needs an API key"]
+
+        sid = start(keyed, key=key)
+        with Browser(chromium, tmp_path) as browser:
+            browser.open(keyed + "/")
+            browser.wait_for("!document.getElementById('auth').hidden")
+            browser.evaluate(
+                f"document.getElementById('key').value = {json.dumps(key)};"
+                "document.getElementById('auth').requestSubmit()"
+            )
+            # The list and the event stream both carry the key.
+            browser.wait_for(f"!!document.querySelector('tr[data-id=\"{sid}\"]')")
+            browser.evaluate(f"document.querySelector('tr[data-id=\"{sid}\"]').click()")
+            browser.wait_for("document.getElementById('session-status').textContent == 'completed'")
+            # Kept for the tab: a reload needs no key again.
+            browser.open(f"{keyed}/?session={sid}")
+            browser.wait_for("document.getElementById('session-status').textContent == 'completed'")
+            assert browser.evaluate("document.getElementById('auth').hidden") is True
