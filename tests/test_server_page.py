@@ -27,6 +27,7 @@ import pytest
 
 from .fakeserver import FakeServer, Fault, run_fake_server
 from .serverproc import serve
+from .test_eval_runner import write_config
 from .test_server_keys import create_key
 
 REQUIRE_ENV = "THINKTANK_REQUIRE_CHROMIUM"
@@ -53,18 +54,7 @@ def fake() -> Iterator[FakeServer]:
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory, fake: FakeServer) -> Path:
     root = tmp_path_factory.mktemp("page")
-    lines = []
-    for name in MODELS:
-        lines += [
-            f"[models.{name}]",
-            'provider = "openai"',
-            f'model = "{name}"',
-            f'base_url = "{fake.url}/v1"',
-            "max_retries = 0",
-            "timeout_s = 60",
-            "",
-        ]
-    (root / "thinktank.toml").write_text("\n".join(lines))
+    write_config(root / "thinktank.toml", fake, MODELS)
     return root
 
 
