@@ -111,7 +111,7 @@ def create_app(config: ServerConfig | None = None, *, keys: KeyChecker | None = 
         config: How it runs (defaults: ``$THINKTANK_DB``, keys required).
         keys: Checks bearer keys; None denies every request unless ``no_auth``.
     """
-    from thinktank.server import chat, sessions
+    from thinktank.server import chat, page, sessions
 
     cfg = config or ServerConfig()
 
@@ -137,6 +137,7 @@ def create_app(config: ServerConfig | None = None, *, keys: KeyChecker | None = 
     _models(app)
     app.include_router(chat.router)
     app.include_router(sessions.router)
+    app.include_router(page.router)
     app.add_middleware(ConcurrencyCap, limit=cfg.max_concurrent)
     app.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes)
     app.add_middleware(RequestId)
