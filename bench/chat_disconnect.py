@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import anyio  # noqa: E402
-import httpx  # noqa: E402
+import httpx2 as httpx  # noqa: E402
 
 from tests.fakeserver import FakeServer, Fault, run_fake_server  # noqa: E402
 from tests.serverproc import serve  # noqa: E402

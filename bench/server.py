@@ -1,0 +1,148 @@
+"""What the HTTP server adds to a parallel call: ``POST /v1/chat/completions`` on a real
+``thinktank serve`` process against ``execute_parallel`` called directly, side by side.
+
+Both ask the same two-model panel of simulated models that answer after a fixed 50 ms
+(the ``simulated`` provider, declared in a ``thinktank.toml`` both read), and both
+store every call in a fresh SQLite file, so the difference is the server: HTTP over
+loopback, JSON, FastAPI, authentication (``--no-auth`` here) and the response body.
+Each level runs ``clients`` concurrent callers in a loop until ``requests`` calls are
+done; every latency is measured by the caller, from send to the parsed answer.
+
+    python bench/server.py [--clients 1,100,1000] [--requests 300] [--latency-ms 50]
+
+Prints, per level, p50 and p99 of both paths, the server's added p50 and p99 (the
+difference of the two percentiles) and each path's completed calls per second. The
+issue's target is p50 added <= 3 ms and p99 <= 15 ms at 100 clients on 2 cores. Nothing
+is asserted: run it on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import anyio  # noqa: E402
+import httpx2 as httpx  # noqa: E402
+
+from tests.serverproc import serve  # noqa: E402
+from thinktank.ask import execute_parallel  # noqa: E402
+from thinktank.store import Store  # noqa: E402
+
+PANEL = ["sim-a", "sim-b"]
+
+
+def write_config(path: Path, latency_ms: float) -> Path:
+    """A thinktank.toml with the two simulated models of the panel."""
+    lines = []
+    for name in PANEL:
+        lines += [
+            f"[models.{name}]",
+            'provider = "simulated"',
+            f'default_reply = "answer of {name}"',
+            f'latency = {{ kind = "fixed", ms = {latency_ms} }}',
+            "",
+        ]
+    path.write_text("\n".join(lines))
+    return path
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100) by linear interpolation."""
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+async def drive(
+    clients: int, requests: int, call: Callable[[int], Awaitable[None]]
+) -> tuple[list[float], float]:
+    """Run ``requests`` calls from ``clients`` concurrent loops; (latencies ms, wall s)."""
+    latencies: list[float] = []
+    next_index = 0
+
+    async def loop() -> None:
+        nonlocal next_index
+        while next_index < requests:
+            index = next_index
+            next_index += 1
+            started = time.perf_counter()
+            await call(index)
+            latencies.append((time.perf_counter() - started) * 1000)
+
+    started = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for _ in range(clients):
+            tg.start_soon(loop)
+    return latencies, time.perf_counter() - started
+
+
+async def direct(db: Path, clients: int, requests: int) -> tuple[list[float], float]:
+    async with await Store.open(str(db)) as store:
+
+        async def call(index: int) -> None:
+            result = await execute_parallel(f"question {index}", {"models": PANEL}, store=store)
+            assert result.synthesis.content, result
+
+        return await drive(clients, requests, call)
+
+
+async def served(url: str, clients: int, requests: int) -> tuple[list[float], float]:
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
+
+        async def call(index: int) -> None:
+            body = {
+                "model": PANEL[0],
+                "messages": [{"role": "user", "content": f"question {index}"}],
+                "parallel": {"models": PANEL},
+            }
+            response = await http.post("/v1/chat/completions", json=body)
+            assert response.status_code == 200, response.text
+            assert response.json()["choices"][0]["message"]["content"]
+
+        await call(-1)  # warm the connection and the server's imports
+        return await drive(clients, requests, call)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", default="1,100,1000")
+    parser.add_argument("--requests", type=int, default=300, help="calls per level (min 10x1)")
+    parser.add_argument("--latency-ms", type=float, default=50.0)
+    args = parser.parse_args()
+    levels = [int(c) for c in args.clients.split(",")]
+    print(f"python {platform.python_version()}, {os.cpu_count()} CPUs, panel of 2 simulated")
+    print(f"models at {args.latency_ms:g} ms, SQLite, {args.requests} calls per level")
+    print(
+        f"{'clients':>7}  {'direct p50/p99 ms':>18}  {'server p50/p99 ms':>18}"
+        f"  {'added p50/p99 ms':>17}  {'direct/server calls/s':>22}"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        config = write_config(Path(tmp) / "thinktank.toml", args.latency_ms)
+        os.environ["THINKTANK_CONFIG"] = str(config)
+        env = {"THINKTANK_CONFIG": str(config)}
+        for clients in levels:
+            requests = max(args.requests, clients)
+            base, base_wall = anyio.run(
+                direct, Path(tmp) / f"direct-{clients}.db", clients, requests, backend="asyncio"
+            )
+            with serve(Path(tmp) / f"server-{clients}.db", "--no-auth", env=env) as url:
+                over, over_wall = anyio.run(served, url, clients, requests, backend="asyncio")
+            d50, d99 = percentile(base, 50), percentile(base, 99)
+            s50, s99 = percentile(over, 50), percentile(over, 99)
+            print(
+                f"{clients:>7}  {d50:>8.1f} / {d99:<7.1f}  {s50:>8.1f} / {s99:<7.1f}"
+                f"  {s50 - d50:>7.1f} / {s99 - d99:<7.1f}"
+                f"  {requests / base_wall:>9.0f} / {requests / over_wall:<9.0f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
