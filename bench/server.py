@@ -5,8 +5,9 @@ Both ask the same two-model panel of simulated models that answer after a fixed 
 (the ``simulated`` provider, declared in a ``thinktank.toml`` both read), and both
 store every call in a fresh SQLite file, so the difference is the server: HTTP over
 loopback, JSON, FastAPI, authentication (``--no-auth`` here) and the response body.
-Each level runs ``clients`` concurrent callers in a loop until ``requests`` calls are
-done; every latency is measured by the caller, from send to the parsed answer.
+Each level makes ``requests`` calls with at most ``clients`` in flight
+(``bench/http.py``'s ``timed_run``); every latency is measured by the caller, from send
+to the parsed answer, and percentiles are nearest-rank.
 
     python bench/server.py [--clients 1,100,1000] [--requests 300] [--latency-ms 50]
 
@@ -21,11 +22,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
@@ -33,6 +31,7 @@ sys.path[0] = str(Path(__file__).resolve().parent.parent)
 import anyio  # noqa: E402
 import httpx2 as httpx  # noqa: E402
 
+from bench.http import RunResult, timed_run  # noqa: E402
 from tests.serverproc import serve  # noqa: E402
 from thinktank.ask import execute_parallel  # noqa: E402
 from thinktank.store import Store  # noqa: E402
@@ -55,45 +54,17 @@ def write_config(path: Path, latency_ms: float) -> Path:
     return path
 
 
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0-100) by linear interpolation."""
-    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
-
-
-async def drive(
-    clients: int, requests: int, call: Callable[[int], Awaitable[None]]
-) -> tuple[list[float], float]:
-    """Run ``requests`` calls from ``clients`` concurrent loops; (latencies ms, wall s)."""
-    latencies: list[float] = []
-    next_index = 0
-
-    async def loop() -> None:
-        nonlocal next_index
-        while next_index < requests:
-            index = next_index
-            next_index += 1
-            started = time.perf_counter()
-            await call(index)
-            latencies.append((time.perf_counter() - started) * 1000)
-
-    started = time.perf_counter()
-    async with anyio.create_task_group() as tg:
-        for _ in range(clients):
-            tg.start_soon(loop)
-    return latencies, time.perf_counter() - started
-
-
-async def direct(db: Path, clients: int, requests: int) -> tuple[list[float], float]:
+async def direct(db: Path, clients: int, requests: int) -> RunResult:
     async with await Store.open(str(db)) as store:
 
         async def call(index: int) -> None:
             result = await execute_parallel(f"question {index}", {"models": PANEL}, store=store)
             assert result.synthesis.content, result
 
-        return await drive(clients, requests, call)
+        return await timed_run("direct", call, requests, clients)
 
 
-async def served(url: str, clients: int, requests: int) -> tuple[list[float], float]:
+async def served(url: str, clients: int, requests: int) -> RunResult:
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
 
@@ -108,7 +79,7 @@ async def served(url: str, clients: int, requests: int) -> tuple[list[float], fl
             assert response.json()["choices"][0]["message"]["content"]
 
         await call(-1)  # warm the connection and the server's imports
-        return await drive(clients, requests, call)
+        return await timed_run("server", call, requests, clients)
 
 
 def main() -> None:
@@ -130,17 +101,17 @@ def main() -> None:
         env = {"THINKTANK_CONFIG": str(config)}
         for clients in levels:
             requests = max(args.requests, clients)
-            base, base_wall = anyio.run(
+            base = anyio.run(
                 direct, Path(tmp) / f"direct-{clients}.db", clients, requests, backend="asyncio"
             )
             with serve(Path(tmp) / f"server-{clients}.db", "--no-auth", env=env) as url:
-                over, over_wall = anyio.run(served, url, clients, requests, backend="asyncio")
-            d50, d99 = percentile(base, 50), percentile(base, 99)
-            s50, s99 = percentile(over, 50), percentile(over, 99)
+                over = anyio.run(served, url, clients, requests, backend="asyncio")
+            d50, d99 = base.pct(0.5), base.pct(0.99)
+            s50, s99 = over.pct(0.5), over.pct(0.99)
             print(
                 f"{clients:>7}  {d50:>8.1f} / {d99:<7.1f}  {s50:>8.1f} / {s99:<7.1f}"
                 f"  {s50 - d50:>7.1f} / {s99 - d99:<7.1f}"
-                f"  {requests / base_wall:>9.0f} / {requests / over_wall:<9.0f}"
+                f"  {base.calls_per_s:>9.0f} / {over.calls_per_s:<9.0f}"
             )
 
 
