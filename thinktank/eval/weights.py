@@ -37,7 +37,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,9 +195,7 @@ def estimate_alternatives(wrong_answers: Iterable[Sequence[str]]) -> float:
     K = 3 and every pair coinciding stays above 2)."""
     pairs = same = 0
     for forms in wrong_answers:
-        counts: dict[str, int] = defaultdict(int)
-        for form in forms:
-            counts[form] += 1
+        counts = Counter(forms)
         n = len(forms)
         pairs += n * (n - 1) // 2
         same += sum(c * (c - 1) // 2 for c in counts.values())
