@@ -18,7 +18,7 @@ import thinktank
 from thinktank.engine import recorder
 from thinktank.engine.recorder import MAX_UNWRITTEN
 from thinktank.errors import InputError, SpecErrors
-from thinktank.events import Event, StepFinished, StepStarted
+from thinktank.events import Event, SessionStarted, StepFinished, StepStarted
 from thinktank.session.loading import parse_session
 from thinktank.session.spec import SessionSpec
 from thinktank.store import Store
@@ -405,6 +405,11 @@ class SlowStore(Store):
         await anyio.sleep(self.delay_s)
         await super().write(events)
         self.written += len(events)
+
+    async def start_session(self, started: SessionStarted, *, worker_id: str, ttl_s: float) -> None:
+        await anyio.sleep(self.delay_s)
+        await super().start_session(started, worker_id=worker_id, ttl_s=ttl_s)
+        self.written += 1
 
 
 async def test_a_store_that_is_behind_holds_new_steps_back(tmp_path: Path) -> None:

@@ -487,10 +487,8 @@ class _Run:
         if store is None or self.restart.session_id is not None:
             self.emit(started)
             return None
-        await store.write([started])
         lease = (new_worker_id(), lease_ttl_s)
-        if not await store.claim_session(self.session_id, worker_id=lease[0], ttl_s=lease_ttl_s):
-            raise UsageError(f"session {self.session_id} was leased by another worker at once")
+        await store.start_session(started, worker_id=lease[0], ttl_s=lease_ttl_s)
         self.collector(started)  # the listeners but the recorder: it is written
         if self.on_event is not None:
             self.on_event(started)

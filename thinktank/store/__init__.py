@@ -52,9 +52,10 @@ from thinktank.errors import (
     UnknownExperimentError,
     UnknownSessionError,
 )
-from thinktank.events import CachedConsensus, Event
+from thinktank.events import CachedConsensus, Event, SessionStarted
 from thinktank.store import _experiments, _keys, _lease
 from thinktank.store._fold import StepRowCache, apply_batch
+from thinktank.store._group import GroupCommit, Job
 from thinktank.store._json import dumps, loads
 from thinktank.store._keys import ApiKey
 from thinktank.store._migrations import MIGRATIONS_TABLE, upgrade
@@ -72,7 +73,7 @@ from thinktank.store._read import (
     get_session,
     list_sessions,
 )
-from thinktank.store._sql import Lookup, Statements, Writer, driver_errors, is_direct
+from thinktank.store._sql import Executor, Lookup, Statements, Writer, driver_errors, is_direct
 from thinktank.store._sqlite import BUSY_TIMEOUT_MS, CONNECT_ARGS, READ_OPTION, configure
 from thinktank.store._write import EventLog
 
@@ -311,6 +312,9 @@ class Store:
         self._closed = False
         self._writer = Writer(engine, self._errors)
         self._lookup = Lookup(engine, self._errors) if is_direct(engine) else None
+        self._group = GroupCommit(
+            self._write_lock, self._commit, (StoreError, LookupError, UnknownSessionError)
+        )
 
     @classmethod
     async def open(
@@ -407,16 +411,37 @@ class Store:
         """Persist a batch of events, in order, in one transaction.
 
         Creates and updates the session, step, call and consensus rows the events
-        describe, and appends every event to ``thinktank_events``.
+        describe, and appends every event to ``thinktank_events``. Batches written at
+        the same time by other tasks may share the transaction (group commit); a
+        failure of theirs does not fail this one.
 
         Raises:
             StoreError: the database could not be written (nothing of the batch is).
         """
-        if not events:
-            return
+        if events:
+            await self._submit(Job(events))
+
+    async def start_session(self, started: SessionStarted, *, worker_id: str, ttl_s: float) -> None:
+        """Write a new session's first event and lease the session to ``worker_id``
+        (see :meth:`claim_session`), in one transaction: no other worker can see it
+        unleased.
+
+        Raises:
+            ValueError: ``worker_id`` is empty or ``ttl_s`` not a positive number.
+            StoreError: the database could not be written (nothing is).
+        """
+        _check_lease_args(worker_id, ttl_s)
+        await self._submit(Job([started], claim=(started.session_id, worker_id, ttl_s)))
+
+    async def _submit(self, job: Job) -> None:
         self._check_open()
+        await self._group.submit(job)
+
+    async def _commit(self, jobs: list[Job]) -> None:
+        """Write ``jobs`` in one transaction (the group commit's ``commit``)."""
+        events = [event for job in jobs for event in job.events]
         try:
-            async with self._write_lock, self._writer.transaction() as executor:
+            async with self._writer.transaction() as executor:
                 learnt, finished = await apply_batch(
                     executor,
                     events,
@@ -424,11 +449,28 @@ class Store:
                     statements=self._statements,
                     log=self._event_log,
                 )
+                for job in jobs:
+                    await self._lease_changes(executor, job)
         except self._errors as exc:
             raise StoreError(f"cannot write to {self.where}: {_one_line(exc)}") from exc
         self._step_rows.update(learnt)
         for sid in finished:
             self._step_rows.pop(sid, None)
+
+    async def _lease_changes(self, executor: Executor, job: Job) -> None:
+        """The lease changes ``job`` asks for, in the write transaction of its events."""
+        statements, postgres = self._statements, self._postgres
+        if job.claim is not None:
+            rows = _lease.claim_new_rows(*job.claim, postgres=postgres)
+            await statements.run(executor, _lease.claim_new_statement(postgres), [rows])
+        if job.release is not None:
+            sid, worker_id = job.release
+            params = {"b_id": sid, "b_owner": worker_id}
+            job.released = bool(await statements.fetch(executor, _lease.RELEASE, params))
+            if not job.released and not await statements.fetch(
+                executor, _lease.SESSION_EXISTS, {"b_id": sid}
+            ):
+                raise UnknownSessionError(f"no stored session has the id {sid!r}")
 
     @asynccontextmanager
     async def _reader(self) -> AsyncIterator[AsyncConnection]:
@@ -611,7 +653,12 @@ class Store:
             UnknownSessionError: no session has that id.
             StoreError: the database could not be read or written.
         """
-        return await self._leasing("release a lease", _lease.release, session_id, worker_id)
+        job = Job((), release=(session_id, worker_id))
+        try:
+            await self._submit(job)
+        except UnknownSessionError as exc:
+            raise self._searched(exc) from None
+        return job.released
 
     async def events_of(self, session_id: str) -> list[dict[str, Any]]:
         """Every event of a session as stored (``event.to_dict()``), in write order."""

@@ -16,6 +16,12 @@ locks that inserting the session's steps and calls takes), decides, and updates 
 the same transaction. A row another claim holds at that moment is skipped: that worker
 wins and this one is told no at once, without waiting. Time is the server's clock
 (``now()``), so workers on machines whose clocks disagree still agree on expiry.
+
+Two lease changes ride in the store's shared write transactions instead of a
+transaction each (``thinktank.store._group``): the lease of a new session, taken with
+its first event (no other worker can have seen the session yet, so it cannot be held),
+and a release. They are compiled once, as the write path's statements are:
+:func:`claim_new_rows` and :data:`RELEASE`.
 """
 
 from __future__ import annotations
@@ -23,15 +29,79 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, literal, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Interval,
+    and_,
+    bindparam,
+    func,
+    literal,
+    null,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from thinktank.errors import UnknownSessionError
 from thinktank.store.tables import SESSIONS
 
-__all__ = ["claim", "heartbeat", "lease_of", "release"]
+__all__ = [
+    "RELEASE",
+    "SESSION_EXISTS",
+    "claim",
+    "claim_new_rows",
+    "claim_new_statement",
+    "heartbeat",
+    "lease_of",
+    "release",
+]
 
 _c = SESSIONS.c
+
+SESSION_EXISTS = select(_c.id).where(_c.id == bindparam("b_id"))
+"""The session's id if it is stored (parameter ``b_id``)."""
+
+RELEASE = (
+    update(SESSIONS)
+    .where(_c.id == bindparam("b_id"), _c.lease_owner == bindparam("b_owner"))
+    .values(lease_owner=null(), lease_expires_at=null())
+    .returning(_c.id)
+)
+"""Give up the lease of session ``b_id`` if ``b_owner`` holds it; the id when it did."""
+
+_CLAIM_NEW_SQLITE = (
+    update(SESSIONS)
+    .where(_c.id == bindparam("b_id"))
+    .values(
+        lease_owner=bindparam("b_owner", type_=_c.lease_owner.type),
+        lease_expires_at=bindparam("b_expires", type_=_c.lease_expires_at.type),
+    )
+)
+_CLAIM_NEW_POSTGRES = (
+    update(SESSIONS)
+    .where(_c.id == bindparam("b_id"))
+    .values(
+        lease_owner=bindparam("b_owner", type_=_c.lease_owner.type),
+        lease_expires_at=func.now() + bindparam("b_ttl", type_=Interval()),
+    )
+)
+
+
+def claim_new_statement(postgres: bool) -> Any:
+    """The UPDATE that leases a session just inserted (rows from :func:`claim_new_rows`)."""
+    return _CLAIM_NEW_POSTGRES if postgres else _CLAIM_NEW_SQLITE
+
+
+def claim_new_rows(
+    session_id: str, worker_id: str, ttl_s: float, *, postgres: bool
+) -> dict[str, Any]:
+    """The parameters of :func:`claim_new_statement` for one session: its lease ends
+    ``ttl_s`` from now by the server's clock on PostgreSQL, this machine's on SQLite."""
+    ttl = timedelta(seconds=ttl_s)
+    if postgres:
+        return {"b_id": session_id, "b_owner": worker_id, "b_ttl": ttl}
+    return {"b_id": session_id, "b_owner": worker_id, "b_expires": datetime.now(UTC) + ttl}
 
 
 def _clock(postgres: bool, ttl_s: float = 0.0) -> tuple[ColumnElement[Any], ColumnElement[Any]]:
