@@ -109,6 +109,28 @@ async def timed_run(name: str, call: Call, calls: int, concurrency: int) -> RunR
     return RunResult(name, time.perf_counter() - wall, latencies)
 
 
+async def paced_run(name: str, call: Call, calls: int, concurrency: int, rate: float) -> RunResult:
+    """``calls`` calls started ``rate`` a second (open loop, evenly spaced), at most
+    ``concurrency`` in flight: latency at a load the system may sustain, unlike
+    :func:`timed_run`, whose callers send again as soon as they are answered. A call
+    that waits for room counts that wait in its latency (it was due at its time)."""
+    limiter = anyio.CapacityLimiter(concurrency)
+    latencies: list[float] = []
+
+    async def one(i: int, due: float) -> None:
+        async with limiter:
+            await call(i)
+            latencies.append((time.perf_counter() - due) * 1000)
+
+    wall = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for i in range(calls):
+            due = wall + i / rate
+            await anyio.sleep(max(0.0, due - time.perf_counter()))
+            tg.start_soon(one, i, due)
+    return RunResult(name, time.perf_counter() - wall, latencies)
+
+
 @contextmanager
 def fake_server(mode: str) -> Iterator[str]:
     """The fake server's base URL, in a subprocess or a thread of this process."""
