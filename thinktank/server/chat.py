@@ -15,15 +15,16 @@ as it is; a longer conversation is rendered as a transcript, one turn per paragr
 Errors: a bad field is 400 naming it; an unknown model 404 (``model``) or 400
 (``parallel.models``); every model failed 502; every model timed out 504. A client
 that disconnects cancels the session (stored ``interrupted``, its calls cancelled).
-The request id (``X-Request-Id``) is stored as the session's ``source``
-(``http-request:<id>``): the sessions table has no metadata column.
+The session's ``source`` is ``http`` (what started it); the request id
+(``X-Request-Id``) and the caller's key id are stored in its own columns.
 
 Budgets: before any call, the most the request can cost
 (:func:`~thinktank.server.keys.cost_bound`; a request without ``max_tokens`` is
 capped at :data:`~thinktank.server.keys.DEFAULT_MAX_TOKENS` per call) is reserved
-from the caller's key (402 ``insufficient_quota`` when it does not fit); when the
-request ends, however it ends (answered, failed, the client gone), the reservation is
-settled with what its calls cost, and the session records the key's id.
+from the caller's key (402 ``insufficient_quota`` when it does not fit), until the
+request's own bound (its ``timeout_per_step_ms``) plus a margin; when the request
+ends, however it ends (answered, failed, the client gone), the reservation is
+settled with what its calls cost, and the session records the key and request ids.
 """
 
 from __future__ import annotations
@@ -41,7 +42,14 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from thinktank.server.deps import CallerDep, store_of
 from thinktank.server.errors import ApiError, error_body
-from thinktank.server.keys import DEFAULT_MAX_TOKENS, Meter, cost_bound, reserve, settle
+from thinktank.server.keys import (
+    DEFAULT_MAX_TOKENS,
+    Meter,
+    cost_bound,
+    reservation_ttl,
+    reserve,
+    settle,
+)
 from thinktank.server.middleware import request_id
 from thinktank.server.schemas import ChatMessage, ChatRequest
 from thinktank.session.spec import ParallelExecutionConfig
@@ -55,7 +63,7 @@ if TYPE_CHECKING:
     from thinktank.session.spec import SessionSpec
 
 __all__ = [
-    "SOURCE_PREFIX",
+    "SOURCE",
     "Conversation",
     "completion_body",
     "parallel_block",
@@ -65,8 +73,8 @@ __all__ = [
 
 router = APIRouter()
 
-SOURCE_PREFIX = "http-request:"
-"""The stored session's ``source`` is this and the request id."""
+SOURCE = "http"
+"""The stored session's ``source``: the server started it."""
 
 _ROLES = {"user": "User", "assistant": "Assistant"}
 
@@ -280,11 +288,11 @@ async def _complete(
 
 def _run_options(request: Request, prompt: str, meter: Meter) -> dict[str, Any]:
     """``run``'s arguments for the session of ``request``: the process's store, the
-    prompt, the request id as the session's source, and the meter of its cost."""
+    prompt, the server as the session's source, and the meter of its cost."""
     return {
         "inputs": {"prompt": prompt},
         "store": store_of(request),
-        "source": SOURCE_PREFIX + request_id(request.scope),
+        "source": SOURCE,
         "on_event": meter,
     }
 
@@ -421,13 +429,16 @@ async def chat_completions(request: Request, body: ChatRequest, caller: CallerDe
         cfg = cfg.model_copy(update={"max_tokens": DEFAULT_MAX_TOKENS})
     store = store_of(request)
     bound = cost_bound(registry, cfg, conversation.prompt)
-    reservation = await reserve(store, caller, bound.usd)
+    ttl = reservation_ttl(cfg.timeout_per_step_ms / 1000)
+    reservation = await reserve(store, caller, bound.usd, ttl_s=ttl)
     meter = Meter(bound)
 
     async def settled() -> None:
         await settle(store, reservation, meter.usd)
-        if caller.key_id is not None and meter.session_id is not None:
-            await store.set_session_key(meter.session_id, caller.key_id)
+        if meter.session_id is not None:
+            await store.set_session_provenance(
+                meter.session_id, key_id=caller.key_id, request_id=request_id(request.scope)
+            )
 
     if body.stream:
         events = _stream_events(request, body, cfg, conversation.prompt, meter)
