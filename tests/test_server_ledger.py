@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests import pg
-from thinktank.server.keys import hash_key
+from thinktank.server.auth import Caller
+from thinktank.server.keys import hash_key, held, reserve
 from thinktank.store import Store
 from thinktank.store.tables import RESERVATIONS
 
@@ -210,11 +211,11 @@ def _body() -> dict[str, Any]:
         "model": "a",
         "messages": [{"role": "user", "content": PROMPT}],
         "max_tokens": MAX_TOKENS,
-        "parallel": {"models": ["a"], "timeout_per_step_ms": 1000},
+        "parallel": {"models": ["a"], "timeout_per_step_ms": 2000},
     }
 
 
-async def _killed_mid_requests(url: str, key: str, db: str, log: Path) -> None:
+async def _killed_mid_requests(url: str, key: str, db: str, log: Path, fake: FakeServer) -> None:
     """Two requests reserve the whole budget and hang on the slow provider; the server
     is killed (SIGKILL) while they are in flight."""
     headers = {"Authorization": f"Bearer {key}"}
@@ -228,6 +229,8 @@ async def _killed_mid_requests(url: str, key: str, db: str, log: Path) -> None:
             tg.start_soon(one)
             tg.start_soon(one)
             await _until_reserved(db, 20_000_000)
+            while len(fake.requests) < 2:  # noqa: ASYNC110 - the fake's thread fills it
+                await anyio.sleep(0.02)
             os.kill(_pid_of(log), signal.SIGKILL)
 
 
@@ -247,7 +250,7 @@ def test_a_killed_servers_reservations_come_back(tmp_path: Path, fake: FakeServe
     }
     log = tmp_path / "first.log"
     with serve(db, env=env, log=log) as url:
-        anyio.run(_killed_mid_requests, url, key, db, log, backend="asyncio")
+        anyio.run(_killed_mid_requests, url, key, db, log, fake, backend="asyncio")
     assert anyio.run(_reserved, db, backend="asyncio") == 20_000_000  # nobody settled
     with serve(db, env=env, log=tmp_path / "second.log") as url:
         anyio.run(_until_reserved, db, 0, backend="asyncio")  # swept, with no request
@@ -266,3 +269,18 @@ def test_a_killed_servers_reservations_come_back(tmp_path: Path, fake: FakeServe
             return int(k.spent_micro_usd)
 
     assert anyio.run(spent, backend="asyncio") == 20_000_000
+
+
+async def test_a_held_reservation_is_renewed_and_lapses_once_let_go(db_url: str) -> None:
+    """While its request is alive (``held``) a reservation outlives its time to live
+    and no sweep releases it; once let go without settling (its process died) it
+    lapses and the sweep releases it."""
+    async with await Store.open(db_url) as store:
+        kid = await _key(store, budget_usd=1.0)
+        reservation = await reserve(store, Caller(key_id=kid), 0.5, ttl_s=0.6)
+        async with held(store, reservation):
+            await anyio.sleep(1.5)  # two and a half lifetimes
+            assert await store.sweep_reservations() == 0
+        while not await store.sweep_reservations():  # noqa: ASYNC110 - the clock changes it
+            await anyio.sleep(0.1)
+        assert (await _held(store))[kid] == (0, 0, 0)

@@ -22,7 +22,8 @@ Budgets: before any call, the most the request can cost
 (:func:`~thinktank.server.keys.cost_bound`; a request without ``max_tokens`` is
 capped at :data:`~thinktank.server.keys.DEFAULT_MAX_TOKENS` per call) is reserved
 from the caller's key (402 ``insufficient_quota`` when it does not fit), until the
-request's own bound (its ``timeout_per_step_ms``) plus a margin; when the request
+request's own bound (its ``timeout_per_step_ms``) plus a margin, renewed while the
+request is alive (so that only a killed process's reservation lapses); when the request
 ends, however it ends (answered, failed, the client gone), the reservation is
 settled with what its calls cost, and the session records the key and request ids.
 """
@@ -33,6 +34,7 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +48,7 @@ from thinktank.server.keys import (
     DEFAULT_MAX_TOKENS,
     Meter,
     cost_bound,
+    held,
     reservation_ttl,
     reserve,
     settle,
@@ -394,7 +397,11 @@ class _SettledStream(StreamingResponse):
     started."""
 
     def __init__(
-        self, body: AsyncIterator[bytes], *, settle: Callable[[], Awaitable[None]]
+        self,
+        body: AsyncIterator[bytes],
+        *,
+        settle: Callable[[], Awaitable[None]],
+        keep: Callable[[], AbstractAsyncContextManager[None]],
     ) -> None:
         super().__init__(
             body,
@@ -403,10 +410,12 @@ class _SettledStream(StreamingResponse):
         )
         self._body = body
         self._settle = settle
+        self._keep = keep
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            async with self._keep():
+                await super().__call__(scope, receive, send)
         finally:
             # Shielded: the request may be ending by cancellation; the money must not.
             with anyio.CancelScope(shield=True):
@@ -442,9 +451,10 @@ async def chat_completions(request: Request, body: ChatRequest, caller: CallerDe
 
     if body.stream:
         events = _stream_events(request, body, cfg, conversation.prompt, meter)
-        return _SettledStream(events, settle=settled)
+        return _SettledStream(events, settle=settled, keep=lambda: held(store, reservation))
     try:
-        return await _complete(request, body, cfg, conversation.prompt, meter)
+        async with held(store, reservation):
+            return await _complete(request, body, cfg, conversation.prompt, meter)
     finally:
         with anyio.CancelScope(shield=True):
             await settled()

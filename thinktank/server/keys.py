@@ -60,6 +60,7 @@ __all__ = [
     "StoreKeys",
     "cost_bound",
     "hash_key",
+    "held",
     "holder",
     "micro_usd",
     "new_key",
@@ -176,6 +177,8 @@ class Reservation:
     id: str | None
     key_id: str | None
     micro_usd: int
+    ttl_s: float = 0.0
+    """How long it lasts unless renewed (:func:`held`) or settled."""
 
 
 async def reserve(store: Store, caller: Caller, usd: float, *, ttl_s: float) -> Reservation:
@@ -183,8 +186,9 @@ async def reserve(store: Store, caller: Caller, usd: float, *, ttl_s: float) -> 
 
     Reserve the most the request can cost; :func:`settle` it when it ends, whatever
     the outcome (a ``finally``). Should the process die first, the reservation lapses
-    after ``ttl_s`` (:func:`reservation_ttl`) and comes back to the key. A key without
-    a budget reserves without limit.
+    after ``ttl_s`` (:func:`reservation_ttl`) and comes back to the key; a request alive
+    for longer keeps it with :func:`held`. A key without a budget reserves without
+    limit.
 
     Raises:
         ApiError: 402 ``insufficient_quota`` when the key's spent + reserved + ``usd``
@@ -195,7 +199,7 @@ async def reserve(store: Store, caller: Caller, usd: float, *, ttl_s: float) -> 
     amount = max(0, micro_usd(usd))
     refused = await store.reserve_budget(caller.key_id, amount, holder=holder(), ttl_s=ttl_s)
     if isinstance(refused, str):
-        return Reservation(id=refused, key_id=caller.key_id, micro_usd=amount)
+        return Reservation(id=refused, key_id=caller.key_id, micro_usd=amount, ttl_s=ttl_s)
     if refused.revoked_at is not None:
         raise ApiError(401, "this API key was revoked", code="invalid_api_key")
     budget = (refused.budget_micro_usd or 0) / 1e6
@@ -215,6 +219,37 @@ async def settle(store: Store, reservation: Reservation, actual_usd: float) -> N
     if reservation.id is None or reservation.key_id is None:
         return
     await store.settle_budget(reservation.id, reservation.key_id, max(0, micro_usd(actual_usd)))
+
+
+@asynccontextmanager
+async def held(store: Store, reservation: Reservation) -> AsyncIterator[None]:
+    """Keep ``reservation`` from lapsing while the block runs (its request is alive):
+    renewed every third of its time to live, so that only a dead process's lapses,
+    however long a live request takes (a slow stream, a client reading slowly)."""
+    rid = reservation.id
+    if rid is None:
+        yield
+        return
+
+    async def renew_forever() -> None:
+        while True:
+            await anyio.sleep(reservation.ttl_s / 3)
+            try:
+                await store.renew_reservation(rid, reservation.ttl_s)
+            except StoreError as exc:  # the next renewal may succeed before it lapses
+                _LOG.warning("renewing a budget reservation failed: %s", exc)
+
+    error: Exception | None = None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(renew_forever)
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001 - raised below, outside the group, unwrapped
+            error = exc
+        finally:
+            tg.cancel_scope.cancel()
+    if error is not None:
+        raise error
 
 
 @asynccontextmanager

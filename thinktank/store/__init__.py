@@ -840,6 +840,12 @@ class Store:
         ``micro_usd``."""
         await self._leasing("settle budget", _keys.settle, reservation_id, key_id, micro_usd)
 
+    async def renew_reservation(self, reservation_id: str, ttl_s: float) -> bool:
+        """Keep a budget reservation for ``ttl_s`` more seconds; False if it is gone."""
+        return await self._leasing(
+            "renew a reservation", _keys.renew, reservation_id, ttl_s, postgres=self._postgres
+        )
+
     async def sweep_reservations(self) -> int:
         """Release every lapsed budget reservation (its process died); how many."""
         return await self._leasing("sweep reservations", _keys.sweep, postgres=self._postgres)

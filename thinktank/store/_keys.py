@@ -68,6 +68,7 @@ __all__ = [
     "create_key",
     "key_by_hash",
     "list_keys",
+    "renew",
     "reserve",
     "revoke_key",
     "set_session_provenance",
@@ -267,6 +268,19 @@ async def settle(conn: AsyncConnection, reservation_id: str, key_id: str, actual
         delete(RESERVATIONS).where(_r.id == reservation_id).returning(_r.micro_usd)
     )
     await _credit(conn, key_id, sum(row[0] for row in gone), actual)
+
+
+async def renew(
+    conn: AsyncConnection, reservation_id: str, ttl_s: float, *, postgres: bool
+) -> bool:
+    """Push a reservation's lapse to ``ttl_s`` from now; False when it is gone (it lapsed
+    and was released, or was settled). It changes no sum, so it takes no key lock."""
+    done = await conn.execute(
+        update(RESERVATIONS)
+        .where(_r.id == reservation_id)
+        .values(expires_at=_now(postgres) + ttl_s)
+    )
+    return bool(done.rowcount)
 
 
 async def sweep(conn: AsyncConnection, *, postgres: bool) -> int:
