@@ -18,7 +18,8 @@ from click.testing import CliRunner
 
 from thinktank.cli.commands import main
 
-from .fakeserver import FakeServer, Fault, run_fake_server
+from . import test_server_budget as budget
+from .fakeserver import FakeServer, Fault
 from .serverproc import serve
 from .test_eval_runner import write_config
 from .test_server_keys import create_key
@@ -26,15 +27,9 @@ from .test_server_keys import create_key
 MODELS = ["m1", "m2"]
 
 
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeServer]:
-    with run_fake_server() as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _fresh(fake: FakeServer) -> None:
-    fake.reset()
+# The loopback provider, reset before each test (by assignment so that pytest finds them).
+fake = budget.fake
+_fresh = budget._fresh
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,8 @@ from thinktank.server.keys import hash_key, held, reserve
 from thinktank.store import Store
 from thinktank.store.tables import RESERVATIONS
 
-from .fakeserver import FakeServer, Fault, run_fake_server
+from . import test_server_budget as budget
+from .fakeserver import FakeServer, Fault
 from .serverproc import serve
 from .test_server_budget import MAX_TOKENS, PROMPT, REPLY, priced_config
 from .test_server_keys import create_key
@@ -182,10 +182,7 @@ async def test_ledger_property_concurrent_ops_keep_the_sums(
 # -- a real server, killed -----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeServer]:
-    with run_fake_server() as server:
-        yield server
+fake = budget.fake  # the loopback provider (by assignment so that pytest finds it)
 
 
 def _pid_of(log: Path) -> int:
