@@ -112,7 +112,7 @@ def test_parallel_merges_and_is_a_stored_session(url: str, fake: FakeServer, db:
     assert reply.id == f"chatcmpl-{block['session_id']}"
     stored = _stored(db, block["session_id"])
     assert stored.status == "completed"
-    assert stored.source == "http-request:req-chat-1"
+    assert stored.source == "http" and stored.request_id == "req-chat-1"
     assert len(fake.requests) == 3
 
 
@@ -314,9 +314,7 @@ async def _session_of(db: Path, request_id: str) -> Any:
         while True:
             async with await Store.open(str(db)) as store:
                 for summary in await store.list_sessions(limit=20):
-                    if summary.source == f"http-request:{request_id}" and (
-                        summary.status != "running"
-                    ):
+                    if summary.request_id == request_id and (summary.status != "running"):
                         return await store.get_session(summary.id)
             await anyio.sleep(0.1)
 

@@ -167,7 +167,7 @@ async def _reserve_many(url: str, key_id: str, count: int) -> int:
         async def one() -> None:
             nonlocal admitted
             try:
-                await reserve(store, Caller(key_id=key_id), 1.0)
+                await reserve(store, Caller(key_id=key_id), 1.0, ttl_s=60)
                 admitted += 1
             except ApiError as exc:
                 assert exc.status == 402 and exc.code == "insufficient_quota"
@@ -204,26 +204,26 @@ async def test_reserve_refuses_past_the_budget_and_settle_charges(db_url: str) -
             name="t", prefix="tt_x", key_hash=hash_key("k"), budget_micro_usd=1_000_000
         )
         caller = Caller(key_id=kid)
-        first = await reserve(store, caller, 0.6)
+        first = await reserve(store, caller, 0.6, ttl_s=60)
         with pytest.raises(ApiError) as refused:
-            await reserve(store, caller, 0.5)
+            await reserve(store, caller, 0.5, ttl_s=60)
         assert refused.value.status == 402 and refused.value.code == "insufficient_quota"
         assert "$0.400000 of its $1.00 budget left" in refused.value.message
         await settle(store, first, 0.25)  # cost less than reserved: the rest is free again
-        second = await reserve(store, caller, 0.75)
+        second = await reserve(store, caller, 0.75, ttl_s=60)
         (key,) = await store.api_keys()
         assert (key.spent_micro_usd, key.reserved_micro_usd) == (250_000, 750_000)
         await settle(store, second, 0.75)
         with pytest.raises(ApiError):
-            await reserve(store, caller, 0.000002)
+            await reserve(store, caller, 0.000002, ttl_s=60)
         # The anonymous caller of a --no-auth server has no budget to keep.
-        free = await reserve(store, ANONYMOUS, 100.0)
+        free = await reserve(store, ANONYMOUS, 100.0, ttl_s=60)
         await settle(store, free, 100.0)
         (key,) = await store.api_keys()
         assert (key.spent_micro_usd, key.reserved_micro_usd) == (1_000_000, 0)
         await store.revoke_api_key(kid)
         with pytest.raises(ApiError) as revoked:
-            await reserve(store, caller, 0.0)
+            await reserve(store, caller, 0.0, ttl_s=60)
         assert revoked.value.status == 401
 
 

@@ -398,6 +398,9 @@ def _print_session_head(console: Console, stored: StoredSession) -> None:
     console.print(head)
     if stored.source:
         console.print(f"file: {stored.source}")
+    provenance = {"API key": stored.key_id, "request": stored.request_id}
+    if any(provenance.values()):
+        console.print("  ".join(f"{what} {value}" for what, value in provenance.items() if value))
     if stored.origin:
         origin = ", ".join(f"{k} {v}" for k, v in stored.origin.items() if v is not None)
         console.print(f"made from: {origin}")

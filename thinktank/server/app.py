@@ -112,6 +112,7 @@ def create_app(config: ServerConfig | None = None, *, keys: KeyChecker | None = 
         keys: Checks bearer keys; None denies every request unless ``no_auth``.
     """
     from thinktank.server import chat, page, sessions
+    from thinktank.server.keys import sweeping
 
     cfg = config or ServerConfig()
 
@@ -121,7 +122,10 @@ def create_app(config: ServerConfig | None = None, *, keys: KeyChecker | None = 
 
         app.state.store = await Store.open(cfg.db)
         try:
-            async with sessions.running_sessions(app.state.store) as app.state.sessions:
+            async with (
+                sessions.running_sessions(app.state.store) as app.state.sessions,
+                sweeping(app.state.store),
+            ):
                 yield
         finally:
             await app.state.store.close()

@@ -15,15 +15,17 @@ as it is; a longer conversation is rendered as a transcript, one turn per paragr
 Errors: a bad field is 400 naming it; an unknown model 404 (``model``) or 400
 (``parallel.models``); every model failed 502; every model timed out 504. A client
 that disconnects cancels the session (stored ``interrupted``, its calls cancelled).
-The request id (``X-Request-Id``) is stored as the session's ``source``
-(``http-request:<id>``): the sessions table has no metadata column.
+The session's ``source`` is ``http`` (what started it); the request id
+(``X-Request-Id``) and the caller's key id are stored in its own columns.
 
 Budgets: before any call, the most the request can cost
 (:func:`~thinktank.server.keys.cost_bound`; a request without ``max_tokens`` is
 capped at :data:`~thinktank.server.keys.DEFAULT_MAX_TOKENS` per call) is reserved
-from the caller's key (402 ``insufficient_quota`` when it does not fit); when the
-request ends, however it ends (answered, failed, the client gone), the reservation is
-settled with what its calls cost, and the session records the key's id.
+from the caller's key (402 ``insufficient_quota`` when it does not fit), until the
+request's own bound (its ``timeout_per_step_ms``) plus a margin, renewed while the
+request is alive (so that only a killed process's reservation lapses); when the request
+ends, however it ends (answered, failed, the client gone), the reservation is
+settled with what its calls cost, and the session records the key and request ids.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +44,15 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from thinktank.server.deps import CallerDep, store_of
 from thinktank.server.errors import ApiError, error_body
-from thinktank.server.keys import DEFAULT_MAX_TOKENS, Meter, cost_bound, reserve, settle
+from thinktank.server.keys import (
+    DEFAULT_MAX_TOKENS,
+    Meter,
+    cost_bound,
+    held,
+    reservation_ttl,
+    reserve,
+    settle,
+)
 from thinktank.server.middleware import request_id
 from thinktank.server.schemas import ChatMessage, ChatRequest
 from thinktank.session.spec import ParallelExecutionConfig
@@ -55,7 +66,7 @@ if TYPE_CHECKING:
     from thinktank.session.spec import SessionSpec
 
 __all__ = [
-    "SOURCE_PREFIX",
+    "SOURCE",
     "Conversation",
     "completion_body",
     "parallel_block",
@@ -65,8 +76,8 @@ __all__ = [
 
 router = APIRouter()
 
-SOURCE_PREFIX = "http-request:"
-"""The stored session's ``source`` is this and the request id."""
+SOURCE = "http"
+"""The stored session's ``source``: the server started it."""
 
 _ROLES = {"user": "User", "assistant": "Assistant"}
 
@@ -280,11 +291,11 @@ async def _complete(
 
 def _run_options(request: Request, prompt: str, meter: Meter) -> dict[str, Any]:
     """``run``'s arguments for the session of ``request``: the process's store, the
-    prompt, the request id as the session's source, and the meter of its cost."""
+    prompt, the server as the session's source, and the meter of its cost."""
     return {
         "inputs": {"prompt": prompt},
         "store": store_of(request),
-        "source": SOURCE_PREFIX + request_id(request.scope),
+        "source": SOURCE,
         "on_event": meter,
     }
 
@@ -386,7 +397,11 @@ class _SettledStream(StreamingResponse):
     started."""
 
     def __init__(
-        self, body: AsyncIterator[bytes], *, settle: Callable[[], Awaitable[None]]
+        self,
+        body: AsyncIterator[bytes],
+        *,
+        settle: Callable[[], Awaitable[None]],
+        keep: Callable[[], AbstractAsyncContextManager[None]],
     ) -> None:
         super().__init__(
             body,
@@ -395,10 +410,12 @@ class _SettledStream(StreamingResponse):
         )
         self._body = body
         self._settle = settle
+        self._keep = keep
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            async with self._keep():
+                await super().__call__(scope, receive, send)
         finally:
             # Shielded: the request may be ending by cancellation; the money must not.
             with anyio.CancelScope(shield=True):
@@ -421,19 +438,23 @@ async def chat_completions(request: Request, body: ChatRequest, caller: CallerDe
         cfg = cfg.model_copy(update={"max_tokens": DEFAULT_MAX_TOKENS})
     store = store_of(request)
     bound = cost_bound(registry, cfg, conversation.prompt)
-    reservation = await reserve(store, caller, bound.usd)
+    ttl = reservation_ttl(cfg.timeout_per_step_ms / 1000)
+    reservation = await reserve(store, caller, bound.usd, ttl_s=ttl)
     meter = Meter(bound)
 
     async def settled() -> None:
         await settle(store, reservation, meter.usd)
-        if caller.key_id is not None and meter.session_id is not None:
-            await store.set_session_key(meter.session_id, caller.key_id)
+        if meter.session_id is not None:
+            await store.set_session_provenance(
+                meter.session_id, key_id=caller.key_id, request_id=request_id(request.scope)
+            )
 
     if body.stream:
         events = _stream_events(request, body, cfg, conversation.prompt, meter)
-        return _SettledStream(events, settle=settled)
+        return _SettledStream(events, settle=settled, keep=lambda: held(store, reservation))
     try:
-        return await _complete(request, body, cfg, conversation.prompt, meter)
+        async with held(store, reservation):
+            return await _complete(request, body, cfg, conversation.prompt, meter)
     finally:
         with anyio.CancelScope(shield=True):
             await settled()

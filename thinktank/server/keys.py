@@ -12,7 +12,10 @@ through the store, so that every server process on one database shares them:
 - :func:`reserve` and :func:`settle` are the budget API of the routes that spend
   money: reserve the most a request can cost before calling any model (402
   ``insufficient_quota`` when the key's spent + reserved + it is over its budget),
-  then settle with what it cost.
+  then settle with what it cost. A reservation lapses after the request's own bound
+  plus a margin (:func:`reservation_ttl`), so that a process killed mid-request does
+  not keep its money reserved for ever: the next reservation on the key releases it,
+  and so does :func:`sweeping`, the server's periodic sweep.
 - :func:`cost_bound` is that most for a chat completion, and :class:`Meter` adds up
   what its calls cost as their events arrive (what :func:`settle` charges, also when
   the client hangs up and the session is cancelled) and which session they made.
@@ -25,11 +28,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import os
 import secrets
-from collections.abc import Callable
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import anyio
+
+from thinktank.errors import StoreError, UsageError
 from thinktank.server.auth import ANONYMOUS, Caller
 from thinktank.server.errors import ApiError
 
@@ -42,18 +52,26 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_MAX_TOKENS",
     "KEY_PREFIX",
+    "MARGIN_S",
+    "SWEEP_S",
     "CostBound",
     "Meter",
     "Reservation",
     "StoreKeys",
     "cost_bound",
     "hash_key",
+    "held",
+    "holder",
     "micro_usd",
     "new_key",
+    "reservation_ttl",
     "reserve",
     "settle",
     "shown_prefix",
+    "sweeping",
 ]
+
+_LOG = logging.getLogger(__name__)
 
 KEY_PREFIX = "tt_"
 """How every key starts (so a leaked one is recognisable by secret scanners)."""
@@ -119,31 +137,69 @@ class StoreKeys:
         return Caller(key_id=key.id)
 
 
+MARGIN_S = 30.0
+"""Seconds a reservation outlives its request's own bound (``$THINKTANK_RESERVATION_
+MARGIN_S`` overrides): time to store the session and stream the answer out."""
+SWEEP_S = 30.0
+"""Seconds between a server's sweeps of lapsed reservations
+(``$THINKTANK_RESERVATION_SWEEP_S`` overrides)."""
+
+
+def _seconds(env: str, default: float) -> float:
+    value = os.environ.get(env)
+    if not value:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise UsageError(f"${env} must be a number of seconds, not {value!r}") from None
+    if not seconds > 0:
+        raise UsageError(f"${env} must be more than 0 seconds, not {value!r}")
+    return seconds
+
+
+def reservation_ttl(bound_s: float) -> float:
+    """How long a request's reservation lasts unless settled: the request's own upper
+    bound (``bound_s``, its timeout) plus :data:`MARGIN_S`."""
+    return bound_s + _seconds("THINKTANK_RESERVATION_MARGIN_S", MARGIN_S)
+
+
+def holder() -> str:
+    """Who holds a reservation: this host and process."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 @dataclass(frozen=True, slots=True)
 class Reservation:
     """Budget set aside for one request until :func:`settle` (none for the anonymous
     caller of a ``--no-auth`` server)."""
 
+    id: str | None
     key_id: str | None
     micro_usd: int
+    ttl_s: float = 0.0
+    """How long it lasts unless renewed (:func:`held`) or settled."""
 
 
-async def reserve(store: Store, caller: Caller, usd: float) -> Reservation:
+async def reserve(store: Store, caller: Caller, usd: float, *, ttl_s: float) -> Reservation:
     """Set ``usd`` of the caller's budget aside, atomically across every server process.
 
     Reserve the most the request can cost; :func:`settle` it when it ends, whatever
-    the outcome (a ``finally``). A key without a budget reserves without limit.
+    the outcome (a ``finally``). Should the process die first, the reservation lapses
+    after ``ttl_s`` (:func:`reservation_ttl`) and comes back to the key; a request alive
+    for longer keeps it with :func:`held`. A key without a budget reserves without
+    limit.
 
     Raises:
         ApiError: 402 ``insufficient_quota`` when the key's spent + reserved + ``usd``
             is over its budget (or the key was revoked meanwhile).
     """
     if caller is ANONYMOUS or caller.key_id is None:
-        return Reservation(key_id=None, micro_usd=0)
+        return Reservation(id=None, key_id=None, micro_usd=0)
     amount = max(0, micro_usd(usd))
-    refused = await store.reserve_budget(caller.key_id, amount)
-    if refused is None:
-        return Reservation(key_id=caller.key_id, micro_usd=amount)
+    refused = await store.reserve_budget(caller.key_id, amount, holder=holder(), ttl_s=ttl_s)
+    if isinstance(refused, str):
+        return Reservation(id=refused, key_id=caller.key_id, micro_usd=amount, ttl_s=ttl_s)
     if refused.revoked_at is not None:
         raise ApiError(401, "this API key was revoked", code="invalid_api_key")
     budget = (refused.budget_micro_usd or 0) / 1e6
@@ -160,11 +216,66 @@ async def reserve(store: Store, caller: Caller, usd: float) -> Reservation:
 
 async def settle(store: Store, reservation: Reservation, actual_usd: float) -> None:
     """End a reservation: release it and charge what the request cost."""
-    if reservation.key_id is None:
+    if reservation.id is None or reservation.key_id is None:
         return
-    await store.settle_budget(
-        reservation.key_id, reservation.micro_usd, max(0, micro_usd(actual_usd))
-    )
+    await store.settle_budget(reservation.id, reservation.key_id, max(0, micro_usd(actual_usd)))
+
+
+@asynccontextmanager
+async def held(store: Store, reservation: Reservation) -> AsyncIterator[None]:
+    """Keep ``reservation`` from lapsing while the block runs (its request is alive):
+    renewed every third of its time to live, so that only a dead process's lapses,
+    however long a live request takes (a slow stream, a client reading slowly)."""
+    rid = reservation.id
+    if rid is None:
+        yield
+        return
+
+    async def renew_forever() -> None:
+        while True:
+            await anyio.sleep(reservation.ttl_s / 3)
+            try:
+                await store.renew_reservation(rid, reservation.ttl_s)
+            except StoreError as exc:  # the next renewal may succeed before it lapses
+                _LOG.warning("renewing a budget reservation failed: %s", exc)
+
+    error: Exception | None = None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(renew_forever)
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001 - raised below, outside the group, unwrapped
+            error = exc
+        finally:
+            tg.cancel_scope.cancel()
+    if error is not None:
+        raise error
+
+
+@asynccontextmanager
+async def sweeping(store: Store) -> AsyncIterator[None]:
+    """Release lapsed reservations every :data:`SWEEP_S` while the block runs (the
+    server's lifespan): the money of requests whose process died comes back even to
+    a key nobody is using. A failed sweep is logged and tried again next time."""
+    every = _seconds("THINKTANK_RESERVATION_SWEEP_S", SWEEP_S)
+
+    async def sweep_forever() -> None:
+        while True:
+            await anyio.sleep(every)
+            try:
+                released = await store.sweep_reservations()
+            except StoreError as exc:
+                _LOG.warning("reservation sweep failed: %s", exc)
+                continue
+            if released:
+                _LOG.info("released %d lapsed budget reservation(s)", released)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(sweep_forever)
+        try:
+            yield
+        finally:
+            tg.cancel_scope.cancel()
 
 
 DEFAULT_MAX_TOKENS = 1024

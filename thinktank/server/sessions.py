@@ -53,10 +53,12 @@ from thinktank.errors import SpecErrors, ThinkTankError, UnknownSessionError, Us
 from thinktank.events import Event, encode_event
 from thinktank.server.deps import CallerDep, store_of
 from thinktank.server.errors import ApiError
+from thinktank.server.middleware import request_id
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
+    from thinktank.server.auth import Caller
     from thinktank.session.spec import SessionSpec
     from thinktank.store import Store
 
@@ -273,9 +275,16 @@ async def create_session(request: Request, caller: CallerDep) -> JSONResponse:
         sid = await _runner(request).start(work)
     except ThinkTankError as exc:
         raise ApiError(400, str(exc), param="inputs") from None
-    if caller.key_id is not None:  # its row is written before its first event is out
-        await store_of(request).set_session_key(sid, caller.key_id)
+    await _record_provenance(request, caller, sid)
     return _accepted(sid)
+
+
+async def _record_provenance(request: Request, caller: Caller, session_id: str) -> None:
+    """Store the caller's key id and the request id on the session (its row is written
+    before its first event is out, which ``start`` waits for)."""
+    await store_of(request).set_session_provenance(
+        session_id, key_id=caller.key_id, request_id=request_id(request.scope)
+    )
 
 
 @router.get("")
@@ -408,6 +417,7 @@ async def resume(request: Request, caller: CallerDep, session_id: str) -> JSONRe
         sid = await _runner(request).start(work, history=history)
     except ThinkTankError as exc:
         raise _usage_status(exc) from None
+    await _record_provenance(request, caller, sid)  # the request that ran it last
     return _accepted(sid)
 
 
@@ -442,5 +452,7 @@ async def replay(
         )
     except ThinkTankError as exc:
         raise _usage_status(exc) from None
+    if report.replay_id is not None:
+        await _record_provenance(request, caller, report.replay_id)
     result: dict[str, Any] = report.model_dump(mode="json")
     return result

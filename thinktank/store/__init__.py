@@ -866,18 +866,48 @@ class Store:
             "count a request", _keys.count_request, key_id, postgres=self._postgres
         )
 
-    async def reserve_budget(self, key_id: str, micro_usd: int) -> ApiKey | None:
-        """Reserve ``micro_usd`` of the key's budget, atomically across every process:
-        None if reserved, else the key (revoked, or its budget too small)."""
-        return await self._leasing("reserve budget", _keys.reserve, key_id, micro_usd)
+    async def reserve_budget(
+        self, key_id: str, micro_usd: int, *, holder: str, ttl_s: float
+    ) -> str | ApiKey:
+        """Reserve ``micro_usd`` of the key's budget for at most ``ttl_s`` seconds,
+        atomically across every process (its lapsed reservations are released first):
+        the reservation's id, else the key (revoked, or its budget too small)."""
+        return await self._leasing(
+            "reserve budget",
+            _keys.reserve,
+            key_id,
+            micro_usd,
+            holder=holder,
+            ttl_s=ttl_s,
+            postgres=self._postgres,
+        )
 
-    async def settle_budget(self, key_id: str, reserved_micro_usd: int, micro_usd: int) -> None:
-        """End a reservation of ``reserved_micro_usd``: the key is charged ``micro_usd``."""
-        await self._leasing("settle budget", _keys.settle, key_id, reserved_micro_usd, micro_usd)
+    async def settle_budget(self, reservation_id: str, key_id: str, micro_usd: int) -> None:
+        """End a reservation (unless it lapsed and was released): the key is charged
+        ``micro_usd``."""
+        await self._leasing("settle budget", _keys.settle, reservation_id, key_id, micro_usd)
 
-    async def set_session_key(self, session_id: str, key_id: str) -> None:
-        """Record the id of the API key whose request made a stored session."""
-        await self._leasing("record a session's key", _keys.set_session_key, session_id, key_id)
+    async def renew_reservation(self, reservation_id: str, ttl_s: float) -> bool:
+        """Keep a budget reservation for ``ttl_s`` more seconds; False if it is gone."""
+        return await self._leasing(
+            "renew a reservation", _keys.renew, reservation_id, ttl_s, postgres=self._postgres
+        )
+
+    async def sweep_reservations(self) -> int:
+        """Release every lapsed budget reservation (its process died); how many."""
+        return await self._leasing("sweep reservations", _keys.sweep, postgres=self._postgres)
+
+    async def set_session_provenance(
+        self, session_id: str, *, key_id: str | None, request_id: str | None
+    ) -> None:
+        """Record the API key id and the HTTP request id that made a stored session."""
+        await self._leasing(
+            "record a session's request",
+            _keys.set_session_provenance,
+            session_id,
+            key_id=key_id,
+            request_id=request_id,
+        )
 
 
 def _aware(value: datetime) -> datetime:

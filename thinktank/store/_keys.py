@@ -7,7 +7,18 @@ the database never admit more than the limit between them:
 - a request: ``UPDATE ... SET window_count = window_count + 1 (or 1 in a new window)
   WHERE id = ? AND (the window is over OR window_count < rpm)``;
 - a budget reservation: ``UPDATE ... SET reserved = reserved + ? WHERE id = ? AND
-  spent + reserved + ? <= budget``.
+  spent + reserved + ? <= budget``, and a row in ``thinktank_reservations`` saying
+  what it holds, for whom and until when.
+
+A reservation is a row so that one whose request never settles it (its process was
+killed: SIGKILL, OOM, a deploy) comes back: past its ``expires_at`` the next
+reservation on its key, or any server's periodic :func:`sweep`, deletes it and credits
+the key. The key's ``reserved_micro_usd`` stays as the sum of its rows (so the budget
+check is one conditional UPDATE, and ``keys list`` reads it as it is): every change of
+a key's reservations first locks the key's row (``SELECT ... FOR UPDATE``) and changes
+the rows and the sum in one transaction; a row is credited back only by the
+transaction whose ``DELETE`` removed it, so a reservation is released exactly once
+whoever releases it (its request settling, a reservation, two sweepers at once).
 
 SQLite runs each in a ``BEGIN IMMEDIATE`` transaction (the store's write transactions),
 so writers take turns. PostgreSQL's ``UPDATE`` locks the row, and under READ COMMITTED
@@ -29,14 +40,26 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Float, case, cast, func, insert, literal, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Float,
+    case,
+    cast,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from thinktank._ids import new_id
 from thinktank.errors import UsageError
 from thinktank.store._lease import _as_utc
 from thinktank.store._read import resolve_id
-from thinktank.store.tables import API_KEYS, SESSIONS
+from thinktank.store.tables import API_KEYS, RESERVATIONS, SESSIONS
 
 __all__ = [
     "WINDOW_S",
@@ -45,16 +68,19 @@ __all__ = [
     "create_key",
     "key_by_hash",
     "list_keys",
+    "renew",
     "reserve",
     "revoke_key",
-    "set_session_key",
+    "set_session_provenance",
     "settle",
+    "sweep",
 ]
 
 WINDOW_S = 60.0
 """The length of a key's request window (its ``rpm`` counts requests in one)."""
 
 _c = API_KEYS.c
+_r = RESERVATIONS.c
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,12 +179,61 @@ async def count_request(conn: AsyncConnection, key_id: str, *, postgres: bool) -
     return max(1.0, float(math.ceil(row[0] + WINDOW_S - row[1])))
 
 
-async def reserve(conn: AsyncConnection, key_id: str, micro_usd: int) -> ApiKey | None:
-    """Reserve ``micro_usd`` of the key's budget if spent + reserved + it fits.
+def _locked(key_id: str) -> Any:
+    """The key's row, locked until the transaction ends (PostgreSQL; SQLite's
+    ``BEGIN IMMEDIATE`` already holds the whole database). Every change of a key's
+    reservations takes this lock first, so they never deadlock and the key's
+    ``reserved_micro_usd`` stays the sum of its rows."""
+    return select(API_KEYS).where(_c.id == key_id).with_for_update()
+
+
+async def _release_expired(conn: AsyncConnection, key_id: str, now: Any) -> int:
+    """Delete the key's lapsed reservations and credit them back (the key is locked):
+    how many there were."""
+    gone = await conn.execute(
+        delete(RESERVATIONS)
+        .where(_r.key_id == key_id, _r.expires_at <= now)
+        .returning(_r.micro_usd)
+    )
+    amounts = [row[0] for row in gone]
+    await _credit(conn, key_id, sum(amounts))
+    return len(amounts)
+
+
+async def _credit(conn: AsyncConnection, key_id: str, released: int, spent: int = 0) -> None:
+    """Take ``released`` off the key's reserved sum and charge it ``spent``."""
+    if not released and not spent:
+        return
+    left = _c.reserved_micro_usd - released
+    await conn.execute(
+        update(API_KEYS)
+        .where(_c.id == key_id)
+        .values(
+            reserved_micro_usd=case((left < 0, 0), else_=left),
+            spent_micro_usd=_c.spent_micro_usd + spent,
+        )
+    )
+
+
+async def reserve(
+    conn: AsyncConnection,
+    key_id: str,
+    micro_usd: int,
+    *,
+    holder: str,
+    ttl_s: float,
+    postgres: bool,
+) -> str | ApiKey:
+    """Reserve ``micro_usd`` of the key's budget for ``ttl_s`` if spent + reserved + it
+    fits, after releasing the key's lapsed reservations.
 
     Returns:
-        None when reserved; else the key as it is (to say why it did not fit).
+        The reservation's id when reserved; else the key as it is (to say why not).
     """
+    if (await conn.execute(_locked(key_id))).first() is None:
+        raise UsageError(f"no API key has the id {key_id!r}")
+    now = _now(postgres)
+    await _release_expired(conn, key_id, now)
     fits = or_(
         _c.budget_micro_usd.is_(None),
         _c.spent_micro_usd + _c.reserved_micro_usd + micro_usd <= _c.budget_micro_usd,
@@ -168,27 +243,67 @@ async def reserve(conn: AsyncConnection, key_id: str, micro_usd: int) -> ApiKey 
         .where(_c.id == key_id, _c.revoked_at.is_(None), fits)
         .values(reserved_micro_usd=_c.reserved_micro_usd + micro_usd)
     )
-    if done.rowcount:
-        return None
-    row = (await conn.execute(select(API_KEYS).where(_c.id == key_id))).first()
-    if row is None:
-        raise UsageError(f"no API key has the id {key_id!r}")
-    return ApiKey.of(row)
-
-
-async def settle(conn: AsyncConnection, key_id: str, reserved: int, actual: int) -> None:
-    """Release a reservation of ``reserved`` and charge what the request cost."""
-    left = _c.reserved_micro_usd - reserved
+    if not done.rowcount:
+        row = (await conn.execute(select(API_KEYS).where(_c.id == key_id))).one()
+        return ApiKey.of(row)
+    rid = new_id()
     await conn.execute(
-        update(API_KEYS)
-        .where(_c.id == key_id)
-        .values(
-            reserved_micro_usd=case((left < 0, 0), else_=left),
-            spent_micro_usd=_c.spent_micro_usd + actual,
+        insert(RESERVATIONS).values(
+            id=rid,
+            key_id=key_id,
+            micro_usd=micro_usd,
+            holder=holder,
+            created_at=now,
+            expires_at=now + ttl_s,
         )
     )
+    return rid
 
 
-async def set_session_key(conn: AsyncConnection, session_id: str, key_id: str) -> None:
-    """Record that the key ``key_id`` made the session ``session_id``."""
-    await conn.execute(update(SESSIONS).where(SESSIONS.c.id == session_id).values(key_id=key_id))
+async def settle(conn: AsyncConnection, reservation_id: str, key_id: str, actual: int) -> None:
+    """End a reservation: release what it holds (unless it lapsed and was released
+    already) and charge the key what the request cost (always: the money was spent)."""
+    await conn.execute(_locked(key_id))
+    gone = await conn.execute(
+        delete(RESERVATIONS).where(_r.id == reservation_id).returning(_r.micro_usd)
+    )
+    await _credit(conn, key_id, sum(row[0] for row in gone), actual)
+
+
+async def renew(
+    conn: AsyncConnection, reservation_id: str, ttl_s: float, *, postgres: bool
+) -> bool:
+    """Push a reservation's lapse to ``ttl_s`` from now; False when it is gone (it lapsed
+    and was released, or was settled). It changes no sum, so it takes no key lock."""
+    done = await conn.execute(
+        update(RESERVATIONS)
+        .where(_r.id == reservation_id)
+        .values(expires_at=_now(postgres) + ttl_s)
+    )
+    return bool(done.rowcount)
+
+
+async def sweep(conn: AsyncConnection, *, postgres: bool) -> int:
+    """Release every lapsed reservation (of requests whose process died); return how
+    many. Two sweepers at once release each one once: each takes the key's lock, and
+    the second finds the rows gone."""
+    now = _now(postgres)
+    keys = await conn.execute(
+        select(_r.key_id).where(_r.expires_at <= now).distinct().order_by(_r.key_id)
+    )
+    released = 0
+    for (key_id,) in keys.all():  # in id order: two sweepers lock keys in one order
+        await conn.execute(_locked(key_id))
+        released += await _release_expired(conn, key_id, now)
+    return released
+
+
+async def set_session_provenance(
+    conn: AsyncConnection, session_id: str, *, key_id: str | None, request_id: str | None
+) -> None:
+    """Record which key's request (and which request) made the session ``session_id``."""
+    await conn.execute(
+        update(SESSIONS)
+        .where(SESSIONS.c.id == session_id)
+        .values(key_id=key_id, request_id=request_id)
+    )

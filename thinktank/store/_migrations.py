@@ -38,6 +38,12 @@ The migrations:
   with their budgets and per-minute request windows).
 - ``0009_session_key_id``: ``thinktank_sessions.key_id``, the id of the API key whose
   request made the session.
+- ``0011_reservations``: ``thinktank_reservations`` (one row per budget reservation of
+  a request in flight, with when it lapses, so that a killed server's reservations
+  come back) and ``thinktank_sessions.request_id`` (the ``X-Request-Id`` of the HTTP
+  request that made the session). The keys' ``reserved_micro_usd`` becomes the sum of
+  their rows: it is reset to 0, since what it held before has no row to settle it
+  (requests of a process that died, whose money was otherwise lost for good).
 """
 
 from __future__ import annotations
@@ -502,6 +508,39 @@ def _session_key_id(conn: Connection) -> None:
     add_columns(conn, "thinktank_sessions", Column("key_id", String(36)))
 
 
+# -- 0011_reservations ------------------------------------------------------------------
+
+
+def reservation_tables() -> MetaData:
+    """The table as ``0011_reservations`` creates it (a fresh MetaData each call, with
+    the keys' table of ``0008_api_keys`` that its foreign key names)."""
+    md = api_key_tables()
+    Table(
+        "thinktank_reservations",
+        md,
+        Column("id", String(36), primary_key=True),
+        Column(
+            "key_id",
+            String(36),
+            ForeignKey("thinktank_api_keys.id", ondelete="CASCADE"),
+            nullable=False,
+            index=True,
+        ),
+        Column("micro_usd", BigInteger, nullable=False),
+        Column("holder", String(200), nullable=False),
+        Column("created_at", Float, nullable=False),
+        Column("expires_at", Float, nullable=False, index=True),
+    )
+    return md
+
+
+def _reservations(conn: Connection) -> None:
+    if "thinktank_reservations" not in set(inspect(conn).get_table_names()):
+        reservation_tables().tables["thinktank_reservations"].create(conn)
+        conn.execute(text("UPDATE thinktank_api_keys SET reserved_micro_usd = 0"))
+    add_columns(conn, "thinktank_sessions", Column("request_id", String(256)))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_initial", _initial),
     Migration("0002_dynamic_steps_and_leases", _dynamic_steps_and_leases),
@@ -512,6 +551,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0007_experiments", _experiments),
     Migration("0008_api_keys", _api_keys),
     Migration("0009_session_key_id", _session_key_id),
+    Migration("0011_reservations", _reservations),
 )
 """Every migration this code knows, in the order they apply."""
 

@@ -265,6 +265,9 @@ class SessionSummary(_Model):
     key_id: str | None = None
     """The id of the API key whose request made it (``thinktank serve``); None for a
     session made otherwise."""
+    request_id: str | None = None
+    """The ``X-Request-Id`` of the HTTP request that made it (or resumed it last);
+    None for a session made otherwise."""
 
 
 class StoredSession(SessionSummary):

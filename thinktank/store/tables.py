@@ -48,6 +48,7 @@ __all__ = [
     "EVENTS",
     "EXPERIMENTS",
     "JSON_TYPE",
+    "RESERVATIONS",
     "SAMPLES",
     "SESSIONS",
     "STEPS",
@@ -60,6 +61,7 @@ __all__ = [
     "ExperimentRow",
     "ExperimentSampleRow",
     "MigrationRow",
+    "ReservationRow",
     "SessionRow",
     "StepRow",
 ]
@@ -133,6 +135,9 @@ class SessionRow(SQLModel, table=True):
     key_id: str | None = Field(default=None, max_length=36)
     """The id of the API key whose request made the session (``thinktank serve``),
     never the key itself; None for sessions made otherwise."""
+    request_id: str | None = Field(default=None, max_length=256)
+    """The ``X-Request-Id`` of the HTTP request that made (or last resumed) the
+    session; None for sessions made otherwise."""
 
 
 class StepRow(SQLModel, table=True):
@@ -477,6 +482,34 @@ class ApiKeyRow(SQLModel, table=True):
     """Requests admitted in that window."""
 
 
+class ReservationRow(SQLModel, table=True):
+    """Budget one request in flight has set aside from its key (until it settles).
+
+    A row, not just a counter, so that the money a killed process had reserved comes
+    back: once ``expires_at`` is past, the next reservation on the key or the server's
+    sweep deletes the row and credits the key (``thinktank.store._keys``). The key's
+    ``reserved_micro_usd`` is the sum of its rows, kept in the same transactions.
+    """
+
+    __tablename__ = "thinktank_reservations"
+
+    id: str = Field(primary_key=True, max_length=36)
+    """UUID (v7) of the reservation."""
+    key_id: str = Field(
+        foreign_key="thinktank_api_keys.id", ondelete="CASCADE", index=True, max_length=36
+    )
+    """The key whose budget it holds."""
+    micro_usd: int = Field(sa_type=BigInteger)
+    """What it holds, in millionths of a dollar."""
+    holder: str = Field(max_length=200)
+    """The server process that made it (host and pid), to tell whose it was."""
+    created_at: float = Field(sa_type=Float)
+    """When it was made (epoch seconds; the database's clock on PostgreSQL)."""
+    expires_at: float = Field(sa_type=Float, index=True)
+    """When it lapses if its request has not settled it: the request's own upper bound
+    (its timeout) plus a margin."""
+
+
 # The Core tables of the classes above, for the statements of the write and read paths.
 SESSIONS: Table = SQLModel.metadata.tables[SessionRow.__tablename__]
 STEPS: Table = SQLModel.metadata.tables[StepRow.__tablename__]
@@ -487,3 +520,4 @@ EVENTS: Table = SQLModel.metadata.tables[EventRow.__tablename__]
 EXPERIMENTS: Table = SQLModel.metadata.tables[ExperimentRow.__tablename__]
 SAMPLES: Table = SQLModel.metadata.tables[ExperimentSampleRow.__tablename__]
 API_KEYS: Table = SQLModel.metadata.tables[ApiKeyRow.__tablename__]
+RESERVATIONS: Table = SQLModel.metadata.tables[ReservationRow.__tablename__]
