@@ -16,10 +16,17 @@ locks that inserting the session's steps and calls takes), decides, and updates 
 the same transaction. A row another claim holds at that moment is skipped: that worker
 wins and this one is told no at once, without waiting. Time is the server's clock
 (``now()``), so workers on machines whose clocks disagree still agree on expiry.
+
+Cancel requests ride on the same row: ``cancel_requested_at`` is set (only on a
+session whose status is ``running``) by whichever server process a cancel reaches;
+the process running the session polls it for its running sessions by primary key and
+cancels them; a run clears it when it starts, so a stale request never cancels a
+later resume.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,7 +36,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from thinktank.errors import UnknownSessionError
 from thinktank.store.tables import SESSIONS
 
-__all__ = ["claim", "heartbeat", "lease_of", "release"]
+__all__ = [
+    "cancels_requested",
+    "claim",
+    "clear_cancel",
+    "heartbeat",
+    "lease_of",
+    "release",
+    "request_cancel",
+]
 
 _c = SESSIONS.c
 
@@ -165,3 +180,41 @@ async def lease_of(
     expires = _as_utc(expires)
     now = _as_utc(server_now) if server_now is not None else datetime.now(UTC)
     return (owner, expires) if expires > now else None
+
+
+async def request_cancel(conn: AsyncConnection, session_id: str, *, postgres: bool) -> bool:
+    """Ask whoever runs the session to cancel it: True if it is running (the request is
+    stored), False if it has finished (nothing is stored).
+
+    Raises:
+        UnknownSessionError: no session has the id ``session_id``.
+    """
+    now, _ = _clock(postgres)
+    result = await conn.execute(
+        update(SESSIONS)
+        .where(_c.id == session_id, _c.status == "running")
+        .values(cancel_requested_at=now)
+    )
+    if result.rowcount == 1:
+        return True
+    await _require(conn, session_id)
+    return False
+
+
+async def clear_cancel(conn: AsyncConnection, session_id: str) -> None:
+    """Forget any cancel request of the session (a new run of it starts)."""
+    await conn.execute(
+        update(SESSIONS)
+        .where(_c.id == session_id, _c.cancel_requested_at.is_not(None))
+        .values(cancel_requested_at=None)
+    )
+
+
+async def cancels_requested(conn: AsyncConnection, session_ids: Sequence[str]) -> set[str]:
+    """Which of ``session_ids`` have a cancel requested (one lookup by primary key)."""
+    if not session_ids:
+        return set()
+    rows = await conn.execute(
+        select(_c.id).where(_c.id.in_(list(session_ids)), _c.cancel_requested_at.is_not(None))
+    )
+    return {row[0] for row in rows}

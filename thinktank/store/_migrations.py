@@ -38,6 +38,9 @@ The migrations:
   with their budgets and per-minute request windows).
 - ``0009_session_key_id``: ``thinktank_sessions.key_id``, the id of the API key whose
   request made the session.
+- ``0010_session_cancel``: ``thinktank_sessions.cancel_requested_at``, when a server
+  process asked the one running the session to cancel it (several servers on one
+  database).
 """
 
 from __future__ import annotations
@@ -502,6 +505,13 @@ def _session_key_id(conn: Connection) -> None:
     add_columns(conn, "thinktank_sessions", Column("key_id", String(36)))
 
 
+# -- 0010_session_cancel -----------------------------------------------------------------
+
+
+def _session_cancel(conn: Connection) -> None:
+    add_columns(conn, "thinktank_sessions", Column("cancel_requested_at", UTC_DATETIME))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_initial", _initial),
     Migration("0002_dynamic_steps_and_leases", _dynamic_steps_and_leases),
@@ -512,6 +522,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0007_experiments", _experiments),
     Migration("0008_api_keys", _api_keys),
     Migration("0009_session_key_id", _session_key_id),
+    Migration("0010_session_cancel", _session_cancel),
 )
 """Every migration this code knows, in the order they apply."""
 

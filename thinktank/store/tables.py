@@ -133,6 +133,9 @@ class SessionRow(SQLModel, table=True):
     key_id: str | None = Field(default=None, max_length=36)
     """The id of the API key whose request made the session (``thinktank serve``),
     never the key itself; None for sessions made otherwise."""
+    cancel_requested_at: datetime | None = Field(default=None, sa_type=UTC_DATETIME)
+    """When a server process asked the process running the session to cancel it
+    (``Store.request_cancel``); the runner watches for it. None otherwise."""
 
 
 class StepRow(SQLModel, table=True):
