@@ -16,9 +16,11 @@ from typing import Any
 import anyio
 import httpx2 as httpx
 import pytest
+from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from thinktank.cli.commands import main
 from thinktank.events import Event
 from thinktank.server import sessions
 from thinktank.store import Store
@@ -239,3 +241,12 @@ async def test_the_runner_cancels_exactly_the_sessions_asked_while_running(
         async with await Store.open(db) as store, await Store.open(db) as other:
             ended = await _run_and_cancel(store, other, plan)
     assert ended == ["cancelled" if how == "running" else "finished" for how in plan]
+
+
+@pytest.mark.parametrize("db", [":memory:", "sqlite://", "sqlite:///file:x?mode=memory&uri=true"])
+def test_workers_refuse_a_database_private_to_each_process(db: str) -> None:
+    """Several workers on an in-memory SQLite database would each have their own keys,
+    budgets and sessions: ``serve`` refuses in one line (a SQLite file is shared)."""
+    result = CliRunner().invoke(main, ["serve", "--workers", "2", "--no-auth", "--db", db])
+    assert result.exit_code != 0
+    assert result.output.count("\n") == 1 and "in-memory" in result.output
