@@ -25,8 +25,8 @@ from thinktank.events import Event
 from thinktank.server import sessions
 from thinktank.store import Store
 
-from . import pg
-from .fakeserver import FakeServer, Fault, run_fake_server
+from . import pg, test_server_budget
+from .fakeserver import FakeServer, Fault
 from .serverproc import serve
 from .test_eval_runner import write_config
 from .test_server_budget import _assert_ten_of_fifty, _post_many, priced_config
@@ -39,15 +39,9 @@ pg_url = pg.pg_url
 db_url = pg.db_url
 
 
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeServer]:
-    with run_fake_server() as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _fresh(fake: FakeServer) -> None:
-    fake.reset()
+# The budget tests' fake provider (one per module) and its reset before each test.
+fake = test_server_budget.fake
+_fresh = test_server_budget._fresh
 
 
 def session_body(model: str = "a") -> dict[str, Any]:
