@@ -128,11 +128,16 @@ def wait_status(
 
 
 def read_sse(
-    url: str, sid: str, *, last: int | None = None, stop_after: int | None = None
+    url: str,
+    sid: str,
+    *,
+    last: int | None = None,
+    stop_after: int | None = None,
+    headers: dict[str, str] | None = None,
 ) -> list[tuple[int, str, dict[str, Any]]]:
     """The events of the stream as (id, event, data), parsed from its lines; closes the
     connection after ``stop_after`` events."""
-    headers = {"Last-Event-ID": str(last)} if last is not None else {}
+    headers = dict(headers or {}) | ({"Last-Event-ID": str(last)} if last is not None else {})
     got: list[tuple[int, str, dict[str, Any]]] = []
     fields: dict[str, str] = {}
     with httpx.stream(

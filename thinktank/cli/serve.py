@@ -1,7 +1,8 @@
 """``thinktank serve``: run the HTTP server with uvicorn.
 
 This module owns the command: it checks where the server may listen (a non-loopback
-host needs a live API key in the database; ``--no-auth`` is for loopback only), passes
+host needs a live API key in the database; ``--no-auth`` is for loopback only; several
+``--workers`` need a database they all share, so not an in-memory one), passes
 the settings to each uvicorn worker through the environment
 (:func:`thinktank.server.app.app_from_env`) and runs uvicorn. The server itself is
 :mod:`thinktank.server`.
@@ -33,6 +34,21 @@ def _has_keys(db: str | None) -> bool:
             return any(key.revoked_at is None for key in await store.api_keys())
 
     return _run_async(go)
+
+
+def _private_to_a_process(db: str | None) -> bool:
+    """Whether ``db`` is an in-memory SQLite database, which each worker would have to
+    itself (a SQLite file is shared: WAL, a busy timeout and ``BEGIN IMMEDIATE`` writes
+    keep keys, budgets and sessions correct across processes)."""
+    from sqlalchemy.engine import make_url
+
+    from thinktank.store import default_db_url, normalize_db_url
+
+    url = make_url(normalize_db_url(db or default_db_url()))
+    database = url.database or ""
+    return url.get_backend_name() == "sqlite" and (
+        database in ("", ":memory:") or url.query.get("mode") == "memory"
+    )
 
 
 def is_loopback(host: str) -> bool:
@@ -70,6 +86,13 @@ def serve_command(host: str, port: int, db: str | None, workers: int, no_auth: b
         from thinktank.server.app import ENV_DB, ENV_NO_AUTH
     except ImportError as exc:
         _fail([f'the server needs its extra: pip install "thinktank[server]" ({exc.name})'])
+    if workers > 1 and _private_to_a_process(db):
+        _fail(
+            [
+                f"--workers {workers} needs a database every worker shares: an in-memory "
+                "SQLite database is private to each; give a file or a PostgreSQL URL"
+            ]
+        )
     if not is_loopback(host):
         if no_auth:
             _fail([f"--no-auth serves anyone: only on a loopback host, not {host!r}"])

@@ -5,6 +5,11 @@ This module owns the ``/v1/sessions`` routes and :class:`SessionRunner`, the reg
 of the sessions this server process runs in the background (a task group the app's
 lifespan opens: on shutdown every running session is cancelled, which the engine
 stores as ``interrupted``, so ``/resume`` or ``thinktank resume`` can finish it).
+Several server processes may share one database (``--workers N``, or several
+``thinktank serve`` behind a load balancer): a cancel that reaches a process which does
+not run the session is stored as a request (:meth:`~thinktank.store.Store.request_cancel`)
+that the running process's :class:`SessionRunner` picks up within
+:data:`CANCEL_POLL_S`.
 
 Routes (every one authenticates like every ``/v1`` route):
 
@@ -26,8 +31,12 @@ Routes (every one authenticates like every ``/v1`` route):
   :data:`TAIL_POLL_S`) while another process holds its lease (another worker,
   ``thinktank run``). A ``Last-Event-ID`` header (or ``?after=N``) resumes after that
   event. The stream ends with the session.
-- ``POST /v1/sessions/{id}/cancel``: cancel a session this process runs and answer
-  its stored state once it has wound down (409 if it is not running here).
+- ``POST /v1/sessions/{id}/cancel``: cancel a running session and answer its stored
+  state once it has wound down. One this process runs is cancelled at once; one
+  another process runs is asked to cancel through the store, and this process waits
+  (up to :data:`CANCEL_WAIT_S`) for it to end: still running then, the answer is 202
+  with its state and a ``message``. A session that has finished, or that no process
+  runs any more (its run died: resume it), is a 409.
 - ``POST /v1/sessions/{id}/resume``: finish an interrupted session in the background
   (:func:`thinktank.replay.resume`), 202 as for a new one.
 - ``POST /v1/sessions/{id}/replay``: re-merge from the recording with another
@@ -49,7 +58,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from thinktank._safeload import LoadError, load_json, load_yaml
-from thinktank.errors import SpecErrors, ThinkTankError, UnknownSessionError, UsageError
+from thinktank.errors import (
+    SpecErrors,
+    StoreError,
+    ThinkTankError,
+    UnknownSessionError,
+    UsageError,
+)
 from thinktank.events import Event, encode_event
 from thinktank.server.deps import CallerDep, store_of
 from thinktank.server.errors import ApiError
@@ -74,6 +89,15 @@ Listener = Callable[[Event], None]
 
 TAIL_POLL_S = 0.25
 """How often the event stream of a session another process runs reads the store."""
+
+CANCEL_POLL_S = 1.0
+"""How often a :class:`SessionRunner` running sessions reads the cancels requested of
+them by other server processes (one read by primary key per poll, only while it runs
+sessions)."""
+
+CANCEL_WAIT_S = 10.0
+"""How long a cancel of a session another process runs waits for it to end before
+answering 202."""
 
 
 class _Live:
@@ -128,12 +152,20 @@ class _Live:
 
 
 class SessionRunner:
-    """The sessions this server process runs, by id, in the lifespan's task group."""
+    """The sessions this server process runs, by id, in the lifespan's task group.
+
+    :meth:`watch` (started by :func:`running_sessions`) cancels those whose cancel
+    another server process requested in the store.
+    """
 
     def __init__(self, store: Store, tg: TaskGroup) -> None:
         self._store = store
         self._tg = tg
         self._live: dict[str, _Live] = {}
+        # The runs whose stale cancel request (from an earlier run) has been cleared:
+        # only these are watched, so a request never reaches a later run.
+        self._watched: set[str] = set()
+        self._busy = anyio.Event()
 
     def get(self, session_id: str) -> _Live | None:
         """The running session ``session_id`` (a full id), if this process runs it."""
@@ -155,7 +187,39 @@ class SessionRunner:
         if live.session_id is None:
             assert live.error is not None
             raise live.error
-        return live.session_id
+        sid = live.session_id
+        try:
+            await self._store.clear_cancel(sid)
+        except StoreError as exc:  # the run goes on; only a cancel from elsewhere misses it
+            _LOG.warning("session %s: cannot clear its cancel request: %s", sid, exc)
+            return sid
+        if not live.done:
+            self._watched.add(sid)
+            self._busy.set()
+        return sid
+
+    async def watch(self) -> None:
+        """Cancel, every :data:`CANCEL_POLL_S` while sessions run here, those whose
+        cancel another process requested (:meth:`~thinktank.store.Store.request_cancel`).
+
+        A request for a session that ended meanwhile finds no run here and does nothing.
+        """
+        while True:
+            await self._busy.wait()
+            ids = [sid for sid in self._watched if sid in self._live]
+            if not ids:
+                self._busy = anyio.Event()  # idle until the next start
+                continue
+            try:
+                asked = await self._store.cancels_requested(ids)
+            except StoreError as exc:  # the database is down: try again at the next poll
+                _LOG.warning("cannot read cancel requests: %s", exc)
+                asked = set()
+            for sid in asked:
+                live = self._live.get(sid)
+                if live is not None:
+                    live.scope.cancel()
+            await anyio.sleep(CANCEL_POLL_S)
 
     async def _run(self, live: _Live, work: Callable[[Store, Listener], Awaitable[object]]) -> None:
         def listen(event: Event) -> None:
@@ -175,6 +239,7 @@ class SessionRunner:
         finally:
             if live.session_id is not None:
                 self._live.pop(live.session_id, None)
+                self._watched.discard(live.session_id)
             live.end(error)
 
 
@@ -183,7 +248,9 @@ async def running_sessions(store: Store) -> AsyncIterator[SessionRunner]:
     """A :class:`SessionRunner` for the app's lifespan; leaving it cancels every session
     still running (stored as ``interrupted``, resumable)."""
     async with anyio.create_task_group() as tg:
-        yield SessionRunner(store, tg)
+        runner = SessionRunner(store, tg)
+        tg.start_soon(runner.watch)
+        yield runner
         tg.cancel_scope.cancel()
 
 
@@ -388,18 +455,43 @@ async def events(
     )
 
 
-@router.post("/{session_id}/cancel")
-async def cancel(request: Request, caller: CallerDep, session_id: str) -> dict[str, Any]:
+def _not_running(session_id: str, status: str, where: str = "has finished") -> ApiError:
+    return ApiError(409, f"session {session_id} {where} (status {status})", code="not_running")
+
+
+@router.post("/{session_id}/cancel", response_model=None)
+async def cancel(
+    request: Request, caller: CallerDep, session_id: str
+) -> dict[str, Any] | JSONResponse:
     stored = await _stored(request, session_id)
     live = _runner(request).get(stored.id)
-    if live is None:
-        where = "has finished" if stored.status != "running" else "is not running on this server"
-        raise ApiError(
-            409, f"session {stored.id} {where} (status {stored.status})", code="not_running"
-        )
-    live.scope.cancel()
-    await live.ended.wait()
-    return await get_session(request, caller, stored.id)
+    if live is not None:
+        live.scope.cancel()
+        await live.ended.wait()
+        return await get_session(request, caller, stored.id)
+    store = store_of(request)
+    if stored.status != "running":
+        raise _not_running(stored.id, stored.status)
+    if await store.lease_of(stored.id) is None:
+        where = "is not running anywhere (its run stopped before it finished: resume it)"
+        raise _not_running(stored.id, stored.status, where)
+    if not await store.request_cancel(stored.id):  # it finished meanwhile
+        raise _not_running(stored.id, (await _stored(request, stored.id)).status)
+    # Another process runs it: it sees the request within CANCEL_POLL_S and winds down.
+    with anyio.move_on_after(CANCEL_WAIT_S):
+        while True:
+            await anyio.sleep(TAIL_POLL_S)
+            state = await get_session(request, caller, stored.id)
+            if state["status"] != "running":
+                return state
+    state = await get_session(request, caller, stored.id)
+    if state["status"] != "running":
+        return state
+    state["message"] = (
+        f"cancel requested; the server process running session {stored.id} has not "
+        f"stopped it within {CANCEL_WAIT_S:g} s"
+    )
+    return JSONResponse(state, status_code=202)
 
 
 @router.post("/{session_id}/resume", status_code=202)

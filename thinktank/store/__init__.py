@@ -660,6 +660,34 @@ class Store:
             raise self._searched(exc) from None
         return job.released
 
+    async def request_cancel(self, session_id: str) -> bool:
+        """Ask the process running a session (another server on this database) to
+        cancel it; it polls :meth:`cancels_requested` while it runs sessions.
+
+        Returns:
+            True if the session is running (the request is stored); False if it has
+            finished, when nothing is stored (a cancel never reaches a later run).
+
+        Raises:
+            UnknownSessionError: no session has that id.
+            StoreError: the database could not be read or written.
+        """
+        return await self._leasing(
+            "request a cancel", _lease.request_cancel, session_id, postgres=self._postgres
+        )
+
+    async def clear_cancel(self, session_id: str) -> None:
+        """Forget a cancel request of a session: a new run (a resume) of it starts."""
+        await self._leasing("clear a cancel request", _lease.clear_cancel, session_id)
+
+    async def cancels_requested(self, session_ids: Sequence[str]) -> set[str]:
+        """Which of ``session_ids`` (full ids) have a cancel requested.
+
+        Raises:
+            StoreError: the database could not be read.
+        """
+        return await self._read(_lease.cancels_requested, session_ids)
+
     async def events_of(self, session_id: str) -> list[dict[str, Any]]:
         """Every event of a session as stored (``event.to_dict()``), in write order."""
         return await self._read(events_of, session_id)

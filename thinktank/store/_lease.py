@@ -22,10 +22,17 @@ transaction each (``thinktank.store._group``): the lease of a new session, taken
 its first event (no other worker can have seen the session yet, so it cannot be held),
 and a release. They are compiled once, as the write path's statements are:
 :func:`claim_new_rows` and :data:`RELEASE`.
+
+Cancel requests ride on the same row: ``cancel_requested_at`` is set (only on a
+session whose status is ``running``) by whichever server process a cancel reaches;
+the process running the session polls it for its running sessions by primary key and
+cancels them; a run clears it when it starts, so a stale request never cancels a
+later resume.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -49,12 +56,15 @@ from thinktank.store.tables import SESSIONS
 __all__ = [
     "RELEASE",
     "SESSION_EXISTS",
+    "cancels_requested",
     "claim",
     "claim_new_rows",
     "claim_new_statement",
+    "clear_cancel",
     "heartbeat",
     "lease_of",
     "release",
+    "request_cancel",
 ]
 
 _c = SESSIONS.c
@@ -235,3 +245,41 @@ async def lease_of(
     expires = _as_utc(expires)
     now = _as_utc(server_now) if server_now is not None else datetime.now(UTC)
     return (owner, expires) if expires > now else None
+
+
+async def request_cancel(conn: AsyncConnection, session_id: str, *, postgres: bool) -> bool:
+    """Ask whoever runs the session to cancel it: True if it is running (the request is
+    stored), False if it has finished (nothing is stored).
+
+    Raises:
+        UnknownSessionError: no session has the id ``session_id``.
+    """
+    now, _ = _clock(postgres)
+    result = await conn.execute(
+        update(SESSIONS)
+        .where(_c.id == session_id, _c.status == "running")
+        .values(cancel_requested_at=now)
+    )
+    if result.rowcount == 1:
+        return True
+    await _require(conn, session_id)
+    return False
+
+
+async def clear_cancel(conn: AsyncConnection, session_id: str) -> None:
+    """Forget any cancel request of the session (a new run of it starts)."""
+    await conn.execute(
+        update(SESSIONS)
+        .where(_c.id == session_id, _c.cancel_requested_at.is_not(None))
+        .values(cancel_requested_at=None)
+    )
+
+
+async def cancels_requested(conn: AsyncConnection, session_ids: Sequence[str]) -> set[str]:
+    """Which of ``session_ids`` have a cancel requested (one lookup by primary key)."""
+    if not session_ids:
+        return set()
+    rows = await conn.execute(
+        select(_c.id).where(_c.id.in_(list(session_ids)), _c.cancel_requested_at.is_not(None))
+    )
+    return {row[0] for row in rows}

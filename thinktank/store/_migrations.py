@@ -38,6 +38,9 @@ The migrations:
   with their budgets and per-minute request windows).
 - ``0009_session_key_id``: ``thinktank_sessions.key_id``, the id of the API key whose
   request made the session.
+- ``0010_session_cancel``: ``thinktank_sessions.cancel_requested_at``, when a server
+  process asked the one running the session to cancel it (several servers on one
+  database).
 - ``0011_reservations``: ``thinktank_reservations`` (one row per budget reservation of
   a request in flight, with when it lapses, so that a killed server's reservations
   come back) and ``thinktank_sessions.request_id`` (the ``X-Request-Id`` of the HTTP
@@ -508,6 +511,13 @@ def _session_key_id(conn: Connection) -> None:
     add_columns(conn, "thinktank_sessions", Column("key_id", String(36)))
 
 
+# -- 0010_session_cancel -----------------------------------------------------------------
+
+
+def _session_cancel(conn: Connection) -> None:
+    add_columns(conn, "thinktank_sessions", Column("cancel_requested_at", UTC_DATETIME))
+
+
 # -- 0011_reservations ------------------------------------------------------------------
 
 
@@ -551,6 +561,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0007_experiments", _experiments),
     Migration("0008_api_keys", _api_keys),
     Migration("0009_session_key_id", _session_key_id),
+    Migration("0010_session_cancel", _session_cancel),
     Migration("0011_reservations", _reservations),
 )
 """Every migration this code knows, in the order they apply."""

@@ -138,6 +138,9 @@ class SessionRow(SQLModel, table=True):
     request_id: str | None = Field(default=None, max_length=256)
     """The ``X-Request-Id`` of the HTTP request that made (or last resumed) the
     session; None for sessions made otherwise."""
+    cancel_requested_at: datetime | None = Field(default=None, sa_type=UTC_DATETIME)
+    """When a server process asked the process running the session to cancel it
+    (``Store.request_cancel``); the runner watches for it. None otherwise."""
 
 
 class StepRow(SQLModel, table=True):
