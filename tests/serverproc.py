@@ -37,10 +37,12 @@ def serve(
     cwd: str | Path | None = None,
     ready_s: float = 30.0,
     log: Path | None = None,
+    port: int | None = None,
 ) -> Iterator[str]:
-    """Run ``thinktank serve --db DB --port P ARGS...`` and yield ``http://127.0.0.1:P``;
-    its output goes to ``log`` (default: beside a SQLite DB)."""
-    port = free_port()
+    """Run ``thinktank serve --db DB --port P ARGS...`` and yield ``http://127.0.0.1:P``
+    (P: ``port``, or a free one); its output goes to ``log`` (default: beside a SQLite
+    DB)."""
+    port = port or free_port()
     command: Sequence[str] = [
         sys.executable,
         "-m",

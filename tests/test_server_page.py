@@ -9,14 +9,11 @@ it). Without it these tests are skipped, unless ``THINKTANK_REQUIRE_CHROMIUM=1``
 
 from __future__ import annotations
 
-import html.parser
 import json
 import os
 import re
 import shutil
 import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,14 +22,17 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
+from .devtools import WINDOW, Browser, CuttingProxy, chromium_args, parse
 from .fakeserver import FakeServer, Fault, run_fake_server
-from .serverproc import serve
+from .serverproc import free_port, serve
 from .test_eval_runner import write_config
 from .test_server_keys import create_key
 
 REQUIRE_ENV = "THINKTANK_REQUIRE_CHROMIUM"
 MODELS = ["m1", "m2"]
-WINDOW = (1200, 800)
+FAILING = "m3"  # a model the tests make fail
+STATUS = "document.getElementById('session-status').textContent"
+FINAL = f"['completed','partial','failed','interrupted'].includes({STATUS})"
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def fake() -> Iterator[FakeServer]:
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory, fake: FakeServer) -> Path:
     root = tmp_path_factory.mktemp("page")
-    write_config(root / "thinktank.toml", fake, MODELS)
+    write_config(root / "thinktank.toml", fake, [*MODELS, FAILING])
     return root
 
 
@@ -69,22 +69,6 @@ def url(root: Path, env: dict[str, str]) -> Iterator[str]:
         yield base
 
 
-def chromium_args(chromium: str, tmp: Path) -> list[str]:
-    """Headless, offline and quiet, in a fresh profile."""
-    return [
-        chromium,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp / f'profile-{uuid.uuid4().hex[:8]}'}",
-        f"--window-size={WINDOW[0]},{WINDOW[1]}",
-    ]
-
-
 def browse(chromium: str, tmp: Path, url: str, *extra: str) -> subprocess.CompletedProcess[str]:
     """Load ``url`` in headless Chromium and let it settle (``--virtual-time-budget``);
     its stdout (``--dump-dom``). For a page in a state that needs no live event."""
@@ -92,143 +76,6 @@ def browse(chromium: str, tmp: Path, url: str, *extra: str) -> subprocess.Comple
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp)
     assert done.returncode == 0, done.stderr
     return done
-
-
-_TRAMPOLINE = """
-import fcntl, os, sys
-ends = [fcntl.fcntl(int(fd), fcntl.F_DUPFD, 10) for fd in sys.argv[1:3]]
-for fd in sys.argv[1:3]:
-    os.close(int(fd))
-for target, fd in zip((3, 4), ends):
-    os.dup2(fd, target)
-    os.close(fd)
-os.execvp(sys.argv[3], sys.argv[3:])
-"""
-
-
-class Browser:
-    """A headless Chromium driven over the DevTools protocol on a pipe
-    (``--remote-debugging-pipe``: the browser reads NUL-ended JSON commands on fd 3 and
-    writes answers and events on fd 4), for what ``--dump-dom`` cannot do: wait until
-    the page shows a state the live event stream brings."""
-
-    def __init__(self, chromium: str, tmp: Path) -> None:
-        child_in, self._to = os.pipe()
-        self._from, child_out = os.pipe()
-        # The browser wants the pipe on fds 3 and 4: a small exec trampoline moves it
-        # there (via fds >= 10, so that neither end is closed by the other's move).
-        self._proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                _TRAMPOLINE,
-                str(child_in),
-                str(child_out),
-                *chromium_args(chromium, tmp),
-                "--remote-debugging-pipe",
-                "about:blank",
-            ],
-            pass_fds=(child_in, child_out),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        os.close(child_in)
-        os.close(child_out)
-        self._buffer = b""
-        self._next = 0
-        self._session: str | None = None
-
-    def __enter__(self) -> Browser:
-        target = self.call("Target.createTarget", url="about:blank")["targetId"]
-        self._session = self.call("Target.attachToTarget", targetId=target, flatten=True)[
-            "sessionId"
-        ]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        os.close(self._to)
-        self._proc.terminate()
-        try:
-            self._proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
-        os.close(self._from)
-
-    def call(self, method: str, **params: Any) -> dict[str, Any]:
-        """Send one command (to the page once attached) and return its result."""
-        self._next += 1
-        message: dict[str, Any] = {"id": self._next, "method": method, "params": params}
-        if self._session is not None:
-            message["sessionId"] = self._session
-        os.write(self._to, json.dumps(message).encode() + b"\0")
-        while True:  # events and other answers are skipped
-            while b"\0" not in self._buffer:
-                chunk = os.read(self._from, 1 << 16)
-                if not chunk:
-                    raise RuntimeError("chromium closed its DevTools pipe")
-                self._buffer += chunk
-            raw, self._buffer = self._buffer.split(b"\0", 1)
-            answer = json.loads(raw)
-            if answer.get("id") == self._next:
-                if "error" in answer:
-                    raise RuntimeError(f"{method}: {answer['error']}")
-                result: dict[str, Any] = answer["result"]
-                return result
-
-    def open(self, url: str) -> None:
-        self.call("Page.enable")
-        self.call("Page.navigate", url=url)
-        self.wait_for("document.readyState === 'complete'")
-
-    def evaluate(self, expression: str) -> Any:
-        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
-        if "exceptionDetails" in result:
-            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
-        return result["result"].get("value")
-
-    def wait_for(self, expression: str, *, within_s: float = 60.0) -> Any:
-        """Poll ``expression`` until it is truthy (a hang guard, not a timing test)."""
-        deadline = time.monotonic() + within_s
-        while not (value := self.evaluate(expression)):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"never true: {expression}")
-            time.sleep(0.05)
-        return value
-
-
-class _Dom(html.parser.HTMLParser):
-    """The dumped DOM's elements as (tag, attributes, text directly inside)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.elements: list[tuple[str, dict[str, str], list[str]]] = []
-        self._open: list[int] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.elements.append((tag, {k: v or "" for k, v in attrs}, []))
-        if tag not in ("input", "meta", "br", "img", "line"):
-            self._open.append(len(self.elements) - 1)
-
-    def handle_endtag(self, tag: str) -> None:
-        if self._open:
-            self._open.pop()
-
-    def handle_data(self, data: str) -> None:
-        if self._open:
-            self.elements[self._open[-1]][2].append(data)
-
-    def where(self, **attrs: str) -> list[tuple[str, dict[str, str], list[str]]]:
-        return [e for e in self.elements if all(e[1].get(k) == v for k, v in attrs.items())]
-
-    def text(self, **attrs: str) -> list[str]:
-        return ["".join(e[2]).strip() for e in self.where(**attrs)]
-
-
-def parse(dom: str) -> _Dom:
-    parser = _Dom()
-    parser.feed(dom)
-    return parser
 
 
 def start(url: str, key: str | None = None) -> str:
@@ -258,6 +105,22 @@ def start(url: str, key: str | None = None) -> str:
     return str(response.json()["id"])
 
 
+def session_page(url: str, sid: str) -> str:
+    return f"{url}/?session={sid}"
+
+
+def stored_events(url: str, sid: str) -> int:
+    """How many events the session has stored (its finished stream, counted)."""
+    text = httpx.get(f"{url}/v1/sessions/{sid}/events", timeout=30).text
+    return sum(line.startswith("id: ") for line in text.splitlines())
+
+
+def transitions(browser: Browser) -> list[str]:
+    return list(
+        browser.evaluate("[...document.querySelectorAll('.transition')].map((e) => e.textContent)")
+    )
+
+
 def test_the_page_is_public_and_locked_down(url: str) -> None:
     response = httpx.get(url + "/")
     assert response.status_code == 200
@@ -266,6 +129,16 @@ def test_the_page_is_public_and_locked_down(url: str) -> None:
     assert "connect-src 'self'" in policy and "script-src 'sha256-" in policy
     # Self-contained: nothing loaded from elsewhere (the machine may be offline).
     assert not re.search(r"(src|href)\s*=", response.text), "the page loads another file"
+
+
+def test_the_event_stream_advises_its_reconnect_delay(url: str) -> None:
+    """EventSource clients reconnect by themselves, after the ``retry:`` the stream
+    sends, with ``Last-Event-ID`` (the page does the same with fetch)."""
+    sid = start(url)
+    text = httpx.get(f"{url}/v1/sessions/{sid}/events", timeout=30).text
+    first = text.split("\n\n")[0].splitlines()
+    assert first[:2] == ["retry: 1000", "id: 1"], first
+    assert text.count("retry:") == 1
 
 
 @pytest.mark.slow
@@ -364,7 +237,199 @@ def test_a_keyed_server_serves_the_page_and_asks_for_a_key(
             browser.wait_for(f"!!document.querySelector('tr[data-id=\"{sid}\"]')")
             browser.evaluate(f"document.querySelector('tr[data-id=\"{sid}\"]').click()")
             browser.wait_for("document.getElementById('session-status').textContent == 'completed'")
+            # Sent as a header only: never in the address, never left in the field.
+            assert key not in browser.evaluate("location.href")
+            assert browser.evaluate("document.getElementById('key').value") == ""
             # Kept for the tab: a reload needs no key again.
             browser.open(f"{keyed}/?session={sid}")
             browser.wait_for("document.getElementById('session-status').textContent == 'completed'")
             assert browser.evaluate("document.getElementById('auth').hidden") is True
+
+
+def test_a_session_started_after_the_page_loaded_appears_and_plays_live(
+    chromium: str, url: str, fake: FakeServer, tmp_path: Path
+) -> None:
+    fake.reset()
+    with Browser(chromium, tmp_path) as browser:
+        browser.open(url + "/")
+        browser.wait_for("document.getElementById('sessions').dataset.listed !== undefined")
+        fake.add_faults(Fault.slow(6.0), model="m1")  # running while the list catches up
+        sid = start(url)
+        # No reload: the list reads the sessions again by itself.
+        row = f"document.querySelector('tr[data-id=\"{sid}\"]')"
+        browser.wait_for(f"!!{row}", within_s=20)
+        browser.evaluate(f"{row}.click()")
+        browser.wait_for("document.getElementById('view').dataset.loadedStatus")
+        browser.wait_for(FINAL)
+        loaded = browser.evaluate("document.getElementById('view').dataset.loadedStatus")
+        seen = transitions(browser)
+        status = browser.evaluate("document.getElementById('session-status').textContent")
+    assert loaded == "running"  # opened while it ran: the rest came live
+    assert status == "completed"
+    assert seen.index("ask: running -> completed") < seen.index("sum: pending -> running")
+    assert seen[-1] == "session: running -> completed"
+
+
+def test_a_cut_stream_resumes_after_the_last_event_without_repeating_one(
+    chromium: str, url: str, fake: FakeServer, tmp_path: Path
+) -> None:
+    fake.reset()
+    fake.add_faults(Fault.slow(2.0), model="m1")
+    fake.add_faults(Fault.slow(2.0), model="m2")
+    with CuttingProxy(url) as proxy, Browser(chromium, tmp_path) as browser:
+        sid = start(url)
+        browser.open(session_page(proxy.url, sid))
+        # ask is running: its start came through the stream, its answers not yet.
+        browser.wait_for("document.querySelector('[data-step=ask]')?.dataset.status === 'running'")
+        before = int(browser.evaluate("document.getElementById('view').dataset.events"))
+        proxy.cut()
+        browser.wait_for(FINAL)
+        browser.wait_for("document.getElementById('stream').textContent === 'ended'")
+        applied = int(browser.evaluate("document.getElementById('view').dataset.events"))
+        seen = transitions(browser)
+        statuses = browser.evaluate(
+            "[...document.querySelectorAll('[data-step]')].map((e) => e.dataset.status)"
+        )
+    # Reconnected after the last event it had applied, not from the start.
+    asked = [line for line in proxy.requests if f"/v1/sessions/{sid}/events" in line]
+    assert len(asked) >= 2, asked
+    assert f"after={before}" in asked[-1] or any(f"after={before}" in a for a in asked[1:]), asked
+    # Every event applied once: as many as the session stored, and no transition twice.
+    assert applied == stored_events(url, sid)
+    assert len(seen) == len(set(seen)), seen
+    assert statuses == ["completed"] * 3
+
+
+@pytest.mark.slow
+def test_a_restarted_server_is_rejoined_and_a_resumed_session_followed(
+    chromium: str, root: Path, env: dict[str, str], fake: FakeServer, tmp_path: Path
+) -> None:
+    fake.reset()
+    db = tmp_path / "restart.db"
+    port = free_port()
+    fake.add_faults(Fault.slow(30.0), model="m1")  # still running when the server stops
+    error = "document.getElementById('error').textContent"
+    target = f"http://127.0.0.1:{port}"
+    with CuttingProxy(target) as proxy, Browser(chromium, tmp_path) as browser:
+        with serve(db, "--no-auth", env=env, cwd=root, port=port) as first:
+            sid = start(first)
+            browser.open(session_page(proxy.url, sid))
+            browser.wait_for(
+                "document.querySelector('[data-step=ask]')?.dataset.status === 'running'"
+            )
+            # The server goes away: its connections drop and new ones are refused
+            # (held at the proxy: a server with an open event stream waits for it to
+            # close before it stops).
+            proxy.cut(hold=True)
+        # Stopped, the session stored interrupted. The page says the server is gone.
+        browser.wait_for(f"{error}.includes('unreachable')")
+        assert browser.evaluate(STATUS) == "running"  # nothing it could not see
+        fake.reset()
+        with serve(db, "--no-auth", env=env, cwd=root, port=port) as second:
+            proxy.release()
+            # Back on the same port and database: the page reads what it missed.
+            browser.wait_for(f"{STATUS} === 'interrupted'")
+            browser.wait_for(f"{error} === ''")
+            resumed = httpx.post(f"{second}/v1/sessions/{sid}/resume", timeout=30)
+            assert resumed.status_code == 202, resumed.text
+            # It sees the session running again and follows the resumed run's events.
+            browser.wait_for(f"{STATUS} === 'completed'")
+            applied = int(browser.evaluate("document.getElementById('view').dataset.events"))
+            statuses = browser.evaluate(
+                "[...document.querySelectorAll('[data-step]')].map((e) => e.dataset.status)"
+            )
+            assert applied == stored_events(second, sid)
+    assert statuses == ["completed"] * 3
+
+
+HOSTILE = (
+    '<img src=x onerror="window.pwned=1"><script>window.pwned=1</script>'
+    " \u0645\u0631\u062d\u0628\u0627 \u0628\u0627\u0644\u0639\u0627\u0644\u0645"
+    " \U0001f680\U0001f469\u200d\U0001f469\u200d\U0001f467 "
+) + "x" * 4000
+
+
+def test_failed_abstained_and_hostile_answers_render_distinctly_as_text(
+    chromium: str, url: str, fake: FakeServer, tmp_path: Path
+) -> None:
+    fake.reset()
+    fake.set_reply("m1", HOSTILE)
+    fake.set_reply("m2", "Paris")
+    fake.add_faults(Fault.http_error(400, message="model m3 is gone"), model=FAILING)
+    session: dict[str, Any] = {
+        "name": "page-states",
+        "steps": [
+            {
+                "id": "ask",
+                "prompt": f"say {uuid.uuid4().hex}",
+                "models": MODELS,
+                "consensus_threshold": 0.99,
+                "on_low_consensus": "abstain",
+            },
+            {"id": "boom", "prompt": "fail", "model": FAILING},
+            {
+                "id": "after",
+                "prompt": "{{ steps.boom.output }}",
+                "model": "m2",
+                "depends_on": ["boom"],
+            },
+        ],
+    }
+    response = httpx.post(url + "/v1/sessions", json={"session": session}, timeout=30)
+    assert response.status_code == 202, response.text
+    sid = response.json()["id"]
+    box = "document.querySelector('[data-step={}]')"
+    with Browser(chromium, tmp_path) as browser:
+        browser.open(session_page(url, sid))
+        browser.wait_for(FINAL)
+        boxes = {
+            key: browser.evaluate(
+                f"(b => [b.dataset.status, b.dataset.outcome, b.className,"
+                f" b.querySelector('.meta').textContent, b.querySelector('.reason').textContent])"
+                f"({box.format(key)})"
+            )
+            for key in ("ask", "boom", "after")
+        }
+        browser.evaluate(f"{box.format('boom')}.click()")
+        failed = browser.wait_for("document.querySelector('#detail .reason')?.textContent")
+        browser.evaluate(f"{box.format('ask')}.click()")
+        browser.wait_for("document.querySelectorAll('#detail tr.answer').length === 2")
+        answers = browser.evaluate(
+            "[...document.querySelectorAll('#detail tr.answer pre')].map((p) =>"
+            " [p.textContent, p.dir, p.scrollWidth <= p.clientWidth])"
+        )
+        markup = browser.evaluate(
+            "document.querySelectorAll('#view img, #view script').length"
+            " + (window.pwned === undefined ? 0 : 100)"
+        )
+        page_wide = browser.evaluate(
+            "document.documentElement.scrollWidth <= document.documentElement.clientWidth"
+        )
+    status, outcome, classes, meta, reason = boxes["ask"]
+    assert (status, outcome) == ("completed", "no_consensus")
+    assert "no-consensus" in classes and meta.startswith("no consensus")
+    assert reason.startswith("no consensus")
+    status, outcome, classes, meta, reason = boxes["boom"]
+    assert status == "failed" and "status-failed" in classes and "m3 is gone" in reason
+    assert failed.startswith("failed:") and "m3 is gone" in failed
+    status, _, classes, meta, reason = boxes["after"]
+    assert status == "skipped" and "boom" in reason
+    # The hostile answer is text, exactly as sent, wrapped, in its own direction.
+    assert [HOSTILE, "auto", True] in answers, [a[1:] for a in answers]
+    assert markup == 0
+    assert page_wide
+
+
+def test_an_empty_database_and_an_unknown_session(
+    chromium: str, root: Path, env: dict[str, str], tmp_path: Path
+) -> None:
+    with serve(tmp_path / "empty.db", "--no-auth", env=env, cwd=root) as empty:
+        dom = parse(browse(chromium, tmp_path, empty + "/", "--dump-dom").stdout)
+        (note,) = dom.where(id="empty")
+        assert "hidden" not in note[1]
+        assert dom.text(id="error") == [""]
+        dom = parse(browse(chromium, tmp_path, empty + "/?session=nope", "--dump-dom").stdout)
+    (error,) = dom.text(id="error")
+    assert error.startswith("404") and "nope" in error
+    (view,) = dom.where(id="view")
+    assert "hidden" in view[1]

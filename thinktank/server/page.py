@@ -7,11 +7,16 @@ from the ``/v1/sessions`` routes (:mod:`thinktank.server.sessions`), which need 
 unless the server runs with ``--no-auth``: the page asks for one on a 401 and keeps it
 in the tab's ``sessionStorage``.
 
-The page lists the sessions (newest first, status, cost) and, for the one selected
+The page lists the sessions (newest first, status, cost; read again every 2 s while
+the tab is visible, so sessions started elsewhere appear) and, for the one selected
 (``/?session=<id>``), draws its DAG (steps as boxes by dependency depth, edges as SVG
 lines) and folds the session's server-sent events into each step's state as they
-arrive, logging every transition it applies; a click on a step shows its answers and
-consensus. The Content-Security-Policy allows only this page's own inline script (by
+arrive, logging every transition it applies. A dropped stream (a restart, a proxy) is
+read again after the last event applied, after the server's ``retry:``, and no event is
+applied twice; a session resumed after its stream ended is followed again. A failed or
+skipped step shows its reason and an abstained one (``no_consensus``) is drawn apart
+from an answer; a click on a step shows its answers (as text, wrapped, in their own
+direction) and consensus. The Content-Security-Policy allows only this page's own inline script (by
 its hash) and style, and connections back to this server.
 """
 

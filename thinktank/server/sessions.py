@@ -26,7 +26,8 @@ Routes (every one authenticates like every ``/v1`` route):
   be a unique prefix, as in the CLI; an unknown one is a 404.
 - ``GET /v1/sessions/{id}/events``: the session's typed events (:mod:`thinktank.events`)
   as server-sent events: ``id:`` is the event's 1-based sequence in the session's
-  history, ``event:`` its type, ``data:`` its JSON. Live while this process runs the
+  history, ``event:`` its type, ``data:`` its JSON (the first also carries ``retry:``,
+  :data:`RECONNECT_MS`). Live while this process runs the
   session; read from the store otherwise, and followed there (polled every
   :data:`TAIL_POLL_S`) while another process holds its lease (another worker,
   ``thinktank run``). A ``Last-Event-ID`` header (or ``?after=N``) resumes after that
@@ -98,6 +99,9 @@ sessions)."""
 CANCEL_WAIT_S = 10.0
 """How long a cancel of a session another process runs waits for it to end before
 answering 202."""
+RECONNECT_MS = 1000
+"""The ``retry:`` the event stream advises: how long a client whose stream dropped
+waits before it reconnects with ``Last-Event-ID`` (EventSource does this by itself)."""
 
 
 class _Live:
@@ -419,6 +423,15 @@ async def _tailed_events(store: Store, session_id: str, after: int) -> AsyncIter
         await anyio.sleep(TAIL_POLL_S)
 
 
+async def _advising_retry(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """``stream`` with ``retry:`` in its first message (not a message of its own, which
+    a client counting ``id:``-less blocks would take for an event)."""
+    first = True
+    async for chunk in stream:
+        yield b"retry: %d\n%s" % (RECONNECT_MS, chunk) if first else chunk
+        first = False
+
+
 async def _live_events(store: Store, live: _Live, after: int) -> AsyncIterator[bytes]:
     if after < live.history:  # a resumed session: its earlier history is stored
         assert live.session_id is not None
@@ -449,7 +462,7 @@ async def events(
         else _tailed_events(store_of(request), stored.id, after)
     )
     return StreamingResponse(
-        stream,
+        _advising_retry(stream),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
