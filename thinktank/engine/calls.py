@@ -174,10 +174,15 @@ def call_model(
         else None
     )
 
+    # The request's own listener (a judge's, see ``engine.multi``) hears its pieces too.
+    own = request.on_delta
+
     def collect(text: str) -> None:
         received.append(text)
         if forward is not None:
             forward(text)
+        if own is not None:
+            own(text)
 
     request = dataclasses.replace(request, on_delta=collect)
     limits = [*limiters, pooled.limiter] if pooled.limiter is not None else limiters

@@ -15,6 +15,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar
 
 from thinktank.errors import ProviderError
+from thinktank.providers.base import ModelRequest
 from thinktank.providers.http import (
     AsyncClient,
     Response,
@@ -37,6 +38,8 @@ class WireModel:
 
     PROVIDER: ClassVar[str]
     """The wire protocol's name: ``openai``, ``anthropic`` or ``gemini``."""
+    _stream: bool = False
+    """Every request streams (the model's ``stream = true``); set by subclasses."""
 
     def __init__(
         self,
@@ -115,14 +118,25 @@ class WireModel:
             body = await self._read(response)
             self._raise_for_status(response, body.decode("utf-8", "replace"))
 
-    def _send(self, content: bytes) -> AbstractAsyncContextManager[Response]:
+    def _streams(self, request: ModelRequest) -> bool:
+        """Ask for an event stream: the model is configured to stream, or someone reads
+        this request's text as it is written (``ModelRequest.stream``)."""
+        return self._stream or request.stream
+
+    def _send(
+        self, content: bytes, *, stream: bool = False
+    ) -> AbstractAsyncContextManager[Response]:
         """POST ``content``; the response is streamed (read it with :meth:`_read` or
-        :meth:`_lines`, inside the ``async with``)."""
+        :meth:`_lines`, inside the ``async with``); ``stream``: an event stream is asked."""
+        headers = self._headers
+        if stream and headers.get("accept") == "application/json":
+            # Streamed for a listener on a model not configured to stream.
+            headers = {**headers, "accept": "text/event-stream"}
         return self._http.stream(
             "POST",
             self._url,
             content=content,
-            headers=self._headers,
+            headers=headers,
             timeout=self._timeout_s,
             auth=self._auth,
         )
