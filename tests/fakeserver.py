@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -228,6 +228,7 @@ class FakeServer:
     """The port, once serving."""
     _faults: dict[str | None, deque[Fault]] = field(default_factory=dict)
     _replies: dict[str, str] = field(default_factory=dict)
+    _held: dict[str, threading.Event] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _count: int = 0
     _stop: anyio.Event | None = None
@@ -247,9 +248,21 @@ class FakeServer:
         with self._lock:
             self._replies[model] = reply
 
-    def reset(self) -> None:
-        """Forget recorded requests, queued faults, fixed replies and errors."""
+    def hold_last_piece(self, model: str) -> threading.Event:
+        """Make ``model``'s streamed answers send every piece of text but the last,
+        then wait (until the client hangs up, recorded in :attr:`hangups`) for the
+        returned event to be set before the last one: a test sees what arrived while
+        the answer was still being written, without timing anything."""
+        gate = threading.Event()
         with self._lock:
+            self._held[model] = gate
+        return gate
+
+    def reset(self) -> None:
+        """Forget recorded requests, queued faults, fixed replies, held streams and
+        errors."""
+        with self._lock:
+            self._held.clear()
             self.requests.clear()
             self.errors.clear()
             self.hangups.clear()
@@ -288,6 +301,24 @@ class FakeServer:
                 conn.receive_data(data)  # a pipelined request: h11 keeps it for later
                 continue
             return True
+
+    def _holder(
+        self, conn: h11.Connection, stream: anyio.abc.SocketStream, model: str
+    ) -> Callable[[], Awaitable[bool]] | None:
+        """What a stream of ``model`` awaits before its last piece (None: nothing);
+        it answers False when the client hung up meanwhile."""
+        with self._lock:
+            gate = self._held.get(model)
+        if gate is None:
+            return None
+
+        async def hold() -> bool:
+            while not gate.is_set():
+                if not await self._wait_unless_hung_up(conn, stream, model, 0.02):
+                    return False
+            return True
+
+        return hold
 
     async def serve(
         self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED
@@ -377,7 +408,8 @@ class FakeServer:
             words = words[: parsed.max_tokens]
         usage = fault is None or fault.kind != "no_usage"
         if parsed.stream and wire != "gemini":
-            return await _stream(conn, stream, parsed, n, words, truncated, usage, fault)
+            hold = self._holder(conn, stream, parsed.model)
+            return await _stream(conn, stream, parsed, n, words, truncated, usage, fault, hold)
         payload = _completion(parsed, n, " ".join(words), truncated, usage)
         await _send(conn, stream, 200, _json(payload))
         return True
@@ -655,6 +687,9 @@ class _SSE:
     pieces: list[str]
     cut: Fault | None
     stall: Fault | None
+    hold: Callable[[], Awaitable[bool]] | None = None
+    """Awaited before the last piece; False: the client hung up (see
+    :meth:`FakeServer.hold_last_piece`)."""
 
     async def emit(self, chunk: bytes) -> None:
         await self.stream.send(self.conn.send(h11.Data(data=chunk)))
@@ -664,6 +699,8 @@ class _SSE:
         for i, piece in enumerate(self.pieces):
             if self.stall is not None and i == self.stall.after:
                 await anyio.sleep(self.stall.delay_s)
+            if self.hold is not None and i == len(self.pieces) - 1 and not await self.hold():
+                raise _HungUp
             await self.emit(render(piece))
 
     async def end(self) -> bool:
@@ -689,8 +726,10 @@ async def _stream(
     truncated: bool,
     usage: bool,
     fault: Fault | None,
+    hold: Callable[[], Awaitable[bool]] | None = None,
 ) -> bool:
-    """Send an SSE answer; False when the connection was cut on purpose."""
+    """Send an SSE answer; False when the connection was cut on purpose, or the client
+    hung up while a held stream waited."""
     headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
     await stream.send(conn.send(h11.Response(status_code=200, headers=headers)))
     tokens = (_count(parsed.system) + _count(parsed.prompt), _count(" ".join(words)))
@@ -699,10 +738,17 @@ async def _stream(
     stall = fault if fault is not None and fault.kind == "stream_stall" else None
     if cut is not None:
         pieces = pieces[: cut.after]
-    sse = _SSE(conn, stream, pieces, cut, stall)
-    if parsed.wire == "openai":
-        return await _stream_openai(sse, parsed, n, truncated, tokens if usage else None)
-    return await _stream_anthropic(sse, parsed, n, truncated, tokens if usage else None)
+    sse = _SSE(conn, stream, pieces, cut, stall, hold)
+    try:
+        if parsed.wire == "openai":
+            return await _stream_openai(sse, parsed, n, truncated, tokens if usage else None)
+        return await _stream_anthropic(sse, parsed, n, truncated, tokens if usage else None)
+    except _HungUp:
+        return False
+
+
+class _HungUp(Exception):
+    """The client of a held stream left before its last piece."""
 
 
 async def _stream_openai(
