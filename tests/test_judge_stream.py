@@ -24,6 +24,7 @@ from .serverproc import serve
 from .test_eval_runner import write_config
 
 JUDGE = "j"
+RETRYING = "r"
 PANEL = {"models": ["a", "b"], "synthesis": "judge", "synthesizer": JUDGE, "cache": False}
 """Two models answer, the judge merges (no cached consensus: every request calls)."""
 QUESTION = [{"role": "user", "content": "Capital of France?"}]
@@ -48,6 +49,10 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def url(fake: FakeServer, db: Path) -> Iterator[str]:
     # Not configured to stream: the judge streams because the client listens.
     config = write_config(db.parent / "thinktank.toml", fake, ["a", "b", JUDGE])
+    # A judge that retries a cut stream (write_config's models never retry).
+    retrying = f'\n[models.{RETRYING}]\nprovider = "openai"\nmodel = "{RETRYING}"\n'
+    retrying += f'base_url = "{fake.url}/v1"\nmax_retries = 1\ntimeout_s = 10\n'
+    config.write_text(config.read_text() + retrying)
     with serve(db, "--no-auth", env={"THINKTANK_CONFIG": str(config)}) as base:
         yield base
 
@@ -58,6 +63,7 @@ def _fresh(fake: FakeServer) -> None:
     fake.set_reply("a", "Paris")
     fake.set_reply("b", "Paris.")
     fake.set_reply(JUDGE, MERGED)
+    fake.set_reply(RETRYING, MERGED)
 
 
 def _stored(db: Path, session_id: str) -> Any:
@@ -184,6 +190,23 @@ def test_a_judge_cut_mid_stream_gives_the_fallback(url: str, fake: FakeServer) -
     assert isinstance(result, Completion)
     assert result.synthesis.method == "majority" and result.content == "Paris"
     assert result.synthesis.outcome == "judge_failed"
+
+
+def test_a_retried_judge_streams_on_from_where_it_was(url: str, fake: FakeServer) -> None:
+    """The judge's stream breaks after two words and is retried: the retry's first
+    words, already sent, are not sent again, and the stream goes on where it was."""
+    fake.add_faults(Fault.stream_cut(after=2), model=RETRYING)
+    panel = {**PANEL, "synthesizer": RETRYING}
+    with (
+        thinktank.Client(url) as client,
+        client.chat.completions.create(messages=QUESTION, parallel=panel, stream=True) as stream,
+    ):
+        items = list(stream)
+    assert [i.content for i in items if isinstance(i, TextDelta)] == PIECES
+    result = items[-1]
+    assert isinstance(result, Completion) and result.content == MERGED
+    assert result.synthesis.method == "judge"
+    assert len([r for r in fake.requests if r.model == RETRYING]) == 2
 
 
 async def test_hanging_up_while_the_judge_writes_cancels_it(

@@ -178,6 +178,10 @@ def call_model(
     own = request.on_delta
 
     def collect(text: str) -> None:
+        if own is not None and not received:
+            # An attempt's first piece (``received`` is cleared at each attempt): what
+            # an earlier attempt streamed is void, and the empty piece says so.
+            own("")
         received.append(text)
         if forward is not None:
             forward(text)

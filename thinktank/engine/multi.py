@@ -54,8 +54,9 @@ Outcome = tuple[str | None, float | None, str | Abstained | None]
 
 OnSynthesis = Callable[[str, str], None]
 """(step id, the judge's text so far) -> None: called each time a judge's merged answer
-grows while the judge writes it (a streaming client). Each judge call starts again from
-its first piece; the stored synthesis is the final text, stripped. Not recorded."""
+grows while the judge writes it (a streaming client). Each judge call, and each retry
+of one, starts again from its first piece; the stored synthesis is the final text,
+stripped. Not recorded."""
 
 
 class _Written:
@@ -69,6 +70,9 @@ class _Written:
         self.text = ""
 
     def __call__(self, piece: str) -> None:
+        if not piece:  # the call starts over (a retry): the judge writes afresh
+            self.text = ""
+            return
         self.text += piece
         self.listener(self.step_id, self.text)
 
