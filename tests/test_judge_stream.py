@@ -237,3 +237,43 @@ async def test_hanging_up_while_the_judge_writes_cancels_it(
     judge = [c for c in stored.step("ask").calls if c.model_id == JUDGE]
     assert [c.status for c in judge] == ["cancelled"]
     assert {c.status for c in stored.step("ask").calls if c.model_id != JUDGE} == {"ok"}
+
+
+def test_a_simulated_judge_streams_and_stores_as_a_plain_one(tmp_path: Path) -> None:
+    """In the library, ``on_synthesis`` hears a simulated judge's text grow word by
+    word (the latency spread over the words) and ends with the synthesis; the session
+    stored is that of a run nobody listened to."""
+    from thinktank.ask import session_for
+    from thinktank.engine.stream import run
+    from thinktank.providers.simulated import LatencySpec, SimulatedModel, SimulatedModelConfig
+    from thinktank.session.spec import ParallelExecutionConfig
+
+    def simulated(name: str, reply: str) -> SimulatedModel:
+        latency = LatencySpec(kind="fixed", ms=5)
+        return SimulatedModel(name, SimulatedModelConfig(default_reply=reply, latency=latency))
+
+    models = {"a": simulated("a", "Paris"), "b": simulated("b", "Paris")}
+    models[JUDGE] = simulated(JUDGE, f" {MERGED} ")
+    cfg = ParallelExecutionConfig.model_validate(PANEL)
+    heard: list[tuple[str, str]] = []
+
+    async def ask(db: Path, listen: bool) -> Any:
+        result = await run(
+            session_for(cfg),
+            inputs={"prompt": "Capital of France?"},
+            store=str(db),
+            models=models,
+            on_synthesis=(lambda step, text: heard.append((step, text))) if listen else None,
+        )
+        async with await Store.open(str(db)) as store:
+            return await store.get_session(result.session_id)
+
+    plain = anyio.run(ask, tmp_path / "plain.db", False, backend="asyncio")
+    streamed = anyio.run(ask, tmp_path / "streamed.db", True, backend="asyncio")
+    assert [text.strip() for _, text in heard] == [
+        "".join(PIECES[: i + 1]) for i in range(len(PIECES))
+    ]
+    assert {step for step, _ in heard} == {"ask"}
+    consensus = streamed.step("ask").consensus
+    assert consensus is not None and consensus.content == MERGED
+    assert _shape(streamed.model_dump(mode="json")) == _shape(plain.model_dump(mode="json"))
