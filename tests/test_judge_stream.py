@@ -277,3 +277,42 @@ def test_a_simulated_judge_streams_and_stores_as_a_plain_one(tmp_path: Path) -> 
     consensus = streamed.step("ask").consensus
     assert consensus is not None and consensus.content == MERGED
     assert _shape(streamed.model_dump(mode="json")) == _shape(plain.model_dump(mode="json"))
+
+
+@pytest.mark.parametrize("wire", ["openai", "anthropic"])
+async def test_a_listened_request_streams_on_a_model_not_set_to(
+    wire: str, fake: FakeServer
+) -> None:
+    """A request someone listens to (``stream``) is streamed by an HTTP model not
+    configured to stream: its pieces are heard as they come, and the answer, tokens and
+    cost are those of the same request answered in one body."""
+    from thinktank.providers.anthropic import AnthropicModel
+    from thinktank.providers.base import ModelRequest
+    from thinktank.providers.http import create_http_client
+    from thinktank.providers.openai import OpenAICompatibleModel
+
+    prices = {"input_cost_per_mtok": 1.0, "output_cost_per_mtok": 2.0}
+    heard: list[str] = []
+    async with create_http_client() as http:
+        model: OpenAICompatibleModel | AnthropicModel
+        if wire == "openai":
+            model = OpenAICompatibleModel(
+                name="m", model=JUDGE, http=http, base_url=f"{fake.url}/v1", **prices
+            )
+        else:
+            model = AnthropicModel(name="m", model=JUDGE, http=http, base_url=fake.url, **prices)
+        request = ModelRequest(prompt="Merge them", max_tokens=50)
+        whole = await model.complete(request)
+        streamed = await model.complete(
+            ModelRequest(prompt="Merge them", max_tokens=50, stream=True, on_delta=heard.append)
+        )
+    assert "".join(heard) == streamed.content == whole.content == MERGED
+    assert len(heard) == len(PIECES)
+    assert (streamed.input_tokens, streamed.output_tokens, streamed.cost_usd) == (
+        whole.input_tokens,
+        whole.output_tokens,
+        whole.cost_usd,
+    )
+    first, second = fake.requests[-2:]
+    assert "stream" not in first.json and second.json["stream"] is True
+    assert second.headers["accept"] == "text/event-stream"
