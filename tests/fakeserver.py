@@ -30,6 +30,7 @@ benchmarks).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
@@ -62,6 +63,8 @@ FaultKind = Literal[
 ]
 
 _GEMINI_PATH = re.compile(r"/models/([^/:]+):generateContent$")
+_GEMINI_STREAM_PATH = re.compile(r"/models/([^/:]+):streamGenerateContent$")
+"""Gemini's streamed answer (``?alt=sse``): the same body, an event stream back."""
 _ANTHROPIC_ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -390,6 +393,8 @@ class FakeServer:
             await _send(conn, stream, 400, _error_body(wire, 400, "body is not a JSON object"))
             return True
         parsed = _parse(wire, model or "", data)
+        if _GEMINI_STREAM_PATH.search(path.split("?", 1)[0]):
+            parsed = dataclasses.replace(parsed, stream=True)
         fault = self._take_fault(parsed.model)
         if fault is not None and fault.kind == "slow":
             if not await self._wait_unless_hung_up(conn, stream, parsed.model, fault.delay_s):
@@ -407,7 +412,7 @@ class FakeServer:
         if truncated:
             words = words[: parsed.max_tokens]
         usage = fault is None or fault.kind != "no_usage"
-        if parsed.stream and wire != "gemini":
+        if parsed.stream:
             hold = self._holder(conn, stream, parsed.model)
             return await _stream(conn, stream, parsed, n, words, truncated, usage, fault, hold)
         payload = _completion(parsed, n, " ".join(words), truncated, usage)
@@ -534,7 +539,7 @@ def _route(path: str, data: Any) -> tuple[Wire | None, str | None]:
         return "openai", model
     if bare.endswith("/v1/messages"):
         return "anthropic", model
-    match = _GEMINI_PATH.search(bare)
+    match = _GEMINI_PATH.search(bare) or _GEMINI_STREAM_PATH.search(bare)
     if match:
         return "gemini", match.group(1)
     return None, model
@@ -742,6 +747,8 @@ async def _stream(
     try:
         if parsed.wire == "openai":
             return await _stream_openai(sse, parsed, n, truncated, tokens if usage else None)
+        if parsed.wire == "gemini":
+            return await _stream_gemini(sse, parsed, n, truncated, tokens if usage else None)
         return await _stream_anthropic(sse, parsed, n, truncated, tokens if usage else None)
     except _HungUp:
         return False
@@ -826,6 +833,32 @@ async def _stream_anthropic(
         final["usage"] = {"output_tokens": tokens[1]}
     await sse.emit(_sse(final, "message_delta"))
     await sse.emit(_sse({"type": "message_stop"}, "message_stop"))
+    return await sse.end()
+
+
+async def _stream_gemini(
+    sse: _SSE, parsed: _Parsed, n: int, truncated: bool, tokens: tuple[int, int] | None
+) -> bool:
+    """Gemini's ``streamGenerateContent?alt=sse``: one ``GenerateContentResponse`` per
+    piece, the last with the finish reason and the usage (``tokens``; None: none)."""
+    head = {"modelVersion": parsed.model, "responseId": f"resp-{n}"}
+
+    def response(text: str, **candidate: Any) -> dict[str, Any]:
+        content = {"role": "model", "parts": [{"text": text}]}
+        return {"candidates": [{"content": content, "index": 0, **candidate}], **head}
+
+    await sse.emit_pieces(lambda piece: _sse(response(piece)))
+    if sse.cut is not None:
+        error = {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}
+        return await sse.end_after_fault(_sse({"error": error}))
+    last = response("", finishReason="MAX_TOKENS" if truncated else "STOP")
+    if tokens is not None:
+        last["usageMetadata"] = {
+            "promptTokenCount": tokens[0],
+            "candidatesTokenCount": tokens[1],
+            "totalTokenCount": tokens[0] + tokens[1],
+        }
+    await sse.emit(_sse(last))
     return await sse.end()
 
 

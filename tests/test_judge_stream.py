@@ -279,7 +279,7 @@ def test_a_simulated_judge_streams_and_stores_as_a_plain_one(tmp_path: Path) -> 
     assert _shape(streamed.model_dump(mode="json")) == _shape(plain.model_dump(mode="json"))
 
 
-@pytest.mark.parametrize("wire", ["openai", "anthropic"])
+@pytest.mark.parametrize("wire", ["openai", "anthropic", "gemini"])
 async def test_a_listened_request_streams_on_a_model_not_set_to(
     wire: str, fake: FakeServer
 ) -> None:
@@ -288,19 +288,22 @@ async def test_a_listened_request_streams_on_a_model_not_set_to(
     cost are those of the same request answered in one body."""
     from thinktank.providers.anthropic import AnthropicModel
     from thinktank.providers.base import ModelRequest
+    from thinktank.providers.gemini import GeminiModel
     from thinktank.providers.http import create_http_client
     from thinktank.providers.openai import OpenAICompatibleModel
 
     prices = {"input_cost_per_mtok": 1.0, "output_cost_per_mtok": 2.0}
     heard: list[str] = []
     async with create_http_client() as http:
-        model: OpenAICompatibleModel | AnthropicModel
+        model: OpenAICompatibleModel | AnthropicModel | GeminiModel
         if wire == "openai":
             model = OpenAICompatibleModel(
                 name="m", model=JUDGE, http=http, base_url=f"{fake.url}/v1", **prices
             )
-        else:
+        elif wire == "anthropic":
             model = AnthropicModel(name="m", model=JUDGE, http=http, base_url=fake.url, **prices)
+        else:
+            model = GeminiModel(name="m", model=JUDGE, http=http, base_url=fake.url, **prices)
         request = ModelRequest(prompt="Merge them", max_tokens=50)
         whole = await model.complete(request)
         streamed = await model.complete(
@@ -314,5 +317,30 @@ async def test_a_listened_request_streams_on_a_model_not_set_to(
         whole.cost_usd,
     )
     first, second = fake.requests[-2:]
-    assert "stream" not in first.json and second.json["stream"] is True
     assert second.headers["accept"] == "text/event-stream"
+    if wire == "gemini":  # the body is the same; the method says "stream"
+        assert first.json == second.json
+        assert second.path.endswith(":streamGenerateContent?alt=sse")
+    else:
+        assert "stream" not in first.json and second.json["stream"] is True
+
+
+@pytest.mark.parametrize("fault", [Fault.stream_cut(after=2), Fault.stream_error(after=2)])
+async def test_a_cut_gemini_stream_fails_with_its_partial_text(
+    fake: FakeServer, fault: Fault
+) -> None:
+    """A listened Gemini answer cut (or ended by an error event) after two words fails
+    the attempt as retryable, keeping the two words as its partial text."""
+    from thinktank.errors import ProviderError
+    from thinktank.providers.base import ModelRequest
+    from thinktank.providers.gemini import GeminiModel
+    from thinktank.providers.http import create_http_client
+
+    fake.add_faults(fault, model=JUDGE)
+    heard: list[str] = []
+    async with create_http_client() as http:
+        model = GeminiModel(name="m", model=JUDGE, http=http, base_url=fake.url)
+        with pytest.raises(ProviderError) as failed:
+            await model.complete(ModelRequest(prompt="Merge", stream=True, on_delta=heard.append))
+    assert failed.value.retryable and failed.value.partial == "The merged "
+    assert heard == ["The ", "merged "]

@@ -124,17 +124,18 @@ class WireModel:
         return self._stream or request.stream
 
     def _send(
-        self, content: bytes, *, stream: bool = False
+        self, content: bytes, *, stream: bool = False, url: str | None = None
     ) -> AbstractAsyncContextManager[Response]:
-        """POST ``content``; the response is streamed (read it with :meth:`_read` or
-        :meth:`_lines`, inside the ``async with``); ``stream``: an event stream is asked."""
+        """POST ``content`` (to ``url``, default the model's); the response is streamed
+        (read it with :meth:`_read` or :meth:`_lines`, inside the ``async with``);
+        ``stream``: an event stream is asked."""
         headers = self._headers
         if stream and headers.get("accept") == "application/json":
             # Streamed for a listener on a model not configured to stream.
             headers = {**headers, "accept": "text/event-stream"}
         return self._http.stream(
             "POST",
-            self._url,
+            url or self._url,
             content=content,
             headers=headers,
             timeout=self._timeout_s,
