@@ -186,6 +186,18 @@ class WireModel:
             body, provider=self.PROVIDER, model=self._name, status=status, secrets=self._secrets
         )
 
+    def _ended_early(self, received: str | None) -> ProviderError:
+        """A stream that ended before the model finished (retryable, keeping
+        ``received``, the text streamed so far)."""
+        return ProviderError(
+            f"{self.PROVIDER} model {self._name!r}: the stream ended before the model"
+            f" finished ({len(received or '')} characters received)",
+            provider=self.PROVIDER,
+            model=self._name,
+            retryable=True,
+            partial=received,
+        )
+
     def _shape_error(self, what: str, partial: str | None = None) -> ProviderError:
         return ProviderError(
             f"{self.PROVIDER} model {self._name!r}: unexpected response: {what}",

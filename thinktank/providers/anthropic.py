@@ -214,15 +214,7 @@ class AnthropicModel(WireModel):
         # message_delta carries the stop reason and the final usage: with it (or with
         # message_stop) the answer is complete.
         if not state.stopped and state.stop is None:
-            received = state.partial()
-            raise ProviderError(
-                f"anthropic model {self._name!r}: the stream ended before the model finished"
-                f" ({len(received or '')} characters received)",
-                provider="anthropic",
-                model=self._name,
-                retryable=True,
-                partial=received,
-            )
+            raise self._ended_early(state.partial())
         usage = state.usage
         input_tokens = _input_tokens(usage)
         output_tokens = as_count(usage.get("output_tokens"))

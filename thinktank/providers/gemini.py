@@ -152,15 +152,7 @@ class GeminiModel(WireModel):
                             finish = candidate.get("finishReason") or finish
                         usage = last.get("usageMetadata") or usage
         if finish is None:
-            received = state.partial()
-            raise ProviderError(
-                f"gemini model {self._name!r}: the stream ended before the model finished"
-                f" ({len(received or '')} characters received)",
-                provider="gemini",
-                model=self._name,
-                retryable=True,
-                partial=received,
-            )
+            raise self._ended_early(state.partial())
         parts = [{"text": "".join(state.parts)}]
         whole = {
             **last,

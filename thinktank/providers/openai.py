@@ -28,7 +28,6 @@ from contextlib import aclosing
 from types import MappingProxyType
 from typing import Any, Literal
 
-from thinktank.errors import ProviderError
 from thinktank.providers._wire import StreamedText, WireModel
 from thinktank.providers.base import ModelRequest, ModelResponse
 from thinktank.providers.config import DEFAULT_MAX_RESPONSE_BYTES
@@ -212,15 +211,7 @@ class OpenAICompatibleModel(WireModel):
                             )
                         state.take(chunk)
         if state.finish is None:
-            received = state.partial()
-            raise ProviderError(
-                f"openai model {self._name!r}: the stream ended before the model finished"
-                f" ({len(received or '')} characters received)",
-                provider="openai",
-                model=self._name,
-                retryable=True,
-                partial=received,
-            )
+            raise self._ended_early(state.partial())
         input_tokens, output_tokens = _usage(state.usage)
         return ModelResponse(
             content="".join(state.parts),
