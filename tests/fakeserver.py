@@ -30,13 +30,14 @@ benchmarks).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -62,6 +63,8 @@ FaultKind = Literal[
 ]
 
 _GEMINI_PATH = re.compile(r"/models/([^/:]+):generateContent$")
+_GEMINI_STREAM_PATH = re.compile(r"/models/([^/:]+):streamGenerateContent$")
+"""Gemini's streamed answer (``?alt=sse``): the same body, an event stream back."""
 _ANTHROPIC_ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -228,6 +231,7 @@ class FakeServer:
     """The port, once serving."""
     _faults: dict[str | None, deque[Fault]] = field(default_factory=dict)
     _replies: dict[str, str] = field(default_factory=dict)
+    _held: dict[str, threading.Event] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _count: int = 0
     _stop: anyio.Event | None = None
@@ -247,9 +251,21 @@ class FakeServer:
         with self._lock:
             self._replies[model] = reply
 
-    def reset(self) -> None:
-        """Forget recorded requests, queued faults, fixed replies and errors."""
+    def hold_last_piece(self, model: str) -> threading.Event:
+        """Make ``model``'s streamed answers send every piece of text but the last,
+        then wait (until the client hangs up, recorded in :attr:`hangups`) for the
+        returned event to be set before the last one: a test sees what arrived while
+        the answer was still being written, without timing anything."""
+        gate = threading.Event()
         with self._lock:
+            self._held[model] = gate
+        return gate
+
+    def reset(self) -> None:
+        """Forget recorded requests, queued faults, fixed replies, held streams and
+        errors."""
+        with self._lock:
+            self._held.clear()
             self.requests.clear()
             self.errors.clear()
             self.hangups.clear()
@@ -288,6 +304,24 @@ class FakeServer:
                 conn.receive_data(data)  # a pipelined request: h11 keeps it for later
                 continue
             return True
+
+    def _holder(
+        self, conn: h11.Connection, stream: anyio.abc.SocketStream, model: str
+    ) -> Callable[[], Awaitable[bool]] | None:
+        """What a stream of ``model`` awaits before its last piece (None: nothing);
+        it answers False when the client hung up meanwhile."""
+        with self._lock:
+            gate = self._held.get(model)
+        if gate is None:
+            return None
+
+        async def hold() -> bool:
+            while not gate.is_set():
+                if not await self._wait_unless_hung_up(conn, stream, model, 0.02):
+                    return False
+            return True
+
+        return hold
 
     async def serve(
         self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED
@@ -359,6 +393,8 @@ class FakeServer:
             await _send(conn, stream, 400, _error_body(wire, 400, "body is not a JSON object"))
             return True
         parsed = _parse(wire, model or "", data)
+        if _GEMINI_STREAM_PATH.search(path.split("?", 1)[0]):
+            parsed = dataclasses.replace(parsed, stream=True)
         fault = self._take_fault(parsed.model)
         if fault is not None and fault.kind == "slow":
             if not await self._wait_unless_hung_up(conn, stream, parsed.model, fault.delay_s):
@@ -376,8 +412,9 @@ class FakeServer:
         if truncated:
             words = words[: parsed.max_tokens]
         usage = fault is None or fault.kind != "no_usage"
-        if parsed.stream and wire != "gemini":
-            return await _stream(conn, stream, parsed, n, words, truncated, usage, fault)
+        if parsed.stream:
+            hold = self._holder(conn, stream, parsed.model)
+            return await _stream(conn, stream, parsed, n, words, truncated, usage, fault, hold)
         payload = _completion(parsed, n, " ".join(words), truncated, usage)
         await _send(conn, stream, 200, _json(payload))
         return True
@@ -502,7 +539,7 @@ def _route(path: str, data: Any) -> tuple[Wire | None, str | None]:
         return "openai", model
     if bare.endswith("/v1/messages"):
         return "anthropic", model
-    match = _GEMINI_PATH.search(bare)
+    match = _GEMINI_PATH.search(bare) or _GEMINI_STREAM_PATH.search(bare)
     if match:
         return "gemini", match.group(1)
     return None, model
@@ -655,6 +692,9 @@ class _SSE:
     pieces: list[str]
     cut: Fault | None
     stall: Fault | None
+    hold: Callable[[], Awaitable[bool]] | None = None
+    """Awaited before the last piece; False: the client hung up (see
+    :meth:`FakeServer.hold_last_piece`)."""
 
     async def emit(self, chunk: bytes) -> None:
         await self.stream.send(self.conn.send(h11.Data(data=chunk)))
@@ -664,6 +704,8 @@ class _SSE:
         for i, piece in enumerate(self.pieces):
             if self.stall is not None and i == self.stall.after:
                 await anyio.sleep(self.stall.delay_s)
+            if self.hold is not None and i == len(self.pieces) - 1 and not await self.hold():
+                raise _HungUp
             await self.emit(render(piece))
 
     async def end(self) -> bool:
@@ -689,8 +731,10 @@ async def _stream(
     truncated: bool,
     usage: bool,
     fault: Fault | None,
+    hold: Callable[[], Awaitable[bool]] | None = None,
 ) -> bool:
-    """Send an SSE answer; False when the connection was cut on purpose."""
+    """Send an SSE answer; False when the connection was cut on purpose, or the client
+    hung up while a held stream waited."""
     headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
     await stream.send(conn.send(h11.Response(status_code=200, headers=headers)))
     tokens = (_count(parsed.system) + _count(parsed.prompt), _count(" ".join(words)))
@@ -699,10 +743,19 @@ async def _stream(
     stall = fault if fault is not None and fault.kind == "stream_stall" else None
     if cut is not None:
         pieces = pieces[: cut.after]
-    sse = _SSE(conn, stream, pieces, cut, stall)
-    if parsed.wire == "openai":
-        return await _stream_openai(sse, parsed, n, truncated, tokens if usage else None)
-    return await _stream_anthropic(sse, parsed, n, truncated, tokens if usage else None)
+    sse = _SSE(conn, stream, pieces, cut, stall, hold)
+    try:
+        if parsed.wire == "openai":
+            return await _stream_openai(sse, parsed, n, truncated, tokens if usage else None)
+        if parsed.wire == "gemini":
+            return await _stream_gemini(sse, parsed, n, truncated, tokens if usage else None)
+        return await _stream_anthropic(sse, parsed, n, truncated, tokens if usage else None)
+    except _HungUp:
+        return False
+
+
+class _HungUp(Exception):
+    """The client of a held stream left before its last piece."""
 
 
 async def _stream_openai(
@@ -780,6 +833,32 @@ async def _stream_anthropic(
         final["usage"] = {"output_tokens": tokens[1]}
     await sse.emit(_sse(final, "message_delta"))
     await sse.emit(_sse({"type": "message_stop"}, "message_stop"))
+    return await sse.end()
+
+
+async def _stream_gemini(
+    sse: _SSE, parsed: _Parsed, n: int, truncated: bool, tokens: tuple[int, int] | None
+) -> bool:
+    """Gemini's ``streamGenerateContent?alt=sse``: one ``GenerateContentResponse`` per
+    piece, the last with the finish reason and the usage (``tokens``; None: none)."""
+    head = {"modelVersion": parsed.model, "responseId": f"resp-{n}"}
+
+    def response(text: str, **candidate: Any) -> dict[str, Any]:
+        content = {"role": "model", "parts": [{"text": text}]}
+        return {"candidates": [{"content": content, "index": 0, **candidate}], **head}
+
+    await sse.emit_pieces(lambda piece: _sse(response(piece)))
+    if sse.cut is not None:
+        error = {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}
+        return await sse.end_after_fault(_sse({"error": error}))
+    last = response("", finishReason="MAX_TOKENS" if truncated else "STOP")
+    if tokens is not None:
+        last["usageMetadata"] = {
+            "promptTokenCount": tokens[0],
+            "candidatesTokenCount": tokens[1],
+            "totalTokenCount": tokens[0] + tokens[1],
+        }
+    await sse.emit(_sse(last))
     return await sse.end()
 
 

@@ -291,9 +291,11 @@ def _completion(body: Mapping[str, Any]) -> Completion:
 class _Reader:
     """Server-sent events of a streamed completion, line by line, as stream items.
 
-    The ``chat.completion.chunk`` objects give the text; the finish chunk carries the
-    ``parallel`` block and the usage chunk (always asked for) the tokens; ``[DONE]``
-    makes the :class:`Completion` of them all."""
+    The ``chat.completion.chunk`` objects give the text (a judge's as it writes it);
+    the finish chunk carries the ``parallel`` block and the usage chunk (always asked
+    for) the tokens; ``[DONE]`` makes the :class:`Completion` of them all. A
+    ``thinktank.synthesis`` event replaces the text streamed so far (the judge failed
+    after writing some, and another method merged)."""
 
     def __init__(self) -> None:
         self.done = False
@@ -324,6 +326,10 @@ class _Reader:
         payload = json.loads(data)
         if event == "thinktank.model":
             return [ModelAnswer.model_validate(payload)]
+        if event == "thinktank.synthesis":
+            # A judge failed after its text was streamed: the answer is a fallback's.
+            self._text = [payload["content"]]
+            return []
         if "error" in payload:
             kind = str((payload["error"] or {}).get("type"))
             raise _error(_STREAM_STATUS.get(kind, 500), payload, {})

@@ -174,10 +174,19 @@ def call_model(
         else None
     )
 
+    # The request's own listener (a judge's, see ``engine.multi``) hears its pieces too.
+    own = request.on_delta
+
     def collect(text: str) -> None:
+        if own is not None and not received:
+            # An attempt's first piece (``received`` is cleared at each attempt): what
+            # an earlier attempt streamed is void, and the empty piece says so.
+            own("")
         received.append(text)
         if forward is not None:
             forward(text)
+        if own is not None:
+            own(text)
 
     request = dataclasses.replace(request, on_delta=collect)
     limits = [*limiters, pooled.limiter] if pooled.limiter is not None else limiters

@@ -44,13 +44,37 @@ from thinktank.events import CachedConsensus, ConsensusComputed
 from thinktank.providers.base import ModelClient, ModelRequest, PooledModel
 from thinktank.session.spec import StepSpec
 
-__all__ = ["Asking", "CacheLookup", "MultiModel", "Outcome", "cache_key"]
+__all__ = ["Asking", "CacheLookup", "MultiModel", "OnSynthesis", "Outcome", "cache_key"]
 
 CacheLookup = Callable[[str], Awaitable[CachedConsensus | None]]
 """Finds a stored consensus by cache key (``Store.find_consensus``)."""
 
 Outcome = tuple[str | None, float | None, str | Abstained | None]
 """An attempt's output, consensus score and error (or abstention)."""
+
+OnSynthesis = Callable[[str, str], None]
+"""(step id, the judge's text so far) -> None: called each time a judge's merged answer
+grows while the judge writes it (a streaming client). Each judge call, and each retry
+of one, starts again from its first piece; the stored synthesis is the final text,
+stripped. Not recorded."""
+
+
+class _Written:
+    """One judge call's text as it arrives, handed whole to an :data:`OnSynthesis`."""
+
+    __slots__ = ("listener", "step_id", "text")
+
+    def __init__(self, step_id: str, listener: OnSynthesis) -> None:
+        self.step_id = step_id
+        self.listener = listener
+        self.text = ""
+
+    def __call__(self, piece: str) -> None:
+        if not piece:  # the call starts over (a retry): the judge writes afresh
+            self.text = ""
+            return
+        self.text += piece
+        self.listener(self.step_id, self.text)
 
 
 @dataclass(slots=True)
@@ -78,8 +102,11 @@ class MultiModel:
         threshold: float,
         cache: CacheLookup | None = None,
         use_cache: bool = True,
+        on_synthesis: OnSynthesis | None = None,
     ) -> None:
         self.caller = caller
+        self.on_synthesis = on_synthesis
+        """Hears a judge's merged answer as it is written (None: nobody listens)."""
         self.threshold = threshold
         """The session's consensus threshold (a step may set its own)."""
         self.cache = cache
@@ -329,10 +356,13 @@ class MultiModel:
                 return merged, None
             return synthesize(step.synthesis, answers, threshold, options), None
         assert step.synthesizer is not None
-        judged = await call(
-            step.synthesizer,
-            dataclasses.replace(request, prompt=judge_prompt(request.prompt, answers)),
-        )
+        judging = dataclasses.replace(request, prompt=judge_prompt(request.prompt, answers))
+        if self.on_synthesis is not None:
+            # Someone reads the merge as it is written: the judge streams (a fresh
+            # listener per judge call, so an escalation's second judge starts over).
+            written = _Written(step.id, self.on_synthesis)
+            judging = dataclasses.replace(judging, on_delta=written, stream=True)
+        judged = await call(step.synthesizer, judging)
         merged = synthesize(step.judge_fallback, answers, threshold, options)
         if judged.ok and (judged.content or "").strip():
             # The judge writes the answer; agreement still comes from the responses.

@@ -29,6 +29,7 @@ from thinktank._ids import new_id
 from thinktank.engine.budget import Budget
 from thinktank.engine.calls import OnDelta
 from thinktank.engine.decompose import Growth
+from thinktank.engine.multi import OnSynthesis
 from thinktank.engine.outcome import StepEnd
 from thinktank.engine.recorder import Recorder
 from thinktank.engine.restart import Restart
@@ -200,6 +201,7 @@ async def execute(
     restart: Restart | None = None,
     on_delta: OnDelta | None = None,
     lease_ttl_s: float | None = None,
+    on_synthesis: OnSynthesis | None = None,
 ) -> SessionResult:
     """The one execution path: run a session to the end and return its result.
 
@@ -268,6 +270,7 @@ async def execute(
             on_delta,
             step_models,
             ttl,
+            on_synthesis,
         )
     finally:
         # Shielded: an interrupted run must still release its connections.
@@ -290,8 +293,11 @@ async def _run_recorded(
     on_delta: OnDelta | None = None,
     step_models: dict[str, list[str]] | None = None,
     lease_ttl_s: float = _DEFAULT_LEASE_TTL_S,
+    on_synthesis: OnSynthesis | None = None,
 ) -> SessionResult:
-    wired = _Run(spec, values, store, clients, on_event, restart, on_delta, step_models)
+    wired = _Run(
+        spec, values, store, clients, on_event, restart, on_delta, step_models, on_synthesis
+    )
     started = wired.started(source, selected)
     return await wired.run(started, lease_ttl_s)
 
@@ -328,6 +334,7 @@ class _Run:
         restart: Restart,
         on_delta: OnDelta | None,
         step_models: dict[str, list[str]] | None,
+        on_synthesis: OnSynthesis | None = None,
     ) -> None:
         # uuid4, not v7: a random prefix keeps `thinktank show <first 8 chars>` unambiguous.
         self.session_id = session_id = restart.session_id or str(uuid.uuid4())
@@ -369,6 +376,7 @@ class _Run:
             aliases=restart.aliases,
             attempt_base=restart.attempt_base,
             on_delta=on_delta,
+            on_synthesis=on_synthesis,
             # Only the store and the caller's listener read CallStarted (the result does not).
             record_starts=len(listeners) > 1,
             grow=self.grow,

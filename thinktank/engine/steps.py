@@ -32,7 +32,7 @@ from thinktank.engine.budget import Budget
 from thinktank.engine.calls import Caller, CallResult, OnDelta
 from thinktank.engine.decompose import Growth, decompose
 from thinktank.engine.multi import Asking as _Asking  # the attempt loop's name for it
-from thinktank.engine.multi import CacheLookup, MultiModel, Outcome
+from thinktank.engine.multi import CacheLookup, MultiModel, OnSynthesis, Outcome
 from thinktank.engine.outcome import Abstained, StepEnd
 from thinktank.events import Event, StepFinished, StepStarted, utcnow
 from thinktank.providers.base import ModelClient, ModelRequest, PooledModel
@@ -89,6 +89,7 @@ class StepExecutor:
         aliases: decompose step -> its synthesis step, for those earlier ones.
         attempt_base: Attempts each step already made (resume numbers on from there).
         on_delta: Receives streamed text as it arrives (live progress).
+        on_synthesis: Hears a judge's merged answer as it is written.
         record_starts: Emit CallStarted events (False when nothing consumes them).
         grow: Grows the run's DAG when a decompose step adds steps (the run owns it).
         on_stop: Called when the budget runs out (the run stops starting steps).
@@ -111,6 +112,7 @@ class StepExecutor:
         aliases: Mapping[str, str] | None = None,
         attempt_base: Mapping[str, int] | None = None,
         on_delta: OnDelta | None = None,
+        on_synthesis: OnSynthesis | None = None,
         record_starts: bool = True,
         grow: Grow | None = None,
         on_stop: Callable[[str], None] | None = None,
@@ -147,6 +149,7 @@ class StepExecutor:
             threshold=self.settings.consensus_threshold,
             cache=cache,
             use_cache=self.settings.cache,
+            on_synthesis=on_synthesis,
         )
 
     async def __call__(self, step_id: str) -> StepEnd:

@@ -35,6 +35,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from thinktank.engine.calls import OnDelta
+from thinktank.engine.multi import OnSynthesis
 from thinktank.engine.restart import Restart
 from thinktank.engine.result import SessionResult
 from thinktank.engine.runner import Listener, execute, fan_out
@@ -60,6 +61,7 @@ class RunOptions(TypedDict, total=False):
     restart: Restart | None
     on_delta: OnDelta | None
     lease_ttl_s: float | None
+    on_synthesis: OnSynthesis | None
 
 
 DEFAULT_BUFFER: Final = 64
@@ -303,6 +305,9 @@ async def run(spec: SessionSpec, **options: Unpack[RunOptions]) -> SessionResult
         lease_ttl_s: How long the session's lease lasts unless renewed (default
             ``$THINKTANK_LEASE_TTL`` or 30 s): how soon a killed run's session can
             be resumed.
+        on_synthesis: Called as (step, text so far) each time a judge's merged answer
+            grows while the judge writes it (the judge's call streams; not recorded:
+            the stored synthesis is the final text, stripped).
 
     Raises:
         SpecErrors: the spec names models that cannot be used (unknown, no key), or

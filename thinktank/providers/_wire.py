@@ -15,6 +15,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar
 
 from thinktank.errors import ProviderError
+from thinktank.providers.base import ModelRequest
 from thinktank.providers.http import (
     AsyncClient,
     Response,
@@ -37,6 +38,8 @@ class WireModel:
 
     PROVIDER: ClassVar[str]
     """The wire protocol's name: ``openai``, ``anthropic`` or ``gemini``."""
+    _stream: bool = False
+    """Every request streams (the model's ``stream = true``); set by subclasses."""
 
     def __init__(
         self,
@@ -115,14 +118,26 @@ class WireModel:
             body = await self._read(response)
             self._raise_for_status(response, body.decode("utf-8", "replace"))
 
-    def _send(self, content: bytes) -> AbstractAsyncContextManager[Response]:
-        """POST ``content``; the response is streamed (read it with :meth:`_read` or
-        :meth:`_lines`, inside the ``async with``)."""
+    def _streams(self, request: ModelRequest) -> bool:
+        """Ask for an event stream: the model is configured to stream, or someone reads
+        this request's text as it is written (``ModelRequest.stream``)."""
+        return self._stream or request.stream
+
+    def _send(
+        self, content: bytes, *, stream: bool = False, url: str | None = None
+    ) -> AbstractAsyncContextManager[Response]:
+        """POST ``content`` (to ``url``, default the model's); the response is streamed
+        (read it with :meth:`_read` or :meth:`_lines`, inside the ``async with``);
+        ``stream``: an event stream is asked."""
+        headers = self._headers
+        if stream and headers.get("accept") == "application/json":
+            # Streamed for a listener on a model not configured to stream.
+            headers = {**headers, "accept": "text/event-stream"}
         return self._http.stream(
             "POST",
-            self._url,
+            url or self._url,
             content=content,
-            headers=self._headers,
+            headers=headers,
             timeout=self._timeout_s,
             auth=self._auth,
         )
@@ -169,6 +184,18 @@ class WireModel:
     def _decode(self, body: bytes, status: int) -> dict[str, Any]:
         return decode_json(
             body, provider=self.PROVIDER, model=self._name, status=status, secrets=self._secrets
+        )
+
+    def _ended_early(self, received: str | None) -> ProviderError:
+        """A stream that ended before the model finished (retryable, keeping
+        ``received``, the text streamed so far)."""
+        return ProviderError(
+            f"{self.PROVIDER} model {self._name!r}: the stream ended before the model"
+            f" finished ({len(received or '')} characters received)",
+            provider=self.PROVIDER,
+            model=self._name,
+            retryable=True,
+            partial=received,
         )
 
     def _shape_error(self, what: str, partial: str | None = None) -> ProviderError:

@@ -128,14 +128,15 @@ class AnthropicModel(WireModel):
                 malformed body (not retryable), an ``error`` event, or a stream cut
                 before ``message_stop`` (retryable, with ``partial``).
         """
-        content = json.dumps(self._body(request)).encode()
+        streams = self._streams(request)
+        content = json.dumps(self._body(request, streams)).encode()
         start = time.perf_counter()
-        if self._stream:
+        if streams:
             return await self._complete_streaming(content, start, request.on_delta)
         status, body = await self._post(content)
         return self._from_message(self._decode(body, status), start)
 
-    def _body(self, request: ModelRequest) -> dict[str, Any]:
+    def _body(self, request: ModelRequest, streams: bool = False) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self._model,
             "max_tokens": (
@@ -147,7 +148,7 @@ class AnthropicModel(WireModel):
             body["system"] = request.system
         if request.temperature is not None:
             body["temperature"] = request.temperature
-        if self._stream:
+        if streams:
             body["stream"] = True
         return body
 
@@ -197,7 +198,7 @@ class AnthropicModel(WireModel):
         with translate_errors(
             provider="anthropic", model=self._name, secrets=self._secrets, partial=state.partial
         ):
-            async with self._send(content) as response:
+            async with self._send(content, stream=True) as response:
                 await self._check_stream_status(response)
                 if not response.headers.get("content-type", "").startswith("text/event-stream"):
                     body = await self._read(response)
@@ -213,15 +214,7 @@ class AnthropicModel(WireModel):
         # message_delta carries the stop reason and the final usage: with it (or with
         # message_stop) the answer is complete.
         if not state.stopped and state.stop is None:
-            received = state.partial()
-            raise ProviderError(
-                f"anthropic model {self._name!r}: the stream ended before the model finished"
-                f" ({len(received or '')} characters received)",
-                provider="anthropic",
-                model=self._name,
-                retryable=True,
-                partial=received,
-            )
+            raise self._ended_early(state.partial())
         usage = state.usage
         input_tokens = _input_tokens(usage)
         output_tokens = as_count(usage.get("output_tokens"))

@@ -125,7 +125,14 @@ class ModelRequest:
     a GBNF grammar of the strings (llama.cpp's grammar sampler). The consensus readers
     read all of them (:func:`~thinktank.consensus.readers.structured_answer`)."""
     on_delta: Callable[[str], None] | None = field(default=None, compare=False)
-    """Streaming clients call it with each piece of text as it arrives (live progress)."""
+    """Streaming clients call it with each piece of text as it arrives (live progress).
+    A request's own listener is also handed an empty piece by the call layer when an
+    attempt starts: the text of an earlier attempt (a retry's) is void."""
+    stream: bool = field(default=False, compare=False)
+    """Someone reads this call's text as it is written (a judge's merged answer streamed
+    to a client): a client that can stream does so for this call even when its model is
+    not configured to (``stream = true``). The answer, its tokens and cost are the same
+    either way; only when the text arrives changes."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,4 +1,4 @@
-"""The Google Gemini ``generateContent`` wire protocol (non-streaming).
+"""The Google Gemini ``generateContent`` wire protocol.
 
 Each :meth:`GeminiModel.complete` makes exactly one HTTP attempt; retrying is the call
 layer's job (see :mod:`thinktank.providers.retry`), so every attempt is recorded.
@@ -15,6 +15,11 @@ The answer is the text of ``candidates[0].content.parts`` (thought summaries ski
 ``finishReason`` the finish reason, and ``usageMetadata`` the tokens: output tokens
 include ``thoughtsTokenCount``, which is billed as output. A 429 without a
 ``retry-after`` header takes its hint from the body's ``RetryInfo.retryDelay``.
+
+A request someone listens to (``ModelRequest.stream``: a judge streamed to a client)
+goes to ``:streamGenerateContent?alt=sse`` instead: each event is a
+``GenerateContentResponse`` holding the next piece of text; the finish reason and the
+usage come with the last ones. The answer is the same as the one-body answer's.
 """
 
 from __future__ import annotations
@@ -22,12 +27,13 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import aclosing
 from types import MappingProxyType
 from typing import Any
 
 from thinktank.errors import ProviderError
-from thinktank.providers._wire import WireModel
+from thinktank.providers._wire import StreamedText, WireModel
 from thinktank.providers.base import ModelRequest, ModelResponse
 from thinktank.providers.config import DEFAULT_MAX_RESPONSE_BYTES
 from thinktank.providers.http import (
@@ -35,7 +41,9 @@ from thinktank.providers.http import (
     as_count,
     cost_usd,
     error_from_payload,
+    translate_errors,
 )
+from thinktank.providers.sse import iter_sse
 
 __all__ = ["GeminiModel"]
 
@@ -114,9 +122,65 @@ class GeminiModel(WireModel):
         """
         content = json.dumps(self._body(request)).encode()
         start = time.perf_counter()
+        if request.stream:
+            return await self._complete_streaming(content, start, request.on_delta)
         # Gemini puts its retry hint in the body (RetryInfo.retryDelay).
         status, body = await self._post(content, retry_hint=_retry_delay)
         return self._from_body(self._decode(body, status), start)
+
+    async def _complete_streaming(
+        self, content: bytes, start: float, on_delta: Callable[[str], None] | None
+    ) -> ModelResponse:
+        """The answer streamed, as :meth:`_from_body` would read it whole."""
+        state = StreamedText(start, on_delta)
+        last: dict[str, Any] = {}
+        usage: object = None
+        finish: object = None
+        url = self._url.removesuffix(":generateContent") + ":streamGenerateContent?alt=sse"
+        with translate_errors(
+            provider="gemini", model=self._name, secrets=self._secrets, partial=state.partial
+        ):
+            async with self._send(content, stream=True, url=url) as response:
+                await self._check_stream_status(response)
+                async with aclosing(iter_sse(self._lines(response, state.partial))) as events:
+                    async for event in events:
+                        last = self._chunk(event.data, state.partial())
+                        candidates = last.get("candidates")
+                        candidate = candidates[0] if isinstance(candidates, list) else None
+                        if isinstance(candidate, dict):
+                            state.add(_text(candidate))
+                            finish = candidate.get("finishReason") or finish
+                        usage = last.get("usageMetadata") or usage
+        if finish is None:
+            raise self._ended_early(state.partial())
+        parts = [{"text": "".join(state.parts)}]
+        whole = {
+            **last,
+            "candidates": [{"content": {"parts": parts}, "finishReason": finish}],
+            "usageMetadata": usage,
+        }
+        return self._from_body(whole, start)
+
+    def _chunk(self, data: str, partial: str | None) -> dict[str, Any]:
+        """One streamed response, or the error it carries raised."""
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            chunk = None
+        if not isinstance(chunk, dict):
+            raise self._shape_error(
+                f"a stream event was not a JSON object: {data[:200]!r}", partial
+            )
+        if "error" in chunk and "candidates" not in chunk:
+            raise error_from_payload(
+                chunk,
+                provider="gemini",
+                model=self._name,
+                secrets=self._secrets,
+                partial=partial,
+                where="the stream",
+            )
+        return chunk
 
     def _body(self, request: ModelRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -167,16 +231,7 @@ class GeminiModel(WireModel):
         candidate = candidates[0]
         if not isinstance(candidate, dict):
             raise self._fail("unexpected response: the first candidate is not an object")
-        text = ""
-        content = candidate.get("content")
-        if isinstance(content, dict) and isinstance(content.get("parts"), list):
-            text = "".join(
-                part["text"]
-                for part in content["parts"]
-                if isinstance(part, dict)
-                and isinstance(part.get("text"), str)
-                and not part.get("thought")
-            )
+        text = _text(candidate)
         input_tokens, output_tokens = _usage(data.get("usageMetadata"))
         finish = candidate.get("finishReason")
         extra: dict[str, object] = {}
@@ -194,6 +249,18 @@ class GeminiModel(WireModel):
             finish_reason=finish if isinstance(finish, str) else None,
             extra=extra,
         )
+
+
+def _text(candidate: dict[str, Any]) -> str:
+    """The text of a candidate's parts (thought summaries skipped)."""
+    content = candidate.get("content")
+    if not isinstance(content, dict) or not isinstance(content.get("parts"), list):
+        return ""
+    return "".join(
+        part["text"]
+        for part in content["parts"]
+        if isinstance(part, dict) and isinstance(part.get("text"), str) and not part.get("thought")
+    )
 
 
 def _usage(meta: object) -> tuple[int | None, int | None]:

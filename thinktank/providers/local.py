@@ -76,6 +76,7 @@ Structured output
 from __future__ import annotations
 
 import atexit
+import codecs
 import ctypes
 import hashlib
 import importlib
@@ -84,12 +85,14 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeAlias
 
 import anyio
+import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -304,6 +307,9 @@ class _Sampling:
     temperature: float
     seed: int
     grammar: bytes | None = None
+    heard: Callable[[str], None] | None = None
+    """Called from the worker thread with each piece of text as it is sampled (a
+    listened request, ``ModelRequest.stream``); None: nobody listens."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -521,7 +527,7 @@ class LocalLlamaModel:
             self._run,
             key,
             prompt,
-            _Sampling(max(0.0, temperature), seed, grammar),
+            _Sampling(max(0.0, temperature), seed, grammar, _heard(request)),
             max(1, max_tokens),
             cancelled,
         )
@@ -691,6 +697,8 @@ class LocalLlamaModel:
         answer: list[int] = []
         text = b""
         finish = "length"
+        # A token may end inside a UTF-8 character: pieces are decoded incrementally.
+        decode = codecs.getincrementaldecoder("utf-8")("ignore").decode
         try:
             while len(answer) < max_tokens and llama.n_tokens < llama.n_ctx():
                 if cancelled.is_set():
@@ -702,12 +710,16 @@ class LocalLlamaModel:
                     finish = "stop"
                     break
                 piece = llama.detokenize([token])
-                if one_line and b"\n" in piece:
+                ends = one_line and b"\n" in piece
+                if ends:
                     # The answer is one line: the newline ends it (and is not part of it).
-                    text += piece.split(b"\n", 1)[0]
+                    piece = piece.split(b"\n", 1)[0]
+                text += piece
+                if sampling.heard is not None and (heard := decode(piece)):
+                    sampling.heard(heard)
+                if ends:
                     finish = "stop"
                     break
-                text += piece
                 if len(answer) < max_tokens:
                     llama.eval([token])
         finally:
@@ -734,6 +746,19 @@ class LocalLlamaModel:
             return
         llama.reset()
         llama.eval(preamble)
+
+
+def _heard(request: ModelRequest) -> Callable[[str], None] | None:
+    """What the worker thread calls with each piece of a listened request: the
+    request's listener, run on the event loop (None when nobody listens)."""
+    listener = request.on_delta
+    if not request.stream or listener is None:
+        return None
+
+    def hear(piece: str) -> None:
+        anyio.from_thread.run_sync(listener, piece)
+
+    return hear
 
 
 def _question(frame: Frame, prompt: str) -> str:

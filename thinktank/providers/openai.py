@@ -28,7 +28,6 @@ from contextlib import aclosing
 from types import MappingProxyType
 from typing import Any, Literal
 
-from thinktank.errors import ProviderError
 from thinktank.providers._wire import StreamedText, WireModel
 from thinktank.providers.base import ModelRequest, ModelResponse
 from thinktank.providers.config import DEFAULT_MAX_RESPONSE_BYTES
@@ -123,14 +122,15 @@ class OpenAICompatibleModel(WireModel):
                 stream error, or a stream cut before the finish (retryable, with
                 ``partial``).
         """
-        content = json.dumps(self._body(request)).encode()
+        streams = self._streams(request)
+        content = json.dumps(self._body(request, streams)).encode()
         start = time.perf_counter()
-        if self._stream:
+        if streams:
             return await self._complete_streaming(content, start, request.on_delta)
         status, body = await self._post(content)
         return self._from_completion(self._decode(body, status), start)
 
-    def _body(self, request: ModelRequest) -> dict[str, Any]:
+    def _body(self, request: ModelRequest, streams: bool = False) -> dict[str, Any]:
         messages: list[dict[str, str]] = []
         if request.system:
             messages.append({"role": "system", "content": request.system})
@@ -146,7 +146,7 @@ class OpenAICompatibleModel(WireModel):
             body["response_format"] = _response_format(request.response_schema)
         elif request.response_enum:
             body["response_format"] = _response_format(_enum_schema(request.response_enum))
-        if self._stream:
+        if streams:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
         return body
@@ -187,7 +187,7 @@ class OpenAICompatibleModel(WireModel):
         with translate_errors(
             provider="openai", model=self._name, secrets=self._secrets, partial=state.partial
         ):
-            async with self._send(content) as response:
+            async with self._send(content, stream=True) as response:
                 await self._check_stream_status(response)
                 if not response.headers.get("content-type", "").startswith("text/event-stream"):
                     # The server ignored "stream": it answered with one JSON body.
@@ -211,15 +211,7 @@ class OpenAICompatibleModel(WireModel):
                             )
                         state.take(chunk)
         if state.finish is None:
-            received = state.partial()
-            raise ProviderError(
-                f"openai model {self._name!r}: the stream ended before the model finished"
-                f" ({len(received or '')} characters received)",
-                provider="openai",
-                model=self._name,
-                retryable=True,
-                partial=received,
-            )
+            raise self._ended_early(state.partial())
         input_tokens, output_tokens = _usage(state.usage)
         return ModelResponse(
             content="".join(state.parts),

@@ -53,6 +53,18 @@ _TIMER_SLACK_S = 0.0011
 """How late a loop timer may wake: epoll's 1 ms rounding plus a little."""
 
 
+_WORDS = re.compile(r"\s*\S+\s*|\s+")
+"""A streamed reply's pieces: each word with the blanks around it."""
+
+
+async def _wait_ms(ms: float) -> None:
+    """Sleep ``ms`` precisely, or just let other tasks run when it is 0."""
+    if ms > 0:
+        await sleep_precisely(ms / 1000)
+    else:
+        await anyio.lowlevel.checkpoint()
+
+
 async def sleep_precisely(seconds: float) -> None:
     """Sleep ``seconds``, waking within tens of microseconds of the deadline.
 
@@ -209,6 +221,19 @@ class SimulatedModel:
         digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
         return random.Random(int.from_bytes(digest, "big"))
 
+    def _reply(self, request: ModelRequest, rng: random.Random) -> tuple[str, int, int, str]:
+        """The reply to ``request``: its text, input and output tokens, finish reason."""
+        cfg = self.config
+        content = self.gold_reply(request.prompt)
+        if rng.random() >= cfg.accuracy:
+            wrong = cfg.wrong_replies or [f"not {content}"]
+            content = wrong[rng.randrange(len(wrong))]
+        input_tokens = _tokens(request.prompt) + _tokens(request.system or "")
+        output_tokens = _tokens(content)
+        if request.max_tokens is not None and output_tokens > request.max_tokens:
+            return content[: request.max_tokens * 4], input_tokens, request.max_tokens, "length"
+        return content, input_tokens, output_tokens, "stop"
+
     def gold_reply(self, prompt: str) -> str:
         """The reply the script gives for ``prompt`` when the model is right."""
         for pattern, reply, expand in self._compiled:
@@ -226,7 +251,9 @@ class SimulatedModel:
         ) / 1e6
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
-        """Answer after a simulated latency, or fail or hang as configured."""
+        """Answer after a simulated latency, or fail or hang as configured. A listened
+        request (``stream``) hears its reply a word at a time, the latency spread
+        evenly before and between the words."""
         self.calls += 1
         cfg = self.config
         rng = self._rng(request)
@@ -235,10 +262,12 @@ class SimulatedModel:
         fault = rng.random()
         if fault < cfg.timeout_rate:
             await anyio.sleep(cfg.hang_ms / 1000)
-        if latency_ms > 0:
-            await sleep_precisely(latency_ms / 1000)
-        else:
-            await anyio.lowlevel.checkpoint()
+        # Drawn after the fault, as always: the reply is the same whether it is
+        # streamed or not, and a failing call's reply is simply never sent.
+        content, input_tokens, output_tokens, finish = self._reply(request, rng)
+        pieces = _WORDS.findall(content) if request.stream and request.on_delta else []
+        share_ms = latency_ms / (len(pieces) + 1)
+        await _wait_ms(share_ms)
         if cfg.timeout_rate <= fault < cfg.timeout_rate + cfg.failure_rate:
             raise ProviderError(
                 f"simulated failure of model {self._name!r}",
@@ -247,18 +276,10 @@ class SimulatedModel:
                 status_code=500,
                 retryable=True,
             )
-        content = self.gold_reply(request.prompt)
-        if rng.random() >= cfg.accuracy:
-            wrong = cfg.wrong_replies or [f"not {content}"]
-            content = wrong[rng.randrange(len(wrong))]
-        input_tokens = _tokens(request.prompt) + _tokens(request.system or "")
-        output_tokens = _tokens(content)
-        if request.max_tokens is not None and output_tokens > request.max_tokens:
-            content = content[: request.max_tokens * 4]
-            output_tokens = request.max_tokens
-            finish = "length"
-        else:
-            finish = "stop"
+        for piece in pieces:
+            assert request.on_delta is not None
+            request.on_delta(piece)
+            await _wait_ms(share_ms)
         return ModelResponse(
             content=content,
             model=self._name,

@@ -30,7 +30,9 @@ settled with what its calls cost, and the session records the key and request id
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -351,43 +353,119 @@ def _model_event(event: Any) -> bytes:
     )
 
 
+class _Judged:
+    """How much of a judge's merged answer, written as the client listens, it has been
+    sent: always a prefix of the text so far, stripped (the stored synthesis is the
+    judge's text stripped), so leading blanks wait for a word and trailing ones for the
+    next. A judge call that starts over (an escalation's second judge) sends nothing
+    until its text runs past what was sent."""
+
+    def __init__(self) -> None:
+        self.sent = ""
+
+    def grow(self, text: str) -> str:
+        """The new piece to send for the judge's text so far (maybe empty)."""
+        written = text.strip()
+        if len(written) <= len(self.sent) or not written.startswith(self.sent):
+            return ""
+        piece = written[len(self.sent) :]
+        self.sent = written
+        return piece
+
+    def rest(self, synthesis: str) -> list[str] | None:
+        """The pieces that complete ``synthesis``: all of it a word at a time when no
+        judge text was sent, the remainder after what was; None when what was sent is
+        not how the synthesis begins (the judge failed after writing, and a fallback
+        merged)."""
+        if not self.sent:
+            return _PIECES.findall(synthesis)
+        if not synthesis.startswith(self.sent):
+            return None
+        return [synthesis[len(self.sent) :]] if len(synthesis) > len(self.sent) else []
+
+
 async def _stream_events(
     request: Request, body: ChatRequest, cfg: ParallelExecutionConfig, prompt: str, meter: Meter
 ) -> AsyncIterator[bytes]:
     """The SSE body: a role chunk once the session starts, each model's answer as it
-    arrives (opt-in), the synthesis a word at a time, the finish chunk carrying the
-    ``parallel`` block, the usage chunk (``include_usage``), ``[DONE]``. Failures after
-    the headers are sent are an ``error`` object (which the openai SDK raises)."""
-    from thinktank.engine.stream import iter as iter_session
-    from thinktank.events import CallFinished, SessionStarted
+    arrives (opt-in), the synthesis as content chunks (a judge's as it writes it, else
+    a word at a time once merged), the finish chunk carrying the ``parallel`` block,
+    the usage chunk (``include_usage``), ``[DONE]``. Failures after the headers are
+    sent are an ``error`` object (which the openai SDK raises)."""
+    from thinktank.engine.runner import fan_out
+    from thinktank.engine.stream import run
+    from thinktank.events import CallFinished, Event, SessionStarted
 
     created = int(time.time())
     progress = body.parallel is not None and body.parallel.progress_events
     chunks: _Chunks | None = None
-    async with iter_session(_spec(cfg), **_run_options(request, prompt, meter)) as session:
-        async for event in session:
-            if isinstance(event, SessionStarted):
+    judged = _Judged()
+    # Unbounded: one completion's events are few, and the judge's text is what its
+    # answer holds anyway. The engine emits synchronously; the body reads here.
+    send, receive = anyio.create_memory_object_stream[Event | str](math.inf)
+
+    def put(item: Event | str) -> None:
+        # The body closes its end when the client leaves; the session still winds down.
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            send.send_nowait(item)
+
+    ended: list[SessionResult] = []
+    failed: list[Exception] = []
+
+    async def drive() -> None:
+        options = _run_options(request, prompt, meter)
+        options["on_event"] = fan_out([meter, put])
+        options["on_synthesis"] = lambda _step, text: put(text)
+        try:
+            ended.append(await run(_spec(cfg), **options))
+        except Exception as exc:  # noqa: BLE001 - raised below, after the chunks so far
+            failed.append(exc)
+        finally:
+            send.close()
+
+    async with anyio.create_task_group() as tg, receive:
+        tg.start_soon(drive)
+        async for item in receive:
+            if isinstance(item, str):
+                if chunks is not None and (piece := judged.grow(item)):
+                    yield chunks.delta({"content": piece})
+            elif isinstance(item, SessionStarted):
                 chunks = _Chunks(
-                    session_id=event.session_id, model=response_model(body, cfg), created=created
+                    session_id=item.session_id, model=response_model(body, cfg), created=created
                 )
                 yield chunks.delta({"role": "assistant", "content": ""})
-            elif progress and isinstance(event, CallFinished):
-                yield _model_event(event)
-        result = _parallel_result(session.result, cfg)
+            elif progress and isinstance(item, CallFinished):
+                yield _model_event(item)
+    if failed:
+        raise failed[0]
     assert chunks is not None
+    for out in _ending(_parallel_result(ended[0], cfg), body, chunks, judged):
+        yield out
+
+
+def _ending(
+    result: ParallelResult, body: ChatRequest, chunks: _Chunks, judged: _Judged
+) -> list[bytes]:
+    """The chunks after the session: the rest of the synthesis (or the error), the
+    finish chunk, the usage chunk (``include_usage``), ``[DONE]``."""
+    done = b"data: [DONE]\n\n"
     try:
         _raise_for_failure(result)
     except ApiError as exc:
-        yield _sse(error_body(exc.status, exc.message, param=exc.param, code=exc.code))
-        yield b"data: [DONE]\n\n"
-        return
+        return [_sse(error_body(exc.status, exc.message, param=exc.param, code=exc.code)), done]
     assert result.synthesis is not None
-    for piece in _PIECES.findall(result.synthesis.content):
-        yield chunks.delta({"content": piece})
-    yield chunks.delta({}, finish="stop", parallel=parallel_block(result))
+    out: list[bytes] = []
+    pieces = judged.rest(result.synthesis.content)
+    if pieces is None:
+        # Sent text cannot be taken back: the named event says what the answer is.
+        out.append(_sse({"content": result.synthesis.content}, event="thinktank.synthesis"))
+        pieces = []
+    out.extend(chunks.delta({"content": piece}) for piece in pieces)
+    out.append(chunks.delta({}, finish="stop", parallel=parallel_block(result)))
     if body.stream_options is not None and body.stream_options.include_usage:
-        yield chunks.usage(result)
-    yield b"data: [DONE]\n\n"
+        out.append(chunks.usage(result))
+    out.append(done)
+    return out
 
 
 class _SettledStream(StreamingResponse):
