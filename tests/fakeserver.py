@@ -229,6 +229,8 @@ class FakeServer:
     """(model, ``time.monotonic()``) of each slow answer whose client hung up first."""
     port: int = 0
     """The port, once serving."""
+    connections: int = 0
+    """TCP connections accepted (keep-alive reuses one for many requests)."""
     _faults: dict[str | None, deque[Fault]] = field(default_factory=dict)
     _replies: dict[str, str] = field(default_factory=dict)
     _held: dict[str, threading.Event] = field(default_factory=dict)
@@ -344,6 +346,7 @@ class FakeServer:
             self._stop.set()
 
     async def _connection(self, stream: anyio.abc.SocketStream) -> None:
+        self.connections += 1
         conn = h11.Connection(h11.SERVER)
         try:
             async with stream:

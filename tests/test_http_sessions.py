@@ -203,3 +203,25 @@ async def test_streamed_text_reaches_on_delta_as_it_arrives(
     for step, model in (("a", "gpt"), ("b", "claude")):
         assert len(pieces[(step, model)]) > 1
         assert "".join(pieces[(step, model)]) == result.steps[step].output
+
+
+async def test_sessions_share_a_given_http_client_and_its_connections(
+    server: FakeServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``http=``: every session's calls go through the caller's client, which stays
+    open, so sessions after the first reuse its connections instead of each opening
+    (and, on HTTPS, handshaking) its own; without it each run has a client of its own."""
+    from thinktank.providers.http import create_http_client
+
+    monkeypatch.setenv("TT_TEST_KEY", "sk-test")
+    steps = [{"id": "a", "prompt": "hi {{ inputs.n }}", "model": "gpt"}]
+    spec = parse_session({**session(server, steps), "inputs": {"n": {"type": "integer"}}}, file="t")
+    db = str(tmp_path / "t.db")
+    async with create_http_client() as http:
+        for n in range(5):
+            await thinktank.run(spec, inputs={"n": n}, store=db, http=http)
+        assert not http.is_closed
+    assert server.connections == 1
+    for n in range(5, 8):
+        await thinktank.run(spec, inputs={"n": n}, store=db)
+    assert server.connections == 4

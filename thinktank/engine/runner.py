@@ -48,7 +48,7 @@ from thinktank.events import (
 )
 from thinktank.providers.base import ModelClient, PooledModel
 from thinktank.providers.config import load_config
-from thinktank.providers.http import create_http_client
+from thinktank.providers.http import AsyncClient, create_http_client
 from thinktank.providers.registry import ModelRegistry
 from thinktank.session.graph import StepGraph
 from thinktank.session.selection import apply_selection
@@ -202,6 +202,9 @@ async def execute(
     on_delta: OnDelta | None = None,
     lease_ttl_s: float | None = None,
     on_synthesis: OnSynthesis | None = None,
+    http: AsyncClient | None = None,
+    key_id: str | None = None,
+    request_id: str | None = None,
 ) -> SessionResult:
     """The one execution path: run a session to the end and return its result.
 
@@ -250,11 +253,12 @@ async def execute(
 
     store, owned = await resolve_store(store)
     # Keep-alive for every pooled connection: a closed one costs a TLS handshake.
-    http = (
+    own_http = (
         create_http_client(max_connections=100, max_keepalive=100)
-        if registry.needs_http(names)
+        if http is None and registry.needs_http(names)
         else None
     )
+    http = http or own_http
     try:
         restart = restart or Restart()
         pool = restart.pool(registry.build(names, http))
@@ -264,7 +268,7 @@ async def execute(
             store,
             pool,
             on_event,
-            source,
+            {"source": source, "key_id": key_id, "request_id": request_id},
             selected,
             restart,
             on_delta,
@@ -275,8 +279,8 @@ async def execute(
     finally:
         # Shielded: an interrupted run must still release its connections.
         with anyio.CancelScope(shield=True):
-            if http is not None:
-                await http.aclose()
+            if own_http is not None:
+                await own_http.aclose()
             if owned is not None:
                 await owned.close()
 
@@ -287,7 +291,7 @@ async def _run_recorded(
     store: Store | None,
     clients: Mapping[str, PooledModel],
     on_event: Listener | None,
-    source: str | None,
+    provenance: dict[str, str | None],
     selected: dict[str, str],
     restart: Restart,
     on_delta: OnDelta | None = None,
@@ -298,7 +302,7 @@ async def _run_recorded(
     wired = _Run(
         spec, values, store, clients, on_event, restart, on_delta, step_models, on_synthesis
     )
-    started = wired.started(source, selected)
+    started = wired.started(provenance, selected)
     return await wired.run(started, lease_ttl_s)
 
 
@@ -427,8 +431,11 @@ class _Run:
         await self.recorder.room()
         return await self.executor(step_id)
 
-    def started(self, source: str | None, selected: dict[str, str]) -> SessionStarted:
-        """The run's first event."""
+    def started(
+        self, provenance: dict[str, str | None], selected: dict[str, str]
+    ) -> SessionStarted:
+        """The run's first event; ``provenance``: its ``source``, ``key_id`` and
+        ``request_id``."""
         spec, restart = self.spec, self.restart
         return SessionStarted(
             session_id=self.session_id,
@@ -442,7 +449,7 @@ class _Run:
                 _step_info(spec, st, len(spec.steps) + i, parent, prov)
                 for i, (st, parent, prov) in enumerate(restart.extra_steps)
             ),
-            source=source,
+            **provenance,
             model_selection=selected,
             origin=restart.origin,
             at=self.started_at,

@@ -42,6 +42,7 @@ from thinktank.engine.runner import Listener, execute, fan_out
 from thinktank.errors import RunError
 from thinktank.events import Event
 from thinktank.providers.base import ModelClient, PooledModel
+from thinktank.providers.http import AsyncClient
 from thinktank.session.spec import SessionSpec
 from thinktank.store import Store
 
@@ -62,6 +63,9 @@ class RunOptions(TypedDict, total=False):
     on_delta: OnDelta | None
     lease_ttl_s: float | None
     on_synthesis: OnSynthesis | None
+    http: AsyncClient | None
+    key_id: str | None
+    request_id: str | None
 
 
 DEFAULT_BUFFER: Final = 64
@@ -308,6 +312,12 @@ async def run(spec: SessionSpec, **options: Unpack[RunOptions]) -> SessionResult
         on_synthesis: Called as (step, text so far) each time a judge's merged answer
             grows while the judge writes it (the judge's call streams; not recorded:
             the stored synthesis is the final text, stripped).
+        http: An HTTP client (``thinktank.providers.http.create_http_client``) for the
+            session's provider calls, kept open: a program running many sessions shares
+            one, and its open connections (default: a client of the run's own).
+        key_id: The API key whose request made the session, recorded with it
+            (``thinktank serve`` sets it; never the key itself).
+        request_id: The request that made the session (``X-Request-Id``), recorded.
 
     Raises:
         SpecErrors: the spec names models that cannot be used (unknown, no key), or

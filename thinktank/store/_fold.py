@@ -198,6 +198,11 @@ class _Batch:
             "source": event.source,
             "model_selection": event.model_selection,
         }
+        # Who asked: set when known, so a resume from the CLI keeps the server's.
+        if event.key_id is not None:
+            fields["key_id"] = event.key_id
+        if event.request_id is not None:
+            fields["request_id"] = event.request_id
         run, fetch, executor = self.statements.run, self.statements.fetch, self.executor
         exists = bool(await fetch(executor, _SESSION_EXISTS, {"sid": sid}))
         known: dict[str, str] = {}
