@@ -121,7 +121,7 @@ def test_the_judge_streams_while_it_writes(url: str, fake: FakeServer, db: Path)
 
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_VOLATILE = ("_at", "_ms", "source")
+_VOLATILE = ("_at", "_ms", "source", "request_id")
 
 
 def _shape(value: Any) -> Any:

@@ -116,6 +116,21 @@ def test_parallel_merges_and_is_a_stored_session(url: str, fake: FakeServer, db:
     assert len(fake.requests) == 3
 
 
+def test_requests_reuse_the_servers_provider_connections(url: str, fake: FakeServer) -> None:
+    """The server's sessions share one HTTP client: five requests to a panel of three
+    open at most one connection per model (a client per request would open fifteen)."""
+    client = _client(url)
+    client.chat.completions.create(model="a", messages=[{"role": "user", "content": "warm"}])
+    before = fake.connections
+    for n in range(5):
+        client.chat.completions.create(
+            model="a",
+            messages=[{"role": "user", "content": f"question {n}"}],
+            extra_body={"parallel": {"models": MODELS}},
+        )
+    assert fake.connections - before <= len(MODELS)
+
+
 def test_conversation_renders_as_a_transcript(url: str, fake: FakeServer) -> None:
     """Several turns reach the model as one transcript ending with the user's turn."""
     _client(url).chat.completions.create(

@@ -62,12 +62,15 @@ class ServerConfig:
             on a loopback host).
         max_body_bytes: Request bodies above this are refused with 413.
         max_concurrent: Requests in flight beyond this are refused with 503.
+        max_connections: Connections to the providers open at once, shared by every
+            session of the process (calls beyond it wait for one).
     """
 
     db: str | None = None
     no_auth: bool = False
     max_body_bytes: int = 4 * 1024 * 1024
     max_concurrent: int = 1024
+    max_connections: int = 1000
 
 
 def _registry() -> ModelRegistry:
@@ -118,11 +121,18 @@ def create_app(config: ServerConfig | None = None, *, keys: KeyChecker | None = 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from thinktank.providers.http import create_http_client
         from thinktank.store import Store
 
         app.state.store = await Store.open(cfg.db)
         try:
+            # One HTTP client for every session of the process: its connections to the
+            # providers stay open between requests (a new one per request would pay a
+            # TCP and TLS handshake per call).
             async with (
+                create_http_client(
+                    max_connections=cfg.max_connections, max_keepalive=cfg.max_connections
+                ) as app.state.http,
                 sessions.running_sessions(app.state.store) as app.state.sessions,
                 sweeping(app.state.store),
             ):

@@ -292,12 +292,17 @@ async def _complete(
 
 
 def _run_options(request: Request, prompt: str, meter: Meter) -> dict[str, Any]:
-    """``run``'s arguments for the session of ``request``: the process's store, the
-    prompt, the server as the session's source, and the meter of its cost."""
+    """``run``'s arguments for the session of ``request``: the process's store and HTTP
+    client, the prompt, the server as the session's source with the caller's key id
+    and the request id (written with the session's first event), and the meter of its
+    cost."""
     return {
         "inputs": {"prompt": prompt},
         "store": store_of(request),
+        "http": request.app.state.http,
         "source": SOURCE,
+        "key_id": request.state.caller.key_id,
+        "request_id": request_id(request.scope),
         "on_event": meter,
     }
 
@@ -508,6 +513,7 @@ class _SettledStream(StreamingResponse):
 async def chat_completions(request: Request, body: ChatRequest, caller: CallerDep) -> Any:
     """OpenAI's chat completion; ``parallel`` asks several models and merges them;
     ``stream`` answers with server-sent ``chat.completion.chunk`` events."""
+    request.state.caller = caller  # recorded with the session (_run_options)
     cfg, conversation = _config(body, request.app.state.ensembles)
     registry = request.app.state.registry
     _check_models(registry, body, cfg)
@@ -522,10 +528,6 @@ async def chat_completions(request: Request, body: ChatRequest, caller: CallerDe
 
     async def settled() -> None:
         await settle(store, reservation, meter.usd)
-        if meter.session_id is not None:
-            await store.set_session_provenance(
-                meter.session_id, key_id=caller.key_id, request_id=request_id(request.scope)
-            )
 
     if body.stream:
         events = _stream_events(request, body, cfg, conversation.prompt, meter)

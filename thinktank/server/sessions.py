@@ -340,13 +340,21 @@ async def create_session(request: Request, caller: CallerDep) -> JSONResponse:
         raise _spec_error(exc) from None
 
     async def work(store: Store, listener: Listener) -> object:
-        return await run(spec, inputs=inputs, store=store, on_event=listener, source="http")
+        return await run(
+            spec,
+            inputs=inputs,
+            store=store,
+            on_event=listener,
+            source="http",
+            http=request.app.state.http,
+            key_id=caller.key_id,
+            request_id=request_id(request.scope),
+        )
 
     try:
         sid = await _runner(request).start(work)
     except ThinkTankError as exc:
         raise ApiError(400, str(exc), param="inputs") from None
-    await _record_provenance(request, caller, sid)
     return _accepted(sid)
 
 
