@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx2 as httpx
 
-__all__ = ["free_port", "serve"]
+__all__ = ["free_port", "serve", "serve_process"]
 
 
 def free_port() -> int:
@@ -42,6 +42,24 @@ def serve(
     """Run ``thinktank serve --db DB --port P ARGS...`` and yield ``http://127.0.0.1:P``
     (P: ``port``, or a free one); its output goes to ``log`` (default: beside a SQLite
     DB)."""
+    with serve_process(db, *args, env=env, cwd=cwd, ready_s=ready_s, log=log, port=port) as (
+        url,
+        _,
+    ):
+        yield url
+
+
+@contextmanager
+def serve_process(
+    db: str | Path,
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    cwd: str | Path | None = None,
+    ready_s: float = 30.0,
+    log: Path | None = None,
+    port: int | None = None,
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """:func:`serve`, yielding the process too (to signal it)."""
     port = port or free_port()
     command: Sequence[str] = [
         sys.executable,
@@ -75,7 +93,7 @@ def serve(
             if time.monotonic() > deadline:
                 raise RuntimeError(f"thinktank serve not ready in {ready_s} s: {log.read_text()}")
             time.sleep(0.1)
-        yield url
+        yield url, proc
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)

@@ -4,13 +4,16 @@ stream (and its resumption with Last-Event-ID), cancel, resume and replay."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +31,7 @@ from thinktank.store import Store
 
 from . import pg
 from .fakeserver import FakeServer, Fault, run_fake_server
-from .serverproc import serve
+from .serverproc import serve, serve_process
 
 MODELS = ["m1", "m2", "m3"]
 
@@ -284,6 +287,44 @@ def test_shutdown_stores_running_sessions_as_interrupted(fake: FakeServer, tmp_p
     session = anyio.run(stored)
     assert session.status == "interrupted"
     assert [c.status for c in session.steps[0].calls if c.model_id == "m3"] == ["cancelled"]
+
+
+def test_a_watched_session_does_not_hold_shutdown(fake: FakeServer, tmp_path: Path) -> None:
+    """SIGTERM with an events stream open: uvicorn would wait for that stream, so for
+    the whole session; ``--graceful-timeout`` bounds the wait, the stream closes and
+    the session is stored interrupted (resumable), not left to finish."""
+    config = tmp_path / "thinktank.toml"
+    config.write_text(
+        "\n".join(
+            f'[models.{n}]\nprovider = "openai"\nmodel = "{n}"\nbase_url = "{fake.url}/v1"\n'
+            for n in MODELS
+        )
+    )
+    env = {"THINKTANK_CONFIG": str(config), "OPENAI_API_KEY": "sk-test"}
+    fake.add_faults(Fault.slow(30.0), model="m3")
+    args = ("--no-auth", "--graceful-timeout", "1")
+
+    def watch(base: str, sid: str) -> bool:
+        """Follow the session until the server ends the stream (cut or complete)."""
+        with contextlib.suppress(httpx.TransportError):
+            read_sse(base, sid)
+        return True
+
+    with serve_process(tmp_path / "tt.db", *args, env=env, cwd=tmp_path) as (base, proc):
+        sid = start(base)
+        with ThreadPoolExecutor(1) as pool:
+            watcher = pool.submit(watch, base, sid)
+            while not any(r.model == "m3" for r in fake.requests):
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=20)  # a hang guard: the fake holds m3 for 30 s
+            assert watcher.result(timeout=20)
+
+    async def stored() -> Any:
+        async with await Store.open(str(tmp_path / "tt.db")) as store:
+            return await store.get_session(sid)
+
+    assert anyio.run(stored).status == "interrupted"
 
 
 def _event(i: int) -> Event:

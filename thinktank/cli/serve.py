@@ -4,7 +4,8 @@ This module owns the command: it checks where the server may listen (a non-loopb
 host needs a live API key in the database; ``--no-auth`` is for loopback only; several
 ``--workers`` need a database they all share, so not an in-memory one), passes
 the settings to each uvicorn worker through the environment
-(:func:`thinktank.server.app.app_from_env`) and runs uvicorn. The server itself is
+(:func:`thinktank.server.app.app_from_env`) and runs uvicorn, whose graceful shutdown
+it bounds (``--graceful-timeout``). The server itself is
 :mod:`thinktank.server`.
 """
 
@@ -73,7 +74,17 @@ def is_loopback(host: str) -> bool:
     is_flag=True,
     help="Serve every request without an API key (only on a loopback host).",
 )
-def serve_command(host: str, port: int, db: str | None, workers: int, no_auth: bool) -> None:
+@click.option(
+    "--graceful-timeout",
+    type=click.IntRange(min=0),
+    default=10,
+    show_default=True,
+    help="On SIGTERM, seconds requests in flight may take to finish before open streams "
+    "close and running sessions stop (stored as interrupted, resumable).",
+)
+def serve_command(
+    host: str, port: int, db: str | None, workers: int, no_auth: bool, graceful_timeout: int
+) -> None:
     """Serve thinktank over HTTP, with uvicorn.
 
     \b
@@ -113,4 +124,7 @@ def serve_command(host: str, port: int, db: str | None, workers: int, no_auth: b
         port=port,
         workers=workers,
         log_level="info",
+        # Without a bound, an open events stream (a watched session) holds shutdown for
+        # as long as its session runs: a deploy would wait on every watcher.
+        timeout_graceful_shutdown=graceful_timeout,
     )
