@@ -264,8 +264,17 @@ def test_replay_remerges_at_zero_cost(url: str, fake: FakeServer) -> None:
     assert replayed["steps"][0]["consensus"]["threshold"] == 0.9
 
 
-def test_shutdown_stores_running_sessions_as_interrupted(fake: FakeServer, tmp_path: Path) -> None:
-    """Stopping the server cancels the sessions it runs; the store keeps them resumable."""
+def _stored(db: Path, sid: str) -> Any:
+    async def read() -> Any:
+        async with await Store.open(str(db)) as store:
+            return await store.get_session(sid)
+
+    return anyio.run(read)
+
+
+def _slow_m3(fake: FakeServer, tmp_path: Path) -> dict[str, str]:
+    """The environment of a server whose models are the fake's, m3 answering in 30 s
+    (so a session stays running)."""
     config = tmp_path / "thinktank.toml"
     config.write_text(
         "\n".join(
@@ -273,18 +282,19 @@ def test_shutdown_stores_running_sessions_as_interrupted(fake: FakeServer, tmp_p
             for n in MODELS
         )
     )
-    env = {"THINKTANK_CONFIG": str(config), "OPENAI_API_KEY": "sk-test"}
     fake.add_faults(Fault.slow(30.0), model="m3")
+    return {"THINKTANK_CONFIG": str(config), "OPENAI_API_KEY": "sk-test"}
+
+
+def test_shutdown_stores_running_sessions_as_interrupted(fake: FakeServer, tmp_path: Path) -> None:
+    """Stopping the server cancels the sessions it runs; the store keeps them resumable."""
+    env = _slow_m3(fake, tmp_path)
     with serve(tmp_path / "tt.db", "--no-auth", env=env, cwd=tmp_path) as base:
         sid = start(base)
         while not any(r.model == "m3" for r in fake.requests):
             time.sleep(0.02)
 
-    async def stored() -> Any:
-        async with await Store.open(str(tmp_path / "tt.db")) as store:
-            return await store.get_session(sid)
-
-    session = anyio.run(stored)
+    session = _stored(tmp_path / "tt.db", sid)
     assert session.status == "interrupted"
     assert [c.status for c in session.steps[0].calls if c.model_id == "m3"] == ["cancelled"]
 
@@ -293,15 +303,7 @@ def test_a_watched_session_does_not_hold_shutdown(fake: FakeServer, tmp_path: Pa
     """SIGTERM with an events stream open: uvicorn would wait for that stream, so for
     the whole session; ``--graceful-timeout`` bounds the wait, the stream closes and
     the session is stored interrupted (resumable), not left to finish."""
-    config = tmp_path / "thinktank.toml"
-    config.write_text(
-        "\n".join(
-            f'[models.{n}]\nprovider = "openai"\nmodel = "{n}"\nbase_url = "{fake.url}/v1"\n'
-            for n in MODELS
-        )
-    )
-    env = {"THINKTANK_CONFIG": str(config), "OPENAI_API_KEY": "sk-test"}
-    fake.add_faults(Fault.slow(30.0), model="m3")
+    env = _slow_m3(fake, tmp_path)
     args = ("--no-auth", "--graceful-timeout", "1")
 
     def watch(base: str, sid: str) -> bool:
@@ -320,11 +322,7 @@ def test_a_watched_session_does_not_hold_shutdown(fake: FakeServer, tmp_path: Pa
             proc.wait(timeout=20)  # a hang guard: the fake holds m3 for 30 s
             assert watcher.result(timeout=20)
 
-    async def stored() -> Any:
-        async with await Store.open(str(tmp_path / "tt.db")) as store:
-            return await store.get_session(sid)
-
-    assert anyio.run(stored).status == "interrupted"
+    assert _stored(tmp_path / "tt.db", sid).status == "interrupted"
 
 
 def _event(i: int) -> Event:

@@ -138,15 +138,15 @@ class SessionStarted(Event, tag="session_started", frozen=True, kw_only=True):
     """Every step, in file order."""
     source: str | None = None
     """The session file, when it came from one."""
-    key_id: str | None = None
-    """The API key whose request made the session (``thinktank serve``); its id only."""
-    request_id: str | None = None
-    """The HTTP request that made the session (its ``X-Request-Id``)."""
     model_selection: dict[str, str] = msgspec.field(default_factory=dict)
     """Models chosen by automatic selection, with the reason for each."""
     origin: dict[str, Any] | None = None
     """What the session was made from: ``{"kind": "replay"|"fork"|"resume",
     "session_id": ...}``; None for a fresh run."""
+    key_id: str | None = None
+    """The API key whose request made the session (``thinktank serve``); its id only."""
+    request_id: str | None = None
+    """The HTTP request that made the session (its ``X-Request-Id``)."""
 
 
 class StepsAdded(Event, tag="steps_added", frozen=True, kw_only=True):
