@@ -85,6 +85,24 @@ def test_serve_beyond_loopback_needs_a_live_key(tmp_path: Path) -> None:
         assert _models(url, key).status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("env", "value"),
+    [("THINKTANK_RESERVATION_MARGIN_S", "soon"), ("THINKTANK_RESERVATION_SWEEP_S", "0")],
+)
+def test_serve_refuses_bad_reservation_settings_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: str, value: str
+) -> None:
+    """Checked before uvicorn starts: a bad value would otherwise fail every request."""
+    monkeypatch.setenv(env, value)
+    refused = CliRunner().invoke(main, ["serve", "--no-auth", "--db", str(tmp_path / "k.db")])
+    assert refused.exit_code == 2
+    assert refused.stderr.strip() == f"error: ${env} must be " + (
+        f"a number of seconds, not {value!r}"
+        if value == "soon"
+        else f"more than 0 seconds, not {value!r}"
+    )
+
+
 # -- a real server -------------------------------------------------------------------
 
 

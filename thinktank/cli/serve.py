@@ -17,6 +17,7 @@ import os
 import click
 
 from thinktank.cli._shared import _db_option, _fail, _run_async
+from thinktank.errors import UsageError
 
 __all__ = ["is_loopback", "serve_command"]
 
@@ -97,6 +98,12 @@ def serve_command(
         from thinktank.server.app import ENV_DB, ENV_NO_AUTH
     except ImportError as exc:
         _fail([f'the server needs its extra: pip install "thinktank[server]" ({exc.name})'])
+    try:
+        from thinktank.server.keys import check_settings
+
+        check_settings()
+    except UsageError as exc:
+        _fail([str(exc)])
     if workers > 1 and _private_to_a_process(db):
         _fail(
             [

@@ -58,6 +58,7 @@ __all__ = [
     "Meter",
     "Reservation",
     "StoreKeys",
+    "check_settings",
     "cost_bound",
     "hash_key",
     "held",
@@ -156,6 +157,14 @@ def _seconds(env: str, default: float) -> float:
     if not seconds > 0:
         raise UsageError(f"${env} must be more than 0 seconds, not {value!r}")
     return seconds
+
+
+def check_settings() -> None:
+    """Raise UsageError now (``thinktank serve`` says it in one line) if
+    ``$THINKTANK_RESERVATION_MARGIN_S`` or ``$THINKTANK_RESERVATION_SWEEP_S`` is not a
+    positive number, rather than failing the first request that reads it."""
+    _seconds("THINKTANK_RESERVATION_MARGIN_S", MARGIN_S)
+    _seconds("THINKTANK_RESERVATION_SWEEP_S", SWEEP_S)
 
 
 def reservation_ttl(bound_s: float) -> float:

@@ -99,6 +99,7 @@ sessions)."""
 CANCEL_WAIT_S = 10.0
 """How long a cancel of a session another process runs waits for it to end before
 answering 202."""
+
 RECONNECT_MS = 1000
 """The ``retry:`` the event stream advises: how long a client whose stream dropped
 waits before it reconnects with ``Last-Event-ID`` (EventSource does this by itself)."""
