@@ -35,7 +35,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
 import anyio
@@ -53,7 +53,7 @@ from thinktank.errors import (
     UnknownSessionError,
 )
 from thinktank.events import CachedConsensus, Event, SessionStarted
-from thinktank.store import _experiments, _keys, _lease
+from thinktank.store import _experiments, _keys, _lease, _queue
 from thinktank.store._fold import StepRowCache, apply_batch
 from thinktank.store._group import GroupCommit, Job
 from thinktank.store._json import dumps, loads
@@ -588,6 +588,90 @@ class Store:
                 return [(name, _aware(at)) for name, at in rows]
         except (SQLAlchemyError, OSError) as exc:
             raise StoreError(f"cannot read {self.url}: {_one_line(exc)}") from exc
+
+    # -- queued sessions: written now, run by a worker later ---------------------------
+
+    async def enqueue_session(
+        self,
+        *,
+        name: str,
+        spec: Mapping[str, Any],
+        inputs: Mapping[str, Any],
+        parallel_execution_config: Mapping[str, Any],
+        source: str | None = None,
+        key_id: str | None = None,
+        request_id: str | None = None,
+        queue: str | None = None,
+    ) -> str:
+        """Write a session that has not started: status ``queued``, no lease, no steps.
+
+        The caller validates ``spec`` and ``inputs`` first (the store stores what it is
+        given). A worker runs it later by its id (``thinktank.executor.run_queued``):
+        it claims the lease with :meth:`claim_session`, and the run's first event fills
+        the row. One transaction.
+
+        Args:
+            name: The session's name.
+            spec: The validated session spec, as JSON.
+            inputs: The validated inputs.
+            parallel_execution_config: The spec's ``parallelExecution`` block.
+            source: The session file, when it came from one.
+            key_id: The API key whose request made it (``thinktank serve``).
+            request_id: The ``X-Request-Id`` of that request.
+            queue: The queue it waits on (None: the default one).
+
+        Returns:
+            The new session's id.
+
+        Raises:
+            StoreError: the database could not be written (nothing is).
+        """
+        return await self._leasing(
+            "queue a session",
+            _queue.enqueue,
+            name=name,
+            spec=spec,
+            inputs=inputs,
+            parallel_execution_config=parallel_execution_config,
+            source=source,
+            key_id=key_id,
+            request_id=request_id,
+            queue=queue,
+        )
+
+    async def queued_sessions(
+        self, *, queue: str | None = None, limit: int | None = None
+    ) -> list[str]:
+        """Ids of the sessions still ``queued`` (on ``queue``, or on any), oldest first."""
+        return await self._read(_queue.queued, queue, limit)
+
+    async def drop_queued(
+        self,
+        session_id: str,
+        *,
+        reason: str,
+        status: Literal["interrupted", "failed"] = "interrupted",
+    ) -> bool:
+        """End a session that is still queued and unclaimed: it becomes ``status``
+        (cancelled before it started: ``interrupted``; it cannot start: ``failed``)
+        with ``reason`` and will not start. False (nothing changes) when a worker has
+        claimed or started it.
+
+        Raises:
+            UnknownSessionError: no session has that id.
+            StoreError: the database could not be written.
+        """
+        dropped = await self._leasing(
+            "drop a queued session",
+            _queue.drop_queued,
+            session_id,
+            reason,
+            status,
+            postgres=self._postgres,
+        )
+        if not dropped:
+            await self.get_session(session_id)  # raises UnknownSessionError
+        return dropped
 
     # -- leases: several workers on one database ---------------------------------------
 

@@ -52,6 +52,7 @@ from thinktank.store.tables import ATTEMPTS, CALLS, CONSENSUS, SESSIONS, STEPS
 __all__ = ["StepRowCache", "apply_batch"]
 
 _SESSION_EXISTS = select(SESSIONS.c.id).where(SESSIONS.c.id == bindparam("sid"))
+_SESSION_STATUS = select(SESSIONS.c.status).where(SESSIONS.c.id == bindparam("sid"))
 _TEXT_REPAIRS = select(SESSIONS.c.text_repairs).where(SESSIONS.c.id == bindparam("sid"))
 _MAX_REPAIRS = 100
 _STEP_ROWS = select(STEPS.c.step_key, STEPS.c.id).where(STEPS.c.session_id == bindparam("sid"))
@@ -204,7 +205,12 @@ class _Batch:
         if event.request_id is not None:
             fields["request_id"] = event.request_id
         run, fetch, executor = self.statements.run, self.statements.fetch, self.executor
-        exists = bool(await fetch(executor, _SESSION_EXISTS, {"sid": sid}))
+        stored = await fetch(executor, _SESSION_STATUS, {"sid": sid})
+        exists = bool(stored)
+        if exists and stored[0][0] == "queued":
+            # A queued session (``Store.enqueue_session``) starts now: its row waited
+            # with the time it was queued.
+            fields["started_at"] = at
         known: dict[str, str] = {}
         if not exists:
             session_row = {
@@ -223,7 +229,8 @@ class _Batch:
             }
             await run(executor, _INSERT_SESSION, [session_row])
         else:
-            # A resumed session: keep its rows and ids, add the steps it did not have.
+            # A resumed or queued session: keep its rows and ids, add the steps it did
+            # not have (a queued one has none).
             found = await fetch(executor, _STEP_ROWS, {"sid": sid})
             known = {key: row_id for key, row_id in found}
         rows = await self.insert_steps(sid, event.steps, known, parent=None)

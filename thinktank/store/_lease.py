@@ -61,10 +61,12 @@ __all__ = [
     "claim_new_rows",
     "claim_new_statement",
     "clear_cancel",
+    "clock",
     "heartbeat",
     "lease_of",
     "release",
     "request_cancel",
+    "unleased",
 ]
 
 _c = SESSIONS.c
@@ -114,7 +116,7 @@ def claim_new_rows(
     return {"b_id": session_id, "b_owner": worker_id, "b_expires": datetime.now(UTC) + ttl}
 
 
-def _clock(postgres: bool, ttl_s: float = 0.0) -> tuple[ColumnElement[Any], ColumnElement[Any]]:
+def clock(postgres: bool, ttl_s: float = 0.0) -> tuple[ColumnElement[Any], ColumnElement[Any]]:
     """The lease clock as SQL: ``(now, now + ttl_s)``.
 
     The server's clock on PostgreSQL; this machine's (UTC) on SQLite, where every
@@ -125,6 +127,11 @@ def _clock(postgres: bool, ttl_s: float = 0.0) -> tuple[ColumnElement[Any], Colu
         return func.now(), func.now() + ttl
     now = datetime.now(UTC)
     return literal(now, _c.lease_expires_at.type), literal(now + ttl, _c.lease_expires_at.type)
+
+
+def unleased(now: ColumnElement[Any]) -> ColumnElement[bool]:
+    """SQL: the session row has no live lease at ``now`` (see :func:`clock`)."""
+    return or_(_c.lease_owner.is_(None), _c.lease_expires_at.is_(None), _c.lease_expires_at <= now)
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -145,7 +152,7 @@ async def claim(
     Raises:
         UnknownSessionError: no session has the id ``session_id``.
     """
-    now, expiry = _clock(postgres, ttl_s)
+    now, expiry = clock(postgres, ttl_s)
     if postgres:
         locked = (
             await conn.execute(
@@ -169,15 +176,7 @@ async def claim(
         return True
     result = await conn.execute(
         update(SESSIONS)
-        .where(
-            _c.id == session_id,
-            or_(
-                _c.lease_owner.is_(None),
-                _c.lease_owner == worker_id,
-                _c.lease_expires_at.is_(None),
-                _c.lease_expires_at <= now,
-            ),
-        )
+        .where(_c.id == session_id, or_(unleased(now), _c.lease_owner == worker_id))
         .values(lease_owner=worker_id, lease_expires_at=expiry)
     )
     if result.rowcount == 1:
@@ -194,7 +193,7 @@ async def heartbeat(
     Raises:
         UnknownSessionError: no session has the id ``session_id``.
     """
-    now, expiry = _clock(postgres, ttl_s)
+    now, expiry = clock(postgres, ttl_s)
     result = await conn.execute(
         update(SESSIONS)
         .where(and_(_c.id == session_id, _c.lease_owner == worker_id, _c.lease_expires_at > now))
@@ -231,10 +230,10 @@ async def lease_of(
     Raises:
         UnknownSessionError: no session has the id ``session_id``.
     """
-    clock = func.now() if postgres else literal(None)
+    server_clock = func.now() if postgres else literal(None)
     row = (
         await conn.execute(
-            select(_c.lease_owner, _c.lease_expires_at, clock).where(_c.id == session_id)
+            select(_c.lease_owner, _c.lease_expires_at, server_clock).where(_c.id == session_id)
         )
     ).first()
     if row is None:
@@ -254,7 +253,7 @@ async def request_cancel(conn: AsyncConnection, session_id: str, *, postgres: bo
     Raises:
         UnknownSessionError: no session has the id ``session_id``.
     """
-    now, _ = _clock(postgres)
+    now, _ = clock(postgres)
     result = await conn.execute(
         update(SESSIONS)
         .where(_c.id == session_id, _c.status == "running")

@@ -47,6 +47,9 @@ The migrations:
   request that made the session). The keys' ``reserved_micro_usd`` becomes the sum of
   their rows: it is reset to 0, since what it held before has no row to settle it
   (requests of a process that died, whose money was otherwise lost for good).
+- ``0012_queued_sessions``: ``thinktank_sessions.queue`` and ``queued_at``: a session
+  written before it runs (status ``queued``, no steps yet), on which queue and since
+  when (``Store.enqueue_session``); its first event fills the row when a worker runs it.
 """
 
 from __future__ import annotations
@@ -551,6 +554,18 @@ def _reservations(conn: Connection) -> None:
     add_columns(conn, "thinktank_sessions", Column("request_id", String(256)))
 
 
+# -- 0012_queued_sessions --------------------------------------------------------------
+
+
+def _queued_sessions(conn: Connection) -> None:
+    add_columns(
+        conn,
+        "thinktank_sessions",
+        Column("queue", String(100)),
+        Column("queued_at", UTC_DATETIME),
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_initial", _initial),
     Migration("0002_dynamic_steps_and_leases", _dynamic_steps_and_leases),
@@ -563,6 +578,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0009_session_key_id", _session_key_id),
     Migration("0010_session_cancel", _session_cancel),
     Migration("0011_reservations", _reservations),
+    Migration("0012_queued_sessions", _queued_sessions),
 )
 """Every migration this code knows, in the order they apply."""
 

@@ -230,7 +230,7 @@ class SessionSummary(_Model):
     name: str
     """Its name."""
     status: str
-    """``running``, ``completed``, ``partial``, ``failed`` or ``interrupted``."""
+    """``queued``, ``running``, ``completed``, ``partial``, ``failed`` or ``interrupted``."""
     source: str | None
     """The session file, when it came from one."""
     error: str | None
@@ -268,6 +268,11 @@ class SessionSummary(_Model):
     request_id: str | None = None
     """The ``X-Request-Id`` of the HTTP request that made it (or resumed it last);
     None for a session made otherwise."""
+    queue: str | None = None
+    """The queue it was put on when it was queued (``Store.enqueue_session``)."""
+    queued_at: UTCDatetime | None = None
+    """When it was queued; None for a session run at once. A ``queued`` session has
+    no steps yet and its ``started_at`` is this time until a worker starts it."""
 
 
 class StoredSession(SessionSummary):

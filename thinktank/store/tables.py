@@ -82,7 +82,7 @@ class SessionRow(SQLModel, table=True):
     name: str = Field(sa_type=Text)
     """The session's name."""
     status: str = Field(max_length=16)
-    """``running``, ``completed``, ``partial``, ``failed`` or ``interrupted``."""
+    """``queued``, ``running``, ``completed``, ``partial``, ``failed`` or ``interrupted``."""
     parallel_execution_config: dict[str, Any] = Field(default_factory=dict, sa_type=JSON_TYPE)
     """The spec's ``parallelExecution`` block, camelCase keys as the seed stores it."""
     spec: dict[str, Any] = Field(default_factory=dict, sa_type=JSON_TYPE)
@@ -141,6 +141,10 @@ class SessionRow(SQLModel, table=True):
     cancel_requested_at: datetime | None = Field(default=None, sa_type=UTC_DATETIME)
     """When a server process asked the process running the session to cancel it
     (``Store.request_cancel``); the runner watches for it. None otherwise."""
+    queue: str | None = Field(default=None, max_length=100)
+    """The queue a queued session was put on (``Store.enqueue_session``), if any."""
+    queued_at: datetime | None = Field(default=None, sa_type=UTC_DATETIME)
+    """When the session was queued; None for a session run at once."""
 
 
 class StepRow(SQLModel, table=True):
