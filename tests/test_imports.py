@@ -34,6 +34,7 @@ LAYERS: Sequence[tuple[str, Sequence[str]]] = (
             "thinktank.ask",
             "thinktank.client",
             "thinktank.batch",
+            "thinktank.executor",
             "thinktank.dryrun",
             "thinktank.transfer",
             "thinktank.eval",

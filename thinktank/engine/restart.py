@@ -56,7 +56,8 @@ class Restart:
     """
 
     session_id: str | None = None
-    """Continue this session (resume) instead of starting a new one."""
+    """Run this stored session (resume it, or start a queued one: its row is there and
+    ``lease`` holds it) instead of starting a new one."""
     seed: Mapping[str, SeedStep] = field(default_factory=dict)
     """Steps that need no run: completed ones are skipped, failed ones stay failed."""
     record_seed: bool = True

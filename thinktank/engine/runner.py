@@ -60,6 +60,7 @@ from thinktank.store._arg import DEFAULT_STORE, resolve_store
 __all__ = [
     "DEFAULT_STORE",
     "LEASE_TTL_ENV",
+    "check_session",
     "execute",
     "fan_out",
     "lease_ttl",
@@ -188,6 +189,39 @@ def _session_status(outcome: ScheduleOutcome, total: int) -> tuple[Any, str | No
     return ("failed" if not outcome.completed else "partial"), summary
 
 
+def _registry(spec: SessionSpec, models: Mapping[str, ModelClient] | None) -> ModelRegistry:
+    return ModelRegistry(session_models=spec.models, config=load_config, clients=models)
+
+
+def _validate(spec: SessionSpec, registry: ModelRegistry, source: str | None) -> None:
+    problems = validate_spec(spec, file=source, check_model=registry.check)
+    if problems:
+        raise SpecErrors(problems)
+
+
+def check_session(
+    spec: SessionSpec,
+    *,
+    inputs: Mapping[str, Any] | None = None,
+    models: Mapping[str, ModelClient] | None = None,
+    source: str | None = None,
+) -> dict[str, Any]:
+    """Check a session as :func:`execute` does before it writes anything (the graph,
+    the models it names, its inputs), without running it; the validated inputs.
+
+    ``thinktank.executor.enqueue`` calls it, so that a session that could not start is
+    refused when it is queued rather than when a worker picks it up.
+
+    Raises:
+        SpecErrors: the spec has problems (every one of them).
+        InputError: the inputs do not match the spec's.
+    """
+    registry = _registry(spec, models)
+    selected, _ = apply_selection(spec, registry)
+    _validate(selected, registry, source)
+    return validate_inputs(selected, inputs)
+
+
 async def execute(
     spec: SessionSpec,
     *,
@@ -212,7 +246,7 @@ async def execute(
     and errors are documented on ``thinktank.run``. ``restart`` continues from stored
     state (``thinktank.replay`` builds these).
     """
-    registry = ModelRegistry(session_models=spec.models, config=load_config, clients=models)
+    registry = _registry(spec, models)
     spec, selected = apply_selection(spec, registry)
     if max_cost_usd is not None or max_tokens is not None:
         limits = spec.budget.model_copy(
@@ -224,9 +258,7 @@ async def execute(
         )
         spec = spec.model_copy(update={"budget": limits})
     if restart is None or not restart.validated:
-        problems = validate_spec(spec, file=source, check_model=registry.check)
-        if problems:
-            raise SpecErrors(problems)
+        _validate(spec, registry, source)
     values = validate_inputs(spec, inputs)
     ttl = lease_ttl(lease_ttl_s)
     all_steps = [*spec.steps, *(st for st, _, _ in (restart.extra_steps if restart else []))]
