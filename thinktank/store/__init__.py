@@ -24,7 +24,9 @@ SQLite (the store tests run on both).
 The schema is created and upgraded by named migrations (``thinktank_migrations`` records
 those applied; see ``thinktank.store._migrations``) when a store opens. Several workers
 can share one database and split sessions between them with leases
-(:meth:`Store.claim_session`, :meth:`Store.heartbeat`, :meth:`Store.release`).
+(:meth:`Store.claim_session`, :meth:`Store.heartbeat`, :meth:`Store.release`). A
+session can be written before it runs (:meth:`Store.enqueue_session`, status
+``queued``; ``thinktank.store._queue``), so that a worker needs only its id.
 """
 
 from __future__ import annotations
