@@ -47,6 +47,10 @@ The migrations:
   request that made the session). The keys' ``reserved_micro_usd`` becomes the sum of
   their rows: it is reset to 0, since what it held before has no row to settle it
   (requests of a process that died, whose money was otherwise lost for good).
+- ``0013_provider_slots``: ``thinktank_slots`` (one row per call slot of a model limit
+  shared across processes, with its holder and when the hold lapses) and
+  ``thinktank_limit_windows`` (the current minute of a shared requests-per-minute
+  limit).
 """
 
 from __future__ import annotations
@@ -551,6 +555,34 @@ def _reservations(conn: Connection) -> None:
     add_columns(conn, "thinktank_sessions", Column("request_id", String(256)))
 
 
+# -- 0013_provider_slots ----------------------------------------------------------------
+
+
+def slot_tables() -> MetaData:
+    """The tables as ``0013_provider_slots`` creates them (a fresh MetaData each call)."""
+    md = MetaData()
+    Table(
+        "thinktank_slots",
+        md,
+        Column("limit_key", String(200), primary_key=True),
+        Column("slot", Integer, primary_key=True),
+        Column("holder", String(200)),
+        Column("expires_at", Float),
+    )
+    Table(
+        "thinktank_limit_windows",
+        md,
+        Column("limit_key", String(200), primary_key=True),
+        Column("window_start", Float),
+        Column("window_count", Integer, nullable=False),
+    )
+    return md
+
+
+def _provider_slots(conn: Connection) -> None:
+    slot_tables().create_all(conn, checkfirst=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_initial", _initial),
     Migration("0002_dynamic_steps_and_leases", _dynamic_steps_and_leases),
@@ -563,6 +595,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0009_session_key_id", _session_key_id),
     Migration("0010_session_cancel", _session_cancel),
     Migration("0011_reservations", _reservations),
+    Migration("0013_provider_slots", _provider_slots),
 )
 """Every migration this code knows, in the order they apply."""
 
