@@ -6,8 +6,9 @@ holds one of the limit's slot rows in the store and counts the call in the limit
 minute; leaving it gives the slot back. In front of the store it puts this process's
 own limiter (at most the shared limit, or ``max_concurrency`` when lower), so a process
 never has more calls asking the database for a slot than it could hold. A call that
-finds every slot held polls again after a backoff that doubles up to
-:data:`MAX_POLL_S`; a poll that finds none writes no row.
+finds every slot held asks again as soon as a call of this limiter gives one back, or
+else after a backoff that doubles up to :data:`MAX_POLL_S` (a slot freed by another
+process is noticed by polling); a poll that finds none writes no row.
 
 The store transactions that take and give a slot are shielded from cancellation: a
 call cancelled while its slot was being taken still gives it back. A hold lapses after
@@ -21,6 +22,7 @@ import os
 import random
 import socket
 import uuid
+from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -78,6 +80,9 @@ class SharedLimiter:
         self.window_s = window_s
         self._local = local
         self._holds: dict[int, tuple[int | None, str]] = {}
+        self._waiters: deque[anyio.Event] = deque()
+        """Calls of this limiter waiting for a slot: a call giving one back wakes the
+        first (one, not all: the others would only find it taken)."""
         self.stats = LimitStats()
 
     async def __aenter__(self) -> None:
@@ -140,8 +145,15 @@ class SharedLimiter:
             self._note(slot is not None)
             if slot is not None:
                 return slot
-            # Jittered, so processes that polled together do not again.
-            await anyio.sleep(wait * random.uniform(0.5, 1.0))
+            freed = anyio.Event()
+            self._waiters.append(freed)
+            try:
+                # Jittered, so processes that polled together do not again.
+                with anyio.move_on_after(wait * random.uniform(0.5, 1.0)):
+                    await freed.wait()
+            finally:
+                if not freed.is_set():
+                    self._waiters.remove(freed)
             wait = min(wait * 2, MAX_POLL_S)
 
     async def _count(self, rpm: int) -> bool:
@@ -161,3 +173,5 @@ class SharedLimiter:
         with anyio.CancelScope(shield=True):
             gave = await self.store.give_slot(self.key, slot, holder=holder)
         self._note(gave)
+        if self._waiters:
+            self._waiters.popleft().set()
