@@ -88,6 +88,16 @@ BASE_URL_ENVS = {
 the official SDKs (which read the same names)."""
 
 
+_ENTRY_CONFIG = ConfigDict(
+    extra="forbid",
+    alias_generator=to_camel,
+    validate_by_name=True,
+    validate_by_alias=True,
+    frozen=True,
+)
+"""The settings of a config entry's models: unknown fields are errors, camelCase works."""
+
+
 class SharedLimit(BaseModel):
     """Limits of one model that hold across every process sharing the store.
 
@@ -97,13 +107,7 @@ class SharedLimit(BaseModel):
     come back once its calls' time limits (and retries) have passed.
     """
 
-    model_config = ConfigDict(
-        extra="forbid",
-        alias_generator=to_camel,
-        validate_by_name=True,
-        validate_by_alias=True,
-        frozen=True,
-    )
+    model_config = _ENTRY_CONFIG
 
     max_concurrent: Annotated[int, Field(ge=1, le=10_000)] | None = None
     """Calls in flight to this model from every process together."""
@@ -124,13 +128,7 @@ class SharedLimit(BaseModel):
 class HttpModelConfig(BaseModel):
     """A model behind an HTTP API (OpenAI-compatible, Anthropic or Gemini)."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        alias_generator=to_camel,
-        validate_by_name=True,
-        validate_by_alias=True,
-        frozen=True,
-    )
+    model_config = _ENTRY_CONFIG
 
     provider: Literal["openai", "anthropic", "gemini"]
     """Wire protocol. ``openai`` also covers vLLM, Ollama, llama.cpp server, LM Studio,
