@@ -231,6 +231,12 @@ class FakeServer:
     """The port, once serving."""
     connections: int = 0
     """TCP connections accepted (keep-alive reuses one for many requests)."""
+    answer_delay_s: float = 0.0
+    """Every model request waits this long before its answer (so calls overlap)."""
+    in_flight: int = 0
+    """Requests being answered now."""
+    most_in_flight: int = 0
+    """The most requests answered at once (a concurrency limit's tests check it)."""
     _faults: dict[str | None, deque[Fault]] = field(default_factory=dict)
     _replies: dict[str, str] = field(default_factory=dict)
     _held: dict[str, threading.Event] = field(default_factory=dict)
@@ -354,7 +360,13 @@ class FakeServer:
                     received = await _read_request(conn, stream)
                     if received is None:
                         return
-                    if not await self._respond(conn, stream, *received):
+                    self.in_flight += 1
+                    self.most_in_flight = max(self.most_in_flight, self.in_flight)
+                    try:
+                        answered = await self._respond(conn, stream, *received)
+                    finally:
+                        self.in_flight -= 1
+                    if not answered:
                         return
                     if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                         return
@@ -395,6 +407,8 @@ class FakeServer:
         if not isinstance(data, dict):
             await _send(conn, stream, 400, _error_body(wire, 400, "body is not a JSON object"))
             return True
+        if self.answer_delay_s:
+            await anyio.sleep(self.answer_delay_s)
         parsed = _parse(wire, model or "", data)
         if _GEMINI_STREAM_PATH.search(path.split("?", 1)[0]):
             parsed = dataclasses.replace(parsed, stream=True)

@@ -293,7 +293,7 @@ async def execute(
     http = http or own_http
     try:
         restart = restart or Restart()
-        pool = restart.pool(registry.build(names, http))
+        pool = restart.pool(registry.build(names, http, store))
         return await _run_recorded(
             spec,
             values,

@@ -9,6 +9,13 @@ An entry is a tagged union on ``provider``: ``simulated`` (seeded fake), ``opena
 in-process). The fields shared by every provider — prices, tags, ``max_concurrency``,
 ``timeout_s``, ``max_retries`` — mean the same everywhere. API keys are never part of
 an entry: ``api_key_env`` names the variable that holds one.
+
+An HTTP entry's ``shared_limit`` table (:class:`SharedLimit`) declares limits that hold
+across every process sharing the store (``serve --workers N``, several servers or
+``run-many`` processes on one PostgreSQL database), where ``max_concurrency`` holds in
+one process only. It is per model, like ``max_concurrency``, because providers set their
+limits per model; entries naming one ``key`` share one limit (a whole account, or two
+entries for the same model), and must then agree on its numbers.
 """
 
 from __future__ import annotations
@@ -18,7 +25,15 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_serializer,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from thinktank.errors import SpecError, SpecErrors
@@ -35,6 +50,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "HttpModelConfig",
     "ModelConfig",
+    "SharedLimit",
     "ThinkTankConfig",
     "find_config",
     "load_config",
@@ -72,16 +88,47 @@ BASE_URL_ENVS = {
 the official SDKs (which read the same names)."""
 
 
+_ENTRY_CONFIG = ConfigDict(
+    extra="forbid",
+    alias_generator=to_camel,
+    validate_by_name=True,
+    validate_by_alias=True,
+    frozen=True,
+)
+"""The settings of a config entry's models: unknown fields are errors, camelCase works."""
+
+
+class SharedLimit(BaseModel):
+    """Limits of one model that hold across every process sharing the store.
+
+    Each process keeps them through rows of the store (``thinktank.store._slots``):
+    a call waits, before its time limit starts, for one of ``max_concurrent`` slots and
+    for room in the current minute's ``requests_per_minute``. A killed process's slots
+    come back once its calls' time limits (and retries) have passed.
+    """
+
+    model_config = _ENTRY_CONFIG
+
+    max_concurrent: Annotated[int, Field(ge=1, le=10_000)] | None = None
+    """Calls in flight to this model from every process together."""
+    requests_per_minute: Annotated[int, Field(ge=1)] | None = None
+    """Calls started in one minute (a fixed window from its first call) by every
+    process together."""
+    key: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    """The name the limit is kept under in the store; the model's name when unset.
+    Entries with one key share one limit."""
+
+    @model_validator(mode="after")
+    def _limits_something(self) -> SharedLimit:
+        if self.max_concurrent is None and self.requests_per_minute is None:
+            raise ValueError("set max_concurrent, requests_per_minute or both")
+        return self
+
+
 class HttpModelConfig(BaseModel):
     """A model behind an HTTP API (OpenAI-compatible, Anthropic or Gemini)."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        alias_generator=to_camel,
-        validate_by_name=True,
-        validate_by_alias=True,
-        frozen=True,
-    )
+    model_config = _ENTRY_CONFIG
 
     provider: Literal["openai", "anthropic", "gemini"]
     """Wire protocol. ``openai`` also covers vLLM, Ollama, llama.cpp server, LM Studio,
@@ -102,6 +149,9 @@ class HttpModelConfig(BaseModel):
     """Stream the response (SSE); for long outputs and live progress."""
     max_concurrency: Annotated[int, Field(ge=1)] | None = None
     """Calls in flight to this model, shared by every session in the process."""
+    shared_limit: SharedLimit | None = None
+    """Limits shared by every process on the store's database (see :class:`SharedLimit`);
+    unset: none, and calls never touch the database to start."""
     timeout_s: Annotated[float, Field(gt=0)] = 60.0
     """Time limit of one attempt."""
     max_retries: Annotated[int, Field(ge=0, le=10)] = 2
@@ -208,6 +258,7 @@ def load_config(path: Path | str | None = None) -> ThinkTankConfig:
                 field = ".".join(["models", name, *loc])
                 errors.append(SpecError(err["msg"], file=file, field=field))
     ensembles = _ensembles(data.get("ensembles", {}), set(models), file, errors)
+    _check_shared_limits(models, file, errors)
     if errors:
         raise SpecErrors(errors)
     config = ThinkTankConfig(path=file, models=models, ensembles=ensembles)
@@ -235,3 +286,27 @@ def _ensembles(
         else:
             ensembles[name] = entry
     return ensembles
+
+
+def _check_shared_limits(models: dict[str, Any], file: str, errors: list[SpecError]) -> None:
+    """Entries sharing a limit key must agree on its numbers: each process would
+    otherwise enforce its own idea of one limit."""
+    first: dict[str, tuple[str, SharedLimit]] = {}
+    for name, entry in models.items():
+        limit = getattr(entry, "shared_limit", None)
+        if limit is None:
+            continue
+        key = limit.key or name
+        seen = first.setdefault(key, (name, limit))
+        same = (seen[1].max_concurrent, seen[1].requests_per_minute) == (
+            limit.max_concurrent,
+            limit.requests_per_minute,
+        )
+        if not same:
+            errors.append(
+                SpecError(
+                    f"shares the limit {key!r} with model {seen[0]!r} but sets other numbers",
+                    file=file,
+                    field=f"models.{name}.shared_limit",
+                )
+            )

@@ -21,7 +21,7 @@ import functools
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 from anyio.lowlevel import RunVar
@@ -50,6 +50,7 @@ from thinktank.providers.simulated import SimulatedModel, SimulatedModelConfig
 
 if TYPE_CHECKING:
     from thinktank.providers.http import AsyncClient
+    from thinktank.store import Store
 
 __all__ = ["DEFAULT_MODEL", "ModelInfo", "ModelRegistry", "model_limiter"]
 
@@ -124,6 +125,41 @@ def _prices(entry: Any) -> tuple[float, float] | None:
 def _price(entry: Any) -> float | None:
     prices = _prices(entry)
     return None if prices is None else prices[0] + prices[1]
+
+
+_HOLD_MARGIN_S = 30.0
+"""Added to a call's own upper bound to make its shared slot's lapse: a slot must not
+lapse under a call still running, only under one whose process died."""
+
+
+def _limiter(model: str, entry: Any, store: Store | None) -> anyio.CapacityLimiter | None:
+    """The limiter of a model's calls: its in-process limit, or, for an entry with a
+    ``shared_limit`` in a run with a store, a :class:`SharedLimiter` behind it."""
+    limit = getattr(entry, "max_concurrency", None)
+    shared = getattr(entry, "shared_limit", None)
+    if shared is None or store is None:
+        return model_limiter(model, limit) if limit else None
+    # Imported here: only models with a shared limit need it.
+    from thinktank.providers.shared_limit import SharedLimiter
+
+    caps = [cap for cap in (limit, shared.max_concurrent) if cap]
+    policy = _retry_policy(entry.max_retries)
+    # A slot is held for the whole call: every attempt and the waits between them.
+    ttl_s = (
+        entry.timeout_s * (policy.max_retries + 1)
+        + policy.max_retries * max(policy.max_delay_s, policy.max_retry_after_s)
+        + _HOLD_MARGIN_S
+    )
+    shared_limiter = SharedLimiter(
+        store,
+        shared.key or model,
+        max_concurrent=shared.max_concurrent,
+        requests_per_minute=shared.requests_per_minute,
+        ttl_s=ttl_s,
+        local=model_limiter(model, min(caps)) if caps else None,
+    )
+    # The limiter slot takes any async context manager (as the stream's _Room does).
+    return cast(anyio.CapacityLimiter, shared_limiter)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -350,14 +386,18 @@ class ModelRegistry:
 
     # -- building ---------------------------------------------------------------------
 
-    def build(self, names: Iterable[str], http: AsyncClient | None) -> dict[str, PooledModel]:
+    def build(
+        self, names: Iterable[str], http: AsyncClient | None, store: Store | None = None
+    ) -> dict[str, PooledModel]:
         """The pool for a run: one :class:`PooledModel` per name.
 
-        Call :meth:`check` first; this raises KeyError for an unknown name.
+        A model with a ``shared_limit`` keeps it in ``store`` (the run's); without a
+        store it has only its in-process limit. Call :meth:`check` first; this raises
+        KeyError for an unknown name.
         """
-        return {name: self._pooled(name, http) for name in dict.fromkeys(names)}
+        return {name: self._pooled(name, http, store) for name in dict.fromkeys(names)}
 
-    def _pooled(self, name: str, http: AsyncClient | None) -> PooledModel:
+    def _pooled(self, name: str, http: AsyncClient | None, store: Store | None) -> PooledModel:
         resolved = self._resolved(name)
         if resolved is None:
             raise KeyError(name)
@@ -366,13 +406,12 @@ class ModelRegistry:
             client = self.clients[model]
             return PooledModel(client=client if model == name else _SampleClient(client, name))
         client = self._client(name, entry, http)
-        limit = getattr(entry, "max_concurrency", None)
         retries = getattr(entry, "max_retries", 0)
         return PooledModel(
             client=client,
             retry=_retry_policy(retries),
             # Keyed by the model resolved: the samples NAME#K of NAME share its limit.
-            limiter=model_limiter(model, limit) if limit else None,
+            limiter=_limiter(model, entry, store),
             # HTTP clients enforce timeout_s on the wire per phase; the call layer adds
             # the same bound around the whole attempt (a slow trickle of bytes).
             timeout_s=getattr(entry, "timeout_s", None),

@@ -31,6 +31,7 @@ session can be written before it runs (:meth:`Store.enqueue_session`, status
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -55,7 +56,7 @@ from thinktank.errors import (
     UnknownSessionError,
 )
 from thinktank.events import CachedConsensus, Event, SessionStarted
-from thinktank.store import _experiments, _keys, _lease, _queue
+from thinktank.store import _experiments, _keys, _lease, _queue, _slots
 from thinktank.store._fold import StepRowCache, apply_batch
 from thinktank.store._group import GroupCommit, Job
 from thinktank.store._json import dumps, loads
@@ -309,6 +310,8 @@ class Store:
         # busy handler sleeps in steps of up to 100 ms where this lock wakes at once.
         self._write_lock = anyio.Lock()
         self._step_rows: StepRowCache = {}
+        # The shared limits whose rows this store made (or found): made once each.
+        self._limit_rows: set[tuple[str, int]] = set()
         self._statements = Statements(engine.dialect)
         self._event_log = EventLog(engine.dialect)
         self._closed = False
@@ -1021,6 +1024,65 @@ class Store:
             session_id,
             key_id=key_id,
             request_id=request_id,
+        )
+
+    # -- model limits shared by every process on the database ------------------------
+
+    async def _limit_change(
+        self, what: str, key: str, slots: int, change: Callable[..., Awaitable[T]], *args: Any
+    ) -> T:
+        """Run a slot or window change, first making the limit's rows if this store has
+        not yet (in the same transaction)."""
+        made = (key, slots) in self._limit_rows
+
+        async def run(conn: AsyncConnection) -> T:
+            if not made:
+                await _slots.make_rows(conn, key, slots, postgres=self._postgres)
+            return await change(conn, *args)
+
+        result = await self._leasing(what, run)
+        self._limit_rows.add((key, slots))
+        return result
+
+    async def take_slot(self, key: str, limit: int, *, holder: str, ttl_s: float) -> int | None:
+        """Hold one of the ``limit`` call slots of ``key`` for ``ttl_s`` seconds,
+        atomically across every process on the database: its number, or None when all
+        are held (holds past their lapse count as free)."""
+        return await self._limit_change(
+            "take a call slot",
+            key,
+            limit,
+            functools.partial(_slots.take, holder=holder, ttl_s=ttl_s, postgres=self._postgres),
+            key,
+            limit,
+        )
+
+    async def renew_slot(self, key: str, slot: int, *, holder: str, ttl_s: float) -> bool:
+        """Keep a held slot ``ttl_s`` more seconds; False if ``holder`` lost it."""
+        return await self._leasing(
+            "renew a call slot",
+            _slots.renew,
+            key,
+            slot,
+            holder=holder,
+            ttl_s=ttl_s,
+            postgres=self._postgres,
+        )
+
+    async def give_slot(self, key: str, slot: int, *, holder: str) -> bool:
+        """Free a slot ``holder`` holds (False if its hold had lapsed and gone)."""
+        return await self._leasing("give back a call slot", _slots.give, key, slot, holder=holder)
+
+    async def count_limit_request(self, key: str, rpm: int, *, window_s: float) -> float | None:
+        """Count a request against ``key``'s per-minute limit across every process on
+        the database: None if admitted, else the seconds until its window ends."""
+        return await self._limit_change(
+            "count a request",
+            key,
+            0,
+            functools.partial(_slots.count, window_s=window_s, postgres=self._postgres),
+            key,
+            rpm,
         )
 
 

@@ -50,6 +50,10 @@ The migrations:
 - ``0012_queued_sessions``: ``thinktank_sessions.queue`` and ``queued_at``: a session
   written before it runs (status ``queued``, no steps yet), on which queue and since
   when (``Store.enqueue_session``); its first event fills the row when a worker runs it.
+- ``0013_provider_slots``: ``thinktank_slots`` (one row per call slot of a model limit
+  shared across processes, with its holder and when the hold lapses) and
+  ``thinktank_limit_windows`` (the current minute of a shared requests-per-minute
+  limit).
 """
 
 from __future__ import annotations
@@ -566,6 +570,34 @@ def _queued_sessions(conn: Connection) -> None:
     )
 
 
+# -- 0013_provider_slots ----------------------------------------------------------------
+
+
+def slot_tables() -> MetaData:
+    """The tables as ``0013_provider_slots`` creates them (a fresh MetaData each call)."""
+    md = MetaData()
+    Table(
+        "thinktank_slots",
+        md,
+        Column("limit_key", String(200), primary_key=True),
+        Column("slot", Integer, primary_key=True),
+        Column("holder", String(200)),
+        Column("expires_at", Float),
+    )
+    Table(
+        "thinktank_limit_windows",
+        md,
+        Column("limit_key", String(200), primary_key=True),
+        Column("window_start", Float),
+        Column("window_count", Integer, nullable=False),
+    )
+    return md
+
+
+def _provider_slots(conn: Connection) -> None:
+    slot_tables().create_all(conn, checkfirst=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_initial", _initial),
     Migration("0002_dynamic_steps_and_leases", _dynamic_steps_and_leases),
@@ -579,6 +611,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0010_session_cancel", _session_cancel),
     Migration("0011_reservations", _reservations),
     Migration("0012_queued_sessions", _queued_sessions),
+    Migration("0013_provider_slots", _provider_slots),
 )
 """Every migration this code knows, in the order they apply."""
 

@@ -48,9 +48,11 @@ __all__ = [
     "EVENTS",
     "EXPERIMENTS",
     "JSON_TYPE",
+    "LIMIT_WINDOWS",
     "RESERVATIONS",
     "SAMPLES",
     "SESSIONS",
+    "SLOTS",
     "STEPS",
     "UTC_DATETIME",
     "ApiKeyRow",
@@ -60,9 +62,11 @@ __all__ = [
     "EventRow",
     "ExperimentRow",
     "ExperimentSampleRow",
+    "LimitWindowRow",
     "MigrationRow",
     "ReservationRow",
     "SessionRow",
+    "SlotRow",
     "StepRow",
 ]
 
@@ -517,6 +521,40 @@ class ReservationRow(SQLModel, table=True):
     (its timeout) plus a margin."""
 
 
+class SlotRow(SQLModel, table=True):
+    """One call slot of a model limit shared by every process on the database.
+
+    A limit of N concurrent calls has rows 0..N-1; a call holds one (``holder`` set)
+    from before its first attempt until it ends (``thinktank.store._slots``). A row
+    whose ``expires_at`` is past is free again, so a killed process's slots come back.
+    """
+
+    __tablename__ = "thinktank_slots"
+
+    limit_key: str = Field(primary_key=True, max_length=200)
+    """The limit the slot belongs to (the configured model's name)."""
+    slot: int = Field(primary_key=True)
+    """0 .. the limit - 1."""
+    holder: str | None = Field(default=None, max_length=200)
+    """The call holding it (host, pid and a unique id), or None when free."""
+    expires_at: float | None = Field(default=None, sa_type=Float)
+    """When the hold lapses unless renewed (epoch seconds; the database's clock on
+    PostgreSQL)."""
+
+
+class LimitWindowRow(SQLModel, table=True):
+    """The current minute of a model's shared requests-per-minute limit."""
+
+    __tablename__ = "thinktank_limit_windows"
+
+    limit_key: str = Field(primary_key=True, max_length=200)
+    """The limit counted (the configured model's name)."""
+    window_start: float | None = Field(default=None, sa_type=Float)
+    """When the current window began (epoch seconds)."""
+    window_count: int = 0
+    """Requests admitted in it."""
+
+
 # The Core tables of the classes above, for the statements of the write and read paths.
 SESSIONS: Table = SQLModel.metadata.tables[SessionRow.__tablename__]
 STEPS: Table = SQLModel.metadata.tables[StepRow.__tablename__]
@@ -528,3 +566,5 @@ EXPERIMENTS: Table = SQLModel.metadata.tables[ExperimentRow.__tablename__]
 SAMPLES: Table = SQLModel.metadata.tables[ExperimentSampleRow.__tablename__]
 API_KEYS: Table = SQLModel.metadata.tables[ApiKeyRow.__tablename__]
 RESERVATIONS: Table = SQLModel.metadata.tables[ReservationRow.__tablename__]
+SLOTS: Table = SQLModel.metadata.tables[SlotRow.__tablename__]
+LIMIT_WINDOWS: Table = SQLModel.metadata.tables[LimitWindowRow.__tablename__]
