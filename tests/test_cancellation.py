@@ -326,3 +326,31 @@ def test_a_step_time_out_never_turns_an_outer_cancel_into_a_failure(
 
     assert anyio.run(main, backend="asyncio") is False
     assert failed_after_cancel == []
+
+
+async def test_a_session_cancelled_as_it_starts_is_stored_interrupted(tmp_path: Path) -> None:
+    """Cancelled right after its first event is written, before a step is scheduled
+    (the next checkpoint starts the recorder): the stored session is interrupted and
+    unleased, not left "running"."""
+    spec = parse_session(
+        {
+            "name": "early",
+            "models": {"m": {"provider": "simulated", "default_reply": "x"}},
+            "steps": [{"id": "a", "prompt": "p", "model": "m"}],
+        }
+    )
+    db = str(tmp_path / "t.db")
+    seen: list[str] = []
+    with anyio.CancelScope() as scope:
+
+        def listen(event: Any) -> None:
+            if isinstance(event, SessionStarted):
+                seen.append(event.session_id)
+                scope.cancel()
+
+        await thinktank.run(spec, store=db, on_event=listen)
+    assert scope.cancelled_caught and len(seen) == 1
+    async with await Store.open(db) as store:
+        stored = await store.get_session(seen[0])
+        assert stored.status == "interrupted"
+        assert await store.lease_of(seen[0]) is None

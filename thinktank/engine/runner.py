@@ -382,6 +382,8 @@ class _Run:
         self.step_models = step_models
         self.collector = ResultCollector()
         self.recorder = Recorder(store, self.stop) if store is not None else None
+        self.ended = False
+        """Whether the run's last event (``SessionFinished``) was emitted."""
         listeners: list[Listener] = [self.collector]
         if on_event is not None:
             listeners.append(on_event)
@@ -489,6 +491,7 @@ class _Run:
 
     def finish(self, status: Any, error: str | None) -> None:
         """Emit the run's last event: how it ended and what it cost."""
+        self.ended = True
         collector = self.collector
         usages = [u for k in collector.steps if (u := collector.step_usage(k)) is not None]
         counts = Counter(
@@ -535,7 +538,10 @@ class _Run:
             self.emit(started)
             return None
         lease = (new_worker_id(), lease_ttl_s)
-        await store.start_session(started, worker_id=lease[0], ttl_s=lease_ttl_s)
+        # Shielded: a cancel arriving while another writer commits this batch must not
+        # leave a written, leased session that this run does not know it announced.
+        with anyio.CancelScope(shield=True):
+            await store.start_session(started, worker_id=lease[0], ttl_s=lease_ttl_s)
         self.collector(started)  # the listeners but the recorder: it is written
         if self.on_event is not None:
             self.on_event(started)
@@ -545,8 +551,10 @@ class _Run:
         """Run the session to its end, recording it; its result."""
         recorder = self.recorder
         claimed: tuple[str, float] | None = None
+        announced = False
         try:
             claimed = await self.announce(started, lease_ttl_s)
+            announced = True
             recorded, result_only = self.restart.seed_events(self.session_id, self.started_at)
             for event in recorded:
                 self.emit(event)
@@ -557,6 +565,10 @@ class _Run:
             else:
                 await self._drive_recorded(recorder, claimed or self.restart.lease)
         except anyio.get_cancelled_exc_class():
+            if announced and not self.ended:
+                # Cancelled before the scheduler ran (starting the recorder, say): the
+                # session is stored, so it must not stay "running".
+                self.finish("interrupted", "interrupted before the session finished")
             if recorder is not None:
                 with anyio.CancelScope(shield=True):
                     await recorder.drain()
