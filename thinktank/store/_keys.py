@@ -43,6 +43,7 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Float,
+    Table,
     case,
     cast,
     delete,
@@ -154,6 +155,43 @@ async def key_by_hash(conn: AsyncConnection, key_hash: str) -> ApiKey | None:
     return None if row is None else ApiKey.of(row)
 
 
+async def count_in_window(
+    conn: AsyncConnection,
+    table: Table,
+    row: ColumnElement[bool],
+    under_limit: ColumnElement[bool],
+    *,
+    now: ColumnElement[Any],
+    window_s: float,
+) -> float | None:
+    """Count one request in the fixed window of ``row`` (a row of ``table``, which has
+    ``window_start`` and ``window_count``) if a new window begins or ``under_limit``
+    holds: one conditional UPDATE, so it holds across processes.
+
+    Returns:
+        None when counted; else the seconds until the window ends.
+
+    Raises:
+        LookupError: the row is not there.
+    """
+    c = table.c
+    new_window = or_(c.window_start.is_(None), c.window_start <= now - window_s)
+    admitted = await conn.execute(
+        update(table)
+        .where(row, or_(new_window, under_limit))
+        .values(
+            window_start=case((new_window, now), else_=c.window_start),
+            window_count=case((new_window, 1), else_=c.window_count + 1),
+        )
+    )
+    if admitted.rowcount:
+        return None
+    found = (await conn.execute(select(c.window_start, now).where(row))).first()
+    if found is None:
+        raise LookupError(f"no row of {table.name} to count in")
+    return float(found[0] + window_s - found[1])
+
+
 async def count_request(conn: AsyncConnection, key_id: str, *, postgres: bool) -> float | None:
     """Count one request against the key's per-minute limit, if it is under it.
 
@@ -161,22 +199,18 @@ async def count_request(conn: AsyncConnection, key_id: str, *, postgres: bool) -
         None when the request is admitted (or the key has no limit); else the seconds
         until its window ends and requests are admitted again.
     """
-    now = _now(postgres)
-    new_window = or_(_c.window_start.is_(None), _c.window_start <= now - WINDOW_S)
-    admitted = await conn.execute(
-        update(API_KEYS)
-        .where(_c.id == key_id, or_(_c.rpm.is_(None), new_window, _c.window_count < _c.rpm))
-        .values(
-            window_start=case((new_window, now), else_=_c.window_start),
-            window_count=case((new_window, 1), else_=_c.window_count + 1),
+    try:
+        left = await count_in_window(
+            conn,
+            API_KEYS,
+            _c.id == key_id,
+            or_(_c.rpm.is_(None), _c.window_count < _c.rpm),
+            now=_now(postgres),
+            window_s=WINDOW_S,
         )
-    )
-    if admitted.rowcount:
-        return None
-    row = (await conn.execute(select(_c.window_start, now).where(_c.id == key_id))).first()
-    if row is None or row[0] is None:
+    except LookupError:
         return None  # the key was deleted under us: authentication refuses it next time
-    return max(1.0, float(math.ceil(row[0] + WINDOW_S - row[1])))
+    return None if left is None else max(1.0, float(math.ceil(left)))
 
 
 def _locked(key_id: str) -> Any:

@@ -24,11 +24,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import case, or_, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from thinktank.store._keys import _now
+from thinktank.store._keys import _now, count_in_window
 from thinktank.store.tables import LIMIT_WINDOWS, SLOTS
 
 __all__ = ["count", "give", "make_rows", "renew", "take"]
@@ -104,17 +104,12 @@ async def count(
 ) -> float | None:
     """Count one request in the key's window if fewer than ``rpm`` were: None when
     counted, else the seconds until the window ends (the row must exist: ``make_rows``)."""
-    now = _now(postgres)
-    new_window = or_(_w.window_start.is_(None), _w.window_start <= now - window_s)
-    admitted = await conn.execute(
-        update(LIMIT_WINDOWS)
-        .where(_w.limit_key == key, or_(new_window, _w.window_count < rpm))
-        .values(
-            window_start=case((new_window, now), else_=_w.window_start),
-            window_count=case((new_window, 1), else_=_w.window_count + 1),
-        )
+    left = await count_in_window(
+        conn,
+        LIMIT_WINDOWS,
+        _w.limit_key == key,
+        _w.window_count < rpm,
+        now=_now(postgres),
+        window_s=window_s,
     )
-    if admitted.rowcount:
-        return None
-    row = (await conn.execute(select(_w.window_start, now).where(_w.limit_key == key))).one()
-    return max(0.0, float(row[0] + window_s - row[1]))
+    return None if left is None else max(0.0, left)
