@@ -29,6 +29,7 @@ settings; ``tests/pg.py`` finds the binaries) instead of SQLite files, and
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
 import sys
@@ -109,11 +110,11 @@ def databases(kind: str, tmp: Path) -> Iterator[Iterator[str]]:
     """Fresh databases, one per ``next()``: SQLite files in ``tmp``, or databases of a
     throwaway PostgreSQL cluster (stopped at the end)."""
     if kind == "sqlite":
-        yield (str(tmp / f"bench-{i}.db") for i in range(1_000_000))
+        yield (str(tmp / f"bench-{i}.db") for i in itertools.count())
         return
     cluster = pg.start_cluster(durable=True)
     try:
-        yield (pg.create_database(cluster.url) for _ in range(1_000_000))
+        yield (pg.create_database(cluster.url) for _ in itertools.count())
     finally:
         cluster.stop()
 

@@ -57,7 +57,7 @@ from thinktank.errors import (
 )
 from thinktank.events import CachedConsensus, Event, SessionStarted
 from thinktank.store import _experiments, _keys, _lease, _queue, _slots
-from thinktank.store._fold import StepRowCache, apply_batch
+from thinktank.store._fold import SESSION_EXISTS, StepRowCache, apply_batch
 from thinktank.store._group import GroupCommit, Job
 from thinktank.store._json import dumps, loads
 from thinktank.store._keys import ApiKey
@@ -473,7 +473,7 @@ class Store:
             params = {"b_id": sid, "b_owner": worker_id}
             job.released = bool(await statements.fetch(executor, _lease.RELEASE, params))
             if not job.released and not await statements.fetch(
-                executor, _lease.SESSION_EXISTS, {"b_id": sid}
+                executor, SESSION_EXISTS, {"sid": sid}
             ):
                 raise UnknownSessionError(f"no stored session has the id {sid!r}")
 

@@ -49,9 +49,10 @@ from thinktank.store._sql import Executor, Statements
 from thinktank.store._write import EventLog
 from thinktank.store.tables import ATTEMPTS, CALLS, CONSENSUS, SESSIONS, STEPS
 
-__all__ = ["StepRowCache", "apply_batch"]
+__all__ = ["SESSION_EXISTS", "StepRowCache", "apply_batch"]
 
-_SESSION_EXISTS = select(SESSIONS.c.id).where(SESSIONS.c.id == bindparam("sid"))
+SESSION_EXISTS = select(SESSIONS.c.id).where(SESSIONS.c.id == bindparam("sid"))
+"""The session's id if it is stored (parameter ``sid``)."""
 _SESSION_STATUS = select(SESSIONS.c.status).where(SESSIONS.c.id == bindparam("sid"))
 _TEXT_REPAIRS = select(SESSIONS.c.text_repairs).where(SESSIONS.c.id == bindparam("sid"))
 _MAX_REPAIRS = 100
@@ -293,7 +294,7 @@ class _Batch:
         sid = event.session_id
         fetch, executor = self.statements.fetch, self.executor
         found = await fetch(executor, _STEP_ROWS, {"sid": sid})
-        if not found and not await fetch(executor, _SESSION_EXISTS, {"sid": sid}):
+        if not found and not await fetch(executor, SESSION_EXISTS, {"sid": sid}):
             raise LookupError(f"session {sid} is not stored (no SessionStarted wrote it)")
         known = {key: row_id for key, row_id in found}
         rows = await self.insert_steps(sid, event.steps, known, parent=event.parent)

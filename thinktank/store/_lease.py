@@ -55,7 +55,6 @@ from thinktank.store.tables import SESSIONS
 
 __all__ = [
     "RELEASE",
-    "SESSION_EXISTS",
     "cancels_requested",
     "claim",
     "claim_new_rows",
@@ -64,15 +63,11 @@ __all__ = [
     "clock",
     "heartbeat",
     "lease_of",
-    "release",
     "request_cancel",
     "unleased",
 ]
 
 _c = SESSIONS.c
-
-SESSION_EXISTS = select(_c.id).where(_c.id == bindparam("b_id"))
-"""The session's id if it is stored (parameter ``b_id``)."""
 
 RELEASE = (
     update(SESSIONS)
@@ -198,23 +193,6 @@ async def heartbeat(
         update(SESSIONS)
         .where(and_(_c.id == session_id, _c.lease_owner == worker_id, _c.lease_expires_at > now))
         .values(lease_expires_at=expiry)
-    )
-    if result.rowcount == 1:
-        return True
-    await _require(conn, session_id)
-    return False
-
-
-async def release(conn: AsyncConnection, session_id: str, worker_id: str) -> bool:
-    """Give the lease up if ``worker_id`` holds it (live or expired).
-
-    Raises:
-        UnknownSessionError: no session has the id ``session_id``.
-    """
-    result = await conn.execute(
-        update(SESSIONS)
-        .where(_c.id == session_id, _c.lease_owner == worker_id)
-        .values(lease_owner=None, lease_expires_at=None)
     )
     if result.rowcount == 1:
         return True
