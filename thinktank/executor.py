@@ -32,7 +32,13 @@ from anyio.abc import TaskGroup
 
 from thinktank.engine.restart import Restart
 from thinktank.engine.result import SessionResult, result_of
-from thinktank.engine.runner import check_session, execute, lease_ttl, new_worker_id
+from thinktank.engine.runner import (
+    check_session,
+    execute,
+    lease_ttl,
+    new_worker_id,
+    release_lease,
+)
 from thinktank.errors import InputError, SpecError, StoreError, UsageError
 from thinktank.events import Event
 from thinktank.providers.base import ModelClient
@@ -175,11 +181,7 @@ async def run_queued(
         result = await _start(stored, store, models, on_event, http, (worker, ttl))
         return QueuedRun(session_id=session_id, how="started", result=result)
     finally:
-        with anyio.CancelScope(shield=True):
-            # A failed release is harmless (the lease expires by itself) and must not
-            # hide how the run ended.
-            with contextlib.suppress(StoreError):
-                await store.release(session_id, worker_id=worker)
+        await release_lease(store, session_id, worker)
 
 
 async def _start(

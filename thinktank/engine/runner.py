@@ -65,6 +65,7 @@ __all__ = [
     "fan_out",
     "lease_ttl",
     "new_worker_id",
+    "release_lease",
 ]
 
 
@@ -197,6 +198,16 @@ def _validate(spec: SessionSpec, registry: ModelRegistry, source: str | None) ->
     problems = validate_spec(spec, file=source, check_model=registry.check)
     if problems:
         raise SpecErrors(problems)
+
+
+async def release_lease(store: Store, session_id: str, worker_id: str) -> None:
+    """Give a run's lease up at once, so the session can be resumed without waiting for
+    the lease to expire; shielded, so an interrupted run does it too."""
+    with anyio.CancelScope(shield=True):
+        # A failed release is harmless (the lease expires by itself) and must not hide
+        # how the run ended.
+        with contextlib.suppress(StoreError):
+            await store.release(session_id, worker_id=worker_id)
 
 
 def check_session(
@@ -600,11 +611,5 @@ class _Run:
                 renewal.cancel()
 
     async def _release(self, worker_id: str) -> None:
-        """Give the session's lease up at once, so it can be resumed without waiting for
-        the lease to expire; shielded, so an interrupted run does it too."""
         assert self.store is not None
-        with anyio.CancelScope(shield=True):
-            # A failed release is harmless (the lease expires by itself) and must not
-            # hide how the run ended.
-            with contextlib.suppress(StoreError):
-                await self.store.release(self.session_id, worker_id=worker_id)
+        await release_lease(self.store, self.session_id, worker_id)
