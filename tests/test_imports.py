@@ -41,6 +41,7 @@ LAYERS: Sequence[tuple[str, Sequence[str]]] = (
             "thinktank.eval.*",
         ),
     ),
+    ("distributed", ("thinktank.distributed", "thinktank.distributed.*")),
     ("server", ("thinktank.server", "thinktank.server.*")),
     ("cli", ("thinktank.cli", "thinktank.cli.*", "thinktank.__main__")),
     ("library API", ("thinktank",)),

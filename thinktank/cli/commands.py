@@ -35,6 +35,7 @@ from thinktank.cli._shared import (
 from thinktank.cli.evaluate import eval_group
 from thinktank.cli.keys import keys_group
 from thinktank.cli.serve import serve_command
+from thinktank.cli.worker import worker_command, workers_command
 from thinktank.errors import (
     InputError,
     SpecErrors,
@@ -848,3 +849,5 @@ def schema_command(output: str | None, check: bool, kind: str) -> None:
 main.add_command(eval_group)
 main.add_command(serve_command)
 main.add_command(keys_group)
+main.add_command(worker_command)
+main.add_command(workers_command)

@@ -25,6 +25,7 @@ from thinktank.store import (
     StoredSession,
     StoredStep,
 )
+from thinktank.store._workers import WorkerInfo
 
 __all__ = [
     "print_batch",
@@ -304,6 +305,41 @@ def print_sessions(rows: Sequence[SessionSummary]) -> None:
             _cost(row.cost_usd),
             _ms(row.wall_ms),
             row.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+        )
+    console.print(table)
+
+
+def print_workers(rows: Sequence[WorkerInfo]) -> None:
+    """The table ``thinktank workers`` prints."""
+    console = _console()
+    if not rows:
+        console.print("no live workers (start one: thinktank worker --db URL)")
+        return
+    table = Table()
+    for column in (
+        "name",
+        "state",
+        "running",
+        "finished",
+        "concurrency",
+        "host:pid",
+        "up",
+        "version",
+    ):
+        table.add_column(column, no_wrap=True)
+    for row in rows:
+        state = "draining" if row.draining else "alive"
+        if not row.alive:
+            state = f"dead, recovered by {row.recovered_by}" if row.recovered_by else "dead"
+        table.add_row(
+            row.name,
+            state,
+            str(row.running),
+            str(row.finished),
+            str(row.concurrency),
+            f"{row.host}:{row.pid}",
+            _ms(row.age_s * 1000),
+            row.version,
         )
     console.print(table)
 

@@ -56,7 +56,7 @@ from thinktank.errors import (
     UnknownSessionError,
 )
 from thinktank.events import CachedConsensus, Event, SessionStarted
-from thinktank.store import _experiments, _keys, _lease, _queue, _slots
+from thinktank.store import _experiments, _keys, _lease, _queue, _slots, _workers
 from thinktank.store._fold import SESSION_EXISTS, StepRowCache, apply_batch
 from thinktank.store._group import GroupCommit, Job
 from thinktank.store._json import dumps, loads
@@ -650,6 +650,15 @@ class Store:
         """Ids of the sessions still ``queued`` (on ``queue``, or on any), oldest first."""
         return await self._read(_queue.queued, queue, limit)
 
+    async def session_states(self, session_ids: Sequence[str]) -> dict[str, tuple[str, str | None]]:
+        """(status, lease owner) of each of ``session_ids`` that exists, in one read:
+        how a submitter follows sessions that run elsewhere.
+
+        Raises:
+            StoreError: the database could not be read.
+        """
+        return await self._read(_queue.states, session_ids)
+
     async def drop_queued(
         self,
         session_id: str,
@@ -1073,6 +1082,14 @@ class Store:
         """Free a slot ``holder`` holds (False if its hold had lapsed and gone)."""
         return await self._leasing("give back a call slot", _slots.give, key, slot, holder=holder)
 
+    async def free_slots_of(self, host: str, pid: int) -> int:
+        """Free the call slots held by a process that died (its ``host`` and ``pid``):
+        they come back now rather than when their holds lapse. Only for a process known
+        dead: a live one would go on calling past the limit. How many were freed."""
+        return await self._leasing(
+            "free a dead process's call slots", _slots.free_held_by, f"{host}:{pid}:"
+        )
+
     async def count_limit_request(self, key: str, rpm: int, *, window_s: float) -> float | None:
         """Count a request against ``key``'s per-minute limit across every process on
         the database: None if admitted, else the seconds until its window ends."""
@@ -1084,6 +1101,78 @@ class Store:
             key,
             rpm,
         )
+
+    # -- worker processes (``thinktank worker``) ----------------------------------------
+
+    async def register_worker(
+        self,
+        executor_id: str,
+        *,
+        name: str,
+        host: str,
+        pid: int,
+        version: str,
+        concurrency: int,
+        ttl_s: float,
+    ) -> None:
+        """Record a worker that starts, alive for ``ttl_s`` seconds unless it beats."""
+        await self._leasing(
+            "register a worker",
+            functools.partial(_workers.register, ttl_s=ttl_s, postgres=self._postgres),
+            executor_id=executor_id,
+            name=name,
+            host=host,
+            pid=pid,
+            version=version,
+            concurrency=concurrency,
+        )
+
+    async def worker_beat(
+        self, executor_id: str, *, ttl_s: float, running: int, finished: int, draining: bool
+    ) -> bool:
+        """Keep a worker alive ``ttl_s`` more seconds and record its load; False when it
+        was declared dead meanwhile (its row claimed by a recoverer, or gone)."""
+        return await self._leasing(
+            "renew a worker's heartbeat",
+            functools.partial(_workers.beat, postgres=self._postgres),
+            executor_id,
+            ttl_s=ttl_s,
+            running=running,
+            finished=finished,
+            draining=draining,
+        )
+
+    async def expire_worker(self, executor_id: str) -> None:
+        """Mark a worker dead now (it leaves sessions behind for a live one to finish)."""
+        await self._leasing(
+            "expire a worker",
+            functools.partial(_workers.expire, postgres=self._postgres),
+            executor_id,
+        )
+
+    async def claim_dead_workers(self, me: str, *, ttl_s: float) -> list[tuple[str, float]]:
+        """Claim, for worker ``me`` alone, the dead workers nobody recovers: each (id,
+        seconds since it expired). The claim lapses after ``ttl_s`` seconds."""
+        return await self._leasing(
+            "claim dead workers",
+            functools.partial(_workers.claim_dead, ttl_s=ttl_s, postgres=self._postgres),
+            me,
+        )
+
+    async def forget_worker(self, executor_id: str, *, recovered_by: str | None) -> None:
+        """Delete a worker's row: a dead one ``recovered_by`` has recovered, or (None) one
+        that left with nothing to recover."""
+        await self._leasing(
+            "forget a worker", _workers.forget, executor_id, recovered_by=recovered_by
+        )
+
+    async def list_workers(self) -> list[_workers.WorkerInfo]:
+        """Every known worker, live ones first (``thinktank workers``).
+
+        Raises:
+            StoreError: the database could not be read.
+        """
+        return await self._read(_workers.list_workers, postgres=self._postgres)
 
 
 def _aware(value: datetime) -> datetime:

@@ -54,6 +54,8 @@ The migrations:
   shared across processes, with its holder and when the hold lapses) and
   ``thinktank_limit_windows`` (the current minute of a shared requests-per-minute
   limit).
+- ``0014_workers``: ``thinktank_workers``, one row per ``thinktank worker`` process
+  (its heartbeat, load and, once it died, which live worker recovers its sessions).
 """
 
 from __future__ import annotations
@@ -598,6 +600,36 @@ def _provider_slots(conn: Connection) -> None:
     slot_tables().create_all(conn, checkfirst=True)
 
 
+# -- 0014_workers ----------------------------------------------------------------------
+
+
+def worker_tables() -> MetaData:
+    """The table as ``0014_workers`` creates it (a fresh MetaData each call)."""
+    md = MetaData()
+    Table(
+        "thinktank_workers",
+        md,
+        Column("executor_id", String(200), primary_key=True),
+        Column("name", String(100), nullable=False),
+        Column("host", String(200), nullable=False),
+        Column("pid", Integer, nullable=False),
+        Column("version", String(100), nullable=False),
+        Column("concurrency", Integer, nullable=False),
+        Column("started_at", Float, nullable=False),
+        Column("expires_at", Float, nullable=False, index=True),
+        Column("running", Integer, nullable=False),
+        Column("finished", Integer, nullable=False),
+        Column("draining", Boolean, nullable=False),
+        Column("recovered_by", String(200)),
+        Column("recovery_expires_at", Float),
+    )
+    return md
+
+
+def _workers(conn: Connection) -> None:
+    worker_tables().create_all(conn, checkfirst=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_initial", _initial),
     Migration("0002_dynamic_steps_and_leases", _dynamic_steps_and_leases),
@@ -612,6 +644,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0011_reservations", _reservations),
     Migration("0012_queued_sessions", _queued_sessions),
     Migration("0013_provider_slots", _provider_slots),
+    Migration("0014_workers", _workers),
 )
 """Every migration this code knows, in the order they apply."""
 

@@ -13,7 +13,7 @@ Each change here is one statement in the caller's write transaction.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from thinktank.store._lease import clock, unleased
 from thinktank.store.tables import SESSIONS
 
-__all__ = ["drop_queued", "enqueue", "queued"]
+__all__ = ["drop_queued", "enqueue", "queued", "states"]
 
 _c = SESSIONS.c
 
@@ -91,3 +91,18 @@ async def queued(conn: AsyncConnection, queue: str | None, limit: int | None) ->
     if limit is not None:
         query = query.limit(limit)
     return [row[0] for row in await conn.execute(query)]
+
+
+async def states(
+    conn: AsyncConnection, session_ids: Sequence[str]
+) -> dict[str, tuple[str, str | None]]:
+    """(status, lease owner) of each of ``session_ids`` that exists, in one query (a
+    lapsed lease's owner is still named: it is whoever ran the session last)."""
+    found: dict[str, tuple[str, str | None]] = {}
+    ids = list(session_ids)
+    for start in range(0, len(ids), 500):  # bounded IN lists
+        rows = await conn.execute(
+            select(_c.id, _c.status, _c.lease_owner).where(_c.id.in_(ids[start : start + 500]))
+        )
+        found.update({row[0]: (row[1], row[2]) for row in rows})
+    return found

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from thinktank.store._keys import _now, count_in_window
 from thinktank.store.tables import LIMIT_WINDOWS, SLOTS
 
-__all__ = ["count", "give", "make_rows", "renew", "take"]
+__all__ = ["count", "free_held_by", "give", "make_rows", "renew", "take"]
 
 _s = SLOTS.c
 _w = LIMIT_WINDOWS.c
@@ -97,6 +97,17 @@ async def give(conn: AsyncConnection, key: str, slot: int, *, holder: str) -> bo
         .values(holder=None, expires_at=None)
     )
     return bool(done.rowcount)
+
+
+async def free_held_by(conn: AsyncConnection, prefix: str) -> int:
+    """Free every slot whose holder id starts with ``prefix`` (a dead process's
+    ``host:pid:``, so its slots come back before they lapse); how many."""
+    done = await conn.execute(
+        update(SLOTS)
+        .where(func.substr(_s.holder, 1, len(prefix)) == prefix)
+        .values(holder=None, expires_at=None)
+    )
+    return int(done.rowcount or 0)
 
 
 async def count(

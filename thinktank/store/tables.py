@@ -55,6 +55,7 @@ __all__ = [
     "SLOTS",
     "STEPS",
     "UTC_DATETIME",
+    "WORKERS",
     "ApiKeyRow",
     "CallAttemptRow",
     "CallRow",
@@ -68,6 +69,7 @@ __all__ = [
     "SessionRow",
     "SlotRow",
     "StepRow",
+    "WorkerRow",
 ]
 
 UTC_DATETIME = DateTime(timezone=True)
@@ -555,6 +557,47 @@ class LimitWindowRow(SQLModel, table=True):
     """Requests admitted in it."""
 
 
+class WorkerRow(SQLModel, table=True):
+    """A ``thinktank worker`` process: who it is, whether it is alive, how busy it is.
+
+    The worker renews ``expires_at`` every third of its time to live; a row past it is a
+    dead worker, whose sessions one live worker recovers after claiming the row
+    (``recovered_by``, itself lapsing at ``recovery_expires_at`` so a recoverer that
+    dies is replaced). ``thinktank.store._workers`` holds the statements.
+    """
+
+    __tablename__ = "thinktank_workers"
+
+    executor_id: str = Field(primary_key=True, max_length=200)
+    """The worker's unique id (its name, host, process and a random part): also its
+    executor id in the distributed engine and the owner of the leases it holds."""
+    name: str = Field(max_length=100)
+    """The name given with ``--name`` (the host name by default)."""
+    host: str = Field(max_length=200)
+    """The machine it runs on."""
+    pid: int
+    """Its process id on that machine."""
+    version: str = Field(max_length=100)
+    """thinktank's version and the pinned workflow version it runs."""
+    concurrency: int
+    """How many sessions it runs at once."""
+    started_at: float = Field(sa_type=Float)
+    """When it started (epoch seconds)."""
+    expires_at: float = Field(sa_type=Float, index=True)
+    """When it counts as dead unless it beats again (epoch seconds; the database's
+    clock on PostgreSQL)."""
+    running: int = 0
+    """Sessions it runs now."""
+    finished: int = 0
+    """Sessions it has run to their end."""
+    draining: bool = False
+    """It was told to stop: it takes no new session and finishes or hands back its own."""
+    recovered_by: str | None = Field(default=None, max_length=200)
+    """The live worker recovering this dead one's sessions."""
+    recovery_expires_at: float | None = Field(default=None, sa_type=Float)
+    """When that claim lapses if the recoverer dies before it is done."""
+
+
 # The Core tables of the classes above, for the statements of the write and read paths.
 SESSIONS: Table = SQLModel.metadata.tables[SessionRow.__tablename__]
 STEPS: Table = SQLModel.metadata.tables[StepRow.__tablename__]
@@ -568,3 +611,4 @@ API_KEYS: Table = SQLModel.metadata.tables[ApiKeyRow.__tablename__]
 RESERVATIONS: Table = SQLModel.metadata.tables[ReservationRow.__tablename__]
 SLOTS: Table = SQLModel.metadata.tables[SlotRow.__tablename__]
 LIMIT_WINDOWS: Table = SQLModel.metadata.tables[LimitWindowRow.__tablename__]
+WORKERS: Table = SQLModel.metadata.tables[WorkerRow.__tablename__]

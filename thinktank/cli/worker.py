@@ -1,0 +1,107 @@
+"""``thinktank worker`` and ``thinktank workers``: the pool of processes that run queued
+sessions (``pip install "thinktank[distributed]"``; :mod:`thinktank.distributed`).
+
+``worker`` exits 0 once drained (SIGTERM or Ctrl-C), 2 on bad input (no DBOS, an
+in-memory database), 1 when the database fails, and 4 when it finds it was declared
+dead by another worker (it lost the database for longer than ``--ttl``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import TYPE_CHECKING
+
+import click
+
+if TYPE_CHECKING:
+    from thinktank.store._workers import WorkerInfo
+
+from thinktank.cli._shared import _db_option, _fail, _json_option, _run_async
+
+__all__ = ["worker_command", "workers_command"]
+
+
+@click.command("worker")
+@_db_option
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Sessions each worker runs at once (one value for the whole pool: the last "
+    "worker started sets it).",
+)
+@click.option(
+    "--name",
+    default=None,
+    help="This worker's name in `thinktank workers` (default: the host name).",
+)
+@click.option(
+    "--ttl",
+    type=click.FloatRange(min=1.0),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="A worker silent this long is dead, and a live one finishes its sessions.",
+)
+@click.option(
+    "--drain-timeout",
+    type=click.FloatRange(min=0.0),
+    default=30.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="On SIGTERM, wait this long for running sessions, then hand the rest back.",
+)
+def worker_command(
+    db: str | None, concurrency: int, name: str | None, ttl: float, drain_timeout: float
+) -> None:
+    """Run queued sessions (from `run --queue`, `run-many --queue`, `eval --queue`,
+    `serve --queue`) until SIGTERM; any number of workers share one database."""
+    from thinktank.distributed import require_dbos, system_database_url
+    from thinktank.errors import UsageError
+    from thinktank.store import default_db_url, normalize_db_url
+
+    try:  # before anything starts: no DBOS, or a database no other process can reach
+        require_dbos()
+        system_database_url(normalize_db_url(db or default_db_url()))
+    except UsageError as exc:
+        _fail(str(exc).splitlines())
+
+    def say(line: str) -> None:
+        click.echo(f"{time.strftime('%H:%M:%S')} {line}", err=True)
+
+    async def go() -> int:
+        from thinktank.distributed.worker import serve_worker
+
+        return await serve_worker(
+            db,
+            name=name,
+            concurrency=concurrency,
+            ttl_s=ttl,
+            drain_s=drain_timeout,
+            say=say,
+        )
+
+    sys.exit(_run_async(go))
+
+
+@click.command("workers")
+@_db_option
+@_json_option
+@click.option("--all", "show_all", is_flag=True, help="Also list dead workers not yet recovered.")
+def workers_command(db: str | None, as_json: bool, show_all: bool) -> None:
+    """List the workers of the pool: alive or not, load, version."""
+    from thinktank.cli.render import print_workers
+    from thinktank.store import Store
+
+    async def go() -> list[WorkerInfo]:
+        async with await Store.open(db, read_only=True) as store:
+            return await store.list_workers()
+
+    rows = [w for w in _run_async(go) if show_all or w.alive]
+    if as_json:
+        click.echo(json.dumps([w.model_dump(mode="json") for w in rows], indent=2))
+    else:
+        print_workers(rows)
