@@ -340,19 +340,21 @@ async def serve_worker(
         f"worker {worker.name} started ({worker.executor_id}): {concurrency} session(s)"
         f" at once, on {store.where}"
     )
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(worker.beat_forever)
-        tg.start_soon(worker.watch_cancels)
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    # The receiver stays open through the drain: a second signal (a supervisor that
+    # repeats SIGTERM) must not kill the process while it hands sessions back.
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worker.beat_forever)
+            tg.start_soon(worker.watch_cancels)
             async for signum in signals:
                 say(f"{signal.Signals(signum).name}: draining ({len(worker.scopes)} running)")
                 break
-        worker.draining = True
-        await anyio.to_thread.run_sync(
-            lambda: DBOS.destroy(workflow_completion_timeout_sec=max(1, round(drain_s)))
-        )
-        left = await worker.hand_back() if worker.scopes else 0
-        tg.cancel_scope.cancel()
+            worker.draining = True
+            await anyio.to_thread.run_sync(
+                lambda: DBOS.destroy(workflow_completion_timeout_sec=max(1, round(drain_s)))
+            )
+            left = await worker.hand_back() if worker.scopes else 0
+            tg.cancel_scope.cancel()
     if not left:
         await store.forget_worker(worker.executor_id, recovered_by=None)
     await worker.http.aclose()
