@@ -201,6 +201,22 @@ async def test_a_leased_session_is_not_run_twice(db_url: str) -> None:
         assert not await store.drop_queued(sid, reason="no")  # claimed: it stays
 
 
+async def test_a_session_cancelled_while_queued_never_runs(db_url: str) -> None:
+    """A queued session dropped before anyone claimed it (a cancel) is not started by a
+    later ``run_queued``, in whatever process: it is returned as it was left."""
+    log = CallLog()
+    models = {"m": CountingModel("m", log)}
+    async with await Store.open(db_url) as store:
+        sid = await enqueue(chain(), store=store, inputs={"topic": "t"}, models=models)
+        assert await store.drop_queued(sid, reason="cancelled before it started")
+        done = await run_queued(sid, store=store, models=models)
+        assert done.how == "finished" and done.result is not None
+        assert done.result.status == "interrupted" and log.calls == []
+        stored = await store.get_session(sid)
+        assert (stored.status, stored.steps) == ("interrupted", [])
+        assert await store.lease_of(sid) is None
+
+
 # -- several processes -----------------------------------------------------------------
 
 

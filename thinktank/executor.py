@@ -165,7 +165,7 @@ async def run_queued(
             holder = owner[0] if owner else None
             return QueuedRun(session_id=session_id, how="busy", result=None, holder=holder)
         stored = await store.get_session(session_id)  # read under the lease
-        if stored.status in FINISHED:
+        if stored.status in FINISHED or _dropped(stored):
             return QueuedRun(session_id=session_id, how="finished", result=result_of(stored))
         if stored.status != "queued":
             # resume claims again as the same worker (a renewal) and releases at the end.
@@ -182,6 +182,13 @@ async def run_queued(
         return QueuedRun(session_id=session_id, how="started", result=result)
     finally:
         await release_lease(store, session_id, worker)
+
+
+def _dropped(stored: StoredSession) -> bool:
+    """Whether the session was ended before it ever started (``Store.drop_queued``: a
+    cancel while queued): ``interrupted`` with no steps, since the first event of any
+    run writes its steps. It is not run: its cancel stands."""
+    return stored.status == "interrupted" and not stored.steps
 
 
 async def _start(
