@@ -157,6 +157,70 @@ def test_a_posted_session_runs_on_a_worker_and_streams_from_the_server(
     assert len(fake.requests) == 4  # three models and the judge, once each
 
 
+def test_the_stream_of_a_queued_session_waits_for_it_to_start(
+    fake: FakeServer, env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session queued by another process (here ``run_queued`` after ``enqueue``, no
+    pool) is followed from its start: its stream, opened while it waits, does not end
+    before it has run, and delivers every stored event."""
+    from thinktank.executor import enqueue, run_queued
+    from thinktank.session.loading import parse_session
+
+    monkeypatch.setenv("THINKTANK_CONFIG", env["THINKTANK_CONFIG"])
+    db = str(tmp_path / "tt.db")
+    spec = parse_session(session_body()["session"], known_models=MODELS)
+
+    async def queue() -> str:
+        async with await Store.open(db) as store:
+            return await enqueue(spec, store=store, inputs={"q": "local"})
+
+    async def run(sid: str) -> None:
+        async with await Store.open(db) as store:
+            await run_queued(sid, store=store)
+
+    sid = anyio.run(queue, backend="asyncio")
+    with (
+        serve(db, "--no-auth", env=env, cwd=tmp_path) as url,
+        httpx.stream("GET", f"{url}/v1/sessions/{sid}/events", timeout=60) as response,
+    ):
+        anyio.run(run, sid, backend="asyncio")
+        streamed = list(sse_events(response))
+    stored = stored_events(db, sid)
+    assert stored[-1]["type"] == "session_finished"
+    assert streamed == [(n, event["type"], event) for n, event in enumerate(stored, start=1)]
+
+
+def test_a_server_without_the_pool_cancels_what_it_can(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without ``--queue``, a session queued for an executor in-process elsewhere is
+    ended ``interrupted``; one queued for the worker pool is a 409 that says where to
+    cancel it (dropping its row would not stop its workflow), and stays queued."""
+    from thinktank.distributed import QUEUE
+    from thinktank.executor import enqueue
+    from thinktank.session.loading import parse_session
+
+    monkeypatch.setenv("THINKTANK_CONFIG", env["THINKTANK_CONFIG"])
+    db = str(tmp_path / "tt.db")
+    spec = parse_session(session_body()["session"], known_models=MODELS)
+
+    async def queue() -> tuple[str, str]:
+        async with await Store.open(db) as store:
+            local = await enqueue(spec, store=store, inputs={"q": "x"})
+            return local, await enqueue(spec, store=store, inputs={"q": "y"}, queue=QUEUE)
+
+    local, pooled = anyio.run(queue, backend="asyncio")
+    with serve(db, "--no-auth", env=env, cwd=tmp_path) as url:
+        ended = httpx.post(f"{url}/v1/sessions/{local}/cancel", timeout=30)
+        refused = httpx.post(f"{url}/v1/sessions/{pooled}/cancel", timeout=30)
+        still = detail(url, pooled)["status"]
+    assert ended.status_code == 200, ended.text
+    assert ended.json()["status"] == "interrupted"
+    assert refused.status_code == 409
+    assert "--queue" in refused.json()["error"]["message"]
+    assert still == "queued"
+
+
 def test_a_queued_session_is_cancelled_before_it_starts(
     fake: FakeServer, env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -11,15 +11,24 @@ not run the session is stored as a request (:meth:`~thinktank.store.Store.reques
 that the running process's :class:`SessionRunner` picks up within
 :data:`CANCEL_POLL_S`.
 
+A server started with ``--queue`` (``ServerConfig.queue``) runs no session itself: a
+posted session is checked as a run checks it, stored ``queued`` and handed to the
+``thinktank worker`` processes on the same database (``app.state.pool``, a
+:class:`~thinktank.distributed.executor.DistributedExecutor`); its events, its state and
+its cancel are served from the store as for any session another process runs. Every
+session body carries ``worker``: the ``--name`` of the pool worker that holds the
+session's lease (running it, or about to), else None.
+
 Routes (every one authenticates like every ``/v1`` route):
 
 - ``POST /v1/sessions``: start a session; answers 202 ``{"id", "status": "running",
-  "links"}`` as soon as the session is stored. The body is either the session file
-  itself, as ``Content-Type: application/yaml`` (or ``text/yaml``), or, as
-  ``application/json``, the envelope ``{"session": <the file as a mapping, or its YAML
-  or JSON text>, "inputs": {<name>: <value>}}`` (``inputs`` optional). A session that
-  does not validate is a 400 whose message has one ``step/field: problem`` line per
-  problem (the loader's :class:`~thinktank.errors.SpecErrors`).
+  "links"}`` as soon as the session is stored (``"status": "queued"`` with
+  ``--queue``). The body is either the session file itself, as ``Content-Type:
+  application/yaml`` (or ``text/yaml``), or, as ``application/json``, the envelope
+  ``{"session": <the file as a mapping, or its YAML or JSON text>, "inputs": {<name>:
+  <value>}}`` (``inputs`` optional). A session that does not validate is a 400 whose
+  message has one ``step/field: problem`` line per problem (the loader's
+  :class:`~thinktank.errors.SpecErrors`).
 - ``GET /v1/sessions?limit=N``: the stored sessions, newest first.
 - ``GET /v1/sessions/{id}``: the stored session (status, steps, calls, consensus,
   cost); ``GET /v1/sessions/{id}/export``: what ``thinktank export`` writes. An id may
@@ -30,14 +39,17 @@ Routes (every one authenticates like every ``/v1`` route):
   :data:`RECONNECT_MS`). Live while this process runs the
   session; read from the store otherwise, and followed there (polled every
   :data:`TAIL_POLL_S`) while another process holds its lease (another worker,
-  ``thinktank run``). A ``Last-Event-ID`` header (or ``?after=N``) resumes after that
-  event. The stream ends with the session.
+  ``thinktank run``), or while it waits, ``queued``, for a worker to start it. A
+  ``Last-Event-ID`` header (or ``?after=N``) resumes after that event. The stream ends
+  with the session.
 - ``POST /v1/sessions/{id}/cancel``: cancel a running session and answer its stored
   state once it has wound down. One this process runs is cancelled at once; one
   another process runs is asked to cancel through the store, and this process waits
   (up to :data:`CANCEL_WAIT_S`) for it to end: still running then, the answer is 202
-  with its state and a ``message``. A session that has finished, or that no process
-  runs any more (its run died: resume it), is a 409.
+  with its state and a ``message``. A ``queued`` session ends ``interrupted`` and never
+  starts (on the pool, its workflow is cancelled too, so only a ``--queue`` server
+  cancels a pool session: elsewhere that is a 409). A session that has finished, or
+  that no process runs any more (its run died: resume it), is a 409.
 - ``POST /v1/sessions/{id}/resume``: finish an interrupted session in the background
   (:func:`thinktank.replay.resume`), 202 as for a new one.
 - ``POST /v1/sessions/{id}/replay``: re-merge from the recording with another
