@@ -30,6 +30,7 @@ from . import pg
 from .fakeserver import FakeServer, Fault, run_fake_server
 from .serverproc import serve
 from .test_eval_runner import write_config
+from .test_server_keys import create_key
 from .test_server_sessions import sse_events
 from .workerproc import workers
 
@@ -263,6 +264,19 @@ def test_a_session_running_on_a_worker_is_cancelled(
             events = list(sse_events(response))
     assert events[-1][1] == "session_finished"
     assert events[-1][2]["status"] == "interrupted"
+
+
+def test_a_queued_session_keeps_who_asked_for_it(env: dict[str, str], tmp_path: Path) -> None:
+    """The key and the ``X-Request-Id`` of the request are stored with the queued
+    session, as with a session the server runs."""
+    db = str(tmp_path / "tt.db")
+    key, kid = create_key(db)
+    auth = {"Authorization": f"Bearer {key}"}
+    with serve(db, "--queue", env=env, cwd=tmp_path) as url:
+        made = post(url, session_body(), **auth, **{"X-Request-Id": "req-7"})
+        assert made.status_code == 202, made.text
+        queued = httpx.get(f"{url}/v1/sessions/{made.json()['id']}", headers=auth).json()
+    assert (queued["status"], queued["key_id"], queued["request_id"]) == ("queued", kid, "req-7")
 
 
 def test_a_bad_session_is_a_400_and_writes_nothing(env: dict[str, str], tmp_path: Path) -> None:
