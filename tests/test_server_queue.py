@@ -14,7 +14,6 @@ from __future__ import annotations
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +25,8 @@ from click.testing import CliRunner
 from thinktank.cli.commands import main
 from thinktank.store import Store
 
-from . import pg
-from .fakeserver import FakeServer, Fault, run_fake_server
+from . import pg, test_server_budget
+from .fakeserver import FakeServer, Fault
 from .serverproc import serve
 from .test_eval_runner import write_config
 from .test_server_keys import create_key
@@ -43,15 +42,9 @@ db_url = pg.db_url
 MODELS = ["a", "b", "c", "j"]
 
 
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeServer]:
-    with run_fake_server() as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _fresh(fake: FakeServer) -> None:
-    fake.reset()
+# The budget tests' fake provider (one per module) and its reset before each test.
+fake = test_server_budget.fake
+_fresh = test_server_budget._fresh
 
 
 @pytest.fixture
