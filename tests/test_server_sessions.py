@@ -142,22 +142,28 @@ def read_sse(
     connection after ``stop_after`` events."""
     headers = dict(headers or {}) | ({"Last-Event-ID": str(last)} if last is not None else {})
     got: list[tuple[int, str, dict[str, Any]]] = []
-    fields: dict[str, str] = {}
     with httpx.stream(
         "GET", f"{url}/v1/sessions/{sid}/events", headers=headers, timeout=60
     ) as response:
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/event-stream")
-        for line in response.iter_lines():
-            if line:
-                name, _, value = line.partition(": ")
-                fields[name] = value
-                continue
-            got.append((int(fields["id"]), fields["event"], json.loads(fields["data"])))
-            fields = {}
+        for event in sse_events(response):
+            got.append(event)
             if stop_after is not None and len(got) >= stop_after:
                 break
     return got
+
+
+def sse_events(response: httpx.Response) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """The events of an open event stream as (id, event, data), parsed from its lines."""
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    fields: dict[str, str] = {}
+    for line in response.iter_lines():
+        if line:
+            name, _, value = line.partition(": ")
+            fields[name] = value
+            continue
+        yield int(fields["id"]), fields["event"], json.loads(fields["data"])
+        fields = {}
 
 
 def test_a_posted_session_runs_in_the_background(url: str, fake: FakeServer) -> None:

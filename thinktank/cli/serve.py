@@ -2,7 +2,8 @@
 
 This module owns the command: it checks where the server may listen (a non-loopback
 host needs a live API key in the database; ``--no-auth`` is for loopback only; several
-``--workers`` need a database they all share, so not an in-memory one), passes
+``--workers`` need a database they all share, so not an in-memory one; so does
+``--queue``, which also needs the ``distributed`` extra), passes
 the settings to each uvicorn worker through the environment
 (:func:`thinktank.server.app.app_from_env`) and runs uvicorn, whose graceful shutdown
 it bounds (``--graceful-timeout``). The server itself is
@@ -53,6 +54,24 @@ def _private_to_a_process(db: str | None) -> bool:
     )
 
 
+def _check_queue(db: str | None) -> None:
+    """Fail in one line (exit 2) when ``--queue`` cannot work: no DBOS, or a database
+    no worker process can open."""
+    from thinktank.distributed import require_dbos
+
+    try:
+        require_dbos()
+    except UsageError as exc:
+        _fail([f"--queue: {exc}"])
+    if _private_to_a_process(db):
+        _fail(
+            [
+                "--queue needs a database the workers share: an in-memory SQLite "
+                "database is private to this process; give a file or a PostgreSQL URL"
+            ]
+        )
+
+
 def is_loopback(host: str) -> bool:
     """Whether ``host`` names this machine only (127.0.0.0/8, ::1, localhost)."""
     if host == "localhost":
@@ -83,8 +102,22 @@ def is_loopback(host: str) -> bool:
     help="On SIGTERM, seconds requests in flight may take to finish before open streams "
     "close and running sessions stop (stored as interrupted, resumable).",
 )
+@click.option(
+    "--queue",
+    is_flag=True,
+    help="POST /v1/sessions queues sessions for the 'thinktank worker' processes on the "
+    "same database instead of running them in this server (needs the distributed extra "
+    "and a SQLite file or PostgreSQL). Chat completions still run in this server: they "
+    "are interactive.",
+)
 def serve_command(
-    host: str, port: int, db: str | None, workers: int, no_auth: bool, graceful_timeout: int
+    host: str,
+    port: int,
+    db: str | None,
+    workers: int,
+    no_auth: bool,
+    graceful_timeout: int,
+    queue: bool,
 ) -> None:
     """Serve thinktank over HTTP, with uvicorn.
 
@@ -95,7 +128,7 @@ def serve_command(
     try:
         import uvicorn
 
-        from thinktank.server.app import ENV_DB, ENV_NO_AUTH
+        from thinktank.server.app import ENV_DB, ENV_NO_AUTH, ENV_QUEUE
     except ImportError as exc:
         _fail([f'the server needs its extra: pip install "thinktank[server]" ({exc.name})'])
     try:
@@ -111,6 +144,8 @@ def serve_command(
                 "SQLite database is private to each; give a file or a PostgreSQL URL"
             ]
         )
+    if queue:
+        _check_queue(db)
     if not is_loopback(host):
         if no_auth:
             _fail([f"--no-auth serves anyone: only on a loopback host, not {host!r}"])
@@ -124,6 +159,7 @@ def serve_command(
     if db is not None:
         os.environ[ENV_DB] = db
     os.environ[ENV_NO_AUTH] = "1" if no_auth else "0"
+    os.environ[ENV_QUEUE] = "1" if queue else "0"
     uvicorn.run(
         "thinktank.server.app:app_from_env",
         factory=True,

@@ -2,8 +2,9 @@
 
 This module owns the app's assembly and its process-wide state (``app.state``: the
 open :class:`~thinktank.store.Store`, the model registry, the config, the sessions it
-runs in the background): the lifespan opens the store once per process and closes it
-on shutdown, after cancelling those sessions; the pure ASGI middleware
+runs in the background, and with ``queue`` the worker pool it hands sessions to): the
+lifespan opens the store (and the pool's client) once per process and closes it on
+shutdown, after cancelling those sessions; the pure ASGI middleware
 of :mod:`thinktank.server.middleware` wraps the app; every error is answered in
 OpenAI's shape (:mod:`thinktank.server.errors`). Its own routes are the probes
 (``GET /healthz``: the process is up; ``GET /readyz``: the store answers) and
@@ -31,12 +32,15 @@ from thinktank.server.errors import ApiError, install_error_handlers
 from thinktank.server.middleware import BodyLimit, ConcurrencyCap, RequestId
 
 if TYPE_CHECKING:
+    from thinktank.distributed.executor import DistributedExecutor
     from thinktank.providers.registry import ModelRegistry
     from thinktank.session.spec import ParallelExecutionConfig
+    from thinktank.store import Store
 
 __all__ = [
     "ENV_DB",
     "ENV_NO_AUTH",
+    "ENV_QUEUE",
     "CallerDep",
     "ServerConfig",
     "app_from_env",
@@ -50,6 +54,8 @@ ENV_DB = "THINKTANK_DB"
 """The database the server opens (``--db``), as for every command."""
 ENV_NO_AUTH = "THINKTANK_SERVER_NO_AUTH"
 """Set to ``1`` by ``thinktank serve --no-auth`` (loopback only) for its workers."""
+ENV_QUEUE = "THINKTANK_SERVER_QUEUE"
+"""Set to ``1`` by ``thinktank serve --queue``: sessions go to the worker pool."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,10 @@ class ServerConfig:
         max_concurrent: Requests in flight beyond this are refused with 503.
         max_connections: Connections to the providers open at once, shared by every
             session of the process (calls beyond it wait for one).
+        queue: ``POST /v1/sessions`` queues sessions for ``thinktank worker`` processes
+            on the same database (``app.state.pool``, a
+            :class:`~thinktank.distributed.executor.DistributedExecutor`) instead of
+            running them here; chat completions still run here (they are interactive).
     """
 
     db: str | None = None
@@ -71,6 +81,7 @@ class ServerConfig:
     max_body_bytes: int = 4 * 1024 * 1024
     max_concurrent: int = 1024
     max_connections: int = 1000
+    queue: bool = False
 
 
 def _registry() -> ModelRegistry:
@@ -125,6 +136,7 @@ def create_app(config: ServerConfig | None = None, *, keys: KeyChecker | None = 
         from thinktank.store import Store
 
         app.state.store = await Store.open(cfg.db)
+        app.state.pool = None
         try:
             # One HTTP client for every session of the process: its connections to the
             # providers stay open between requests (a new one per request would pay a
@@ -135,6 +147,7 @@ def create_app(config: ServerConfig | None = None, *, keys: KeyChecker | None = 
                 ) as app.state.http,
                 sessions.running_sessions(app.state.store) as app.state.sessions,
                 sweeping(app.state.store),
+                _pool(cfg, app.state.store) as app.state.pool,
             ):
                 yield
         finally:
@@ -158,13 +171,29 @@ def create_app(config: ServerConfig | None = None, *, keys: KeyChecker | None = 
     return app
 
 
+@asynccontextmanager
+async def _pool(cfg: ServerConfig, store: Store) -> AsyncIterator[DistributedExecutor | None]:
+    """The worker pool's submitting side on the app's store when ``cfg.queue``, else
+    None: one per server process, so DBOS's client (its connection pool) is opened once."""
+    if not cfg.queue:
+        yield None
+        return
+    from thinktank.distributed.executor import DistributedExecutor
+
+    # The configured URL, not store.url (which hides the password DBOS needs).
+    async with DistributedExecutor(db=cfg.db, store=store) as pool:
+        yield pool
+
+
 def app_from_env() -> FastAPI:
     """The app of one ``thinktank serve`` worker, configured from the environment; its
     keys are those of its store (:class:`~thinktank.server.keys.StoreKeys`)."""
     from thinktank.server.keys import StoreKeys
 
     config = ServerConfig(
-        db=os.environ.get(ENV_DB) or None, no_auth=os.environ.get(ENV_NO_AUTH) == "1"
+        db=os.environ.get(ENV_DB) or None,
+        no_auth=os.environ.get(ENV_NO_AUTH) == "1",
+        queue=os.environ.get(ENV_QUEUE) == "1",
     )
     app = create_app(config, keys=StoreKeys(lambda: app.state.store))
     return app

@@ -11,15 +11,24 @@ not run the session is stored as a request (:meth:`~thinktank.store.Store.reques
 that the running process's :class:`SessionRunner` picks up within
 :data:`CANCEL_POLL_S`.
 
+A server started with ``--queue`` (``ServerConfig.queue``) runs no session itself: a
+posted session is checked as a run checks it, stored ``queued`` and handed to the
+``thinktank worker`` processes on the same database (``app.state.pool``, a
+:class:`~thinktank.distributed.executor.DistributedExecutor`); its events, its state and
+its cancel are served from the store as for any session another process runs. Every
+session body carries ``worker``: the ``--name`` of the pool worker that holds the
+session's lease (running it, or about to), else None.
+
 Routes (every one authenticates like every ``/v1`` route):
 
 - ``POST /v1/sessions``: start a session; answers 202 ``{"id", "status": "running",
-  "links"}`` as soon as the session is stored. The body is either the session file
-  itself, as ``Content-Type: application/yaml`` (or ``text/yaml``), or, as
-  ``application/json``, the envelope ``{"session": <the file as a mapping, or its YAML
-  or JSON text>, "inputs": {<name>: <value>}}`` (``inputs`` optional). A session that
-  does not validate is a 400 whose message has one ``step/field: problem`` line per
-  problem (the loader's :class:`~thinktank.errors.SpecErrors`).
+  "links"}`` as soon as the session is stored (``"status": "queued"`` with
+  ``--queue``). The body is either the session file itself, as ``Content-Type:
+  application/yaml`` (or ``text/yaml``), or, as ``application/json``, the envelope
+  ``{"session": <the file as a mapping, or its YAML or JSON text>, "inputs": {<name>:
+  <value>}}`` (``inputs`` optional). A session that does not validate is a 400 whose
+  message has one ``step/field: problem`` line per problem (the loader's
+  :class:`~thinktank.errors.SpecErrors`).
 - ``GET /v1/sessions?limit=N``: the stored sessions, newest first.
 - ``GET /v1/sessions/{id}``: the stored session (status, steps, calls, consensus,
   cost); ``GET /v1/sessions/{id}/export``: what ``thinktank export`` writes. An id may
@@ -30,14 +39,17 @@ Routes (every one authenticates like every ``/v1`` route):
   :data:`RECONNECT_MS`). Live while this process runs the
   session; read from the store otherwise, and followed there (polled every
   :data:`TAIL_POLL_S`) while another process holds its lease (another worker,
-  ``thinktank run``). A ``Last-Event-ID`` header (or ``?after=N``) resumes after that
-  event. The stream ends with the session.
+  ``thinktank run``), or while it waits, ``queued``, for a worker to start it. A
+  ``Last-Event-ID`` header (or ``?after=N``) resumes after that event. The stream ends
+  with the session.
 - ``POST /v1/sessions/{id}/cancel``: cancel a running session and answer its stored
   state once it has wound down. One this process runs is cancelled at once; one
   another process runs is asked to cancel through the store, and this process waits
   (up to :data:`CANCEL_WAIT_S`) for it to end: still running then, the answer is 202
-  with its state and a ``message``. A session that has finished, or that no process
-  runs any more (its run died: resume it), is a 409.
+  with its state and a ``message``. A ``queued`` session ends ``interrupted`` and never
+  starts (on the pool, its workflow is cancelled too, so only a ``--queue`` server
+  cancels a pool session: elsewhere that is a 409). A session that has finished, or
+  that no process runs any more (its run died: resume it), is a 409.
 - ``POST /v1/sessions/{id}/resume``: finish an interrupted session in the background
   (:func:`thinktank.replay.resume`), 202 as for a new one.
 - ``POST /v1/sessions/{id}/replay``: re-merge from the recording with another
@@ -59,6 +71,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from thinktank._safeload import LoadError, load_json, load_yaml
+from thinktank.distributed import QUEUE
 from thinktank.errors import (
     SpecErrors,
     StoreError,
@@ -74,6 +87,7 @@ from thinktank.server.middleware import request_id
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
+    from thinktank.distributed.executor import DistributedExecutor
     from thinktank.server.auth import Caller
     from thinktank.session.spec import SessionSpec
     from thinktank.store import Store
@@ -83,6 +97,9 @@ __all__ = ["SessionRunner", "router", "running_sessions"]
 _LOG = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/sessions")
+
+_OPEN = ("queued", "running")
+"""Statuses of a session that has not ended."""
 
 _YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
 
@@ -276,8 +293,8 @@ def _links(session_id: str) -> dict[str, str]:
     }
 
 
-def _accepted(session_id: str) -> JSONResponse:
-    body = {"id": session_id, "status": "running", "links": _links(session_id)}
+def _accepted(session_id: str, status: str = "running") -> JSONResponse:
+    body = {"id": session_id, "status": status, "links": _links(session_id)}
     return JSONResponse(body, status_code=202, headers={"Location": f"/v1/sessions/{session_id}"})
 
 
@@ -339,6 +356,9 @@ async def create_session(request: Request, caller: CallerDep) -> JSONResponse:
         spec: SessionSpec = parse_session(data, file="session")
     except SpecErrors as exc:
         raise _spec_error(exc) from None
+    pool: DistributedExecutor | None = request.app.state.pool
+    if pool is not None:
+        return await _queued(request, caller, pool, spec, inputs)
 
     async def work(store: Store, listener: Listener) -> object:
         return await run(
@@ -359,6 +379,30 @@ async def create_session(request: Request, caller: CallerDep) -> JSONResponse:
     return _accepted(sid)
 
 
+async def _queued(
+    request: Request,
+    caller: Caller,
+    pool: DistributedExecutor,
+    spec: SessionSpec,
+    inputs: dict[str, Any],
+) -> JSONResponse:
+    """``serve --queue``: the session is checked as a run checks it, stored ``queued``
+    with its provenance and handed to the workers; 202 at once."""
+    try:
+        sid = await pool.submit(
+            spec,
+            inputs=inputs,
+            source="http",
+            key_id=caller.key_id,
+            request_id=request_id(request.scope),
+        )
+    except StoreError as exc:
+        raise ApiError(503, str(exc), code="queue_unavailable") from None
+    except ThinkTankError as exc:
+        raise ApiError(400, str(exc), param="inputs") from None
+    return _accepted(sid, "queued")
+
+
 async def _record_provenance(request: Request, caller: Caller, session_id: str) -> None:
     """Store the caller's key id and the request id on the session (its row is written
     before its first event is out, which ``start`` waits for)."""
@@ -367,12 +411,27 @@ async def _record_provenance(request: Request, caller: Caller, session_id: str) 
     )
 
 
+async def _with_workers(store: Store, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each session's body with ``worker``: the name of the pool worker that holds it
+    (running it, or about to), None when no worker does (one read for all of them)."""
+    from thinktank.distributed import worker_name
+
+    open_ids = [body["id"] for body in bodies if body["status"] in _OPEN]
+    states = await store.session_states(open_ids) if open_ids else {}
+    for body in bodies:
+        _, owner = states.get(body["id"], ("", None))
+        body["worker"] = worker_name(owner)
+    return bodies
+
+
 @router.get("")
 async def list_sessions(
     request: Request, caller: CallerDep, limit: Annotated[int, Query(ge=1, le=1000)] = 50
 ) -> dict[str, Any]:
-    rows = await store_of(request).list_sessions(limit=limit)
-    return {"object": "list", "data": [row.model_dump(mode="json") for row in rows]}
+    store = store_of(request)
+    rows = await store.list_sessions(limit=limit)
+    data = await _with_workers(store, [row.model_dump(mode="json") for row in rows])
+    return {"object": "list", "data": data}
 
 
 async def _stored(request: Request, session_id: str) -> Any:
@@ -386,6 +445,7 @@ async def _stored(request: Request, session_id: str) -> Any:
 async def get_session(request: Request, caller: CallerDep, session_id: str) -> dict[str, Any]:
     stored = await _stored(request, session_id)
     body: dict[str, Any] = stored.model_dump(mode="json")
+    await _with_workers(store_of(request), [body])
     body["links"] = _links(stored.id)
     return body
 
@@ -424,12 +484,18 @@ async def _tailed_events(store: Store, session_id: str, after: int) -> AsyncIter
         after = max(after, len(events))
         if events and events[-1]["type"] == "session_finished":
             return
-        if await store.lease_of(session_id) is None:
+        if await store.lease_of(session_id) is None and not await _waiting(store, session_id):
             # Nobody runs it (it died, or ended between the two reads): what it wrote last.
             async for chunk in _stored_events(store, session_id, after):
                 yield chunk
             return
         await anyio.sleep(TAIL_POLL_S)
+
+
+async def _waiting(store: Store, session_id: str) -> bool:
+    """Whether the session is queued, so a worker (or an executor) will start it."""
+    states = await store.session_states([session_id])
+    return states.get(session_id, ("", None))[0] == "queued"
 
 
 async def _advising_retry(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -492,6 +558,23 @@ async def cancel(
         await live.ended.wait()
         return await get_session(request, caller, stored.id)
     store = store_of(request)
+    pool: DistributedExecutor | None = request.app.state.pool
+    if pool is not None and stored.queue == QUEUE and stored.status in _OPEN:
+        # The workflow is cancelled, so no worker starts it or recovers it later; a
+        # worker running it stops at once, and through the store request below too.
+        await pool.cancel(stored.id)
+        await store.request_cancel(stored.id)
+        return await _wound_down(request, caller, stored.id)
+    if stored.status == "queued":
+        if stored.queue == QUEUE:
+            raise _not_running(
+                stored.id,
+                stored.status,
+                "waits for the worker pool: cancel it on a server started with --queue",
+            )
+        if await store.drop_queued(stored.id, reason="cancelled before it started"):
+            return await get_session(request, caller, stored.id)
+        stored = await _stored(request, stored.id)  # claimed meanwhile: it runs
     if stored.status != "running":
         raise _not_running(stored.id, stored.status)
     if await store.lease_of(stored.id) is None:
@@ -499,18 +582,25 @@ async def cancel(
         raise _not_running(stored.id, stored.status, where)
     if not await store.request_cancel(stored.id):  # it finished meanwhile
         raise _not_running(stored.id, (await _stored(request, stored.id)).status)
-    # Another process runs it: it sees the request within CANCEL_POLL_S and winds down.
+    return await _wound_down(request, caller, stored.id)
+
+
+async def _wound_down(
+    request: Request, caller: Caller, session_id: str
+) -> dict[str, Any] | JSONResponse:
+    """The session's state once another process has stopped it (it sees the request
+    within its poll), or 202 with a message after :data:`CANCEL_WAIT_S`."""
     with anyio.move_on_after(CANCEL_WAIT_S):
         while True:
-            await anyio.sleep(TAIL_POLL_S)
-            state = await get_session(request, caller, stored.id)
-            if state["status"] != "running":
+            state = await get_session(request, caller, session_id)
+            if state["status"] not in _OPEN:
                 return state
-    state = await get_session(request, caller, stored.id)
-    if state["status"] != "running":
+            await anyio.sleep(TAIL_POLL_S)
+    state = await get_session(request, caller, session_id)
+    if state["status"] not in _OPEN:
         return state
     state["message"] = (
-        f"cancel requested; the server process running session {stored.id} has not "
+        f"cancel requested; the process running session {session_id} has not "
         f"stopped it within {CANCEL_WAIT_S:g} s"
     )
     return JSONResponse(state, status_code=202)
