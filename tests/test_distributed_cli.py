@@ -253,6 +253,33 @@ def test_ctrl_c_stops_the_waiting_not_the_session(tmp_path: Path, fake: FakeServ
     assert listed(db)[0].status == "completed"
 
 
+def test_eval_queue_runs_the_samples_on_the_pool(tmp_path: Path, fake: FakeServer) -> None:
+    """eval --queue: every sample runs on a worker, linked to its session, with the
+    figures a local run of the same experiment gives."""
+    from .test_eval_runner import TARGET, write_config, write_experiment
+
+    env = {"THINKTANK_CONFIG": str(write_config(tmp_path / "thinktank.toml", fake, ["a", "b"]))}
+    fake.set_reply("a", f"{TARGET}-0")  # right on item 0 only: a figure worth comparing
+    path = write_experiment(tmp_path, items=3)
+    args = ("eval", str(path), "--yes", "--json", "--no-report", "--no-progress")
+    with workers(str(tmp_path / "pool.db"), ["ew"], log_dir=tmp_path, env=env) as pool:
+        queued = thinktank(*args, "--db", str(tmp_path / "pool.db"), "--queue", env=env)
+    assert queued.returncode == 0, queued.stderr
+    assert "drained: 6 finished" in pool[0].output()  # 3 items x 2 configurations
+    assert len(fake.requests) == 9
+    local = thinktank(*args, "--db", str(tmp_path / "local.db"), env=env)
+    assert local.returncode == 0, local.stderr
+    keep = ("total", "answered", "correct", "scored", "abstained", "calls", "accuracy")
+    on_pool, here = json.loads(queued.stdout), json.loads(local.stdout)
+    assert {k: on_pool[k] for k in keep} == {k: here[k] for k in keep}
+    assert on_pool["correct"] == 2  # item 0 on both configurations
+    # Every sample is linked to a session the worker ran: a rerun calls nothing.
+    again = thinktank(*args, "--db", str(tmp_path / "pool.db"), "--queue", env=env)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["reused"] == 6
+    assert len(fake.requests) == 18  # the local run's 9, nothing more
+
+
 def test_workers_lists_live_workers(tmp_path: Path) -> None:
     """workers (table and --json) lists the live workers with their names."""
     db = str(tmp_path / "tt.db")
