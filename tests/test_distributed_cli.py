@@ -123,6 +123,7 @@ def calls_per_question(fake: FakeServer) -> dict[str, int]:
     return counts
 
 
+@pytest.mark.slow
 def test_run_queue_waits_for_the_worker_and_prints_its_result(
     tmp_path: Path, fake: FakeServer
 ) -> None:
@@ -142,6 +143,7 @@ def test_run_queue_waits_for_the_worker_and_prints_its_result(
     assert len(fake.requests) == 4  # run once: three models and the judge
 
 
+@pytest.mark.slow
 def test_no_wait_prints_the_id_and_show_follows_it(tmp_path: Path, fake: FakeServer) -> None:
     """run --queue --no-wait exits at once with the id; the pool runs it; show tells."""
     db = str(tmp_path / "tt.db")
@@ -162,6 +164,7 @@ def test_no_wait_prints_the_id_and_show_follows_it(tmp_path: Path, fake: FakeSer
     assert stored["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_run_many_queue_splits_the_sessions_between_two_workers(
     tmp_path: Path, fake: FakeServer
 ) -> None:
@@ -181,6 +184,7 @@ def test_run_many_queue_splits_the_sessions_between_two_workers(
     assert sum(ran) == n and min(ran) > 0, ran  # both workers ran some
 
 
+@pytest.mark.slow
 def test_sessions_and_show_name_the_worker_while_it_runs(tmp_path: Path, fake: FakeServer) -> None:
     """sessions (table and --json) and show name the worker that runs a session."""
     db = str(tmp_path / "tt.db")
@@ -221,6 +225,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path: Path) -> N
     assert both.returncode == 2 and "--concurrency" in both.stderr
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_waiting_not_the_session(tmp_path: Path, fake: FakeServer) -> None:
     """Ctrl-C while run --queue waits: exit 130, the session goes on and completes."""
     db = str(tmp_path / "tt.db")
@@ -253,6 +258,7 @@ def test_ctrl_c_stops_the_waiting_not_the_session(tmp_path: Path, fake: FakeServ
     assert listed(db)[0].status == "completed"
 
 
+@pytest.mark.slow
 def test_eval_queue_runs_the_samples_on_the_pool(tmp_path: Path, fake: FakeServer) -> None:
     """eval --queue: every sample runs on a worker, linked to its session, with the
     figures a local run of the same experiment gives."""
