@@ -9,9 +9,9 @@ raises, never stops the others: each item of the result says how its session end
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 from pydantic import BaseModel, ConfigDict
@@ -27,7 +27,7 @@ from thinktank.session.spec import SessionSpec, validate_inputs
 from thinktank.store import Store
 from thinktank.store._arg import DEFAULT_STORE, resolve_store
 
-__all__ = ["BatchItem", "BatchResult", "read_inputs_file", "run_many"]
+__all__ = ["BatchItem", "BatchResult", "Pool", "read_inputs_file", "run_many", "run_many_on"]
 
 
 class BatchItem(BaseModel):
@@ -181,6 +181,62 @@ async def run_many(
             with anyio.CancelScope(shield=True):
                 await owned.close()
     return BatchResult(items=items, wall_ms=(time.perf_counter() - start) * 1000)
+
+
+class Pool(Protocol):
+    """Where :func:`run_many_on` sends sessions: a ``SessionExecutor`` that can report
+    many sessions as they end (``thinktank.distributed.executor.DistributedExecutor``)."""
+
+    async def submit(
+        self,
+        spec: SessionSpec,
+        *,
+        inputs: Mapping[str, Any] | None = None,
+        source: str | None = None,
+    ) -> str:
+        """Queue a session; its id."""
+        ...
+
+    def as_completed(self, session_ids: Iterable[str]) -> AsyncIterator[tuple[str, SessionResult]]:
+        """Each session with its result, as it ends."""
+        ...
+
+
+async def run_many_on(
+    pool: Pool,
+    spec: SessionSpec,
+    inputs: Iterable[Mapping[str, Any]],
+    *,
+    on_done: Callable[[BatchItem], None] | None = None,
+    source: str | None = None,
+) -> BatchResult:
+    """Run ``spec`` once per input on ``pool`` (whose workers decide how many run at
+    once); the same :class:`BatchResult` as :func:`run_many`.
+
+    Every session is submitted first (a bad input raises before anything is queued),
+    then each is reported to ``on_done`` as it ends, whichever worker ran it.
+
+    Example::
+
+        async with DistributedExecutor(db="postgresql://...") as pool:
+            batch = await run_many_on(pool, spec, [{"q": "a"}, {"q": "b"}])
+
+    Raises:
+        InputError: an input mapping is invalid (nothing is queued).
+        StoreError: the database could not be written or read.
+    """
+    rows = [validate_inputs(spec, dict(values)) for values in inputs]
+    start = time.perf_counter()
+    items: dict[str, BatchItem] = {}
+    for index, row in enumerate(rows):
+        sid = await pool.submit(spec, inputs=row, source=source)
+        items[sid] = BatchItem(index=index, inputs=row)
+    async for sid, result in pool.as_completed(list(items)):
+        item = items[sid]
+        item.result = result
+        if on_done is not None:
+            on_done(item)
+    return BatchResult(items=list(items.values()), wall_ms=(time.perf_counter() - start) * 1000)
 
 
 def summary_rows(result: BatchResult) -> Sequence[tuple[str, ...]]:

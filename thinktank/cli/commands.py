@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
+from click.core import ParameterSource
 
 from thinktank._text import clean_text, read_utf8
 from thinktank.cli._shared import (
@@ -34,6 +35,12 @@ from thinktank.cli._shared import (
 )
 from thinktank.cli.evaluate import eval_group
 from thinktank.cli.keys import keys_group
+from thinktank.cli.queue import (
+    check_pool,
+    refuse_with_queue,
+    run_many_queued,
+    run_queued_session,
+)
 from thinktank.cli.serve import serve_command
 from thinktank.cli.worker import worker_command, workers_command
 from thinktank.errors import (
@@ -67,6 +74,14 @@ _model_option = click.option(
     metavar="NAME",
     help="Run every step on this model instead of the file's (e.g. local, "
     "openai/gpt-4o-mini); repeat to ask several at once in every step.",
+)
+
+
+_queue_option = click.option(
+    "--queue",
+    is_flag=True,
+    help="Hand the session(s) to the pool of `thinktank worker` processes on --db "
+    '(pip install "thinktank[distributed]") instead of running them here.',
 )
 
 
@@ -156,6 +171,12 @@ def _parse_inputs(pairs: Sequence[str], inputs_file: str | None) -> dict[str, An
     is_flag=True,
     help="Print the DAG, the calls it would make and a cost estimate; call nothing.",
 )
+@_queue_option
+@click.option(
+    "--no-wait",
+    is_flag=True,
+    help="With --queue: print the session id on stdout and exit at once.",
+)
 @_json_option
 @_no_progress_option
 def run_command(
@@ -167,17 +188,30 @@ def run_command(
     max_cost: float | None,
     max_tokens: int | None,
     dry_run: bool,
+    queue: bool,
+    no_wait: bool,
     as_json: bool,
     no_progress: bool,
 ) -> None:
-    """Run SESSION_FILE and record it in the database."""
+    """Run SESSION_FILE and record it in the database.
+
+    With --queue a `thinktank worker` of the database runs it: the command waits and
+    prints the result as a local run does (Ctrl-C stops the waiting, not the session).
+    """
     from thinktank.cli.progress import Progress
-    from thinktank.cli.render import print_dry_run, print_result
+    from thinktank.cli.render import print_dry_run
     from thinktank.dryrun import dry_run as plan_dry_run
     from thinktank.engine.runner import DEFAULT_STORE
     from thinktank.engine.stream import iter as stream_run
     from thinktank.session.spec import validate_inputs
 
+    if no_wait and not queue:
+        _fail(["--no-wait needs --queue"])
+    if queue:
+        refuse_with_queue(
+            {"--max-cost": max_cost is not None, "--max-tokens": max_tokens is not None}
+        )
+        check_pool(db)
     try:
         spec = _load(session_file, models)
     except SpecErrors as exc:
@@ -201,6 +235,13 @@ def run_command(
         else:
             print_dry_run(plan)
         sys.exit(EXIT_OK)
+    if queue:
+        queued = run_queued_session(
+            spec, values, db=db, source=session_file, no_wait=no_wait, progress=not no_progress
+        )
+        if queued is None:
+            sys.exit(EXIT_OK)
+        _finish_run(queued, as_json)
     progress = Progress(enabled=not no_progress)
 
     async def go() -> SessionResult:
@@ -218,12 +259,7 @@ def run_command(
                     progress(event)
             return session.result
 
-    result = _run_interruptible(go, progress)
-    if as_json:
-        click.echo(json.dumps(result.model_dump(mode="json"), indent=2, ensure_ascii=False))
-    else:
-        print_result(result)
-    sys.exit(EXIT_OK if result.status == "completed" else EXIT_FAILED)
+    _finish_run(_run_interruptible(go, progress), as_json)
 
 
 def _run_interruptible(fn: Callable[[], Awaitable[T]], progress: Progress) -> T:
@@ -482,6 +518,7 @@ def _option_error(error: Any) -> str:
     metavar="USD",
     help="Budget of each session.",
 )
+@_queue_option
 @_json_option
 @_no_progress_option
 def run_many_command(
@@ -491,14 +528,28 @@ def run_many_command(
     db: str | None,
     models: tuple[str, ...],
     max_cost: float | None,
+    queue: bool,
     as_json: bool,
     no_progress: bool,
 ) -> None:
-    """Run SESSION_FILE once per line of --inputs, into one database."""
+    """Run SESSION_FILE once per line of --inputs, into one database.
+
+    With --queue the workers of the database run the sessions, as many at once as
+    their own --concurrency allows: --concurrency (and --max-cost) are then refused.
+    """
     from thinktank.batch import read_inputs_file, run_many
     from thinktank.cli.render import print_batch
     from thinktank.engine.runner import DEFAULT_STORE
 
+    if queue:
+        source = click.get_current_context().get_parameter_source("concurrency")
+        refuse_with_queue(
+            {
+                "--concurrency": source is not ParameterSource.DEFAULT,
+                "--max-cost": max_cost is not None,
+            }
+        )
+        check_pool(db)
     try:
         spec = _load(session_file, models)
         rows = read_inputs_file(inputs_file, spec)
@@ -531,7 +582,10 @@ def run_many_command(
             max_cost_usd=max_cost,
         )
 
-    result = _run_async(go)
+    if queue:
+        result = run_many_queued(spec, rows, db=db, source=session_file, on_done=report)
+    else:
+        result = _run_async(go)
     if as_json:
         click.echo(json.dumps(result.model_dump(mode="json"), indent=2, ensure_ascii=False))
     else:

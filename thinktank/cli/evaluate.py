@@ -42,6 +42,7 @@ from thinktank.cli.eval_report import (
     write_or_fail,
 )
 from thinktank.cli.eval_weights import weights_command
+from thinktank.cli.queue import check_pool
 from thinktank.errors import SpecErrors
 
 if TYPE_CHECKING:
@@ -189,6 +190,12 @@ def _summary_line(summary: RunSummary) -> str:
 @_no_progress_option
 @_json_option
 @click.option("--no-report", is_flag=True, help="Print the one-line summary only.")
+@click.option(
+    "--queue",
+    is_flag=True,
+    help="Run the sessions on the `thinktank worker` pool of --db; --concurrency is "
+    "then the samples waited for at once (the workers' own limit how many run).",
+)
 @report_options
 def run_command(
     experiment_file: str,
@@ -203,6 +210,7 @@ def run_command(
     no_progress: bool,
     as_json: bool,
     no_report: bool,
+    queue: bool,
     csv_path: Path | None,
     samples_csv: Path | None,
     plots_dir: Path | None,
@@ -219,8 +227,7 @@ def run_command(
     from thinktank.eval.runner import plan_experiment, run_plan
     from thinktank.store._arg import DEFAULT_STORE
 
-    if seed is not None and sample is None:
-        _fail(["--seed draws items for --sample: give --sample N too"])
+    _check_run_options(db, seed=seed, sample=sample, queue=queue)
     try:
         spec = load_experiment(experiment_file)
     except SpecErrors as exc:
@@ -246,6 +253,8 @@ def run_command(
 
     async def go() -> RunSummary:
         with progress:
+            if queue:
+                return await _run_on_pool(plan, db, concurrency, new, progress)
             return await run_plan(
                 plan, store=store, concurrency=concurrency, new=new, on_progress=progress
             )
@@ -272,6 +281,34 @@ def run_command(
         click.echo(_summary_line(summary))
     done = summary.answered == summary.total and not summary.errors
     sys.exit(EXIT_OK if done else EXIT_FAILED)
+
+
+def _check_run_options(
+    db: str | None, *, seed: int | None, sample: int | None, queue: bool
+) -> None:
+    """Exit 2 with one line on options that cannot go together, before anything runs."""
+    if seed is not None and sample is None:
+        _fail(["--seed draws items for --sample: give --sample N too"])
+    if queue:
+        check_pool(db)
+
+
+async def _run_on_pool(
+    plan: Plan, db: str | None, concurrency: int, new: bool, progress: _EvalProgress
+) -> RunSummary:
+    """``eval run --queue``: the plan's sessions run on the workers of ``db``."""
+    from thinktank.distributed.executor import DistributedExecutor
+    from thinktank.eval.runner import run_plan
+
+    async with DistributedExecutor(db=db) as pool:
+        return await run_plan(
+            plan,
+            store=pool.store,
+            concurrency=concurrency,
+            new=new,
+            on_progress=progress,
+            executor=pool,
+        )
 
 
 def _report(

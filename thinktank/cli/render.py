@@ -293,13 +293,14 @@ def print_sessions(rows: Sequence[SessionSummary]) -> None:
         return
     table = Table()
     table.add_column("id", no_wrap=True, min_width=36)
-    for column in ("name", "status", "steps", "tokens", "cost", "wall time", "started"):
+    for column in ("name", "status", "worker", "steps", "tokens", "cost", "wall time", "started"):
         table.add_column(column, no_wrap=True)
     for row in rows:
         table.add_row(
             row.id,
             row.name,
             _status(row.status),
+            row.worker or "",
             f"{row.steps_completed}/{row.steps_total}",
             _tokens(row.total_tokens),
             _cost(row.cost_usd),
@@ -434,6 +435,8 @@ def _print_session_head(console: Console, stored: StoredSession) -> None:
     console.print(head)
     if stored.source:
         console.print(f"file: {stored.source}")
+    if stored.worker:
+        console.print(f"worker: {stored.worker}")
     provenance = {"API key": stored.key_id, "request": stored.request_id}
     if any(provenance.values()):
         console.print("  ".join(f"{what} {value}" for what, value in provenance.items() if value))

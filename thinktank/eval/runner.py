@@ -52,6 +52,7 @@ from thinktank.eval.records import base_model
 from thinktank.eval.scoring import Scorer, make_scorer
 from thinktank.eval.store_read import config_key
 from thinktank.events import CallFinished, Event, SessionStarted
+from thinktank.executor import SessionExecutor
 from thinktank.providers.base import ModelClient, PooledModel
 from thinktank.providers.config import load_config
 from thinktank.providers.registry import ModelRegistry
@@ -591,9 +592,11 @@ class _Run:
         experiment_id: str,
         rows: Mapping[tuple[str, str, int], Any],
         on_progress: Callable[[Progress], None] | None,
+        executor: SessionExecutor | None = None,
     ) -> None:
         self.plan = plan
         self.store = store
+        self.executor = executor
         self.experiment_id = experiment_id
         self.rows = rows
         self.scorer: Scorer = make_scorer(plan.spec.scorer)
@@ -612,8 +615,12 @@ class _Run:
     def listen(self, event: Event) -> None:
         """Every event of every session: count the calls paid as they finish."""
         if isinstance(event, CallFinished) and event.reused_from is None:
-            self.budget.spend(event.cost_usd)
-            self.cost_known = self.cost_known and event.cost_usd is not None
+            self.paid(event.cost_usd)
+
+    def paid(self, cost_usd: float | None) -> None:
+        """One call paid for: into the budget, and whether every cost is known."""
+        self.budget.spend(cost_usd)
+        self.cost_known = self.cost_known and cost_usd is not None
 
     def progress(self) -> None:
         if self.on_progress is not None:
@@ -702,6 +709,8 @@ class _Run:
     async def _fresh(self, job: Job, sample_id: int) -> SessionResult:
         spec = self.plan.spec
         session, inputs = session_for(spec, job.config, job.item, job.repeat, base=self.plan.base)
+        if self.executor is not None:
+            return await self._submitted(session, inputs, sample_id)
         tagged = anyio.Event()
 
         async def tag(session_id: str) -> None:
@@ -725,8 +734,31 @@ class _Run:
             restart=Restart(wrap=_gated(tagged)),
         )
 
+    async def _submitted(
+        self, session: SessionSpec, inputs: Mapping[str, Any], sample_id: int
+    ) -> SessionResult:
+        """Run a sample's session on the executor (a pool of workers, whose events this
+        process does not see): tagged as soon as it is queued, its calls counted into
+        the budget from its result."""
+        assert self.executor is not None
+        # A kill between these two awaits leaves the session untagged (it runs, and a
+        # rerun asks again): the gate of a local run cannot reach another process.
+        session_id = await self.executor.submit(session, inputs=inputs, source=self.plan.source)
+        await self.store.link_sample(sample_id, session_id)
+        return self._counted(await self.executor.wait(session_id))
+
+    def _counted(self, result: SessionResult) -> SessionResult:
+        """Count a session's calls into the budget once it ended elsewhere."""
+        for step in result.steps.values():
+            for call in step.calls:
+                self.paid(call.cost_usd)
+        return result
+
     async def _resume(self, session_id: str) -> SessionResult:
-        """Resume a session a kill left running, once the dead run's lease expires."""
+        """Resume a session a kill left running, once the dead run's lease expires (a
+        session queued on the executor is the executor's: waited for)."""
+        if self.executor is not None and (await self.store.get_session(session_id)).queue:
+            return self._counted(await self.executor.wait(session_id))
         for _ in range(3):
             lease = await self.store.lease_of(session_id)
             if lease is not None:
@@ -772,6 +804,7 @@ async def run_plan(
     concurrency: int = DEFAULT_CONCURRENCY,
     new: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
+    executor: SessionExecutor | None = None,
 ) -> RunSummary:
     """Run a plan's samples not answered yet, ``concurrency`` sessions at a time.
 
@@ -779,10 +812,22 @@ async def run_plan(
     written first; then each sample is scored from its stored answer, resumed, or run.
     No sample starts once the experiment's budget could not cover it.
 
+    ``executor`` runs the sessions elsewhere (``DistributedExecutor``: the workers of
+    the store's database; ``concurrency`` then bounds the samples submitted and not yet
+    ended, and the workers' own limits how many run). None runs them in this process.
+    Either way each sample is tagged with its session and scored from its result::
+
+        async with DistributedExecutor(db=url) as pool:
+            plan = await plan_experiment(spec, store=pool.store)
+            summary = await run_plan(plan, store=pool.store, executor=pool)
+
     Raises:
-        UsageError: ``concurrency`` below 1, or ``store=None``.
+        UsageError: ``concurrency`` below 1, ``store=None``, or an ``executor`` with
+            model clients given as objects (its workers build their own).
         StoreError: the database could not be read or written.
     """
+    if executor is not None and plan.models:
+        raise UsageError("an executor's workers build their own models: give no models=")
     if concurrency < 1:
         raise UsageError(f"--concurrency must be at least 1, not {concurrency}")
     if store is None:
@@ -790,7 +835,7 @@ async def run_plan(
     opened, owned = await resolve_store(store)
     assert opened is not None
     try:
-        return await _run_opened(plan, opened, concurrency, new, on_progress)
+        return await _run_opened(plan, opened, concurrency, new, on_progress, executor)
     finally:
         if owned is not None:
             with anyio.CancelScope(shield=True):
@@ -803,6 +848,7 @@ async def _run_opened(
     concurrency: int,
     new: bool,
     on_progress: Callable[[Progress], None] | None,
+    executor: SessionExecutor | None,
 ) -> RunSummary:
     spec = plan.spec
     experiment_id, created = await store.save_experiment(
@@ -830,7 +876,7 @@ async def _run_opened(
         (row.config_key, row.item_id, row.repeat): row
         for row in await store.experiment_samples(experiment_id)
     }
-    state = _Run(plan, store, experiment_id, rows, on_progress)
+    state = _Run(plan, store, experiment_id, rows, on_progress, executor)
     limiter = anyio.CapacityLimiter(concurrency)
 
     async def one(job: Job, token: object) -> None:
@@ -879,6 +925,7 @@ async def run_experiment(
     models: Mapping[str, ModelClient] | None = None,
     source: str | Path | None = None,
     on_progress: Callable[[Progress], None] | None = None,
+    executor: SessionExecutor | None = None,
 ) -> RunSummary:
     """Run an experiment into the store: :func:`plan_experiment`, then :func:`run_plan`.
 
@@ -902,7 +949,12 @@ async def run_experiment(
             source=source,
         )
         return await run_plan(
-            plan, store=opened, concurrency=concurrency, new=new, on_progress=on_progress
+            plan,
+            store=opened,
+            concurrency=concurrency,
+            new=new,
+            on_progress=on_progress,
+            executor=executor,
         )
     finally:
         if owned is not None:

@@ -37,6 +37,7 @@ __all__ = [
     "get_session",
     "list_sessions",
     "resolve_id",
+    "worker_name",
 ]
 
 MIN_PREFIX = 4
@@ -273,6 +274,10 @@ class SessionSummary(_Model):
     queued_at: UTCDatetime | None = None
     """When it was queued; None for a session run at once. A ``queued`` session has
     no steps yet and its ``started_at`` is this time until a worker starts it."""
+    worker: str | None = None
+    """The name of the ``thinktank worker`` that holds it (see :func:`worker_name`),
+    while it is ``queued`` or ``running``; None otherwise, and for a session run in
+    the process that started it."""
 
 
 class StoredSession(SessionSummary):
@@ -303,7 +308,31 @@ class StoredSession(SessionSummary):
         raise KeyError(step_key)
 
 
-_SUMMARY_COLUMNS = [SESSIONS.c[name] for name in SessionSummary.model_fields]
+_ACTIVE = ("queued", "running")
+"""Statuses under which a session's lease owner is the worker that runs it (a finished
+session's expired lease names a worker that no longer does)."""
+
+_SUMMARY_COLUMNS = [
+    SESSIONS.c[name] for name in SessionSummary.model_fields if name != "worker"
+] + [SESSIONS.c.lease_owner]
+
+
+def worker_name(lease_owner: str | None) -> str | None:
+    """The worker name in a lease owner's id, None when no worker holds the lease.
+
+    A ``thinktank worker`` leases as its executor id ``NAME:HOST:PID:RAND`` (its name
+    may hold colons); any other run leases as ``HOST:PID:RAND``, which names no worker.
+    """
+    if lease_owner is None or lease_owner.count(":") < 3:
+        return None
+    return lease_owner.rsplit(":", 3)[0]
+
+
+def _with_worker(row: dict[str, Any]) -> dict[str, Any]:
+    """The session row with ``worker`` in place of its lease owner."""
+    owner = row.pop("lease_owner", None)
+    row["worker"] = worker_name(owner) if row["status"] in _ACTIVE else None
+    return row
 
 
 def _live_counts(summary: dict[str, Any], statuses: Sequence[tuple[str, int]]) -> dict[str, Any]:
@@ -337,7 +366,7 @@ async def list_sessions(conn: AsyncConnection, limit: int | None) -> list[Sessio
         for row in rows:
             if row["status"] == "running":
                 _live_counts(row, statuses[row["id"]])
-    return [SessionSummary.model_validate(row) for row in rows]
+    return [SessionSummary.model_validate(_with_worker(row)) for row in rows]
 
 
 async def _resolve(conn: AsyncConnection, id_or_prefix: str) -> Row[Any]:
@@ -432,7 +461,7 @@ async def get_session(conn: AsyncConnection, id_or_prefix: str) -> StoredSession
             counts[step.status] = counts.get(step.status, 0) + 1
         _live_counts(session, list(counts.items()))
     session["steps"] = steps
-    return StoredSession.model_validate(session)
+    return StoredSession.model_validate(_with_worker(session))
 
 
 _CACHED_COLUMNS = (
