@@ -33,7 +33,6 @@ __all__ = [
     "WORKFLOW",
     "require_dbos",
     "system_database_url",
-    "worker_name",
 ]
 
 APP_NAME = "thinktank"
@@ -86,12 +85,3 @@ def system_database_url(store_url: str) -> str:
             )
         return f"sqlite:///{Path(database).resolve()}.dbos.sqlite"
     raise UsageError(f"distributed sessions run on SQLite or PostgreSQL, not {backend}")
-
-
-def worker_name(lease_owner: str | None) -> str | None:
-    """The ``--name`` of the worker whose executor id (``name:host:pid:rand``) holds a
-    session's lease; None for any other holder (``host:pid:rand``: ``thinktank run``, a
-    server) or none."""
-    if lease_owner is None or lease_owner.count(":") < 3:
-        return None
-    return lease_owner.rsplit(":", 3)[0]

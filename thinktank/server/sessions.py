@@ -411,27 +411,13 @@ async def _record_provenance(request: Request, caller: Caller, session_id: str) 
     )
 
 
-async def _with_workers(store: Store, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each session's body with ``worker``: the name of the pool worker that holds it
-    (running it, or about to), None when no worker does (one read for all of them)."""
-    from thinktank.distributed import worker_name
-
-    open_ids = [body["id"] for body in bodies if body["status"] in _OPEN]
-    states = await store.session_states(open_ids) if open_ids else {}
-    for body in bodies:
-        _, owner = states.get(body["id"], ("", None))
-        body["worker"] = worker_name(owner)
-    return bodies
-
-
 @router.get("")
 async def list_sessions(
     request: Request, caller: CallerDep, limit: Annotated[int, Query(ge=1, le=1000)] = 50
 ) -> dict[str, Any]:
     store = store_of(request)
     rows = await store.list_sessions(limit=limit)
-    data = await _with_workers(store, [row.model_dump(mode="json") for row in rows])
-    return {"object": "list", "data": data}
+    return {"object": "list", "data": [row.model_dump(mode="json") for row in rows]}
 
 
 async def _stored(request: Request, session_id: str) -> Any:
@@ -445,7 +431,6 @@ async def _stored(request: Request, session_id: str) -> Any:
 async def get_session(request: Request, caller: CallerDep, session_id: str) -> dict[str, Any]:
     stored = await _stored(request, session_id)
     body: dict[str, Any] = stored.model_dump(mode="json")
-    await _with_workers(store_of(request), [body])
     body["links"] = _links(stored.id)
     return body
 
