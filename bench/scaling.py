@@ -1,0 +1,466 @@
+"""The worker pool's figures (#17): sessions per second and added latency per session at
+1, 2 and 4 ``thinktank worker`` processes, and PostgreSQL writes per model call.
+
+Run from the repo root (``docs/scaling.md`` shows the figures and what they mean)::
+
+    python bench/scaling.py [--sessions 48] [--workers 1,2,4] [--concurrency 8]
+                            [--latency 0.5] [--db postgres,sqlite] [--pg-url URL]
+                            [--ceiling-s 5] [--ceiling-clients 16]
+
+Workload: each session is one step asking 3 models at once (mode ``all``) whose
+answers a 4th model merges (``synthesis: judge``): 4 model calls, 2 rounds of
+``--latency`` seconds, against ``tests/fakeserver.py`` over loopback. All
+``--sessions`` are submitted at once with ``DistributedExecutor`` to a fresh database
+served by N real worker processes (``tests/workerproc.py``, each ``--concurrency``);
+before each pool run, a baseline runs the same sessions in this one process without
+the pool (``LocalExecutor``) with as many session slots as the pool has (N x
+``--concurrency``), so the queue is the same and the difference is the pool.
+
+Per session, from the store: ``start->end`` (``finished_at - started_at``: running
+time) and ``submit->end`` (``finished_at - queued_at``: with the queue wait). ``added``
+is a pool percentile minus the same percentile of its baseline (sessions are not
+paired). ``sess/s`` is sessions over first submit to last end.
+
+On PostgreSQL (a throwaway durable cluster from ``tests/pg.py``: fsync and
+synchronous commit on, unless ``--pg-url``), each run also reads, in its own fresh
+database, ``pg_stat_user_tables`` (rows inserted + updated + deleted, split into
+thinktank's tables and DBOS's schema ``dbos``), ``pg_stat_database.xact_commit`` and the
+cluster's WAL position, before the submissions and 11 s after the last session ended
+(statistics reach the views up to 10 s late). The same counters over an idle
+window of the pool (heartbeats, queue polls) are subtracted for that settle time and
+printed as ``idle/s``. Finally ``--ceiling-s`` seconds of ``--ceiling-clients``
+connections each committing one-row INSERTs measure what this machine's primary
+sustains (``--ceiling-s 0`` skips it).
+
+Nothing is asserted; the machine is shared: run it on a quiet one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import anyio  # noqa: E402
+
+from bench._report import cpu_model, table, version  # noqa: E402
+from tests import pg  # noqa: E402
+from tests.fakeserver import FakeServer, run_fake_server  # noqa: E402
+from tests.workerproc import workers  # noqa: E402
+from thinktank.executor import LocalExecutor  # noqa: E402
+from thinktank.session.loading import parse_session  # noqa: E402
+from thinktank.session.spec import SessionSpec  # noqa: E402
+from thinktank.store import Store  # noqa: E402
+
+CALLS_PER_SESSION = 4
+SETTLE_S = 11.0
+"""Wait after the run before reading PostgreSQL's statistics views: a backend sends its
+counters at most once a second at the end of a transaction, and one left idle (a pooled
+connection the run used last) only after 10 s."""
+IDLE_S = 10.0
+"""The idle pool's window (heartbeats, queue polls), subtracted for ``SETTLE_S``."""
+
+
+def fan_spec(base_url: str) -> SessionSpec:
+    """3 models in parallel, merged by a judge model: 4 calls, 2 rounds of latency."""
+    model = {"provider": "openai", "base_url": base_url + "/v1", "max_retries": 0}
+    names = ["a", "b", "c", "j"]
+    data = {
+        "name": "scaling-fan",
+        "inputs": {"q": {"type": "string"}},
+        "models": {name: {**model, "model": name, "timeout_s": 60} for name in names},
+        "steps": [
+            {
+                "id": "s",
+                "prompt": "{{ inputs.q }}",
+                "models": ["a", "b", "c"],
+                "mode": "all",
+                "synthesis": "judge",
+                "synthesizer": "j",
+                "consensus_threshold": 0.0,
+            }
+        ],
+    }
+    return parse_session(data, known_models=names)
+
+
+@dataclass
+class Timing:
+    """One run's per-session timings, from the store."""
+
+    rate: float
+    """Sessions per second, first submit to last end."""
+    run: list[float]
+    """Each session's start->end, seconds."""
+    total: list[float]
+    """Each session's submit->end, seconds."""
+    wall: float
+    """First submit to last end, seconds."""
+    bad: int
+    """Sessions that did not complete."""
+
+
+def pct(values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+async def timings(store: Store, ids: Sequence[str]) -> Timing:
+    """Per-session times of ``ids`` as the store recorded them."""
+    wanted = set(ids)
+    rows = [s for s in await store.list_sessions() if s.id in wanted]
+    queued: list[datetime] = [s.queued_at or s.started_at for s in rows]
+    ends: list[datetime] = [s.finished_at or s.started_at for s in rows]
+    wall = (max(ends) - min(queued)).total_seconds()
+    return Timing(
+        rate=len(rows) / wall,
+        run=[(e - s.started_at).total_seconds() for s, e in zip(rows, ends, strict=True)],
+        total=[(e - q).total_seconds() for q, e in zip(queued, ends, strict=True)],
+        wall=wall,
+        bad=sum(s.status != "completed" for s in rows) + len(wanted) - len(rows),
+    )
+
+
+async def local_run(db: str, spec: SessionSpec, slots: int, args: argparse.Namespace) -> Timing:
+    """The baseline: the sessions in this process, ``slots`` at once."""
+    async with (
+        await Store.open(db) as store,
+        LocalExecutor(store=store, max_sessions=slots) as executor,
+    ):
+        ids = [await executor.submit(spec, inputs={"q": f"q{i}"}) for i in range(args.sessions)]
+        for sid in ids:
+            await executor.wait(sid)
+    async with await Store.open(db) as store:
+        return await timings(store, ids)
+
+
+# -- PostgreSQL counters ----------------------------------------------------------------
+
+
+@dataclass
+class Counters:
+    """Cumulative PostgreSQL counters of one database (WAL: of the cluster)."""
+
+    at: float
+    rows: dict[str, int]
+    """Rows inserted + updated + deleted, by schema (``public``: thinktank, ``dbos``)."""
+    commits: int
+    wal: int
+    """WAL position, bytes."""
+
+    def minus(self, other: Counters) -> dict[str, float]:
+        out = {f"rows_{k}": float(v - other.rows.get(k, 0)) for k, v in self.rows.items()}
+        out["commits"] = float(self.commits - other.commits)
+        out["wal"] = float(self.wal - other.wal)
+        return out
+
+
+async def read_counters(url: str) -> Counters:
+    """The counters now (a fresh connection: no cached statistics snapshot)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT schemaname, sum(n_tup_ins + n_tup_upd + n_tup_del)::bigint AS n "
+            "FROM pg_stat_user_tables GROUP BY schemaname"
+        )
+        commits = await conn.fetchval(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        )
+        wal = await conn.fetchval("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")
+    finally:
+        await conn.close()
+    return Counters(
+        at=time.monotonic(),
+        rows={r["schemaname"]: int(r["n"]) for r in rows},
+        commits=int(commits),
+        wal=int(wal),
+    )
+
+
+@dataclass
+class Writes:
+    """A pool run's PostgreSQL writes, net of the idle pool's."""
+
+    busy: dict[str, float]
+    idle_per_s: dict[str, float]
+
+
+async def measured(url: str | None, body: Callable[[], Any]) -> tuple[Any, Writes | None]:
+    """Run ``body()``; on PostgreSQL, with the counters' change net of an idle window."""
+    if url is None:
+        return await body(), None
+    before = await read_counters(url)
+    result = await body()
+    await anyio.sleep(SETTLE_S)
+    after = await read_counters(url)
+    await anyio.sleep(IDLE_S)
+    idle = (await read_counters(url)).minus(after)
+    idle_per_s = {k: v / IDLE_S for k, v in idle.items()}
+    busy = {k: v - idle_per_s.get(k, 0.0) * SETTLE_S for k, v in after.minus(before).items()}
+    return result, Writes(busy=busy, idle_per_s=idle_per_s)
+
+
+async def pool_run(
+    db: str, spec: SessionSpec, n_workers: int, args: argparse.Namespace, pg_url: str | None
+) -> tuple[Timing, Writes | None]:
+    """The sessions on ``n_workers`` worker processes."""
+    from thinktank.distributed.executor import DistributedExecutor
+
+    names = [f"w{i + 1}" for i in range(n_workers)]
+    with (
+        tempfile.TemporaryDirectory(prefix="tt-bench-scaling-") as logs,
+        workers(db, names, "--concurrency", str(args.concurrency), log_dir=Path(logs)),
+    ):
+        async with DistributedExecutor(db=db) as pool:
+            await anyio.sleep(1.0)  # the workers' first queue polls and heartbeats
+
+            async def body() -> list[str]:
+                ids = [await pool.submit(spec, inputs={"q": f"q{i}"}) for i in range(args.sessions)]
+                async for _ in pool.as_completed(ids):
+                    pass
+                return ids
+
+            ids, writes = await measured(pg_url, body)
+            return await timings(pool.store, ids), writes
+
+
+# -- PostgreSQL's ceiling ---------------------------------------------------------------
+
+
+async def ceiling(url: str, seconds: float, clients: int) -> float:
+    """Single-row INSERT commits per second that ``clients`` connections sustain."""
+    import asyncpg
+
+    setup = await asyncpg.connect(url)
+    await setup.execute(
+        "CREATE TABLE ceiling (id bigserial PRIMARY KEY, at timestamptz DEFAULT now(), "
+        "payload text)"
+    )
+    await setup.close()
+    payload = "x" * 400
+    done = 0
+    deadline = time.monotonic() + seconds
+
+    async def client() -> None:
+        nonlocal done
+        conn = await asyncpg.connect(url)
+        try:
+            while time.monotonic() < deadline:
+                await conn.execute("INSERT INTO ceiling (payload) VALUES ($1)", payload)
+                done += 1
+        finally:
+            await conn.close()
+
+    started = time.monotonic()
+    async with anyio.create_task_group() as tg:
+        for _ in range(clients):
+            tg.start_soon(client)
+    return done / (time.monotonic() - started)
+
+
+# -- report -----------------------------------------------------------------------------
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f}"
+
+
+def latency_row(name: str, t: Timing, base: Timing | None) -> list[str]:
+    """A row of the sessions table."""
+    cells = [name, f"{t.rate:.2f}", _ms(pct(t.run, 50)), _ms(pct(t.run, 95))]
+    cells += [_ms(pct(t.total, 50)), _ms(pct(t.total, 95))]
+    if base is None:
+        cells += ["-", "-", "-", "-"]
+    else:
+        for ours, theirs in ((t.run, base.run), (t.total, base.total)):
+            cells += [_ms(pct(ours, p) - pct(theirs, p)) for p in (50, 95)]
+    return [*cells, str(t.bad)]
+
+
+LATENCY_HEAD = [
+    "run",
+    "sess/s",
+    "run p50",
+    "run p95",
+    "total p50",
+    "total p95",
+    "+run p50",
+    "+run p95",
+    "+total p50",
+    "+total p95",
+    "not ok",
+]
+
+
+def writes_row(name: str, w: Writes, sessions: int) -> list[str]:
+    """A row of the PostgreSQL writes table (per model call, net of idle)."""
+    calls = sessions * CALLS_PER_SESSION
+    busy = w.busy
+    idle = w.idle_per_s
+    return [
+        name,
+        f"{busy.get('rows_public', 0) / calls:.1f}",
+        f"{busy.get('rows_dbos', 0) / calls:.1f}",
+        f"{busy['commits'] / calls:.1f}",
+        f"{busy['commits'] / sessions:.1f}",
+        f"{busy['wal'] / calls / 1024:.1f}",
+        f"{idle['commits']:.1f}",
+        f"{(idle.get('rows_public', 0) + idle.get('rows_dbos', 0)):.1f}",
+        f"{idle['wal'] / 1024:.1f}",
+    ]
+
+
+WRITES_HEAD = [
+    "run",
+    "rows/call ours",
+    "rows/call dbos",
+    "commits/call",
+    "commits/session",
+    "WAL KiB/call",
+    "idle commits/s",
+    "idle rows/s",
+    "idle WAL KiB/s",
+]
+
+
+def markdown(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """The same table as markdown, to paste into docs/scaling.md."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def show(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    print(table(title, headers, rows))
+    print()
+    print(markdown(headers, rows))
+    print()
+
+
+# -- main -------------------------------------------------------------------------------
+
+
+async def backend_runs(
+    backend: str, server: str | None, fake: FakeServer, args: argparse.Namespace, tmp: Path
+) -> tuple[list[list[str]], list[list[str]]]:
+    """The baseline and every worker count on one backend: (latency rows, write rows)."""
+    spec = fan_spec(fake.url)
+    counter = iter(range(1_000_000))
+
+    def fresh() -> str:
+        if server is None:
+            return str(tmp / f"{backend}-{next(counter)}.db")
+        return pg.create_database(server)
+
+    def done(db: str) -> None:
+        if server is not None:
+            pg.drop_database(db)
+
+    async def once(run: Callable[[str], Any]) -> Any:
+        db = fresh()
+        try:
+            fake.most_in_flight = 0
+            return await run(db)
+        finally:
+            done(db)
+
+    lat: list[list[str]] = []
+    wr: list[list[str]] = []
+    for n in args.workers:
+        slots = n * args.concurrency
+        base: Timing = await once(lambda db: local_run(db, spec, slots, args))  # noqa: B023
+        lat.append(latency_row(f"{backend} in-process, {slots} at once", base, None))
+        t, w = await once(lambda db: pool_run(db, spec, n, args, db if server else None))  # noqa: B023
+        name = f"{backend} {n} worker{'s' if n > 1 else ''}"
+        lat.append(latency_row(name, t, base))
+        if w is not None:
+            wr.append(writes_row(name, w, args.sessions))
+        print(
+            f"  {name}: {t.rate:.2f} sessions/s (in-process {base.rate:.2f}), "
+            f"{fake.most_in_flight} calls at most",
+            flush=True,
+        )
+    return lat, wr
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    print(
+        f"{args.sessions} sessions of 3 parallel calls + 1 judge, {args.latency} s a call, "
+        f"--concurrency {args.concurrency} per worker; workers {args.workers}"
+    )
+    print(
+        f"{cpu_model()}; thinktank {version('thinktank')}, dbos {version('dbos')}, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    )
+    cluster = None
+    lat: list[list[str]] = []
+    wr: list[list[str]] = []
+    commits_s: float | None = None
+    with (
+        tempfile.TemporaryDirectory(prefix="tt-bench-scaling-") as tmp,
+        run_fake_server(record=False) as fake,
+    ):
+        fake.answer_delay_s = args.latency
+        try:
+            for backend in args.db:
+                server = None
+                if backend == "postgres":
+                    if args.pg_url is None:
+                        cluster = pg.start_cluster(durable=True)
+                    server = args.pg_url or cluster.url  # type: ignore[union-attr]
+                more_lat, more_wr = await backend_runs(backend, server, fake, args, Path(tmp))
+                lat += more_lat
+                wr += more_wr
+                if server is not None and args.ceiling_s > 0:
+                    db = pg.create_database(server)
+                    try:
+                        commits_s = await ceiling(db, args.ceiling_s, args.ceiling_clients)
+                    finally:
+                        pg.drop_database(db)
+        finally:
+            if cluster is not None:
+                cluster.stop()
+    print()
+    show("Sessions (ms; + = minus the in-process run above it)", LATENCY_HEAD, lat)
+    if wr:
+        show("PostgreSQL writes (net of the idle pool)", WRITES_HEAD, wr)
+    if commits_s is not None:
+        print(
+            f"PostgreSQL ceiling: {commits_s:,.0f} single-row INSERT commits/s "
+            f"({args.ceiling_clients} connections, {args.ceiling_s} s, durable cluster)"
+        )
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=48)
+    parser.add_argument("--workers", type=_ints, default=[1, 2, 4])
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--latency", type=float, default=0.5)
+    parser.add_argument(
+        "--db", type=lambda s: s.split(","), default=["postgres", "sqlite"], help="backends"
+    )
+    parser.add_argument("--pg-url", help="a server whose role may CREATE DATABASE")
+    parser.add_argument("--ceiling-s", type=float, default=5.0)
+    parser.add_argument("--ceiling-clients", type=int, default=16)
+    args = parser.parse_args(argv)
+    anyio.run(main_async, args)
+
+
+if __name__ == "__main__":
+    main()
