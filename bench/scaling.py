@@ -153,13 +153,19 @@ class Counters:
 
     at: float
     rows: dict[str, int]
-    """Rows inserted + updated + deleted, by schema (``public``: thinktank, ``dbos``)."""
+    """Rows inserted + updated + deleted, by ``schema.table`` (schema ``public``:
+    thinktank's, ``dbos``: DBOS's)."""
     commits: int
     wal: int
     """WAL position, bytes."""
 
     def minus(self, other: Counters) -> dict[str, float]:
-        out = {f"rows_{k}": float(v - other.rows.get(k, 0)) for k, v in self.rows.items()}
+        out: dict[str, float] = {"rows_public": 0.0, "rows_dbos": 0.0}
+        for table_name, n in self.rows.items():
+            change = float(n - other.rows.get(table_name, 0))
+            out[f"table:{table_name}"] = change
+            schema = table_name.split(".", 1)[0]
+            out[f"rows_{schema}"] = out.get(f"rows_{schema}", 0.0) + change
         out["commits"] = float(self.commits - other.commits)
         out["wal"] = float(self.wal - other.wal)
         return out
@@ -172,8 +178,8 @@ async def read_counters(url: str) -> Counters:
     conn = await asyncpg.connect(url)
     try:
         rows = await conn.fetch(
-            "SELECT schemaname, sum(n_tup_ins + n_tup_upd + n_tup_del)::bigint AS n "
-            "FROM pg_stat_user_tables GROUP BY schemaname"
+            "SELECT schemaname || '.' || relname AS name, "
+            "n_tup_ins + n_tup_upd + n_tup_del AS n FROM pg_stat_user_tables"
         )
         commits = await conn.fetchval(
             "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
@@ -183,7 +189,7 @@ async def read_counters(url: str) -> Counters:
         await conn.close()
     return Counters(
         at=time.monotonic(),
-        rows={r["schemaname"]: int(r["n"]) for r in rows},
+        rows={r["name"]: int(r["n"]) for r in rows},
         commits=int(commits),
         wal=int(wal),
     )
@@ -224,7 +230,9 @@ async def pool_run(
         workers(db, names, "--concurrency", str(args.concurrency), log_dir=Path(logs)),
     ):
         async with DistributedExecutor(db=db) as pool:
-            await anyio.sleep(1.0)  # the workers' first queue polls and heartbeats
+            # Until the statistics of the set-up (migrations, DBOS's tables, the
+            # workers' first heartbeats) have reached the views.
+            await anyio.sleep(SETTLE_S if pg_url else 1.0)
 
             async def body() -> list[str]:
                 ids = [await pool.submit(spec, inputs={"q": f"q{i}"}) for i in range(args.sessions)]
@@ -335,6 +343,17 @@ WRITES_HEAD = [
 ]
 
 
+def tables_rows(w: Writes, sessions: int) -> list[list[str]]:
+    """Rows changed per session by table, most first (net of the idle pool)."""
+    per_table = {
+        k.removeprefix("table:"): v / sessions
+        for k, v in w.busy.items()
+        if k.startswith("table:") and v / sessions >= 0.05
+    }
+    ordered = sorted(per_table.items(), key=lambda kv: -kv[1])
+    return [[name, f"{n:.1f}"] for name, n in ordered]
+
+
 def markdown(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """The same table as markdown, to paste into docs/scaling.md."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
@@ -377,6 +396,7 @@ async def backend_runs(
 
     lat: list[list[str]] = []
     wr: list[list[str]] = []
+    by_table: tuple[str, list[list[str]]] | None = None
     for n in args.workers:
         slots = n * args.concurrency
         base: Timing = await once(lambda db: local_run(db, spec, slots, args))  # noqa: B023
@@ -386,11 +406,14 @@ async def backend_runs(
         lat.append(latency_row(name, t, base))
         if w is not None:
             wr.append(writes_row(name, w, args.sessions))
+            by_table = (name, tables_rows(w, args.sessions))
         print(
             f"  {name}: {t.rate:.2f} sessions/s (in-process {base.rate:.2f}), "
             f"{fake.most_in_flight} calls at most",
             flush=True,
         )
+    if by_table is not None:
+        show(f"Rows per session by table ({by_table[0]})", ["table", "rows"], by_table[1])
     return lat, wr
 
 
