@@ -19,18 +19,20 @@ the pool (``LocalExecutor``) with as many session slots as the pool has (N x
 Per session, from the store: ``start->end`` (``finished_at - started_at``: running
 time) and ``submit->end`` (``finished_at - queued_at``: with the queue wait). ``added``
 is a pool percentile minus the same percentile of its baseline (sessions are not
-paired). ``sess/s`` is sessions over first submit to last end.
+paired). ``sess/s`` is sessions over first submit to last end; ``submit ms`` the time
+all the submissions took over their number (16 are in flight at once).
 
 On PostgreSQL (a throwaway durable cluster from ``tests/pg.py``: fsync and
 synchronous commit on, unless ``--pg-url``), each run also reads, in its own fresh
-database, ``pg_stat_user_tables`` (rows inserted + updated + deleted, split into
-thinktank's tables and DBOS's schema ``dbos``), ``pg_stat_database.xact_commit`` and the
-cluster's WAL position, before the submissions and 11 s after the last session ended
-(statistics reach the views up to 10 s late). The same counters over an idle
-window of the pool (heartbeats, queue polls) are subtracted for that settle time and
-printed as ``idle/s``. Finally ``--ceiling-s`` seconds of ``--ceiling-clients``
-connections each committing one-row INSERTs measure what this machine's primary
-sustains (``--ceiling-s 0`` skips it).
+database, ``pg_stat_user_tables`` (rows inserted + updated + deleted, by table:
+thinktank's and DBOS's schema ``dbos``), ``pg_stat_database.xact_commit`` (every
+commit, read-only ones included), the cluster's WAL position and the database's size,
+before the submissions and 11 s after the last session ended (statistics reach the
+views up to 10 s late). The same counters over a 10 s idle window of the pool
+(heartbeats, queue polls) are subtracted for the settle time and printed as ``idle
+.../s``. Finally ``--ceiling-s`` seconds of ``--ceiling-clients`` connections each
+committing one-row INSERTs measure what this machine's primary sustains
+(``--ceiling-s 0`` skips it).
 
 Nothing is asserted; the machine is shared: run it on a quiet one.
 """
@@ -42,7 +44,7 @@ import math
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -62,6 +64,9 @@ from thinktank.session.spec import SessionSpec  # noqa: E402
 from thinktank.store import Store  # noqa: E402
 
 CALLS_PER_SESSION = 4
+SUBMITTERS = 16
+"""Submissions in flight at once: one after the other, submitting 48 sessions took
+about as long as running them, and the submitter, not the pool, set the rate."""
 SETTLE_S = 11.0
 """Wait after the run before reading PostgreSQL's statistics views: a backend sends its
 counters at most once a second at the end of a transaction, and one left idle (a pooled
@@ -107,6 +112,8 @@ class Timing:
     """First submit to last end, seconds."""
     bad: int
     """Sessions that did not complete."""
+    submit_s: float = 0.0
+    """How long submitting them all took, seconds."""
 
 
 def pct(values: Sequence[float], p: float) -> float:
@@ -131,17 +138,37 @@ async def timings(store: Store, ids: Sequence[str]) -> Timing:
     )
 
 
+async def submit_all(
+    submit: Callable[..., Awaitable[str]], spec: SessionSpec, n: int
+) -> tuple[list[str], float]:
+    """Submit ``n`` sessions, ``SUBMITTERS`` at a time: (their ids, seconds it took)."""
+    ids: list[str] = [""] * n
+    limit = anyio.CapacityLimiter(SUBMITTERS)
+
+    async def one(i: int) -> None:
+        async with limit:
+            ids[i] = await submit(spec, inputs={"q": f"q{i}"})
+
+    started = time.monotonic()
+    async with anyio.create_task_group() as tg:
+        for i in range(n):
+            tg.start_soon(one, i)
+    return ids, time.monotonic() - started
+
+
 async def local_run(db: str, spec: SessionSpec, slots: int, args: argparse.Namespace) -> Timing:
     """The baseline: the sessions in this process, ``slots`` at once."""
     async with (
         await Store.open(db) as store,
         LocalExecutor(store=store, max_sessions=slots) as executor,
     ):
-        ids = [await executor.submit(spec, inputs={"q": f"q{i}"}) for i in range(args.sessions)]
+        ids, submit_s = await submit_all(executor.submit, spec, args.sessions)
         for sid in ids:
             await executor.wait(sid)
     async with await Store.open(db) as store:
-        return await timings(store, ids)
+        result = await timings(store, ids)
+    result.submit_s = submit_s
+    return result
 
 
 # -- PostgreSQL counters ----------------------------------------------------------------
@@ -157,6 +184,8 @@ class Counters:
     thinktank's, ``dbos``: DBOS's)."""
     commits: int
     wal: int
+    size: int
+    """The database's size on disk, bytes."""
     """WAL position, bytes."""
 
     def minus(self, other: Counters) -> dict[str, float]:
@@ -168,6 +197,7 @@ class Counters:
             out[f"rows_{schema}"] = out.get(f"rows_{schema}", 0.0) + change
         out["commits"] = float(self.commits - other.commits)
         out["wal"] = float(self.wal - other.wal)
+        out["size"] = float(self.size - other.size)
         return out
 
 
@@ -185,6 +215,7 @@ async def read_counters(url: str) -> Counters:
             "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
         )
         wal = await conn.fetchval("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")
+        size = await conn.fetchval("SELECT pg_database_size(current_database())")
     finally:
         await conn.close()
     return Counters(
@@ -192,6 +223,7 @@ async def read_counters(url: str) -> Counters:
         rows={r["name"]: int(r["n"]) for r in rows},
         commits=int(commits),
         wal=int(wal),
+        size=int(size),
     )
 
 
@@ -234,14 +266,16 @@ async def pool_run(
             # workers' first heartbeats) have reached the views.
             await anyio.sleep(SETTLE_S if pg_url else 1.0)
 
-            async def body() -> list[str]:
-                ids = [await pool.submit(spec, inputs={"q": f"q{i}"}) for i in range(args.sessions)]
+            async def body() -> tuple[list[str], float]:
+                ids, submit_s = await submit_all(pool.submit, spec, args.sessions)
                 async for _ in pool.as_completed(ids):
                     pass
-                return ids
+                return ids, submit_s
 
-            ids, writes = await measured(pg_url, body)
-            return await timings(pool.store, ids), writes
+            (ids, submit_s), writes = await measured(pg_url, body)
+            result = await timings(pool.store, ids)
+            result.submit_s = submit_s
+            return result, writes
 
 
 # -- PostgreSQL's ceiling ---------------------------------------------------------------
@@ -294,7 +328,7 @@ def latency_row(name: str, t: Timing, base: Timing | None) -> list[str]:
     else:
         for ours, theirs in ((t.run, base.run), (t.total, base.total)):
             cells += [_ms(pct(ours, p) - pct(theirs, p)) for p in (50, 95)]
-    return [*cells, str(t.bad)]
+    return [*cells, f"{t.submit_s / len(t.run) * 1000:.1f}", str(t.bad)]
 
 
 LATENCY_HEAD = [
@@ -308,6 +342,7 @@ LATENCY_HEAD = [
     "+run p95",
     "+total p50",
     "+total p95",
+    "submit ms",
     "not ok",
 ]
 
@@ -324,6 +359,7 @@ def writes_row(name: str, w: Writes, sessions: int) -> list[str]:
         f"{busy['commits'] / calls:.1f}",
         f"{busy['commits'] / sessions:.1f}",
         f"{busy['wal'] / calls / 1024:.1f}",
+        f"{busy['size'] / sessions / 1024:.1f}",
         f"{idle['commits']:.1f}",
         f"{(idle.get('rows_public', 0) + idle.get('rows_dbos', 0)):.1f}",
         f"{idle['wal'] / 1024:.1f}",
@@ -337,6 +373,7 @@ WRITES_HEAD = [
     "commits/call",
     "commits/session",
     "WAL KiB/call",
+    "disk KiB/session",
     "idle commits/s",
     "idle rows/s",
     "idle WAL KiB/s",
