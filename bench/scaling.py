@@ -20,7 +20,9 @@ Per session, from the store: ``start->end`` (``finished_at - started_at``: runni
 time) and ``submit->end`` (``finished_at - queued_at``: with the queue wait). ``added``
 is a pool percentile minus the same percentile of its baseline (sessions are not
 paired). ``sess/s`` is sessions over first submit to last end; ``submit ms`` the time
-all the submissions took over their number (16 are in flight at once).
+all the submissions took over their number (16 are in flight at once); ``cpu ms`` the
+worker processes' CPU time per session (the in-process runs share their process with
+the fake provider: not shown).
 
 On PostgreSQL (a throwaway durable cluster from ``tests/pg.py``: fsync and
 synchronous commit on, unless ``--pg-url``), each run also reads, in its own fresh
@@ -41,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import tempfile
 import time
@@ -114,6 +117,8 @@ class Timing:
     """Sessions that did not complete."""
     submit_s: float = 0.0
     """How long submitting them all took, seconds."""
+    cpu_s: float | None = None
+    """CPU time (user + system) the worker processes spent on the run, seconds."""
 
 
 def pct(values: Sequence[float], p: float) -> float:
@@ -259,23 +264,36 @@ async def pool_run(
     names = [f"w{i + 1}" for i in range(n_workers)]
     with (
         tempfile.TemporaryDirectory(prefix="tt-bench-scaling-") as logs,
-        workers(db, names, "--concurrency", str(args.concurrency), log_dir=Path(logs)),
+        workers(db, names, "--concurrency", str(args.concurrency), log_dir=Path(logs)) as procs,
     ):
+        pids = [p.proc.pid for p in procs]
         async with DistributedExecutor(db=db) as pool:
             # Until the statistics of the set-up (migrations, DBOS's tables, the
             # workers' first heartbeats) have reached the views.
             await anyio.sleep(SETTLE_S if pg_url else 1.0)
 
-            async def body() -> tuple[list[str], float]:
+            async def body() -> tuple[list[str], float, float]:
+                cpu = cpu_seconds(pids)
                 ids, submit_s = await submit_all(pool.submit, spec, args.sessions)
                 async for _ in pool.as_completed(ids):
                     pass
-                return ids, submit_s
+                return ids, submit_s, cpu_seconds(pids) - cpu
 
-            (ids, submit_s), writes = await measured(pg_url, body)
+            (ids, submit_s, cpu_s), writes = await measured(pg_url, body)
             result = await timings(pool.store, ids)
             result.submit_s = submit_s
+            result.cpu_s = cpu_s
             return result, writes
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """CPU time (user + system) the processes ``pids`` have used so far (Linux)."""
+    total = 0
+    for pid in pids:
+        # The fields after the command's closing parenthesis; utime and stime are 14, 15.
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 # -- PostgreSQL's ceiling ---------------------------------------------------------------
@@ -328,7 +346,8 @@ def latency_row(name: str, t: Timing, base: Timing | None) -> list[str]:
     else:
         for ours, theirs in ((t.run, base.run), (t.total, base.total)):
             cells += [_ms(pct(ours, p) - pct(theirs, p)) for p in (50, 95)]
-    return [*cells, f"{t.submit_s / len(t.run) * 1000:.1f}", str(t.bad)]
+    cpu = "-" if t.cpu_s is None else f"{t.cpu_s / len(t.run) * 1000:.0f}"
+    return [*cells, f"{t.submit_s / len(t.run) * 1000:.1f}", cpu, str(t.bad)]
 
 
 LATENCY_HEAD = [
@@ -343,6 +362,7 @@ LATENCY_HEAD = [
     "+total p50",
     "+total p95",
     "submit ms",
+    "cpu ms",
     "not ok",
 ]
 
