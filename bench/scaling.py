@@ -10,7 +10,7 @@ Run from the repo root (``docs/scaling.md`` shows the figures and what they mean
 Workload: each session is one step asking 3 models at once (mode ``all``) whose
 answers a 4th model merges (``synthesis: judge``): 4 model calls, 2 rounds of
 ``--latency`` seconds, against ``tests/fakeserver.py`` over loopback. All
-``--sessions`` are submitted at once with ``DistributedExecutor`` to a fresh database
+``--sessions`` are submitted, 16 at a time, with ``DistributedExecutor`` to a fresh database
 served by N real worker processes (``tests/workerproc.py``, each ``--concurrency``);
 before each pool run, a baseline runs the same sessions in this one process without
 the pool (``LocalExecutor``) with as many session slots as the pool has (N x
@@ -183,7 +183,6 @@ async def local_run(db: str, spec: SessionSpec, slots: int, args: argparse.Names
 class Counters:
     """Cumulative PostgreSQL counters of one database (WAL: of the cluster)."""
 
-    at: float
     rows: dict[str, int]
     """Rows inserted + updated + deleted, by ``schema.table`` (schema ``public``:
     thinktank's, ``dbos``: DBOS's)."""
@@ -224,7 +223,6 @@ async def read_counters(url: str) -> Counters:
     finally:
         await conn.close()
     return Counters(
-        at=time.monotonic(),
         rows={r["name"]: int(r["n"]) for r in rows},
         commits=int(commits),
         wal=int(wal),
