@@ -142,12 +142,16 @@ def sync_engine(db: str) -> sa.Engine:
     return sa.create_engine(url.set(drivername="sqlite"), poolclass=sa.NullPool)
 
 
-def check_store(db: str, ids: Sequence[str], *, settle_s: float = 30.0) -> None:
+def check_store(
+    db: str, ids: Sequence[str], *, settle_s: float = 30.0, slots_lapse: bool = False
+) -> None:
     """The store after a run: every session completed, every step completed, each call
     recorded once, no session lease and no call slot held, every workflow SUCCESS.
 
     Slots of a killed worker are freed by its recoverer: they are looked at until
-    ``settle_s`` has passed (the recovery follows the kill by one time to live)."""
+    ``settle_s`` has passed (the recovery follows the kill by one time to live).
+    ``slots_lapse``: slots whose give-back failed (the database was away) lapse by
+    themselves, minutes later: they are not looked at."""
     engine = sync_engine(db)
     try:
         with engine.connect() as conn:
@@ -168,12 +172,15 @@ def check_store(db: str, ids: Sequence[str], *, settle_s: float = 30.0) -> None:
                 )
             ).all()
             assert len(ok) == CALLS_PER_SESSION * len(ids)
-            assert {row[3] for row in ok} == {1}, "a call recorded twice as answered"
+            twice = [row for row in ok if row[3] != 1]
+            assert not twice, f"calls recorded twice as answered: {twice}"
             held = conn.execute(
                 sa.text("SELECT count(*) FROM thinktank_sessions WHERE lease_owner IS NOT NULL")
             ).scalar_one()
             assert held == 0
         _check_workflows(engine, ids)
+        if slots_lapse:
+            return
         deadline = time.monotonic() + settle_s
         while True:
             with engine.connect() as conn:

@@ -229,7 +229,8 @@ def test_the_pool_survives_losing_every_database_connection(
     assert len(statuses) == n
     sent_twice = sum(count - 1 for count in call_keys(fake).values())
     print(f"calls sent twice: {sent_twice}, cut off: {len(fake.hangups)}")
-    check_store(pg_url, list(statuses))
+    # Slots given back while the database was away lapse by themselves.
+    check_store(pg_url, list(statuses), slots_lapse=True)
 
 
 @pytest.mark.slow
