@@ -146,7 +146,9 @@ def check_store(
     db: str, ids: Sequence[str], *, settle_s: float = 30.0, slots_lapse: bool = False
 ) -> None:
     """The store after a run: every session completed, every step completed, each call
-    recorded once, no session lease and no call slot held, every workflow SUCCESS.
+    answered once (a resumed session's rows that serve a stored answer point to it
+    through ``reused_from`` and are not answers of their own), no session lease and
+    no call slot held, every workflow SUCCESS.
 
     Slots of a killed worker are freed by its recoverer: they are looked at until
     ``settle_s`` has passed (the recovery follows the kill by one time to live).
@@ -167,7 +169,7 @@ def check_store(
             ok = conn.execute(
                 sa.text(
                     "SELECT session_id, step_id, model_id, count(*) FROM"
-                    " thinktank_parallel_executions WHERE status = 'ok'"
+                    " thinktank_parallel_executions WHERE status = 'ok' AND reused_from IS NULL"
                     " GROUP BY session_id, step_id, model_id"
                 )
             ).all()

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 pytest.importorskip("dbos")
 
 from tests.fakeserver import FakeServer, Fault
-from tests.pg import pg_server, pg_url  # noqa: F401 - fixtures
+from tests.pg import db_url, pg_server, pg_url  # noqa: F401 - fixtures
 from tests.pool import (
     CALLS_PER_SESSION,
     DELAY_S,
@@ -299,3 +299,36 @@ def test_importing_the_library_or_the_submitter_does_not_import_dbos() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("claimers", [2, 4])
+async def test_racing_survivors_claim_each_dead_worker_exactly_once(
+    db_url: str,  # noqa: F811
+    claimers: int,
+) -> None:
+    """Several live workers looking for dead ones at the same moment, each through its
+    own connection: every dead row goes to exactly one of them, live rows to none."""
+    stores = [await Store.open(db_url) for _ in range(claimers)]
+    try:
+        for n in range(20):
+            await stores[0].register_worker(
+                f"dead-{n}", name="d", host="h", pid=n, version="v", concurrency=1, ttl_s=-1.0
+            )
+        await stores[0].register_worker(
+            "alive", name="a", host="h", pid=99, version="v", concurrency=1, ttl_s=600.0
+        )
+        claimed: list[list[str]] = [[] for _ in stores]
+
+        async def claim(i: int) -> None:
+            for _ in range(5):
+                got = await stores[i].claim_dead_workers(f"live-{i}", ttl_s=600.0)
+                claimed[i].extend(eid for eid, _ in got)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(claimers):
+                tg.start_soon(claim, i)
+    finally:
+        for store in stores:
+            await store.close()
+    every = [eid for ids in claimed for eid in ids]
+    assert sorted(every) == sorted(f"dead-{n}" for n in range(20))
