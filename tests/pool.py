@@ -105,14 +105,17 @@ def fan_spec(config: Path) -> SessionSpec:
     return parse_session(data, config=load_config(config))
 
 
-async def submit_all(pool: DistributedExecutor, spec: SessionSpec, n: int) -> list[str]:
-    """Queue ``n`` sessions (question 0 .. n-1), eight submissions at a time."""
+async def submit_all(
+    pool: DistributedExecutor, spec: SessionSpec, n: int, *, first: int = 0
+) -> list[str]:
+    """Queue ``n`` sessions (questions ``first`` .. ``first + n - 1``: a question asked
+    before would be answered from the response cache), eight submissions at a time."""
     ids: list[str | None] = [None] * n
     limit = anyio.Semaphore(8)
 
     async def one(i: int) -> None:
         async with limit:
-            ids[i] = await pool.submit(spec, inputs={"q": f"question {i}"})
+            ids[i] = await pool.submit(spec, inputs={"q": f"question {first + i}"})
 
     async with anyio.create_task_group() as tg:
         for i in range(n):

@@ -43,11 +43,13 @@ from thinktank.store import Store, normalize_db_url
 LIMIT = 50
 
 
-async def _run(db: str, cfg: Path, n: int) -> tuple[list[str], dict[str, str], float]:
+async def _run(
+    db: str, cfg: Path, n: int, first: int = 0
+) -> tuple[list[str], dict[str, str], float]:
     """Submit ``n`` sessions, wait for all; (ids, statuses, sessions per second)."""
     async with DistributedExecutor(db=db) as pool:
         started = time.monotonic()
-        ids = await submit_all(pool, fan_spec(cfg), n)
+        ids = await submit_all(pool, fan_spec(cfg), n, first=first)
         statuses = await wait_all(pool, ids)
         return ids, statuses, n / (time.monotonic() - started)
 
@@ -77,7 +79,7 @@ def test_four_workers_finish_a_thousand_sessions_under_the_shared_cap(
     fake.reset()
     names = ["w1", "w2", "w3", "w4"]
     with workers(pg_url, names, "--concurrency", "16", log_dir=tmp_path) as pool:
-        ids, statuses, rate = anyio.run(_run, pg_url, config, 1000)
+        ids, statuses, rate = anyio.run(_run, pg_url, config, 1000, 100)
         ran = {w.name: _finished_by(w) for w in pool}
     print(
         f"\n1 worker: {solo_rate:.1f} sessions/s (100); 4 workers: {rate:.1f} sessions/s"
