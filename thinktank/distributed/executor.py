@@ -13,9 +13,9 @@ connection pool, no loop or logging changes), so a server or a script can submit
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
@@ -36,7 +36,13 @@ from thinktank.store import Store, default_db_url, normalize_db_url
 if TYPE_CHECKING:
     from dbos import DBOSClient
 
-__all__ = ["DistributedExecutor"]
+__all__ = ["READ_RETRY_S", "DistributedExecutor"]
+
+READ_RETRY_S = 60.0
+"""How long ``wait`` and ``as_completed`` keep reading a database that fails (a
+PostgreSQL restart) before they raise."""
+
+_T = TypeVar("_T")
 
 
 class DistributedExecutor:
@@ -173,7 +179,7 @@ class DistributedExecutor:
 
         Raises:
             UnknownSessionError: no session has that id.
-            StoreError: the database could not be read.
+            StoreError: the database could not be read for :data:`READ_RETRY_S`.
         """
         async for _sid, result in self.as_completed([session_id]):
             return result
@@ -191,29 +197,56 @@ class DistributedExecutor:
 
         Raises:
             UnknownSessionError: one of the ids names no session.
-            StoreError: the database could not be read.
+            StoreError: the database could not be read for :data:`READ_RETRY_S`.
         """
         open_ids = dict.fromkeys(session_ids)
         while open_ids:
-            states = await self.store.session_states(list(open_ids))
-            missing = [sid for sid in open_ids if sid not in states]
-            if missing:
-                await self.store.get_session(missing[0])  # raises UnknownSessionError
-            ended = [sid for sid, (status, _) in states.items() if status in FINISHED]
-            interrupted = [sid for sid, (status, _) in states.items() if status == "interrupted"]
-            if interrupted:
-                ended += await self._workflows_over(interrupted)
-            for sid in ended:
+            for sid, result in await self._riding_out(self._ended, list(open_ids)):
                 del open_ids[sid]
-                yield sid, result_of(await self.store.get_session(sid))
+                yield sid, result
             if open_ids:
                 await anyio.sleep(self._poll_s)
 
+    async def _ended(self, open_ids: list[str]) -> list[tuple[str, SessionResult]]:
+        """The sessions of ``open_ids`` that ended, with their results."""
+        states = await self.store.session_states(open_ids)
+        missing = [sid for sid in open_ids if sid not in states]
+        if missing:
+            await self.store.get_session(missing[0])  # raises UnknownSessionError
+        ended = [sid for sid, (status, _) in states.items() if status in FINISHED]
+        interrupted = [sid for sid, (status, _) in states.items() if status == "interrupted"]
+        if interrupted:
+            ended += await self._workflows_over(interrupted)
+        return [(sid, result_of(await self.store.get_session(sid))) for sid in ended]
+
+    async def _riding_out(
+        self, read: Callable[[list[str]], Awaitable[_T]], open_ids: list[str]
+    ) -> _T:
+        """``read(open_ids)``, tried again while the database is away for at most
+        :data:`READ_RETRY_S`: a restart of PostgreSQL drops every connection, and a
+        caller waiting on thousands of sessions should not lose track of them for it
+        (the workers ride it out the same way)."""
+        backoff = self._poll_s
+        deadline: float | None = None
+        while True:
+            try:
+                return await read(open_ids)
+            except StoreError:
+                now = anyio.current_time()
+                deadline = now + READ_RETRY_S if deadline is None else deadline
+                if now >= deadline:
+                    raise
+                await anyio.sleep(min(backoff, deadline - now))
+                backoff = min(backoff * 2, 5.0)
+
     async def _workflows_over(self, session_ids: list[str]) -> list[str]:
         """Which of these sessions' workflows ended (cancelled, or ran to the end)."""
-        flows = await self._queue().list_workflows_async(
-            workflow_ids=session_ids, load_input=False, load_output=False
-        )
+        try:
+            flows = await self._queue().list_workflows_async(
+                workflow_ids=session_ids, load_input=False, load_output=False
+            )
+        except Exception as exc:  # DBOS's driver errors: the database is away
+            raise StoreError(f"cannot read the workers' queue: {exc}") from exc
         going = {f.workflow_id for f in flows if f.status in ("PENDING", "ENQUEUED", "DELAYED")}
         return [sid for sid in session_ids if sid not in going]
 

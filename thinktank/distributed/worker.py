@@ -149,8 +149,13 @@ class Worker:
                     except UnknownSessionError:
                         self.say(f"session {session_id} is not in the store (deleted?)")
                         return "unknown"
-                    except StoreError as exc:
-                        self.say(f"session {session_id}: {exc}; again in {backoff:.1f} s")
+                    except Exception as exc:
+                        # A run whose store fails mid-step raises its StoreError in a
+                        # group (from the step's task group): the same retry serves it.
+                        failure = _store_failure(exc)
+                        if failure is None:
+                            raise
+                        self.say(f"session {session_id}: {failure}; again in {backoff:.1f} s")
                         await anyio.sleep(backoff)
                         backoff = min(backoff * 2, self.ttl_s)
                         continue
@@ -267,6 +272,21 @@ class Worker:
                 await self._parking.wait()
         await self.store.expire_worker(self.executor_id)
         return len(left)
+
+
+def _store_failure(exc: BaseException) -> StoreError | None:
+    """The StoreError a run failed with: ``exc`` itself, or the first of a group made
+    of StoreErrors only (anything else in it is a bug to report, not to retry)."""
+    if isinstance(exc, StoreError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        match, rest = exc.split(StoreError)
+        first: BaseException | None = match
+        while rest is None and isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        if rest is None and isinstance(first, StoreError):
+            return first
+    return None
 
 
 def _package_version() -> str:

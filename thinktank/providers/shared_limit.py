@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from thinktank.errors import StoreError
+
 if TYPE_CHECKING:
     from thinktank.store import Store
 
@@ -170,8 +172,13 @@ class SharedLimiter:
             await anyio.sleep(min(left, self.window_s) + FIRST_POLL_S)
 
     async def _give(self, slot: int, holder: str) -> None:
-        with anyio.CancelScope(shield=True):
-            gave = await self.store.give_slot(self.key, slot, holder=holder)
+        try:
+            with anyio.CancelScope(shield=True):
+                gave = await self.store.give_slot(self.key, slot, holder=holder)
+        except StoreError:
+            # The call has its answer: failing it (and sending it again) because the
+            # database was away would cost more than the slot, which lapses by itself.
+            return
         self._note(gave)
         if self._waiters:
             self._waiters.popleft().set()
