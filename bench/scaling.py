@@ -60,7 +60,7 @@ import anyio  # noqa: E402
 from bench._report import cpu_model, table, version  # noqa: E402
 from tests import pg  # noqa: E402
 from tests.fakeserver import FakeServer, run_fake_server  # noqa: E402
-from tests.workerproc import workers  # noqa: E402
+from tests.workerproc import fan_session, workers  # noqa: E402
 from thinktank.executor import LocalExecutor  # noqa: E402
 from thinktank.session.loading import parse_session  # noqa: E402
 from thinktank.session.spec import SessionSpec  # noqa: E402
@@ -82,22 +82,8 @@ def fan_spec(base_url: str) -> SessionSpec:
     """3 models in parallel, merged by a judge model: 4 calls, 2 rounds of latency."""
     model = {"provider": "openai", "base_url": base_url + "/v1", "max_retries": 0}
     names = ["a", "b", "c", "j"]
-    data = {
-        "name": "scaling-fan",
-        "inputs": {"q": {"type": "string"}},
-        "models": {name: {**model, "model": name, "timeout_s": 60} for name in names},
-        "steps": [
-            {
-                "id": "s",
-                "prompt": "{{ inputs.q }}",
-                "models": ["a", "b", "c"],
-                "mode": "all",
-                "synthesis": "judge",
-                "synthesizer": "j",
-                "consensus_threshold": 0.0,
-            }
-        ],
-    }
+    models = {name: {**model, "model": name, "timeout_s": 60} for name in names}
+    data = {**fan_session(models), "name": "scaling-fan"}
     return parse_session(data, known_models=names)
 
 

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from tests.fakeserver import FakeServer, run_fake_server
-from tests.workerproc import WorkerProcess
+from tests.workerproc import WorkerProcess, fan_session
 from thinktank.distributed.executor import DistributedExecutor
 from thinktank.providers.config import load_config
 from thinktank.session.loading import parse_session
@@ -87,21 +87,7 @@ def write_config(path: Path, fake: FakeServer, *, max_concurrent: int = 50) -> P
 
 def fan_spec(config: Path) -> SessionSpec:
     """Three parallel calls and a judge that merges them, on the config's models."""
-    data = {
-        "name": "fan",
-        "inputs": {"q": {"type": "string"}},
-        "steps": [
-            {
-                "id": "s",
-                "prompt": "{{ inputs.q }}",
-                "models": ["a", "b", "c"],
-                "mode": "all",
-                "synthesis": "judge",
-                "synthesizer": "j",
-                "consensus_threshold": 0.0,
-            }
-        ],
-    }
+    data = fan_session()
     return parse_session(data, config=load_config(config))
 
 

@@ -24,7 +24,7 @@ import yaml
 
 from . import pg
 from .fakeserver import FakeServer, Fault, run_fake_server
-from .workerproc import REPO, workers
+from .workerproc import REPO, fan_session, workers
 
 pytest.importorskip("dbos")
 
@@ -46,22 +46,7 @@ def fake() -> Iterator[FakeServer]:
 def session_file(tmp_path: Path, url: str) -> Path:
     """Three models asked at once, merged by a judge: the pool's usual session shape."""
     model = {"provider": "openai", "base_url": url + "/v1", "max_retries": 0, "timeout_s": 60}
-    data = {
-        "name": "fan",
-        "inputs": {"q": {"type": "string"}},
-        "models": {name: {**model, "model": name} for name in ("a", "b", "c", "j")},
-        "steps": [
-            {
-                "id": "s",
-                "prompt": "{{ inputs.q }}",
-                "models": ["a", "b", "c"],
-                "mode": "all",
-                "synthesis": "judge",
-                "synthesizer": "j",
-                "consensus_threshold": 0.0,
-            }
-        ],
-    }
+    data = fan_session({name: {**model, "model": name} for name in ("a", "b", "c", "j")})
     path = tmp_path / "fan.yaml"
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
     return path

@@ -31,7 +31,7 @@ from .serverproc import serve
 from .test_eval_runner import write_config
 from .test_server_keys import create_key
 from .test_server_sessions import sse_events
-from .workerproc import workers
+from .workerproc import fan_session, workers
 
 pytest.importorskip("dbos")
 
@@ -55,21 +55,7 @@ def env(fake: FakeServer, tmp_path: Path) -> dict[str, str]:
 
 def session_body(question: str | None = None) -> dict[str, Any]:
     """Three models in parallel and a judge (the issue's session shape)."""
-    session = {
-        "name": "fan",
-        "inputs": {"q": {"type": "string"}},
-        "steps": [
-            {
-                "id": "s",
-                "prompt": "{{ inputs.q }}",
-                "models": ["a", "b", "c"],
-                "mode": "all",
-                "synthesis": "judge",
-                "synthesizer": "j",
-                "consensus_threshold": 0.0,
-            }
-        ],
-    }
+    session = fan_session()
     return {"session": session, "inputs": {"q": question or uuid.uuid4().hex}}
 
 

@@ -17,10 +17,35 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-__all__ = ["WorkerProcess", "start_worker", "workers"]
+__all__ = ["WorkerProcess", "fan_session", "start_worker", "workers"]
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def fan_session(models: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The pool's usual session (the issue's shape): models ``a``, ``b`` and ``c`` asked
+    at once, merged by the judge ``j``; ``models`` defines them in the session (else a
+    thinktank.toml must)."""
+    data: dict[str, Any] = {
+        "name": "fan",
+        "inputs": {"q": {"type": "string"}},
+        "steps": [
+            {
+                "id": "s",
+                "prompt": "{{ inputs.q }}",
+                "models": ["a", "b", "c"],
+                "mode": "all",
+                "synthesis": "judge",
+                "synthesizer": "j",
+                "consensus_threshold": 0.0,
+            }
+        ],
+    }
+    if models is not None:
+        data["models"] = models
+    return data
 
 
 @dataclass
