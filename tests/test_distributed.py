@@ -324,7 +324,7 @@ async def test_racing_survivors_claim_each_dead_worker_exactly_once(
         async def claim(i: int) -> None:
             for _ in range(5):
                 got = await stores[i].claim_dead_workers(f"live-{i}", ttl_s=600.0)
-                claimed[i].extend(eid for eid, _ in got)
+                claimed[i].extend(dead.executor_id for dead in got)
 
         async with anyio.create_task_group() as tg:
             for i in range(claimers):

@@ -53,6 +53,7 @@ from thinktank.errors import InputError, SpecError, StoreError, UnknownSessionEr
 from thinktank.executor import run_queued
 from thinktank.providers.http import AsyncClient, create_http_client
 from thinktank.store import Store, default_db_url, normalize_db_url
+from thinktank.store._workers import DeadWorker
 
 __all__ = [
     "CANCEL_POLL_S",
@@ -218,26 +219,25 @@ class Worker:
         except StoreError as exc:
             self.say(f"cannot look for dead workers: {exc}")
             return
-        for executor_id, late_s in dead:
+        for worker in dead:
             try:
-                await self.recover(executor_id, late_s)
+                await self.recover(worker)
             except Exception as exc:  # noqa: BLE001 - the claim lapses and is retaken
-                self.say(f"recovering {executor_id} failed: {exc}; retried later")
+                self.say(f"recovering {worker.executor_id} failed: {exc}; retried later")
 
-    async def recover(self, executor_id: str, late_s: float) -> None:
+    async def recover(self, dead: DeadWorker) -> None:
         """Put a dead worker's unfinished sessions back on the queue, free its call
         slots, and forget it (this worker has claimed its row)."""
         flows = await DBOS.list_workflows_async(
-            status="PENDING", executor_id=executor_id, load_input=False, load_output=False
+            status="PENDING", executor_id=dead.executor_id, load_input=False, load_output=False
         )
         for flow in flows:
             await DBOS.resume_workflow_async(flow.workflow_id, queue_name=QUEUE)
-        _, host, pid, _ = executor_id.rsplit(":", 3) if executor_id.count(":") >= 3 else ("",) * 4
-        freed = await self.store.free_slots_of(host, int(pid)) if pid.isdigit() else 0
-        await self.store.forget_worker(executor_id, recovered_by=self.executor_id)
+        freed = await self.store.free_slots_of(dead.host, dead.pid)
+        await self.store.forget_worker(dead.executor_id, recovered_by=self.executor_id)
         self.say(
-            f"recovered {len(flows)} session(s) of dead worker {executor_id}"
-            f" ({late_s:.1f} s after it expired; {freed} call slot(s) freed)"
+            f"recovered {len(flows)} session(s) of dead worker {dead.executor_id}"
+            f" ({dead.late_s:.1f} s after it expired; {freed} call slot(s) freed)"
         )
 
     async def watch_cancels(self) -> None:

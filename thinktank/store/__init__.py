@@ -1150,9 +1150,9 @@ class Store:
             executor_id,
         )
 
-    async def claim_dead_workers(self, me: str, *, ttl_s: float) -> list[tuple[str, float]]:
-        """Claim, for worker ``me`` alone, the dead workers nobody recovers: each (id,
-        seconds since it expired). The claim lapses after ``ttl_s`` seconds."""
+    async def claim_dead_workers(self, me: str, *, ttl_s: float) -> list[_workers.DeadWorker]:
+        """Claim, for worker ``me`` alone, the dead workers nobody recovers (id, host,
+        pid, seconds since it expired). The claim lapses after ``ttl_s`` seconds."""
         return await self._leasing(
             "claim dead workers",
             functools.partial(_workers.claim_dead, ttl_s=ttl_s, postgres=self._postgres),

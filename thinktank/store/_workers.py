@@ -19,7 +19,7 @@ its write transaction.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel
 from sqlalchemy import Float, and_, cast, delete, func, insert, literal, or_, select, update
@@ -28,7 +28,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from thinktank.store._keys import _now
 from thinktank.store.tables import WORKERS
 
-__all__ = ["WorkerInfo", "beat", "claim_dead", "expire", "forget", "list_workers", "register"]
+__all__ = [
+    "DeadWorker",
+    "WorkerInfo",
+    "beat",
+    "claim_dead",
+    "expire",
+    "forget",
+    "list_workers",
+    "register",
+]
 
 _w = WORKERS.c
 
@@ -110,11 +119,22 @@ async def expire(conn: AsyncConnection, executor_id: str, *, postgres: bool) -> 
     )
 
 
+class DeadWorker(NamedTuple):
+    """A dead worker claimed for recovery."""
+
+    executor_id: str
+    host: str
+    pid: int
+    """Its process on ``host`` (the holder of the call slots it left)."""
+    late_s: float
+    """Seconds since it expired."""
+
+
 async def claim_dead(
     conn: AsyncConnection, me: str, *, ttl_s: float, postgres: bool
-) -> list[tuple[str, float]]:
-    """Claim the dead workers nobody is recovering (or whose recoverer's claim lapsed):
-    each (executor id, seconds since it expired), claimed for ``me`` alone."""
+) -> list[DeadWorker]:
+    """Claim the dead workers nobody is recovering (or whose recoverer's claim lapsed),
+    for ``me`` alone."""
     now = _now(postgres)
     claimed = await conn.execute(
         update(WORKERS)
@@ -124,9 +144,9 @@ async def claim_dead(
             or_(_w.recovered_by.is_(None), _w.recovery_expires_at < now),
         )
         .values(recovered_by=me, recovery_expires_at=now + ttl_s)
-        .returning(_w.executor_id, cast(now - _w.expires_at, Float))
+        .returning(_w.executor_id, _w.host, _w.pid, cast(now - _w.expires_at, Float))
     )
-    return [(str(row[0]), float(row[1])) for row in claimed]
+    return [DeadWorker(str(e), str(h), int(p), float(late)) for e, h, p, late in claimed]
 
 
 async def forget(conn: AsyncConnection, executor_id: str, *, recovered_by: str | None) -> None:
