@@ -13,9 +13,9 @@ connection pool, no loop or logging changes), so a server or a script can submit
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -41,8 +41,6 @@ __all__ = ["READ_RETRY_S", "DistributedExecutor"]
 READ_RETRY_S = 60.0
 """How long ``wait`` and ``as_completed`` keep reading a database that fails (a
 PostgreSQL restart) before they raise."""
-
-_T = TypeVar("_T")
 
 
 class DistributedExecutor:
@@ -92,15 +90,10 @@ class DistributedExecutor:
         try:
             self._client = await anyio.to_thread.run_sync(_open_client, sysdb)
         except Exception as exc:
+            where = self.store.where  # as the store names it: no password
             await self._close_store()
-            raise StoreError(
-                f"cannot open the workers' queue in {self.store_where}: {exc}"
-            ) from exc
+            raise StoreError(f"cannot open the workers' queue in {where}: {exc}") from exc
         return self
-
-    @property
-    def store_where(self) -> str:
-        return self._store.where if self._store is not None else self._url
 
     async def __aexit__(
         self,
@@ -201,7 +194,7 @@ class DistributedExecutor:
         """
         open_ids = dict.fromkeys(session_ids)
         while open_ids:
-            for sid, result in await self._riding_out(self._ended, list(open_ids)):
+            for sid, result in await self._ended_riding_out(list(open_ids)):
                 del open_ids[sid]
                 yield sid, result
             if open_ids:
@@ -219,10 +212,8 @@ class DistributedExecutor:
             ended += await self._workflows_over(interrupted)
         return [(sid, result_of(await self.store.get_session(sid))) for sid in ended]
 
-    async def _riding_out(
-        self, read: Callable[[list[str]], Awaitable[_T]], open_ids: list[str]
-    ) -> _T:
-        """``read(open_ids)``, tried again while the database is away for at most
+    async def _ended_riding_out(self, open_ids: list[str]) -> list[tuple[str, SessionResult]]:
+        """:meth:`_ended`, tried again while the database is away for at most
         :data:`READ_RETRY_S`: a restart of PostgreSQL drops every connection, and a
         caller waiting on thousands of sessions should not lose track of them for it
         (the workers ride it out the same way)."""
@@ -230,7 +221,7 @@ class DistributedExecutor:
         deadline: float | None = None
         while True:
             try:
-                return await read(open_ids)
+                return await self._ended(open_ids)
             except StoreError:
                 now = anyio.current_time()
                 deadline = now + READ_RETRY_S if deadline is None else deadline
