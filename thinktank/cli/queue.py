@@ -32,9 +32,11 @@ POLL_S = 0.5
 """How often the waiting command reads the sessions' states (status and worker)."""
 
 
-def check_pool(db: str | None) -> None:
+def check_pool(db: str | None, *, option: str | None = None) -> None:
     """Exit 2 with one line when the pool cannot be used: no DBOS, or a database no
-    worker process can open (in-memory SQLite). Nothing is written before this."""
+    worker process can open (in-memory SQLite); the line names ``option`` when given.
+    Nothing is written before this (``worker``, ``--queue`` on ``run``, ``run-many``
+    and ``serve``)."""
     from thinktank.distributed import require_dbos, system_database_url
     from thinktank.errors import UsageError
     from thinktank.store import default_db_url, normalize_db_url
@@ -43,7 +45,7 @@ def check_pool(db: str | None) -> None:
         require_dbos()
         system_database_url(normalize_db_url(db or default_db_url()))
     except UsageError as exc:
-        _fail(str(exc).splitlines())
+        _fail([f"{option}: {exc}"] if option else str(exc).splitlines())
 
 
 def _still_runs(session_id: str | None) -> NoReturn:

@@ -43,26 +43,16 @@ def _private_to_a_process(db: str | None) -> bool:
     """Whether ``db`` is an in-memory SQLite database, which each worker would have to
     itself (a SQLite file is shared: WAL, a busy timeout and ``BEGIN IMMEDIATE`` writes
     keep keys, budgets and sessions correct across processes)."""
-    from sqlalchemy.engine import make_url
+    from thinktank.store import default_db_url, in_memory_db, normalize_db_url
 
-    from thinktank.store import default_db_url, normalize_db_url
-
-    url = make_url(normalize_db_url(db or default_db_url()))
-    database = url.database or ""
-    return url.get_backend_name() == "sqlite" and (
-        database in ("", ":memory:") or url.query.get("mode") == "memory"
-    )
+    return in_memory_db(normalize_db_url(db or default_db_url()))
 
 
 def _check_queue(db: str | None) -> None:
     """Fail in one line (exit 2) when ``--queue`` cannot work: no DBOS, or a database
     no worker process can open."""
-    from thinktank.distributed import require_dbos
+    from thinktank.cli.queue import check_pool
 
-    try:
-        require_dbos()
-    except UsageError as exc:
-        _fail([f"--queue: {exc}"])
     if _private_to_a_process(db):
         _fail(
             [
@@ -70,6 +60,7 @@ def _check_queue(db: str | None) -> None:
                 "database is private to this process; give a file or a PostgreSQL URL"
             ]
         )
+    check_pool(db, option="--queue")
 
 
 def is_loopback(host: str) -> bool:

@@ -18,7 +18,8 @@ import click
 if TYPE_CHECKING:
     from thinktank.store._workers import WorkerInfo
 
-from thinktank.cli._shared import _db_option, _fail, _json_option, _run_async
+from thinktank.cli._shared import _db_option, _json_option, _run_async
+from thinktank.cli.queue import check_pool
 
 __all__ = ["worker_command", "workers_command"]
 
@@ -59,15 +60,7 @@ def worker_command(
 ) -> None:
     """Run queued sessions (from `run --queue`, `run-many --queue`, `eval --queue`,
     `serve --queue`) until SIGTERM; any number of workers share one database."""
-    from thinktank.distributed import require_dbos, system_database_url
-    from thinktank.errors import UsageError
-    from thinktank.store import default_db_url, normalize_db_url
-
-    try:  # before anything starts: no DBOS, or a database no other process can reach
-        require_dbos()
-        system_database_url(normalize_db_url(db or default_db_url()))
-    except UsageError as exc:
-        _fail(str(exc).splitlines())
+    check_pool(db)  # before anything starts
 
     def say(line: str) -> None:
         click.echo(f"{time.strftime('%H:%M:%S')} {line}", err=True)

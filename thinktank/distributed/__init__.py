@@ -72,16 +72,17 @@ def system_database_url(store_url: str) -> str:
     """
     from sqlalchemy.engine import make_url
 
+    from thinktank.store import in_memory_db
+
     url = make_url(store_url)
     backend = url.get_backend_name()
     if backend == "postgresql":
         return url.set(drivername="postgresql").render_as_string(hide_password=False)
     if backend == "sqlite":
-        database = url.database or ""
-        if database in ("", ":memory:") or url.query.get("mode") == "memory":
+        if in_memory_db(store_url):
             raise UsageError(
                 "distributed sessions need a database other processes can open: "
                 "a SQLite file or PostgreSQL, not an in-memory database"
             )
-        return f"sqlite:///{Path(database).resolve()}.dbos.sqlite"
+        return f"sqlite:///{Path(url.database or '').resolve()}.dbos.sqlite"
     raise UsageError(f"distributed sessions run on SQLite or PostgreSQL, not {backend}")

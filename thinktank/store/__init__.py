@@ -90,6 +90,7 @@ __all__ = [
     "StoredSession",
     "StoredStep",
     "default_db_url",
+    "in_memory_db",
     "normalize_db_url",
 ]
 
@@ -112,6 +113,16 @@ _ASYNC_DRIVERS = {
 def default_db_url() -> str:
     """The database to use when none is given: ``$THINKTANK_DB`` or ``./thinktank.db``."""
     return os.environ.get(DEFAULT_DB_ENV) or _DEFAULT_URL
+
+
+def in_memory_db(url: str) -> bool:
+    """Whether ``url`` (as :func:`normalize_db_url` gives it) is an in-memory SQLite
+    database, which no other process can open."""
+    parsed = make_url(url)
+    database = parsed.database or ""
+    return parsed.get_backend_name() == "sqlite" and (
+        database in ("", ":memory:") or parsed.query.get("mode") == "memory"
+    )
 
 
 def normalize_db_url(url_or_path: str) -> str:
