@@ -250,7 +250,10 @@ def test_eval_queue_runs_the_samples_on_the_pool(tmp_path: Path, fake: FakeServe
     from .test_eval_runner import TARGET, write_config, write_experiment
 
     env = {"THINKTANK_CONFIG": str(write_config(tmp_path / "thinktank.toml", fake, ["a", "b"]))}
-    fake.set_reply("a", f"{TARGET}-0")  # right on item 0 only: a figure worth comparing
+    # Both models right on item 0 only, so they agree: a figure worth comparing that no
+    # tie between two different answers (broken by arrival order) can change.
+    fake.set_reply("a", f"{TARGET}-0")
+    fake.set_reply("b", f"{TARGET}-0")
     path = write_experiment(tmp_path, items=3)
     args = ("eval", str(path), "--yes", "--json", "--no-report", "--no-progress")
     with workers(str(tmp_path / "pool.db"), ["ew"], log_dir=tmp_path, env=env) as pool:
