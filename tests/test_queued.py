@@ -17,6 +17,7 @@ import json
 import signal
 import sys
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,10 @@ async def test_a_queued_session_is_listed_then_run_once_to_completion(db_url: st
         assert await store.lease_of(sid) is None
         assert await store.queued_sessions(queue="q1") == [sid]
         assert await store.queued_sessions(queue="other") == []
+        # Queued before a time (how workers find sessions nothing put on their queue).
+        assert await store.queued_sessions(before=listed.queued_at) == []
+        after = listed.queued_at + timedelta(microseconds=1)
+        assert await store.queued_sessions(queue="q1", before=after) == [sid]
 
         done = await run_queued(sid, store=store, models=models)
         assert done.how == "started" and done.result is not None

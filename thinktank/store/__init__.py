@@ -656,10 +656,15 @@ class Store:
         )
 
     async def queued_sessions(
-        self, *, queue: str | None = None, limit: int | None = None
+        self,
+        *,
+        queue: str | None = None,
+        limit: int | None = None,
+        before: datetime | None = None,
     ) -> list[str]:
-        """Ids of the sessions still ``queued`` (on ``queue``, or on any), oldest first."""
-        return await self._read(_queue.queued, queue, limit)
+        """Ids of the sessions still ``queued`` (on ``queue``, or on any; queued before
+        ``before``, or whenever), oldest first."""
+        return await self._read(_queue.queued, queue, limit, before)
 
     async def session_states(self, session_ids: Sequence[str]) -> dict[str, tuple[str, str | None]]:
         """(status, lease owner) of each of ``session_ids`` that exists, in one read:

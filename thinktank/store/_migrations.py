@@ -56,6 +56,9 @@ The migrations:
   limit).
 - ``0014_workers``: ``thinktank_workers``, one row per ``thinktank worker`` process
   (its heartbeat, load and, once it died, which live worker recovers its sessions).
+- ``0015_session_status_index``: an index on ``thinktank_sessions (status,
+  queued_at)``, for the workers' periodic look for sessions left ``queued`` with
+  nothing on the queue (their submitter died between its two writes).
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ from sqlalchemy import (
     Column,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -630,6 +634,20 @@ def _workers(conn: Connection) -> None:
     worker_tables().create_all(conn, checkfirst=True)
 
 
+# -- 0015_session_status_index ---------------------------------------------------------
+
+
+def _session_status_index(conn: Connection) -> None:
+    sessions = Table(
+        "thinktank_sessions",
+        MetaData(),
+        Column("status", String(16)),
+        Column("queued_at", UTC_DATETIME),
+    )
+    index = Index("ix_thinktank_sessions_status_queued_at", sessions.c.status, sessions.c.queued_at)
+    index.create(conn, checkfirst=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_initial", _initial),
     Migration("0002_dynamic_steps_and_leases", _dynamic_steps_and_leases),
@@ -645,6 +663,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0012_queued_sessions", _queued_sessions),
     Migration("0013_provider_slots", _provider_slots),
     Migration("0014_workers", _workers),
+    Migration("0015_session_status_index", _session_status_index),
 )
 """Every migration this code knows, in the order they apply."""
 

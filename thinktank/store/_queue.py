@@ -82,11 +82,16 @@ async def drop_queued(
     return result.rowcount == 1
 
 
-async def queued(conn: AsyncConnection, queue: str | None, limit: int | None) -> list[str]:
-    """Ids of the sessions waiting on ``queue`` (None: on any queue), oldest first."""
+async def queued(
+    conn: AsyncConnection, queue: str | None, limit: int | None, before: datetime | None
+) -> list[str]:
+    """Ids of the sessions waiting on ``queue`` (None: on any queue), queued before
+    ``before`` (None: whenever), oldest first."""
     query = select(_c.id).where(_c.status == "queued")
     if queue is not None:
         query = query.where(_c.queue == queue)
+    if before is not None:
+        query = query.where(_c.queued_at < before)
     query = query.order_by(_c.queued_at, _c.id)
     if limit is not None:
         query = query.limit(limit)

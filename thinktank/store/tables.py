@@ -28,6 +28,7 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     Float,
+    Index,
     Integer,
     String,
     Table,
@@ -82,6 +83,11 @@ class SessionRow(SQLModel, table=True):
     """One session: its spec, inputs, status and totals."""
 
     __tablename__ = "thinktank_sessions"
+    __table_args__ = (
+        # The sessions in one state, oldest queued first: the workers' look for sessions
+        # left queued (migration 0015), without a scan of every session ever run.
+        Index("ix_thinktank_sessions_status_queued_at", "status", "queued_at"),
+    )
 
     id: str = Field(primary_key=True, max_length=36)
     """UUID of the session."""
