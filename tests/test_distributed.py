@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
@@ -39,6 +40,7 @@ from tests.workerproc import WorkerProcess, start_worker, workers
 from thinktank.distributed import APP_VERSION, system_database_url
 from thinktank.distributed.executor import DistributedExecutor
 from thinktank.store import Store, normalize_db_url
+from thinktank.store.tables import SESSIONS
 
 LIMIT = 50
 
@@ -289,6 +291,69 @@ def test_a_worker_whose_row_was_claimed_exits_4(tmp_path: Path) -> None:
     finally:
         worker.stop(5)
     assert "was declared dead by another" in worker.output()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_worker_picks_up_sessions_a_dead_submitter_left_queued(
+    tmp_path: Path,
+    config: Path,  # noqa: F811
+    fake: FakeServer,  # noqa: F811
+) -> None:
+    """A submitter killed between its two writes leaves a session queued in the store
+    with no workflow on DBOS's queue; a canceller killed between cancelling the workflow
+    and ending the row leaves one queued whose workflow is cancelled. Once they have
+    waited STRANDED_AFTER_S, a worker runs the first and ends the second; a session
+    queued just now with no workflow (its submitter may still be enqueueing it) is left."""
+    from dbos import DBOSClient
+
+    from thinktank.distributed import QUEUE
+    from thinktank.distributed.worker import STRANDED_AFTER_S
+    from thinktank.executor import enqueue
+
+    db = str(tmp_path / "pool.db")
+    spec = fan_spec(config)
+
+    async def leave_behind() -> tuple[str, str, str]:
+        async with DistributedExecutor(db=db) as pool:
+            lost = await enqueue(spec, store=pool.store, inputs={"q": "lost"}, queue=QUEUE)
+            fresh = await enqueue(spec, store=pool.store, inputs={"q": "fresh"}, queue=QUEUE)
+            cancelled = await pool.submit(spec, inputs={"q": "cancelled"})
+        client = DBOSClient(system_database_url=system_database_url(normalize_db_url(db)))
+        try:
+            await client.cancel_workflow_async(cancelled)  # and the canceller dies
+        finally:
+            client.destroy()
+        return lost, fresh, cancelled
+
+    lost, fresh, cancelled = anyio.run(leave_behind)
+    engine = sync_engine(db)
+    long_ago = datetime.now(UTC) - timedelta(seconds=STRANDED_AFTER_S + 5)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(SESSIONS)
+            .where(SESSIONS.c.id.in_([lost, cancelled]))
+            .values(queued_at=long_ago)
+        )
+    engine.dispose()
+
+    async def states() -> dict[str, tuple[str, str | None]]:
+        async with await Store.open(db) as store:
+            return await store.session_states([lost, fresh, cancelled])
+
+    with workers(db, ["w"], log_dir=tmp_path) as (worker,):
+        deadline = time.monotonic() + 120
+        while anyio.run(states)[lost][0] in ("queued", "running"):
+            assert time.monotonic() < deadline, worker.output()
+            time.sleep(0.2)
+    assert "1 put on the queue, 1 whose workflow was cancelled ended" in worker.output()
+    got = anyio.run(states)
+    assert {sid: status for sid, (status, _) in got.items()} == {
+        lost: "completed",
+        fresh: "queued",
+        cancelled: "interrupted",
+    }
+    assert len(fake.requests) == CALLS_PER_SESSION  # the lost session's calls, once each
 
 
 def test_importing_the_library_or_the_submitter_does_not_import_dbos() -> None:

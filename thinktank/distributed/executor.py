@@ -36,7 +36,7 @@ from thinktank.store import Store, default_db_url, normalize_db_url
 if TYPE_CHECKING:
     from dbos import DBOSClient
 
-__all__ = ["READ_RETRY_S", "DistributedExecutor"]
+__all__ = ["READ_RETRY_S", "DistributedExecutor", "open_client", "queue_options"]
 
 READ_RETRY_S = 60.0
 """How long ``wait`` and ``as_completed`` keep reading a database that fails (a
@@ -88,7 +88,7 @@ class DistributedExecutor:
         if self._store is None:
             self._store = await Store.open(self._url)
         try:
-            self._client = await anyio.to_thread.run_sync(_open_client, sysdb)
+            self._client = await anyio.to_thread.run_sync(open_client, sysdb)
         except Exception as exc:
             where = self.store.where  # as the store names it: no password
             await self._close_store()
@@ -149,15 +149,8 @@ class DistributedExecutor:
         return sid
 
     async def _enqueue(self, client: DBOSClient, session_id: str) -> None:
-        options: Any = {
-            "queue_name": QUEUE,
-            "workflow_name": WORKFLOW,
-            "workflow_id": session_id,
-            "app_version": APP_VERSION,
-            "application_name": APP_NAME,
-        }
         try:
-            await client.enqueue_async(options, session_id)
+            await client.enqueue_async(queue_options(session_id), session_id)
         except Exception as exc:
             # Stored but not on the queue: end the row rather than leave it queued for
             # ever (nothing has run, so nothing is lost but the submission).
@@ -257,7 +250,20 @@ class DistributedExecutor:
         await self.store.drop_queued(session_id, reason="cancelled before it started")
 
 
-def _open_client(sysdb: str) -> DBOSClient:
+def queue_options(session_id: str) -> Any:
+    """DBOS's enqueue options for a session: its workflow on the pool's queue, under
+    the pinned application version, with the session id as the workflow id (so a second
+    enqueue of one session returns the first's workflow: DBOS starts it once)."""
+    return {
+        "queue_name": QUEUE,
+        "workflow_name": WORKFLOW,
+        "workflow_id": session_id,
+        "app_version": APP_VERSION,
+        "application_name": APP_NAME,
+    }
+
+
+def open_client(sysdb: str) -> DBOSClient:
     """A DBOS client on ``sysdb``, creating DBOS's tables first if no worker has yet (so
     sessions can be queued before any worker starts)."""
     from dbos import DBOS, DBOSClient

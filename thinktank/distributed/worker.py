@@ -23,6 +23,15 @@ claimed was declared dead while it still ran (it lost the database for longer th
 time to live): its sessions are being finished elsewhere, so it exits at once
 (:data:`EXIT_FENCED`).
 
+**Sessions left queued.** A submitter writes a session to the store, then enqueues it
+on DBOS's queue: two transactions (on SQLite, two files). One killed between them
+leaves a session ``queued`` that nothing would ever run, and a canceller killed between
+cancelling the workflow and ending the row leaves one that looks queued for ever. Every
+:data:`SWEEP_S` each worker reads the sessions queued for more than
+:data:`STRANDED_AFTER_S` (an index on status and ``queued_at``), enqueues those DBOS has
+no workflow for (the session id is the workflow id, so DBOS starts each once whoever
+enqueues it) and ends those whose workflow was cancelled.
+
 **Cancellation.** A session cancelled through the store (``POST
 /v1/sessions/{id}/cancel`` on any server) is seen within :data:`CANCEL_POLL_S` and stops,
 ``interrupted``; a workflow cancelled in DBOS (``DistributedExecutor.cancel``) stops its
@@ -44,22 +53,30 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import anyio
 from dbos import DBOS, DBOSConfig
 
 from thinktank.distributed import APP_NAME, APP_VERSION, QUEUE, WORKFLOW, system_database_url
+from thinktank.distributed.executor import open_client, queue_options
 from thinktank.errors import InputError, SpecError, StoreError, UnknownSessionError
 from thinktank.executor import run_queued
 from thinktank.providers.http import AsyncClient, create_http_client
 from thinktank.store import Store, default_db_url, normalize_db_url
 from thinktank.store._workers import DeadWorker
 
+if TYPE_CHECKING:
+    from dbos import DBOSClient
+
 __all__ = [
     "CANCEL_POLL_S",
     "DEFAULT_DRAIN_S",
     "DEFAULT_TTL_S",
     "EXIT_FENCED",
+    "STRANDED_AFTER_S",
+    "SWEEP_S",
     "Worker",
     "run_session",
     "serve_worker",
@@ -77,6 +94,14 @@ QUEUE_POLL_S = 0.25
 worker that could take it)."""
 EXIT_FENCED = 4
 """The exit status of a worker that found itself declared dead."""
+STRANDED_AFTER_S = 60.0
+"""How long a session may wait ``queued`` in the store with no workflow on DBOS's queue
+before a worker enqueues it (its submitter died between the two writes). Far longer
+than a submission takes, so a live submitter is never raced."""
+SWEEP_S = 30.0
+"""How often each worker looks for sessions left queued."""
+SWEEP_BATCH = 500
+"""The most sessions one look puts back (the rest wait for the next)."""
 
 Say = Callable[[str], None]
 
@@ -117,7 +142,10 @@ class Worker:
     handing_back: bool = False
     parked: set[str] = field(default_factory=set)
     """Sessions stopped by a drain, whose steps wait for the process to exit."""
+    sysdb: str = ""
+    """DBOS's system database (where a session left queued is enqueued again)."""
     _parking: anyio.Event = field(default_factory=anyio.Event)
+    _client: DBOSClient | None = None
 
     def __post_init__(self) -> None:
         if not self.executor_id:
@@ -240,6 +268,53 @@ class Worker:
             f" ({dead.late_s:.1f} s after it expired; {freed} call slot(s) freed)"
         )
 
+    async def sweep_forever(self) -> None:
+        """Every :data:`SWEEP_S`, :meth:`requeue_stranded` (a task of its own: a
+        database that hangs must not hold up the heartbeat)."""
+        while not self.draining:
+            try:
+                requeued, ended = await self.requeue_stranded()
+            except Exception as exc:  # noqa: BLE001 - the database is away: the next look
+                self.say(f"cannot look for sessions left queued: {exc}")
+            else:
+                if requeued or ended:
+                    self.say(
+                        f"sessions left queued (their submitter died): {requeued} put on "
+                        f"the queue, {ended} whose workflow was cancelled ended"
+                    )
+            await anyio.sleep(SWEEP_S)
+
+    async def requeue_stranded(self) -> tuple[int, int]:
+        """Enqueue the sessions queued in the store for over :data:`STRANDED_AFTER_S`
+        that DBOS has no workflow for, and end those whose workflow was cancelled before
+        they started (``interrupted``); how many of each."""
+        before = datetime.now(UTC) - timedelta(seconds=STRANDED_AFTER_S)
+        ids = await self.store.queued_sessions(queue=QUEUE, before=before, limit=SWEEP_BATCH)
+        if not ids:
+            return 0, 0
+        flows = await DBOS.list_workflows_async(
+            workflow_ids=ids, load_input=False, load_output=False
+        )
+        status = {flow.workflow_id: flow.status for flow in flows}
+        lost = [sid for sid in ids if sid not in status]
+        if lost and self._client is None:
+            self._client = await anyio.to_thread.run_sync(open_client, self.sysdb)
+        for sid in lost:
+            assert self._client is not None
+            await self._client.enqueue_async(queue_options(sid), sid)
+        ended = 0
+        for sid in ids:
+            if status.get(sid) == "CANCELLED":
+                ended += await self.store.drop_queued(sid, reason="cancelled before it started")
+        return len(lost), ended
+
+    async def close(self) -> None:
+        """Let go of the HTTP client and DBOS's client (the store is the caller's)."""
+        client, self._client = self._client, None
+        if client is not None:
+            await anyio.to_thread.run_sync(client.destroy)
+        await self.http.aclose()
+
     async def watch_cancels(self) -> None:
         """Stop the sessions whose cancel was requested in the store."""
         while True:
@@ -330,6 +405,7 @@ async def serve_worker(
         concurrency=concurrency,
         ttl_s=ttl_s,
         say=say,
+        sysdb=sysdb,
     )
     await store.register_worker(
         worker.executor_id,
@@ -366,6 +442,7 @@ async def serve_worker(
         async with anyio.create_task_group() as tg:
             tg.start_soon(worker.beat_forever)
             tg.start_soon(worker.watch_cancels)
+            tg.start_soon(worker.sweep_forever)
             async for signum in signals:
                 say(f"{signal.Signals(signum).name}: draining ({len(worker.scopes)} running)")
                 break
@@ -377,7 +454,7 @@ async def serve_worker(
             tg.cancel_scope.cancel()
     if not left:
         await store.forget_worker(worker.executor_id, recovered_by=None)
-    await worker.http.aclose()
+    await worker.close()
     await store.close()
     say(f"worker {worker.name} drained: {worker.finished} finished, {left} handed back")
     return 0
