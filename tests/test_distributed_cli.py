@@ -211,6 +211,34 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path: Path) -> N
 
 
 @pytest.mark.slow
+def test_run_queue_keeps_the_token_and_cost_limits(tmp_path: Path, fake: FakeServer) -> None:
+    """run --queue --max-tokens: the worker keeps the limit as a local run does (a call
+    reserves about 515 tokens, so 520 lets two of the four calls through, each way);
+    --max-cost on models with no price is refused before anything is queued."""
+    db = str(tmp_path / "tt.db")
+    spec = session_file(tmp_path, fake.url)
+    args = ("run", str(spec), "-i", "q=question-1", "--max-tokens", "520", "--json")
+    with workers(db, ["w1"], log_dir=tmp_path):
+        queued = thinktank(*args, "--db", db, "--queue")
+    assert queued.returncode == 0, queued.stderr
+    assert len(fake.requests) == 2
+    local = thinktank(*args, "--db", str(tmp_path / "local.db"))
+    assert local.returncode == 0, local.stderr
+    assert len(fake.requests) == 4
+
+    on_pool, here = json.loads(queued.stdout), json.loads(local.stdout)
+    assert on_pool["status"] == here["status"] == "completed"  # two answers agree
+    assert [c["status"] for c in on_pool["steps"]["s"]["calls"]] == ["ok", "ok"]
+    assert [c["status"] for c in here["steps"]["s"]["calls"]] == ["ok", "ok"]
+
+    priced = thinktank("run", str(spec), "--db", db, "-i", "q=x", "--queue", "--max-cost", "1")
+    assert priced.returncode == 2
+    assert priced.stderr.strip().splitlines() == [priced.stderr.strip()]
+    assert "budget.max_cost_usd: a cost budget needs a price" in priced.stderr
+    assert len(sessions(db)) == 1  # only the first
+
+
+@pytest.mark.slow
 def test_ctrl_c_stops_the_waiting_not_the_session(tmp_path: Path, fake: FakeServer) -> None:
     """Ctrl-C while run --queue waits: exit 130, the session goes on and completes."""
     db = str(tmp_path / "tt.db")

@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from thinktank.cli.commands import main
+from thinktank.engine.runner import with_budget
 from thinktank.errors import InputError, SpecErrors, UsageError
 from thinktank.executor import LocalExecutor, enqueue, run_queued
 from thinktank.providers.base import ModelRequest, ModelResponse
@@ -172,6 +173,10 @@ async def test_an_invalid_session_is_refused_when_queued(db_url: str) -> None:
         with pytest.raises(InputError, match="topic"):
             models = {"m": CountingModel("m", CallLog())}
             await enqueue(chain(), store=store, inputs={"topic": 3}, models=models)
+        # A cost budget on a model with no price: refused now, not failed on a worker.
+        with pytest.raises(SpecErrors, match="a cost budget needs a price"):
+            priced = with_budget(chain(), max_cost_usd=1.0)
+            await enqueue(priced, store=store, inputs={"topic": "t"}, models=models)
         assert await store.list_sessions() == []
 
 

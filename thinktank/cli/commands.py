@@ -201,16 +201,13 @@ def run_command(
     from thinktank.cli.progress import Progress
     from thinktank.cli.render import print_dry_run
     from thinktank.dryrun import dry_run as plan_dry_run
-    from thinktank.engine.runner import DEFAULT_STORE
+    from thinktank.engine.runner import DEFAULT_STORE, with_budget
     from thinktank.engine.stream import iter as stream_run
     from thinktank.session.spec import validate_inputs
 
     if no_wait and not queue:
         _fail(["--no-wait needs --queue"])
     if queue:
-        refuse_with_queue(
-            {"--max-cost": max_cost is not None, "--max-tokens": max_tokens is not None}
-        )
         check_pool(db)
     try:
         spec = _load(session_file, models)
@@ -236,8 +233,14 @@ def run_command(
             print_dry_run(plan)
         sys.exit(EXIT_OK)
     if queue:
+        # The limits travel in the stored spec: the worker keeps them as a local run does.
         queued = run_queued_session(
-            spec, values, db=db, source=session_file, no_wait=no_wait, progress=not no_progress
+            with_budget(spec, max_cost_usd=max_cost, max_tokens=max_tokens),
+            values,
+            db=db,
+            source=session_file,
+            no_wait=no_wait,
+            progress=not no_progress,
         )
         if queued is None:
             sys.exit(EXIT_OK)

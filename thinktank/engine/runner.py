@@ -66,6 +66,7 @@ __all__ = [
     "lease_ttl",
     "new_worker_id",
     "release_lease",
+    "with_budget",
 ]
 
 
@@ -230,7 +231,47 @@ def check_session(
     registry = _registry(spec, models)
     selected, _ = apply_selection(spec, registry)
     _validate(selected, registry, source)
+    names = [n for step in selected.steps for n in _models_of(selected, step)]
+    _require_prices(selected, registry, names, source)
     return validate_inputs(selected, inputs)
+
+
+def with_budget(
+    spec: SessionSpec, *, max_cost_usd: float | None = None, max_tokens: int | None = None
+) -> SessionSpec:
+    """The spec with its budget's limits replaced by those given (``--max-cost``,
+    ``--max-tokens``, ``run(max_cost_usd=, max_tokens=)``); the same spec when none is."""
+    given = {"max_cost_usd": max_cost_usd, "max_tokens": max_tokens}
+    update = {k: v for k, v in given.items() if v is not None}
+    if not update:
+        return spec
+    return spec.model_copy(update={"budget": spec.budget.model_copy(update=update)})
+
+
+def _models_of(spec: SessionSpec, step: StepSpec) -> list[str]:
+    """Every model a step may call: those it asks and those it names otherwise (a judge)."""
+    return [*spec.step_models(step), *step.extra_models()]
+
+
+def _require_prices(
+    spec: SessionSpec, registry: ModelRegistry, names: Sequence[str], source: str | None
+) -> None:
+    """A cost budget can only be kept with a price for every model the session calls."""
+    if spec.budget.max_cost_usd is None:
+        return
+    unpriced = [n for n in dict.fromkeys(names) if registry.price_of(n) is None]
+    if unpriced:
+        listed = ", ".join(repr(n) for n in unpriced)
+        raise SpecErrors(
+            [
+                SpecError(
+                    f"a cost budget needs a price for every model; {listed} has none "
+                    "(set input_cost_per_mtok and output_cost_per_mtok)",
+                    file=source,
+                    field="budget.max_cost_usd",
+                )
+            ]
+        )
 
 
 async def execute(
@@ -259,40 +300,15 @@ async def execute(
     """
     registry = _registry(spec, models)
     spec, selected = apply_selection(spec, registry)
-    if max_cost_usd is not None or max_tokens is not None:
-        limits = spec.budget.model_copy(
-            update={
-                k: v
-                for k, v in {"max_cost_usd": max_cost_usd, "max_tokens": max_tokens}.items()
-                if v is not None
-            }
-        )
-        spec = spec.model_copy(update={"budget": limits})
+    spec = with_budget(spec, max_cost_usd=max_cost_usd, max_tokens=max_tokens)
     if restart is None or not restart.validated:
         _validate(spec, registry, source)
     values = validate_inputs(spec, inputs)
     ttl = lease_ttl(lease_ttl_s)
     all_steps = [*spec.steps, *(st for st, _, _ in (restart.extra_steps if restart else []))]
     step_models = {step.id: spec.step_models(step) for step in all_steps}
-    named: dict[str, None] = {}
-    for step in all_steps:
-        named.update(dict.fromkeys(step_models[step.id]))
-        named.update(dict.fromkeys(step.extra_models()))
-    names = list(named)
-    if spec.budget.max_cost_usd is not None:
-        unpriced = [n for n in dict.fromkeys(names) if registry.price_of(n) is None]
-        if unpriced:
-            listed = ", ".join(repr(n) for n in unpriced)
-            raise SpecErrors(
-                [
-                    SpecError(
-                        f"a cost budget needs a price for every model; {listed} has none "
-                        "(set input_cost_per_mtok and output_cost_per_mtok)",
-                        file=source,
-                        field="budget.max_cost_usd",
-                    )
-                ]
-            )
+    names = list(dict.fromkeys(n for step in all_steps for n in _models_of(spec, step)))
+    _require_prices(spec, registry, names, source)
 
     store, owned = await resolve_store(store)
     # Keep-alive for every pooled connection: a closed one costs a TLS handshake.
