@@ -4,7 +4,7 @@
 Run from the repo root (``docs/scaling.md`` shows the figures and what they mean)::
 
     python bench/scaling.py [--sessions 48] [--workers 1,2,4] [--concurrency 8]
-                            [--latency 0.5] [--db postgres,sqlite] [--pg-url URL]
+                            [--latency 0.5] [--poll 0.25] [--db postgres,sqlite] [--pg-url URL]
                             [--ceiling-s 5] [--ceiling-clients 16]
 
 Workload: each session is one step asking 3 models at once (mode ``all``) whose
@@ -254,7 +254,15 @@ async def pool_run(
     names = [f"w{i + 1}" for i in range(n_workers)]
     with (
         tempfile.TemporaryDirectory(prefix="tt-bench-scaling-") as logs,
-        workers(db, names, "--concurrency", str(args.concurrency), log_dir=Path(logs)) as procs,
+        workers(
+            db,
+            names,
+            "--concurrency",
+            str(args.concurrency),
+            "--poll-interval",
+            str(args.poll),
+            log_dir=Path(logs),
+        ) as procs,
     ):
         pids = [p.proc.pid for p in procs]
         async with DistributedExecutor(db=db) as pool:
@@ -470,7 +478,8 @@ async def backend_runs(
 async def main_async(args: argparse.Namespace) -> None:
     print(
         f"{args.sessions} sessions of 3 parallel calls + 1 judge, {args.latency} s a call, "
-        f"--concurrency {args.concurrency} per worker; workers {args.workers}"
+        f"--concurrency {args.concurrency} per worker, --poll-interval {args.poll}; "
+        f"workers {args.workers}"
     )
     print(
         f"{cpu_model()}; thinktank {version('thinktank')}, dbos {version('dbos')}, "
@@ -525,6 +534,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=_ints, default=[1, 2, 4])
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--latency", type=float, default=0.5)
+    parser.add_argument("--poll", type=float, default=0.25, help="workers' --poll-interval")
     parser.add_argument(
         "--db", type=lambda s: s.split(","), default=["postgres", "sqlite"], help="backends"
     )

@@ -313,6 +313,28 @@ def test_workers_lists_live_workers(tmp_path: Path) -> None:
     assert all(w["alive"] for w in listed)
 
 
+def test_poll_interval_reaches_the_queue(tmp_path: Path) -> None:
+    """worker --poll-interval sets how often DBOS looks at the pool's queue (kept with
+    the queue in DBOS's tables, as --concurrency is); a value out of range is refused."""
+    import sqlalchemy as sa
+
+    db = str(tmp_path / "tt.db")
+    with workers(db, ["slow"], "--poll-interval", "2", log_dir=tmp_path) as (worker,):
+        assert "looking for queued ones every 2 s" in worker.output()
+        engine = sa.create_engine(f"sqlite:///{db}.dbos.sqlite", poolclass=sa.NullPool)
+        with engine.connect() as conn:
+            row = conn.execute(
+                sa.text(
+                    "SELECT polling_interval_sec, worker_concurrency FROM queues WHERE name = :q"
+                ),
+                {"q": "thinktank_sessions"},
+            ).one()
+        engine.dispose()
+    assert tuple(row) == (2.0, 8)
+    bad = thinktank("worker", "--db", db, "--poll-interval", "0")
+    assert bad.returncode == 2 and "--poll-interval" in bad.stderr
+
+
 def test_run_queue_on_postgres(tmp_path: Path, fake: FakeServer, pg_url: str) -> None:
     """run --queue on PostgreSQL: the worker's result, and sessions names no worker after."""
     spec = session_file(tmp_path, fake.url)

@@ -55,8 +55,23 @@ __all__ = ["worker_command", "workers_command"]
     metavar="SECONDS",
     help="On SIGTERM, wait this long for running sessions, then hand the rest back.",
 )
+@click.option(
+    "--poll-interval",
+    type=click.FloatRange(min=0.05, max=60.0),
+    default=0.25,
+    show_default=True,
+    metavar="SECONDS",
+    help="How often the pool looks for queued sessions (one value for the whole pool: "
+    "the last worker started sets it). Longer: fewer database round trips while idle, a "
+    "longer wait before a queued session starts.",
+)
 def worker_command(
-    db: str | None, concurrency: int, name: str | None, ttl: float, drain_timeout: float
+    db: str | None,
+    concurrency: int,
+    name: str | None,
+    ttl: float,
+    drain_timeout: float,
+    poll_interval: float,
 ) -> None:
     """Run queued sessions (from `run --queue`, `run-many --queue`, `eval --queue`,
     `serve --queue`) until SIGTERM; any number of workers share one database."""
@@ -74,6 +89,7 @@ def worker_command(
             concurrency=concurrency,
             ttl_s=ttl,
             drain_s=drain_timeout,
+            poll_s=poll_interval,
             say=say,
         )
 

@@ -90,8 +90,8 @@ DEFAULT_DRAIN_S = 30.0
 CANCEL_POLL_S = 1.0
 """How often a worker reads cancel requests for the sessions it runs."""
 QUEUE_POLL_S = 0.25
-"""How often DBOS looks for queued sessions (the most a session waits for a free
-worker that could take it)."""
+"""How often DBOS looks for queued sessions by default (the most a session waits for a
+free worker that could take it); ``thinktank worker --poll-interval``."""
 EXIT_FENCED = 4
 """The exit status of a worker that found itself declared dead."""
 STRANDED_AFTER_S = 60.0
@@ -381,6 +381,7 @@ async def serve_worker(
     concurrency: int = 8,
     ttl_s: float = DEFAULT_TTL_S,
     drain_s: float = DEFAULT_DRAIN_S,
+    poll_s: float = QUEUE_POLL_S,
     say: Say = print,
 ) -> int:
     """Run a worker until SIGTERM or SIGINT, then drain it; the exit status.
@@ -393,6 +394,8 @@ async def serve_worker(
             per-worker limit per queue: the last worker started sets it for all).
         ttl_s: How long the worker counts as alive without a heartbeat.
         drain_s: How long a drain waits for running sessions before handing them back.
+        poll_s: How often the pool looks for queued sessions (like ``concurrency``, one
+            value for the pool: DBOS keeps it with the queue).
         say: Where progress lines go.
     """
     global _worker
@@ -429,12 +432,12 @@ async def serve_worker(
     await DBOS.register_queue_async(
         QUEUE,
         worker_concurrency=concurrency,
-        polling_interval_sec=QUEUE_POLL_S,
+        polling_interval_sec=poll_s,
         on_conflict="always_update",
     )
     say(
         f"worker {worker.name} started ({worker.executor_id}): {concurrency} session(s)"
-        f" at once, on {store.where}"
+        f" at once, looking for queued ones every {poll_s:g} s, on {store.where}"
     )
     # The receiver stays open through the drain: a second signal (a supervisor that
     # repeats SIGTERM) must not kill the process while it hands sessions back.
