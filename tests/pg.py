@@ -121,6 +121,8 @@ class Cluster:
     """Where its binaries are."""
     os_user: str | None
     """The OS user that owns it (None: the current user)."""
+    options: str = ""
+    """The server's ``-c`` settings, which a restart passes again."""
 
     @property
     def url(self) -> str:
@@ -130,6 +132,15 @@ class Cluster:
     def stop(self) -> None:
         """Stop the server (fast shutdown) and delete its directory. Idempotent."""
         stop_directory(self.directory, bindir=self.bindir, os_user=self.os_user)
+
+    def restart(self, down_s: float = 0.0) -> None:
+        """Stop the server (fast shutdown: every connection is cut), leave it down for
+        ``down_s`` seconds (connections are refused), and start it on the same port."""
+        data = str(self.directory / "data")
+        pg_ctl = str(self.bindir / "pg_ctl")
+        _run([pg_ctl, "stop", "-D", data, "-m", "fast", "-w"], os_user=self.os_user)
+        time.sleep(down_s)
+        _start(pg_ctl, self.directory, f"-p {self.port} {self.options}", os_user=self.os_user)
 
 
 def _run(cmd: list[str], *, os_user: str | None, timeout: float = 120) -> None:
@@ -173,6 +184,27 @@ def _owner() -> str | None:
             "(PostgreSQL refuses to run as root)"
         ) from None
     return _SUPERUSER
+
+
+def _start(pg_ctl: str, directory: Path, options: str, *, os_user: str | None) -> None:
+    """Start the cluster in ``directory`` with the server ``options``; wait until it
+    accepts connections."""
+    _run(
+        [
+            pg_ctl,
+            "start",
+            "-D",
+            str(directory / "data"),
+            "-l",
+            str(directory / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            options,
+        ],
+        os_user=os_user,
+    )
 
 
 def start_cluster(*, durable: bool = False, bindir: Path | None = None) -> Cluster:
@@ -225,26 +257,13 @@ def start_cluster(*, durable: bool = False, bindir: Path | None = None) -> Clust
         for _ in range(3):  # the free port may be taken before the server binds it
             port = _free_port()
             try:
-                _run(
-                    [
-                        str(bindir / "pg_ctl"),
-                        "start",
-                        "-D",
-                        str(data),
-                        "-l",
-                        str(directory / "server.log"),
-                        "-w",
-                        "-t",
-                        "60",
-                        "-o",
-                        f"-p {port} {options}",
-                    ],
-                    os_user=os_user,
-                )
+                _start(str(bindir / "pg_ctl"), directory, f"-p {port} {options}", os_user=os_user)
             except RuntimeError as exc:
                 last = exc
                 continue
-            cluster = Cluster(directory=directory, port=port, bindir=bindir, os_user=os_user)
+            cluster = Cluster(
+                directory=directory, port=port, bindir=bindir, os_user=os_user, options=options
+            )
             try:
                 _run(
                     [

@@ -131,18 +131,15 @@ def sync_engine(db: str) -> sa.Engine:
     return sa.create_engine(url.set(drivername="sqlite"), poolclass=sa.NullPool)
 
 
-def check_store(
-    db: str, ids: Sequence[str], *, settle_s: float = 30.0, slots_lapse: bool = False
-) -> None:
+def check_store(db: str, ids: Sequence[str], *, settle_s: float = 30.0) -> None:
     """The store after a run: every session completed, every step completed, each call
     answered once (a resumed session's rows that serve a stored answer point to it
     through ``reused_from`` and are not answers of their own), no session lease and
     no call slot held, every workflow SUCCESS.
 
     Slots of a killed worker are freed by its recoverer: they are looked at until
-    ``settle_s`` has passed (the recovery follows the kill by one time to live).
-    ``slots_lapse``: slots whose give-back failed (the database was away) lapse by
-    themselves, minutes later: they are not looked at."""
+    ``settle_s`` has passed (the recovery follows the kill by one time to live); those
+    whose give failed while the database was away are given when it is back."""
     engine = sync_engine(db)
     try:
         with engine.connect() as conn:
@@ -170,8 +167,6 @@ def check_store(
             ).scalar_one()
             assert held == 0
         _check_workflows(engine, ids)
-        if slots_lapse:
-            return
         deadline = time.monotonic() + settle_s
         while True:
             with engine.connect() as conn:

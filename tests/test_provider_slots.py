@@ -26,7 +26,7 @@ from sqlalchemy import select
 from tests import pg
 from tests.fakeserver import run_fake_server
 from tests.test_store_concurrency import REPO, _wait_for_go, run_workers
-from thinktank.errors import SpecErrors
+from thinktank.errors import SpecErrors, StoreError
 from thinktank.providers.config import load_config
 from thinktank.providers.registry import ModelRegistry
 from thinktank.providers.shared_limit import SharedLimiter
@@ -130,6 +130,54 @@ async def test_slots_are_taken_given_and_lapse(db_url: str) -> None:
         assert await store.renew_slot("k", first, holder="d", ttl_s=60)
         # A smaller limit uses the lowest slots only.
         assert await store.take_slot("k", 1, holder="e", ttl_s=60) is None
+
+
+async def _refuse_connections(server: str, url: str, refuse: bool) -> None:
+    """Make the database of ``url`` refuse new connections and cut its open ones (what a
+    restart of the server looks like to a store), or accept them again."""
+    name = url.rsplit("/", 1)[1]
+    await pg._admin(server, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {not refuse}')
+    if refuse:
+        await pg._admin(
+            server,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            f" WHERE datname = '{name}' AND pid <> pg_backend_pid()",
+        )
+
+
+async def test_a_give_the_database_missed_is_made_when_it_is_back(
+    pg_server: str, pg_url: str
+) -> None:
+    """A slot whose give fails (the database is away) is owed by the store, which gives
+    it with its next change of a limit or at give_owed_slots(): the slot does not wait
+    for its hold to lapse."""
+    async with await Store.open(pg_url) as store:
+        first = await store.take_slot("k", 1, holder="a", ttl_s=600)
+        other = await store.take_slot("k2", 1, holder="c", ttl_s=600)
+        assert first == other == 0
+        await _refuse_connections(pg_server, pg_url, refuse=True)
+        try:
+            for key, holder in (("k", "a"), ("k2", "c")):
+                with pytest.raises(StoreError):
+                    await store.give_slot(key, 0, holder=holder)
+            with pytest.raises(StoreError):
+                await store.give_owed_slots()
+        finally:
+            await _refuse_connections(pg_server, pg_url, refuse=False)
+        # The next take gives the owed slots first, in its own transaction.
+        assert await store.take_slot("k", 1, holder="b", ttl_s=600) == 0
+        assert await _holders(pg_url, "k2") == [None]
+        assert await store.give_owed_slots() == 0
+        # And without a take, give_owed_slots() makes them.
+        await _refuse_connections(pg_server, pg_url, refuse=True)
+        try:
+            with pytest.raises(StoreError):
+                await store.give_slot("k", 0, holder="b")
+        finally:
+            await _refuse_connections(pg_server, pg_url, refuse=False)
+        assert await _holders(pg_url, "k") == ["b"]
+        assert await store.give_owed_slots() == 1
+        assert await _holders(pg_url, "k") == [None]
 
 
 async def test_requests_per_minute_are_counted_in_one_window(db_url: str) -> None:

@@ -237,9 +237,21 @@ class Worker:
                     )
                     sys.stderr.flush()
                     os._exit(EXIT_FENCED)
+                await self._give_owed_slots()
                 if not self.draining:
                     await self._recover_dead()
             await anyio.sleep(self.ttl_s / 3)
+
+    async def _give_owed_slots(self) -> None:
+        """Give back the call slots whose give failed while the database was away, even
+        when no session of this worker takes another (which would give them too)."""
+        try:
+            owed = await self.store.give_owed_slots()
+        except StoreError as exc:
+            self.say(f"cannot give back call slots: {exc}")
+            return
+        if owed:
+            self.say(f"gave back {owed} call slot(s) held while the database was away")
 
     async def _recover_dead(self) -> None:
         try:
@@ -309,7 +321,9 @@ class Worker:
         return len(lost), ended
 
     async def close(self) -> None:
-        """Let go of the HTTP client and DBOS's client (the store is the caller's)."""
+        """Let go of the HTTP client and DBOS's client (the store is the caller's),
+        giving back first any call slot still owed."""
+        await self._give_owed_slots()
         client, self._client = self._client, None
         if client is not None:
             await anyio.to_thread.run_sync(client.destroy)

@@ -13,7 +13,9 @@ process is noticed by polling); a poll that finds none writes no row.
 The store transactions that take and give a slot are shielded from cancellation: a
 call cancelled while its slot was being taken still gives it back. A hold lapses after
 ``ttl_s`` (the call's own upper bound, from its time limit and retries), so a killed
-process's slots come back without a sweeper.
+process's slots come back without a sweeper. A give that fails because the database is
+away (a restart) is owed by the store, which makes it with its next change of a limit:
+the slots of the calls a restart cut off come back when the database does.
 """
 
 from __future__ import annotations
@@ -177,7 +179,8 @@ class SharedLimiter:
                 gave = await self.store.give_slot(self.key, slot, holder=holder)
         except StoreError:
             # The call has its answer: failing it (and sending it again) because the
-            # database was away would cost more than the slot, which lapses by itself.
+            # database was away would cost more than the slot, which the store now owes
+            # and gives back with its next take (or its hold lapses).
             return
         self._note(gave)
         if self._waiters:

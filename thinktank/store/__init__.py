@@ -290,6 +290,12 @@ def _name_of(url: URL) -> str:
     return url.render_as_string(hide_password=True)
 
 
+async def _give_all(conn: AsyncConnection, gives: list[tuple[str, int, str]]) -> None:
+    """Free each ``(key, slot, holder)`` slot its holder still holds."""
+    for key, slot, holder in gives:
+        await _slots.give(conn, key, slot, holder=holder)
+
+
 class Store:
     """An open database of sessions; async; one per event loop.
 
@@ -323,6 +329,8 @@ class Store:
         self._step_rows: StepRowCache = {}
         # The shared limits whose rows this store made (or found): made once each.
         self._limit_rows: set[tuple[str, int]] = set()
+        # Call slots whose give failed (the database was away): (key, slot, holder).
+        self._gives_owed: set[tuple[str, int, str]] = set()
         self._statements = Statements(engine.dialect)
         self._event_log = EventLog(engine.dialect)
         self._closed = False
@@ -1059,14 +1067,17 @@ class Store:
         """Run a slot or window change, first making the limit's rows if this store has
         not yet (in the same transaction)."""
         made = (key, slots) in self._limit_rows
+        owed = list(self._gives_owed)
 
         async def run(conn: AsyncConnection) -> T:
             if not made:
                 await _slots.make_rows(conn, key, slots, postgres=self._postgres)
+            await _give_all(conn, owed)
             return await change(conn, *args)
 
         result = await self._leasing(what, run)
         self._limit_rows.add((key, slots))
+        self._gives_owed.difference_update(owed)
         return result
 
     async def take_slot(self, key: str, limit: int, *, holder: str, ttl_s: float) -> int | None:
@@ -1095,8 +1106,33 @@ class Store:
         )
 
     async def give_slot(self, key: str, slot: int, *, holder: str) -> bool:
-        """Free a slot ``holder`` holds (False if its hold had lapsed and gone)."""
-        return await self._leasing("give back a call slot", _slots.give, key, slot, holder=holder)
+        """Free a slot ``holder`` holds (False if its hold had lapsed and gone).
+
+        Raises:
+            StoreError: the database could not be written. The give is then owed: this
+                store makes it with its next change of a shared limit, or at
+                :meth:`give_owed_slots`, so that a restart of the database does not
+                keep the slots of every call it cut off until their holds lapse.
+        """
+        try:
+            return await self._leasing(
+                "give back a call slot", _slots.give, key, slot, holder=holder
+            )
+        except StoreError:
+            self._gives_owed.add((key, slot, holder))
+            raise
+
+    async def give_owed_slots(self) -> int:
+        """Make the gives of :meth:`give_slot` that failed; how many were owed.
+
+        Raises:
+            StoreError: the database could not be written (they stay owed).
+        """
+        owed = list(self._gives_owed)
+        if owed:
+            await self._leasing("give back call slots", _give_all, owed)
+            self._gives_owed.difference_update(owed)
+        return len(owed)
 
     async def free_slots_of(self, host: str, pid: int) -> int:
         """Free the call slots held by a process that died (its ``host`` and ``pid``):
