@@ -376,3 +376,43 @@ def test_run_without_queue_never_imports_dbos(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_dbos_log_records_are_one_line_each() -> None:
+    """The worker prints DBOS's records one line each: a traceback in the message is cut
+    to the exception it ends with, SQLAlchemy's hints and links are dropped."""
+    import logging
+
+    from thinktank.cli.worker import one_line_log
+
+    def record(msg: str, exc: BaseException | None = None) -> logging.LogRecord:
+        info = (type(exc), exc, None) if exc is not None else None
+        return logging.LogRecord("dbos", logging.WARNING, "q.py", 1, msg, (), info)
+
+    refused = (
+        '(psycopg.OperationalError) connection failed: connection to server at "127.0.0.1",'
+        " port 5 failed: Connection refused\n\tIs the server running on that host?\n"
+        "(Background on this error at: https://sqlalche.me/e/21/e3q8)"
+    )
+    assert one_line_log(record(f"Exception listing queues: {refused}")) == (
+        "Exception listing queues: (psycopg.OperationalError) connection failed: connection to"
+        ' server at "127.0.0.1", port 5 failed: Connection refused'
+    )
+    trace = (
+        "Exception polling schedules: Traceback (most recent call last):\n"
+        '  File "x.py", line 1, in f\n    g()\n'
+        "psycopg.OperationalError: first\n\tIs the server running?\n\n"
+        "The above exception was the direct cause of the following exception:\n\n"
+        "Traceback (most recent call last):\n"
+        '  File "y.py", line 2, in h\n'
+        f"sqlalchemy.exc.OperationalError: {refused}\n"
+    )
+    assert one_line_log(record(trace)) == (
+        "Exception polling schedules: sqlalchemy.exc.OperationalError:"
+        ' (psycopg.OperationalError) connection failed: connection to server at "127.0.0.1",'
+        " port 5 failed: Connection refused"
+    )
+    assert one_line_log(record("DBOS failed to launch:", ValueError("bad\nmore"))) == (
+        "DBOS failed to launch: ValueError: bad"
+    )
+    assert one_line_log(record("plain")) == "plain"

@@ -9,8 +9,10 @@ dead by another worker (it lost the database for longer than ``--ttl``).
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import click
@@ -21,7 +23,46 @@ if TYPE_CHECKING:
 from thinktank.cli._shared import _db_option, _json_option, _run_async
 from thinktank.cli.queue import check_pool
 
-__all__ = ["worker_command", "workers_command"]
+__all__ = ["one_line_log", "worker_command", "workers_command"]
+
+_TRACEBACK = "Traceback (most recent call last):"
+
+
+def one_line_log(record: logging.LogRecord) -> str:
+    """A log record of DBOS as one line: its message without the traceback DBOS puts in
+    some (only the exception it ends with) and without SQLAlchemy's indented hints and
+    "Background on this error" links. While the database is away, DBOS's threads log a
+    few such records a second; each stays one line in the worker's output."""
+    head, found, trace = record.getMessage().partition(_TRACEBACK)
+
+    def kept(text: str) -> list[str]:
+        return [
+            line.rstrip()
+            for line in text.splitlines()
+            if line.strip() and not line[0].isspace() and not line.startswith("(Background")
+        ]
+
+    parts = kept(head)
+    if found and kept(trace):
+        parts.append(kept(trace)[-1])
+    if record.exc_info and record.exc_info[1] is not None:
+        exc = record.exc_info[1]
+        parts.append(f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}")
+    return " ".join(parts)
+
+
+class _SayHandler(logging.Handler):
+    """DBOS's records, one line each, where the worker's own lines go."""
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        super().__init__()
+        self._say = say
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._say(f"dbos {record.levelname.lower()}: {one_line_log(record)}")
+        except Exception:  # noqa: BLE001 - logging must not raise
+            self.handleError(record)
 
 
 @click.command("worker")
@@ -79,6 +120,12 @@ def worker_command(
 
     def say(line: str) -> None:
         click.echo(f"{time.strftime('%H:%M:%S')} {line}", err=True)
+
+    # This process is the worker: DBOS's log (its own console handler is added only to
+    # a logger with none) goes to the same place as ours, one line a record.
+    dbos_log = logging.getLogger("dbos")
+    dbos_log.addHandler(_SayHandler(say))
+    dbos_log.propagate = False
 
     async def go() -> int:
         from thinktank.distributed.worker import serve_worker
