@@ -110,8 +110,12 @@ async def submit_all(
 
 
 async def wait_all(pool: DistributedExecutor, ids: Sequence[str]) -> dict[str, str]:
-    """Each session's final status, once all have ended."""
-    return {sid: result.status async for sid, result in pool.as_completed(ids)}
+    """Each session's final status, once all have ended: ``completed``, or the status
+    with why (``partial: ...``), so that an assertion shows it."""
+    return {
+        sid: result.status if result.ok else f"{result.status}: {result.error}"
+        async for sid, result in pool.as_completed(ids)
+    }
 
 
 def call_keys(fake: FakeServer) -> Counter[tuple[str, str]]:
