@@ -7,6 +7,7 @@ loopback fake server, which counts every request it receives.
 
 from __future__ import annotations
 
+import importlib
 import json
 import signal
 import sqlite3
@@ -14,6 +15,7 @@ import subprocess
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -25,6 +27,7 @@ from thinktank.session.loading import parse_session
 
 from .conftest import REPO
 from .fakeserver import FakeServer, Fault, run_fake_server
+from .pg import pg_server, pg_url  # noqa: F401 - fixtures
 from .test_crash import (
     STEPS,
     _cli,
@@ -211,3 +214,40 @@ async def test_a_run_whose_lease_another_worker_took_starts_no_more_steps(
     )
     assert result.steps["s5"].status == "skipped"
     assert _query(db, "select lease_owner from thinktank_sessions") == [("thief",)]
+
+
+async def test_a_renewal_that_meets_a_locked_session_row_keeps_the_lease(
+    pg_url: str,  # noqa: F811
+) -> None:
+    """On PostgreSQL a claim skips a session row another transaction has locked (it
+    takes that for a competing claim). A renewal that meets such a lock, here held for
+    several renewals as a slow write of the session's own would, must not end the run:
+    the lease is still the run's, and the next renewal takes it."""
+    asyncpg: Any = importlib.import_module("asyncpg")  # optional, untyped
+    first_done = anyio.Event()
+
+    def listen(event: Event) -> None:
+        if isinstance(event, StepFinished) and event.step_id == "s0":
+            first_done.set()
+
+    results: list[SessionResult] = []
+
+    async def go() -> None:
+        results.append(
+            await thinktank.run(
+                parse_session(LOSE_LEASE), store=pg_url, on_event=listen, lease_ttl_s=0.3
+            )
+        )
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(go)
+        await first_done.wait()
+        conn = await asyncpg.connect(pg_url)
+        try:
+            async with conn.transaction():
+                await conn.execute("SELECT 1 FROM thinktank_sessions FOR UPDATE")
+                await anyio.sleep(0.6)  # six renewals of a 0.3 s lease
+        finally:
+            await conn.close()
+    (result,) = results
+    assert result.status == "completed", result.error

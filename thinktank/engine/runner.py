@@ -119,7 +119,10 @@ async def _keep_lease(
     A renewal re-claims the lease, so a run that stalled past its expiry keeps it
     unless another worker took the session meanwhile; then this run starts no more
     steps (``stop``), since the other worker runs them. A failed renewal (the database
-    busy) is tried again at the next tick.
+    busy) is tried again at the next tick, and so is one refused while the lease is
+    still this run's or nobody's: on PostgreSQL a claim passes over a session row that another
+    transaction has locked (a write of this very session, say), as it would a
+    competing claim.
     """
     with scope:
         while True:
@@ -130,7 +133,9 @@ async def _keep_lease(
                 owner = await store.lease_of(session_id)
             except StoreError:
                 continue
-            stop(f"another worker ({owner[0] if owner else '?'}) took the session over")
+            if owner is None or owner[0] == worker_id:
+                continue  # still this run's, or nobody's: the next tick claims it
+            stop(f"another worker ({owner[0]}) took the session over")
             return
 
 
