@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -214,6 +214,36 @@ def _terminate_connections(db: str) -> int:
     return int(killed)
 
 
+def _through_two_outages(
+    db: str, server: FakeServer, cfg: Path, tmp_path: Path, outage: Callable[[], str]
+) -> list[WorkerProcess]:
+    """60 sessions on two workers, with ``outage()`` (which says what it did) after the
+    40th and the 120th call: every session completes and the store is whole; the
+    workers, for their output."""
+    server.answer_delay_s = DELAY_S
+    n = 60
+
+    async def main() -> dict[str, str]:
+        async with DistributedExecutor(db=db) as pool:
+            ids = await submit_all(pool, fan_spec(cfg), n)
+            for after in (40, 120):
+                while len(server.requests) < after:  # noqa: ASYNC110 - the fake's thread
+                    await anyio.sleep(0.05)
+                did = await anyio.to_thread.run_sync(outage)
+                print(f"\n{did} after {after} calls")
+            return await wait_all(pool, ids)
+
+    with workers(db, ["w1", "w2"], "--concurrency", "8", log_dir=tmp_path) as pool:
+        statuses = anyio.run(main)
+    assert set(statuses.values()) == {"completed"}
+    assert len(statuses) == n
+    sent_twice = sum(count - 1 for count in call_keys(server).values())
+    print(f"calls sent twice: {sent_twice}, cut off: {len(server.hangups)}")
+    # Slots whose give failed while the database was away are given when it is back.
+    check_store(db, list(statuses))
+    return pool
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_the_pool_survives_losing_every_database_connection(
@@ -224,27 +254,11 @@ def test_the_pool_survives_losing_every_database_connection(
 ) -> None:
     """Mid-run, every connection to PostgreSQL is cut, twice (a restart, as the
     workers and the submitter see it): no session is lost."""
-    fake.answer_delay_s = DELAY_S
-    n = 60
 
-    async def main() -> dict[str, str]:
-        async with DistributedExecutor(db=pg_url) as pool:
-            ids = await submit_all(pool, fan_spec(config), n)
-            for after in (40, 120):
-                while len(fake.requests) < after:  # noqa: ASYNC110 - the fake's thread
-                    await anyio.sleep(0.05)
-                killed = await anyio.to_thread.run_sync(_terminate_connections, pg_url)
-                print(f"\nterminated {killed} connection(s) after {after} calls")
-            return await wait_all(pool, ids)
+    def cut() -> str:
+        return f"terminated {_terminate_connections(pg_url)} connection(s)"
 
-    with workers(pg_url, ["w1", "w2"], "--concurrency", "8", log_dir=tmp_path) as pool:
-        statuses = anyio.run(main)
-    assert set(statuses.values()) == {"completed"}, [w.output() for w in pool]
-    assert len(statuses) == n
-    sent_twice = sum(count - 1 for count in call_keys(fake).values())
-    print(f"calls sent twice: {sent_twice}, cut off: {len(fake.hangups)}")
-    # Slots whose give failed while the database was away are given when it is back.
-    check_store(pg_url, list(statuses))
+    _through_two_outages(pg_url, fake, config, tmp_path, cut)
 
 
 @pytest.fixture
@@ -270,32 +284,17 @@ def test_the_pool_survives_a_restart_of_postgresql(
 ) -> None:
     """Mid-run, PostgreSQL is restarted twice and refuses connections for 3 s each time:
     the workers and the submitter wait for it, and no session is lost."""
-    fake.answer_delay_s = DELAY_S
-    db = own_cluster.url
-    n = 60
 
-    async def main() -> dict[str, str]:
-        async with DistributedExecutor(db=db) as pool:
-            ids = await submit_all(pool, fan_spec(config), n)
-            for after in (40, 120):
-                while len(fake.requests) < after:  # noqa: ASYNC110 - the fake's thread
-                    await anyio.sleep(0.05)
-                await anyio.to_thread.run_sync(own_cluster.restart, 3.0)
-                print(f"\nrestarted PostgreSQL after {after} calls")
-            return await wait_all(pool, ids)
+    def restart() -> str:
+        own_cluster.restart(3.0)
+        return "restarted PostgreSQL"
 
-    with workers(db, ["w1", "w2"], "--concurrency", "8", log_dir=tmp_path) as pool:
-        statuses = anyio.run(main)
-    assert set(statuses.values()) == {"completed"}
-    assert len(statuses) == n
+    pool = _through_two_outages(own_cluster.url, fake, config, tmp_path, restart)
     for worker in pool:
         # The outage is in the log one line a record: DBOS's included, no traceback.
         lines = worker.output().splitlines()
         assert any(line.split(" ", 2)[1:2] == ["dbos"] for line in lines), lines[:5]
         assert all(line[:8].count(":") == 2 for line in lines), worker.output()
-    sent_twice = sum(count - 1 for count in call_keys(fake).values())
-    print(f"calls sent twice: {sent_twice}, cut off: {len(fake.hangups)}")
-    check_store(db, list(statuses))
 
 
 @pytest.mark.slow
