@@ -120,8 +120,8 @@ async def _keep_lease(
     unless another worker took the session meanwhile; then this run starts no more
     steps (``stop``), since the other worker runs them. A failed renewal (the database
     busy) is tried again at the next tick, and so is one refused while the lease is
-    still this run's or nobody's: on PostgreSQL a claim passes over a session row that another
-    transaction has locked (a write of this very session, say), as it would a
+    still this run's or nobody's: on PostgreSQL a claim passes over a session row that
+    another transaction has locked (a write of this very session, say), as it would a
     competing claim.
     """
     with scope:

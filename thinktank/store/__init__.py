@@ -290,12 +290,6 @@ def _name_of(url: URL) -> str:
     return url.render_as_string(hide_password=True)
 
 
-async def _give_all(conn: AsyncConnection, gives: list[tuple[str, int, str]]) -> None:
-    """Free each ``(key, slot, holder)`` slot its holder still holds."""
-    for key, slot, holder in gives:
-        await _slots.give(conn, key, slot, holder=holder)
-
-
 class Store:
     """An open database of sessions; async; one per event loop.
 
@@ -1072,7 +1066,7 @@ class Store:
         async def run(conn: AsyncConnection) -> T:
             if not made:
                 await _slots.make_rows(conn, key, slots, postgres=self._postgres)
-            await _give_all(conn, owed)
+            await _slots.give_all(conn, owed)
             return await change(conn, *args)
 
         result = await self._leasing(what, run)
@@ -1130,7 +1124,7 @@ class Store:
         """
         owed = list(self._gives_owed)
         if owed:
-            await self._leasing("give back call slots", _give_all, owed)
+            await self._leasing("give back call slots", _slots.give_all, owed)
             self._gives_owed.difference_update(owed)
         return len(owed)
 

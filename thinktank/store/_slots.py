@@ -22,6 +22,7 @@ its write transaction.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import func, or_, select, update
@@ -31,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from thinktank.store._keys import _now, count_in_window
 from thinktank.store.tables import LIMIT_WINDOWS, SLOTS
 
-__all__ = ["count", "free_held_by", "give", "make_rows", "renew", "take"]
+__all__ = ["count", "free_held_by", "give", "give_all", "make_rows", "renew", "take"]
 
 _s = SLOTS.c
 _w = LIMIT_WINDOWS.c
@@ -97,6 +98,12 @@ async def give(conn: AsyncConnection, key: str, slot: int, *, holder: str) -> bo
         .values(holder=None, expires_at=None)
     )
     return bool(done.rowcount)
+
+
+async def give_all(conn: AsyncConnection, gives: Sequence[tuple[str, int, str]]) -> None:
+    """Free each ``(key, slot, holder)`` slot its holder still holds."""
+    for key, slot, holder in gives:
+        await give(conn, key, slot, holder=holder)
 
 
 async def free_held_by(conn: AsyncConnection, prefix: str) -> int:
