@@ -54,6 +54,7 @@ __all__ = [
     "PG_URL_ENV",
     "REQUIRE_PG_ENV",
     "Cluster",
+    "admin",
     "create_database",
     "db_url",
     "drop_database",
@@ -330,7 +331,9 @@ def _with_database(url: str, name: str) -> str:
     return f"{head}/{name}"
 
 
-async def _admin(url: str, sql: str) -> None:
+async def admin(url: str, sql: str) -> None:
+    """Run ``sql`` on a connection of its own to ``url`` (outside any transaction, as
+    CREATE DATABASE needs)."""
     asyncpg: Any = importlib.import_module("asyncpg")  # optional, untyped
 
     conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
@@ -343,7 +346,7 @@ async def _admin(url: str, sql: str) -> None:
 def create_database(server_url: str, name: str | None = None) -> str:
     """Create an empty database on the server of ``server_url``; return its URL."""
     name = name or f"tt_{uuid.uuid4().hex[:16]}"
-    _in_thread(lambda: _admin(server_url, f'CREATE DATABASE "{name}" TEMPLATE template0'))
+    _in_thread(lambda: admin(server_url, f'CREATE DATABASE "{name}" TEMPLATE template0'))
     return _with_database(server_url, name)
 
 
@@ -351,7 +354,7 @@ def drop_database(url: str) -> None:
     """Drop the database of ``url``, disconnecting whoever is still connected."""
     name = url.rpartition("/")[2]
     server = _with_database(url, "postgres")
-    _in_thread(lambda: _admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    _in_thread(lambda: admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 # -- pytest fixtures -------------------------------------------------------------------

@@ -136,9 +136,9 @@ async def _refuse_connections(server: str, url: str, refuse: bool) -> None:
     """Make the database of ``url`` refuse new connections and cut its open ones (what a
     restart of the server looks like to a store), or accept them again."""
     name = url.rsplit("/", 1)[1]
-    await pg._admin(server, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {not refuse}')
+    await pg.admin(server, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {not refuse}')
     if refuse:
-        await pg._admin(
+        await pg.admin(
             server,
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
             f" WHERE datname = '{name}' AND pid <> pg_backend_pid()",
